@@ -1,0 +1,13 @@
+"""icl-circuits: where and how a language model stores the task it infers from demonstrations."""
+
+from .evaluation import accuracy_by_demos, final_logits, icl_accuracy
+from .models import load_model
+from .prompts import PromptBatch, Template, TokenizationBoundaryError, build_prompts
+from .tasks import get_task, list_tasks
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PromptBatch", "Template", "TokenizationBoundaryError", "build_prompts",
+    "get_task", "list_tasks", "load_model", "icl_accuracy", "accuracy_by_demos", "final_logits",
+]

@@ -1,0 +1,127 @@
+"""The ``icl-circuits`` command line.
+
+Every analysis subcommand takes ``--model`` (default: the bundled ``toy-icl``) and ``--json``;
+with ``--json`` the last line printed is one JSON object with the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+DEFAULT_MODEL = "toy-icl"
+
+
+def _int_list(_ctx: Any, param: click.Parameter, value: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers like 0,1,2,4,8, got {value!r}", param=param)
+    if not out or any(v < 0 for v in out):
+        raise click.BadParameter(f"expected non-negative integers, got {value!r}", param=param)
+    return out
+
+
+def _load(model: str):
+    from .models import load_model
+
+    try:
+        return load_model(model)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.BadParameter(str(err), param_hint="--model")
+
+
+def _check_task(task: str) -> str:
+    from .tasks import list_tasks
+
+    if task not in list_tasks():
+        raise click.BadParameter(f"unknown task {task!r}; choose from: {', '.join(list_tasks())}", param_hint="--task")
+    return task
+
+
+def emit_json(obj: dict) -> None:
+    """Print ``obj`` as one JSON line (the last line of ``--json`` output)."""
+    click.echo(json.dumps(obj, default=float))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="icl-circuits")
+def cli() -> None:
+    """Mechanistic interpretability of in-context learning on HookedTransformers."""
+
+
+@cli.command("tasks")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def tasks_cmd(as_json: bool) -> None:
+    """List the tasks with their kind and size."""
+    from .tasks import get_task, list_tasks
+
+    rows = [{"task": n, "kind": get_task(n).kind, "size": len(get_task(n)), "description": get_task(n).description}
+            for n in list_tasks()]
+    if as_json:
+        emit_json({"tasks": rows})
+        return
+    for r in rows:
+        click.echo(f"{r['task']:<16} {r['kind']:<15} {r['size']:>5}  {r['description']}")
+
+
+@cli.command("evaluate")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="toy-icl, a local HF directory or a TL name.")
+@click.option("--task", "task_names", multiple=True, help="Task name (repeatable); default: every task.")
+@click.option("--demos", default="0,1,2,4,8", show_default=True, callback=_int_list, help="Numbers of demos.")
+@click.option("--prompts", "n_prompts", default=64, show_default=True, type=click.IntRange(min=1), help="Prompts per cell.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the table.")
+def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_prompts: int, seed: int, as_json: bool) -> None:
+    """ICL accuracy of MODEL per task and number of demos."""
+    from .evaluation import accuracy_by_demos
+    from .tasks import list_tasks
+
+    names = [_check_task(t) for t in task_names] or list_tasks()
+    m = _load(model)
+    t0 = time.time()
+    try:
+        df = accuracy_by_demos(m, names, demos=demos, n_prompts=n_prompts, seed=seed)
+    except ValueError as err:
+        raise click.UsageError(str(err))
+    table = df.pivot(index="task", columns="n_demos", values="accuracy").loc[names]
+    click.echo(f"ICL accuracy of {model} ({n_prompts} prompts per cell, seed {seed}, {time.time() - t0:.1f}s)")
+    click.echo(table.round(3).to_string())
+    if as_json:
+        emit_json({"model": model, "seed": seed, "n_prompts": n_prompts,
+                   "accuracy": {t: {str(k): float(v) for k, v in row.items()} for t, row in table.iterrows()}})
+
+
+@cli.command("demo")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True)
+@click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False))
+def demo_cmd(model: str, out: str) -> None:
+    """The main job: run the analysis suite on MODEL and write the HTML report."""
+    try:
+        from .report import write_report
+    except ImportError:  # the report is not built yet: show the ICL evaluation
+        ctx = click.get_current_context()
+        ctx.invoke(evaluate_cmd, model=model, task_names=(), demos=[0, 1, 2, 4, 8], n_prompts=64, seed=0, as_json=False)
+        return
+    write_report(model, out)
+
+
+@cli.command("train-toy")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def train_toy_cmd(args: tuple[str, ...]) -> None:
+    """Train the bundled model (arguments as for `python -m icl_circuits.toy.train --help`)."""
+    from .toy.train import main as train_main
+
+    train_main(list(args))
+
+
+def main() -> None:
+    cli(prog_name="icl-circuits")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

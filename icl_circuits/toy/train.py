@@ -1,0 +1,225 @@
+"""Training recipe for the bundled ICL model (``python -m icl_circuits.toy.train``).
+
+A HookedTransformer is trained from scratch on ICL sequences of the task library, rendered with
+the toolkit's default template (``<bos>x1:y1\\nx2:y2\\n...``), with the loss on every answer token:
+answer i is predicted from the i demonstrations before it, so one sequence trains every number of
+demos at once. Knowledge and algorithmic tasks are fixed mappings the model must memorize (the
+demos only identify the task); categorization tasks draw their two label words per sequence from
+a pool of 16, so the class-to-word binding can only come from the context.
+
+Curriculum (see ../shared/TOY_MODEL_NOTES.md): categorization only for the first
+``curriculum_steps``, then all tasks. AdamW with warmup, a flat learning rate, and a linear decay
+over the last ``decay_fraction`` of the steps. Deterministic for a given seed and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from ..prompts import Template
+from ..tasks import Task, get_task, list_tasks
+from . import TOKENIZER_DIR, WEIGHTS_DIR
+from .tokenizer import build_toy_tokenizer
+
+
+@dataclass
+class ToyRecipe:
+    """Every choice of the recipe; saved next to the weights."""
+
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512
+    n_ctx: int = 256
+    steps: int = 9000
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 200
+    decay_fraction: float = 0.25
+    curriculum_steps: int = 3000
+    pairs_per_sequence: int = 13
+    categorization_fraction: float = 0.4
+    eval_every: int = 500
+    seed: int = 0
+    threads: int = 1
+
+
+def model_config(recipe: ToyRecipe, d_vocab: int) -> dict:
+    """HookedTransformerConfig keyword arguments for the recipe (saved as config.json)."""
+    d_head = recipe.d_model // recipe.n_heads
+    return dict(
+        n_layers=recipe.n_layers, d_model=recipe.d_model, n_heads=recipe.n_heads, d_head=d_head,
+        d_mlp=recipe.d_mlp, n_ctx=recipe.n_ctx, d_vocab=d_vocab, act_fn="gelu",
+        normalization_type="LN", positional_embedding_type="rotary", rotary_dim=d_head,
+        default_prepend_bos=True, model_name="toy-icl",
+    )
+
+
+class SequenceSampler:
+    """Token ids of ICL sequences in the default template, assembled from cached word ids.
+
+    The toy tokenizer is word level, so the ids of a rendered prompt are the concatenation of the
+    ids of its pieces; ``tests/test_toy.py`` checks this against ``build_prompts``.
+    """
+
+    def __init__(self, tokenizer, template: Template = Template()):
+        self.tok = tokenizer
+        self._cache: dict[str, list[int]] = {}
+        before, sep, after = template.parts
+        self.before, self.sep, self.after = self.ids(before), self.ids(sep), self.ids(after)
+        self.joiner = self.ids(template.joiner)
+        self.prefix = self.ids(template.prefix)
+
+    def ids(self, text: str) -> list[int]:
+        if text not in self._cache:
+            self._cache[text] = self.tok(text, add_special_tokens=False)["input_ids"] if text else []
+        return self._cache[text]
+
+    def sequence(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[int], list[int]]:
+        """(ids, indices of every answer token) for one sequence of (x, y) pairs."""
+        ids = [self.tok.bos_token_id, *self.prefix]
+        answer_idx: list[int] = []
+        for i, (x, y) in enumerate(pairs):
+            if i:
+                ids += self.joiner
+            ids += self.before + self.ids(x) + self.sep
+            answer_idx += list(range(len(ids), len(ids) + len(self.ids(y))))
+            ids += self.ids(y) + self.after
+        return ids, answer_idx
+
+
+def _batch(sampler: SequenceSampler, tasks: list[Task], n: int, n_pairs: int, rng: np.random.Generator):
+    seqs = [sampler.sequence(tasks[int(rng.integers(len(tasks)))].sample_episode(n_pairs, rng).pairs) for _ in range(n)]
+    width = max(len(s) for s, _ in seqs)
+    tokens = torch.full((n, width), sampler.tok.pad_token_id, dtype=torch.long)
+    targets = torch.full((n, width), -100, dtype=torch.long)  # target at t = token t+1 if an answer
+    for b, (s, ans) in enumerate(seqs):
+        tokens[b, : len(s)] = torch.tensor(s)
+        for a in ans:
+            targets[b, a - 1] = s[a]
+    return tokens, targets
+
+
+def answer_logits(model: HookedTransformer, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Logits at the positions that predict an answer token (unembedding only those)."""
+    resid = model(tokens, stop_at_layer=model.cfg.n_layers)
+    sel = resid[targets != -100][None]
+    return model.unembed(model.ln_final(sel))[0]
+
+
+def _lr_at(step: int, r: ToyRecipe) -> float:
+    if step < r.warmup_steps:
+        return r.lr * (step + 1) / r.warmup_steps
+    decay_start = int(r.steps * (1 - r.decay_fraction))
+    if step < decay_start:
+        return r.lr
+    return r.lr * max(0.0, (r.steps - step) / max(1, r.steps - decay_start))
+
+
+@torch.no_grad()
+def evaluate_sequences(model, sampler, tasks: list[Task], n_seq: int, n_pairs: int, seed: int) -> dict:
+    """Accuracy of the first answer token at every pair index (= number of demos), per task."""
+    out = {}
+    for t in tasks:
+        rng = np.random.default_rng([seed, 7])
+        tokens, targets = _batch(sampler, [t], n_seq, n_pairs, rng)
+        # only the first token of each answer counts, and the pair index is its demo count
+        logits = model(tokens)
+        correct = np.zeros(n_pairs)
+        for b in range(n_seq):
+            idx = (targets[b] != -100).nonzero().flatten().tolist()
+            firsts = [i for j, i in enumerate(idx) if j == 0 or idx[j - 1] != i - 1]
+            for k, i in enumerate(firsts[:n_pairs]):
+                correct[k] += float(logits[b, i].argmax() == targets[b, i])
+        out[t.name] = (correct / n_seq).round(3).tolist()
+    return out
+
+
+def train(recipe: ToyRecipe, out_dir: str | Path, progress: bool = True) -> HookedTransformer:
+    """Train the toy model by ``recipe`` and save weights, config and log to ``out_dir``."""
+    torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    tok = build_toy_tokenizer()
+    cfg = HookedTransformerConfig(**model_config(recipe, len(tok)), seed=recipe.seed)
+    model = HookedTransformer(cfg)
+    sampler = SequenceSampler(tok)
+    cat = [get_task(n) for n in list_tasks("categorization")]
+    mapping = [get_task(n) for n in list_tasks() if get_task(n).kind != "categorization"]
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    rng = np.random.default_rng(recipe.seed)
+    log: list[dict] = []
+    t0 = time.time()
+    for step in range(recipe.steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, recipe)
+        # categorization and mapping sequences differ in length: pad each sub-batch on its own
+        n_cat = recipe.batch_size if step < recipe.curriculum_steps else int(
+            round(recipe.batch_size * recipe.categorization_fraction))
+        parts = [_batch(sampler, cat, n_cat, recipe.pairs_per_sequence, rng)]
+        if n_cat < recipe.batch_size:
+            parts.append(_batch(sampler, mapping, recipe.batch_size - n_cat, recipe.pairs_per_sequence, rng))
+        n_targets = sum(int((y != -100).sum()) for _, y in parts)
+        loss = sum(
+            F.cross_entropy(answer_logits(model, t, y), y[y != -100], reduction="sum") for t, y in parts
+        ) / n_targets
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if progress and (step % 100 == 0 or step == recipe.steps - 1):
+            el = time.time() - t0
+            print(f"step {step:5d} loss {loss.item():.4f} lr {_lr_at(step, recipe):.2e} "
+                  f"{el / (step + 1):.3f}s/step elapsed {el / 60:.1f}min", flush=True)
+        if (step + 1) % recipe.eval_every == 0 or step == recipe.steps - 1:
+            model.eval()
+            acc = evaluate_sequences(model, sampler, cat + mapping, 32, 9, seed=recipe.seed + 1)
+            model.train()
+            log.append({"step": step + 1, "loss": round(loss.item(), 4), "acc_by_demos": acc})
+            if progress:
+                print(f"eval step {step + 1}: acc with 8 demos "
+                      + " ".join(f"{k}={v[8]:.2f}" for k, v in acc.items()), flush=True)
+    model.eval()
+    save(model, tok, recipe, out_dir, log, time.time() - t0)
+    return model
+
+
+def save(model: HookedTransformer, tok, recipe: ToyRecipe, out_dir: str | Path, log: list, seconds: float) -> None:
+    """Write model.safetensors, config.json and training.json to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(model_config(recipe, len(tok)), indent=2))
+    (out / "training.json").write_text(json.dumps({
+        "recipe": asdict(recipe), "command": "python -m icl_circuits.toy.train " + " ".join(sys.argv[1:]),
+        "seconds": round(seconds, 1), "torch": torch.__version__, "log": log,
+    }, indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=str(WEIGHTS_DIR), help="directory for the weights (default: the package's)")
+    for f, v in asdict(ToyRecipe()).items():
+        p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
+    p.add_argument("--save-tokenizer", action="store_true", help=f"also write the tokenizer to {TOKENIZER_DIR}")
+    a = vars(p.parse_args(argv))
+    out, save_tok = a.pop("out"), a.pop("save_tokenizer")
+    if save_tok:
+        build_toy_tokenizer().save_pretrained(str(TOKENIZER_DIR))
+    train(ToyRecipe(**a), out)
+
+
+if __name__ == "__main__":
+    main()

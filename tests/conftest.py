@@ -1,0 +1,58 @@
+"""Shared fixtures: tokenizers trained on the fly and tiny HookedTransformers (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+torch.set_num_threads(1)
+
+CORPUS = [
+    "hot:cold\nbig:small\nInput: 37 Output: apple -> river. The cat sat on the mat, don't you know?",
+    "France:Paris\nJapan:Tokyo\nk q z:lemon\n3 7:tiger\nNew Zealand -> Wellington; U.S. = 42",
+    "Q: walk\nA: walked\nQ: go\nA: went | child = children, mouse = mice! (x, y) [1, 2] 'a' \"b\"",
+] * 20
+
+
+def _train(tk: Tokenizer, trainer) -> Tokenizer:
+    tk.train_from_iterator(CORPUS, trainer)
+    return tk
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2 style) tokenizer trained on a small corpus."""
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_train(tk, trainer), bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer() -> PreTrainedTokenizerFast:
+    """A metaspace BPE (Llama/sentencepiece style) tokenizer with byte fallback."""
+    tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tk.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", *bytes_])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_train(tk, trainer), bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+@pytest.fixture(scope="session")
+def toy_tokenizer() -> PreTrainedTokenizerFast:
+    """The bundled model's word-level tokenizer, built from the task library."""
+    from icl_circuits.toy.tokenizer import build_toy_tokenizer
+
+    return build_toy_tokenizer()
