@@ -56,3 +56,27 @@ def toy_tokenizer() -> PreTrainedTokenizerFast:
     from icl_circuits.toy.tokenizer import build_toy_tokenizer
 
     return build_toy_tokenizer()
+
+
+def make_tiny_model(n_layers: int = 2, d_model: int = 32, n_heads: int = 4, seed: int = 0, **overrides):
+    """A random HookedTransformer with the toy tokenizer (rotary, LN, GELU): structure, not skill."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import PreTrainedTokenizerFast
+
+    from icl_circuits.toy import TOKENIZER_DIR
+
+    tok = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
+    kw = dict(
+        n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads, d_mlp=4 * d_model,
+        n_ctx=256, d_vocab=len(tok), act_fn="gelu", normalization_type="LN",
+        positional_embedding_type="rotary", rotary_dim=d_model // n_heads, seed=seed, model_name="tiny",
+    ) | overrides
+    model = HookedTransformer(HookedTransformerConfig(**kw), tokenizer=tok)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """2 layers, d_model 32, 4 heads, random weights."""
+    return make_tiny_model()

@@ -1,0 +1,236 @@
+"""The one place where hooks are written: read, replace, add, noise, ablate or project activations
+at (layer, positions), per prompt.
+
+Vocabulary (TransformerLens hook names):
+- ``resid_name(model, l)``: the residual stream at the *input* of block ``l``
+  (``blocks.{l}.hook_resid_pre``); ``l == n_layers`` is the final residual
+  (``blocks.{n_layers-1}.hook_resid_post``, before ``ln_final``).
+- ``z_name(l)``: ``blocks.{l}.attn.hook_z``, each head's output before ``W_O``
+  ([batch, pos, head, d_head]).
+
+Positions are per prompt: an int tensor ``[batch, n]`` (a padded batch has different positions in
+every row; see ``PromptBatch.positions``). Every hook builder returns a function
+``hook(activation, hook) -> activation`` to be used in ``model.hooks(fwd_hooks=[(name, fn)])``;
+runs go through ``model.hooks`` so hooks are removed also when an exception is raised.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .evaluation import gather_positions, minibatches, unembed_resid
+from .prompts import PromptBatch
+
+Hook = Callable[[Tensor, Any], Tensor]
+HookList = list[tuple[str, Hook]]
+Ablation = Literal["zero", "mean"]
+
+
+# ----------------------------------------------------------------------------- names and checks
+def check_layer(model: Any, layer: int, *, allow_final: bool = True, arg: str = "layer") -> int:
+    """Validate a layer index (0..n_layers, or 0..n_layers-1 with ``allow_final=False``)."""
+    n = model.cfg.n_layers
+    top = n if allow_final else n - 1
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= top:
+        raise ValueError(f"{arg} must be an integer in [0, {top}] for a model with {n} layers, got {layer!r}")
+    return layer
+
+
+def check_head(model: Any, layer: int, head: int, arg: str = "head") -> tuple[int, int]:
+    """Validate a (layer, head) pair."""
+    check_layer(model, layer, allow_final=False)
+    h = model.cfg.n_heads
+    if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < h:
+        raise ValueError(f"{arg} must be an integer in [0, {h - 1}] (the model has {h} heads per layer), got {head!r}")
+    return layer, head
+
+
+def check_vector(model: Any, vector: Tensor, arg: str = "vector") -> Tensor:
+    """Validate that the last dimension of ``vector`` is ``d_model``."""
+    if not isinstance(vector, Tensor):
+        raise TypeError(f"{arg} must be a torch.Tensor, got {type(vector).__name__}")
+    if vector.shape[-1] != model.cfg.d_model:
+        raise ValueError(
+            f"{arg} has width {vector.shape[-1]} but the model's d_model is {model.cfg.d_model}"
+        )
+    return vector
+
+
+def check_positions(batch: PromptBatch, positions: Tensor, arg: str = "positions") -> Int[Tensor, "batch n"]:
+    """Validate per-prompt positions ``[batch, n]`` (or ``[n]``, the same for every prompt)."""
+    pos = torch.as_tensor(positions, dtype=torch.long)
+    if pos.ndim == 1:
+        pos = pos[None].expand(len(batch), -1)
+    if pos.ndim != 2 or pos.shape[0] != len(batch):
+        raise ValueError(f"{arg} must have shape [batch={len(batch)}, n] or [n], got {tuple(pos.shape)}")
+    bad = (pos < 0) | (pos > batch.final_positions[:, None])
+    if bad.any():
+        b, j = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(
+            f"{arg}[{b}, {j}] = {int(pos[b, j])} is outside prompt {b}, whose positions are 0..{int(batch.final_positions[b])}"
+        )
+    return pos
+
+
+def resid_name(model: Any, layer: int) -> str:
+    """Hook name of the residual stream at the input of block ``layer`` (``n_layers``: final)."""
+    check_layer(model, layer)
+    if layer == model.cfg.n_layers:
+        return f"blocks.{layer - 1}.hook_resid_post"
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+def z_name(layer: int) -> str:
+    """Hook name of the heads' outputs before W_O in block ``layer``."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
+# ----------------------------------------------------------------------------- hook builders
+def _rows(positions: Tensor) -> Tensor:
+    return torch.arange(positions.shape[0], device=positions.device)[:, None].expand_as(positions)
+
+
+def edit_at(positions: Int[Tensor, "batch n"], fn: Callable[[Tensor], Tensor], head: int | None = None) -> Hook:
+    """A hook replacing ``act[b, positions[b, j]]`` (and ``[..., head, :]`` if given) by ``fn(old)``.
+
+    ``fn`` receives the selected activations ``[batch, n, ...]`` and returns new ones of that shape.
+    """
+
+    def hook(act: Tensor, hook: Any = None) -> Tensor:
+        pos = positions.to(act.device)
+        rows = _rows(pos)
+        act = act.clone()
+        if head is None:
+            act[rows, pos] = fn(act[rows, pos]).to(act.dtype)
+        else:
+            act[rows, pos, head] = fn(act[rows, pos, head]).to(act.dtype)
+        return act
+
+    return hook
+
+
+def replace_hook(positions: Tensor, values: Tensor, head: int | None = None) -> Hook:
+    """Overwrite the activation at ``positions`` with ``values`` ([batch, n, d], [n, d] or [d])."""
+    return edit_at(positions, lambda old: values.to(old.device).expand_as(old), head)
+
+
+def add_hook(positions: Tensor, vector: Tensor, scale: float = 1.0, head: int | None = None) -> Hook:
+    """Add ``scale * vector`` ([batch, n, d], [n, d] or [d]) at ``positions``."""
+    return edit_at(positions, lambda old: old + scale * vector.to(old.device), head)
+
+
+def ablate_hook(positions: Tensor, how: Ablation = "zero", mean: Tensor | None = None, head: int | None = None) -> Hook:
+    """Zero-ablate, or mean-ablate with ``mean`` (broadcastable to [batch, n, d]), at ``positions``."""
+    if how == "zero":
+        return edit_at(positions, torch.zeros_like, head)
+    if how == "mean":
+        if mean is None:
+            raise ValueError("how='mean' needs the mean activation (argument mean)")
+        return replace_hook(positions, mean, head)
+    raise ValueError(f"how must be 'zero' or 'mean', got {how!r}")
+
+
+def noise_hook(positions: Tensor, std: float | Tensor, seed: int = 0, *, relative: bool = False) -> Hook:
+    """Add Gaussian noise at ``positions``. ``relative=True`` scales it by each activation's norm / sqrt(d)
+    (so ``std=1`` is noise as large as the activation); otherwise ``std`` is absolute."""
+
+    def fn(old: Tensor) -> Tensor:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        eps = torch.randn(old.shape, generator=g).to(old.device, old.dtype)
+        scale = old.norm(dim=-1, keepdim=True) / old.shape[-1] ** 0.5 if relative else 1.0
+        return old + eps * std * scale
+
+    return edit_at(positions, fn)
+
+
+def project_out_hook(positions: Tensor, basis: Float[Tensor, "d_model k"]) -> Hook:
+    """Remove the component in span(``basis``) (orthonormalized here) at ``positions``."""
+    q, _ = torch.linalg.qr(basis.float())
+    return edit_at(positions, lambda old: old - (old.float() @ q.to(old.device)) @ q.to(old.device).T)
+
+
+# ----------------------------------------------------------------------------- running
+MakeHooks = Callable[[slice, PromptBatch], HookList]
+
+
+def run_final_logits(
+    model: Any,
+    batch: PromptBatch,
+    make_hooks: MakeHooks | None = None,
+    *,
+    batch_size: int = 64,
+    start_at_layer: int | None = None,
+    resid: Tensor | None = None,
+) -> Float[Tensor, "batch d_vocab"]:
+    """Logits at each prompt's final position under the hooks ``make_hooks(rows, sub_batch)``.
+
+    ``make_hooks`` is called per minibatch with the slice of rows it covers, so per-prompt values
+    can be sliced to match. With ``start_at_layer``, ``resid`` ([batch, pos, d_model], the
+    residual at the input of that block) is fed instead of the tokens.
+    """
+    out = []
+    with torch.no_grad():
+        for rows, mb in minibatches(batch, batch_size):
+            hooks = make_hooks(rows, mb) if make_hooks is not None else []
+            with model.hooks(fwd_hooks=hooks):
+                if start_at_layer is None:
+                    x = model(mb.tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
+                else:
+                    inp = resid[rows, : mb.tokens.shape[1]].to(model.cfg.device)
+                    x = model(inp, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layers)
+            last = gather_positions(x, mb.final_positions[:, None])[:, 0]
+            out.append(unembed_resid(model, last).float().cpu())
+    return torch.cat(out)
+
+
+def read_activations(
+    model: Any,
+    batch: PromptBatch,
+    names: Sequence[str],
+    positions: Tensor | None = None,
+    *,
+    batch_size: int = 64,
+    make_hooks: MakeHooks | None = None,
+) -> dict[str, Tensor]:
+    """Activations at hook ``names``: ``[batch, n, ...]`` at ``positions`` or ``[batch, pos, ...]``
+    (right-padded to the batch's width) when ``positions`` is None."""
+    pos = None if positions is None else check_positions(batch, positions)
+    wanted = set(names)
+    acc: dict[str, list[Tensor]] = {n: [] for n in names}
+    with torch.no_grad():
+        for rows, mb in minibatches(batch, batch_size):
+            hooks = make_hooks(rows, mb) if make_hooks is not None else []
+            with model.hooks(fwd_hooks=hooks):
+                _, cache = model.run_with_cache(
+                    mb.tokens.to(model.cfg.device), names_filter=lambda n: n in wanted,
+                    stop_at_layer=model.cfg.n_layers,
+                )
+            for n in names:
+                if n not in cache:
+                    raise ValueError(f"names: {n!r} is not a hook point of this model")
+                a = cache[n]
+                if pos is not None:
+                    a = gather_positions(a, pos[rows])
+                else:
+                    a = torch.nn.functional.pad(a, [0, 0] * (a.ndim - 2) + [0, batch.tokens.shape[1] - a.shape[1]])
+                acc[n].append(a.cpu())
+    return {n: torch.cat(v) for n, v in acc.items()}
+
+
+def read_resid(
+    model: Any,
+    batch: PromptBatch,
+    positions: Tensor | None = None,
+    layers: Iterable[int] | None = None,
+    *,
+    batch_size: int = 64,
+) -> Float[Tensor, "layer batch n d_model"]:
+    """Residual stream at the input of each block in ``layers`` (default 0..n_layers) at ``positions``."""
+    layers = list(range(model.cfg.n_layers + 1)) if layers is None else [check_layer(model, l) for l in layers]
+    names = [resid_name(model, l) for l in layers]
+    acts = read_activations(model, batch, list(dict.fromkeys(names)), positions, batch_size=batch_size)
+    return torch.stack([acts[n] for n in names])

@@ -1,0 +1,1 @@
+"""Plotly figure builders, one per result kind; each takes a result and returns a go.Figure."""

@@ -1,0 +1,158 @@
+"""Task vectors and their evaluation per layer: the contract every task-vector method shares.
+
+A ``TaskVector`` holds one d_model vector per layer (``vectors[i]`` belongs to ``layers[i]``),
+meant to be injected into the residual stream at the input of that block
+(``blocks.{l}.hook_resid_pre``) at the final position of a prompt, either by replacing the
+activation (Hendel et al.'s vanilla vectors) or by adding to it (function vectors, learned
+vectors). ``evaluate_vector`` measures accuracy per layer and returns a ``SweepResult``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .interventions import add_hook, check_layer, check_vector, read_resid, replace_hook, resid_name, run_final_logits
+from .metrics import correct, wilson
+from .prompts import PromptBatch
+from .results import Result
+
+Mode = Literal["replace", "add"]
+
+
+@dataclass(frozen=True)
+class TaskVector(Result):
+    """One vector per layer, to inject at the input of that layer.
+
+    vectors: [layer, d_model]; layers: the block index of each row; mode: "replace" or "add";
+    method: "vanilla" | "function" | "learned" | ...; position: where it is injected ("final").
+    """
+
+    vectors: Float[Tensor, "layer d_model"]
+    layers: list[int]
+    mode: str
+    method: str
+    task: str
+    model_name: str
+    position: str = "final"
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.layers):
+            raise ValueError(
+                f"vectors must have shape [len(layers)={len(self.layers)}, d_model], got {tuple(self.vectors.shape)}"
+            )
+        if self.mode not in ("replace", "add"):
+            raise ValueError(f"mode must be 'replace' or 'add', got {self.mode!r}")
+
+    @property
+    def d_model(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def at(self, layer: int) -> Float[Tensor, "d_model"]:
+        """The vector for ``layer``."""
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer} not in this task vector's layers {self.layers}")
+        return self.vectors[self.layers.index(layer)]
+
+    def check_model(self, model: Any) -> None:
+        """Refuse a model of another width (or with fewer layers than the vector needs)."""
+        check_vector(model, self.vectors, arg=f"task vector ({self.method}, {self.model_name})")
+        for l in self.layers:
+            check_layer(model, l, arg="task vector layer")
+
+
+@dataclass(frozen=True)
+class SweepResult(Result):
+    """A metric of one intervention applied at each layer.
+
+    values: [layer] mean metric; per_prompt: [layer, batch]; low/high: Wilson 95% interval
+    (accuracies) or NaN; layers; metric; method; task; model_name; baseline: the metric without
+    intervention (e.g. zero-shot accuracy), for reference lines in figures.
+    """
+
+    values: Float[Tensor, "layer"]
+    per_prompt: Float[Tensor, "layer batch"]
+    low: Float[Tensor, "layer"]
+    high: Float[Tensor, "layer"]
+    layers: list[int]
+    metric: str
+    method: str
+    task: str
+    model_name: str
+    baseline: float | None = None
+    meta: dict = field(default_factory=dict)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        return pd.DataFrame({
+            "layer": self.layers, "value": self.values.tolist(), "low": self.low.tolist(),
+            "high": self.high.tolist(), "metric": self.metric, "method": self.method,
+            "task": self.task, "model": self.model_name, "baseline": self.baseline,
+        })
+
+    @property
+    def best_layer(self) -> int:
+        return self.layers[int(self.values.argmax())]
+
+
+def accuracy_sweep(
+    per_prompt: Float[Tensor, "layer batch"], layers: Sequence[int], *, method: str, task: str,
+    model_name: str, baseline: float | None = None, meta: dict | None = None,
+) -> SweepResult:
+    """Wrap per-prompt correctness (0/1) per layer into a SweepResult with Wilson intervals."""
+    rates = [wilson(int(row.sum()), row.numel()) for row in per_prompt]
+    return SweepResult(
+        values=per_prompt.float().mean(1), per_prompt=per_prompt.float(),
+        low=torch.tensor([r.low for r in rates]), high=torch.tensor([r.high for r in rates]),
+        layers=list(layers), metric="accuracy", method=method, task=task, model_name=model_name,
+        baseline=baseline, meta=meta or {},
+    )
+
+
+def evaluate_vector(
+    model: Any,
+    vector: TaskVector,
+    batch: PromptBatch,
+    *,
+    layers: Sequence[int] | None = None,
+    mode: Mode | None = None,
+    scale: float = 1.0,
+    batch_size: int = 64,
+) -> SweepResult:
+    """Accuracy of ``batch`` (usually zero-shot prompts) with ``vector`` injected at each layer.
+
+    At layer l the vector replaces (or, ``mode="add"``, is added ``scale`` times to) the residual
+    stream at the input of block l, at each prompt's final position. The clean prefix is computed
+    once and every patched run resumes at block l (``start_at_layer``).
+    """
+    vector.check_model(model)
+    if len(batch) == 0:
+        raise ValueError("batch is empty")
+    mode = mode or vector.mode
+    layers = list(vector.layers if layers is None else layers)
+    pos = batch.positions("final")
+    names = [resid_name(model, l) for l in layers]
+    cached = read_resid(model, batch, None, layers, batch_size=batch_size)  # [layer, batch, pos, d]
+    rows_out = []
+    for i, (l, name) in enumerate(zip(layers, names)):
+        v = vector.at(l)
+        make = (
+            (lambda rows, mb, name=name, v=v: [(name, replace_hook(pos[rows], v))])
+            if mode == "replace"
+            else (lambda rows, mb, name=name, v=v: [(name, add_hook(pos[rows], v, scale))])
+        )
+        if l == model.cfg.n_layers:  # the final residual: inject, then unembed
+            logits = run_final_logits(model, batch, make, batch_size=batch_size)
+        else:
+            logits = run_final_logits(model, batch, make, batch_size=batch_size, start_at_layer=l, resid=cached[i])
+        rows_out.append(correct(logits, batch.answer_tokens).float())
+    base = float(correct(run_final_logits(model, batch, batch_size=batch_size), batch.answer_tokens).float().mean())
+    return accuracy_sweep(
+        torch.stack(rows_out), layers, method=vector.method, task=vector.task,
+        model_name=vector.model_name, baseline=base, meta={"mode": mode, "scale": scale, "variant": batch.variant},
+    )
