@@ -96,18 +96,30 @@ def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_pr
                    "accuracy": {t: {str(k): float(v) for k, v in row.items()} for t, row in table.iterrows()}})
 
 
+@cli.command("report")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="toy-icl, a local HF directory or a TL name.")
+@click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False), help="HTML file to write.")
+@click.option("--quick", is_flag=True, help="Fewer prompts and tasks: a fast look.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--only", default=None, help="Comma-separated section keys to run (default: all).")
+def report_cmd(model: str, out: str, quick: bool, seed: int, only: str | None) -> None:
+    """Run the analysis suite on MODEL and write one self-contained HTML report."""
+    from .report import write_report
+
+    m = _load(model)
+    try:
+        write_report(model, out, quick=quick, seed=seed, model=m,
+                     only=[s.strip() for s in only.split(",")] if only else None)
+    except ValueError as err:
+        raise click.UsageError(str(err))
+
+
 @cli.command("demo")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True)
 @click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False))
 def demo_cmd(model: str, out: str) -> None:
-    """The main job: run the analysis suite on MODEL and write the HTML report."""
-    try:
-        from .report import write_report
-    except ImportError:  # the report is not built yet: show the ICL evaluation
-        ctx = click.get_current_context()
-        ctx.invoke(evaluate_cmd, model=model, task_names=(), demos=[0, 1, 2, 4, 8], n_prompts=64, seed=0, as_json=False)
-        return
-    write_report(model, out)
+    """The main job (`make demo`): the full report on MODEL, written to OUT."""
+    click.get_current_context().invoke(report_cmd, model=model, out=out, quick=False, seed=0, only=None)
 
 
 @cli.command("train-toy")

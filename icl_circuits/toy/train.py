@@ -161,6 +161,7 @@ def train(recipe: ToyRecipe, out_dir: str | Path, progress: bool = True) -> Hook
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     rng = np.random.default_rng(recipe.seed)
     log: list[dict] = []
+    losses: list[float] = []
     t0 = time.time()
     for step in range(recipe.steps):
         for g in opt.param_groups:
@@ -179,6 +180,7 @@ def train(recipe: ToyRecipe, out_dir: str | Path, progress: bool = True) -> Hook
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        losses.append(round(loss.item(), 4))
         if progress and (step % 100 == 0 or step == recipe.steps - 1):
             el = time.time() - t0
             print(f"step {step:5d} loss {loss.item():.4f} lr {_lr_at(step, recipe):.2e} "
@@ -192,11 +194,11 @@ def train(recipe: ToyRecipe, out_dir: str | Path, progress: bool = True) -> Hook
                 print(f"eval step {step + 1}: acc with 8 demos "
                       + " ".join(f"{k}={v[8]:.2f}" for k, v in acc.items()), flush=True)
     model.eval()
-    save(model, tok, recipe, out_dir, log, time.time() - t0)
+    save(model, tok, recipe, out_dir, {"evals": log, "losses": losses}, time.time() - t0)
     return model
 
 
-def save(model: HookedTransformer, tok, recipe: ToyRecipe, out_dir: str | Path, log: list, seconds: float) -> None:
+def save(model: HookedTransformer, tok, recipe: ToyRecipe, out_dir: str | Path, log: dict, seconds: float) -> None:
     """Write model.safetensors, config.json and training.json to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

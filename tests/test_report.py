@@ -1,0 +1,49 @@
+"""The HTML report: self-contained, every section present, and it renders in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from icl_circuits.report import ReportConfig, render_html, run_suite
+from tests.browser import check_html, chromium
+
+
+@pytest.fixture(scope="module")
+def report(tiny_model, tmp_path_factory):
+    cfg = ReportConfig(model_name="tiny", quick=True)
+    sections = run_suite(tiny_model, cfg, progress=False)
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    path.write_text(render_html(sections, cfg, 1.0), encoding="utf-8")
+    return sections, path
+
+
+def test_every_section_ran_and_has_a_figure(report):
+    sections, _ = report
+    assert sections, "no sections registered"
+    for s in sections:
+        assert s.error is None, f"{s.key}: {s.error}"
+        assert s.figures and s.text
+
+
+def test_report_is_self_contained(report):
+    _, path = report
+    text = path.read_text()
+    assert not re.search(r"""<(script|link|img)[^>]+(src|href)=["']?https?:""", text)
+    assert "<script src=" not in text
+    assert text.count("Plotly.newPlot") == sum(len(s.figures) for s in report[0])
+
+
+@pytest.mark.skipif(chromium() is None, reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
+def test_report_renders_in_headless_chromium_without_console_errors(report):
+    sections, path = report
+    result = check_html(path)
+    assert result["errors"] == []
+    assert result["plots"] == sum(len(s.figures) for s in sections)
+    assert result["rendered"] == result["plots"]
+
+
+def test_unknown_section_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match="only: unknown sections"):
+        run_suite(tiny_model, ReportConfig(quick=True), only=["nope"], progress=False)

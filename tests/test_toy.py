@@ -1,0 +1,58 @@
+"""The bundled model's recipe and tokenizer: the training sequences are the toolkit's prompts,
+a few steps of training reduce the loss, and saved files load back as "toy-icl"."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import icl_circuits.models as models
+from icl_circuits import build_prompts, load_model
+from icl_circuits.tasks import get_task, list_tasks
+from icl_circuits.toy.train import SequenceSampler, ToyRecipe, train
+
+
+@pytest.mark.parametrize("task", ["antonym", "country-capital", "letter-string", "point", "uppercase"])
+def test_training_sequences_are_the_toolkit_prompts(toy_tokenizer, task):
+    """The recipe assembles ids from cached pieces; build_prompts tokenizes the whole text."""
+    sampler = SequenceSampler(toy_tokenizer)
+    batch = build_prompts(toy_tokenizer, task, 6, 5, seed=2)
+    for i in range(len(batch)):
+        ids, answer_idx = sampler.sequence([*batch.demos[i], (batch.queries[i], batch.answers[i])])
+        final = int(batch.final_positions[i])
+        assert ids[: final + 1] == batch.tokens[i, : final + 1].tolist()
+        assert ids[final + 1] == int(batch.answer_tokens[i])
+        firsts = [a for j, a in enumerate(answer_idx) if j == 0 or answer_idx[j - 1] != a - 1]
+        assert firsts == [*batch.answer_positions[i].tolist(), final + 1]
+
+
+def test_every_task_string_is_in_the_toy_vocabulary(toy_tokenizer):
+    unk = toy_tokenizer.unk_token_id
+    for name in list_tasks():
+        task = get_task(name)
+        for text in [*task.inputs(), *task.outputs()]:
+            assert unk not in toy_tokenizer(text, add_special_tokens=False)["input_ids"], (name, text)
+
+
+def test_recipe_smoke_loss_decreases_and_files_load_back(tmp_path, monkeypatch):
+    recipe = ToyRecipe(n_layers=1, d_model=32, n_heads=2, d_mlp=64, steps=60, batch_size=8,
+                       curriculum_steps=20, warmup_steps=5, eval_every=60, pairs_per_sequence=6, lr=1e-2)
+    model = train(recipe, tmp_path, progress=False)
+    log = json.loads((tmp_path / "training.json").read_text())
+    losses = log["log"]["losses"]
+    assert len(losses) == 60 and sum(losses[-10:]) < sum(losses[:10])
+    assert json.loads((tmp_path / "config.json").read_text())["d_model"] == 32
+    monkeypatch.setattr(models, "TOY_WEIGHTS_DIR", tmp_path)
+    loaded = load_model("toy-icl")
+    batch = build_prompts(loaded, "number", 3, 4, seed=0)
+    assert torch.allclose(loaded(batch.tokens), model(batch.tokens), atol=1e-5)
+
+
+def test_recipe_is_deterministic(tmp_path):
+    recipe = ToyRecipe(n_layers=1, d_model=16, n_heads=2, d_mlp=32, steps=8, batch_size=4,
+                       curriculum_steps=4, warmup_steps=2, eval_every=100, pairs_per_sequence=4)
+    a = train(recipe, tmp_path / "a", progress=False)
+    b = train(recipe, tmp_path / "b", progress=False)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
