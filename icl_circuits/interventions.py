@@ -234,3 +234,161 @@ def read_resid(
     names = [resid_name(model, l) for l in layers]
     acts = read_activations(model, batch, list(dict.fromkeys(names)), positions, batch_size=batch_size)
     return torch.stack([acts[n] for n in names])
+
+
+def project_out_centred_hook(
+    positions: Tensor, basis: Float[Tensor, "d_model k"], centre: Float[Tensor, "d_model"] | None = None
+) -> Hook:
+    """Remove the component of ``act - centre`` in span(``basis``) at ``positions``:
+    ``act - Q Q^T (act - centre)`` with ``Q`` an orthonormal basis of span(``basis``) (QR here).
+
+    The part of ``act`` in the subspace is replaced by that of ``centre`` (a mean-ablation restricted
+    to the subspace); ``centre=None`` is plain projection (``project_out_hook``).
+    """
+    q, _ = torch.linalg.qr(basis.float())
+    c = None if centre is None else centre.float()
+
+    def fn(old: Tensor) -> Tensor:
+        qd = q.to(old.device)
+        x = old.float() if c is None else old.float() - c.to(old.device)
+        return old - (x @ qd) @ qd.T
+
+    return edit_at(positions, fn)
+
+
+# ----------------------------------------------------------------------------- attention hooks
+# (saliency flow, attention isolation and anchor re-weighting; Wang et al. 2023)
+def attn_scores_name(layer: int) -> str:
+    """Hook name of block ``layer``'s pre-softmax attention scores ([batch, head, query_pos, key_pos])."""
+    return f"blocks.{layer}.attn.hook_attn_scores"
+
+
+def pattern_name(layer: int) -> str:
+    """Hook name of block ``layer``'s post-softmax attention pattern ([batch, head, query_pos, key_pos])."""
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def block_attention_hook(blocked: Tensor, head: int | None = None) -> Hook:
+    """For ``hook_attn_scores``: set the score of every blocked (query, key) pair to -inf.
+
+    ``blocked`` is a bool tensor ``[batch, query_pos, key_pos]`` (cropped to the activation's width,
+    since minibatches trim padding); the blocked keys then get exactly zero attention weight and
+    the softmax renormalizes over the keys left. Only ``head`` is blocked when given. A query whose
+    every key is blocked gets an all-zero pattern row (TransformerLens maps the NaN to 0).
+    """
+    blocked = torch.as_tensor(blocked, dtype=torch.bool)
+    if blocked.ndim != 3:
+        raise ValueError(f"blocked must have shape [batch, query_pos, key_pos], got {tuple(blocked.shape)}")
+
+    def hook(scores: Tensor, hook: Any = None) -> Tensor:
+        q, k = scores.shape[-2:]
+        if blocked.shape[0] != scores.shape[0] or blocked.shape[1] < q or blocked.shape[2] < k:
+            raise ValueError(
+                f"blocked has shape {tuple(blocked.shape)} but the attention scores are {tuple(scores.shape)}"
+            )
+        m = blocked[:, :q, :k].to(scores.device)[:, None]
+        if head is not None:
+            m = m & (torch.arange(scores.shape[1], device=scores.device) == head)[None, :, None, None]
+        return scores.masked_fill(m, float("-inf"))
+
+    return hook
+
+
+def scale_pattern_hook(
+    query_positions: Int[Tensor, "batch"], key_positions: Int[Tensor, "batch n"], scale: Tensor
+) -> Hook:
+    """For ``hook_pattern``: multiply ``A[b, h, query_positions[b], key_positions[b, j]]`` by
+    ``scale[h, j]`` (or ``scale[b, h, j]``), out of place so that gradients reach ``scale``.
+
+    The row is not renormalized (Wang et al.'s anchor re-weighting scales the weights as they are).
+    """
+
+    def hook(pattern: Tensor, hook: Any = None) -> Tensor:
+        b, h = pattern.shape[:2]
+        keys = key_positions.to(pattern.device)
+        s = scale.to(pattern.device, pattern.dtype)
+        s = (s[None] if s.ndim == 2 else s).expand(b, h, keys.shape[1])
+        rows = torch.arange(b, device=pattern.device)[:, None, None]
+        heads = torch.arange(h, device=pattern.device)[None, :, None]
+        qs = query_positions.to(pattern.device)[:, None, None]
+        factor = torch.ones_like(pattern).index_put((rows, heads, qs, keys[:, None, :]), s)
+        return pattern * factor
+
+    return hook
+
+
+def gate_pattern_hook(store: list) -> Hook:
+    """For ``hook_pattern``: multiply the pattern by a tensor of ones that requires grad and append
+    that gate to ``store``.
+
+    The forward pass is unchanged, and after a backward pass of a loss L,
+    ``dL/dgate = A * dL/dA`` elementwise, the *total* derivative (including every path through
+    later layers' attention), even when the model's parameters are frozen: one backward pass
+    gives the saliency term of every hooked layer.
+    """
+
+    def hook(pattern: Tensor, hook: Any = None) -> Tensor:
+        gate = torch.ones_like(pattern, requires_grad=True)
+        store.append(gate)
+        return pattern * gate
+
+    return hook
+
+
+# ----------------------------------------------------------------------------- head ablation hooks
+# (head ablation scans and attribution patching; icl_circuits.heads)
+def stacked_head_ablation_hook(
+    heads_per_copy: Sequence[Sequence[int]],
+    positions: Int[Tensor, "batch n"] | None = None,
+    how: Ablation = "zero",
+    mean: Tensor | None = None,
+) -> Hook:
+    """For ``hook_z`` of a batch made of ``C = len(heads_per_copy)`` stacked copies of one batch of
+    ``B`` prompts (rows ``c*B .. (c+1)*B - 1`` are copy ``c``): in copy ``c`` ablate every head in
+    ``heads_per_copy[c]`` (an empty list leaves that copy untouched).
+
+    ``positions``: ``[B, n]`` per-prompt positions, or None for every position. ``how="zero"``
+    writes zeros; ``how="mean"`` writes ``mean[..., head, :]``, where ``mean`` is
+    ``[pos, head, d_head]`` (per absolute position, cropped to the activation's width) when
+    ``positions`` is None, and ``[head, d_head]`` or ``[B, n, head, d_head]`` otherwise.
+    With ``C = 1`` this is a plain multi-head ablation of one batch.
+    """
+    if how not in ("zero", "mean"):
+        raise ValueError(f"how must be 'zero' or 'mean', got {how!r}")
+    if how == "mean" and mean is None:
+        raise ValueError("how='mean' needs the mean activation (argument mean)")
+    copies = [list(h) for h in heads_per_copy]
+
+    def hook(z: Tensor, hook: Any = None) -> Tensor:
+        n_copies = len(copies)
+        if n_copies == 0 or z.shape[0] % n_copies:
+            raise ValueError(f"hook_z has {z.shape[0]} rows, not a multiple of {n_copies} copies")
+        b = z.shape[0] // n_copies
+        z = z.clone()
+        view = z.view(n_copies, b, *z.shape[1:])
+        for c, heads in enumerate(copies):
+            for h in heads:
+                if positions is None:
+                    value = 0.0 if how == "zero" else mean[: z.shape[1], h].to(z.device, z.dtype)
+                    view[c, :, :, h] = value
+                else:
+                    pos = positions.to(z.device)
+                    rows = torch.arange(b, device=z.device)[:, None].expand_as(pos)
+                    value = 0.0 if how == "zero" else mean[..., h, :].to(z.device, z.dtype)
+                    view[c][rows, pos, h] = value if how == "zero" else value.expand(*pos.shape, z.shape[-1])
+        return z
+
+    return hook
+
+
+def tap_hook(store: list) -> Hook:
+    """Add a zero tensor that requires grad to the activation and append ``(activation, tap)`` to
+    ``store``: the forward pass is unchanged and, after autograd, ``dL/dtap = dL/dactivation``
+    (the total derivative through every later layer), even with frozen parameters."""
+
+    def hook(act: Tensor, hook: Any = None) -> Tensor:
+        tap = torch.zeros_like(act, requires_grad=True)
+        store.append((act.detach(), tap))
+        return act + tap
+
+    return hook

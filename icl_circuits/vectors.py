@@ -17,8 +17,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .interventions import add_hook, check_layer, check_vector, read_resid, replace_hook, resid_name, run_final_logits
-from .metrics import correct, wilson
+from .interventions import add_hook, check_layer, check_vector, replace_hook, resid_name
+from .metrics import wilson
 from .prompts import PromptBatch
 from .results import Result
 
@@ -123,36 +123,34 @@ def evaluate_vector(
     mode: Mode | None = None,
     scale: float = 1.0,
     batch_size: int = 64,
+    metric: str = "accuracy",
 ) -> SweepResult:
     """Accuracy of ``batch`` (usually zero-shot prompts) with ``vector`` injected at each layer.
 
     At layer l the vector replaces (or, ``mode="add"``, is added ``scale`` times to) the residual
-    stream at the input of block l, at each prompt's final position. The clean prefix is computed
-    once and every patched run resumes at block l (``start_at_layer``).
+    stream at the input of block l, at each prompt's final position. Runs through
+    ``patching.layer_sweep``: the clean prefix is computed once, every patched run resumes at
+    block l (``start_at_layer``) and several layers share one forward. ``metric``: "accuracy"
+    (default), "label_accuracy", "auto", "gold_probability"... (see ``patching.prompt_metric``).
     """
+    from dataclasses import replace
+
+    from .patching import layer_sweep
+
     vector.check_model(model)
     if len(batch) == 0:
         raise ValueError("batch is empty")
     mode = mode or vector.mode
+    if mode not in ("replace", "add"):
+        raise ValueError(f"mode must be 'replace' or 'add', got {mode!r}")
     layers = list(vector.layers if layers is None else layers)
     pos = batch.positions("final")
-    names = [resid_name(model, l) for l in layers]
-    cached = read_resid(model, batch, None, layers, batch_size=batch_size)  # [layer, batch, pos, d]
-    rows_out = []
-    for i, (l, name) in enumerate(zip(layers, names)):
+
+    def make(l: int, rows: slice, mb: PromptBatch):
         v = vector.at(l)
-        make = (
-            (lambda rows, mb, name=name, v=v: [(name, replace_hook(pos[rows], v))])
-            if mode == "replace"
-            else (lambda rows, mb, name=name, v=v: [(name, add_hook(pos[rows], v, scale))])
-        )
-        if l == model.cfg.n_layers:  # the final residual: inject, then unembed
-            logits = run_final_logits(model, batch, make, batch_size=batch_size)
-        else:
-            logits = run_final_logits(model, batch, make, batch_size=batch_size, start_at_layer=l, resid=cached[i])
-        rows_out.append(correct(logits, batch.answer_tokens).float())
-    base = float(correct(run_final_logits(model, batch, batch_size=batch_size), batch.answer_tokens).float().mean())
-    return accuracy_sweep(
-        torch.stack(rows_out), layers, method=vector.method, task=vector.task,
-        model_name=vector.model_name, baseline=base, meta={"mode": mode, "scale": scale, "variant": batch.variant},
-    )
+        hook = replace_hook(pos[rows], v) if mode == "replace" else add_hook(pos[rows], v, scale)
+        return [(resid_name(model, l), hook)]
+
+    res = layer_sweep(model, batch, make, layers, metric, batch_size=batch_size)
+    return replace(res, method=vector.method, task=vector.task, model_name=vector.model_name,
+                   meta={"mode": mode, "scale": scale, "variant": batch.variant})

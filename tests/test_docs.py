@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
                     reason="mkdocs is not installed (pip install -e .[dev])")
 def test_docs_build_strict(tmp_path):
     exe = shutil.which("mkdocs") or str(Path(sys.executable).parent / "mkdocs")
-    res = subprocess.run([exe, "build", "--strict", "-q", "-d", str(tmp_path / "site")], cwd=ROOT,
+    res = subprocess.run([exe, "build", "--strict", "-d", str(tmp_path / "site")], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert (tmp_path / "site" / "index.html").exists()

@@ -55,6 +55,7 @@ class ToyRecipe:
     eval_every: int = 500
     seed: int = 0
     threads: int = 1
+    init_from: str = ""  # a weights directory to start from (a second training stage), "" = scratch
 
 
 def model_config(recipe: ToyRecipe, d_vocab: int) -> dict:
@@ -155,6 +156,10 @@ def train(recipe: ToyRecipe, out_dir: str | Path, progress: bool = True) -> Hook
     tok = build_toy_tokenizer()
     cfg = HookedTransformerConfig(**model_config(recipe, len(tok)), seed=recipe.seed)
     model = HookedTransformer(cfg)
+    if recipe.init_from:  # continue from an earlier stage's weights (same architecture)
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(Path(recipe.init_from) / "model.safetensors")), strict=False)
     sampler = SequenceSampler(tok)
     cat = [get_task(n) for n in list_tasks("categorization")]
     mapping = [get_task(n) for n in list_tasks() if get_task(n).kind != "categorization"]

@@ -1,0 +1,58 @@
+"""The shipped bundled model against its own card (docs/toy_model.md, toy/weights/card.json)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from icl_circuits import accuracy_by_demos, build_prompts, icl_accuracy, load_model
+from icl_circuits.metrics import wilson
+from icl_circuits.tasks import WordPairTask, get_task, list_tasks
+from icl_circuits.toy import WEIGHTS_DIR
+
+CARD = json.loads((WEIGHTS_DIR / "card.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_model("toy-icl")
+
+
+def test_loads_offline_with_the_packaged_tokenizer(toy):
+    assert toy.cfg.model_name == "toy-icl" and toy.cfg.d_model == 128 and toy.cfg.n_ctx >= 256
+    assert toy.tokenizer.padding_side == "right"
+
+
+def test_accuracy_with_8_demos_matches_the_card(toy):
+    """Same seed and prompt count as the card: within 5 points for every task."""
+    df = accuracy_by_demos(toy, list_tasks(), demos=[8], n_prompts=CARD["n_prompts"], seed=CARD["seed"])
+    for row in df.itertuples():
+        assert abs(row.accuracy - CARD["accuracy"][row.task]["8"]) <= 0.05, row.task
+
+
+def test_zero_shot_categorization_is_at_chance(toy):
+    """Label words are drawn per prompt, so without demos the model cannot know them."""
+    for task in list_tasks("categorization"):
+        batch = build_prompts(toy, task, 200, 0, seed=11, variant="icl")
+        acc = icl_accuracy(toy, batch, restrict_to_labels=True)
+        r = wilson(round(acc * 200), 200)
+        assert r.low <= 0.5 <= r.high, (task, acc)
+        assert icl_accuracy(toy, batch) < 0.2  # over the whole vocabulary: at most the pool's share
+
+
+@pytest.mark.parametrize("a, b", [("antonym", "english-french"), ("english-french", "english-german")])
+def test_task_identity_comes_from_the_demos(toy, a, b):
+    """The same query words get task A's answer under A's demos and B's under B's (>= 90%)."""
+    shared = sorted(set(get_task(a).inputs()) & set(get_task(b).inputs()))
+    for name in (a, b):
+        t = get_task(name)
+        sub = WordPairTask(name, t.kind, "", [(x, t.apply(x)) for x in shared])
+        assert icl_accuracy(toy, build_prompts(toy, sub, 64, 8, seed=5)) >= 0.9
+
+
+def test_knowledge_accuracy_rises_with_demos(toy):
+    df = accuracy_by_demos(toy, ["english-french", "uppercase"], demos=[0, 1, 8], n_prompts=64, seed=3)
+    for _, g in df.groupby("task"):
+        acc = g.sort_values("n_demos").accuracy.tolist()
+        assert acc[0] < 0.5 <= 0.9 <= acc[2] and acc[0] < acc[1]
