@@ -1,13 +1,21 @@
-"""icl-circuits: where and how a language model stores the task it infers from demonstrations."""
+"""icl-circuits: where and how a language model stores the task it infers from demonstrations.
+
+Data flows one way: Task -> PromptBatch -> analysis -> Result -> figure / table / report.
+Analyses live in their modules (``icl_circuits.saliency``, ``.task_vectors``, ``.interchange``,
+``.learned``, ``.circuits``, ``.heads``, ``.propagation``, ``.dpca_analysis``, ...); the names
+below are the ones a notebook needs first.
+"""
 
 from .evaluation import accuracy_by_demos, final_logits, icl_accuracy
 from .models import load_model
 from .prompts import PromptBatch, Template, TokenizationBoundaryError, build_prompts
 from .tasks import get_task, list_tasks
+from .vectors import SweepResult, TaskVector, evaluate_vector
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PromptBatch", "Template", "TokenizationBoundaryError", "build_prompts",
     "get_task", "list_tasks", "load_model", "icl_accuracy", "accuracy_by_demos", "final_logits",
+    "TaskVector", "SweepResult", "evaluate_vector",
 ]

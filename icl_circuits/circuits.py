@@ -45,7 +45,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .evaluation import gather_positions, minibatches, unembed_resid
+from .evaluation import minibatches, unembed_resid
 from .heads import _ablation_hooks, _check_batch, _check_choice, check_heads, head_means
 from .interventions import (
     MakeHooks, add_hook, check_layer, check_positions, check_vector, replace_hook, resid_name,

@@ -288,7 +288,7 @@ def interchange_cmd(model: str, source: str, target: str, n_demos: int, n_prompt
     summary = {"model": model, "source": source, "target": target, "n_demos": n_demos, "n_prompts": n_prompts,
                "seed": seed, "n_scored": r0.n, "clean": r0.baseline,
                "positions": {r.position_set: {"layers": r.layers, "n": r.n, **{
-                   o: {"value": r.rates[j].tolist(), "low": r.low[j].tolist(), "high": r.high[j].tolist()}
+                   o: {k: [round(v, 4) for v in t[j].tolist()] for k, t in (("value", r.rates), ("low", r.low), ("high", r.high))}
                    for j, o in enumerate(("transfer", "preserve", "neither"))}} for r in results}}
     if out:
         from .plots.interchange import interchange as plot
@@ -346,8 +346,8 @@ def probe_cmd(model: str, tasks: str, position: str, n_demos: int, n_prompts: in
     if as_json:
         emit_json({"model": model, "tasks": names, "position": position, "seed": seed, "n_prompts": n_prompts,
                    "n_demos": n_demos, "cv": cv, "chance": res.chance, "layers": res.layers,
-                   "accuracy": res.accuracy.tolist(), "low": res.low.tolist(), "high": res.high.tolist(),
-                   "shuffled_control": res.control.tolist()})
+                   **{k: [round(v, 4) for v in t.tolist()] for k, t in (("accuracy", res.accuracy), ("low", res.low),
+                                                                         ("high", res.high), ("shuffled_control", res.control))}})
 
 
 @cli.command("heads")
@@ -391,7 +391,8 @@ def heads_cmd(model: str, task: str, n_demos: int, n_prompts: int, how: str, met
                f"scan {t_scan:.1f}s, attribution {t_attr:.2f}s")
     df = scan.to_dataframe()[["layer", "head", "value", "effect"]]
     df["attribution"] = attr.to_dataframe()["effect"].values
-    df["exact_" + attr_metric] = exact_for_attr.to_dataframe()["effect"].values
+    if attr_metric != metric:
+        df["exact_" + attr_metric] = exact_for_attr.to_dataframe()["effect"].values
     click.echo(df.round(4).to_string(index=False))
     click.echo(f"attribution vs exact ({attr_metric}): Spearman {agree['spearman']:.3f}, Pearson {agree['pearson']:.3f}")
     if out:
@@ -438,6 +439,8 @@ def _ltv_options(f):
         click.option("--train", "n_train", default=128, show_default=True, type=click.IntRange(min=1), help="Training prompts."),
         click.option("--val", "n_val", default=32, show_default=True, type=click.IntRange(min=0), help="Validation prompts."),
         click.option("--with-demos", default=0, show_default=True, type=click.IntRange(min=0), help="Demos in the prompts (0: zero-shot)."),
+        click.option("--lr", default=5e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="AdamW learning rate."),
+        click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1)),
         click.option("--eval-prompts", "n_eval", default=64, show_default=True, type=click.IntRange(min=1)),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer numbers."),
@@ -447,13 +450,14 @@ def _ltv_options(f):
     return f
 
 
-def _train_ltv(m: Any, task: str, layer_spec: str, epochs: int, n_train: int, n_val: int, with_demos: int, seed: int):
+def _train_ltv(m: Any, task: str, layer_spec: str, epochs: int, n_train: int, n_val: int, with_demos: int, seed: int,
+               lr: float, batch_size: int):
     from .learned import train_per_layer
 
     layers = _ltv_layers(layer_spec, m.cfg.n_layers)
     try:
         return train_per_layer(m, task, layers, epochs=epochs, n_train=n_train, n_val=n_val, with_demos=with_demos,
-                               seed=seed, progress=False)
+                               seed=seed, lr=lr, batch_size=batch_size, progress=False)
     except ValueError as err:
         raise click.UsageError(str(err))
 
@@ -461,7 +465,7 @@ def _train_ltv(m: Any, task: str, layer_spec: str, epochs: int, n_train: int, n_
 @cli.command("ltv")
 @_ltv_options
 def ltv_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train: int, n_val: int, with_demos: int,
-            n_eval: int, seed: int, as_json: bool, out: str | None) -> None:
+            lr: float, batch_size: int, n_eval: int, seed: int, as_json: bool, out: str | None) -> None:
     """Train learned task vectors (one per layer) and their accuracy on fresh prompts."""
     from pathlib import Path
 
@@ -471,7 +475,7 @@ def ltv_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train: int, n
     _check_task(task)
     m = _load(model)
     t0 = time.time()
-    tv = _train_ltv(m, task, layer_spec, epochs, n_train, n_val, with_demos, seed)
+    tv = _train_ltv(m, task, layer_spec, epochs, n_train, n_val, with_demos, seed, lr, batch_size)
     ev = build_prompts(m, task, n_eval, with_demos, seed=seed + 1, variant="zero_shot" if with_demos == 0 else "icl")
     sweep = evaluate_vector(m, tv, ev)
     click.echo(f"Learned task vectors of {model}, task {task} ({with_demos} demos, {n_eval} test prompts, "
@@ -504,7 +508,8 @@ def ltv_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train: int, n
               help="Random vectors for fitting each layer's linear map.")
 @click.option("--fit-prompts", "n_fit", default=16, show_default=True, type=click.IntRange(min=1))
 def propagation_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train: int, n_val: int, with_demos: int,
-                    n_eval: int, seed: int, as_json: bool, out: str | None, n_vectors: int, n_fit: int) -> None:
+                    lr: float, batch_size: int, n_eval: int, seed: int, as_json: bool, out: str | None, n_vectors: int,
+                    n_fit: int) -> None:
     """Train LTVs per layer, then fit the linear map to the final residual: rotation vs scaling,
     logit lens, task alignment, accuracy of the reconstructed vector W theta."""
     from pathlib import Path
@@ -514,7 +519,7 @@ def propagation_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train
     _check_task(task)
     m = _load(model)
     t0 = time.time()
-    tv = _train_ltv(m, task, layer_spec, epochs, n_train, n_val, with_demos, seed)
+    tv = _train_ltv(m, task, layer_spec, epochs, n_train, n_val, with_demos, seed, lr, batch_size)
     try:
         res = propagation_by_layer(m, task, tv, n_vectors=n_vectors, n_prompts=n_fit, n_eval=n_eval,
                                    with_demos=with_demos, seed=seed, progress=False)

@@ -23,3 +23,25 @@ def accuracy_section(ctx: Context) -> Section:
         figures=[accuracy_plots.accuracy_by_demos(df, f"ICL accuracy of {cfg.model_name}")],
         table=wide,
     )
+
+
+@section("saliency")
+def saliency_section(ctx: Context) -> Section:
+    from .plots import saliency as splots
+    from .prompts import build_prompts
+    from .saliency import saliency_flow
+
+    cfg = ctx.cfg
+    batch = build_prompts(ctx.model, cfg.knowledge_task, cfg.prompts(32), cfg.n_demos, seed=cfg.seed)
+    res = saliency_flow(ctx.model, batch, loss="full_vocab", progress=False)
+    df = res.to_dataframe()
+    return Section(
+        "saliency", "Saliency flow: label words as anchors (Wang et al. 2023)",
+        f"Saliency I_l = |sum_h A_(l,h) * dL/dA_(l,h)| from one forward and one backward pass on "
+        f"{len(batch)} prompts of {cfg.knowledge_task} ({cfg.n_demos} demos), loss = cross-entropy of the gold "
+        "first answer token over the vocabulary. S_wp: text to label words; S_pq: label words to the final "
+        "position; S_ww: all other pairs. On GPT2-XL the paper found S_wp dominating shallow layers and S_pq "
+        "deep layers.",
+        figures=[splots.flows(res), splots.heatmap(res, example=0)],
+        table=df if len(df) < 60 else None,
+    )

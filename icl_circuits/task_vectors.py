@@ -28,10 +28,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .evaluation import final_logits, minibatches
-from .interventions import add_hook, check_layer, read_activations, read_resid, replace_hook, resid_name, z_name
+from .interventions import check_layer, read_activations, read_resid, replace_hook, resid_name, z_name
 from .metrics import wilson
 from .patching import (
-    TOKENS_PER_FORWARD, Entry, MakeLayerHooks, cache_resid, layer_sweep, prompt_metric, run_staggered, unembed_rows,
+    TOKENS_PER_FORWARD, Entry, cache_resid, layer_sweep, prompt_metric, run_staggered, unembed_rows,
 )
 from .prompts import PromptBatch, Template, build_prompts
 from .results import Result
@@ -62,22 +62,6 @@ def _layers(model: Any, layers: Sequence[int] | None, allow_final: bool = True) 
 def _meta(batch: PromptBatch, **kw: Any) -> dict:
     return {"n_demos": batch.n_demos, "n_prompts": len(batch), "seed": batch.seed, "variant": batch.variant,
             "template": [batch.template.example, batch.template.joiner, batch.template.prefix], **kw}
-
-
-def inject(model: Any, vector: TaskVector, batch: PromptBatch, *, mode: str | None = None, scale: float = 1.0) -> MakeLayerHooks:
-    """Hooks for ``layer_sweep``: at layer l, replace (or add ``scale`` x) ``vector.at(l)`` at each
-    prompt's final position of ``batch``."""
-    vector.check_model(model)
-    mode = mode or vector.mode
-    if mode not in ("replace", "add"):
-        raise ValueError(f"mode must be 'replace' or 'add', got {mode!r}")
-    pos = batch.positions("final")
-
-    def make(l: int, rows: slice, mb: PromptBatch):
-        v = vector.at(l)
-        return [(resid_name(model, l), replace_hook(pos[rows], v) if mode == "replace" else add_hook(pos[rows], v, scale))]
-
-    return make
 
 
 def _rate(model: Any, batch: PromptBatch, metric: str) -> dict:
@@ -114,7 +98,7 @@ def evaluate_task_vector(
 
     Zero-shot and ICL prompts (``n_demos``, default the vector's) are drawn with ``seed`` (default:
     the extraction seed + 1; the extraction seed itself is refused, the prompts would share
-    demos). ``baseline`` is the zero-shot metric; ``meta`` records zero_shot, icl, icl_low, icl_high.
+    demos); they share their queries (the zero-shot prompts are the ICL prompts without demos). ``baseline`` is the zero-shot metric; ``meta`` records zero_shot, icl, icl_low, icl_high.
     """
     from .vectors import evaluate_vector
 
@@ -125,7 +109,7 @@ def evaluate_task_vector(
     k = n_demos if n_demos is not None else int(vector.meta.get("n_demos", 8))
     task = vector.task if task is None else task
     template = template if template is not None else _template(vector)
-    zs = _prompts(model, task, n_prompts, 0, seed, "zero_shot", template)
+    zs = _prompts(model, task, n_prompts, k, seed, "zero_shot", template)  # the ICL prompts' queries, no demos
     res = evaluate_vector(model, vector, zs, layers=layers, scale=scale, batch_size=batch_size, metric=metric)
     icl = _rate(model, build_prompts(model, zs.task, len(zs), k, template=zs.template, seed=seed), metric)
     meta = {**res.meta, "zero_shot": res.baseline, "icl": icl["value"], "icl_low": icl["low"],
@@ -323,7 +307,7 @@ def compare_task_vectors(
     Extraction uses ``seed``; evaluation uses ``eval_seed`` (default seed + 1) with ``n_eval``
     prompts (default ``n_prompts``): vanilla (replace) and function (add) vectors and ``extra``
     are injected at the final position of zero-shot prompts; local vectors are patched into the
-    random-answer twins of ICL prompts. ``metric="auto"``: label_accuracy (argmax over the
+    random-answer twins of ICL prompts. Zero-shot, ICL and random-answer prompts share their queries. ``metric="auto"``: label_accuracy (argmax over the
     prompt's label words, chance 1/2) for categorization tasks, else accuracy. Reference rows:
     "zero-shot", "icl" and "random-answers" (flat over layers). Columns: method, layer, accuracy,
     low, high, n, metric, task, model; ``df.attrs`` holds the FV heads.
@@ -339,7 +323,7 @@ def compare_task_vectors(
     steps.update()
     fv = function_vector(model, task, n_demos, n_prompts, seed, top_k, template=template, batch_size=batch_size)
     steps.update()
-    zs = build_prompts(model, task, n_eval, 0, template=template, seed=ev, variant="zero_shot")
+    zs = build_prompts(model, task, n_eval, n_demos, template=template, seed=ev, variant="zero_shot")  # ICL's queries
     from .vectors import evaluate_vector
 
     sweeps = []

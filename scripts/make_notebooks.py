@@ -71,6 +71,76 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", "train = ic.build_prompts(model, \"number\", 48, 2, seed=1)\nheld_out = ic.build_prompts(model, \"number\", 48, 2, seed=2)\n"
                  "rw = train_anchor_reweighting(model, train, held_out, epochs=5, seed=0, progress=False)\nsplots.reweighting(rw)"),
     ],
+    "05_heads_and_ov_circuits": [
+        ("md", "# 05 · Heads and OV circuits\n\nHead ablation scans (exact, batched) next to attribution "
+               "patching (one forward + one backward), and the OV-circuit view of a learned task vector "
+               "(Yang, Cho, Ding, Inoue 2025): which later heads carry it to the final position.\n\n" + SWITCH),
+        ("code", SETUP),
+        ("code", "from icl_circuits.heads import head_ablation_scan, head_attribution, scan_agreement\n"
+                 "from icl_circuits.plots import circuits as cplots\n\n"
+                 "batch = ic.build_prompts(model, \"antonym\", 32, 8, seed=0)\n"
+                 "exact = head_ablation_scan(model, batch, how=\"mean\", metric=\"logit_diff\", progress=False)\n"
+                 "approx = head_attribution(model, batch, how=\"mean\", metric=\"logit_diff\")\n"
+                 "print(scan_agreement(exact, approx))\ncplots.head_scan(exact)"),
+        ("code", "cplots.scan_vs_attribution(exact, approx)"),
+        ("md", "## A learned task vector and the heads that carry it"),
+        ("code", "from icl_circuits.learned import train_task_vector\nfrom icl_circuits.circuits import ov_contributions, reconstruct, key_head_ablation\n\n"
+                 "ltv = train_task_vector(model, \"antonym\", layer=1, n_train=96, n_val=32, epochs=4, seed=0, progress=False)\n"
+                 "zs = ic.build_prompts(model, \"antonym\", 32, 0, seed=7, variant=\"zero_shot\")\n"
+                 "ov = ov_contributions(model, zs, ltv, 1)\nprint(\"identity error\", ov.identity_error())\ncplots.ov_heads(ov)"),
+        ("code", "cplots.reconstruction(reconstruct(model, zs, ltv, 1))"),
+        ("code", "cplots.key_vs_random(key_head_ablation(model, zs, ltv, 1, ks=(1, 2, 4), n_random=5, seed=0, progress=False))"),
+    ],
+    "02_task_vectors": [
+        ("md", "# 02 · Task vectors: vanilla, local, function vectors, learned\n\n"
+               "- vanilla (Hendel et al. 2023): the final-position residual of ICL prompts with dummy queries, "
+               "patched into zero-shot prompts at one layer;\n- local (2406.16007): answer-position states "
+               "patched into a random-answer twin;\n- function vectors (Todd et al. 2024): the summed outputs of "
+               "the heads with the largest causal indirect effect, added at one layer;\n- learned (Yang et al. "
+               "2025): one vector trained by gradient descent, the model frozen.\n\n" + SWITCH),
+        ("code", SETUP),
+        ("code", "from icl_circuits.task_vectors import vanilla_task_vector, evaluate_task_vector, function_vector, compare_task_vectors\n"
+                 "from icl_circuits.learned import train_task_vector\nfrom icl_circuits.plots import sweeps\n\n"
+                 "tv = vanilla_task_vector(model, \"english-french\", n_demos=8, n_prompts=16, seed=0)\n"
+                 "res = evaluate_task_vector(model, tv, \"english-french\", n_prompts=48, seed=1)\nres.to_dataframe().round(3)"),
+        ("code", "fv = function_vector(model, \"english-french\", n_demos=8, n_prompts=16, seed=0, top_k=4)\nfv.meta[\"heads\"]"),
+        ("code", "ltv = train_task_vector(model, \"english-french\", layer=1, n_train=96, n_val=32, epochs=4, seed=0, progress=False)\n"
+                 "table = compare_task_vectors(model, \"english-french\", n_demos=8, n_prompts=16, seed=0, top_k=4, extra=[ltv])\n"
+                 "table.pivot_table(index=\"layer\", columns=\"method\", values=\"accuracy\").round(2)"),
+        ("code", "sweeps.sweep(table)"),
+    ],
+    "06_dpca_of_label_positions": [
+        ("md", "# 06 · dPCA of label-position vectors\n\nDemixed PCA (Kobak et al. 2016) of the residual stream at "
+               "the demo answer positions of a categorization task, marginalized by a nuisance feature (string "
+               "length) and by the label class (2406.16007). On the bundled model, which does not solve the "
+               "categorization tasks (see its card), expect the label marginalization at null level.\n\n" + SWITCH),
+        ("code", SETUP),
+        ("code", "from icl_circuits.dpca_analysis import dpca_by_layer, ablate_subspace\nfrom icl_circuits.plots import dpca as dplots\n\n"
+                 "res = dpca_by_layer(model, \"letter-string\", n_demos=8, n_prompts=64, seed=0, n_null=2)\nres.variance_table().round(3)"),
+        ("code", "dplots.explained_variance(res)"),
+        ("code", "dplots.distances(res)"),
+        ("code", "dplots.projections(res)"),
+        ("code", "abl = ablate_subspace(model, \"letter-string\", res, \"length\", layers=[1, 2], n_demos=8, n_prompts=48, seed=1, n_random=2)\n"
+                 "dplots.ablation(abl)"),
+    ],
+    "03_distributed_templates": [
+        ("md", "# 03 · Single- vs multi-position interchange (Cheng & Zhang 2026)\n\nRecord the residual of "
+               "task A prompts at a set of positions (averaged per position), overwrite the same positions of "
+               "task B prompts, and ask whether the model now answers task A on B's query (transfer), still "
+               "answers B (preserve), or neither. Then: necessity tests, and probes that decode the task where "
+               "intervening does nothing.\n\n" + SWITCH),
+        ("code", SETUP),
+        ("code", "from icl_circuits.interchange import paired_batches, interchange, necessity\nfrom icl_circuits.probing import probe_by_layer, task_batches\n"
+                 "from icl_circuits.plots import interchange as iplots\n\n"
+                 "src, tgt = paired_batches(model, \"antonym\", \"english-french\", n_prompts=24, n_demos=8, seed=0)\n"
+                 "runs = [interchange(model, src, tgt, pos, source_task=\"antonym\", target_task=\"english-french\")\n"
+                 "        for pos in [\"answer_-1\", \"answers\", \"demo_tokens\"]]\n"
+                 "iplots.interchange(runs)"),
+        ("code", "batch = ic.build_prompts(model, \"english-french\", 24, 8, seed=1)\n"
+                 "nec = [necessity(model, batch, pos, how=\"mean\") for pos in [\"answer_-1\", \"answers\", \"query\"]]\niplots.necessity(nec)"),
+        ("code", "probes = probe_by_layer(model, task_batches(model, [\"antonym\", \"english-french\", \"english-german\"], n_prompts=24, n_demos=8, seed=2), \"answer\")\n"
+                 "probes.to_dataframe().round(3)"),
+    ],
 }
 
 

@@ -112,8 +112,10 @@ def run(model: Any, n_prompts: int = 50, n_demos: int = 8, seed: int = 0, name: 
                 continue
             rows.append([s] + [_cell(base - float(r.values[i]), base - float(r.high[i]), base - float(r.low[i]))
                                for i in range(len(layers))])
-        md += [f"### {task}, {how} (clean accuracy {base:.2f}, N = {len(batch)})", "",
-               _table(["position set"] + [f"layer {l}" for l in layers], rows), ""]
+        md += [f"### {task}, {how} (clean accuracy {base:.2f}, N = {len(batch)})", ""]
+        if base < 0.7:
+            md += ["The model is not reliably right on this task, so drops here say little.", ""]
+        md += [_table(["position set"] + [f"layer {l}" for l in layers], rows), ""]
 
     # --- probes
     md += ["## Task-identity probes", "",

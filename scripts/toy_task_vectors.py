@@ -19,6 +19,9 @@ from typing import Any
 import pandas as pd
 import torch
 
+from icl_circuits import build_prompts
+from icl_circuits.interventions import read_resid, replace_hook, resid_name
+from icl_circuits.patching import layer_sweep
 from icl_circuits.tasks import get_task
 from icl_circuits.task_vectors import compare_task_vectors
 
@@ -64,6 +67,25 @@ def _cell(g: pd.DataFrame, layer: int) -> str:
     return f"{r.accuracy:.2f} [{r.low:.2f}, {r.high:.2f}]"
 
 
+def donor_table(model: Any, task: str, n: int, k: int, seed: int) -> pd.DataFrame:
+    """What the final position holds: replace a zero-shot prompt's final residual at layer l by the
+    final residual of an ICL prompt with the SAME query (own) or of ANOTHER ICL prompt (donor)."""
+    icl = build_prompts(model, task, n, k, seed=seed)
+    zs = build_prompts(model, task, n, k, seed=seed, variant="zero_shot")  # same queries, no demos
+    states = read_resid(model, icl, icl.positions("final"))  # [layer, batch, 1, d]
+    pos, donor = zs.positions("final"), torch.roll(torch.arange(n), 1)
+
+    def hooks(src):
+        return lambda l, rows, mb: [(resid_name(model, l), replace_hook(pos[rows], states[l][src][rows]))]
+
+    own = layer_sweep(model, zs, hooks(torch.arange(n)))
+    gold_donor = icl.answer_tokens[donor]
+    other = layer_sweep(model, zs, hooks(donor), metric=lambda lg, b: (lg.argmax(-1) == gold_donor[: len(b)]).float(),
+                        batch_size=n)
+    return pd.DataFrame({"layer": own.layers, "own state: gold": own.values.tolist(),
+                         "other prompt's state: its answer": other.values.tolist()})
+
+
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=32, help="extraction prompts per task")
@@ -91,7 +113,9 @@ def main(argv: list[str] | None = None) -> str:
         "Layer l = the input of block l (`blocks.{l}.hook_resid_pre`; l = "
         f"{L} is the final residual). Metric: accuracy of the first answer token over the whole vocabulary for "
         "knowledge tasks; for categorization tasks (whose two label words are drawn per prompt) the argmax over "
-        "the prompt's two label words (chance 0.50). Cells: value [Wilson 95% interval].",
+        "the prompt's two label words (chance 0.50). Cells: value [Wilson 95% interval]. At layer 0 the final "
+        "position's residual is the separator's embedding, the same in every prompt, so the vanilla vector "
+        "changes nothing there (= zero-shot).",
         "",
         "- **vanilla** (Hendel et al.): mean final-position residual of dummy-query ICL prompts, REPLACING the "
         "final-position residual of zero-shot prompts at layer l;",
@@ -118,6 +142,21 @@ def main(argv: list[str] | None = None) -> str:
                   f"random-answer demos {ref['random-answers'].accuracy:.2f}; local-vector prompts dropped (answers "
                   f"tokenized differently): {df.attrs['local_dropped']}; FV heads (layer, head): "
                   f"{', '.join(f'({l},{h})' for l, h in df.attrs['fv_heads'])}", "", _md(table), ""]
+        notes = []
+        if ref["icl"].low <= 1 / 2 <= ref["icl"].high and by["icl"].metric.iloc[0] == "label_accuracy":
+            notes.append("ICL itself is at chance on this task (the 95% interval contains 0.50): the model does not "
+                         "solve it in context, so no vector can be expected to carry it.")
+        if ref["random-answers"].accuracy >= ref["icl"].accuracy - 0.05:
+            notes.append("The random-answer prompts already reach ICL accuracy: the query is answered without the demo "
+                         "labels, so the local-vector patch cannot show an effect here.")
+        late = by["vanilla"][by["vanilla"].layer >= 1].accuracy
+        if len(late) and late.max() < ref["zero-shot"].accuracy - 0.1:
+            notes.append("The vanilla vector is below zero-shot at every layer >= 1: replacing the final position's "
+                         "residual there removes what the model needs to answer (the vector, an average over dummy "
+                         "queries, carries no query identity); see the last section: the final position holds the "
+                         "query-specific answer from early layers on.")
+        if notes:
+            sections += [f"*Reading:* {' '.join(notes)}", ""]
         best = {m: by[m].loc[by[m].accuracy.idxmax()] for m in METHODS}
         fv_at = by["function"][by["function"].layer == fv_layer].accuracy
         summary.append({
@@ -127,7 +166,18 @@ def main(argv: list[str] | None = None) -> str:
             "seconds": round(time.time() - t1, 1),
         })
         print(f"{task}: {time.time() - t1:.1f}s", flush=True)
-    parts += ["## Summary", "", _md(pd.DataFrame(summary)), "", *sections]
+    donors = []
+    for task in TASKS[:3]:
+        t = donor_table(model, task, args.eval, args.demos, args.seed + 1)
+        donors.append(t.rename(columns={c: f"{task}: {c}" for c in t.columns if c != "layer"}))
+    donor_md = _md(donors[0].merge(donors[1], on="layer").merge(donors[2], on="layer"))
+    parts += ["## Summary", "", _md(pd.DataFrame(summary)), "", *sections,
+              "## What the final position holds (knowledge tasks)", "",
+              f"{args.eval} zero-shot prompts (the ICL prompts' queries, seed {args.seed + 1}) whose final-position "
+              "residual at layer l is replaced by that of an ICL prompt: with the same query (own state; accuracy on "
+              "the gold answer) or of another prompt (fraction that outputs the OTHER prompt's answer). Where the "
+              "second column is high, the final position already holds the query-specific answer, so a vector "
+              "averaged over queries cannot replace it there.", "", donor_md, ""]
     parts.append(f"Total time: {time.time() - t0:.0f}s on one CPU thread.")
     text = "\n".join(parts) + "\n"
     out = Path(args.out)

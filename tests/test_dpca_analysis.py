@@ -312,3 +312,17 @@ def test_figures_name_model_and_task(fit, tiny_model):
         assert isinstance(fig, go.Figure) and "tiny" in fig.layout.title.text and TASK in fig.layout.title.text
     assert len(figs[2].layout.updatemenus[0].buttons) == 3  # one per layer
     assert isinstance(abl, SubspaceAblationResult)
+
+
+@pytest.mark.parametrize("factors,kwargs,match", [
+    ([np.zeros(6), np.arange(6) % 2], {}, "single value"),
+    ([np.arange(5) % 3, np.arange(6) % 2], {}, "must have shape"),
+    ([np.arange(6) % 3, np.arange(6) % 2], {"n_trials": 2}, "n_trials must be an int in"),
+    ([np.arange(6) % 3, np.arange(6) % 2], {"min_trials": 0}, "min_trials"),
+])
+def test_condition_tensor_rejects_bad_factors(factors, kwargs, match):
+    from icl_circuits.dpca import condition_tensor
+
+    with pytest.raises(ValueError, match=match):
+        condition_tensor(np.random.default_rng(0).normal(size=(6, 4)), factors, ["a", "b"],
+                         **({"min_trials": 1} | kwargs))
