@@ -116,7 +116,7 @@ def render_html(sections: list[Section], cfg: ReportConfig, total_seconds: float
         body += [f"<p>{p}</p>" for p in s.text.split("\n\n") if p.strip()]
         body += [_figure_html(f, f"fig-{s.key}-{j}") for j, f in enumerate(s.figures)]
         if s.table is not None:
-            body.append(s.table.to_html(index=False, float_format=lambda v: f"{v:.3f}", classes="tbl", border=0))
+            body.append(s.table.to_html(index=False, float_format=lambda v: f"{v:.3g}", classes="tbl", border=0))
         body.append("</section>")
         parts.append("\n".join(body))
     style = """

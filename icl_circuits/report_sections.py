@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from .evaluation import accuracy_by_demos
 from .plots import accuracy as accuracy_plots
 from .report import Context, Section, section
@@ -44,4 +46,113 @@ def saliency_section(ctx: Context) -> Section:
         "deep layers.",
         figures=[splots.flows(res), splots.heatmap(res, example=0)],
         table=df if len(df) < 60 else None,
+    )
+
+
+@section("task_vectors")
+def task_vectors_section(ctx: Context) -> Section:
+    from .learned import train_per_layer
+    from .plots import sweeps
+    from .task_vectors import compare_task_vectors
+
+    cfg, task = ctx.cfg, ctx.cfg.knowledge_task
+    n = cfg.prompts(32)
+    ltv = train_per_layer(ctx.model, task, n_train=n * 2, n_val=n // 2, epochs=4 if cfg.quick else 8, lr=2e-2,
+                          batch_size=8, seed=cfg.seed, progress=False)
+    ctx.cache["ltv"] = ltv
+    df = compare_task_vectors(ctx.model, task, n_demos=cfg.n_demos, n_prompts=n, seed=cfg.seed,
+                              top_k=min(10, ctx.model.cfg.n_layers * ctx.model.cfg.n_heads), extra=[ltv])
+    wide = df.pivot_table(index="layer", columns="method", values="accuracy").reset_index()
+    return Section(
+        "task_vectors", "Task vectors per layer: vanilla, local, function, learned",
+        f"Accuracy on zero-shot prompts of {task} with one vector injected at the input of each block: vanilla "
+        "(Hendel et al. 2023; replaces the final-position residual), function vector (Todd et al. 2024; top heads "
+        "by causal indirect effect, added), learned (Yang et al. 2025; trained per layer with the model frozen, "
+        "added), local (2406.16007; answer-position states patched into random-answer twins). Flat reference lines: "
+        "zero-shot, ICL and random-answer accuracy.",
+        figures=[sweeps.sweep(df, f"Task vectors on {task} ({cfg.model_name})")], table=wide,
+    )
+
+
+@section("interchange")
+def interchange_section(ctx: Context) -> Section:
+    from .interchange import interchange, paired_batches
+    from .plots import interchange as iplots
+
+    cfg = ctx.cfg
+    a, b = cfg.interchange_pair
+    src, tgt = paired_batches(ctx.model, a, b, n_prompts=cfg.prompts(32), n_demos=cfg.n_demos, seed=cfg.seed)
+    runs = [interchange(ctx.model, src, tgt, pos, source_task=a, target_task=b, progress=False)
+            for pos in ["answer_0", "answer_-1", "answers", "demo_tokens", "query"]]
+    df = pd.concat([r.to_dataframe() for r in runs])
+    return Section(
+        "interchange", f"Single- vs multi-position interchange ({a} -> {b})",
+        f"Residual activations of {a} prompts (averaged per position) overwrite the same roles in {b} prompts at one "
+        "layer; transfer = the model now answers the source task on the target's query, preserve = it still answers "
+        "the target task (Cheng & Zhang 2026). Wilson 95% bands. The published finding: single positions transfer "
+        "nothing, the whole set of demo positions transfers the task in early layers.",
+        figures=[iplots.interchange(runs)], table=df[df.outcome == "transfer"] if "outcome" in df else None,
+    )
+
+
+@section("heads")
+def heads_section(ctx: Context) -> Section:
+    from .heads import head_ablation_scan, head_attribution, scan_agreement
+    from .plots import circuits as cplots
+    from .prompts import build_prompts
+
+    cfg = ctx.cfg
+    batch = build_prompts(ctx.model, cfg.knowledge_task, cfg.prompts(32), cfg.n_demos, seed=cfg.seed)
+    exact = head_ablation_scan(ctx.model, batch, how="mean", metric="logit_diff", progress=False)
+    approx = head_attribution(ctx.model, batch, how="mean", metric="logit_diff")
+    agree = scan_agreement(exact, approx)
+    return Section(
+        "heads", "Head ablation: exact scan and attribution patching",
+        f"Effect on the gold logit difference of mean-ablating each head alone ({cfg.knowledge_task}, "
+        f"{cfg.n_demos} demos), computed exactly (heads batched per forward, clean prefix reused) and by "
+        f"attribution patching (one forward and one backward pass). Spearman rank correlation between the two: "
+        f"{agree['spearman']:.2f}.",
+        figures=[cplots.head_scan(exact), cplots.scan_vs_attribution(exact, approx)],
+    )
+
+
+@section("propagation")
+def propagation_section(ctx: Context) -> Section:
+    from .plots import propagation as pplots
+    from .propagation import propagation_by_layer
+
+    cfg = ctx.cfg
+    ltv = ctx.cache.get("ltv")
+    if ltv is None:
+        from .learned import train_per_layer
+
+        ltv = train_per_layer(ctx.model, cfg.knowledge_task, n_train=32, n_val=8, epochs=3, lr=2e-2, seed=cfg.seed,
+                              progress=False)
+    res = propagation_by_layer(ctx.model, cfg.knowledge_task, ltv, n_vectors=64 if cfg.quick else 160,
+                               n_prompts=cfg.prompts(16), seed=cfg.seed, progress=False)
+    return Section(
+        "propagation", "Linear propagation of learned task vectors: rotation vs scaling",
+        "A linear map W from a vector injected at layer l to its effect on the final residual, fitted by least "
+        "squares, and its polar decomposition W = U P (U a rotation, P a stretch). tr(U)/d near 1 means W mostly "
+        "scales; lower values mean the vector is rotated on its way to the output (Yang et al. 2025: early vectors "
+        "are rotated into the label subspace, late ones mostly scaled).",
+        figures=[pplots.rotation_scaling(res), pplots.propagation_summary(res)], table=res.to_dataframe(),
+    )
+
+
+@section("dpca")
+def dpca_section(ctx: Context) -> Section:
+    from .dpca_analysis import dpca_by_layer
+    from .plots import dpca as dplots
+
+    cfg = ctx.cfg
+    res = dpca_by_layer(ctx.model, cfg.category_task, n_demos=cfg.n_demos, n_prompts=cfg.prompts(64),
+                        seed=cfg.seed, n_null=1, progress=False)
+    return Section(
+        "dpca", f"dPCA of label-position vectors ({cfg.category_task})",
+        "Demixed PCA (Kobak et al. 2016) of the residual stream at the demo answer positions, marginalized by a "
+        "nuisance feature of the demo input and by the label class (2406.16007: nuisance information peaks early "
+        "and fades, label information stays). Variance explained per marginalization and Mahalanobis distances "
+        "between clusters, per layer.",
+        figures=[dplots.explained_variance(res), dplots.distances(res)], table=res.variance_table(),
     )
