@@ -11,6 +11,7 @@ from plotly.subplots import make_subplots
 from ..metrics import wilson
 from ..propagation import LogitLensResult, PropagationResult
 from ..vectors import SweepResult, TaskVector
+from . import sweeps
 
 
 def _band(fig: go.Figure, x, low, high, name: str, color: str | None = None, **where) -> None:
@@ -26,28 +27,11 @@ def _wilson_band(values, n: int) -> tuple[list[float], list[float]]:
 
 def layer_curves(results: Sequence[SweepResult], title: str | None = None) -> go.Figure:
     """Accuracy per injection layer, one line per SweepResult (e.g. learned vs vanilla vs function
-    vectors), Wilson 95% bands, the no-vector baseline of the first result as a dashed line."""
+    vectors), with 95% bands and baselines: ``plots.sweeps.sweep`` for a list of results."""
     if not results:
         raise ValueError("results is empty: give at least one SweepResult")
-    fig = go.Figure()
-    for r in results:
-        n = r.per_prompt.shape[1]
-        _band(fig, r.layers, r.low.tolist(), r.high.tolist(), r.method)
-        fig.add_trace(go.Scatter(
-            x=r.layers, y=r.values.tolist(), mode="lines+markers", name=r.method,
-            customdata=list(zip(r.low.tolist(), r.high.tolist())),
-            hovertemplate=f"{r.method}<br>layer %{{x}}: {r.metric} %{{y:.3f}} "
-                          f"[%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}] (n={n})<extra></extra>",
-        ))
-    base = results[0].baseline
-    if base is not None:
-        fig.add_hline(y=base, line_dash="dash", annotation_text=f"no vector {base:.2f}")
     r0 = results[0]
-    fig.update_layout(
-        title=title or f"Task vectors by injection layer: {r0.model_name}, {r0.task}", xaxis_title="layer (input of block)",
-        yaxis_title=r0.metric, yaxis_range=[-0.02, 1.02], template="plotly_white",
-    )
-    return fig
+    return sweeps.sweep(list(results), title or f"Task vectors by injection layer: {r0.model_name}, {r0.task}")
 
 
 def training_curve(tv: TaskVector, title: str | None = None) -> go.Figure:
