@@ -27,7 +27,8 @@ from .interventions import attn_scores_name, block_attention_hook, check_layer, 
 from .metrics import correct, wilson
 from .prompts import PromptBatch
 from .results import Result
-from .saliency import LossKind, answer_loss, check_demos, final_logits_with_grad, frozen, has_bos, label_candidates
+from .evaluation import frozen
+from .saliency import LossKind, answer_loss, check_demos, final_logits_with_grad, has_bos, label_candidates
 
 IsolationMode = Literal["label_from_text", "query_from_label"]
 TARGETS = ["label", "random"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import pandas as pd
@@ -21,6 +22,19 @@ def unembed_resid(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tens
     if ln is not None:
         x = ln(x)
     return model.unembed(x).reshape(*shape[:-1], -1)
+
+
+@contextmanager
+def frozen(model: Any) -> Iterator[None]:
+    """Temporarily set ``requires_grad=False`` on every parameter (restored on exit, also on errors)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
 
 
 def gather_positions(

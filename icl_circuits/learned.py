@@ -25,7 +25,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .evaluation import gather_positions, unembed_resid
+from .evaluation import frozen, gather_positions, unembed_resid
 from .interventions import add_hook, check_layer, check_vector, read_resid, resid_name
 from .metrics import Rate, wilson
 from .prompts import POSITION_KINDS, PromptBatch, Template, build_prompts
@@ -265,10 +265,7 @@ def train_task_vector(
     first = min(ls)
     bs_eval = max(batch_size, 128)
     t0 = time.time()
-    saved = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in saved:
-            p.requires_grad_(False)
+    with frozen(model):
         train = _Cached(model, batch.select(train_rows), first, kinds, bs_eval)
         val = _Cached(model, batch.select(val_rows), first, kinds, bs_eval) if val_rows else None
         theta = torch.nn.Parameter(theta0.clone().to(model.cfg.device))
@@ -303,9 +300,6 @@ def train_task_vector(
                 stale += 1
                 if stale >= patience:
                     break
-    finally:
-        for p, req in saved:
-            p.requires_grad_(req)
     meta = {
         **curve, "best_epoch": best_epoch, "val_accuracy_best": curve["val_accuracy"][best_epoch],
         "train_accuracy_best": curve["train_accuracy"][best_epoch], "n_train": len(train_rows),

@@ -18,9 +18,8 @@ Attention isolation and anchor re-weighting live in ``anchors.py``.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -28,7 +27,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .evaluation import gather_positions, minibatches, unembed_resid
+from .evaluation import frozen, gather_positions, minibatches, unembed_resid
 from .interventions import gate_pattern_hook, pattern_name
 from .prompts import PromptBatch
 from .results import Result
@@ -38,17 +37,6 @@ FLOW_NAMES = ["S_wp", "S_pq", "S_ww"]
 
 
 # ----------------------------------------------------------------------------- shared helpers
-@contextmanager
-def frozen(model: Any) -> Iterator[None]:
-    """Temporarily set ``requires_grad=False`` on every parameter (restored on exit, also on errors)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
 
 
 def check_demos(batch: PromptBatch, arg: str = "batch") -> None:
