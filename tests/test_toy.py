@@ -10,15 +10,18 @@ import torch
 
 import icl_circuits.models as models
 from icl_circuits import build_prompts, load_model
+from icl_circuits.prompts import Template
 from icl_circuits.tasks import get_task, list_tasks
 from icl_circuits.toy.train import SequenceSampler, ToyRecipe, train
 
 
+@pytest.mark.parametrize("example", ["{x}:{y}", "{x} {y}"])
 @pytest.mark.parametrize("task", ["antonym", "country-capital", "letter-string", "point", "uppercase"])
-def test_training_sequences_are_the_toolkit_prompts(toy_tokenizer, task):
+def test_training_sequences_are_the_toolkit_prompts(toy_tokenizer, task, example):
     """The recipe assembles ids from cached pieces; build_prompts tokenizes the whole text."""
-    sampler = SequenceSampler(toy_tokenizer)
-    batch = build_prompts(toy_tokenizer, task, 6, 5, seed=2)
+    template = Template(example=example)
+    sampler = SequenceSampler(toy_tokenizer, template)
+    batch = build_prompts(toy_tokenizer, task, 6, 5, seed=2, template=template)
     for i in range(len(batch)):
         ids, answer_idx = sampler.sequence([*batch.demos[i], (batch.queries[i], batch.answers[i])])
         final = int(batch.final_positions[i])
@@ -56,3 +59,40 @@ def test_recipe_is_deterministic(tmp_path):
     a = train(recipe, tmp_path / "a", progress=False)
     b = train(recipe, tmp_path / "b", progress=False)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("tasks", ["number", "number,antonym", "antonym"])
+def test_recipe_trains_on_a_subset_of_tasks(tmp_path, tasks):
+    """Only the named tasks are sampled and evaluated, with or without categorization among them."""
+    recipe = ToyRecipe(n_layers=1, d_model=16, n_heads=2, d_mlp=32, steps=4, batch_size=4, curriculum_steps=2,
+                       warmup_steps=1, eval_every=4, pairs_per_sequence=4, tasks=tasks, example="{x} {y}")
+    train(recipe, tmp_path, progress=False)
+    log = json.loads((tmp_path / "training.json").read_text())
+    assert sorted(log["log"]["evals"][-1]["acc_by_demos"]) == sorted(tasks.split(","))
+    assert log["recipe"]["example"] == "{x} {y}"
+
+
+def test_recipe_rejects_an_unknown_task(tmp_path):
+    with pytest.raises(ValueError, match="no-such-task"):
+        train(ToyRecipe(steps=1, tasks="number,no-such-task"), tmp_path, progress=False)
+
+
+def test_format_bridge_writes_categorization_in_the_bridge_format_first(tmp_path, monkeypatch):
+    """For the first bridge_steps only categorization sequences change format; evaluation never does."""
+    import icl_circuits.toy.train as recipe_module
+
+    calls, real = [], recipe_module._batch
+
+    def spy(sampler, tasks, n, n_pairs, rng):
+        calls.append((tasks[0].kind, tuple(sampler.sep)))
+        return real(sampler, tasks, n, n_pairs, rng)
+
+    monkeypatch.setattr(recipe_module, "_batch", spy)
+    recipe = ToyRecipe(n_layers=1, d_model=16, n_heads=2, d_mlp=32, steps=4, batch_size=4, curriculum_steps=0,
+                       warmup_steps=1, eval_every=100, pairs_per_sequence=4, tasks="number,antonym",
+                       bridge_example="{x} {y}", bridge_steps=2)
+    train(recipe, tmp_path, progress=False)
+    colon = tuple(SequenceSampler(recipe_module.build_toy_tokenizer()).sep)
+    assert colon and calls[:8] == [("categorization", ()), ("knowledge", colon)] * 2 + [
+        ("categorization", colon), ("knowledge", colon)] * 2
+    assert all(sep == colon for _, sep in calls[8:])  # the evaluation after the last step

@@ -8,7 +8,10 @@ demos only identify the task); categorization tasks draw their two label words p
 a pool of 16, so the class-to-word binding can only come from the context.
 
 Curriculum (see ../shared/TOY_MODEL_NOTES.md): categorization only for the first
-``curriculum_steps``, then all tasks. AdamW with warmup, a flat learning rate, and a linear decay
+``curriculum_steps``, then all tasks. Optionally a format bridge: for the first ``bridge_steps`` the
+categorization sequences are written in ``bridge_example`` (e.g. ``"{x} {y}"``, no separator token,
+where matching a query to the demos of its class needs one composition less; see
+scripts/toy_separator_experiment.py), then in the template's own format. AdamW with warmup, a flat learning rate, and a linear decay
 over the last ``decay_fraction`` of the steps. Deterministic for a given seed and thread count.
 """
 
@@ -56,6 +59,10 @@ class ToyRecipe:
     seed: int = 0
     threads: int = 1
     init_from: str = ""  # a weights directory to start from (a second training stage), "" = scratch
+    example: str = "{x}:{y}"  # the template's example format; "{x} {y}" drops the separator token
+    tasks: str = ""  # comma-separated task names to train on, "" = the whole task library
+    bridge_example: str = ""  # categorization sequences use this format for the first bridge_steps
+    bridge_steps: int = 0
 
 
 def model_config(recipe: ToyRecipe, d_vocab: int) -> dict:
@@ -121,6 +128,13 @@ def answer_logits(model: HookedTransformer, tokens: torch.Tensor, targets: torch
     return model.unembed(model.ln_final(sel))[0]
 
 
+def _n_categorization(r: ToyRecipe, step: int, has_cat: bool, has_mapping: bool) -> int:
+    """How many sequences of the batch are categorization (curriculum first, then the mix)."""
+    if not has_mapping or (has_cat and step < r.curriculum_steps):
+        return r.batch_size
+    return int(round(r.batch_size * r.categorization_fraction)) if has_cat else 0
+
+
 def _lr_at(step: int, r: ToyRecipe) -> float:
     if step < r.warmup_steps:
         return r.lr * (step + 1) / r.warmup_steps
@@ -160,9 +174,11 @@ def train(recipe: ToyRecipe, out_dir: str | Path, progress: bool = True) -> Hook
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(Path(recipe.init_from) / "model.safetensors")), strict=False)
-    sampler = SequenceSampler(tok)
-    cat = [get_task(n) for n in list_tasks("categorization")]
-    mapping = [get_task(n) for n in list_tasks() if get_task(n).kind != "categorization"]
+    sampler = SequenceSampler(tok, Template(example=recipe.example))
+    bridge = SequenceSampler(tok, Template(example=recipe.bridge_example)) if recipe.bridge_steps else sampler
+    tasks = [get_task(n.strip()) for n in recipe.tasks.split(",")] if recipe.tasks else [get_task(n) for n in list_tasks()]
+    cat = [t for t in tasks if t.kind == "categorization"]
+    mapping = [t for t in tasks if t.kind != "categorization"]
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     rng = np.random.default_rng(recipe.seed)
     log: list[dict] = []
@@ -172,9 +188,9 @@ def train(recipe: ToyRecipe, out_dir: str | Path, progress: bool = True) -> Hook
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, recipe)
         # categorization and mapping sequences differ in length: pad each sub-batch on its own
-        n_cat = recipe.batch_size if step < recipe.curriculum_steps else int(
-            round(recipe.batch_size * recipe.categorization_fraction))
-        parts = [_batch(sampler, cat, n_cat, recipe.pairs_per_sequence, rng)]
+        n_cat = _n_categorization(recipe, step, bool(cat), bool(mapping))
+        cat_sampler = bridge if step < recipe.bridge_steps else sampler
+        parts = [_batch(cat_sampler, cat, n_cat, recipe.pairs_per_sequence, rng)] if n_cat else []
         if n_cat < recipe.batch_size:
             parts.append(_batch(sampler, mapping, recipe.batch_size - n_cat, recipe.pairs_per_sequence, rng))
         n_targets = sum(int((y != -100).sum()) for _, y in parts)
