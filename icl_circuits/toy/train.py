@@ -8,11 +8,11 @@ demos only identify the task); categorization tasks draw their two label words p
 a pool of 16, so the class-to-word binding can only come from the context.
 
 Curriculum (see ../shared/TOY_MODEL_NOTES.md): categorization only for the first
-``curriculum_steps``, then all tasks. Optionally a format bridge: for the first ``bridge_steps`` the
-categorization sequences are written in ``bridge_example`` (e.g. ``"{x} {y}"``, no separator token,
-where matching a query to the demos of its class needs one composition less; see
-scripts/toy_separator_experiment.py), then in the template's own format. AdamW with warmup, a flat learning rate, and a linear decay
-over the last ``decay_fraction`` of the steps. Deterministic for a given seed and thread count.
+``curriculum_steps``, then all tasks. Optionally a format bridge: for the first ``bridge_steps``
+the categorization sequences are written in ``bridge_example`` (e.g. ``"{x} {y}"``, no separator
+token, where matching a query to the demos of its class needs one composition less; see
+scripts/toy_separator_experiment.py), then in the template's own format. AdamW with warmup, a
+flat learning rate, and a linear decay over the last ``decay_fraction`` of the steps. Deterministic for a given seed and thread count.
 """
 
 from __future__ import annotations
@@ -176,7 +176,8 @@ def train(recipe: ToyRecipe, out_dir: str | Path, progress: bool = True) -> Hook
         model.load_state_dict(load_file(str(Path(recipe.init_from) / "model.safetensors")), strict=False)
     sampler = SequenceSampler(tok, Template(example=recipe.example))
     bridge = SequenceSampler(tok, Template(example=recipe.bridge_example)) if recipe.bridge_steps else sampler
-    tasks = [get_task(n.strip()) for n in recipe.tasks.split(",")] if recipe.tasks else [get_task(n) for n in list_tasks()]
+    names = [n.strip() for n in recipe.tasks.split(",")] if recipe.tasks else list_tasks()
+    tasks = [get_task(n) for n in names]
     cat = [t for t in tasks if t.kind == "categorization"]
     mapping = [t for t in tasks if t.kind != "categorization"]
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
