@@ -8,12 +8,33 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
 from . import cli as _cli
 from .cli import DEFAULT_MODEL, _check_task, cli, emit_json
+
+
+def _write_out(out: str, figures: dict[str, Any], results: dict[str, Any] | None = None,
+               summary: dict | None = None) -> None:
+    """Write ``--out DIR``: each result by ``Result.save(DIR/stem)``, ``summary`` as ``result.json``, and
+    each figure (or list of figures, one page) as self-contained HTML; then say what was written."""
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    if summary is not None:
+        (d / "result.json").write_text(json.dumps(summary, indent=1, default=float))
+    for stem, res in (results or {}).items():
+        res.save(d / stem)
+    for name, fig in figures.items():
+        if isinstance(fig, list):
+            html = "".join(f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(fig))
+            (d / name).write_text(f"<html><head><meta charset='utf-8'></head><body>{html}</body></html>")
+        else:
+            fig.write_html(str(d / name), include_plotlyjs=True)
+    files = [str(d / "result.json"), *(str(d / name) for name in figures)]
+    click.echo(f"wrote {', '.join(files[:-1])} and {files[-1]}")
 
 @cli.command("dpca")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="toy-icl, a local HF directory or a TL name.")
@@ -30,8 +51,6 @@ from .cli import DEFAULT_MODEL, _check_task, cli, emit_json
 def dpca_cmd(model: str, task: str, n_demos: int, n_prompts: int, position: str, n_components: int,
              regularizer: str, seed: int, as_json: bool, out: str | None) -> None:
     """dPCA of label-position states per layer: variance per marginalization, cluster distances."""
-    from pathlib import Path
-
     from .dpca_analysis import dpca_by_layer
 
     _check_task(task)
@@ -62,11 +81,7 @@ def dpca_cmd(model: str, task: str, n_demos: int, n_prompts: int, position: str,
     if out:
         from .plots.dpca import summary
 
-        d = Path(out)
-        d.mkdir(parents=True, exist_ok=True)
-        res.save(d / "result")
-        summary(res).write_html(str(d / "figure.html"), include_plotlyjs=True)
-        click.echo(f"wrote {d / 'result.json'} and {d / 'figure.html'}")
+        _write_out(out, {"figure.html": summary(res)}, results={"result": res})
     if as_json:
         emit_json({"model": model, "task": task, "position": position, "seed": seed, "n_prompts": n_prompts,
                    "n_demos": n_demos, "marginalizations": res.marginalizations, "factors": res.factors,
@@ -88,8 +103,6 @@ def dpca_cmd(model: str, task: str, n_demos: int, n_prompts: int, position: str,
 def saliency_cmd(model: str, task: str, n_demos: int, n_prompts: int, loss: str, proportions: bool,
                  batch_size: int, seed: int, as_json: bool, out: str | None) -> None:
     """Saliency flow (label words as anchors): S_wp, S_pq, S_ww per layer."""
-    from pathlib import Path
-
     from .prompts import build_prompts
     from .saliency import saliency_flow
 
@@ -108,12 +121,7 @@ def saliency_cmd(model: str, task: str, n_demos: int, n_prompts: int, loss: str,
     if out:
         from .plots.saliency import flows, heatmap
 
-        d = Path(out)
-        d.mkdir(parents=True, exist_ok=True)
-        res.save(d / "result")
-        flows(res).write_html(str(d / "figure.html"), include_plotlyjs=True)
-        heatmap(res).write_html(str(d / "heatmap.html"), include_plotlyjs=True)
-        click.echo(f"wrote {d / 'result.json'}, {d / 'figure.html'} and {d / 'heatmap.html'}")
+        _write_out(out, {"figure.html": flows(res), "heatmap.html": heatmap(res)}, results={"result": res})
     if as_json:
         emit_json({"model": model, "task": task, "seed": seed, "n_prompts": n_prompts, "n_demos": n_demos,
                    "loss": loss, "proportions": proportions, "layers": res.layers,
@@ -145,8 +153,6 @@ def interchange_cmd(model: str, source: str, target: str, n_demos: int, n_prompt
                     layers: str | None, seed: int, as_json: bool, out: str | None) -> None:
     """Multi-position interchange (Cheng & Zhang): transfer / preserve / neither rate per layer."""
     import re
-    from pathlib import Path
-
     from .interchange import interchange, paired_batches
 
     _check_task(source), _check_task(target)
@@ -177,13 +183,8 @@ def interchange_cmd(model: str, source: str, target: str, n_demos: int, n_prompt
     if out:
         from .plots.interchange import interchange as plot
 
-        d = Path(out)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "result.json").write_text(json.dumps(summary, indent=1))
-        for r in results:
-            r.save(d / ("interchange_" + re.sub(r"[^\w.-]+", "_", r.position_set)))
-        plot(results, outcomes=("transfer", "preserve")).write_html(str(d / "figure.html"), include_plotlyjs=True)
-        click.echo(f"wrote {d / 'result.json'} and {d / 'figure.html'}")
+        _write_out(out, {"figure.html": plot(results, outcomes=("transfer", "preserve"))}, summary=summary,
+                   results={"interchange_" + re.sub(r"[^\w.-]+", "_", r.position_set): r for r in results})
     if as_json:
         emit_json(summary)
 
@@ -204,8 +205,6 @@ def interchange_cmd(model: str, source: str, target: str, n_demos: int, n_prompt
 def probe_cmd(model: str, tasks: str, position: str, n_demos: int, n_prompts: int, layers: str | None, cv: int,
               seed: int, as_json: bool, out: str | None) -> None:
     """Linear probes decoding the task identity from the residual stream, per layer."""
-    from pathlib import Path
-
     from .probing import probe_by_layer, task_batches
 
     names = [_check_task(t.strip()) for t in tasks.split(",") if t.strip()]
@@ -222,11 +221,7 @@ def probe_cmd(model: str, tasks: str, position: str, n_demos: int, n_prompts: in
     if out:
         from .plots.interchange import probe_vs_transfer
 
-        d = Path(out)
-        d.mkdir(parents=True, exist_ok=True)
-        res.save(d / "result")
-        probe_vs_transfer(res).write_html(str(d / "figure.html"), include_plotlyjs=True)
-        click.echo(f"wrote {d / 'result.json'} and {d / 'figure.html'}")
+        _write_out(out, {"figure.html": probe_vs_transfer(res)}, results={"result": res})
     if as_json:
         emit_json({"model": model, "tasks": names, "position": position, "seed": seed, "n_prompts": n_prompts,
                    "n_demos": n_demos, "cv": cv, "chance": res.chance, "layers": res.layers,
@@ -249,8 +244,6 @@ def probe_cmd(model: str, tasks: str, position: str, n_demos: int, n_prompts: in
 def heads_cmd(model: str, task: str, n_demos: int, n_prompts: int, how: str, metric: str, positions: str, seed: int,
               as_json: bool, out: str | None) -> None:
     """Ablate each attention head alone (exact, batched) and estimate it by attribution patching."""
-    from pathlib import Path
-
     from .heads import head_ablation_scan, head_attribution, scan_agreement
     from .prompts import build_prompts
 
@@ -282,14 +275,8 @@ def heads_cmd(model: str, task: str, n_demos: int, n_prompts: int, how: str, met
     if out:
         from .plots.circuits import head_scan, scan_vs_attribution
 
-        d = Path(out)
-        d.mkdir(parents=True, exist_ok=True)
-        scan.save(d / "result")
-        attr.save(d / "attribution")
         figs = [head_scan(scan), head_scan(attr), scan_vs_attribution(exact_for_attr, attr)]
-        html = "".join(f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs))
-        (d / "figure.html").write_text(f"<html><head><meta charset='utf-8'></head><body>{html}</body></html>")
-        click.echo(f"wrote {d / 'result.json'} and {d / 'figure.html'}")
+        _write_out(out, {"figure.html": figs}, results={"result": scan, "attribution": attr})
     if as_json:
         emit_json({"model": model, "task": task, "how": how, "metric": metric, "positions": positions, "seed": seed,
                    "n_prompts": n_prompts, "n_demos": n_demos, "clean": float(scan.clean.mean()),
@@ -351,8 +338,6 @@ def _train_ltv(m: Any, task: str, layer_spec: str, epochs: int, n_train: int, n_
 def ltv_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train: int, n_val: int, with_demos: int,
             lr: float, batch_size: int, n_eval: int, seed: int, as_json: bool, out: str | None) -> None:
     """Train learned task vectors (one per layer) and their accuracy on fresh prompts."""
-    from pathlib import Path
-
     from .prompts import build_prompts
     from .vectors import evaluate_vector
 
@@ -373,12 +358,7 @@ def ltv_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train: int, n
     if out:
         from .plots.propagation import layer_curves
 
-        d = Path(out)
-        d.mkdir(parents=True, exist_ok=True)
-        tv.save(d / "result")
-        sweep.save(d / "sweep")
-        layer_curves([sweep]).write_html(str(d / "figure.html"), include_plotlyjs=True)
-        click.echo(f"wrote {d / 'result.json'} and {d / 'figure.html'}")
+        _write_out(out, {"figure.html": layer_curves([sweep])}, results={"result": tv, "sweep": sweep})
     if as_json:
         emit_json({"model": model, "task": task, "seed": seed, "with_demos": with_demos, "n_eval": n_eval,
                    "baseline": sweep.baseline, "layers": tv.layers,
@@ -396,8 +376,6 @@ def propagation_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train
                     n_fit: int) -> None:
     """Train LTVs per layer, then fit the linear map to the final residual: rotation vs scaling,
     logit lens, task alignment, accuracy of the reconstructed vector W theta."""
-    from pathlib import Path
-
     from .propagation import propagation_by_layer
 
     _check_task(task)
@@ -418,12 +396,7 @@ def propagation_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train
     if out:
         from .plots.propagation import propagation_summary
 
-        d = Path(out)
-        d.mkdir(parents=True, exist_ok=True)
-        res.save(d / "result")
-        tv.save(d / "ltv")
-        propagation_summary(res).write_html(str(d / "figure.html"), include_plotlyjs=True)
-        click.echo(f"wrote {d / 'result.json'} and {d / 'figure.html'}")
+        _write_out(out, {"figure.html": propagation_summary(res)}, results={"result": res, "ltv": tv})
     if as_json:
         emit_json({"model": model, "task": task, "seed": seed, "baseline": res.baseline,
                    "alignment_chance": res.alignment_chance, "layers": res.layers,
@@ -445,8 +418,6 @@ def propagation_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train
 def task_vectors_cmd(model: str, task: str, n_demos: int, n_prompts: int, top_k: int, metric: str, seed: int,
                      as_json: bool, out: str | None) -> None:
     """Vanilla vs local vs function vectors per layer, on held-out prompts."""
-    from pathlib import Path
-
     from .task_vectors import compare_task_vectors
 
     _check_task(task)
@@ -468,10 +439,6 @@ def task_vectors_cmd(model: str, task: str, n_demos: int, n_prompts: int, top_k:
     if out:
         from .plots.sweeps import sweep
 
-        d = Path(out)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "result.json").write_text(json.dumps(summary, indent=1, default=float))
-        sweep(df).write_html(str(d / "figure.html"), include_plotlyjs=True)
-        click.echo(f"wrote {d / 'result.json'} and {d / 'figure.html'}")
+        _write_out(out, {"figure.html": sweep(df)}, summary=summary)
     if as_json:
         emit_json(summary)
