@@ -28,27 +28,6 @@ import torch
 CLOCK = time.perf_counter
 
 
-def load(name: str = "toy-icl"):
-    """The bundled model, or a random model of its shape when the weights are not there yet."""
-    from icl_circuits import load_model
-
-    try:
-        return load_model(name, device="cpu"), True
-    except FileNotFoundError:
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-        from transformers import PreTrainedTokenizerFast
-
-        from icl_circuits.toy import TOKENIZER_DIR
-
-        tok = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
-        cfg = HookedTransformerConfig(
-            n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=256, d_vocab=len(tok), act_fn="gelu",
-            normalization_type="LN", positional_embedding_type="rotary", rotary_dim=32, seed=0,
-            model_name="random-toy-shape",
-        )
-        return HookedTransformer(cfg, tokenizer=tok).eval(), False
-
-
 def best_of(fn, repeats: int) -> tuple[float, object]:
     best, out = float("inf"), None
     for _ in range(repeats):
@@ -75,8 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from icl_circuits import build_prompts
     from icl_circuits.heads import head_ablation_scan, head_attribution, scan_agreement
+    from icl_circuits.toy import toy_or_untrained
 
-    model, trained = load()
+    model, trained = toy_or_untrained()
     batch = build_prompts(model, args.task, args.prompts, args.demos, seed=0)
     kw = dict(metric="logit_diff", progress=False)
     print(f"model {model.cfg.model_name} ({'trained' if trained else 'random weights'}), task {args.task}, "

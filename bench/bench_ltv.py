@@ -26,28 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from icl_circuits import build_prompts  # noqa: E402
 from icl_circuits.interventions import read_resid  # noqa: E402
 from icl_circuits.learned import ltv_loss  # noqa: E402
+from icl_circuits.toy import toy_or_untrained  # noqa: E402
 
 STEPS = 30
 BATCH = 32
-
-
-def load():
-    from icl_circuits.models import TOY_WEIGHTS_DIR, load_model
-
-    if (TOY_WEIGHTS_DIR / "model.safetensors").is_file():
-        return load_model("toy-icl", device="cpu"), "toy-icl"
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformers import PreTrainedTokenizerFast
-
-    from icl_circuits.toy import TOKENIZER_DIR
-
-    tok = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
-    cfg = HookedTransformerConfig(n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=256, d_vocab=len(tok),
-                                  act_fn="gelu", normalization_type="LN", positional_embedding_type="rotary",
-                                  rotary_dim=32, seed=0, model_name="random-toy-shape")
-    model = HookedTransformer(cfg, tokenizer=tok)
-    model.eval()
-    return model, "random model of toy-icl's shape (weights not found)"
 
 
 class Stepper:
@@ -86,7 +68,8 @@ def bench(model, batch):
 
 def main() -> None:
     torch.set_num_threads(1)
-    model, what = load()
+    model, trained = toy_or_untrained()
+    what = "toy-icl" if trained else "random model of toy-icl's shape (weights not found)"
     for p in model.parameters():
         p.requires_grad_(False)
     print(f"model: {what}; {STEPS} alternating steps per path (median CPU time), batch {BATCH}, 1 thread")

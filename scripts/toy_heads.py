@@ -24,6 +24,7 @@ from icl_circuits import build_prompts
 from icl_circuits.circuits import key_head_ablation, key_heads, ov_contributions, reconstruct
 from icl_circuits.heads import head_ablation_scan, head_attribution, scan_agreement
 from icl_circuits.interventions import read_resid
+from icl_circuits.toy import toy_or_untrained
 from icl_circuits.vectors import TaskVector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,15 +38,6 @@ def _md(df: pd.DataFrame, digits: int = 3) -> str:
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
-
-
-def load() -> tuple[Any, bool]:
-    import sys
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    from bench_heads import load as bench_load
-
-    return bench_load()
 
 
 def scan_section(model: Any, n: int, k: int, seed: int) -> str:
@@ -141,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.time()
-    model, trained = load()
+    model, trained = toy_or_untrained()
     head = ["# Attention heads of toy-icl", "",
             "Written by `scripts/toy_heads.py` "
             f"(`--prompts {args.prompts} --demos {args.demos} --seed {args.seed} --layer {args.layer}`)."]

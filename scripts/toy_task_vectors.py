@@ -23,6 +23,7 @@ from icl_circuits import build_prompts
 from icl_circuits.interventions import read_resid, replace_hook, resid_name
 from icl_circuits.patching import layer_sweep
 from icl_circuits.tasks import get_task
+from icl_circuits.toy import toy_or_untrained
 from icl_circuits.task_vectors import compare_task_vectors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,25 +31,6 @@ TASKS = ["antonym", "english-french", "country-capital", "number", "letter-strin
 METHODS = ["vanilla", "local", "function"]
 
 
-def load(name: str = "toy-icl") -> tuple[Any, bool]:
-    """The bundled model, or a random model of its shape when the weights are not there yet."""
-    from icl_circuits import load_model
-
-    try:
-        return load_model(name, device="cpu"), True
-    except FileNotFoundError:
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-        from transformers import PreTrainedTokenizerFast
-
-        from icl_circuits.toy import TOKENIZER_DIR
-
-        tok = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
-        cfg = HookedTransformerConfig(
-            n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=256, d_vocab=len(tok), act_fn="gelu",
-            normalization_type="LN", positional_embedding_type="rotary", rotary_dim=32, seed=0,
-            model_name="random-toy-shape",
-        )
-        return HookedTransformer(cfg, tokenizer=tok).eval(), False
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -97,7 +79,7 @@ def main(argv: list[str] | None = None) -> str:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.time()
-    model, trained = load()
+    model, trained = toy_or_untrained()
     L = model.cfg.n_layers
     fv_layer = round(L / 3)
     parts = [

@@ -96,3 +96,15 @@ def test_format_bridge_writes_categorization_in_the_bridge_format_first(tmp_path
     assert colon and calls[:8] == [("categorization", ()), ("knowledge", colon)] * 2 + [
         ("categorization", colon), ("knowledge", colon)] * 2
     assert all(sep == colon for _, sep in calls[8:])  # the evaluation after the last step
+
+
+def test_toy_or_untrained_falls_back_to_the_recipe_shape(tmp_path, monkeypatch):
+    from icl_circuits.toy import toy_or_untrained
+
+    model, trained = toy_or_untrained()
+    assert trained and model.cfg.model_name == "toy-icl"
+    monkeypatch.setattr(models, "TOY_WEIGHTS_DIR", tmp_path)  # a tree with no trained weights
+    untrained, trained = toy_or_untrained()
+    assert not trained and untrained.cfg.model_name == "random-toy-shape"
+    for key in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "positional_embedding_type"):
+        assert getattr(untrained.cfg, key) == getattr(model.cfg, key), key

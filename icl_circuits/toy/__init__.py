@@ -12,4 +12,23 @@ TOY_DIR = Path(__file__).resolve().parent
 WEIGHTS_DIR = TOY_DIR / "weights"
 TOKENIZER_DIR = TOY_DIR / "tokenizer"
 
-__all__ = ["TOY_DIR", "WEIGHTS_DIR", "TOKENIZER_DIR"]
+__all__ = ["TOY_DIR", "WEIGHTS_DIR", "TOKENIZER_DIR", "toy_or_untrained"]
+
+
+def toy_or_untrained(device: str = "cpu"):
+    """``(model, trained)``: ``load_model("toy-icl")``, or, in a tree whose weights are not trained
+    yet, an untrained model of the recipe's shape named "random-toy-shape" (for benchmarks and
+    scripts that must run either way)."""
+    from ..models import load_model
+
+    try:
+        return load_model("toy-icl", device=device), True
+    except FileNotFoundError:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+        from transformers import PreTrainedTokenizerFast
+
+        from .train import ToyRecipe, model_config
+
+        tok = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
+        kwargs = {**model_config(ToyRecipe(), len(tok)), "model_name": "random-toy-shape"}
+        return HookedTransformer(HookedTransformerConfig(**kwargs, seed=0, device=device), tokenizer=tok).eval(), False
