@@ -70,3 +70,12 @@ def _jsonable(v: Any) -> Any:
     if dataclasses.is_dataclass(v):
         return dataclasses.asdict(v)
     raise TypeError(f"cannot save a {type(v).__name__} in a result's JSON metadata")
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
+    """``df`` as a Markdown table (floats to ``digits`` places), without pandas' optional tabulate."""
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    return "\n".join(lines)

@@ -29,20 +29,13 @@ from icl_circuits import build_prompts, icl_accuracy, load_model
 from icl_circuits.dpca import DEFAULT_LAMBDA_GRID
 from icl_circuits.dpca_analysis import DPCALayerResult, ablate_subspace, dpca_by_layer
 from icl_circuits.metrics import wilson
+from icl_circuits.results import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("letter-string", "number")
 N_DEMOS = 8
 N_RANDOM = 3
 N_NULL = 10
-
-
-def _md(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(format(v, floatfmt) if isinstance(v, float) else str(v) for v in row) + " |")
-    return "\n".join(lines)
 
 
 def variance_table(r: DPCALayerResult) -> pd.DataFrame:
@@ -154,16 +147,16 @@ def run(model, n_prompts: int, seed: int, out: Path | None, model_name: str = "t
             f"## {task} (nuisance: {r.factors[0]})", "",
             f"ICL accuracy (argmax over the two label words, {N_DEMOS} demos, held-out prompts): {acc}. "
             f"Samples per condition ({r.factors[0]} levels {r.levels[0]} x label 0/1): {counts}.", "",
-            "### Share of condition-mean variance per marginalization", "", _md(variance_table(r)), "",
+            "### Share of condition-mean variance per marginalization", "", markdown_table(variance_table(r)), "",
             "### Mean Mahalanobis distance between clusters (Ledoit-Wolf pooled covariance)", "",
             "`full`: all d_model dimensions; `subspace`: the factor's own dPCA encoder projections "
             f"(label: {int(r.n_axes[0, 1])} axis, {r.factors[0]}: {int(r.n_axes[0, 0])} axes).", "",
-            _md(distance_table(r)), "",
+            markdown_table(distance_table(r)), "",
             "### Accuracy with a subspace projected out at the demo answer positions", "",
             "Label-restricted accuracy at the query on held-out prompts (seed "
             f"{seed + 1}); the subspace coordinate is set to that of the dPCA mean; 95% Wilson interval in "
             f"brackets; random: {N_RANDOM} random subspaces of the same dimension, pooled.", "",
-            _md(abl_df), "",
+            markdown_table(abl_df), "",
             describe(r, acc, abl_raw), "",
         ]
     n_abl = 2 * (model.cfg.n_layers + 1)

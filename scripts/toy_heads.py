@@ -24,20 +24,13 @@ from icl_circuits import build_prompts
 from icl_circuits.circuits import key_head_ablation, key_heads, ov_contributions, reconstruct
 from icl_circuits.heads import head_ablation_scan, head_attribution, scan_agreement
 from icl_circuits.interventions import read_resid
+from icl_circuits.results import markdown_table
 from icl_circuits.toy import toy_or_untrained
 from icl_circuits.vectors import TaskVector
 
 ROOT = Path(__file__).resolve().parents[1]
 SCAN_TASKS = ["antonym", "english-french", "number"]
 VECTOR_TASKS = ["antonym", "english-french"]
-
-
-def _md(df: pd.DataFrame, digits: int = 3) -> str:
-    cols = list(df.columns)
-    fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def scan_section(model: Any, n: int, k: int, seed: int) -> str:
@@ -58,12 +51,12 @@ def scan_section(model: Any, n: int, k: int, seed: int) -> str:
             grid.insert(0, "layer", [f"L{l}" for l in acc.layers])
             top = ", ".join(f"L{l}H{h}" for l, h in acc.top(3))
             out += [f"### {task}, {how} ablation: clean accuracy {float(acc.clean.mean()):.3f}; largest drops: {top}",
-                    "", _md(grid), ""]
+                    "", markdown_table(grid), ""]
             rows.append({"task": task, "how": how, "clean accuracy": float(acc.clean.mean()),
                          "worst head": top.split(",")[0], "worst drop": float(-acc.effect.min()),
                          "mean drop": float(-acc.effect.mean()), "Spearman attribution vs exact": ag["spearman"],
                          "Pearson": ag["pearson"]})
-    return "\n".join(out[:4] + ["### Summary", "", _md(pd.DataFrame(rows)), ""] + out[4:])
+    return "\n".join(out[:4] + ["### Summary", "", markdown_table(pd.DataFrame(rows)), ""] + out[4:])
 
 
 def task_vector(model: Any, task: str, layer: int, n: int, k: int, seed: int) -> TaskVector:
@@ -105,11 +98,11 @@ def vector_section(model: Any, n: int, k: int, seed: int, layer: int) -> str:
                 + f"; top key heads: {', '.join(f'L{l}H{h}' for l, h in kh.ranking[:4])}.", ""]
         df = ov.to_dataframe()[["layer", "head", "exact_dla", "ov_dla", "cosine", "exact_norm", "ov_norm"]]
         df["layer"], df["head"] = df["layer"].astype(str), df["head"].astype(str)
-        out += ["Per head (means over prompts):", "", _md(df), "",
+        out += ["Per head (means over prompts):", "", markdown_table(df), "",
                 f"Direct path DLA {float(ov.direct_dla.mean()):.3f}; MLP DLA per layer "
                 + ", ".join(f"L{l} {float(v):.3f}" for l, v in zip(ov.layers, ov.mlp_dla.mean(1))) + ".", "",
                 "Reconstruction at the final residual:", "",
-                _md(rec.to_dataframe()[["condition", "accuracy", "low", "high", "recovered"]]), ""]
+                markdown_table(rec.to_dataframe()[["condition", "accuracy", "low", "high", "recovered"]]), ""]
         for how in ("zero", "mean"):
             ab = key_head_ablation(model, zs, tv, layer, ks=[1, 2, 4], how=how, ranking=kh, n_random=10, seed=0,
                                    progress=False)
@@ -118,7 +111,7 @@ def vector_section(model: Any, n: int, k: int, seed: int, layer: int) -> str:
                      "random sd": float(ab.random_drop[i].std()), "random min": float(ab.random_drop[i].min()),
                      "random max": float(ab.random_drop[i].max())} for i, kk in enumerate(ab.ks)]
             out += [f"Key vs random heads, {how} ablation (accuracy {ab.vector_accuracy:.3f} with the vector, "
-                    f"{ab.no_vector_accuracy:.3f} without):", "", _md(pd.DataFrame(rows)), ""]
+                    f"{ab.no_vector_accuracy:.3f} without):", "", markdown_table(pd.DataFrame(rows)), ""]
         print(f"{task}: {time.time() - t0:.1f}s")
     return "\n".join(out)
 

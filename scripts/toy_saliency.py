@@ -18,19 +18,12 @@ import torch
 
 from icl_circuits import build_prompts, load_model
 from icl_circuits.anchors import isolate_attention, train_anchor_reweighting
+from icl_circuits.results import markdown_table
 from icl_circuits.saliency import saliency_flow
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["number", "letter-string", "point", "antonym"]
 REWEIGHT_TASK = "number"
-
-
-def _md(df: pd.DataFrame, digits: int = 3) -> str:
-    cols = list(df.columns)
-    fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def flows_section(model: Any, n_prompts: int, n_demos: int, seed: int) -> tuple[str, dict]:
@@ -49,7 +42,7 @@ def flows_section(model: Any, n_prompts: int, n_demos: int, seed: int) -> tuple[
             f"{n_prompts} prompts x {n_demos} demos per task, seed {seed}. Raw flows are means of "
             "|sum_h A * dL/dA| over each set of pairs; shares divide each layer's three flows by their sum. "
             "For antonym (no label words) the loss's softmax runs over every answer token present in the batch.",
-            "", _md(df, 4), ""]
+            "", markdown_table(df, 4), ""]
     return "\n".join(text), peaks
 
 
@@ -71,7 +64,7 @@ def isolation_section(model: Any, n_prompts: int, n_demos: int, seed: int) -> tu
             "positions) cannot attend to the text before them (BOS and themselves kept); `query_from_label`: the "
             "final position cannot attend to the label words. `random`: as many random non-label positions "
             "(seeded). Loyalty: prediction unchanged from the un-isolated run (Wilson 95% interval); word loyalty: "
-            "Jaccard overlap of the top-5 tokens.", "", _md(table), ""]
+            "Jaccard overlap of the top-5 tokens.", "", markdown_table(table), ""]
     return "\n".join(text), df
 
 
@@ -87,7 +80,7 @@ def reweighting_section(model: Any, seed: int) -> tuple[str, pd.DataFrame]:
             f"Task {REWEIGHT_TASK}; beta[layer, head, demo] scales the final position's attention to each label word "
             "by exp(beta) (no renormalization), trained with Adam (lr 0.01, 10 epochs, batch 16) on 128 prompts, the "
             "model frozen; accuracy (argmax over the prompt's two label words) on 128 held-out prompts.", "",
-            _md(df), ""]
+            markdown_table(df), ""]
     return "\n".join(text), df
 
 

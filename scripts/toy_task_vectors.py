@@ -22,23 +22,16 @@ import torch
 from icl_circuits import build_prompts
 from icl_circuits.interventions import read_resid, replace_hook, resid_name
 from icl_circuits.patching import layer_sweep
+from icl_circuits.results import markdown_table
 from icl_circuits.tasks import get_task
-from icl_circuits.toy import toy_or_untrained
 from icl_circuits.task_vectors import compare_task_vectors
+from icl_circuits.toy import toy_or_untrained
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["antonym", "english-french", "country-capital", "number", "letter-string"]
 METHODS = ["vanilla", "local", "function"]
 
 
-
-
-def _md(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def _cell(g: pd.DataFrame, layer: int) -> str:
@@ -123,7 +116,7 @@ def main(argv: list[str] | None = None) -> str:
                   f"ICL ({args.demos} demos) {ref['icl'].accuracy:.2f} [{ref['icl'].low:.2f}, {ref['icl'].high:.2f}]; "
                   f"random-answer demos {ref['random-answers'].accuracy:.2f}; local-vector prompts dropped (answers "
                   f"tokenized differently): {df.attrs['local_dropped']}; FV heads (layer, head): "
-                  f"{', '.join(f'({l},{h})' for l, h in df.attrs['fv_heads'])}", "", _md(table), ""]
+                  f"{', '.join(f'({l},{h})' for l, h in df.attrs['fv_heads'])}", "", markdown_table(table, 2), ""]
         notes = []
         if ref["icl"].low <= 1 / 2 <= ref["icl"].high and by["icl"].metric.iloc[0] == "label_accuracy":
             notes.append("ICL itself is at chance on this task (the 95% interval contains 0.50): the model does not "
@@ -152,8 +145,8 @@ def main(argv: list[str] | None = None) -> str:
     for task in TASKS[:3]:
         t = donor_table(model, task, args.eval, args.demos, args.seed + 1)
         donors.append(t.rename(columns={c: f"{task}: {c}" for c in t.columns if c != "layer"}))
-    donor_md = _md(donors[0].merge(donors[1], on="layer").merge(donors[2], on="layer"))
-    parts += ["## Summary", "", _md(pd.DataFrame(summary)), "", *sections,
+    donor_md = markdown_table(donors[0].merge(donors[1], on="layer").merge(donors[2], on="layer"), 2)
+    parts += ["## Summary", "", markdown_table(pd.DataFrame(summary), 2), "", *sections,
               "## What the final position holds (knowledge tasks)", "",
               f"{args.eval} zero-shot prompts (the ICL prompts' queries, seed {args.seed + 1}) whose final-position "
               "residual at layer l is replaced by that of an ICL prompt: with the same query (own state; accuracy on "

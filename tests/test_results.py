@@ -1,0 +1,13 @@
+"""Result helpers that every analysis shares."""
+
+import numpy as np
+import pandas as pd
+
+from icl_circuits.results import markdown_table
+
+
+def test_markdown_table_rounds_floats_only_and_keeps_column_order():
+    df = pd.DataFrame({"layer": [0, 1], "task": ["a", "b"], "acc": [0.12345, np.float64(1.0)]})
+    assert markdown_table(df).split("\n") == [
+        "| layer | task | acc |", "|---|---|---|", "| 0 | a | 0.123 |", "| 1 | b | 1.000 |"]
+    assert markdown_table(df, 1).split("\n")[2] == "| 0 | a | 0.1 |"
