@@ -98,6 +98,44 @@ def test_format_bridge_writes_categorization_in_the_bridge_format_first(tmp_path
     assert all(sep == colon for _, sep in calls[8:])  # the evaluation after the last step
 
 
+def test_early_tasks_are_drawn_alone_first_and_must_be_categorization(tmp_path, monkeypatch):
+    """For the first early_task_steps the categorization sub-batch comes from early_tasks only."""
+    import icl_circuits.toy.train as recipe_module
+
+    drawn, real = [], recipe_module._batch
+
+    def spy(sampler, tasks, n, n_pairs, rng):
+        drawn.append(tuple(sorted(t.name for t in tasks)))
+        return real(sampler, tasks, n, n_pairs, rng)
+
+    monkeypatch.setattr(recipe_module, "_batch", spy)
+    recipe = ToyRecipe(n_layers=1, d_model=16, n_heads=2, d_mlp=32, steps=4, batch_size=4, curriculum_steps=4,
+                       warmup_steps=1, eval_every=100, pairs_per_sequence=4, tasks="number,point,antonym",
+                       early_tasks="number", early_task_steps=2)
+    train(recipe, tmp_path, progress=False)
+    assert drawn[:4] == [("number",)] * 2 + [("number", "point")] * 2
+    with pytest.raises(ValueError, match="early_tasks.*antonym"):
+        train(ToyRecipe(steps=1, tasks="number,antonym", early_tasks="antonym", early_task_steps=1), tmp_path,
+              progress=False)
+
+
+def test_checkpoints_are_written_at_every_evaluation(tmp_path, monkeypatch):
+    """A stopped run leaves loadable weights and a log of the evaluations so far."""
+    import icl_circuits.toy.train as recipe_module
+
+    saved = []
+    real = recipe_module.save
+    monkeypatch.setattr(recipe_module, "save", lambda model, tok, r, out, log, sec: (
+        saved.append(len(log["evals"])), real(model, tok, r, out, log, sec)))
+    recipe = ToyRecipe(n_layers=1, d_model=16, n_heads=2, d_mlp=32, steps=6, batch_size=4, curriculum_steps=0,
+                       warmup_steps=1, eval_every=2, pairs_per_sequence=4, tasks="number",
+                       bridge_example="{x} {y}", bridge_steps=3)
+    train(recipe, tmp_path, progress=False)
+    assert saved == [1, 2, 3, 3]  # steps 2, 4, 6, and the final save
+    evals = json.loads((tmp_path / "training.json").read_text())["log"]["evals"]
+    assert ["acc_by_demos_bridge" in e for e in evals] == [True, False, False]  # only while bridging
+
+
 def test_toy_or_untrained_falls_back_to_the_recipe_shape(tmp_path, monkeypatch):
     from icl_circuits.toy import toy_or_untrained
 

@@ -11,7 +11,10 @@ Curriculum (see ../shared/TOY_MODEL_NOTES.md): categorization only for the first
 ``curriculum_steps``, then all tasks. Optionally a format bridge: for the first ``bridge_steps``
 the categorization sequences are written in ``bridge_example`` (e.g. ``"{x} {y}"``, no separator
 token, where matching a query to the demos of its class needs one composition less; see
-scripts/toy_separator_experiment.py), then in the template's own format. AdamW with warmup, a
+scripts/toy_separator_experiment.py), then in the template's own format. Optionally an order
+among the categorization tasks: for the first ``early_task_steps`` only ``early_tasks`` are drawn
+(e.g. ``number``, whose class is read off one token, before ``letter-string`` and ``point``,
+whose class needs two tokens combined). Weights are saved at every evaluation. AdamW with warmup, a
 flat learning rate, and a linear decay over the last ``decay_fraction`` of the steps. Deterministic for a given seed and thread count.
 """
 
@@ -63,6 +66,8 @@ class ToyRecipe:
     tasks: str = ""  # comma-separated task names to train on, "" = the whole task library
     bridge_example: str = ""  # categorization sequences use this format for the first bridge_steps
     bridge_steps: int = 0
+    early_tasks: str = ""  # comma-separated categorization tasks that alone are drawn for the first early_task_steps
+    early_task_steps: int = 0
 
 
 def model_config(recipe: ToyRecipe, d_vocab: int) -> dict:
@@ -135,6 +140,19 @@ def _n_categorization(r: ToyRecipe, step: int, has_cat: bool, has_mapping: bool)
     return int(round(r.batch_size * r.categorization_fraction)) if has_cat else 0
 
 
+def _early_tasks(r: ToyRecipe, cat: list[Task]) -> list[Task]:
+    """The categorization tasks drawn alone for the first ``early_task_steps`` (default: all of them)."""
+    if not r.early_tasks:
+        return cat
+    names = [n.strip() for n in r.early_tasks.split(",")]
+    by_name = {t.name: t for t in cat}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"early_tasks must name categorization tasks the recipe trains on "
+                         f"({', '.join(by_name) or 'none'}), got {', '.join(unknown)}")
+    return [by_name[n] for n in names]
+
+
 def _lr_at(step: int, r: ToyRecipe) -> float:
     if step < r.warmup_steps:
         return r.lr * (step + 1) / r.warmup_steps
@@ -180,6 +198,7 @@ def train(recipe: ToyRecipe, out_dir: str | Path, progress: bool = True) -> Hook
     tasks = [get_task(n) for n in names]
     cat = [t for t in tasks if t.kind == "categorization"]
     mapping = [t for t in tasks if t.kind != "categorization"]
+    early = _early_tasks(recipe, cat)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     rng = np.random.default_rng(recipe.seed)
     log: list[dict] = []
@@ -191,7 +210,8 @@ def train(recipe: ToyRecipe, out_dir: str | Path, progress: bool = True) -> Hook
         # categorization and mapping sequences differ in length: pad each sub-batch on its own
         n_cat = _n_categorization(recipe, step, bool(cat), bool(mapping))
         cat_sampler = bridge if step < recipe.bridge_steps else sampler
-        parts = [_batch(cat_sampler, cat, n_cat, recipe.pairs_per_sequence, rng)] if n_cat else []
+        cat_now = early if step < recipe.early_task_steps else cat
+        parts = [_batch(cat_sampler, cat_now, n_cat, recipe.pairs_per_sequence, rng)] if n_cat else []
         if n_cat < recipe.batch_size:
             parts.append(_batch(sampler, mapping, recipe.batch_size - n_cat, recipe.pairs_per_sequence, rng))
         n_targets = sum(int((y != -100).sum()) for _, y in parts)
@@ -210,11 +230,19 @@ def train(recipe: ToyRecipe, out_dir: str | Path, progress: bool = True) -> Hook
         if (step + 1) % recipe.eval_every == 0 or step == recipe.steps - 1:
             model.eval()
             acc = evaluate_sequences(model, sampler, cat + mapping, 32, 9, seed=recipe.seed + 1)
+            entry = {"step": step + 1, "loss": round(loss.item(), 4), "acc_by_demos": acc}
+            if step < recipe.bridge_steps and cat:  # also in the format categorization is trained in now
+                entry["acc_by_demos_bridge"] = evaluate_sequences(model, bridge, cat, 32, 9, seed=recipe.seed + 1)
             model.train()
-            log.append({"step": step + 1, "loss": round(loss.item(), 4), "acc_by_demos": acc})
+            log.append(entry)
+            # a checkpoint at every evaluation, so a long run that is stopped still leaves weights
+            save(model, tok, recipe, out_dir, {"evals": log, "losses": losses}, time.time() - t0)
             if progress:
                 print(f"eval step {step + 1}: acc with 8 demos "
                       + " ".join(f"{k}={v[8]:.2f}" for k, v in acc.items()), flush=True)
+                if "acc_by_demos_bridge" in entry:
+                    print("  in the bridge format: "
+                          + " ".join(f"{k}={v[8]:.2f}" for k, v in entry["acc_by_demos_bridge"].items()), flush=True)
     model.eval()
     save(model, tok, recipe, out_dir, {"evals": log, "losses": losses}, time.time() - t0)
     return model
