@@ -146,3 +146,22 @@ def test_toy_or_untrained_falls_back_to_the_recipe_shape(tmp_path, monkeypatch):
     assert not trained and untrained.cfg.model_name == "random-toy-shape"
     for key in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "positional_embedding_type"):
         assert getattr(untrained.cfg, key) == getattr(model.cfg, key), key
+
+
+def test_recorded_command_trains_the_same_recipe_and_stages_are_chained(tmp_path, monkeypatch):
+    """training.json's command parses back to the recipe; a second stage keeps the first's record."""
+    import shlex
+
+    import icl_circuits.toy.train as recipe_module
+
+    first = ToyRecipe(n_layers=1, d_model=16, n_heads=2, d_mlp=32, steps=2, batch_size=4, warmup_steps=1,
+                      eval_every=100, pairs_per_sequence=4, tasks="number", example="{x} {y}")
+    train(first, tmp_path / "a", progress=False)
+    second = ToyRecipe(**{**first.__dict__, "init_from": str(tmp_path / "a"), "example": "{x}:{y}"})
+    train(second, tmp_path / "b", progress=False)
+    record = json.loads((tmp_path / "b" / "training.json").read_text())
+    assert record["previous_stage"]["recipe"]["example"] == "{x} {y}"
+    parsed = {}
+    monkeypatch.setattr(recipe_module, "train", lambda recipe, out: parsed.update(recipe=recipe, out=out))
+    recipe_module.main(shlex.split(record["command"])[3:])
+    assert parsed == {"recipe": second, "out": str(tmp_path / "b")}

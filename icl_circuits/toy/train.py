@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -254,10 +254,20 @@ def save(model: HookedTransformer, tok, recipe: ToyRecipe, out_dir: str | Path, 
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps(model_config(recipe, len(tok)), indent=2))
-    (out / "training.json").write_text(json.dumps({
-        "recipe": asdict(recipe), "command": "python -m icl_circuits.toy.train " + " ".join(sys.argv[1:]),
-        "seconds": round(seconds, 1), "torch": torch.__version__, "log": log,
-    }, indent=2))
+    record = {"recipe": asdict(recipe), "command": recipe_command(recipe, out), "seconds": round(seconds, 1),
+              "torch": torch.__version__, "log": log}
+    if recipe.init_from:  # the stage before this one, so the chain of commands stays on record
+        record["previous_stage"] = json.loads((Path(recipe.init_from) / "training.json").read_text())
+    (out / "training.json").write_text(json.dumps(record, indent=2))
+
+
+def recipe_command(recipe: ToyRecipe, out_dir: str | Path) -> str:
+    """The shell command that trains ``recipe`` into ``out_dir`` (only options that differ from the defaults)."""
+    flags = [f"--out {shlex.quote(str(out_dir))}"]
+    for name, value in asdict(recipe).items():
+        if value != getattr(ToyRecipe, name):
+            flags.append(f"--{name.replace('_', '-')} {shlex.quote(str(value))}")
+    return "python -m icl_circuits.toy.train " + " ".join(flags)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
