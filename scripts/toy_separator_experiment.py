@@ -5,7 +5,8 @@
 Trains the recipe on one categorization task only (a 4-layer d_model 64 model, categorization
 from the first step, flat learning rate) three times per seed: with the toolkit's template
 ``x:y``, where the answer is predicted at the ``:`` token; with ``x y``, where it is predicted at
-the input token itself; and with the format bridge, ``x y`` first and then 1000 steps of ``x:y``. Runs already in ``--runs`` are reused. Writes docs/results/toy_separator.md:
+the input token itself; and with the format bridge, ``x y`` first and then 1000 steps of ``x:y``. Then, from each seed's
+``x y`` run, all three categorization tasks as ``x y`` (the task order). Runs already in ``--runs`` are reused. Writes docs/results/toy_separator.md:
 the first evaluation step at which accuracy with 8 demos reaches 0.9, and the final accuracy by
 number of demos (32 fresh sequences, evaluated every 250 steps).
 """
@@ -36,6 +37,38 @@ def run(task: str, name: str, seed: int, steps: int, runs: Path, threads: int, e
                            **bridge)
         train(recipe, out)
     return json.loads((out / "training.json").read_text())
+
+
+CATEGORIZATION = ("letter-string", "number", "point")
+
+
+def order_run(seed: int, steps: int, runs: Path, threads: int, existing_only: bool) -> dict | None:
+    """All three categorization tasks as `x y`, starting from the seed's `number` run in `x y`."""
+    out, start = runs / f"allcat_after_number_s{seed}", runs / f"number_space_s{seed}"
+    if not (out / "training.json").exists():
+        if existing_only or not (start / "training.json").exists():
+            return None
+        recipe = ToyRecipe(d_model=64, d_mlp=256, n_ctx=128, tasks=",".join(CATEGORIZATION), example=FORMATS["space"],
+                           steps=steps, curriculum_steps=steps, decay_fraction=0.0, eval_every=250, seed=seed,
+                           threads=threads, init_from=str(start))
+        train(recipe, out)
+    return json.loads((out / "training.json").read_text())
+
+
+def order_rows(seeds: list[int], steps: int, runs: Path, threads: int, existing_only: bool) -> list[str]:
+    """Markdown rows: first step with accuracy >= 0.9 at 8 demos per task, and the final accuracy."""
+    rows = []
+    for seed in seeds:
+        log = order_run(seed, steps, runs, threads, existing_only)
+        if log is None:
+            continue
+        evals = log["log"]["evals"]
+        cells = []
+        for t in CATEGORIZATION:
+            first = next((e["step"] for e in evals if e["acc_by_demos"][t][8] >= 0.9), None)
+            cells.append(f"{first if first else f'never (of {steps})'} / {evals[-1]['acc_by_demos'][t][8]:.2f}")
+        rows.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def main() -> None:
@@ -82,7 +115,15 @@ def main() -> None:
         "| format | seed | " + " | ".join(f"k={k}" for k in range(9)) + " |",
         "|---|---|" + "---|" * 9, *curves, "",
         "A loss near 1.09 is the plateau of copying either label word seen in the context; the drop below it is "
-        "the point where the model starts to match the query's class with the demos' classes.",
+        "the point where the model starts to match the query's class with the demos' classes.", "",
+        "## Task order: the other two categorization tasks, after `number`", "",
+        "`number` reads the class off one token. `point` ('a b' -> is a > b) needs two tokens compared and "
+        "`letter-string` ('k q z' -> class of the first letter) needs the first of 2-5 tokens carried to the last, "
+        "even without the separator. Starting from the `x y` run of `number` above, all three tasks as `x y` "
+        f"for {a.steps} more steps (same model size and learning rate), first step with accuracy >= 0.9 at "
+        "8 demos / final accuracy at 8 demos:", "",
+        "| seed | " + " | ".join(CATEGORIZATION) + " |", "|---|" + "---|" * len(CATEGORIZATION),
+        *order_rows(a.seeds, a.steps, a.runs, a.threads, a.existing_only),
     ]
     a.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
