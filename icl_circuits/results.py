@@ -73,9 +73,15 @@ def _jsonable(v: Any) -> Any:
 
 
 def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
-    """``df`` as a Markdown table (floats to ``digits`` places), without pandas' optional tabulate."""
+    """``df`` as a Markdown table (floats to ``digits`` places, or in scientific notation where that would
+    print a nonzero value as zero), without pandas' optional tabulate."""
+
+    def cell(v) -> str:
+        if not isinstance(v, float):
+            return str(v)
+        return f"{v:.{max(digits - 1, 1)}e}" if 0 < abs(v) < 0.5 * 10**-digits else f"{v:.{digits}f}"
+
     cols = [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)

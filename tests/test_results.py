@@ -11,3 +11,8 @@ def test_markdown_table_rounds_floats_only_and_keeps_column_order():
     assert markdown_table(df).split("\n") == [
         "| layer | task | acc |", "|---|---|---|", "| 0 | a | 0.123 |", "| 1 | b | 1.000 |"]
     assert markdown_table(df, 1).split("\n")[2] == "| 0 | a | 0.1 |"
+
+
+def test_markdown_table_never_prints_a_small_nonzero_float_as_zero():
+    df = pd.DataFrame({"flow": [2.5e-6, 0.0, -0.0004, 0.0005]})
+    assert [r.strip("| ") for r in markdown_table(df).split("\n")[2:]] == ["2.50e-06", "0.000", "-4.00e-04", "0.001"]
