@@ -111,16 +111,17 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
     ],
     "06_dpca_of_label_positions": [
         ("md", "# 06 · dPCA of label-position vectors\n\nDemixed PCA (Kobak et al. 2016) of the residual stream at "
-               "the demo answer positions of a categorization task, marginalized by a nuisance feature (string "
-               "length) and by the label class (2406.16007). On the bundled model, which does not solve the "
-               "categorization tasks (see its card), expect the label marginalization at null level.\n\n" + SWITCH),
+               "the demo answer positions of a categorization task, marginalized by a nuisance feature (the "
+               "parity of the number) and by the label class (2406.16007). The bundled model solves `number` in "
+               "context (1.00 with 8 demos, see its card); on `letter-string`, which it does not solve, the same "
+               "code shows the label marginalization at null level.\n\n" + SWITCH),
         ("code", SETUP),
         ("code", "from icl_circuits.dpca_analysis import dpca_by_layer, ablate_subspace\nfrom icl_circuits.plots import dpca as dplots\n\n"
-                 "res = dpca_by_layer(model, \"letter-string\", n_demos=8, n_prompts=64, seed=0, n_null=2)\nres.variance_table().round(3)"),
+                 "res = dpca_by_layer(model, \"number\", n_demos=8, n_prompts=64, seed=0, n_null=2)\nres.variance_table().round(3)"),
         ("code", "dplots.explained_variance(res)"),
         ("code", "dplots.distances(res)"),
         ("code", "dplots.projections(res)"),
-        ("code", "abl = ablate_subspace(model, \"letter-string\", res, \"length\", layers=[1, 2], n_demos=8, n_prompts=48, seed=1, n_random=2)\n"
+        ("code", "abl = ablate_subspace(model, \"number\", res, \"parity\", layers=[1, 2], n_demos=8, n_prompts=48, seed=1, n_random=2)\n"
                  "dplots.ablation(abl)"),
     ],
     "03_distributed_templates": [
@@ -146,7 +147,8 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
 
 def build(name: str, cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     nb = new_notebook()
-    nb.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells]
+    nb.cells = [new_markdown_cell(src, id=f"cell-{i:02d}") if kind == "md" else new_code_cell(src, id=f"cell-{i:02d}")
+                for i, (kind, src) in enumerate(cells)]  # stable ids: a rewrite changes only what changed
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
 
