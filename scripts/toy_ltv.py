@@ -44,6 +44,21 @@ def rate(ok: torch.Tensor) -> str:
     return f"{r.value:.2f} [{r.low:.2f}, {r.high:.2f}]"
 
 
+def final_position_norms(model) -> list[float]:
+    """Mean residual norm at the final position of 16 zero-shot antonym prompts, at each block's input."""
+    batch = build_prompts(model, "antonym", 16, 0, seed=1)
+    _, cache = model.run_with_cache(batch.tokens, names_filter=lambda n: n.endswith("hook_resid_pre"))
+    rows = torch.arange(len(batch))
+    return [float(cache[f"blocks.{l}.hook_resid_pre"][rows, batch.final_positions].norm(dim=-1).mean())
+            for l in range(model.cfg.n_layers)]
+
+
+def _span(tables: list, column: str, layers: list[int]) -> str:
+    """'lo-hi' of a propagation column over the given layers of several runs' tables."""
+    values = [float(df.loc[l, column]) for _, _, df in tables for l in layers]
+    return f"{min(values):.2f} to {max(values):.2f}"
+
+
 def main() -> None:
     torch.set_num_threads(1)
     t_start, cpu_start = time.time(), time.process_time()
@@ -108,23 +123,28 @@ def main() -> None:
         for l in res.layers:
             out.append(f"| {l} | " + " | ".join(f"{df.loc[l, k]:.2f}" for k, _ in cols) + " |")
         out.append("")
+    norms = final_position_norms(model)
+    later = list(range(1, model.cfg.n_layers))  # the blocks' inputs after the embedding, final residual excluded
     out += ["## Notes", "",
             "- Zero-shot prompts of a categorization task (number) cannot name the class words: they are drawn per "
             "prompt from a pool of 16, so no single vector can produce the right one; the zero-shot number LTV stays "
             "at its initial vector (best epoch 0). The 2-demo run shows whether a vector helps when the words are "
             "in the prompt.",
             "- The paper's lr 5e-3 is too small for this model at layers >= 1 in 10 epochs of 12 steps: the residual "
-            "norm at the final position is ~1.7 at the embedding but ~50-90 after block 0, and Adam moves each "
+            f"norm at the final position is {norms[0]:.1f} at the embedding but {min(norms[1:]):.0f}-{max(norms[1:]):.0f} "
+            "after block 0 (mean over 16 zero-shot antonym prompts), and Adam moves each "
             "coordinate by about lr per step, so the vector cannot reach the norm it needs (see the lr 5e-3 row and "
             "the norms). Hence lr 2e-2 for the main runs.",
             "- Logit-lens candidates for word-pair tasks are the distinct gold tokens of the test batch (~50), so "
             "'lens clean' measures whether the answer is decodable once the task's answer set is given; the toy "
             "model has memorized every mapping, so it is high from layer 1 even where zero-shot accuracy is low "
             "(the zero-shot failure is not knowing *which* task).",
-            "- At layer 0 the LTV is larger than the residual itself (norm ~2), so the propagation there is far from "
-            "linear (held-out R² < 0): the rotation numbers at layer 0 describe a poor linear fit. From layer 1 on "
-            "the map is closer to linear (held-out R² 0.9-1 for the word-pair tasks, 0.7-1 for number with demos) "
-            "and close to the identity (tr(U)/d >= 0.97).",
+            f"- At layer 0 the LTV is larger than the residual itself (norm {norms[0]:.1f}; the LTV norms are in the "
+            f"validation table), so the propagation there is far from linear (held-out R² {_span(prop_tables, 'r2', [0])}): the rotation numbers at layer 0 "
+            "describe a poor linear fit. From layer 1 on the map is closer to linear (held-out R² "
+            f"{_span([t for t in prop_tables if 'number' not in t[0]], 'r2', later)} for the word-pair tasks, "
+            f"{_span([t for t in prop_tables if 'number' in t[0]], 'r2', later)} for number with demos) and close to "
+            f"the identity (tr(U)/d {_span(prop_tables, 'rotation_cos', later)}).",
             "", f"Total run time: {time.process_time() - cpu_start:.0f} s of CPU time on one thread "
             f"({time.time() - t_start:.0f} s wall on the shared machine)."]
     text = "\n".join(out) + "\n"

@@ -36,6 +36,58 @@ def shared_query_accuracy(model, a: str, b: str, n_prompts: int, n_demos: int, s
     return out
 
 
+TARGETS = {"knowledge": 0.95, "categorization": 0.90, "algorithmic": 0.90}  # issue #3, with 8 demos
+
+
+def stages(training: dict) -> list[dict]:
+    """The training records from the first stage to the last (``previous_stage`` links them)."""
+    chain = [training]
+    while "previous_stage" in chain[0]:
+        chain.insert(0, chain[0]["previous_stage"])
+    return chain
+
+
+def stage_lines(training: dict) -> list[str]:
+    """Markdown bullets: the exact command and the time of every training stage."""
+    chain = stages(training)
+    total = sum(s["seconds"] for s in chain) / 60
+    lines = [f"- Trained in {len(chain)} stage{'s' * (len(chain) > 1)}, {total:.1f} minutes in all on this "
+             f"2-core CPU (torch {training['torch']}, one thread; two runs shared the CPU):"]
+    for i, s in enumerate(chain, 1):
+        lines.append(f"  {i}. `{s['command']}` ({s['seconds'] / 60:.1f} min)")
+    return lines
+
+
+def learning_steps(training: dict, tasks: list[str]) -> list[str]:
+    """Markdown rows: per stage, the first evaluation step at which each task reached 0.9 with 8 demos,
+    in the format it was trained in at that step (``x y`` while bridging)."""
+    rows = []
+    for i, stage in enumerate(stages(training), 1):
+        r = stage["recipe"]
+        cells = []
+        for t in tasks:
+            hits = [e["step"] for e in stage["log"]["evals"]
+                    if t in e.get("acc_by_demos_bridge", e["acc_by_demos"])
+                    and e.get("acc_by_demos_bridge", e["acc_by_demos"])[t][8] >= 0.9]
+            cells.append(str(hits[0]) if hits else "not reached")
+        bridge = r.get("bridge_steps", 0)
+        fmt = f"`{r['example']}`" if not bridge else f"`{r['bridge_example']}`" if bridge >= r["steps"] else \
+            f"`{r['bridge_example']}` to step {bridge}, then `{r['example']}`"
+        tasks_cell = r.get("tasks") or ("the categorization tasks" if r["curriculum_steps"] >= r["steps"] else "all")
+        if r.get("early_task_steps"):
+            tasks_cell += f" ({r['early_tasks']} alone to step {r['early_task_steps']})"
+        if r["curriculum_steps"] < r["steps"]:
+            tasks_cell += f" (categorization alone to step {r['curriculum_steps']})"
+        rows.append(f"| {i} | {r['steps']} | {tasks_cell} | {fmt} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def shortfalls(card: dict, kinds: dict[str, str]) -> list[str]:
+    """Tasks below their 8-demo target, as 'task (kind): accuracy < target'."""
+    return [f"{t} ({kinds[t]}): {acc['8']:.2f} < {TARGETS[kinds[t]]:.2f}"
+            for t, acc in card["accuracy"].items() if acc["8"] < TARGETS[kinds[t]]]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--prompts", type=int, default=100)
@@ -87,8 +139,7 @@ def main() -> None:
         "- Sequences `<bos>x1:y1\\nx2:y2\\n...` of 13 pairs from one task; loss on every answer token (answer i is",
         "  predicted from the i demos before it). Knowledge and algorithmic tasks are fixed mappings (the demos",
         "  only identify the task); categorization tasks draw two label words per sequence from a pool of 16.",
-        f"- Recipe: `{training['command']}`; {training['seconds'] / 60:.1f} minutes on this 2-core CPU "
-        f"(torch {training['torch']}). Recipe arguments: `{json.dumps(training['recipe'])}`.",
+        *stage_lines(training),
         "",
         "## Accuracy vs number of demos",
         "Top-1 next-token accuracy of the first answer token (whole vocabulary).",
@@ -110,12 +161,29 @@ def main() -> None:
     for name, r in identity.items():
         a, b = name.split(" vs ")
         lines.append(f"| {name} | {r['n_shared_inputs']} | {r[a]:.2f} | {r[b]:.2f} |")
-    lines += ["", "## Where it falls short",
-              "Categorization stays at chance at every number of demos: the model never left the plateau of "
-              "copying either label word of the context. [The separator experiment](results/toy_separator.md) "
-              "isolates one cause: trained on the `number` task alone, the same recipe learns it when examples "
-              "are written `x y` and stays at chance when they are written `x:y`, where the answer is "
-              "predicted at the `:` token and the class of the input has to be moved there first."]
+    missed = shortfalls(card, kinds)
+    cat_tasks = list_tasks("categorization")
+    lines += ["", "## Targets with 8 demos",
+              "Knowledge tasks >= 0.95, categorization and algorithmic tasks >= 0.90 (top-1 over the whole "
+              "vocabulary). " + ("Every task meets its target." if not missed else
+                                 "Below target: " + "; ".join(missed) + "."),
+              "", "## How categorization was learned, and where it was not",
+              "Trained directly as `x:y`, the recipe never left the plateau of copying either label word of the "
+              "context (four runs). [The separator experiment](results/toy_separator.md) isolates why: the answer "
+              "is predicted at the `:` token, so the class of the input has to be moved there before the demos "
+              "of its class can be matched; written `x y`, `number` is learned within about 2000 steps. `point` "
+              "(which of two digits is larger) and `letter-string` (the class of the first of 2-5 letters) need "
+              "the class gathered from several tokens even without the separator. The stages above follow that "
+              "order: `number` alone as `x y`, then all three categorization tasks as `x y`, then the template's "
+              "own `x:y` with every task. `point` was learned only once `number` had been; `letter-string` was "
+              "not learned in any run (here, in a branch that trained it alone from the end of stage 1: loss "
+              "flat at 1.08 for 2750 steps; and at d_model 64 in the separator experiment's task-order table), so it stays at "
+              "chance: carrying the first of a variable number of tokens to the answer position, and then "
+              "matching it against the demos, may need more layers than four.", "",
+              "First evaluation step (within the stage; 32 fresh sequences every 250 steps) at which accuracy with "
+              "8 demos reached 0.90, in the format trained at that step:", "",
+              "| stage | steps | tasks | format | " + " | ".join(cat_tasks) + " |",
+              "|---|---|---|---|" + "---|" * len(cat_tasks), *learning_steps(training, cat_tasks)]
     (ROOT / "docs" / "toy_model.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

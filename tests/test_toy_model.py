@@ -56,3 +56,11 @@ def test_knowledge_accuracy_rises_with_demos(toy):
     for _, g in df.groupby("task"):
         acc = g.sort_values("n_demos").accuracy.tolist()
         assert acc[0] < 0.5 <= 0.9 <= acc[2] and acc[0] < acc[1]
+
+
+@pytest.mark.parametrize("task", ["number", "point"])
+def test_categorization_is_learned_in_context(toy, task):
+    """The label binding comes from the demos: chance without them, >= 90% with 8 (card: letter-string is not)."""
+    df = accuracy_by_demos(toy, [task], demos=[0, 2, 8], n_prompts=100, seed=7)
+    label = df.sort_values("n_demos").label_accuracy.tolist()
+    assert wilson(round(label[0] * 100), 100).low <= 0.5 and label[0] < label[1] < label[2] and label[2] >= 0.9
