@@ -77,42 +77,42 @@ def test_recipe_rejects_an_unknown_task(tmp_path):
         train(ToyRecipe(steps=1, tasks="number,no-such-task"), tmp_path, progress=False)
 
 
-def test_format_bridge_writes_categorization_in_the_bridge_format_first(tmp_path, monkeypatch):
-    """For the first bridge_steps only categorization sequences change format; evaluation never does."""
+TINY = dict(n_layers=1, d_model=16, n_heads=2, d_mlp=32, batch_size=4, warmup_steps=1, pairs_per_sequence=4)
+
+
+@pytest.fixture
+def batch_calls(monkeypatch):
+    """(sampler, tasks) of every ``_batch`` call the recipe makes, in order."""
     import icl_circuits.toy.train as recipe_module
 
     calls, real = [], recipe_module._batch
 
     def spy(sampler, tasks, n, n_pairs, rng):
-        calls.append((tasks[0].kind, tuple(sampler.sep)))
+        calls.append((sampler, tasks))
         return real(sampler, tasks, n, n_pairs, rng)
 
     monkeypatch.setattr(recipe_module, "_batch", spy)
-    recipe = ToyRecipe(n_layers=1, d_model=16, n_heads=2, d_mlp=32, steps=4, batch_size=4, curriculum_steps=0,
-                       warmup_steps=1, eval_every=100, pairs_per_sequence=4, tasks="number,antonym",
+    return calls
+
+
+def test_format_bridge_writes_categorization_in_the_bridge_format_first(tmp_path, batch_calls, toy_tokenizer):
+    """For the first bridge_steps only categorization sequences change format; evaluation never does."""
+    recipe = ToyRecipe(**TINY, steps=4, curriculum_steps=0, eval_every=100, tasks="number,antonym",
                        bridge_example="{x} {y}", bridge_steps=2)
     train(recipe, tmp_path, progress=False)
-    colon = tuple(SequenceSampler(recipe_module.build_toy_tokenizer()).sep)
+    calls = [(tasks[0].kind, tuple(sampler.sep)) for sampler, tasks in batch_calls]
+    colon = tuple(SequenceSampler(toy_tokenizer).sep)
     assert colon and calls[:8] == [("categorization", ()), ("knowledge", colon)] * 2 + [
         ("categorization", colon), ("knowledge", colon)] * 2
     assert all(sep == colon for _, sep in calls[8:])  # the evaluation after the last step
 
 
-def test_early_tasks_are_drawn_alone_first_and_must_be_categorization(tmp_path, monkeypatch):
+def test_early_tasks_are_drawn_alone_first_and_must_be_categorization(tmp_path, batch_calls):
     """For the first early_task_steps the categorization sub-batch comes from early_tasks only."""
-    import icl_circuits.toy.train as recipe_module
-
-    drawn, real = [], recipe_module._batch
-
-    def spy(sampler, tasks, n, n_pairs, rng):
-        drawn.append(tuple(sorted(t.name for t in tasks)))
-        return real(sampler, tasks, n, n_pairs, rng)
-
-    monkeypatch.setattr(recipe_module, "_batch", spy)
-    recipe = ToyRecipe(n_layers=1, d_model=16, n_heads=2, d_mlp=32, steps=4, batch_size=4, curriculum_steps=4,
-                       warmup_steps=1, eval_every=100, pairs_per_sequence=4, tasks="number,point,antonym",
+    recipe = ToyRecipe(**TINY, steps=4, curriculum_steps=4, eval_every=100, tasks="number,point,antonym",
                        early_tasks="number", early_task_steps=2)
     train(recipe, tmp_path, progress=False)
+    drawn = [tuple(sorted(t.name for t in tasks)) for _, tasks in batch_calls]
     assert drawn[:4] == [("number",)] * 2 + [("number", "point")] * 2
     with pytest.raises(ValueError, match="early_tasks.*antonym"):
         train(ToyRecipe(steps=1, tasks="number,antonym", early_tasks="antonym", early_task_steps=1), tmp_path,
@@ -127,8 +127,7 @@ def test_checkpoints_are_written_at_every_evaluation(tmp_path, monkeypatch):
     real = recipe_module.save
     monkeypatch.setattr(recipe_module, "save", lambda model, tok, r, out, log, sec: (
         saved.append(len(log["evals"])), real(model, tok, r, out, log, sec)))
-    recipe = ToyRecipe(n_layers=1, d_model=16, n_heads=2, d_mlp=32, steps=6, batch_size=4, curriculum_steps=0,
-                       warmup_steps=1, eval_every=2, pairs_per_sequence=4, tasks="number",
+    recipe = ToyRecipe(**TINY, steps=6, curriculum_steps=0, eval_every=2, tasks="number",
                        bridge_example="{x} {y}", bridge_steps=3)
     train(recipe, tmp_path, progress=False)
     assert saved == [1, 2, 3, 3]  # steps 2, 4, 6, and the final save
@@ -154,8 +153,7 @@ def test_recorded_command_trains_the_same_recipe_and_stages_are_chained(tmp_path
 
     import icl_circuits.toy.train as recipe_module
 
-    first = ToyRecipe(n_layers=1, d_model=16, n_heads=2, d_mlp=32, steps=2, batch_size=4, warmup_steps=1,
-                      eval_every=100, pairs_per_sequence=4, tasks="number", example="{x} {y}")
+    first = ToyRecipe(**TINY, steps=2, eval_every=100, tasks="number", example="{x} {y}")
     train(first, tmp_path / "a", progress=False)
     second = ToyRecipe(**{**first.__dict__, "init_from": str(tmp_path / "a"), "example": "{x}:{y}"})
     train(second, tmp_path / "b", progress=False)
