@@ -54,7 +54,7 @@ def stage_lines(training: dict) -> list[str]:
     lines = [f"- Trained in {len(chain)} stage{'s' * (len(chain) > 1)}, {total:.1f} minutes in all on this "
              f"2-core CPU (torch {training['torch']}, one thread; two runs shared the CPU):"]
     for i, s in enumerate(chain, 1):
-        lines.append(f"  {i}. `{s['command']}` ({s['seconds'] / 60:.1f} min)")
+        lines.append(f"  {i}. `{s['command']}` ({s['seconds'] / 60:.1f} min{'; ' + s['note'] if 'note' in s else ''})")
     return lines
 
 

@@ -159,6 +159,9 @@ def test_recorded_command_trains_the_same_recipe_and_stages_are_chained(tmp_path
     train(second, tmp_path / "b", progress=False)
     record = json.loads((tmp_path / "b" / "training.json").read_text())
     assert record["previous_stage"]["recipe"]["example"] == "{x} {y}"
+    (tmp_path / "a" / "training.json").unlink()  # weights from elsewhere: no record to chain, still trains
+    train(second, tmp_path / "c", progress=False)
+    assert "previous_stage" not in json.loads((tmp_path / "c" / "training.json").read_text())
     parsed = {}
     monkeypatch.setattr(recipe_module, "train", lambda recipe, out: parsed.update(recipe=recipe, out=out))
     recipe_module.main(shlex.split(record["command"])[3:])

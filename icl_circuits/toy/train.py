@@ -256,8 +256,9 @@ def save(model: HookedTransformer, tok, recipe: ToyRecipe, out_dir: str | Path, 
     (out / "config.json").write_text(json.dumps(model_config(recipe, len(tok)), indent=2))
     record = {"recipe": asdict(recipe), "command": recipe_command(recipe, out), "seconds": round(seconds, 1),
               "torch": torch.__version__, "log": log}
-    if recipe.init_from:  # the stage before this one, so the chain of commands stays on record
-        record["previous_stage"] = json.loads((Path(recipe.init_from) / "training.json").read_text())
+    previous = Path(recipe.init_from) / "training.json"
+    if recipe.init_from and previous.exists():  # the stage before this one, so the chain stays on record
+        record["previous_stage"] = json.loads(previous.read_text())
     (out / "training.json").write_text(json.dumps(record, indent=2))
 
 
