@@ -51,8 +51,9 @@ def stage_lines(training: dict) -> list[str]:
     """Markdown bullets: the exact command and the time of every training stage."""
     chain = stages(training)
     total = sum(s["seconds"] for s in chain) / 60
+    script = "; `scripts/train_bundled_model.sh` runs them in order and installs the result" if len(chain) > 1 else ""
     lines = [f"- Trained in {len(chain)} stage{'s' * (len(chain) > 1)}, {total:.1f} minutes in all on this "
-             f"2-core CPU (torch {training['torch']}, one thread; two runs shared the CPU):"]
+             f"2-core CPU (torch {training['torch']}, one thread; two runs shared the CPU){script}:"]
     for i, s in enumerate(chain, 1):
         lines.append(f"  {i}. `{s['command']}` ({s['seconds'] / 60:.1f} min{'; ' + s['note'] if 'note' in s else ''})")
     return lines
