@@ -172,7 +172,7 @@ def main() -> None:
               "Trained directly as `x:y`, the recipe never left the plateau of copying either label word of the "
               "context (four runs). [The separator experiment](results/toy_separator.md) isolates why: the answer "
               "is predicted at the `:` token, so the class of the input has to be moved there before the demos "
-              "of its class can be matched; written `x y`, `number` is learned within about 2000 steps. `point` "
+              "of its class can be matched; written `x y`, `number` alone is learned within about 2000 steps at d_model 64. `point` "
               "(which of two digits is larger) and `letter-string` (the class of the first of 2-5 letters) need "
               "the class gathered from several tokens even without the separator. The stages above follow that "
               "order: `number` alone as `x y`, then all three categorization tasks as `x y`, then the template's "
