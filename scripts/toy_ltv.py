@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from icl_circuits import build_prompts, load_model  # noqa: E402
-from icl_circuits.evaluation import final_logits  # noqa: E402
+from icl_circuits.evaluation import final_logits, gather_positions  # noqa: E402
 from icl_circuits.learned import train_per_layer  # noqa: E402
 from icl_circuits.metrics import correct, wilson  # noqa: E402
 from icl_circuits.propagation import propagation_by_layer  # noqa: E402
@@ -48,8 +48,8 @@ def final_position_norms(model) -> list[float]:
     """Mean residual norm at the final position of 16 zero-shot antonym prompts, at each block's input."""
     batch = build_prompts(model, "antonym", 16, 0, seed=1)
     _, cache = model.run_with_cache(batch.tokens, names_filter=lambda n: n.endswith("hook_resid_pre"))
-    rows = torch.arange(len(batch))
-    return [float(cache[f"blocks.{l}.hook_resid_pre"][rows, batch.final_positions].norm(dim=-1).mean())
+    final = batch.final_positions[:, None]
+    return [float(gather_positions(cache[f"blocks.{l}.hook_resid_pre"], final).norm(dim=-1).mean())
             for l in range(model.cfg.n_layers)]
 
 

@@ -19,6 +19,7 @@ import torch
 from icl_circuits import accuracy_by_demos, build_prompts, icl_accuracy, load_model
 from icl_circuits.tasks import WordPairTask, get_task, list_tasks
 from icl_circuits.toy import WEIGHTS_DIR
+from icl_circuits.toy.train import first_step_reaching
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMOS = [0, 1, 2, 4, 8, 16]
@@ -65,12 +66,8 @@ def learning_steps(training: dict, tasks: list[str]) -> list[str]:
     rows = []
     for i, stage in enumerate(stages(training), 1):
         r = stage["recipe"]
-        cells = []
-        for t in tasks:
-            hits = [e["step"] for e in stage["log"]["evals"]
-                    if t in e.get("acc_by_demos_bridge", e["acc_by_demos"])
-                    and e.get("acc_by_demos_bridge", e["acc_by_demos"])[t][8] >= 0.9]
-            cells.append(str(hits[0]) if hits else "not reached")
+        firsts = [first_step_reaching(stage["log"]["evals"], t, trained_format=True) for t in tasks]
+        cells = [str(f) if f else "not reached" for f in firsts]
         bridge = r.get("bridge_steps", 0)
         fmt = f"`{r['example']}`" if not bridge else f"`{r['bridge_example']}`" if bridge >= r["steps"] else \
             f"`{r['bridge_example']}` to step {bridge}, then `{r['example']}`"

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from icl_circuits.toy.train import ToyRecipe, train
+from icl_circuits.toy.train import ToyRecipe, first_step_reaching, train
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMATS = {"colon": "{x}:{y}", "space": "{x} {y}", "bridge": "{x}:{y}"}
@@ -65,7 +65,7 @@ def order_rows(seeds: list[int], steps: int, runs: Path, threads: int, existing_
         evals = log["log"]["evals"]
         cells = []
         for t in CATEGORIZATION:
-            first = next((e["step"] for e in evals if e["acc_by_demos"][t][8] >= 0.9), None)
+            first = first_step_reaching(evals, t)
             cells.append(f"{first if first else f'never (of {steps})'} / {evals[-1]['acc_by_demos'][t][8]:.2f}")
         rows.append(f"| {seed} | " + " | ".join(cells) + " |")
     return rows
@@ -89,12 +89,11 @@ def main() -> None:
             if log is None:
                 continue
             evals = log["log"]["evals"]
-            k8 = [(e["step"], e["acc_by_demos"][a.task][8]) for e in evals]
-            first = next((s for s, acc in k8 if acc >= 0.9), None)
+            first = first_step_reaching(evals, a.task)
             last = log["log"]["losses"][-100:]
             label = f"`x y` for {a.steps} steps, then `x:y`" if name == "bridge" else f"`{example}`"
             rows.append(f"| {label} | {seed} | {first if first else f'never (of {a.steps})'} "
-                        f"| {k8[-1][1]:.2f} | {sum(last) / len(last):.3f} | {log['seconds'] / 60:.1f} |")
+                        f"| {evals[-1]['acc_by_demos'][a.task][8]:.2f} | {sum(last) / len(last):.3f} | {log['seconds'] / 60:.1f} |")
             curves.append(f"| {label} | {seed} | " + " | ".join(f"{x:.2f}" for x in evals[-1]["acc_by_demos"][a.task]) + " |")
 
     lines = [

@@ -166,3 +166,14 @@ def test_recorded_command_trains_the_same_recipe_and_stages_are_chained(tmp_path
     monkeypatch.setattr(recipe_module, "train", lambda recipe, out: parsed.update(recipe=recipe, out=out))
     recipe_module.main(shlex.split(record["command"])[3:])
     assert parsed == {"recipe": second, "out": str(tmp_path / "b")}
+
+
+def test_first_step_reaching_reads_the_final_or_the_trained_format():
+    evals = [{"step": 250, "acc_by_demos": {"number": [0.0] * 9}, "acc_by_demos_bridge": {"number": [1.0] * 9}},
+             {"step": 500, "acc_by_demos": {"number": [0.0] * 8 + [0.95], "antonym": [1.0] * 9}}]
+    from icl_circuits.toy.train import first_step_reaching
+
+    assert first_step_reaching(evals, "number") == 500
+    assert first_step_reaching(evals, "number", trained_format=True) == 250
+    assert first_step_reaching(evals, "number", threshold=0.96) is None
+    assert first_step_reaching(evals, "antonym", trained_format=True) == 500  # not bridged: the final format

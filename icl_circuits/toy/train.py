@@ -181,6 +181,18 @@ def evaluate_sequences(model, sampler, tasks: list[Task], n_seq: int, n_pairs: i
     return out
 
 
+def first_step_reaching(evals: list[dict], task: str, threshold: float = 0.9, n_demos: int = 8,
+                        trained_format: bool = False) -> int | None:
+    """The first evaluation step of a training log at which ``task`` reached ``threshold`` with ``n_demos``
+    demos (None if never): in the final format, or with ``trained_format`` in the format trained at that
+    step (the bridge format while bridging)."""
+    for e in evals:
+        acc = e.get("acc_by_demos_bridge", e["acc_by_demos"]) if trained_format else e["acc_by_demos"]
+        if task in acc and acc[task][n_demos] >= threshold:
+            return e["step"]
+    return None
+
+
 def train(recipe: ToyRecipe, out_dir: str | Path, progress: bool = True) -> HookedTransformer:
     """Train the toy model by ``recipe`` and save weights, config and log to ``out_dir``."""
     torch.set_num_threads(recipe.threads)
