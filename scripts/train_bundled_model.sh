@@ -12,7 +12,7 @@ $PY -m icl_circuits.toy.train --out runs/stage/toy_s0_5000 --steps 5000 --decay-
 $PY -m icl_circuits.toy.train --out runs/stage/toy_s0_b3250 --steps 3250 --decay-fraction 0.0 --curriculum-steps 3250 \
   --eval-every 250 --init-from runs/stage/toy_s0_5000 --example '{x} {y}' --tasks letter-string,number,point
 # 3. every task in the template's own `x:y`, categorization alone for the first 500 steps
-$PY -m icl_circuits.toy.train --out runs/stage/toy_s0_final --init-from runs/stage/toy_s0_b3250 \
-  --curriculum-steps 500 --steps 4500 --eval-every 250
+$PY -m icl_circuits.toy.train --out runs/stage/toy_s0_final --steps 4500 --curriculum-steps 500 --eval-every 250 \
+  --init-from runs/stage/toy_s0_b3250
 cp runs/stage/toy_s0_final/{model.safetensors,config.json,training.json} icl_circuits/toy/weights/
 $PY scripts/toy_model_card.py

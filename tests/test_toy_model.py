@@ -64,3 +64,17 @@ def test_categorization_is_learned_in_context(toy, task):
     df = accuracy_by_demos(toy, [task], demos=[0, 2, 8], n_prompts=100, seed=7)
     label = df.sort_values("n_demos").label_accuracy.tolist()
     assert wilson(round(label[0] * 100), 100).low <= 0.5 and label[0] < label[1] < label[2] and label[2] >= 0.9
+
+
+def test_retraining_script_runs_the_recorded_stages():
+    """scripts/train_bundled_model.sh must run exactly the commands training.json records, in order."""
+    from pathlib import Path
+
+    script = (Path(__file__).parents[1] / "scripts" / "train_bundled_model.sh").read_text().replace("\\\n", " ")
+    run = [" ".join(line.split()).replace("$PY -m", "python -m") for line in script.splitlines()
+           if line.startswith("$PY -m icl_circuits.toy.train")]
+    record, recorded = json.loads((WEIGHTS_DIR / "training.json").read_text()), []
+    while record:
+        recorded.insert(0, record["command"])
+        record = record.get("previous_stage")
+    assert run == recorded
