@@ -21,20 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+from functools import partial
 
 import torch
 
-CLOCK = time.perf_counter
-
-
-def best_of(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = CLOCK()
-        out = fn()
-        best = min(best, CLOCK() - t0)
-    return best, out
+from timing import best_of  # bench/timing.py, next to this script
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -49,8 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cpu-time", action="store_true", help="time with the process CPU clock (busy machine)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    global CLOCK
-    CLOCK = time.process_time if args.cpu_time else time.perf_counter
+    timed = partial(best_of, cpu_time=args.cpu_time)
 
     from icl_circuits import build_prompts
     from icl_circuits.heads import head_ablation_scan, head_attribution, scan_agreement
@@ -65,9 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"model": str(model.cfg.model_name), "trained": trained, "task": args.task, "n_prompts": args.prompts,
            "n_demos": args.demos, "clock": "cpu" if args.cpu_time else "wall"}
     for how in args.how:
-        t_naive, naive = best_of(lambda: head_ablation_scan(model, batch, how, batched=False, **kw), args.repeats)
-        t_scan, scan = best_of(lambda: head_ablation_scan(model, batch, how, **kw), args.repeats)
-        t_attr, attr = best_of(lambda: head_attribution(model, batch, how, metric="logit_diff"), args.repeats)
+        t_naive, naive = timed(lambda: head_ablation_scan(model, batch, how, batched=False, **kw), args.repeats)
+        t_scan, scan = timed(lambda: head_ablation_scan(model, batch, how, **kw), args.repeats)
+        t_attr, attr = timed(lambda: head_attribution(model, batch, how, metric="logit_diff"), args.repeats)
         same = torch.equal(scan.per_prompt, naive.per_prompt)
         diff = float((scan.per_prompt - naive.per_prompt).abs().max())
         agree = scan_agreement(scan, attr)

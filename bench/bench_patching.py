@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+from functools import partial
 
 import torch
+
+from timing import best_of  # bench/timing.py, next to this script
 
 
 def make_model(full: bool, quick: bool):
@@ -48,18 +50,6 @@ def make_model(full: bool, quick: bool):
     return model
 
 
-CLOCK = time.perf_counter
-
-
-def best_of(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = CLOCK()
-        out = fn()
-        best = min(best, CLOCK() - t0)
-    return best, out
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     g = ap.add_mutually_exclusive_group()
@@ -72,8 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (1 if args.quick else 2)
-    global CLOCK
-    CLOCK = time.process_time if args.cpu_time else time.perf_counter
+    timed = partial(best_of, cpu_time=args.cpu_time)
 
     from transformer_lens.patching import get_act_patch_resid_pre
 
@@ -112,9 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
         orig(self, *a, **k)
 
     tqdm.auto.tqdm.__init__ = quiet
-    t_tl, tl = best_of(run_tl, repeats)
-    t_ours, ours = best_of(lambda: patch_grid(model, clean, corr, ours_metric), repeats)
-    t_noskip, noskip = best_of(lambda: patch_grid(model, clean, corr, ours_metric, skip_identical=False), repeats)
+    t_tl, tl = timed(run_tl, repeats)
+    t_ours, ours = timed(lambda: patch_grid(model, clean, corr, ours_metric), repeats)
+    t_noskip, noskip = timed(lambda: patch_grid(model, clean, corr, ours_metric, skip_identical=False), repeats)
     tqdm.auto.tqdm.__init__ = orig
     diff = float((tl.cpu() - ours.values).abs().max())
     diff_noskip = float((tl.cpu() - noskip.values).abs().max())
@@ -145,9 +134,9 @@ def main(argv: list[str] | None = None) -> dict:
         return logits.softmax(-1)[torch.arange(len(batch)), batch.answer_tokens]
 
     rep = 3 * repeats  # short runs: more repeats
-    t_naive, ref = best_of(naive, rep)
-    t_sweep, sw = best_of(lambda: layer_sweep(model, clean, hooks, metric=gp), rep)
-    t_sweep1, sw1 = best_of(lambda: layer_sweep(model, clean, hooks, metric=gp, layers_per_forward=1), rep)
+    t_naive, ref = timed(naive, rep)
+    t_sweep, sw = timed(lambda: layer_sweep(model, clean, hooks, metric=gp), rep)
+    t_sweep1, sw1 = timed(lambda: layer_sweep(model, clean, hooks, metric=gp, layers_per_forward=1), rep)
     sdiff = float(max((ref - sw.per_prompt).abs().max(), (ref - sw1.per_prompt).abs().max()))
     print(f"layer sweep [{n + 1} layers]: naive {t_naive:.3f}s | ours {t_sweep:.3f}s ({t_naive / t_sweep:.1f}x) | "
           f"ours one layer per forward {t_sweep1:.3f}s ({t_naive / t_sweep1:.1f}x); max |diff| {sdiff:.2e}")
