@@ -19,7 +19,7 @@ import torch
 from icl_circuits import accuracy_by_demos, build_prompts, icl_accuracy, load_model
 from icl_circuits.tasks import WordPairTask, get_task, list_tasks
 from icl_circuits.toy import WEIGHTS_DIR
-from icl_circuits.toy.train import first_step_reaching
+from icl_circuits.toy.train import first_step_reaching, training_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMOS = [0, 1, 2, 4, 8, 16]
@@ -40,17 +40,9 @@ def shared_query_accuracy(model, a: str, b: str, n_prompts: int, n_demos: int, s
 TARGETS = {"knowledge": 0.95, "categorization": 0.90, "algorithmic": 0.90}  # issue #3, with 8 demos
 
 
-def stages(training: dict) -> list[dict]:
-    """The training records from the first stage to the last (``previous_stage`` links them)."""
-    chain = [training]
-    while "previous_stage" in chain[0]:
-        chain.insert(0, chain[0]["previous_stage"])
-    return chain
-
-
 def stage_lines(training: dict) -> list[str]:
     """Markdown bullets: the exact command and the time of every training stage."""
-    chain = stages(training)
+    chain = training_stages(training)
     total = sum(s["seconds"] for s in chain) / 60
     script = "; `scripts/train_bundled_model.sh` runs them in order and installs the result" if len(chain) > 1 else ""
     lines = [f"- Trained in {len(chain)} stage{'s' * (len(chain) > 1)}, {total:.1f} minutes in all on this "
@@ -64,7 +56,7 @@ def learning_steps(training: dict, tasks: list[str]) -> list[str]:
     """Markdown rows: per stage, the first evaluation step at which each task reached 0.9 with 8 demos,
     in the format it was trained in at that step (``x y`` while bridging)."""
     rows = []
-    for i, stage in enumerate(stages(training), 1):
+    for i, stage in enumerate(training_stages(training), 1):
         r = stage["recipe"]
         firsts = [first_step_reaching(stage["log"]["evals"], t, trained_format=True) for t in tasks]
         cells = [str(f) if f else "not reached" for f in firsts]

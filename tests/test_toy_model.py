@@ -10,6 +10,7 @@ from icl_circuits import accuracy_by_demos, build_prompts, icl_accuracy, load_mo
 from icl_circuits.metrics import wilson
 from icl_circuits.tasks import WordPairTask, get_task, list_tasks
 from icl_circuits.toy import WEIGHTS_DIR
+from icl_circuits.toy.train import training_stages
 
 CARD = json.loads((WEIGHTS_DIR / "card.json").read_text())
 
@@ -73,8 +74,5 @@ def test_retraining_script_runs_the_recorded_stages():
     script = (Path(__file__).parents[1] / "scripts" / "train_bundled_model.sh").read_text().replace("\\\n", " ")
     run = [" ".join(line.split()).replace("$PY -m", "python -m") for line in script.splitlines()
            if line.startswith("$PY -m icl_circuits.toy.train")]
-    record, recorded = json.loads((WEIGHTS_DIR / "training.json").read_text()), []
-    while record:
-        recorded.insert(0, record["command"])
-        record = record.get("previous_stage")
-    assert run == recorded
+    stages = training_stages(json.loads((WEIGHTS_DIR / "training.json").read_text()))
+    assert run == [s["command"] for s in stages]

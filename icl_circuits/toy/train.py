@@ -274,6 +274,14 @@ def save(model: HookedTransformer, tok, recipe: ToyRecipe, out_dir: str | Path, 
     (out / "training.json").write_text(json.dumps(record, indent=2))
 
 
+def training_stages(record: dict) -> list[dict]:
+    """The training records of a weights directory's stages, first to last (``previous_stage`` links them)."""
+    chain = [record]
+    while "previous_stage" in chain[0]:
+        chain.insert(0, chain[0]["previous_stage"])
+    return chain
+
+
 def recipe_command(recipe: ToyRecipe, out_dir: str | Path) -> str:
     """The shell command that trains ``recipe`` into ``out_dir`` (only options that differ from the defaults)."""
     flags = [f"--out {shlex.quote(str(out_dir))}"]
