@@ -160,6 +160,9 @@ class PromptBatch:
     delimiter_positions: [batch, n_demos]  the first token after each demo answer
     query_spans: [batch, 2]; final_positions: [batch]  last real token (the query's separator)
     answer_tokens: [batch]  gold first token of the query's answer
+    answer_token_ids: per prompt, every token of the query's gold answer as tokenized in the
+        full rendered text (``answer_token_ids[i][0] == answer_tokens[i]``); whole-answer metrics
+        score these (teacher forcing, greedy exact match)
     demo_answer_tokens: [batch, n_demos]  first token of each demo answer
     label_token_ids: [batch, n_labels] first token of each of the prompt's label words, rendered
         as an answer (categorization tasks), else None
@@ -179,6 +182,7 @@ class PromptBatch:
     texts: list[str]
     demos: list[list[tuple[str, str]]]
     label_words: list[tuple[str, ...] | None]
+    answer_token_ids: list[list[int]]
     task: str
     variant: str
     template: Template
@@ -239,7 +243,8 @@ class PromptBatch:
             answer_tokens=self.answer_tokens[t], demo_answer_tokens=self.demo_answer_tokens[t],
             label_token_ids=None if self.label_token_ids is None else self.label_token_ids[t],
             queries=pick(self.queries), answers=pick(self.answers), texts=pick(self.texts),
-            demos=pick(self.demos), label_words=pick(self.label_words), task=self.task,
+            demos=pick(self.demos), label_words=pick(self.label_words),
+            answer_token_ids=pick(self.answer_token_ids), task=self.task,
             variant=self.variant, template=self.template, n_demos=self.n_demos, seed=self.seed,
             tokenizer=self.tokenizer,
         )
@@ -410,6 +415,7 @@ def build_prompts(
         texts=[r["text"] for r in rows],
         demos=[r["demos"] for r in rows],
         label_words=[r["label_words"] for r in rows],
+        answer_token_ids=[r["answer_ids"] for r in rows],
         task=task_obj.name,
         variant=variant,
         template=template,
@@ -449,6 +455,7 @@ def _encode(tok, template: Template, demos, query, words, shift: int) -> dict:
         "answers": [sh(s) for s in spans_ans[:-1]],
         "query": sh(spans_in[-1]),
         "answer_token": ids[cut],
+        "answer_ids": ids[cut : spans_ans[-1][1]],
         "demo_answer_tokens": [ids[s[0]] for s in spans_ans[:-1]],
         "label_ids": label_ids,
         "query_text": query[0],
