@@ -1,5 +1,8 @@
 """Label words as anchors (Wang et al. 2023): attention isolation and anchor re-weighting.
 
+A label word of several tokens (BPE) is its *first* token, as in ``saliency``: that position is
+isolated or re-weighted, and its gold token is the first one.
+
 - ``isolate_attention``: block, in a range of layers, either the label words (demo answer
   positions) from attending to the text before them (``"label_from_text"``) or the final position
   from attending to the label words (``"query_from_label"``), by setting those pre-softmax scores
@@ -58,13 +61,15 @@ def _query_from(batch: PromptBatch, keys: Tensor) -> Bool[Tensor, "batch pos pos
 
 
 def _random_positions(batch: PromptBatch, n: int, seed: int) -> Tensor:
-    """``n`` random positions per prompt, none of them a label word, the final position or a
-    leading BOS (position 0 is never drawn: it has no earlier text to be isolated from)."""
+    """``n`` random positions per prompt, none of them a token of a label word (every token of a
+    multi-token one), the final position or a leading BOS (position 0 is never drawn: it has no
+    earlier text to be isolated from)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for b in range(len(batch)):
         fin = int(batch.final_positions[b])
-        pool = sorted(set(range(1, fin)) - set(batch.answer_positions[b].tolist()))
+        label = {p for s, e in batch.answer_spans[b].tolist() for p in range(s, e)}
+        pool = sorted(set(range(1, fin)) - label)
         if len(pool) < n:
             raise ValueError(f"prompt {b} has only {len(pool)} non-label positions, fewer than the {n} to isolate")
         pick = torch.randperm(len(pool), generator=g)[:n]

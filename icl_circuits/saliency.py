@@ -13,6 +13,12 @@ summarize it, with ``p_k`` the demo answer (label word) positions and ``q`` the 
 
 Each mean pools all pairs of its set (as in the paper), over the real tokens of each prompt
 (right padding: positions after the final one are excluded); flows are then averaged over prompts.
+
+Multi-token label words (a BPE tokenizer may split ``" garden"``): the label word is its *first*
+token, both as the position ``p_k`` (``batch.answer_positions``) and as the token scored by L
+(``label_candidates``), as first-token accuracy scores answers. Its later tokens are ordinary
+text: their pairs count in ``S_ww``.
+
 Attention isolation and anchor re-weighting live in ``anchors.py``.
 """
 
@@ -58,20 +64,16 @@ def label_candidates(
     ``loss="label_words"``: ``label_ids`` if given ([n] shared or [batch, n]); else the prompt's
     label words (``batch.label_token_ids``, categorization tasks); else, for other tasks, the
     distinct first tokens of every answer present in the batch (queries' gold tokens and demo
-    answers), shared by all prompts. Every demo answer must be a single token (a label word is one
-    position), the candidates of a prompt must be distinct and contain its gold token.
+    answers), shared by all prompts. A label word of several tokens (BPE) is represented by its
+    *first* token, both here and as its position (``batch.answer_positions``, the first token of
+    each demo answer): the loss scores ``p(first label token | prompt)``, as first-token accuracy
+    does. The candidates of a prompt must be distinct (two label words may not share their first
+    token) and contain its gold token.
     """
     if loss == "full_vocab":
         return None
     if loss != "label_words":
         raise ValueError(f"loss must be 'label_words' or 'full_vocab', got {loss!r}")
-    if batch.n_demos and bool((batch.answer_spans[..., 1] - batch.answer_spans[..., 0] > 1).any()):
-        b, k = (int(v) for v in (batch.answer_spans[..., 1] - batch.answer_spans[..., 0] > 1).nonzero()[0])
-        raise ValueError(
-            f"loss='label_words' needs single-token label words, but demo {k} of prompt {b} answers "
-            f"{batch.demos[b][k][1]!r}, which is {int(batch.answer_spans[b, k, 1] - batch.answer_spans[b, k, 0])} "
-            "tokens; use loss='full_vocab'"
-        )
     if label_ids is not None:
         cand = torch.as_tensor(label_ids, dtype=torch.long)
         cand = cand[None].expand(len(batch), -1) if cand.ndim == 1 else cand
@@ -87,7 +89,12 @@ def label_candidates(
         )
     srt = cand.sort(-1).values
     if bool((srt[:, 1:] == srt[:, :-1]).any()):
-        raise ValueError("loss='label_words': two label words of a prompt share their first token")
+        b = int((srt[:, 1:] == srt[:, :-1]).any(-1).nonzero()[0])
+        words = batch.label_words[b] if label_ids is None and batch.label_words[b] is not None else cand[b].tolist()
+        raise ValueError(
+            f"loss='label_words': two label words of prompt {b} share their first token ({words}), which is the "
+            "token scored; use loss='full_vocab' or label words that start with different tokens"
+        )
     missing = ~(cand == batch.answer_tokens[:, None]).any(-1)
     if missing.any():
         raise ValueError(f"loss='label_words': the gold token of prompt {int(missing.nonzero()[0])} is not a label word")

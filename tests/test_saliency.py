@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
 
 import pytest
@@ -141,13 +141,69 @@ def test_batch_without_demos_is_refused(tiny_model):
             call()
 
 
-def test_label_words_loss_needs_single_token_label_words(tiny_model, batch):
-    spans = batch.answer_spans.clone()
-    spans[1, 2, 1] += 1
-    multi = dataclasses.replace(batch, answer_spans=spans)
-    with pytest.raises(ValueError, match="single-token label words"):
-        saliency_flow(tiny_model, multi, progress=False)
-    saliency_flow(tiny_model, multi, "full_vocab", progress=False)  # the full vocabulary needs no label words
+@pytest.fixture(scope="module")
+def bpe_model(gpt2_tokenizer, tmp_path_factory):
+    """A random 2-layer model on the byte-level BPE fixture tokenizer."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("bpe_tok")
+    gpt2_tokenizer.save_pretrained(d)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(d))
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=256,
+                                  d_vocab=len(tok), act_fn="gelu", normalization_type="LN",
+                                  positional_embedding_type="rotary", rotary_dim=8, seed=0, model_name="tiny-bpe")
+    return HookedTransformer(cfg, tokenizer=tok).eval()
+
+
+def _bpe_task(pool):
+    from icl_circuits.tasks import CategorizationTask
+
+    return CategorizationTask("bpe-number", "a number -> >= 50", [str(i) for i in range(100)],
+                              lambda x: int(int(x) >= 50), 2, pool)
+
+
+@pytest.fixture(scope="module")
+def multi_token_labels(bpe_model):
+    """Label words "apple" (2 tokens on this tokenizer: 'ap' 'ple') and "tiger" (one token)."""
+    b = build_prompts(bpe_model, _bpe_task(("apple", "tiger")), 6, 3, template="{x}:{y}", seed=0)
+    width = b.answer_spans[..., 1] - b.answer_spans[..., 0]
+    assert int(width.max()) == 2 and int(width.min()) == 1  # the fixture has both kinds
+    return b
+
+
+def test_multi_token_label_words_score_their_first_token(bpe_model, multi_token_labels):
+    """The label word is its first token: as the position p_k and as the candidate of the loss."""
+    b = multi_token_labels
+    first = {w: b.tokenizer(":" + w, add_special_tokens=False)["input_ids"][1] for w in ("apple", "tiger")}
+    assert sorted(b.label_token_ids[0].tolist()) == sorted(first.values())
+    assert torch.equal(sal_mod.label_candidates(b), b.label_token_ids)
+    expected = _manual_saliency(copy.deepcopy(bpe_model), b)  # a copy: the manual check writes .grad
+    got = saliency_terms(bpe_model, b).sum(2).abs()
+    assert (got - expected).abs().max() < 1e-6
+    res = saliency_flow(bpe_model, b, progress=False)
+    masks = flow_masks(b)
+    i = int((b.answer_spans[..., 1] - b.answer_spans[..., 0] == 2).any(-1).nonzero()[0])
+    for s, e in b.answer_spans[i].tolist():  # S_pq pairs: (q, first token of each label word), never a later one
+        assert masks[1, i, int(b.final_positions[i]), s] and not masks[1, i, :, s + 1 : e].any()
+    assert torch.isfinite(res.flows).all() and res.flows.shape == (3, 2)
+    rw = train_anchor_reweighting(bpe_model, b, b, epochs=1, progress=False)
+    assert rw.beta.shape == (2, 4, 3)
+
+
+def test_random_isolation_control_avoids_every_token_of_a_label_word(multi_token_labels):
+    b = multi_token_labels
+    rows = isolation_mask(b, "label_from_text", "random", seed=0).any(-1)
+    for i in range(len(b)):
+        label = {p for s, e in b.answer_spans[i].tolist() for p in range(s, e)}
+        assert not set(rows[i].nonzero().flatten().tolist()) & label
+
+
+def test_label_words_sharing_their_first_token_are_refused(bpe_model):
+    b = build_prompts(bpe_model, _bpe_task(("chair", "cloud")), 2, 2, template="{x}:{y}", seed=0)  # both 'c' ...
+    with pytest.raises(ValueError, match="share their first token"):
+        saliency_flow(bpe_model, b, progress=False)
+    saliency_flow(bpe_model, b, "full_vocab", progress=False)  # the full vocabulary needs no distinct label words
 
 
 @pytest.mark.parametrize("kwargs, match", [
