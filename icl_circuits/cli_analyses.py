@@ -413,25 +413,38 @@ def propagation_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train
 @click.option("--metric", default="auto", show_default=True, type=click.Choice(["auto", "accuracy", "label_accuracy"]),
               help="auto: label_accuracy for categorization tasks, else accuracy.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Extraction seed; evaluation uses seed + 1.")
+@click.option("--methods", default="vanilla,local,function", show_default=True,
+              help="Comma-separated methods to compare (vanilla, local, function).")
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer numbers.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Write DIR/result.json and DIR/figure.html.")
 def task_vectors_cmd(model: str, task: str, n_demos: int, n_prompts: int, top_k: int, metric: str, seed: int,
-                     as_json: bool, out: str | None) -> None:
+                     methods: str, as_json: bool, out: str | None) -> None:
     """Vanilla vs local vs function vectors per layer, on held-out prompts."""
-    from .task_vectors import compare_task_vectors
+    import warnings
+
+    from .task_vectors import METHODS, compare_task_vectors
 
     _check_task(task)
+    chosen = [v.strip() for v in methods.split(",") if v.strip()]
+    if not chosen or any(v not in METHODS for v in chosen):
+        raise click.BadParameter(f"expected comma-separated names among {', '.join(METHODS)}, got {methods!r}",
+                                 param_hint="--methods")
     m = _cli._load(model)
     t0 = time.time()
     try:
-        df = compare_task_vectors(m, task, n_demos, n_prompts, seed, top_k=top_k, metric=metric)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a skipped method is reported below
+            df = compare_task_vectors(m, task, n_demos, n_prompts, seed, top_k=top_k, metric=metric, methods=chosen)
     except ValueError as err:
         raise click.UsageError(str(err))
     table = df.pivot(index="layer", columns="method", values="accuracy")
     click.echo(f"Task vectors of {model}, task {task} ({df.metric.iloc[0]}; {n_prompts} prompts x {n_demos} demos, "
                f"seed {seed}, evaluation seed {df.attrs['eval_seed']}, {time.time() - t0:.1f}s)")
     click.echo(table.round(3).to_string())
-    click.echo(f"function-vector heads (layer, head): {df.attrs['fv_heads']}")
+    if df.attrs["fv_heads"] is not None:
+        click.echo(f"function-vector heads (layer, head): {df.attrs['fv_heads']}")
+    for meth, why in df.attrs["skipped"].items():
+        click.echo(f"skipped {meth}: {why}")
     summary = {"model": model, "task": task, "metric": str(df.metric.iloc[0]), "seed": seed, "n_prompts": n_prompts,
                "n_demos": n_demos, **{k: v for k, v in df.attrs.items() if k not in ("seed", "n_demos", "n_prompts")},
                "per_layer": {meth: {str(int(r.layer)): {"accuracy": r.accuracy, "low": r.low, "high": r.high}

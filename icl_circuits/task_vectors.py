@@ -17,6 +17,8 @@ residual). Sweeps run through ``patching.layer_sweep`` (prefix reuse, several la
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -35,7 +37,7 @@ from .patching import (
 )
 from .prompts import PromptBatch, Template, build_prompts
 from .results import Result
-from .tasks import Task
+from .tasks import Episode, Task, get_task
 from .vectors import SweepResult, TaskVector
 
 TaskLike = str | Task | PromptBatch
@@ -123,36 +125,142 @@ def _template(vector: TaskVector) -> Template | None:
 
 
 # ----------------------------------------------------------------------------- local
+class NoLengthMatchedAnswers(ValueError):
+    """No prompt has, for every demo, another answer of the task with as many tokens as its own."""
+
+
+class _ScriptedTask(Task):
+    """``base`` whose episodes are given: the i-th ``sample_episode`` call returns ``episodes[i]``."""
+
+    def __init__(self, base: Task, episodes: Sequence[Episode]):
+        self._base, self._episodes = base, list(episodes)
+        self.name, self.kind, self.description = base.name, base.kind, base.description
+
+    def __getattr__(self, name: str) -> Any:  # n_classes, fixed_labels, nuisance... of the base task
+        if name.startswith("__") or name in ("_base", "_episodes"):
+            raise AttributeError(name)
+        return getattr(self._base, name)
+
+    @property
+    def label_words(self) -> list[str] | None:
+        return self._base.label_words
+
+    def inputs(self) -> list[str]:
+        return self._base.inputs()
+
+    def apply(self, x: str, label_words: Sequence[str] | None = None) -> str | None:
+        return self._base.apply(x, label_words)
+
+    def sample_episode(self, n: int, seed: Any) -> Episode:
+        if not self._episodes:
+            raise RuntimeError("scripted task: more episodes requested than scripted")
+        return self._episodes.pop(0)
+
+
+def _answer_lengths(tok: Any, template: Template, x: str, words: Sequence[str]) -> dict[str, int]:
+    """Tokens of each answer ``y`` in ``joiner + before + x + sep + y + after + joiner`` (a demo's context)."""
+    before, sep, after = template.parts
+    left = template.joiner + before + x + sep
+    ys = list(dict.fromkeys(words))
+    enc = tok([left + y + after + template.joiner for y in ys], add_special_tokens=False, return_offsets_mapping=True)
+    a = len(left)
+    return {y: sum(1 for s, e in offs if e > s and s < a + len(y) and e > a)
+            for y, offs in zip(ys, enc["offset_mapping"])}
+
+
+def _matched_demos(demos: Sequence[tuple[str, str]], widths: Sequence[int], pool: Sequence[str],
+                   lengths: dict[str, int], rng: np.random.Generator) -> list[tuple[str, str]] | None:
+    """Each demo's input with a random answer of ``pool`` as long (in tokens) as its own, or None when
+    some demo has no other answer of its length."""
+    out = []
+    for (x, y), n in zip(demos, widths):
+        same = [w for w in pool if lengths[w] == n]
+        if not any(w != y for w in same):
+            return None
+        out.append((x, same[int(rng.integers(len(same)))]))
+    return out
+
+
+def random_answer_twins(
+    model: Any, icl: PromptBatch, task: str | Task, seed: int = 0,
+) -> tuple[PromptBatch, PromptBatch, dict]:
+    """The random-answer twin of every ICL prompt, each random answer as many tokens as the real one.
+
+    Demo d of prompt i keeps its input; its answer is drawn uniformly (``numpy.random.default_rng([seed,
+    i, 1])``) among the task's answers (the prompt's label words for categorization tasks, else
+    every output of the task) that tokenize, in the demo's context, to as many tokens as the real
+    answer ``y_d`` (``y_d`` itself included, as with random labels). So both prompts have the same
+    token positions and the local vectors of one can be patched into the other. A prompt is
+    dropped when some demo has no *other* answer of its length (``"no_match"``) or when the built
+    twin's spans still differ (``"tokenization"``, a tokenizer merging across the field). Returns
+    (the kept ICL prompts, their twins with variant ``"random_answers"``, counts of dropped prompts
+    by reason); raises ``NoLengthMatchedAnswers`` when no prompt is left.
+    """
+    if icl.n_demos < 1:
+        raise ValueError("icl has no demonstrations: local task vectors live at the demo answer positions")
+    task_obj = get_task(task) if isinstance(task, str) else task
+    tok = icl.tokenizer
+    outputs = None if icl.label_words[0] is not None else task_obj.outputs()
+    x0 = icl.demos[0][0][0]
+    cache: dict[tuple[str, ...], dict[str, int]] = {}
+    keep, episodes, dropped = [], [], {"no_match": 0, "tokenization": 0}
+    for i in range(len(icl)):
+        pool = list(icl.label_words[i]) if icl.label_words[i] is not None else outputs
+        key = tuple(pool) if icl.label_words[i] is not None else ("<outputs>",)
+        if key not in cache:
+            cache[key] = _answer_lengths(tok, icl.template, x0, pool)
+        widths = (icl.answer_spans[i, :, 1] - icl.answer_spans[i, :, 0]).tolist()
+        demos = _matched_demos(icl.demos[i], widths, pool, cache[key], np.random.default_rng([seed, i, 1]))
+        if demos is None:
+            dropped["no_match"] += 1
+            continue
+        keep.append(i)
+        episodes.append(Episode([*demos, (icl.queries[i], icl.answers[i])], icl.label_words[i]))
+    if not keep:
+        raise NoLengthMatchedAnswers(
+            f"task {icl.task!r}: no prompt (of {len(icl)}) has, for every demo, another answer with as many tokens "
+            "as its own answer on this tokenizer; random-answer twins with the same positions cannot be built"
+        )
+    icl = icl.select(keep)
+    twin = build_prompts(model, _ScriptedTask(task_obj, episodes), len(keep), icl.n_demos, template=icl.template, seed=seed)
+    if [[x for x, _ in d] for d in twin.demos] != [[x for x, _ in d] for d in icl.demos]:
+        raise RuntimeError("random_answer_twins: build_prompts did not take the scripted episodes in order")
+    twin = dataclasses.replace(twin, variant="random_answers")
+    same = ((icl.answer_spans == twin.answer_spans).flatten(1).all(1)
+            & (icl.input_spans == twin.input_spans).flatten(1).all(1) & (icl.final_positions == twin.final_positions))
+    ok = same.nonzero()[:, 0].tolist()
+    dropped["tokenization"] = len(icl) - len(ok)
+    if not ok:
+        raise NoLengthMatchedAnswers(f"task {icl.task!r}: every random-answer twin tokenizes to other positions")
+    if len(ok) < len(icl):
+        icl, twin = icl.select(ok), twin.select(ok)
+    return icl, twin, dropped
+
+
 def local_task_vectors(
     model: Any, task: TaskLike, n_demos: int = 8, n_prompts: int = 32, seed: int = 0,
     layers: Sequence[int] | None = None, *, positions: str = "answer", metric: str = "accuracy",
     template: Template | str | None = None, batch_size: int = 64,
 ) -> SweepResult:
     """2406.16007: patch an ICL prompt's hidden states at its demo answer positions into its twin with
-    random answers (same demo inputs, variant "random_answers"), at one layer l at a time.
+    random answers (same demo inputs, ``random_answer_twins``), at one layer l at a time.
 
     For prompt i and layer l: h_l(icl_i, p) overwrites the residual at the input of block l at
     every position p of kind ``positions`` ("answer": the first token of each demo answer) of the
-    random-answer prompt i (the same positions when the answers tokenize to the same lengths;
-    prompts whose spans differ are dropped and counted in ``meta["n_dropped"]``, all differing is an
-    error). Returns the metric of the query per layer (0..n_layers-1); ``baseline`` is the
-    unpatched random-answer prompt, ``meta["icl"]`` the ICL prompts' metric.
+    random-answer prompt i. Random answers are matched to the real ones by token length on this
+    tokenizer, so both prompts share every position; prompts where that is impossible are dropped
+    and counted in ``meta["n_dropped"]`` (by reason in ``meta["dropped"]``); none left raises
+    ``NoLengthMatchedAnswers`` (a ``ValueError``). Returns the metric of the query per layer
+    (0..n_layers-1); ``baseline`` is the unpatched random-answer prompt, ``meta["icl"]`` the ICL
+    prompts' metric.
     """
     if isinstance(task, PromptBatch):
         raise TypeError("local_task_vectors builds its own paired prompts: pass a task name or Task")
-    icl = build_prompts(model, task, n_prompts, n_demos, template=template, seed=seed)
-    dummy = build_prompts(model, task, n_prompts, n_demos, template=template, seed=seed, variant="random_answers")
     if positions == "final":
         raise ValueError("positions must be a demo position kind (answer, separator, ...), not 'final'")
-    same = ((icl.answer_spans == dummy.answer_spans).flatten(1).all(1)
-            & (icl.input_spans == dummy.input_spans).flatten(1).all(1) & (icl.final_positions == dummy.final_positions))
-    keep = same.nonzero()[:, 0].tolist()
-    if not keep:
-        raise ValueError(f"no prompt of task {icl.task!r} has random answers that tokenize like its real answers; "
-                         "local vectors need the same positions in both prompts")
-    if len(keep) < len(icl):
-        icl, dummy = icl.select(keep), dummy.select(keep)
     layers = _layers(model, layers, allow_final=False)
+    icl = build_prompts(model, task, n_prompts, n_demos, template=template, seed=seed)
+    icl, dummy, dropped = random_answer_twins(model, icl, task, seed)
     pos = icl.positions(positions)
     states = read_resid(model, icl, pos, layers, batch_size=batch_size)  # [layer, batch, n, d]
 
@@ -160,7 +268,8 @@ def local_task_vectors(
         return [(resid_name(model, l), replace_hook(pos[rows], states[layers.index(l)][rows]))]
 
     res = layer_sweep(model, dummy, make, layers, metric, batch_size=batch_size, method="local",
-                      meta=_meta(dummy, positions=positions, n_dropped=n_prompts - len(keep)))
+                      meta=_meta(dummy, positions=positions, n_dropped=n_prompts - len(icl), dropped=dropped,
+                                 length_matched=True))
     i = _rate(model, icl, metric)
     return SweepResult(**{**res.__dict__, "meta": {**res.meta, "icl": i["value"], "icl_low": i["low"], "icl_high": i["high"]}})
 
@@ -296,59 +405,87 @@ def fv_from_heads(model: Any, mean_z: Float[Tensor, "layer head d_head"], heads:
 
 
 # ----------------------------------------------------------------------------- comparison
+METHODS: tuple[str, ...] = ("vanilla", "local", "function")
+
+
 def compare_task_vectors(
     model: Any, task: str | Task, n_demos: int = 8, n_prompts: int = 32, seed: int = 0, *,
     eval_seed: int | None = None, n_eval: int | None = None, top_k: int = 10, metric: str = "auto",
-    extra: Sequence[TaskVector] = (), template: Template | str | None = None, batch_size: int = 32,
-    progress: bool = False,
+    methods: Sequence[str] = METHODS, extra: Sequence[TaskVector] = (), template: Template | str | None = None,
+    batch_size: int = 32, progress: bool = False,
 ) -> pd.DataFrame:
     """Vanilla vs local vs function vectors (and any ``extra`` TaskVector) per layer, one tidy table.
 
+    ``methods``: which of ``"vanilla"``, ``"local"`` and ``"function"`` to run (default all three).
     Extraction uses ``seed``; evaluation uses ``eval_seed`` (default seed + 1) with ``n_eval``
     prompts (default ``n_prompts``): vanilla (replace) and function (add) vectors and ``extra``
     are injected at the final position of zero-shot prompts; local vectors are patched into the
-    random-answer twins of ICL prompts. Zero-shot, ICL and random-answer prompts share their queries. ``metric="auto"``: label_accuracy (argmax over the
-    prompt's label words, chance 1/2) for categorization tasks, else accuracy. Reference rows:
-    "zero-shot", "icl" and "random-answers" (flat over layers). Columns: method, layer, accuracy,
-    low, high, n, metric, task, model; ``df.attrs`` holds the FV heads.
+    length-matched random-answer twins of ICL prompts (``random_answer_twins``). When no prompt
+    has length-matched random answers on this tokenizer, the local method is skipped with a
+    ``UserWarning`` saying why (``df.attrs["skipped"]``) and the others still run.
+    Zero-shot, ICL and random-answer prompts share their queries. ``metric="auto"``:
+    label_accuracy (argmax over the prompt's label words, chance 1/2) for categorization tasks,
+    else accuracy. Reference rows: "zero-shot", "icl" and (with local) "random-answers", flat
+    over layers. Columns: method, layer, accuracy, low, high, n, metric, task, model; ``df.attrs``
+    holds the FV heads (None without "function").
     """
     ev = seed + 1 if eval_seed is None else eval_seed
     if ev == seed:
         raise ValueError("eval_seed must differ from seed (held-out prompts)")
     if metric not in ("auto", "accuracy", "label_accuracy"):
         raise ValueError(f"metric must be 'auto', 'accuracy' or 'label_accuracy', got {metric!r}")
+    if isinstance(methods, str):
+        methods = [methods]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not (methods or extra):
+        raise ValueError(f"methods must name some of {', '.join(METHODS)}, got {list(methods)!r}")
+    methods = [m for m in METHODS if m in methods]
     n_eval = n_eval or n_prompts
-    steps = tqdm(total=4 + len(extra), desc="task vectors", disable=not progress)
-    tv = vanilla_task_vector(model, task, n_demos, n_prompts, seed, template=template, batch_size=batch_size)
-    steps.update()
-    fv = function_vector(model, task, n_demos, n_prompts, seed, top_k, template=template, batch_size=batch_size)
-    steps.update()
+    steps = tqdm(total=len(methods) + len(extra), desc="task vectors", disable=not progress)
+    vecs: list[TaskVector] = []
+    fv = None
+    if "vanilla" in methods:
+        vecs.append(vanilla_task_vector(model, task, n_demos, n_prompts, seed, template=template, batch_size=batch_size))
+    if "function" in methods:
+        fv = function_vector(model, task, n_demos, n_prompts, seed, top_k, template=template, batch_size=batch_size)
+        vecs.append(fv)
     zs = build_prompts(model, task, n_eval, n_demos, template=template, seed=ev, variant="zero_shot")  # ICL's queries
     from .vectors import evaluate_vector
 
     sweeps = []
-    for vec in (tv, fv, *extra):
+    for vec in (*vecs, *extra):
         sweeps.append(evaluate_vector(model, vec, zs, metric=metric, batch_size=batch_size))
         steps.update()
-    local = local_task_vectors(model, task, n_demos, n_eval, ev, metric=metric, template=template, batch_size=batch_size)
-    steps.update()
+    local, skipped = None, {}
+    if "local" in methods:
+        try:
+            local = local_task_vectors(model, task, n_demos, n_eval, ev, metric=metric, template=template,
+                                       batch_size=batch_size)
+        except NoLengthMatchedAnswers as err:
+            skipped["local"] = str(err)
+            warnings.warn(f"compare_task_vectors: local task vectors skipped: {err}", UserWarning, stacklevel=2)
+        steps.update()
     steps.close()
     icl = _rate(model, build_prompts(model, task, n_eval, n_demos, template=template, seed=ev), metric)
-    name = sweeps[0].metric
+    zero = _rate(model, zs, metric)
+    name = prompt_metric(metric, zs)[0]
     rows = []
-    for s in [*sweeps, local]:
+    for s in [*sweeps, *([local] if local is not None else [])]:
         n = s.per_prompt.shape[1]
         rows += [{"method": s.method, "layer": l, "accuracy": float(v), "low": float(lo), "high": float(hi), "n": n}
                  for l, v, lo, hi in zip(s.layers, s.values, s.low, s.high)]
-    k_local = local.per_prompt.shape[1]
-    ra = wilson(round(local.baseline * k_local), k_local)  # the metrics here are rates
-    ref = {"zero-shot": _rate(model, zs, metric), "icl": icl,
-           "random-answers": {"value": local.baseline, "low": ra.low, "high": ra.high}}
+    ref = {"zero-shot": (zero, n_eval), "icl": (icl, n_eval)}
+    if local is not None:
+        k_local = local.per_prompt.shape[1]
+        ra = wilson(round(local.baseline * k_local), k_local)  # the metrics here are rates
+        ref["random-answers"] = ({"value": local.baseline, "low": ra.low, "high": ra.high}, k_local)
     all_layers = sorted({r["layer"] for r in rows})
-    for method, r in ref.items():
-        rows += [{"method": method, "layer": l, "accuracy": r["value"], "low": r["low"], "high": r["high"], "n": n_eval}
+    for method, (r, n) in ref.items():
+        rows += [{"method": method, "layer": l, "accuracy": r["value"], "low": r["low"], "high": r["high"], "n": n}
                  for l in all_layers]
     df = pd.DataFrame(rows).assign(metric=name, task=zs.task, model=model.cfg.model_name)
-    df.attrs = {"fv_heads": fv.meta["heads"], "fv_head_cie": fv.meta["head_cie"], "seed": seed, "eval_seed": ev,
-                "n_demos": n_demos, "n_prompts": n_prompts, "n_eval": n_eval, "local_dropped": local.meta["n_dropped"]}
+    df.attrs = {"fv_heads": fv.meta["heads"] if fv else None, "fv_head_cie": fv.meta["head_cie"] if fv else None,
+                "seed": seed, "eval_seed": ev, "n_demos": n_demos, "n_prompts": n_prompts, "n_eval": n_eval,
+                "methods": methods, "skipped": skipped,
+                "local_dropped": local.meta["n_dropped"] if local is not None else None}
     return df

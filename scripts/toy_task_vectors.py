@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> str:
         sections += [f"## {task} ({kind}; metric {df.metric.iloc[0]})", "",
                   f"zero-shot {ref['zero-shot'].accuracy:.2f} [{ref['zero-shot'].low:.2f}, {ref['zero-shot'].high:.2f}]; "
                   f"ICL ({args.demos} demos) {ref['icl'].accuracy:.2f} [{ref['icl'].low:.2f}, {ref['icl'].high:.2f}]; "
-                  f"random-answer demos {ref['random-answers'].accuracy:.2f}; local-vector prompts dropped (answers "
-                  f"tokenized differently): {df.attrs['local_dropped']}; FV heads (layer, head): "
+                  f"random-answer demos {ref['random-answers'].accuracy:.2f}; local-vector prompts dropped (no "
+                  f"length-matched random answers): {df.attrs['local_dropped']}; FV heads (layer, head): "
                   f"{', '.join(f'({l},{h})' for l, h in df.attrs['fv_heads'])}", "", markdown_table(table, 2), ""]
         notes = []
         if ref["icl"].low <= 1 / 2 <= ref["icl"].high and by["icl"].metric.iloc[0] == "label_accuracy":

@@ -8,9 +8,10 @@ import torch
 from icl_circuits import build_prompts
 from icl_circuits import interventions as iv
 from icl_circuits.task_vectors import (
-    HeadCIEResult, compare_task_vectors, evaluate_task_vector, function_vector, fv_from_heads, head_cie,
-    local_task_vectors, mean_head_outputs, vanilla_task_vector,
+    HeadCIEResult, NoLengthMatchedAnswers, compare_task_vectors, evaluate_task_vector, function_vector, fv_from_heads,
+    head_cie, local_task_vectors, mean_head_outputs, random_answer_twins, vanilla_task_vector,
 )
+from icl_circuits.tasks import WordPairTask
 from icl_circuits.vectors import TaskVector, evaluate_vector
 
 
@@ -49,8 +50,8 @@ def test_evaluate_task_vector_records_zero_shot_and_icl_and_refuses_the_extracti
 def test_local_vectors_equal_one_patch_per_layer(tiny_model):
     """Layer l: the ICL prompt's answer-position states overwrite its random-answer twin's, at l only."""
     res = local_task_vectors(tiny_model, "letter-string", 3, 4, seed=0, metric="gold_probability")
-    icl = build_prompts(tiny_model, "letter-string", 4, 3, seed=0)
-    dummy = build_prompts(tiny_model, "letter-string", 4, 3, seed=0, variant="random_answers")
+    icl, dummy, _ = random_answer_twins(tiny_model, build_prompts(tiny_model, "letter-string", 4, 3, seed=0),
+                                        "letter-string", seed=0)
     pos = icl.positions("answer")
     for l in (0, 1):
         name = iv.resid_name(tiny_model, l)
@@ -61,11 +62,54 @@ def test_local_vectors_equal_one_patch_per_layer(tiny_model):
     assert res.layers == [0, 1] and res.meta["n_dropped"] == 0 and res.method == "local"
 
 
-def test_local_vectors_drop_prompts_whose_answers_tokenize_differently(tiny_model):
-    res = local_task_vectors(tiny_model, "country-capital", 3, 16, seed=0)  # a multi-token capital shifts positions
-    assert res.meta["n_dropped"] >= 1 and res.meta["n_dropped"] + res.per_prompt.shape[1] == 16
+def test_random_answers_are_matched_by_token_length(tiny_model):
+    """Every twin keeps the demo inputs, the query and every position; each random answer is an output
+    of the task with as many tokens as the real one (two-token answers get two-token answers)."""
+    task = WordPairTask("mixed", "knowledge", "a letter -> letters", [
+        ("a", "k"), ("b", "q"), ("c", "z"), ("d", "k q"), ("e", "q z"), ("f", "z k")])
+    icl = build_prompts(tiny_model, task, 12, 3, seed=0)
+    width = icl.answer_spans[..., 1] - icl.answer_spans[..., 0]
+    assert set(width.flatten().tolist()) == {1, 2}  # the fixture has both lengths
+    kept, twin, dropped = random_answer_twins(tiny_model, icl, task, seed=0)
+    assert len(kept) == 12 and dropped == {"no_match": 0, "tokenization": 0} and twin.variant == "random_answers"
+    assert torch.equal(kept.answer_spans, twin.answer_spans) and kept.tokens.shape == twin.tokens.shape
+    assert torch.equal(kept.input_spans, twin.input_spans) and torch.equal(kept.final_positions, twin.final_positions)
+    assert twin.queries == kept.queries and torch.equal(twin.answer_tokens, kept.answer_tokens)
+    changed = 0
+    for i in range(12):
+        for (x, y), (x2, y2) in zip(kept.demos[i], twin.demos[i]):
+            assert x2 == x and y2 in task.outputs() and len(y2.split()) == len(y.split())
+            changed += y2 != y
+    assert changed > 0
+    again = random_answer_twins(tiny_model, icl, task, seed=0)[1]
+    assert again.demos == twin.demos and random_answer_twins(tiny_model, icl, task, seed=1)[1].demos != twin.demos
+
+
+def _lengths_task():
+    """Every output a different number of tokens: no demo answer has a length-matched alternative."""
+    return WordPairTask("lengths", "knowledge", "a letter -> letters", [
+        ("a", "k"), ("b", "k q"), ("c", "k q z"), ("d", "k q z a"), ("e", "k q z a b")])
+
+
+def test_local_vectors_without_length_matched_answers_raise_and_compare_skips_them(tiny_model):
+    with pytest.raises(NoLengthMatchedAnswers, match="no prompt .* another answer with as many tokens"):
+        local_task_vectors(tiny_model, _lengths_task(), 2, 4, seed=0)
+    with pytest.warns(UserWarning, match="local task vectors skipped: .*as many tokens"):
+        df = compare_task_vectors(tiny_model, _lengths_task(), 2, 4, seed=0, top_k=2)
+    assert set(df.method) == {"vanilla", "function", "zero-shot", "icl"} and "local" in df.attrs["skipped"]
     with pytest.raises(ValueError, match="not 'final'"):
         local_task_vectors(tiny_model, "letter-string", 3, 4, positions="final")
+
+
+def test_compare_task_vectors_methods(tiny_model):
+    df = compare_task_vectors(tiny_model, "number", 3, 4, seed=0, methods=("vanilla",))
+    assert set(df.method) == {"vanilla", "zero-shot", "icl"} and df.attrs["fv_heads"] is None
+    loc = compare_task_vectors(tiny_model, "number", 3, 4, seed=0, methods=["local"])
+    assert set(loc.method) == {"local", "zero-shot", "icl", "random-answers"} and set(loc.metric) == {"label_accuracy"}
+    with pytest.raises(ValueError, match="methods must name some of vanilla, local, function, got \\['global'\\]"):
+        compare_task_vectors(tiny_model, "number", 3, 4, methods=["global"])
+    with pytest.raises(ValueError, match="methods must name some of"):
+        compare_task_vectors(tiny_model, "number", 3, 4, methods=())
 
 
 def test_head_cie_batched_over_heads_equals_one_head_at_a_time(tiny_model, clean, shuffled):
@@ -163,3 +207,9 @@ def test_cli_task_vectors_json_and_out(monkeypatch, tiny_model, tmp_path):
     assert (tmp_path / "o" / "result.json").exists() and (tmp_path / "o" / "figure.html").exists()
     bad = CliRunner().invoke(cli_mod.cli, ["task-vectors", "--task", "nope"])
     assert bad.exit_code != 0 and "unknown task 'nope'" in bad.output
+    one = CliRunner().invoke(cli_mod.cli, ["task-vectors", "--task", "number", "--demos", "3", "--prompts", "4",
+                                           "--methods", "vanilla", "--json"])
+    assert one.exit_code == 0, one.output
+    assert set(json.loads(one.output.strip().splitlines()[-1])["per_layer"]) == {"vanilla", "zero-shot", "icl"}
+    bad = CliRunner().invoke(cli_mod.cli, ["task-vectors", "--methods", "vanilla,global"])
+    assert bad.exit_code != 0 and "--methods" in bad.output and "global" in bad.output
