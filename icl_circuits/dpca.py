@@ -10,8 +10,9 @@ Conventions, with ``X`` the centred data flattened to (n_features, n_conditions)
 
 * ridge: ``mu = lambda * ||X||_F^2``. Kobak et al. write ``mu = (lambda * ||X||_F)^2``,
   so our ``lambda`` is the square of theirs.
-* rank: a marginalization keeps at most as many components as ``B_ols X`` has singular
-  values above ``max(X.shape) * eps * ||X||_2``; asking for more returns fewer (possibly 0).
+* rank: a marginalization keeps at most as many components as the augmented fitted values
+  ``B [X, sqrt(mu) I]`` (see ``_fit_one``) have singular values above
+  ``max(X.shape) * eps * ||X||_2``; asking for more returns fewer (possibly 0).
 * signs: each (encoder row, decoder column) pair is flipped so that the decoder entry of
   largest absolute value is positive.
 """
@@ -124,16 +125,23 @@ class _SVDData:
 
 
 def _fit_one(svd: _SVDData, Xphi2: np.ndarray, q: int, lam: float) -> tuple[np.ndarray, np.ndarray]:
-    """Encoder D (q, n) and decoder F (n, q) minimizing ``||X_phi - F D X||^2 + mu ||F D||^2``.
+    """Encoder D (q, n) and decoder F (n, q) minimizing ``||X_phi - F D X||^2 + mu ||F D||^2``
+    over rank-q ``A = F D`` (Kobak et al. 2016, methods), with ``mu = lam ||X||_F^2``.
 
-    ``B_ols = X_phi X^T (X X^T + mu I)^+ = X_phi Q diag(s / (s^2 + mu)) P^T`` and
-    ``B_ols X = X_phi Q diag(s^2 / (s^2 + mu)) Q^T``; with ``U`` the top-q left singular
-    vectors of ``B_ols X``: ``F = U``, ``D = U^T B_ols``.
+    The penalty is the plain reduced-rank regression of the augmented data
+    ``[X_phi, 0]`` on ``X~ = [X, sqrt(mu) I]``. Its full-rank (ridge) solution is
+    ``B = X_phi X^T (X X^T + mu I)^+ = X_phi Q diag(s / (s^2 + mu)) P^T`` (``X = P diag(s) Q^T``),
+    and the rank-q optimum is ``A = U U^T B`` with ``U`` the top-q left singular vectors of the
+    augmented fitted values ``B X~ = [B X, sqrt(mu) B]``. Since
+    ``B X~ (B X~)^T = B (X X^T + mu I) B^T = M M^T`` with ``M = X_phi Q diag(s / sqrt(s^2 + mu))``,
+    ``U`` is computed as the top-q left singular vectors of ``M``; then ``F = U``,
+    ``D = U^T B``. (The SVD of ``B X`` alone, without the ``sqrt(mu) B`` block, is only right at
+    ``mu = 0``, where both are the fitted values ``X_phi Q Q^T``.)
     """
     mu = lam * svd.sq_norm
     s2 = svd.s ** 2
     XphiQ = Xphi2 @ svd.Q
-    U, sv, _ = np.linalg.svd((XphiQ * (s2 / (s2 + mu))) @ svd.Q.T, full_matrices=False)
+    U, sv, _ = np.linalg.svd(XphiQ * (svd.s / np.sqrt(s2 + mu)), full_matrices=False)
     q = min(q, int(np.sum(sv > svd.tol)))
     U = U[:, :q]
     D = ((U.T @ XphiQ) * (svd.s / (s2 + mu))) @ svd.P.T
@@ -149,8 +157,13 @@ def _fit_all(X: np.ndarray, margs: Mapping[str, np.ndarray], qs: Mapping[str, in
 
 
 def _cv_lambda(trials: np.ndarray, labels, join, qs, grid: np.ndarray, n_folds: int, seed: int):
-    """K-fold over trials: fit on centred train averages, score on test averages
-    ``sum_phi ||Xt_phi - F_phi D_phi Xt||^2 / ||Xt||^2``. Returns (best lambda, mean errors)."""
+    """K-fold over trials: fit on the centred average of the training trials, then reconstruct the
+    TRAINING marginalizations from the centred test average (the scoring of Kobak et al.'s
+    reference implementation, ``dpca_optimizeLambda`` method "training"):
+    ``sum_phi ||Xtrain_phi - F_phi D_phi Xtest||^2 / sum_phi ||Xtrain_phi||^2``. Target and input
+    carry independent noise, so fitting the training noise is not rewarded (reconstructing the test
+    marginalizations from the test data itself would be: that error falls as lambda -> 0).
+    Returns (lambda with the lowest mean error over folds, mean errors)."""
     n_trials = trials.shape[0]
     order = np.random.default_rng(seed).permutation(n_trials)
     errors = np.zeros((n_folds, grid.size))
@@ -159,17 +172,17 @@ def _cv_lambda(trials: np.ndarray, labels, join, qs, grid: np.ndarray, n_folds: 
         Xtr = trials[train].mean(axis=0)
         Xtr = Xtr - Xtr.mean(axis=tuple(range(1, Xtr.ndim)), keepdims=True)
         Xte = trials[test].mean(axis=0)
-        mte = _joined_margs(Xte, labels, join)
         n = Xte.shape[0]
-        Xte2 = sum(mte.values()).reshape(n, -1)
+        Xte2 = (Xte - Xte.mean(axis=tuple(range(1, Xte.ndim)), keepdims=True)).reshape(n, -1)
         mtr = _joined_margs(Xtr, labels, join)
+        norm = max(sum(float(np.sum(m ** 2)) for m in mtr.values()), np.finfo(float).tiny)
         svd = _SVDData(Xtr.reshape(n, -1))
         for g, lam in enumerate(grid):
             err = 0.0
             for name, m in mtr.items():
                 D, F = _fit_one(svd, m.reshape(n, -1), qs[name], float(lam))
-                err += np.sum((mte[name].reshape(n, -1) - F @ (D @ Xte2)) ** 2)
-            errors[f, g] = err / max(np.sum(Xte2 ** 2), np.finfo(float).tiny)
+                err += np.sum((m.reshape(n, -1) - F @ (D @ Xte2)) ** 2)
+            errors[f, g] = err / norm
     mean_err = errors.mean(axis=0)
     return float(grid[int(np.argmin(mean_err))]), mean_err
 
@@ -280,7 +293,9 @@ def demixed_pca(
     ``X`` is centred per feature, split by ``marginalize`` (then merged by ``join``, e.g.
     ``{"label": ["b", "ab"]}``), and for each marginalization phi a reduced-rank ridge
     regression ``min ||X_phi - F D X||^2 + mu ||F D||^2`` (``mu = lambda ||X||_F^2``) gives
-    decoder ``F = U`` and encoder ``D = U^T B_ols`` (see ``_fit_one``). ``regularizer``:
+    decoder ``F = U``, the top left singular vectors of the augmented fitted values
+    ``B [X, sqrt(mu) I]`` with ``B = X_phi X^T (X X^T + mu I)^+`` the ridge solution, and encoder
+    ``D = U^T B`` (see ``_fit_one``). ``regularizer``:
     None -> lambda = 0 (pseudo-inverse); float -> that lambda; "auto" -> lambda from
     ``DEFAULT_LAMBDA_GRID`` by ``n_folds``-fold cross-validation over ``trials``
     (n_trials, *X.shape; balanced, no NaN), shuffled by ``seed`` only.

@@ -309,3 +309,91 @@ def test_mahalanobis_mean_over_pairs_with_three_groups():
 def test_mahalanobis_bad_inputs_raise(H, groups, kwargs, match):
     with pytest.raises(ValueError, match=match):
         mahalanobis_distances(H, groups, **kwargs)
+
+
+# ------------------------------------------------------ ridge: the reduced-rank optimum
+def _ridge_rrr_optimum(X2, Xphi2, mu, q):
+    """Independent closed form of min_{rank A <= q} ||Xphi - A X||^2 + mu ||A||^2: the plain
+    reduced-rank regression of the augmented data [Xphi, 0] on [X, sqrt(mu) I] (least squares by
+    lstsq, then the top-q left singular vectors of the augmented fitted values)."""
+    n = X2.shape[0]
+    Xa = np.hstack([X2, np.sqrt(mu) * np.eye(n)])
+    Ya = np.hstack([Xphi2, np.zeros((n, n))])
+    B = np.linalg.lstsq(Xa.T, Ya.T, rcond=None)[0].T
+    U = np.linalg.svd(B @ Xa, full_matrices=False)[0][:, :q]
+    return U @ U.T @ B, U
+
+
+def _objective(A, X2, Xphi2, mu):
+    return float(np.sum((Xphi2 - A @ X2) ** 2) + mu * np.sum(A ** 2))
+
+
+def _max_angle_degrees(U, V):
+    """Largest principal angle between the column spans of orthonormal U and V (via its sine,
+    which is accurate near 0 where arccos is not)."""
+    s = np.linalg.norm(V - U @ (U.T @ V), ord=2)
+    return float(np.degrees(np.arcsin(min(s, 1.0))))
+
+
+@pytest.mark.parametrize("lam", [1e-3, 1e-2, 1e-1])
+@pytest.mark.parametrize("q", [1, 2])
+def test_ridge_fit_attains_the_reduced_rank_ridge_optimum(lam, q):
+    # d > n_conditions, as for residual streams; mu = lam ||X||_F^2 (the module's convention)
+    X = _random((30, 4, 3), seed=11) + 0.5 * _planted(sigma=0.0)[0][:30]
+    res = demixed_pca(X, q, regularizer=lam)
+    Xc = _centre(X)
+    X2 = Xc.reshape(30, -1)
+    mu = lam * np.sum(Xc ** 2)
+    for name, part in marginalize(Xc, ("a", "b")).items():
+        P2 = part.reshape(30, -1)
+        A_opt, U = _ridge_rrr_optimum(X2, P2, mu, q)
+        F, D = res.decoders[name], res.encoders[name]
+        best = _objective(A_opt, X2, P2, mu)
+        assert _objective(F @ D, X2, P2, mu) == pytest.approx(best, rel=1e-10)
+        assert _max_angle_degrees(F, U) < 1e-5
+        np.testing.assert_allclose(F @ D, A_opt, atol=1e-10 * np.abs(A_opt).max())
+
+
+def test_unregularized_fit_is_the_reduced_rank_regression_with_pseudo_inverse():
+    X = _random((30, 4, 3), seed=12)
+    res = demixed_pca(X, 2)
+    Xc = _centre(X)
+    X2 = Xc.reshape(30, -1)
+    pinv = np.linalg.pinv(X2)
+    for name, part in marginalize(Xc, ("a", "b")).items():
+        P2 = part.reshape(30, -1)
+        B = P2 @ pinv  # mu = 0: the minimum-norm least-squares B
+        U = np.linalg.svd(B @ X2, full_matrices=False)[0][:, :2]
+        F, D = res.decoders[name], res.encoders[name]
+        assert _max_angle_degrees(F, U) < 1e-6
+        np.testing.assert_allclose(F @ D, U @ U.T @ B, atol=1e-10 * np.abs(B).max())
+        A0, _ = _ridge_rrr_optimum(X2, P2, 0.0, 2)
+        np.testing.assert_allclose(F @ D, A0, atol=1e-10 * np.abs(B).max())
+
+
+def test_cv_error_reconstructs_training_marginalizations_from_test_trials():
+    # Kobak et al.'s reference scoring: fit on the training average, then predict the TRAINING
+    # marginalizations from the held-out average (independent noise in target and input)
+    X, *_ = _planted(sigma=0.3)
+    trials = X[None] + np.random.default_rng(4).normal(size=(10,) + X.shape)
+    res = demixed_pca(trials.mean(0), 2, regularizer="auto", trials=trials, seed=7, n_folds=5)
+    order = np.random.default_rng(7).permutation(10)
+    for g in (0, 6, 12):
+        lam, errs = DEFAULT_LAMBDA_GRID[g], []
+        for test in np.array_split(order, 5):
+            Xtr = _centre(trials[np.setdiff1d(order, test)].mean(0))
+            Xte = _centre(trials[test].mean(0)).reshape(40, -1)
+            fit, margs = demixed_pca(Xtr, 2, regularizer=lam), marginalize(Xtr, ("a", "b"))
+            err = sum(np.sum((m.reshape(40, -1) - fit.decoders[k] @ fit.encoders[k] @ Xte) ** 2) for k, m in margs.items())
+            errs.append(err / sum(np.sum(m ** 2) for m in margs.values()))
+        assert res.cv_errors[g] == pytest.approx(np.mean(errs), rel=1e-9)
+
+
+def test_cv_prefers_a_ridge_when_noise_dominates_in_high_dimension():
+    # d = 40 features, 12 conditions, noisy trials: the unregularized encoder fits noise, so the
+    # held-out error must be lowest at an interior lambda, not at the smallest of the grid
+    X, *_ = _planted(sigma=0.0)
+    trials = X[None] + 2.0 * np.random.default_rng(5).normal(size=(20,) + X.shape)
+    res = demixed_pca(trials.mean(0), 2, regularizer="auto", trials=trials, seed=0)
+    assert res.regularizer > DEFAULT_LAMBDA_GRID[0]
+    assert res.cv_errors[0] > res.cv_errors.min() * 1.01
