@@ -30,7 +30,7 @@ from .interventions import add_hook, check_layer, check_vector, read_resid, resi
 from .metrics import Rate, wilson
 from .prompts import POSITION_KINDS, PromptBatch, Template, build_prompts
 from .tasks import Task, get_task
-from .vectors import TaskVector
+from .vectors import TaskVector, model_info
 
 __all__ = ["train_task_vector", "train_per_layer", "ltv_loss", "injection_positions", "joint_accuracy", "split_by_query"]
 
@@ -310,7 +310,7 @@ def train_task_vector(
     }
     return TaskVector(
         vectors=best.cpu(), layers=ls, mode="add", method="learned", task=task_obj.name,
-        model_name=model.cfg.model_name, position="+".join(kinds), meta=meta,
+        model_name=model.cfg.model_name, position="+".join(kinds), meta=meta, model_info=model_info(model),
     )
 
 
@@ -348,7 +348,7 @@ def train_per_layer(model: Any, task: Task | str, layers: Sequence[int] | None =
     first = tvs[0]
     return TaskVector(
         vectors=torch.cat([t.vectors for t in tvs]), layers=layers, mode="add", method="learned", task=first.task,
-        model_name=first.model_name, position=first.position,
+        model_name=first.model_name, position=first.position, model_info=first.model_info,
         meta={"per_layer": {str(l): t.meta for l, t in zip(layers, tvs)},
               "val_accuracy_best": [t.meta["val_accuracy_best"] for t in tvs]},
     )

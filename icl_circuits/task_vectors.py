@@ -38,7 +38,7 @@ from .patching import (
 from .prompts import PromptBatch, Template, build_prompts
 from .results import Result
 from .tasks import Episode, Task, get_task
-from .vectors import SweepResult, TaskVector
+from .vectors import SweepResult, TaskVector, model_info
 
 TaskLike = str | Task | PromptBatch
 
@@ -88,7 +88,7 @@ def vanilla_task_vector(
     layers = _layers(model, layers)
     r = read_resid(model, batch, batch.positions("final"), layers, batch_size=batch_size)  # [layer, batch, 1, d]
     return TaskVector(r[:, :, 0].float().mean(1), layers, "replace", "vanilla", batch.task, model.cfg.model_name,
-                      meta=_meta(batch))
+                      meta=_meta(batch), model_info=model_info(model))
 
 
 def evaluate_task_vector(
@@ -393,7 +393,7 @@ def function_vector(
     return TaskVector(fv[None].repeat(len(layers), 1), layers, "add", "function", clean.task, model.cfg.model_name,
                       meta=_meta(clean, heads=[list(h) for h in heads], head_cie=[float(cie.values[l, h]) for l, h in heads],
                                  cie=cie.values.tolist(), corrupted_baseline=cie.baseline, top_k=top_k,
-                                 default_layer=round(L / 3)))
+                                 default_layer=round(L / 3)), model_info=model_info(model))
 
 
 def fv_from_heads(model: Any, mean_z: Float[Tensor, "layer head d_head"], heads: Sequence[tuple[int, int]]) -> Float[Tensor, "d_model"]:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .interventions import add_hook, check_layer, check_vector, replace_hook, resid_name
 from .metrics import wilson
+from .models import model_info, processing_mismatch
 from .prompts import PromptBatch
 from .results import Result
 
@@ -30,7 +31,9 @@ class TaskVector(Result):
     """One vector per layer, to inject at the input of that layer.
 
     vectors: [layer, d_model]; layers: the block index of each row; mode: "replace" or "add";
-    method: "vanilla" | "function" | "learned" | ...; position: where it is injected ("final").
+    method: "vanilla" | "function" | "learned" | ...; position: where it is injected ("final");
+    model_info: ``models.model_info(model)`` of the model it was made on (empty when unknown):
+    ``check_model`` refuses a model whose weight processing differs from it.
     """
 
     vectors: Float[Tensor, "layer d_model"]
@@ -41,6 +44,7 @@ class TaskVector(Result):
     model_name: str
     position: str = "final"
     meta: dict = field(default_factory=dict)
+    model_info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.layers):
@@ -61,10 +65,20 @@ class TaskVector(Result):
         return self.vectors[self.layers.index(layer)]
 
     def check_model(self, model: Any) -> None:
-        """Refuse a model of another width (or with fewer layers than the vector needs)."""
+        """Refuse a model of another width, with fewer layers than the vector needs, or whose
+        weight processing differs from the model the vector was made on (residual coordinates and
+        head outputs depend on it; see ``models.load_model``)."""
         check_vector(model, self.vectors, arg=f"task vector ({self.method}, {self.model_name})")
         for l in self.layers:
             check_layer(model, l, arg="task vector layer")
+        diff = processing_mismatch(self.model_info.get("processing"), model)
+        if diff:
+            shown = ", ".join(f"{k}: vector {a}, model {b}" for k, a, b in ((k, *v) for k, v in diff.items()))
+            fix = ", ".join(f"{k}={a}" for k, (a, _) in diff.items())
+            raise ValueError(
+                f"task vector ({self.method}, {self.model_name}) was made on a model processed differently "
+                f"({shown}); load the model with load_model(..., {fix}) to apply it"
+            )
 
 
 @dataclass(frozen=True)
