@@ -69,31 +69,68 @@ def tasks_cmd(as_json: bool) -> None:
         click.echo(f"{r['task']:<16} {r['kind']:<15} {r['size']:>5}  {r['description']}")
 
 
+def _metric_list(_ctx: Any, param: click.Parameter, value: str | None) -> list[str] | None:
+    from .metrics import get_metric
+
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise click.BadParameter("expected comma-separated metric names like first_token,exact_match", param=param)
+    try:
+        return list(dict.fromkeys(get_metric(n).name for n in names))
+    except ValueError as err:
+        raise click.BadParameter(str(err), param=param)
+
+
 @cli.command("evaluate")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="toy-icl, a local HF directory or a TL name.")
 @click.option("--task", "task_names", multiple=True, help="Task name (repeatable); default: every task.")
 @click.option("--demos", default="0,1,2,4,8", show_default=True, callback=_int_list, help="Numbers of demos.")
 @click.option("--prompts", "n_prompts", default=64, show_default=True, type=click.IntRange(min=1), help="Prompts per cell.")
+@click.option("--metrics", default=None, callback=_metric_list,
+              help="Comma-separated metrics (first_token, label, exact_match, answer_logprob, gold_prob, logit_diff, "
+                   "label_margin). Default: first_token,exact_match, plus label for tasks with label words.")
+@click.option("--template", default=None, help="Example template, e.g. '{x} -> {y}' (default: build_prompts' default).")
+@click.option("--max-new-tokens", default=None, type=click.IntRange(min=1),
+              help="Greedy decoding budget for exact_match (default: longest gold answer in tokens + 3).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the table.")
-def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_prompts: int, seed: int, as_json: bool) -> None:
-    """ICL accuracy of MODEL per task and number of demos."""
+@click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with every metric, interval and N.")
+def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_prompts: int, metrics: list[str] | None,
+                 template: str | None, max_new_tokens: int | None, batch_size: int, seed: int, as_json: bool) -> None:
+    """ICL scores of MODEL per task and number of demos: first-token and whole-answer (greedy exact
+    match) accuracy by default, with 95% intervals (Wilson for rates, Student t for means)."""
+    import pandas as pd
+
     from .evaluation import accuracy_by_demos
-    from .tasks import list_tasks
+    from .tasks import get_task, list_tasks
 
     names = [_check_task(t) for t in task_names] or list_tasks()
     m = _load(model)
     t0 = time.time()
+    frames = []
     try:
-        df = accuracy_by_demos(m, names, demos=demos, n_prompts=n_prompts, seed=seed)
+        for name in names:
+            wanted = metrics or ["first_token", "exact_match"] + (["label"] if get_task(name).label_words is not None else [])
+            frames.append(accuracy_by_demos(m, [name], demos=demos, n_prompts=n_prompts, seed=seed, template=template,
+                                            metrics=wanted, batch_size=batch_size, max_new_tokens=max_new_tokens))
     except ValueError as err:
         raise click.UsageError(str(err))
-    table = df.pivot(index="task", columns="n_demos", values="accuracy").loc[names]
-    click.echo(f"ICL accuracy of {model} ({n_prompts} prompts per cell, seed {seed}, {time.time() - t0:.1f}s)")
-    click.echo(table.round(3).to_string())
+    df = pd.concat(frames, ignore_index=True)
+    tpl = template or "default"
+    click.echo(f"ICL scores of {model} (template {tpl}, {n_prompts} prompts per cell, seed {seed}, {time.time() - t0:.1f}s)")
+    for metric, g in df.groupby("metric", sort=False):
+        table = g.pivot(index="task", columns="n_demos", values="value")
+        click.echo(f"\n{metric} (mean over prompts; 95% {g.interval.iloc[0]} intervals in --json)")
+        click.echo(table.loc[[t for t in names if t in table.index]].round(3).to_string())
     if as_json:
-        emit_json({"model": model, "seed": seed, "n_prompts": n_prompts,
-                   "accuracy": {t: {str(k): float(v) for k, v in row.items()} for t, row in table.iterrows()}})
+        scores: dict = {}
+        for r in df.itertuples():
+            scores.setdefault(r.task, {}).setdefault(str(r.n_demos), {})[r.metric] = {
+                "value": r.value, "low": r.low, "high": r.high, "n": int(r.n), "interval": r.interval}
+        emit_json({"model": model, "seed": seed, "n_prompts": n_prompts, "template": template,
+                   "metrics": list(dict.fromkeys(df.metric)), "scores": scores})
 
 
 @cli.command("report")

@@ -15,7 +15,7 @@ def accuracy_section(ctx: Context) -> Section:
     cfg = ctx.cfg
     tasks = list_tasks() if not cfg.quick else [cfg.knowledge_task, cfg.category_task, "uppercase"]
     df = accuracy_by_demos(ctx.model, tasks, demos=[0, 1, 2, 4, 8], n_prompts=cfg.prompts(), seed=cfg.seed)
-    wide = df.pivot(index="task", columns="n_demos", values="accuracy").loc[tasks].reset_index()
+    wide = df[df.metric == "first_token"].pivot(index="task", columns="n_demos", values="value").loc[tasks].reset_index()
     wide.columns = [str(c) if c == "task" else f"k={c}" for c in wide.columns]
     return Section(
         "accuracy", "ICL accuracy vs number of demos",

@@ -99,11 +99,9 @@ def main() -> None:
 
     card = {
         "seed": args.seed, "n_prompts": args.prompts, "demos": DEMOS, "load_seconds": round(load_s, 2),
-        "accuracy": {t: {str(int(r.n_demos)): round(r.accuracy, 4) for r in g.itertuples()} for t, g in df.groupby("task")},
-        "label_accuracy": {
-            t: {str(int(r.n_demos)): round(r.label_accuracy, 4) for r in g.itertuples()}
-            for t, g in df.dropna(subset=["label_accuracy"]).groupby("task")
-        } if "label_accuracy" in df else {},
+        **{key: {t: {str(int(r.n_demos)): round(r.value, 4) for r in g.itertuples()}
+                 for t, g in df[df.metric == metric].groupby("task")}
+           for key, metric in (("accuracy", "first_token"), ("label_accuracy", "label"))},
         "task_identity": identity,
     }
     (WEIGHTS_DIR / "card.json").write_text(json.dumps(card, indent=1))

@@ -32,16 +32,32 @@ def test_tasks_json(runner):
 
 
 def test_evaluate_json_last_line(runner):
+    """First-token and whole-answer (exact match) accuracy per task and demos, with intervals and N."""
     res = runner.invoke(cli, ["evaluate", "--task", "antonym", "--task", "number", "--demos", "0,2", "--prompts", "4", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output.strip().splitlines()[-1])
-    assert set(data["accuracy"]) == {"antonym", "number"} and set(data["accuracy"]["antonym"]) == {"0", "2"}
+    scores = data["scores"]
+    assert set(scores) == {"antonym", "number"} and set(scores["antonym"]) == {"0", "2"}
+    assert set(scores["antonym"]["2"]) == {"first_token", "exact_match"} and set(scores["number"]["2"]) == {"first_token", "exact_match", "label"}
+    cell = scores["antonym"]["2"]["exact_match"]
+    assert cell["n"] == 4 and cell["interval"] == "wilson" and cell["low"] <= cell["value"] <= cell["high"]
+
+
+def test_evaluate_metrics_option(runner):
+    res = runner.invoke(cli, ["evaluate", "--task", "antonym", "--demos", "1", "--prompts", "3", "--metrics",
+                              "accuracy,answer_logprob", "--template", "{x} -> {y}", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output.strip().splitlines()[-1])
+    assert data["metrics"] == ["first_token", "answer_logprob"] and data["template"] == "{x} -> {y}"
+    assert data["scores"]["antonym"]["1"]["answer_logprob"]["interval"] == "t"
 
 
 @pytest.mark.parametrize("args, match", [
     (["evaluate", "--task", "nope"], "unknown task 'nope'"),
     (["evaluate", "--demos", "a,b"], "comma-separated integers"),
     (["evaluate", "--task", "next-letter", "--demos", "40"], "n_demos=40"),
+    (["evaluate", "--task", "antonym", "--metrics", "nope"], "unknown metric 'nope'"),
+    (["evaluate", "--task", "antonym", "--metrics", "label"], "'label' needs label words"),
     (["report", "--only", "nope", "--out", "x.html"], "unknown sections"),
 ])
 def test_bad_arguments_are_clear(runner, args, match, tmp_path):
