@@ -1,7 +1,10 @@
 """ICL prompts with exact positions: templates, ``PromptBatch`` and ``build_prompts``.
 
 A prompt is ``prefix + x_1 SEP y_1 + joiner + ... + x_q SEP`` where each example is rendered by the
-template (``"{x}:{y}"`` by default). Every position an analysis needs is computed once, here, from
+template. The default depends on the tokenizer (``default_template``): ``"{x}:{y}"`` for the bundled
+word-level model, whose tokenizer drops spaces, and ``"{x} -> {y}"`` for subword tokenizers (byte-level
+BPE, metaspace), where a space before the answer makes its first token the whole-word token that the
+model saw in pretraining (``"{x}:{y}"`` would make ``lose`` start with ``l``). Every position an analysis needs is computed once, here, from
 the tokenizer's own offset mapping of the *whole* text (never by tokenizing pieces separately):
 
 - the text is rendered *with* the query's gold answer and tokenized once; the prompt is every
@@ -27,7 +30,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from .tasks import Task, get_task
+from .tasks import CategorizationTask, Task, get_task
 
 Variant = Literal["icl", "zero_shot", "dummy_query", "shuffled_labels", "random_answers"]
 VARIANTS: tuple[str, ...] = ("icl", "zero_shot", "dummy_query", "shuffled_labels", "random_answers")
@@ -143,6 +146,28 @@ def _get_tokenizer(model_or_tokenizer: Any) -> tuple[Any, int | None, bool]:
     n_ctx = getattr(cfg, "n_ctx", None) if cfg is not None else None
     prepend = bool(getattr(cfg, "default_prepend_bos", True)) if cfg is not None else True
     return tok, n_ctx, prepend and tok.bos_token_id is not None
+
+
+#: The default template where spaces carry no information (the bundled word-level model).
+COMPACT_TEMPLATE = Template("{x}:{y}")
+#: The default template of subword tokenizers: the answer is preceded by a space.
+SPACED_TEMPLATE = Template("{x} -> {y}")
+
+
+def default_template(model_or_tokenizer: Any) -> Template:
+    """The template ``build_prompts`` uses when given ``template=None``, decided by the tokenizer.
+
+    If inserting a space before a word does not change the token ids (``"hot:cold"`` and
+    ``"hot: cold"`` tokenize alike: a word-level tokenizer that drops whitespace, like the bundled
+    ``toy-icl``'s), spaces are meaningless and the compact ``COMPACT_TEMPLATE`` (``"{x}:{y}"``, the
+    format ``toy-icl`` was trained on) is used. Otherwise (byte-level BPE as in GPT-2, metaspace /
+    sentencepiece as in Llama, SmolLM2) ``SPACED_TEMPLATE`` (``"{x} -> {y}"``, joiner ``"\\n"``): a
+    space before the answer makes its first token the whole-word token (``" cold"``) that such
+    models produce after a space in ordinary text.
+    """
+    tok = _get_tokenizer(model_or_tokenizer)[0]
+    compact = _tokenize(tok, "hot:cold")[0] == _tokenize(tok, "hot: cold")[0]
+    return COMPACT_TEMPLATE if compact else SPACED_TEMPLATE
 
 
 @dataclass(frozen=True)
@@ -346,8 +371,12 @@ def build_prompts(
     variant: Variant = "icl",
     *,
     prepend_bos: bool | None = None,
+    single_token: bool = False,
 ) -> PromptBatch:
     """Build ``n_prompts`` ICL prompts of ``task`` with ``n_demos`` demonstrations each.
+
+    ``template=None`` is ``default_template(model_or_tokenizer)``: ``"{x}:{y}"`` for the bundled
+    word-level model, ``"{x} -> {y}"`` for subword (BPE, metaspace) tokenizers.
 
     Prompt ``i`` draws its examples from ``numpy.random.default_rng([seed, i])``, so the variants
     of the same seed share demos and queries: ``"zero_shot"`` drops the demos, ``"dummy_query"``
@@ -355,6 +384,10 @@ def build_prompts(
     ``"shuffled_labels"`` permutes the demo answers among the demos (a derangement; Todd et al.'s
     corrupted prompt), ``"random_answers"`` replaces each demo answer with a random output of the
     task (for categorization: a random one of the prompt's label words).
+
+    ``single_token=True`` draws only from the examples whose input and answer are each one token
+    in this template for this tokenizer (``single_token_task``; the error says how many of the
+    task's examples remain when they are too few for ``n_demos``).
 
     ``prepend_bos`` defaults to the model's ``cfg.default_prepend_bos`` (True for a bare tokenizer
     that has a BOS token). Raises ``ValueError`` naming the argument for bad input, and
@@ -364,7 +397,7 @@ def build_prompts(
     task_obj = get_task(task) if isinstance(task, str) else task
     if not isinstance(task_obj, Task):
         raise TypeError(f"task must be a task name or a Task, got {type(task).__name__}")
-    template = Template.coerce(template)
+    template = default_template(tok) if template is None else Template.coerce(template)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     if not isinstance(n_prompts, int) or n_prompts < 1:
@@ -375,6 +408,15 @@ def build_prompts(
     if bos and tok.bos_token_id is None:
         raise ValueError("prepend_bos=True but the tokenizer has no BOS token")
     shift = 1 if bos else 0
+    if single_token:
+        task_obj = single_token_task(tok, task_obj, template)
+        need = n_demos + 1 + (variant == "dummy_query")
+        if len(task_obj) < need:
+            raise ValueError(
+                f"n_demos={n_demos} with single_token=True needs {need} distinct examples per prompt but "
+                f"only {len(task_obj)} of the {task_obj.source_size} examples of task {task_obj.name!r} have a "
+                f"one-token input and answer for this tokenizer in template {template.example!r}"
+            )
 
     rows = []
     for i in range(n_prompts):
@@ -423,6 +465,75 @@ def build_prompts(
         seed=seed,
         tokenizer=tok,
     )
+
+
+def single_token_task(model_or_tokenizer: Any, task: Task | str, template: Template | str | dict | None = None) -> Task:
+    """The examples of ``task`` whose input and answer are each exactly one token for this
+    tokenizer, as rendered by ``template`` (default ``default_template``) in a prompt.
+
+    Each example is rendered twice, as the first example of a prompt (after the template's prefix)
+    and as a later one (after the joiner; its answer ends the text, as a query's gold answer
+    does), and kept only if its input and its answer are one token in both places: with
+    ``"{x} -> {y}"`` and a BPE tokenizer the answer ``" cold"`` is one token. For a categorization
+    task the label words are checked as answers: arbitrary label pools keep their one-token words
+    (at least ``n_classes`` must remain); a task with fixed labels needs every label to be one token.
+
+    Returns a task of the same name and kind restricted to the kept inputs (``Task.subset``):
+    ``len(result)`` examples are kept of ``result.source_size``. Raises ``ValueError`` when none is.
+    """
+    tok = _get_tokenizer(model_or_tokenizer)[0]
+    task = get_task(task) if isinstance(task, str) else task
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a task name or a Task, got {type(task).__name__}")
+    template = default_template(tok) if template is None else Template.coerce(template)
+    xs = task.inputs()
+
+    def one_token(pairs: list[tuple[str, str]]) -> tuple[list[bool], list[bool]]:
+        rendered = [_render(template, [p], p) for p in pairs]
+        enc = tok([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
+        ok_x, ok_y = [], []
+        for r, offsets in zip(rendered, enc["offset_mapping"]):
+            offsets = [tuple(o) for o in offsets]
+
+            def single(chars: list[tuple[int, int]]) -> bool:
+                try:
+                    spans = [_token_span(offsets, r.text, a, b, "field") for a, b in chars]
+                except TokenizationBoundaryError:
+                    return False
+                return all(e - s == 1 for s, e in spans)
+
+            ok_x.append(single(r.input_chars))
+            ok_y.append(single(r.answer_chars))
+        return ok_x, ok_y
+
+    where = f"for this tokenizer in template {template.example!r}"
+    if isinstance(task, CategorizationTask):
+        pool = task.label_words
+        ok_w = one_token([(xs[0], w) for w in pool])[1]
+        words = [w for w, ok in zip(pool, ok_w) if ok]
+        if task.fixed_labels and len(words) < len(pool):
+            raise ValueError(f"task {task.name!r}: the label word(s) {[w for w in pool if w not in words]} are "
+                             f"not one token {where}; single_token cannot drop a class")
+        if len(words) < task.n_classes:
+            raise ValueError(f"task {task.name!r}: only {len(words)} of its {len(pool)} label words are one token "
+                             f"{where}, fewer than its {task.n_classes} classes")
+        keep = [x for x, ok in zip(xs, one_token([(x, words[0]) for x in xs])[0]) if ok]
+    else:
+        ok_x, ok_y = one_token([(x, task.apply(x)) for x in xs])
+        keep = [x for x, a, b in zip(xs, ok_x, ok_y) if a and b]
+    if not keep:
+        raise ValueError(f"no example of task {task.name!r} (of {len(xs)}) has a one-token input and answer {where}")
+    description = f"{task.description} (one-token examples {where}: {len(keep)} of {len(xs)})"
+    try:
+        if isinstance(task, CategorizationTask):
+            sub = task.with_labels(words, inputs=keep, description=description)
+            sub.source_size = len(task) if task.source_size is None else task.source_size
+        else:
+            sub = task.subset(keep, description)
+    except ValueError as err:
+        raise ValueError(f"single_token: {len(keep)} of {len(xs)} examples of task {task.name!r} are one token "
+                         f"{where}, but {err}") from None
+    return sub
 
 
 def _tokenize(tok: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:

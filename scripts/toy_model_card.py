@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from icl_circuits import accuracy_by_demos, build_prompts, icl_accuracy, load_model
-from icl_circuits.tasks import WordPairTask, get_task, list_tasks
-from icl_circuits.toy import WEIGHTS_DIR
+from icl_circuits.tasks import WordPairTask, get_task
+from icl_circuits.toy import TOY_TASKS, WEIGHTS_DIR
 from icl_circuits.toy.train import first_step_reaching, training_stages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def main() -> None:
     t0 = time.perf_counter()
     model = load_model("toy-icl")
     load_s = time.perf_counter() - t0
-    df = accuracy_by_demos(model, list_tasks(), demos=DEMOS, n_prompts=args.prompts, seed=args.seed)
+    df = accuracy_by_demos(model, list(TOY_TASKS), demos=DEMOS, n_prompts=args.prompts, seed=args.seed)
     pairs = [("antonym", "english-french"), ("english-french", "english-german"), ("antonym", "english-spanish")]
     identity = {f"{a} vs {b}": shared_query_accuracy(model, a, b, args.prompts, 8, args.seed) for a, b in pairs}
 
@@ -106,7 +106,7 @@ def main() -> None:
     }
     (WEIGHTS_DIR / "card.json").write_text(json.dumps(card, indent=1))
 
-    kinds = {t: get_task(t).kind for t in list_tasks()}
+    kinds = {t: get_task(t).kind for t in list(TOY_TASKS)}
     lines = [
         "# The bundled model `toy-icl`",
         "",
@@ -135,7 +135,7 @@ def main() -> None:
         "| task | kind | " + " | ".join(f"k={k}" for k in DEMOS) + " |",
         "|---|---|" + "---|" * len(DEMOS),
     ]
-    for t in list_tasks():
+    for t in list(TOY_TASKS):
         row = card["accuracy"][t]
         lines.append(f"| {t} | {kinds[t]} | " + " | ".join(f"{row[str(k)]:.2f}" for k in DEMOS) + " |")
     if card["label_accuracy"]:
@@ -150,7 +150,7 @@ def main() -> None:
         a, b = name.split(" vs ")
         lines.append(f"| {name} | {r['n_shared_inputs']} | {r[a]:.2f} | {r[b]:.2f} |")
     missed = shortfalls(card, kinds)
-    cat_tasks = list_tasks("categorization")
+    cat_tasks = [t for t in TOY_TASKS if get_task(t).kind == "categorization"]
     lines += ["", "## Targets with 8 demos",
               "Knowledge tasks >= 0.95, categorization and algorithmic tasks >= 0.90 (top-1 over the whole "
               "vocabulary). " + ("Every task meets its target." if not missed else

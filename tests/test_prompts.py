@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from icl_circuits import Template, TokenizationBoundaryError, build_prompts
-from icl_circuits.tasks import WordPairTask, get_task
+from icl_circuits.prompts import COMPACT_TEMPLATE, SPACED_TEMPLATE, default_template, single_token_task
+from icl_circuits.tasks import WordPairTask, get_task, task_from_pairs
 
 EXAMPLES = ["{x}:{y}", "{x} -> {y}", "Input: {x}\nOutput: {y}", "Q: {x}\nA: {y}", "{x} = {y}.", "{x}\t{y}", "({x}, {y})"]
 JOINERS = ["\n", "\n\n", " | ", "; ", "\n###\n"]
@@ -201,3 +202,71 @@ def test_tokenizer_without_offsets_is_refused():
 
     with pytest.raises(ValueError, match="model_or_tokenizer: SlowTokenizer cannot return offset mappings"):
         build_prompts(SlowTokenizer(), "antonym", 2, 2)
+
+
+# ----------------------------------------------------------------------------- default template
+def test_default_template_follows_the_tokenizer(toy_tokenizer, gpt2_tokenizer, llama_tokenizer, tiny_model):
+    """Word-level (spaces dropped): the toy's "{x}:{y}"; byte-level BPE and metaspace: "{x} -> {y}"."""
+    assert default_template(toy_tokenizer) == default_template(tiny_model) == COMPACT_TEMPLATE == Template("{x}:{y}")
+    assert default_template(gpt2_tokenizer) == default_template(llama_tokenizer) == SPACED_TEMPLATE
+    assert SPACED_TEMPLATE.example == "{x} -> {y}"
+    task = WordPairTask("t", "knowledge", "", [("hot", "cat"), ("big", "mat"), ("up", "you")])
+    assert build_prompts(toy_tokenizer, "antonym", 2, 1).template == COMPACT_TEMPLATE
+    b = build_prompts(gpt2_tokenizer, task, 3, 1)
+    assert b.template == SPACED_TEMPLATE and all(t.endswith(" ->") for t in b.texts)
+    # the answer's first token is the word with its space, as in ordinary text
+    assert [gpt2_tokenizer.decode([int(t)]) for t in b.answer_tokens] == [" " + a for a in b.answers]
+
+
+# ----------------------------------------------------------------------------- single-token examples
+@pytest.fixture(scope="module")
+def mixed_task(gpt2_tokenizer):
+    """Words of which some are one token after a space for the GPT-2-style fixture and some not."""
+    words = ["cat", "sat", "mat", "know", "you", "apple", "river", "Paris", "Tokyo", "walked", "children", "small"]
+    pairs = [(a, b) for a, b in zip(words, words[1:] + words[:1])]
+    return task_from_pairs("mixed", pairs)
+
+
+def test_single_token_keeps_exactly_the_one_token_examples(gpt2_tokenizer, mixed_task):
+    sub = single_token_task(gpt2_tokenizer, mixed_task, "{x} -> {y}")
+    assert sub.name == "mixed" and sub.source_size == len(mixed_task) and 2 <= len(sub) < len(mixed_task)
+    for x in mixed_task.inputs():  # by hand: x after the joiner, " y" at the end (a lone space token
+        y = mixed_task.apply(x)     # of this small fixture is template text, not part of the answer)
+        one = len(gpt2_tokenizer.tokenize(x)) == 1 and len([t for t in gpt2_tokenizer.tokenize(" " + y) if t != "Ġ"]) == 1
+        assert (x in sub.inputs()) == one, x
+    b = build_prompts(gpt2_tokenizer, mixed_task, 8, len(sub) - 1, "{x} -> {y}", single_token=True)
+    assert ((b.input_spans[..., 1] - b.input_spans[..., 0]) == 1).all()
+    assert ((b.answer_spans[..., 1] - b.answer_spans[..., 0]) == 1).all()
+    assert all(len(ids) == 1 for ids in b.answer_token_ids)
+    assert ((b.query_spans[:, 1] - b.query_spans[:, 0]) == 1).all()
+
+
+def test_single_token_error_says_how_many_remain(gpt2_tokenizer, mixed_task):
+    n = len(single_token_task(gpt2_tokenizer, mixed_task, "{x} -> {y}"))
+    with pytest.raises(ValueError, match=rf"needs {n + 1} distinct examples .* only {n} of the 12 examples of task 'mixed'"):
+        build_prompts(gpt2_tokenizer, mixed_task, 2, n, "{x} -> {y}", single_token=True)
+
+
+def test_single_token_categorization_checks_the_label_words(toy_tokenizer, gpt2_tokenizer):
+    """Arbitrary pools keep their one-token words; fixed labels must all be one token."""
+    sub = single_token_task(toy_tokenizer, "number")
+    assert len(sub) == 100 and sub.label_words == get_task("number").label_words
+    task = task_from_pairs("yes-no", [("hot", "you"), ("big", "know"), ("France", "you"), ("Japan", "know"),
+                                      ("cat", "you")], labels=["know", "you"])  # "cat": two tokens after "\n"
+    b = build_prompts(gpt2_tokenizer, task, 4, 2, "{x} -> {y}", single_token=True)
+    assert b.label_words[0] == ("know", "you") and b.label_token_ids.shape == (4, 2)
+    assert single_token_task(gpt2_tokenizer, task).inputs() == ["hot", "big", "France", "Japan"]
+    with pytest.raises(ValueError, match=r"label word\(s\) \['negative', 'positive'\] are not one token"):
+        single_token_task(gpt2_tokenizer, "sentiment")
+
+
+# ----------------------------------------------------------------------------- fixed label words
+def test_fixed_label_words_are_the_same_in_every_prompt(gpt2_tokenizer):
+    b = build_prompts(gpt2_tokenizer, "sentiment", 6, 4, seed=0)
+    t = get_task("sentiment")
+    assert set(b.label_words) == {("negative", "positive")}
+    first = [gpt2_tokenizer.convert_tokens_to_ids([t for t in gpt2_tokenizer.tokenize(" " + w) if t != "Ġ"][0])
+             for w in ("negative", "positive")]  # a lone space token is template text in this small fixture
+    assert b.label_token_ids.tolist() == [first] * 6
+    assert all(b.answers[i] == t.apply(q) for i, q in enumerate(b.queries))
+    assert all(y == t.apply(x) for d in b.demos for x, y in d)

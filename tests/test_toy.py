@@ -11,7 +11,8 @@ import torch
 import icl_circuits.models as models
 from icl_circuits import build_prompts, load_model
 from icl_circuits.prompts import Template
-from icl_circuits.tasks import get_task, list_tasks
+from icl_circuits.tasks import get_task
+from icl_circuits.toy import TOY_TASKS
 from icl_circuits.toy.train import SequenceSampler, ToyRecipe, train
 
 
@@ -31,9 +32,18 @@ def test_training_sequences_are_the_toolkit_prompts(toy_tokenizer, task, example
         assert firsts == [*batch.answer_positions[i].tolist(), final + 1]
 
 
+def test_the_bundled_tokenizer_is_the_toy_vocabulary(toy_tokenizer):
+    """Tasks added to the library later (for pretrained models) do not change the toy's vocabulary."""
+    from transformers import PreTrainedTokenizerFast
+
+    from icl_circuits.toy import TOKENIZER_DIR
+
+    assert PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR)).get_vocab() == toy_tokenizer.get_vocab()
+
+
 def test_every_task_string_is_in_the_toy_vocabulary(toy_tokenizer):
     unk = toy_tokenizer.unk_token_id
-    for name in list_tasks():
+    for name in TOY_TASKS:
         task = get_task(name)
         for text in [*task.inputs(), *task.outputs()]:
             assert unk not in toy_tokenizer(text, add_special_tokens=False)["input_ids"], (name, text)

@@ -8,8 +8,8 @@ import pytest
 
 from icl_circuits import accuracy_by_demos, build_prompts, icl_accuracy, load_model
 from icl_circuits.metrics import wilson
-from icl_circuits.tasks import WordPairTask, get_task, list_tasks
-from icl_circuits.toy import WEIGHTS_DIR
+from icl_circuits.tasks import WordPairTask, get_task
+from icl_circuits.toy import TOY_TASKS, WEIGHTS_DIR
 from icl_circuits.toy.train import training_stages
 
 CARD = json.loads((WEIGHTS_DIR / "card.json").read_text())
@@ -27,14 +27,14 @@ def test_loads_offline_with_the_packaged_tokenizer(toy):
 
 def test_accuracy_with_8_demos_matches_the_card(toy):
     """Same seed and prompt count as the card: within 5 points for every task."""
-    df = accuracy_by_demos(toy, list_tasks(), demos=[8], n_prompts=CARD["n_prompts"], seed=CARD["seed"])
+    df = accuracy_by_demos(toy, TOY_TASKS, demos=[8], n_prompts=CARD["n_prompts"], seed=CARD["seed"])
     for row in df[df.metric == "first_token"].itertuples():
         assert abs(row.value - CARD["accuracy"][row.task]["8"]) <= 0.05, row.task
 
 
 def test_zero_shot_categorization_is_at_chance(toy):
     """Label words are drawn per prompt, so without demos the model cannot know them."""
-    for task in list_tasks("categorization"):
+    for task in [t for t in TOY_TASKS if get_task(t).kind == "categorization"]:
         batch = build_prompts(toy, task, 200, 0, seed=11, variant="icl")
         acc = icl_accuracy(toy, batch, restrict_to_labels=True)
         r = wilson(round(acc * 200), 200)

@@ -4,9 +4,10 @@ A task maps an input string ``x`` to an output string ``y``. Three kinds:
 
 - ``"knowledge"``: a fixed table of word pairs (antonyms, capitals, translations, ...). The
   demonstrations only tell the model *which* table to use.
-- ``"categorization"``: a fixed rule assigns each input one of a few classes; the words that name
-  the classes are re-drawn from a pool for every prompt, so the binding of class to label word
-  can only come from the context.
+- ``"categorization"``: a fixed rule assigns each input one of a few classes. The words that name
+  the classes are either re-drawn from a pool for every prompt (arbitrary labels: the binding of
+  class to label word can only come from the context) or fixed and meaningful (natural labels,
+  ``fixed_labels=True``: ``sentiment`` -> ``negative`` / ``positive``, as in SST-2).
 - ``"algorithmic"``: a rule computed from the input (uppercase, first letter, ...).
 
 Every draw takes a seed; the same seed gives the same examples.
@@ -77,6 +78,28 @@ class Task(ABC):
     def __len__(self) -> int:
         return len(self.inputs())
 
+    #: For a task cut from a larger one by ``subset`` (e.g. ``single_token_task``): the number of
+    #: inputs of the task it was cut from; ``None`` for a whole task.
+    source_size: int | None = None
+
+    def subset(self, inputs: Sequence[str], description: str | None = None) -> "Task":
+        """The same task (same name, kind and outputs) restricted to ``inputs``.
+
+        ``source_size`` of the result is ``len(self)``; an input outside the task is an error.
+        """
+        keep = list(dict.fromkeys(inputs))
+        unknown = sorted(set(keep) - set(self.inputs()))
+        if unknown:
+            raise ValueError(f"inputs: {unknown[:5]} are not inputs of task {self.name!r}")
+        if not keep:
+            raise ValueError(f"inputs: no input left of task {self.name!r}")
+        sub = self._subset(keep, self.description if description is None else description)
+        sub.source_size = len(self) if self.source_size is None else self.source_size
+        return sub
+
+    def _subset(self, inputs: list[str], description: str) -> "Task":
+        raise NotImplementedError(f"{type(self).__name__} does not support subset()")
+
     def sample_episode(self, n: int, seed: int | np.random.Generator) -> Episode:
         """Draw ``n`` examples with distinct inputs for one prompt."""
         rng = _as_rng(seed)
@@ -124,6 +147,9 @@ class WordPairTask(Task):
     def apply(self, x: str, label_words: Sequence[str] | None = None) -> str | None:
         return self._table.get(x)
 
+    def _subset(self, inputs: list[str], description: str) -> "WordPairTask":
+        return WordPairTask(self.name, self.kind, description, [(x, self._table[x]) for x in inputs])
+
 
 class RuleTask(Task):
     """An algorithmic task: ``rule`` applied to inputs from a fixed domain."""
@@ -149,13 +175,23 @@ class RuleTask(Task):
     def apply(self, x: str, label_words: Sequence[str] | None = None) -> str | None:
         return self._rule(x) if x in self._domain else None
 
+    def _subset(self, inputs: list[str], description: str) -> "RuleTask":
+        return RuleTask(self.name, description, inputs, self._rule, self.kind)
+
 
 class CategorizationTask(Task):
-    """A fixed rule maps each input to a class; class names are drawn per episode from a pool.
+    """A fixed rule maps each input to a class; the words naming the classes are drawn per
+    episode from a pool (arbitrary labels) or fixed (natural labels).
 
     ``classify(x)`` gives the class index (or ``None`` outside the domain). ``nuisance(x)`` gives
-    a feature of the input that the label does not depend on (string length, parity, ...), used
-    by dPCA to separate what the model stores about the input from what it stores about the label.
+    a feature of the input that the label does not depend on (string length, parity, topic, ...),
+    used by dPCA to separate what the model stores about the input from what it stores about the
+    label.
+
+    ``fixed_labels=False`` (arbitrary labels): every episode draws ``n_classes`` distinct words
+    from ``label_pool``. ``fixed_labels=True`` (natural labels): ``label_pool`` holds exactly
+    ``n_classes`` words, ``label_pool[c]`` names class ``c`` in every episode (a meaningful word
+    such as ``"positive"``, which a pretrained model can use without demos).
     """
 
     kind: TaskKind = "categorization"
@@ -170,17 +206,32 @@ class CategorizationTask(Task):
         label_pool: Sequence[str],
         nuisance: Callable[[str], int] | None = None,
         nuisance_name: str | None = None,
+        *,
+        fixed_labels: bool = False,
     ):
+        if not isinstance(n_classes, int) or n_classes < 2:
+            raise ValueError(f"task {name!r}: n_classes must be an integer >= 2, got {n_classes!r}")
+        if len(set(label_pool)) != len(label_pool):
+            raise ValueError(f"task {name!r}: label words must be distinct, got {list(label_pool)}")
         if len(label_pool) < n_classes:
             raise ValueError(f"task {name!r}: label pool smaller than the number of classes")
+        if fixed_labels and len(label_pool) != n_classes:
+            raise ValueError(f"task {name!r}: fixed_labels=True needs exactly one label word per class "
+                             f"({n_classes}), got {list(label_pool)}")
         self.name, self.description = name, description
         self.n_classes = n_classes
+        self.fixed_labels = fixed_labels
         self._classify = classify
         self._pool = list(label_pool)
         self._inputs = [x for x in dict.fromkeys(domain) if classify(x) is not None]
         self._by_class = [[x for x in self._inputs if classify(x) == c] for c in range(n_classes)]
         self._nuisance = nuisance
         self.nuisance_name = nuisance_name
+        if not self._inputs:
+            raise ValueError(f"task {name!r} has an empty domain")
+        empty = [c for c in range(n_classes) if not self._by_class[c]]
+        if empty:
+            raise ValueError(f"task {name!r}: class(es) {empty} have no input")
 
     @property
     def label_words(self) -> list[str]:
@@ -216,7 +267,10 @@ class CategorizationTask(Task):
             raise ValueError(
                 f"n={n} examples requested but task {self.name!r} has only {len(self._inputs)} inputs"
             )
-        words = tuple(self._pool[i] for i in rng.choice(len(self._pool), self.n_classes, replace=False))
+        if self.fixed_labels:
+            words = tuple(self._pool)
+        else:
+            words = tuple(self._pool[i] for i in rng.choice(len(self._pool), self.n_classes, replace=False))
         chosen: list[str] = []
         seen: set[str] = set()
         while len(chosen) < n:
@@ -226,3 +280,16 @@ class CategorizationTask(Task):
                 seen.add(x)
                 chosen.append(x)
         return Episode(pairs=[(x, self.apply(x, words)) for x in chosen], label_words=words)
+
+    def _subset(self, inputs: list[str], description: str) -> "CategorizationTask":
+        return self.with_labels(self._pool, inputs=inputs, description=description)
+
+    def with_labels(
+        self, label_pool: Sequence[str], *, inputs: Sequence[str] | None = None, description: str | None = None,
+    ) -> "CategorizationTask":
+        """The same rule (and nuisance) with another label pool (and optionally fewer inputs)."""
+        return CategorizationTask(
+            self.name, self.description if description is None else description,
+            self._inputs if inputs is None else inputs, self._classify, self.n_classes, label_pool,
+            self._nuisance, self.nuisance_name, fixed_labels=self.fixed_labels,
+        )

@@ -12,7 +12,16 @@ TOY_DIR = Path(__file__).resolve().parent
 WEIGHTS_DIR = TOY_DIR / "weights"
 TOKENIZER_DIR = TOY_DIR / "tokenizer"
 
-__all__ = ["TOY_DIR", "WEIGHTS_DIR", "TOKENIZER_DIR", "toy_or_untrained"]
+#: The tasks toy-icl's vocabulary and training cover, in the recipe's order (the task library as
+#: it stood when the bundled weights were trained; tasks added to the library later, such as the
+#: natural-label ``sentiment``, are for pretrained models and are not in the toy's vocabulary).
+TOY_TASKS: tuple[str, ...] = (
+    "antonym", "country-capital", "capitalize", "english-french", "present-past", "singular-plural",
+    "english-spanish", "english-german", "uppercase", "first-letter", "last-letter", "next-letter",
+    "repeat-word", "letter-string", "number", "point",
+)
+
+__all__ = ["TOY_DIR", "WEIGHTS_DIR", "TOKENIZER_DIR", "TOY_TASKS", "toy_or_untrained"]
 
 
 def toy_or_untrained(device: str = "cpu"):

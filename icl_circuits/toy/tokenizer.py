@@ -14,7 +14,8 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from ..tasks import LABEL_POOL, get_task, list_tasks
+from ..tasks import LABEL_POOL, get_task
+from . import TOY_TASKS
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<unk>")
 TEMPLATE_WORDS = ("Input", "Output", "Q", "A")
@@ -31,11 +32,11 @@ def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
 
 
 def toy_vocabulary() -> list[str]:
-    """Every piece that the task library, label pool and templates can produce, sorted."""
+    """Every piece that the toy's tasks (``TOY_TASKS``), label pool and templates can produce, sorted."""
     pt = _pre_tokenizer()
     pieces: set[str] = set(string.ascii_letters) | {str(i) for i in range(100)}
     pieces |= set(PUNCTUATION) | set(TEMPLATE_WORDS) | set(LABEL_POOL)
-    for name in list_tasks():
+    for name in TOY_TASKS:
         task = get_task(name)
         for text in [*task.inputs(), *task.outputs()]:
             pieces |= {p for p, _ in pt.pre_tokenize_str(text)}

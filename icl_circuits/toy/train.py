@@ -35,8 +35,8 @@ from safetensors.torch import save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from ..prompts import Template
-from ..tasks import Task, get_task, list_tasks
-from . import TOKENIZER_DIR, WEIGHTS_DIR
+from ..tasks import Task, get_task
+from . import TOKENIZER_DIR, TOY_TASKS, WEIGHTS_DIR
 from .tokenizer import build_toy_tokenizer
 
 
@@ -206,7 +206,7 @@ def train(recipe: ToyRecipe, out_dir: str | Path, progress: bool = True) -> Hook
         model.load_state_dict(load_file(str(Path(recipe.init_from) / "model.safetensors")), strict=False)
     sampler = SequenceSampler(tok, Template(example=recipe.example))
     bridge = SequenceSampler(tok, Template(example=recipe.bridge_example)) if recipe.bridge_steps else sampler
-    names = [n.strip() for n in recipe.tasks.split(",")] if recipe.tasks else list_tasks()
+    names = [n.strip() for n in recipe.tasks.split(",")] if recipe.tasks else list(TOY_TASKS)
     tasks = [get_task(n) for n in names]
     cat = [t for t in tasks if t.kind == "categorization"]
     mapping = [t for t in tasks if t.kind != "categorization"]
