@@ -45,11 +45,14 @@ def _write_out(out: str, figures: dict[str, Any], results: dict[str, Any] | None
               type=click.Choice(["answer", "separator", "delimiter", "final"]), help="Where states are read.")
 @click.option("--components", "n_components", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--regularizer", default="auto", show_default=True, help="'auto' (cross-validated), 'none' or a float lambda.")
+@click.option("--n-null", "n_null", default=20, show_default=True, type=click.IntRange(min=0),
+              help="Null draws (condition labels redrawn, whole fit repeated) for the p-values; 20 lets p reach "
+                   "1/21 < 0.05. Fitting time grows about (1 + N)-fold; 0 skips the null.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer numbers.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Write DIR/result.json(+.safetensors) and DIR/figure.html.")
 def dpca_cmd(model: str, task: str, n_demos: int, n_prompts: int, position: str, n_components: int,
-             regularizer: str, seed: int, as_json: bool, out: str | None) -> None:
+             regularizer: str, n_null: int, seed: int, as_json: bool, out: str | None) -> None:
     """dPCA of label-position states per layer: variance per marginalization, cluster distances."""
     from .dpca_analysis import dpca_by_layer
 
@@ -65,11 +68,11 @@ def dpca_cmd(model: str, task: str, n_demos: int, n_prompts: int, position: str,
     t0 = time.time()
     try:
         res = dpca_by_layer(m, task, n_demos, n_prompts, seed, n_components=n_components, regularizer=reg,
-                            position=position, progress=False)
+                            position=position, n_null=n_null, progress=False)
     except ValueError as err:
         raise click.UsageError(str(err))
     click.echo(f"dPCA of {model}, task {task}, {position} positions ({n_prompts} prompts x {n_demos} demos, "
-               f"seed {seed}, {time.time() - t0:.1f}s)")
+               f"seed {seed}, {n_null} null draws, {time.time() - t0:.1f}s)")
     click.echo("fraction of condition-mean variance per marginalization:")
     click.echo(res.variance_table().round(3).to_string())
     own = {f: f if f in res.marginalizations else "dpca" for f in res.factors}
@@ -84,7 +87,7 @@ def dpca_cmd(model: str, task: str, n_demos: int, n_prompts: int, position: str,
         _write_out(out, {"figure.html": summary(res)}, results={"result": res})
     if as_json:
         emit_json({"model": model, "task": task, "position": position, "seed": seed, "n_prompts": n_prompts,
-                   "n_demos": n_demos, "marginalizations": res.marginalizations, "factors": res.factors,
+                   "n_demos": n_demos, "n_null": n_null, "marginalizations": res.marginalizations, "factors": res.factors,
                    "layers": res.summary()})
 
 

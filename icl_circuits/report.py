@@ -32,6 +32,8 @@ class ReportConfig:
     n_prompts: int = 48
     seed: int = 0
     quick: bool = False
+    #: null draws of the dPCA section (``dpca_analysis.DEFAULT_N_NULL``: p-values can reach 1/21)
+    dpca_n_null: int = 20
 
     def prompts(self, n: int | None = None) -> int:
         n = n or self.n_prompts

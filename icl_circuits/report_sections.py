@@ -147,12 +147,13 @@ def dpca_section(ctx: Context) -> Section:
 
     cfg = ctx.cfg
     res = dpca_by_layer(ctx.model, cfg.category_task, n_demos=cfg.n_demos, n_prompts=cfg.prompts(64),
-                        seed=cfg.seed, n_null=1, progress=False)
+                        seed=cfg.seed, n_null=cfg.dpca_n_null, progress=False)
     return Section(
         "dpca", f"dPCA of label-position vectors ({cfg.category_task})",
         "Demixed PCA (Kobak et al. 2016) of the residual stream at the demo answer positions, marginalized by a "
         "nuisance feature of the demo input and by the label class (2406.16007: nuisance information peaks early "
         "and fades, label information stays). Variance explained per marginalization and Mahalanobis distances "
-        "between clusters, per layer.",
+        f"between clusters, per layer; dashed: the 95th percentile of {cfg.dpca_n_null} null draws (condition labels "
+        "redrawn within each prompt, whole fit repeated).",
         figures=[dplots.explained_variance(res), dplots.distances(res)], table=res.variance_table(),
     )

@@ -18,24 +18,31 @@ def _title(r: DPCALayerResult, what: str) -> str:
     return f"{what}: {r.model_name}, task {r.task}, {r.position_kind} positions, {r.n_demos} demos"
 
 
+def _n_null(r: DPCALayerResult) -> int:
+    return int(r.null_total_marginal_variance.shape[0])
+
+
 def explained_variance(r: DPCALayerResult, title: str | None = None) -> go.Figure:
     """Variance of the condition means in each marginalization vs layer (solid), the part
-    captured by its dPCA components (dotted), and the null baseline (dashed, mean over draws)."""
+    captured by its dPCA components (dotted), and the null baseline (dashed: the 95th percentile of
+    the null draws, shown whenever the result has draws; the mean over draws in the hover)."""
     fig = go.Figure()
     for mi, m in enumerate(r.marginalizations):
         col = _COLORS[mi % len(_COLORS)]
         tot = r.total_marginal_variance[:, mi].tolist()
         comp = np.nansum(r.explained_variance[:, mi].numpy(), axis=1).tolist()
-        null = r.variance_table(null=True)[m].tolist()
+        null = r.variance_table(null=0.95)[m].tolist()
+        null_mean = r.variance_table(null=True)[m].tolist()
         fig.add_trace(go.Scatter(x=r.layers, y=tot, mode="lines+markers", name=m, line=dict(color=col),
                                  hovertemplate=f"{m}<br>layer %{{x}}: %{{y:.4f}} of the variance<extra></extra>"))
         fig.add_trace(go.Scatter(x=r.layers, y=comp, mode="lines", name=f"{m} (dPCA components)",
                                  line=dict(color=col, dash="dot"), legendgroup=m,
                                  hovertemplate=f"{m}, components<br>layer %{{x}}: %{{y:.4f}}<extra></extra>"))
         if not np.all(np.isnan(null)):
-            fig.add_trace(go.Scatter(x=r.layers, y=null, mode="lines", name=f"{m} (null mean)",
-                                     line=dict(color=col, dash="dash", width=1), legendgroup=m, visible="legendonly",
-                                     hovertemplate=f"{m}, null<br>layer %{{x}}: %{{y:.4f}}<extra></extra>"))
+            fig.add_trace(go.Scatter(x=r.layers, y=null, mode="lines", name=f"{m} (null 95th pct., {_n_null(r)} draws)",
+                                     line=dict(color=col, dash="dash", width=1), legendgroup=m, customdata=null_mean,
+                                     hovertemplate=f"{m}, null<br>layer %{{x}}: 95th pct. %{{y:.4f}}, "
+                                                   f"mean %{{customdata:.4f}}<extra></extra>"))
     fig.update_layout(title=title or _title(r, "dPCA variance per marginalization"), xaxis_title="layer (block input)",
                       yaxis_title="fraction of condition-mean variance", yaxis_range=[0, 1.02],
                       template="plotly_white")
@@ -45,7 +52,8 @@ def explained_variance(r: DPCALayerResult, title: str | None = None) -> go.Figur
 def distances(r: DPCALayerResult, spaces: Sequence[str] | None = None, title: str | None = None) -> go.Figure:
     """Mean pairwise Mahalanobis distance between the clusters of each factor vs layer: full space
     (solid), the factor's own dPCA subspace (dash), every other space in ``spaces`` (dot); the
-    null baseline (mean over draws) of the full space in grey."""
+    null baseline of the full space in grey (95th percentile of the draws; shown whenever the result
+    has draws; every space's null mean is in the hover)."""
     own = {f: f if f in r.marginalizations else "dpca" for f in r.factors}
     null_mean = {s: r.distance_table(s, null=True) for s in r.spaces}
     fig = go.Figure()
@@ -63,11 +71,12 @@ def distances(r: DPCALayerResult, spaces: Sequence[str] | None = None, title: st
                 customdata=null_mean[s][f].tolist(),
                 hovertemplate=f"{f} clusters in {s} space<br>layer %{{x}}: %{{y:.3f}} "
                               f"(null: %{{customdata:.3f}})<extra></extra>"))
-        null = null_mean["full"][f].tolist()
+        null = r.distance_table("full", null=0.95)[f].tolist()
         if not np.all(np.isnan(null)):
-            fig.add_trace(go.Scatter(x=r.layers, y=null, mode="lines", name=f"{f}, full, null",
-                                     line=dict(color="grey", dash="dot", width=1), visible="legendonly",
-                                     hovertemplate=f"{f}, null<br>layer %{{x}}: %{{y:.3f}}<extra></extra>"))
+            fig.add_trace(go.Scatter(x=r.layers, y=null, mode="lines",
+                                     name=f"{f}, full, null 95th pct. ({_n_null(r)} draws)",
+                                     line=dict(color="grey", dash="dot", width=1),
+                                     hovertemplate=f"{f}, null 95th pct.<br>layer %{{x}}: %{{y:.3f}}<extra></extra>"))
     fig.update_layout(title=title or _title(r, "Mahalanobis distance between clusters"),
                       xaxis_title="layer (block input)", yaxis_title="mean pairwise Mahalanobis distance",
                       template="plotly_white")
