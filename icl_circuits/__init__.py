@@ -7,7 +7,7 @@ below are the ones a notebook needs first.
 """
 
 from .evaluation import accuracy_by_demos, final_logits, icl_accuracy
-from .models import load_model
+from .models import load_model, model_info
 from .prompts import PromptBatch, Template, TokenizationBoundaryError, build_prompts
 from .tasks import get_task, list_tasks
 from .vectors import SweepResult, TaskVector, evaluate_vector
@@ -16,6 +16,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PromptBatch", "Template", "TokenizationBoundaryError", "build_prompts",
-    "get_task", "list_tasks", "load_model", "icl_accuracy", "accuracy_by_demos", "final_logits",
+    "get_task", "list_tasks", "load_model", "model_info", "icl_accuracy", "accuracy_by_demos", "final_logits",
     "TaskVector", "SweepResult", "evaluate_vector",
 ]

@@ -31,7 +31,7 @@ def _load(model: str):
 
     try:
         return load_model(model)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:  # ImportError: the real model's wheel is missing
         raise click.BadParameter(str(err), param_hint="--model")
 
 
