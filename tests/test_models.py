@@ -176,7 +176,7 @@ def test_model_info_inferred_for_models_not_loaded_here(checkpoints, tokenizer):
     assert bare["processing_inferred"] and bare["processing"]["fold_value_biases"] is None  # zero-initialised b_V
 
 
-def test_task_vector_refused_by_differently_processed_model(checkpoints):
+def test_task_vector_refused_by_differently_processed_model(checkpoints, tmp_path):
     from icl_circuits.vectors import TaskVector
 
     path = checkpoints["gpt2"][0]
@@ -189,6 +189,10 @@ def test_task_vector_refused_by_differently_processed_model(checkpoints):
                                          r"load_model\(\.\.\., fold_ln=True, center_writing_weights=True"):
         tv.check_model(raw)
     TaskVector(torch.zeros(1, 32), [1], "add", "vanilla", "antonym", "old save").check_model(raw)  # no record
+    loaded = TaskVector.load(tv.save(tmp_path / "tv"))  # the record survives a save
+    assert loaded.model_info == tv.model_info
+    with pytest.raises(ValueError, match="processed differently"):
+        loaded.check_model(raw)
 
 
 def _bos_adding_tokenizer(tokenizer) -> PreTrainedTokenizerFast:
