@@ -15,11 +15,13 @@ each column named by its role so that column j of a source prompt maps to column
 
 ====================  ==========================================================================
 ``answer_k``           first token of demo k's answer (``k`` may be negative: ``answer_-1``)
+``answer_last_k``      last token of demo k's answer (the same as ``answer_k`` for a one-token answer)
 ``separator_k``        the token just before demo k's answer; ``delimiter_k``: the first token
                        after it; ``input_first_k`` / ``input_last_k``: first / last input token
-``answers``            every ``answer_k`` (also ``answer``); likewise ``separators``,
-                       ``delimiters``, ``input_first``, ``input_last``
-``inputs``             every token of every demo input (``demo_k.input[o]``)
+``answers``            every ``answer_k`` (also ``answer``); likewise ``answer_last``,
+                       ``separators``, ``delimiters``, ``input_first``, ``input_last``
+``inputs``             every token of every demo input (``demo_k.input[o]``); also ``input_tokens``
+``answer_tokens``      every token of every demo answer (``demo_k.answer[o]``)
 ``demo_k``             every token of demo k: ``demo_k.input[o]``, ``demo_k.sep[o]`` (input end
                        to answer start), ``demo_k.answer[o]``, ``demo_k.delim[o]`` (answer end
                        to the next input: text after y, the joiner, the next example's text
@@ -31,12 +33,15 @@ each column named by its role so that column j of a source prompt maps to column
 
 A union is a list of names or a string joined by ``+`` (``"answer_0+answer_-1"``).
 
-Multi-token fields: a role-and-offset name (``demo_2.input[1]``) is only well defined when that
-field has the same number of tokens in every prompt. The sets ``inputs``, ``demo_k`` and
-``demo_tokens`` therefore require equal span lengths per demo and role across the batch (and
-between source and target) and raise a ``ValueError`` naming the span otherwise; use the
-single-token sets (``input_first``, ``input_last``, ``answers``, ``separators``, ``delimiters``)
-for tasks whose inputs vary in length.
+Multi-token fields (every BPE model: words differ in token count across prompts) are aligned by
+role and offset from the span start: ``demo_2.input[o]`` is the o-th token of demo 2's input, for
+``o`` up to the longest such span in the batch, and ``PositionSet.mask`` is False where a prompt's
+span is shorter. Analyses read and write only valid entries: ``interchange`` averages the source
+per column over the source prompts valid there and writes a target column only where the target
+is valid and the source column had a valid prompt; ``necessity`` corrupts valid entries only
+(its ``"mean"`` is the mean over valid prompts). With equal span lengths every entry is valid and
+the results are those of unmasked positions exactly. The single-token sets (``input_first``,
+``input_last``, ``answers``, ``answer_last``, ``separators``, ``delimiters``) are never masked.
 """
 
 from __future__ import annotations
@@ -62,13 +67,14 @@ from .vectors import SweepResult
 OUTCOMES = ("transfer", "preserve", "neither")
 Control = Literal["none", "norm_matched_noise", "shuffled_positions"]
 _ROLES = ("input", "sep", "answer", "delim")
-_SINGLE = re.compile(r"^(answer|separator|delimiter|input_first|input_last)_(-?\d+)$")
+_SINGLE = re.compile(r"^(answer|answer_last|separator|delimiter|input_first|input_last)_(-?\d+)$")
 _ROLE = re.compile(r"^demo_(-?\d+)\.(input|sep|answer|delim)\[(\d+)\]$")
 _DEMO = re.compile(r"^demo_(-?\d+)$")
-_KIND_SETS = {"answers": "answer", "answer": "answer", "separators": "separator", "separator": "separator",
-              "delimiters": "delimiter", "delimiter": "delimiter", "input_first": "input_first",
-              "input_last": "input_last"}
-SET_NAMES = (*_KIND_SETS, "inputs", "demo_tokens", "last_demo_token", "query", "final")
+_KIND_SETS = {"answers": "answer", "answer": "answer", "answer_last": "answer_last", "separators": "separator",
+              "separator": "separator", "delimiters": "delimiter", "delimiter": "delimiter",
+              "input_first": "input_first", "input_last": "input_last"}
+_ROLE_SETS = {"inputs": ("input",), "input_tokens": ("input",), "answer_tokens": ("answer",), "demo_tokens": _ROLES}
+SET_NAMES = (*_KIND_SETS, *_ROLE_SETS, "last_demo_token", "query", "final")
 _CACHE_BYTES = 2**30  # prefix reuse when the cached residuals fit in 1 GiB
 
 
@@ -98,52 +104,57 @@ def _role_span(batch: PromptBatch, i: int, role: str) -> tuple[Tensor, Tensor]:
             "answer": (ans[:, 0], ans[:, 1]), "delim": (ans[:, 1], nxt)}[role]
 
 
-def _role_tokens(batch: PromptBatch, i: int, role: str, spec: str) -> tuple[Tensor, list[str]]:
+def _role_tokens(batch: PromptBatch, i: int, role: str) -> tuple[Tensor, list[str], Tensor]:
+    """Every token of one role of demo i, aligned by offset from the span start: positions and
+    mask [batch, longest span] (masked entries hold 0), names ``demo_i.role[o]``."""
     start, end = _role_span(batch, i, role)
-    lengths = sorted({int(v) for v in end - start})
-    if len(lengths) != 1:
-        raise ValueError(
-            f"positions {spec!r}: the {role} of demo {i} spans {lengths} tokens in different prompts; "
-            "multi-token spans must have the same length in every prompt to map positions by role. "
-            "Use single-token sets instead (input_first, input_last, answers, separators, delimiters)."
-        )
-    offsets = torch.arange(lengths[0])
-    return start[:, None] + offsets, [f"demo_{i}.{role}[{o}]" for o in range(lengths[0])]
+    offsets = torch.arange(int((end - start).max()))
+    mask = offsets < (end - start)[:, None]
+    return torch.where(mask, start[:, None] + offsets, 0), [f"demo_{i}.{role}[{o}]" for o in offsets.tolist()], mask
 
 
-def _resolve_one(batch: PromptBatch, name: str) -> tuple[Tensor, list[str]]:
+def _full(p: Tensor) -> Tensor:
+    return torch.ones(p.shape, dtype=torch.bool)
+
+
+def _resolve_one(batch: PromptBatch, name: str) -> tuple[Tensor, list[str], Tensor]:
     if name in _KIND_SETS:
         kind = _KIND_SETS[name]
         if batch.n_demos == 0:
             raise ValueError(f"positions {name!r} needs demos but the batch has none (variant {batch.variant!r})")
-        return batch.positions(kind), [f"{kind}_{i}" for i in range(batch.n_demos)]
+        p = batch.positions(kind)
+        return p, [f"{kind}_{i}" for i in range(batch.n_demos)], _full(p)
     if name in ("query", "final"):
-        return batch.final_positions[:, None], ["query"]
+        return batch.final_positions[:, None], ["query"], _full(batch.final_positions[:, None])
     if name == "last_demo_token":
         if batch.n_demos == 0:
             raise ValueError("positions 'last_demo_token' needs demos but the batch has none")
-        return batch.query_spans[:, :1] - 1, ["last_demo_token"]
-    if name in ("inputs", "demo_tokens") or _DEMO.match(name):
+        return batch.query_spans[:, :1] - 1, ["last_demo_token"], _full(batch.query_spans[:, :1])
+    if name in _ROLE_SETS or _DEMO.match(name):
         if batch.n_demos == 0:
             raise ValueError(f"positions {name!r} needs demos but the batch has none")
         m = _DEMO.match(name)
         demos = [_demo_index(batch, int(m.group(1)), name)] if m else range(batch.n_demos)
-        roles = ("input",) if name == "inputs" else _ROLES
-        parts = [_role_tokens(batch, i, r, name) for i in demos for r in roles]
-        return torch.cat([p for p, _ in parts], 1), [n for _, ns in parts for n in ns]
+        roles = _ROLES if m else _ROLE_SETS[name]
+        parts = [_role_tokens(batch, i, r) for i in demos for r in roles]
+        return (torch.cat([p for p, _, _ in parts], 1), [n for _, ns, _ in parts for n in ns],
+                torch.cat([v for _, _, v in parts], 1))
     if m := _SINGLE.match(name):
         kind, i = m.group(1), _demo_index(batch, int(m.group(2)), name)
-        return batch.positions(kind)[:, i : i + 1], [f"{kind}_{i}"]
+        p = batch.positions(kind)[:, i : i + 1]
+        return p, [f"{kind}_{i}"], _full(p)
     if m := _ROLE.match(name):
         i, role, o = _demo_index(batch, int(m.group(1)), name), m.group(2), int(m.group(3))
         start, end = _role_span(batch, i, role)
-        if (o >= end - start).any():
-            raise ValueError(f"positions: {name!r} is outside the prompt: the {role} of demo {i} has only "
-                             f"{int((end - start).min())} token(s) in some prompts")
-        return start[:, None] + o, [f"demo_{i}.{role}[{o}]"]
+        valid = o < end - start
+        if not valid.any():
+            raise ValueError(f"positions: {name!r} is outside the prompt: the {role} of demo {i} has at most "
+                             f"{int((end - start).max())} token(s) in every prompt")
+        return torch.where(valid, start + o, 0)[:, None], [f"demo_{i}.{role}[{o}]"], valid[:, None]
     raise ValueError(
         f"unknown position set {name!r}; expected one of {', '.join(SET_NAMES)}, or a single position "
-        "like answer_3, separator_-1, delimiter_0, input_first_2, input_last_2, demo_1, demo_1.input[0]"
+        "like answer_3, answer_last_0, separator_-1, delimiter_0, input_first_2, input_last_2, demo_1, "
+        "demo_1.input[0]"
     )
 
 
@@ -160,28 +171,73 @@ def _spec_items(spec: str | Sequence[str]) -> list[str]:
     return items
 
 
-def resolve_positions(batch: PromptBatch, spec: str | Sequence[str]) -> tuple[Int[Tensor, "batch n"], list[str]]:
-    """Exact token positions ``[batch, n]`` of a position set in every prompt, and the name of each
-    column (see the module docstring for the names). Repeated names are kept once; two different
-    names on the same token of a prompt, or a position outside a prompt, raise ``ValueError``."""
+@dataclass(frozen=True)
+class PositionSet:
+    """A position set resolved in every prompt of a batch (``resolve_positions``).
+
+    positions: [batch, n] token index of column j in prompt b; 0 where ``mask`` is False
+    names: the n column names (roles: ``"answer_2"``, ``"demo_0.answer[1]"``, ``"query"``)
+    mask: [batch, n] False where prompt b has no token for column j (its span is shorter than the
+        longest one in the batch); such entries must be neither read as data nor written
+    """
+
+    positions: Int[Tensor, "batch n"]
+    names: list[str]
+    mask: Bool[Tensor, "batch n"]
+
+    @property
+    def ragged(self) -> bool:
+        """Whether some prompt lacks some column (span lengths differ across prompts)."""
+        return not bool(self.mask.all())
+
+    def column(self, name: str) -> int:
+        """Index of the column called ``name``."""
+        if name not in self.names:
+            raise ValueError(f"no column {name!r} in this position set (columns: {', '.join(self.names)})")
+        return self.names.index(name)
+
+
+def resolve_positions(batch: PromptBatch, spec: str | Sequence[str]) -> PositionSet:
+    """Exact token positions of a position set in every prompt: a ``PositionSet`` (positions
+    ``[batch, n]``, the name of each column, and a validity mask ``[batch, n]`` for multi-token
+    spans of different lengths; see the module docstring). Repeated names are kept once; two
+    different names on the same token of a prompt, or a position outside a prompt, raise
+    ``ValueError``."""
     _check_batch(batch)
-    cols, names = [], []
+    cols, names, valid = [], [], []
     for item in _spec_items(spec):
-        p, ns = _resolve_one(batch, item)
+        p, ns, v = _resolve_one(batch, item)
         for j, n in enumerate(ns):
             if n not in names:
                 cols.append(p[:, j])
                 names.append(n)
-    pos = torch.stack(cols, 1).long()
-    srt, order = pos.sort(1)
-    dup = srt[:, 1:] == srt[:, :-1]
+                valid.append(v[:, j])
+    if not cols:
+        raise ValueError(f"positions {spec!r}: the set has no token in any prompt")
+    pos, mask = torch.stack(cols, 1).long(), torch.stack(valid, 1).bool()
+    keyed = torch.where(mask, pos, -1 - torch.arange(pos.shape[1]))  # masked entries never collide
+    srt, order = keyed.sort(1)
+    dup = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
     if dup.any():
         b, j = (int(v) for v in dup.nonzero()[0])
         a, c = names[int(order[b, j])], names[int(order[b, j + 1])]
         raise ValueError(f"positions {spec!r}: {a!r} and {c!r} are the same token ({int(srt[b, j])}) in prompt {b}")
-    if ((pos < 0) | (pos > batch.final_positions[:, None])).any():
+    if (mask & ((pos < 0) | (pos > batch.final_positions[:, None]))).any():
         raise ValueError(f"positions {spec!r}: a position lies outside its prompt")
-    return pos, names
+    return PositionSet(pos, names, mask)
+
+
+def masked_mean(values: Float[Tensor, "... batch n d"], mask: Bool[Tensor, "batch n"]) -> tuple[Tensor, Tensor]:
+    """Mean over the batch axis (-3) of each column j over the prompts valid there:
+    ``sum_b mask[b, j] * values[..., b, j, :] / sum_b mask[b, j]``, and which columns have a valid
+    prompt ``[n]``. A column without one gets zeros. Columns valid in every prompt are
+    ``values.mean(-3)`` exactly (the same reduction), so an unmasked set gives unmasked results."""
+    out = values.mean(-3)
+    has = mask.any(0)
+    for j in (~mask.all(0)).nonzero()[:, 0].tolist():
+        rows = mask[:, j].to(values.device)
+        out[..., j, :] = values[..., j, :][..., rows, :].mean(-2) if has[j] else 0.0
+    return out, has
 
 
 # ----------------------------------------------------------------------------- answers
@@ -374,6 +430,11 @@ def interchange(
     ``"shuffled_positions"`` assigns the source columns to a derangement of the target columns.
     For a third-task control pass another task's batch as ``source_batch`` and the task of interest
     as ``source_task`` (or use ``interchange_controls``).
+
+    Multi-token spans of different lengths (``PositionSet.mask``): columns are matched by role name,
+    the mean v_l[j] is over the source prompts that have column j, and resid_l[t, pos_t[t, j]] is
+    written only where target t has column j and some source prompt had it (per prompt: where
+    both prompt i's have it); ``meta["written_fraction"]`` is the share of target entries written.
     """
     _check_batch(source_batch, "source_batch")
     _check_batch(target_batch, "target_batch")
@@ -389,22 +450,33 @@ def interchange(
     if control not in ("none", "norm_matched_noise", "shuffled_positions"):
         raise ValueError(f"control must be 'none', 'norm_matched_noise' or 'shuffled_positions', got {control!r}")
     layers = _layers(model, layers)
-    pos_s, names = resolve_positions(source_batch, positions)
-    pos_t, names_t = resolve_positions(target_batch, positions)
-    if names != names_t:
-        raise ValueError(f"positions {_spec_name(positions)!r} resolve to different roles in source and target "
-                         f"prompts ({names} vs {names_t}); multi-token spans must match in length")
+    src, tgt = resolve_positions(source_batch, positions), resolve_positions(target_batch, positions)
+    names = tgt.names
 
-    values = read_resid(model, source_batch, pos_s, layers, batch_size=batch_size)  # [layer, src, n, d]
-    if not per_prompt_source:
-        values = values.mean(1, keepdim=True)
+    values = read_resid(model, source_batch, src.positions, layers, batch_size=batch_size)  # [layer, src, n, d]
+    src_ok = src.mask
+    if src.names != names:  # spans of different longest length in the two batches: match columns by role
+        cols = [src.names.index(n) if n in src.names else -1 for n in names]
+        idx = torch.tensor([max(c, 0) for c in cols], dtype=torch.long)
+        values, src_ok = values[:, :, idx], src.mask[:, idx] & torch.tensor([c >= 0 for c in cols])
+    if per_prompt_source:
+        has_src = src_ok
+    else:
+        mean, has = masked_mean(values, src_ok)
+        values, has_src = mean[:, None], has[None]
     if control == "norm_matched_noise":
         g = torch.randn(values.shape, generator=torch.Generator().manual_seed(seed))
         values = g / g.norm(dim=-1, keepdim=True) * values.norm(dim=-1, keepdim=True)
     elif control == "shuffled_positions":
         if len(names) < 2:
             raise ValueError("control='shuffled_positions' needs a position set of at least 2 positions")
-        values = values[:, :, torch.as_tensor(_derangement(len(names), np.random.default_rng(seed)))]
+        perm = torch.as_tensor(_derangement(len(names), np.random.default_rng(seed)))
+        values, has_src = values[:, :, perm], has_src[:, perm]
+    written = tgt.mask & has_src  # [target, n]: where a target position receives a source value
+    if not written.any():
+        raise ValueError(f"positions {_spec_name(positions)!r}: no target position has a source value "
+                         "(the source prompts have no token in any column the target prompts have)")
+    write_mask = None if written.all() else written
 
     a_task = source_task if source_task is not None else source_batch.task
     ta = task_answer_tokens(target_batch, a_task)
@@ -420,7 +492,7 @@ def interchange(
 
     def hook_for(i: int, rows: slice):
         v = values[i][rows] if per_prompt_source else values[i, 0]
-        return replace_hook(pos_t[rows], v)
+        return replace_hook(tgt.positions[rows], v, mask=None if write_mask is None else write_mask[rows])
 
     kept: list[Tensor] = []
 
@@ -452,7 +524,8 @@ def interchange(
         per_prompt_source=per_prompt_source, control=control,
         baseline={o: r.value for o, r in zip(OUTCOMES, clean_stats)},
         meta={"source_prompts_task": source_batch.task, "n_source": len(source_batch),
-              "n_target": len(target_batch), "exclude_ambiguous": exclude_ambiguous, "seed": seed},
+              "n_target": len(target_batch), "exclude_ambiguous": exclude_ambiguous, "seed": seed,
+              "written_fraction": float(written.float().mean())},
         logits=torch.stack(kept) if return_logits else None,
     )
 
@@ -517,7 +590,9 @@ def necessity(
     (``relative=True``: noise_scale 1 is noise as large as the activation) or s = 1
     (``relative=False``: noise_scale is the absolute standard deviation; Cheng & Zhang added
     unscaled Gaussian noise). ``"zero"``: h <- 0. ``"mean"``: h <- mean over the batch's prompts of
-    the activation at that position (same column, same layer).
+    the activation at that position (same column, same layer). For multi-token spans of different
+    lengths only the valid entries of the set are corrupted and the mean is over the prompts valid
+    in that column (``PositionSet.mask``).
     """
     _check_batch(batch)
     if how not in ("noise", "zero", "mean"):
@@ -525,13 +600,16 @@ def necessity(
     if not noise_scale >= 0:
         raise ValueError(f"noise_scale must be non-negative, got {noise_scale!r}")
     layers = _layers(model, layers)
-    pos, names = resolve_positions(batch, positions)
-    means = read_resid(model, batch, pos, layers, batch_size=batch_size).mean(1) if how == "mean" else None
+    ps = resolve_positions(batch, positions)
+    pos, names = ps.positions, ps.names
+    means = masked_mean(read_resid(model, batch, pos, layers, batch_size=batch_size), ps.mask)[0] if how == "mean" else None
 
     def hook_for(i: int, rows: slice):
+        m = ps.mask[rows] if ps.ragged else None
         if how == "noise":
-            return noise_hook(pos[rows], noise_scale, seed=seed * 1_000_003 + 7919 * i + rows.start, relative=relative)
-        return ablate_hook(pos[rows], how, None if means is None else means[i])
+            return noise_hook(pos[rows], noise_scale, seed=seed * 1_000_003 + 7919 * i + rows.start, relative=relative,
+                              mask=m)
+        return ablate_hook(pos[rows], how, None if means is None else means[i], mask=m)
 
     hits = _layer_sweep(model, batch, layers, hook_for, lambda lg: lg.argmax(-1) == batch.answer_tokens,
                         batch_size=batch_size, progress=progress, desc=f"necessity {_spec_name(positions)}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .evaluation import gather_positions, minibatches, unembed_resid
@@ -94,49 +94,76 @@ def _rows(positions: Tensor) -> Tensor:
     return torch.arange(positions.shape[0], device=positions.device)[:, None].expand_as(positions)
 
 
-def edit_at(positions: Int[Tensor, "batch n"], fn: Callable[[Tensor], Tensor], head: int | None = None) -> Hook:
+def edit_at(
+    positions: Int[Tensor, "batch n"],
+    fn: Callable[[Tensor], Tensor],
+    head: int | None = None,
+    mask: Bool[Tensor, "batch n"] | None = None,
+) -> Hook:
     """A hook replacing ``act[b, positions[b, j]]`` (and ``[..., head, :]`` if given) by ``fn(old)``.
 
     ``fn`` receives the selected activations ``[batch, n, ...]`` and returns new ones of that shape.
+    With ``mask`` (``PositionSet.mask``), only the entries where it is True are written: ``fn`` still
+    sees every entry (so seeded noise is drawn as without a mask), the others keep their value.
     """
+    if mask is not None and tuple(mask.shape) != tuple(positions.shape):
+        raise ValueError(f"mask has shape {tuple(mask.shape)} but positions have {tuple(positions.shape)}")
 
     def hook(act: Tensor, hook: Any = None) -> Tensor:
         pos = positions.to(act.device)
         rows = _rows(pos)
         act = act.clone()
+        if mask is None:
+            if head is None:
+                act[rows, pos] = fn(act[rows, pos]).to(act.dtype)
+            else:
+                act[rows, pos, head] = fn(act[rows, pos, head]).to(act.dtype)
+            return act
+        m = mask.to(act.device, torch.bool)
         if head is None:
-            act[rows, pos] = fn(act[rows, pos]).to(act.dtype)
+            act[rows[m], pos[m]] = fn(act[rows, pos])[m].to(act.dtype)
         else:
-            act[rows, pos, head] = fn(act[rows, pos, head]).to(act.dtype)
+            act[rows[m], pos[m], head] = fn(act[rows, pos, head])[m].to(act.dtype)
         return act
 
     return hook
 
 
-def replace_hook(positions: Tensor, values: Tensor, head: int | None = None) -> Hook:
-    """Overwrite the activation at ``positions`` with ``values`` ([batch, n, d], [n, d] or [d])."""
-    return edit_at(positions, lambda old: values.to(old.device).expand_as(old), head)
+def replace_hook(positions: Tensor, values: Tensor, head: int | None = None, mask: Tensor | None = None) -> Hook:
+    """Overwrite the activation at ``positions`` with ``values`` ([batch, n, d], [n, d] or [d]);
+    only where ``mask`` is True when given."""
+    return edit_at(positions, lambda old: values.to(old.device).expand_as(old), head, mask)
 
 
-def add_hook(positions: Tensor, vector: Tensor, scale: float = 1.0, head: int | None = None) -> Hook:
-    """Add ``scale * vector`` ([batch, n, d], [n, d] or [d]) at ``positions``."""
-    return edit_at(positions, lambda old: old + scale * vector.to(old.device), head)
+def add_hook(
+    positions: Tensor, vector: Tensor, scale: float = 1.0, head: int | None = None, mask: Tensor | None = None,
+) -> Hook:
+    """Add ``scale * vector`` ([batch, n, d], [n, d] or [d]) at ``positions`` (where ``mask`` is True)."""
+    return edit_at(positions, lambda old: old + scale * vector.to(old.device), head, mask)
 
 
-def ablate_hook(positions: Tensor, how: Ablation = "zero", mean: Tensor | None = None, head: int | None = None) -> Hook:
-    """Zero-ablate, or mean-ablate with ``mean`` (broadcastable to [batch, n, d]), at ``positions``."""
+def ablate_hook(
+    positions: Tensor, how: Ablation = "zero", mean: Tensor | None = None, head: int | None = None,
+    mask: Tensor | None = None,
+) -> Hook:
+    """Zero-ablate, or mean-ablate with ``mean`` (broadcastable to [batch, n, d]), at ``positions``
+    (only where ``mask`` is True when given)."""
     if how == "zero":
-        return edit_at(positions, torch.zeros_like, head)
+        return edit_at(positions, torch.zeros_like, head, mask)
     if how == "mean":
         if mean is None:
             raise ValueError("how='mean' needs the mean activation (argument mean)")
-        return replace_hook(positions, mean, head)
+        return replace_hook(positions, mean, head, mask)
     raise ValueError(f"how must be 'zero' or 'mean', got {how!r}")
 
 
-def noise_hook(positions: Tensor, std: float | Tensor, seed: int = 0, *, relative: bool = False) -> Hook:
-    """Add Gaussian noise at ``positions``. ``relative=True`` scales it by each activation's norm / sqrt(d)
-    (so ``std=1`` is noise as large as the activation); otherwise ``std`` is absolute."""
+def noise_hook(
+    positions: Tensor, std: float | Tensor, seed: int = 0, *, relative: bool = False, mask: Tensor | None = None,
+) -> Hook:
+    """Add Gaussian noise at ``positions`` (only where ``mask`` is True when given; the noise of
+    the other entries is drawn and dropped, so the same seed gives the same noise per entry).
+    ``relative=True`` scales it by each activation's norm / sqrt(d) (so ``std=1`` is noise as
+    large as the activation); otherwise ``std`` is absolute."""
 
     def fn(old: Tensor) -> Tensor:
         g = torch.Generator(device="cpu").manual_seed(seed)
@@ -144,7 +171,7 @@ def noise_hook(positions: Tensor, std: float | Tensor, seed: int = 0, *, relativ
         scale = old.norm(dim=-1, keepdim=True) / old.shape[-1] ** 0.5 if relative else 1.0
         return old + eps * std * scale
 
-    return edit_at(positions, fn)
+    return edit_at(positions, fn, mask=mask)
 
 
 def project_out_hook(positions: Tensor, basis: Float[Tensor, "d_model k"]) -> Hook:

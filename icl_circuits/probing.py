@@ -99,17 +99,23 @@ def _features(model, batches: list[PromptBatch], spec, layers, combine: Combine,
     """[layer, sample, feature], the position names, and the prompt index of each sample."""
     feats, groups, names0, offset = [], [], None, 0
     for b in batches:
-        pos, names = resolve_positions(b, spec)
+        ps = resolve_positions(b, spec)
+        names = ps.names
         if names0 is not None and names != names0:
             raise ValueError(f"positions {spec!r} resolve to different roles in different batches ({names0} vs {names})")
         names0 = names
-        x = read_resid(model, b, pos, layers, batch_size=batch_size).float()  # [layer, batch, n, d]
+        x = read_resid(model, b, ps.positions, layers, batch_size=batch_size).float()  # [layer, batch, n, d]
         L, B, n, d = x.shape
-        if combine == "pool":
-            x, g = x.reshape(L, B * n, d), torch.arange(B).repeat_interleave(n)
-        elif combine == "mean":
-            x, g = x.mean(2), torch.arange(B)
+        if combine == "pool":  # one sample per valid (prompt, column)
+            keep = ps.mask.reshape(-1)
+            x, g = x.reshape(L, B * n, d)[:, keep], torch.arange(B).repeat_interleave(n)[keep]
+        elif combine == "mean":  # over each prompt's valid columns
+            m = ps.mask.to(x.dtype)[None, :, :, None]
+            x, g = (x.mean(2) if not ps.ragged else (x * m).sum(2) / m.sum(2).clamp(min=1)), torch.arange(B)
         else:
+            if ps.ragged:
+                raise ValueError(f"combine='concat' needs the same columns in every prompt, but positions {spec!r} "
+                                 "have multi-token spans of different lengths; use combine='pool' or 'mean'")
             x, g = x.reshape(L, B, n * d), torch.arange(B)
         feats.append(x)
         groups.append(g + offset)

@@ -36,7 +36,7 @@ Variant = Literal["icl", "zero_shot", "dummy_query", "shuffled_labels", "random_
 VARIANTS: tuple[str, ...] = ("icl", "zero_shot", "dummy_query", "shuffled_labels", "random_answers")
 
 #: Position kinds understood by ``PromptBatch.positions``.
-POSITION_KINDS = ("answer", "separator", "delimiter", "input_first", "input_last", "final")
+POSITION_KINDS = ("answer", "answer_last", "separator", "delimiter", "input_first", "input_last", "final")
 
 
 class TokenizationBoundaryError(ValueError):
@@ -235,9 +235,13 @@ class PromptBatch:
         return self.final_positions + 1
 
     def positions(self, kind: str) -> Int[Tensor, "batch n"]:
-        """Positions of one kind, one column per demo (``"final"``: one column)."""
+        """Positions of one kind, one column per demo (``"final"``: one column): ``"answer"`` /
+        ``"answer_last"``: first / last token of each demo answer; ``"input_first"`` /
+        ``"input_last"`` likewise for inputs; ``"separator"``, ``"delimiter"``. Sets of every token
+        of a role (multi-token spans, with a mask) are ``interchange.resolve_positions``."""
         table = {
             "answer": self.answer_positions,
+            "answer_last": self.answer_spans[..., 1] - 1,
             "separator": self.separator_positions,
             "delimiter": self.delimiter_positions,
             "input_first": self.input_spans[..., 0],

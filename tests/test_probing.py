@@ -93,3 +93,16 @@ def test_cli_probe_json(monkeypatch, tiny_model):
     assert res.exit_code == 0, res.output
     data = json.loads(res.output.strip().splitlines()[-1])
     assert data["layers"] == [0] and len(data["accuracy"]) == 1 and data["chance"] == 0.5
+
+
+def test_ragged_positions_pool_only_valid_tokens(tiny_model):
+    """Inputs of 2 to 5 tokens: one sample per valid (prompt, token); concatenation is refused."""
+    from icl_circuits.interchange import resolve_positions
+
+    b = build_prompts(tiny_model, "letter-string", 12, 2, seed=0)
+    labels = [i % 2 for i in range(len(b))]
+    r = probe_by_layer(tiny_model, (b, labels), "inputs", layers=[0], cv=2, shuffle_control=False, progress=False)
+    mask = resolve_positions(b, "inputs").mask
+    assert r.labels.numel() == int(mask.sum()) and torch.equal(r.groups, mask.nonzero()[:, 0])
+    with pytest.raises(ValueError, match="combine='concat' needs the same columns"):
+        probe_by_layer(tiny_model, (b, labels), "inputs", layers=[0], cv=2, combine="concat", progress=False)
