@@ -479,7 +479,7 @@ def compare_task_vectors(
         k_local = local.per_prompt.shape[1]
         ra = wilson(round(local.baseline * k_local), k_local)  # the metrics here are rates
         ref["random-answers"] = ({"value": local.baseline, "low": ra.low, "high": ra.high}, k_local)
-    all_layers = sorted({r["layer"] for r in rows})
+    all_layers = sorted({r["layer"] for r in rows}) or list(range(model.cfg.n_layers + 1))  # every method skipped
     for method, (r, n) in ref.items():
         rows += [{"method": method, "layer": l, "accuracy": r["value"], "low": r["low"], "high": r["high"], "n": n}
                  for l in all_layers]

@@ -97,6 +97,9 @@ def test_local_vectors_without_length_matched_answers_raise_and_compare_skips_th
     with pytest.warns(UserWarning, match="local task vectors skipped: .*as many tokens"):
         df = compare_task_vectors(tiny_model, _lengths_task(), 2, 4, seed=0, top_k=2)
     assert set(df.method) == {"vanilla", "function", "zero-shot", "icl"} and "local" in df.attrs["skipped"]
+    with pytest.warns(UserWarning, match="local task vectors skipped"):
+        only = compare_task_vectors(tiny_model, _lengths_task(), 2, 4, seed=0, methods=["local"])
+    assert set(only.method) == {"zero-shot", "icl"} and sorted(set(only.layer)) == [0, 1, 2]
     with pytest.raises(ValueError, match="not 'final'"):
         local_task_vectors(tiny_model, "letter-string", 3, 4, positions="final")
 
