@@ -54,6 +54,7 @@ from .interventions import (
 from .metrics import correct, wilson
 from .prompts import PromptBatch
 from .results import Result
+from .resume import block_inputs
 from .vectors import TaskVector
 
 LNMode = Literal["difference", "frozen"]
@@ -264,7 +265,8 @@ def ov_contributions(
             dvec = dvec.expand(b, p.shape[1], d)
             x = x0.clone()
             x[ri, p] = x[ri, p] + dvec
-            out2, cp = model.run_with_cache(x, names_filter=lambda n: n in names_patched, start_at_layer=layer, stop_at_layer=L)
+            out2, cp = model.run_with_cache(x, names_filter=lambda n: n in names_patched, start_at_layer=layer, stop_at_layer=L,
+                                            **block_inputs(model, mb.tokens))
             hq, hq2 = out[ar, q].float(), out2[ar, q].float()
             lnf = lambda v: _ln_linear(ln_final, hq2.reshape(b, *[1] * (v.ndim - 2), d), v, eps)  # noqa: E731
             u = u_all[rows].to(dev)

@@ -44,6 +44,7 @@ from .interventions import (
 from .metrics import correct, gold_probability, wilson
 from .prompts import PromptBatch
 from .results import Result
+from .resume import resume
 
 Metric = Literal["accuracy", "logit_diff", "gold_prob"]
 METRICS = ("accuracy", "logit_diff", "gold_prob")
@@ -396,7 +397,7 @@ def head_ablation_scan(
                     c = len(group)
                     hook = stacked_head_ablation_hook([[h] for h in group], pos, how, mean)
                     with model.hooks(fwd_hooks=[(z_name(l), hook)]):
-                        out = model(x.repeat(c, 1, 1), start_at_layer=l, stop_at_layer=model.cfg.n_layers)
+                        out = resume(model, x.repeat(c, 1, 1), l, tokens=tokens.repeat(c, 1))
                     last = gather_positions(out, final.repeat(c)[:, None].to(out.device))[:, 0]
                     lg = unembed_resid(model, last).float().cpu().view(c, len(mb), -1)
                     for j, h in enumerate(group):

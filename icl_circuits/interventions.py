@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .evaluation import gather_positions, minibatches, unembed_resid
 from .prompts import PromptBatch
+from .resume import resume
 
 Hook = Callable[[Tensor, Any], Tensor]
 HookList = list[tuple[str, Hook]]
@@ -197,7 +198,8 @@ def run_final_logits(
 
     ``make_hooks`` is called per minibatch with the slice of rows it covers, so per-prompt values
     can be sliced to match. With ``start_at_layer``, ``resid`` ([batch, pos, d_model], the
-    residual at the input of that block) is fed instead of the tokens.
+    residual at the input of that block) is fed instead of the tokens, through ``resume.resume``
+    (which gives the blocks what the full forward would: shortformer positions, attention mask).
     """
     out = []
     with torch.no_grad():
@@ -208,7 +210,7 @@ def run_final_logits(
                     x = model(mb.tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
                 else:
                     inp = resid[rows, : mb.tokens.shape[1]].to(model.cfg.device)
-                    x = model(inp, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layers)
+                    x = resume(model, inp, start_at_layer, tokens=mb.tokens)
             last = gather_positions(x, mb.final_positions[:, None])[:, 0]
             out.append(unembed_resid(model, last).float().cpu())
     return torch.cat(out)

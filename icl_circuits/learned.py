@@ -9,7 +9,8 @@ frozen, on the cross-entropy of the gold first answer token at the final positio
 
 Because the model is frozen, the residual ``h_l(x_i)`` at the first injection layer does not
 depend on theta: it is read once (``interventions.read_resid``) and every training step runs only
-blocks l..L from it (``model(resid, start_at_layer=l)``) and unembeds only the final position.
+blocks l..L from it (``resume.resume(model, resid, l)``, which also gives the blocks the shortformer
+positions or attention mask a full forward would) and unembeds only the final position.
 ``ltv_loss(..., resid=None)`` runs the full model instead; both give the same gradients
 (``tests/test_learned.py``, ``bench/bench_ltv.py``).
 """
@@ -29,6 +30,7 @@ from .evaluation import frozen, gather_positions, unembed_resid
 from .interventions import add_hook, check_layer, check_vector, read_resid, resid_name
 from .metrics import Rate, wilson
 from .prompts import POSITION_KINDS, PromptBatch, Template, build_prompts
+from .resume import resume
 from .tasks import Task, get_task
 from .vectors import TaskVector, model_info
 
@@ -97,10 +99,12 @@ def _forward(
     final_positions: Int[Tensor, "batch"],
     inp: Tensor,
     cached: bool,
+    tokens: Tensor | None = None,
 ) -> Float[Tensor, "batch d_vocab"]:
     """Final-position logits with ``vectors[i]`` added at ``positions`` of layer ``layers[i]``.
 
-    ``cached``: ``inp`` is the residual at the input of ``min(layers)``; else it is the tokens.
+    ``cached``: ``inp`` is the residual at the input of ``min(layers)`` (resumed there with
+    ``resume.resume`` on the prompts' ``tokens``); else it is the tokens.
     """
     n = model.cfg.n_layers
     first = min(layers)
@@ -110,7 +114,7 @@ def _forward(
     else:
         with model.hooks(fwd_hooks=hooks):
             if cached:
-                x = model(inp, start_at_layer=first, stop_at_layer=n)
+                x = resume(model, inp, first, tokens=tokens)
             else:
                 x = model(inp, stop_at_layer=n)
     last = gather_positions(x, final_positions[:, None])[:, 0]
@@ -140,7 +144,7 @@ def ltv_loss(
         inp, cached = resid[:, : batch.tokens.shape[1]].to(model.cfg.device), True
     else:
         inp, cached = batch.tokens.to(model.cfg.device), False
-    logits = _forward(model, vectors, layers, pos, fin, inp, cached)
+    logits = _forward(model, vectors, layers, pos, fin, inp, cached, batch.tokens)
     return F.cross_entropy(logits, batch.answer_tokens.to(logits.device)), logits
 
 
@@ -150,6 +154,7 @@ class _Cached:
 
     def __init__(self, model: Any, batch: PromptBatch, first: int, position: list[str], batch_size: int):
         self.resid = read_resid(model, batch, None, [first], batch_size=batch_size)[0]  # [batch, pos, d]
+        self.tokens = batch.tokens
         self.pos = injection_positions(batch, position)
         self.fin = batch.final_positions
         self.ans = batch.answer_tokens
@@ -161,7 +166,7 @@ class _Cached:
         dev = model.cfg.device
         width = int(self.fin[rows].max()) + 1
         return _forward(model, vectors, layers, self.pos[rows].to(dev), self.fin[rows].to(dev),
-                        self.resid[rows, :width].to(dev), True)
+                        self.resid[rows, :width].to(dev), True, self.tokens[rows, :width])
 
     @torch.no_grad()
     def evaluate(self, model: Any, vectors: Tensor, layers: list[int], batch_size: int) -> tuple[float, float]:

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .evaluation import minibatches, unembed_resid
 from .interventions import HookList, check_layer, resid_name
+from .resume import block_inputs, resume
 from .metrics import correct, gold_probability, logit_difference
 from .prompts import POSITION_KINDS, PromptBatch
 from .results import Result
@@ -114,7 +115,10 @@ class Entry:
     these rows only, each hook function seeing an activation of ``rows`` prompts (as if the entry
     ran alone); past: optional keys and values of the positions *before* ``resid``'s first one,
     ``past[i] = (keys, values)`` ([rows, n_past, head, d_head], as attention appends them) for
-    every block i >= start: then ``resid`` holds only the later positions (a suffix).
+    every block i >= start: then ``resid`` holds only the later positions (a suffix); tokens:
+    [rows, n_past + pos] the rows' tokens (cached positions included), from which the blocks get
+    what a full forward gives them besides the residual (``resume.block_inputs``: shortformer
+    positions, attention mask); None: positions 0, 1, ... without a padding mask.
     """
 
     start: int
@@ -122,6 +126,7 @@ class Entry:
     final_positions: Tensor
     hooks: HookList = field(default_factory=list)
     past: list | None = None
+    tokens: Tensor | None = None
 
 
 class _PastKV:
@@ -200,7 +205,7 @@ def run_staggered(model: Any, entries: Sequence[Entry], *, unembed: bool = True)
 
     All entries must have the same width (pos), and the same number of past positions. Each entry
     joins at its ``start`` block; between two consecutive start blocks the model runs
-    ``forward(x, start_at_layer=a, stop_at_layer=b)`` (with the entries' past keys and values).
+    ``resume.resume(x, a, b)`` (with the entries' past keys and values and their tokens).
     """
     if not entries:
         raise ValueError("entries is empty")
@@ -210,8 +215,12 @@ def run_staggered(model: Any, entries: Sequence[Entry], *, unembed: bool = True)
         raise ValueError(f"all entries of a staggered forward must have the same width, got {sorted(widths)}")
     for e in entries:
         check_layer(model, e.start, allow_final=False, arg="entry start")
-    if len({None if e.past is None else e.past[e.start][0].shape[1] for e in entries}) != 1:
+    n_past = {0 if e.past is None else e.past[e.start][0].shape[1] for e in entries}
+    if len({e.past is None for e in entries}) != 1 or len(n_past) != 1:
         raise ValueError("all entries of a staggered forward must have the same number of past positions")
+    if len({e.tokens is None for e in entries}) != 1:
+        raise ValueError("give tokens for every entry of a staggered forward or for none")
+    n_past = n_past.pop()
     order = sorted(range(len(entries)), key=lambda i: entries[i].start)
     ents = [entries[i] for i in order]
     sizes = [e.resid.shape[0] for e in ents]
@@ -219,6 +228,8 @@ def run_staggered(model: Any, entries: Sequence[Entry], *, unembed: bool = True)
     hooks = _combine(model, ents, offsets)
     dev = model.cfg.device
     starts = sorted({e.start for e in ents})
+    width = ents[0].resid.shape[1]
+    tokens = None if ents[0].tokens is None else torch.cat([e.tokens[:, : n_past + width] for e in ents])
     with model.hooks(fwd_hooks=hooks):
         x = None
         for s, nxt in zip(starts, [*starts[1:], n]):
@@ -230,7 +241,8 @@ def run_staggered(model: Any, entries: Sequence[Entry], *, unembed: bool = True)
                 for i in range(s, nxt):
                     here = [e.past[i] for e in ents if e.start <= i]
                     past[i] = _PastKV(torch.cat([k for k, _ in here]).to(dev), torch.cat([v for _, v in here]).to(dev))
-            x = model(x, start_at_layer=s, stop_at_layer=nxt, past_kv_cache=past)
+            x = resume(model, x, s, nxt, tokens=None if tokens is None else tokens[: x.shape[0]], past=n_past,
+                       past_kv_cache=past)
     fp = torch.cat([e.final_positions for e in ents]).to(x.device)
     out = x[torch.arange(x.shape[0], device=x.device), fp]
     out = unembed_rows(model, out) if unembed else out.cpu()
@@ -258,7 +270,8 @@ def cache_resid(
     else:
         rec = [_RecordKV() for _ in range(n)]
         x0 = model(tokens.to(model.cfg.device), stop_at_layer=0)
-        final, cache = model.run_with_cache(x0, start_at_layer=0, stop_at_layer=n, past_kv_cache=rec, names_filter=keep)
+        final, cache = model.run_with_cache(x0, start_at_layer=0, stop_at_layer=n, past_kv_cache=rec, names_filter=keep,
+                                            **block_inputs(model, tokens))
         kv = [(r.keys, r.values) for r in rec]
     last = final[torch.arange(final.shape[0], device=final.device), final_positions.to(final.device)]
     return {l: cache[nm] for nm, l in names.items()}, (unembed_rows(model, last) if unembed else last.cpu()), kv
@@ -314,7 +327,8 @@ def layer_sweep(
         k = layers_per_forward or max(1, tokens_per_forward // (len(mb) * mb.tokens.shape[1]))
         for g in range(0, len(order), k):
             group = order[g : g + k]
-            ents = [Entry(start[l], cached[start[l]], mb.final_positions, make_hooks_for_layer(l, rows, mb)) for l in group]
+            ents = [Entry(start[l], cached[start[l]], mb.final_positions, make_hooks_for_layer(l, rows, mb),
+                          tokens=mb.tokens) for l in group]
             finals.append(run_staggered(model, ents, unembed=False))
             bar.update(len(mb) * len(group))
         logits = torch.split(unembed_rows(model, torch.cat(finals)), len(mb))
@@ -434,14 +448,15 @@ def _grid_positions(
     return torch.tensor(cols)[None].expand(B, -1), names, cols
 
 
-def _suffix_replay_ok(model: Any, res: dict, logits: Tensor, kv: list, layer: int, final: Tensor) -> bool:
+def _suffix_replay_ok(model: Any, res: dict, logits: Tensor, kv: list, layer: int, final: Tensor,
+                      tokens: Tensor) -> bool:
     """Whether resuming at block ``layer`` from position p with cached keys/values reproduces the run."""
     p0 = int(final.min()) // 2
     if p0 == 0:
         return True
     n = model.cfg.n_layers
     past = [None] * layer + [(kv[b][0][:, :p0], kv[b][1][:, :p0]) for b in range(layer, n)]
-    replay = run_staggered(model, [Entry(layer, res[layer][:, p0:], final - p0, past=past)])
+    replay = run_staggered(model, [Entry(layer, res[layer][:, p0:], final - p0, past=past, tokens=tokens)])
     return bool((replay - logits).abs().max() <= 1e-4 * (1.0 + logits.abs().max()))
 
 
@@ -503,7 +518,7 @@ def patch_grid(
     if suffix_only:
         try:
             x_res, x_logits, kv = cache_resid(model, corr.tokens, layers, final, record_kv=True)
-            suffix_only = _suffix_replay_ok(model, x_res, x_logits, kv, layers[0], final)
+            suffix_only = _suffix_replay_ok(model, x_res, x_logits, kv, layers[0], final, corr.tokens)
         except Exception:  # a model whose attention does not take a key/value cache: full-width runs
             suffix_only = False
     if not suffix_only:
@@ -565,7 +580,7 @@ def patch_grid(
                 x = x_res[l][rd, p0 : p0 + w].clone()
                 x[torch.arange(len(r), device=dev), p - p0] = c_res[l][rd, p]
                 past = None if not p0 else [None] * l + [(kv[b][0][rd, :p0], kv[b][1][rd, :p0]) for b in range(l, n)]
-                ents.append(Entry(l, x, final[r] - p0, past=past))
+                ents.append(Entry(l, x, final[r] - p0, past=past, tokens=corr.tokens[r, : p0 + w]))
             out = run_staggered(model, ents, unembed=False)
             buf += list(zip(chunk, torch.split(out, [len(c[2]) for c in chunk])))
             n_forward += 1

@@ -32,6 +32,7 @@ from .interventions import add_hook, check_layer, check_vector, read_resid, resi
 from .metrics import correct, wilson
 from .prompts import PromptBatch, Template, build_prompts
 from .results import Result
+from .resume import resume
 from .tasks import Task
 from .vectors import TaskVector, evaluate_vector
 
@@ -247,7 +248,7 @@ def final_deltas(
     dev, P = model.cfg.device, len(batch)
     fin = batch.final_positions
     with torch.no_grad():
-        clean = gather_positions(model(resid.to(dev), start_at_layer=layer, stop_at_layer=n), fin[:, None].to(dev))[:, 0]
+        clean = gather_positions(resume(model, resid.to(dev), layer, tokens=batch.tokens), fin[:, None].to(dev))[:, 0]
         out = []
         per = max(1, chunk // P)
         for s in range(0, X.shape[0], per):
@@ -257,7 +258,7 @@ def final_deltas(
             pos = fin.repeat(c)[:, None].to(dev)
             vec = xs.repeat_interleave(P, 0)[:, None]  # [c * P, 1, d]
             with model.hooks(fwd_hooks=[(resid_name(model, layer), add_hook(pos, vec))]):
-                h = model(inp, start_at_layer=layer, stop_at_layer=n)
+                h = resume(model, inp, layer, tokens=batch.tokens.repeat(c, 1))
             out.append((gather_positions(h, pos)[:, 0] - clean.repeat(c, 1)).reshape(c, P, -1).float().cpu())
     return torch.cat(out)
 
