@@ -8,14 +8,14 @@ below are the ones a notebook needs first.
 
 from .evaluation import accuracy_by_demos, final_logits, icl_accuracy
 from .models import load_model, model_info
-from .prompts import PromptBatch, Template, TokenizationBoundaryError, build_prompts
-from .tasks import get_task, list_tasks
+from .prompts import PromptBatch, Template, TokenizationBoundaryError, build_prompts, default_template, single_token_task
+from .tasks import get_task, list_tasks, load_task, register_task, task_from_pairs
 from .vectors import SweepResult, TaskVector, evaluate_vector
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PromptBatch", "Template", "TokenizationBoundaryError", "build_prompts",
-    "get_task", "list_tasks", "load_model", "model_info", "icl_accuracy", "accuracy_by_demos", "final_logits",
+    "PromptBatch", "Template", "TokenizationBoundaryError", "build_prompts", "default_template", "single_token_task",
+    "get_task", "list_tasks", "register_task", "task_from_pairs", "load_task", "load_model", "model_info", "icl_accuracy", "accuracy_by_demos", "final_logits",
     "TaskVector", "SweepResult", "evaluate_vector",
 ]
