@@ -31,11 +31,12 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from .hf_configs import MODEL_TYPES, SUPPORTED_ARCHITECTURES, bos_rule, converters
 from .real_models import SMOLLM2_ALIASES, SMOLLM2_HF_ID, SMOLLM2_NAME
 
 TOY_NAME = "toy-icl"
@@ -164,129 +165,6 @@ def _load_toy(device: str, dtype: torch.dtype | None, flags: dict[str, bool]) ->
     return model.eval()
 
 
-# --- local Hugging Face checkpoints ------------------------------------------------------
-
-def _rope(hf: Any) -> tuple[float, str, dict[str, Any]]:
-    """(theta, rope type, parameters) across transformers 4.x (rope_theta/rope_scaling) and 5.x."""
-    params = dict(getattr(hf, "rope_parameters", None) or {})
-    params.update(getattr(hf, "rope_scaling", None) or {})
-    theta = params.get("rope_theta") or getattr(hf, "rope_theta", None)
-    theta = theta or getattr(hf, "rotary_emb_base", None) or 10000.0
-    return float(theta), params.get("rope_type") or params.get("type") or "default", params
-
-
-def _partial_rotary(hf: Any, params: dict[str, Any]) -> float:
-    return float(getattr(hf, "rotary_pct", None) or params.get("partial_rotary_factor") or 1.0)
-
-
-def _gpt2_cfg(hf: Any) -> dict[str, Any]:
-    return dict(
-        d_model=hf.n_embd, d_head=hf.n_embd // hf.n_head, n_heads=hf.n_head,
-        d_mlp=hf.n_inner or 4 * hf.n_embd, n_layers=hf.n_layer, n_ctx=hf.n_positions,
-        eps=hf.layer_norm_epsilon, act_fn=hf.activation_function,
-        use_attn_scale=getattr(hf, "scale_attn_weights", True),
-        scale_attn_by_inverse_layer_idx=getattr(hf, "scale_attn_by_inverse_layer_idx", False),
-        normalization_type="LN", positional_embedding_type="standard",
-    )
-
-
-def _neox_cfg(hf: Any) -> dict[str, Any]:
-    theta, rope_type, params = _rope(hf)
-    _require(rope_type == "default", f"rope type {rope_type!r}")
-    _require(getattr(hf, "attention_bias", True), "attention_bias=False")
-    d_head = hf.hidden_size // hf.num_attention_heads
-    return dict(
-        d_model=hf.hidden_size, d_head=d_head, n_heads=hf.num_attention_heads,
-        d_mlp=hf.intermediate_size, n_layers=hf.num_hidden_layers,
-        n_ctx=hf.max_position_embeddings, eps=hf.layer_norm_eps, act_fn=hf.hidden_act,
-        parallel_attn_mlp=getattr(hf, "use_parallel_residual", True),
-        positional_embedding_type="rotary", rotary_adjacent_pairs=False,
-        rotary_dim=int(d_head * _partial_rotary(hf, params)), rotary_base=theta,
-        normalization_type="LN",
-    )
-
-
-def _llama_like_cfg(hf: Any) -> dict[str, Any]:
-    theta, rope_type, params = _rope(hf)
-    _require(rope_type in ("default", "llama3"), f"rope type {rope_type!r}")
-    _require(not getattr(hf, "mlp_bias", False), "mlp_bias=True")
-    d_head = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-    n_kv = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
-    cfg = dict(
-        d_model=hf.hidden_size, d_head=d_head, n_heads=hf.num_attention_heads,
-        n_key_value_heads=n_kv, d_mlp=hf.intermediate_size, n_layers=hf.num_hidden_layers,
-        n_ctx=hf.max_position_embeddings, eps=hf.rms_norm_eps, act_fn=hf.hidden_act,
-        normalization_type="RMS", final_rms=True, gated_mlp=True,
-        positional_embedding_type="rotary", rotary_adjacent_pairs=False,
-        rotary_dim=int(d_head * _partial_rotary(hf, params)), rotary_base=theta,
-    )
-    if rope_type == "llama3":  # NTK-by-parts scaling, as TransformerLens maps it
-        cfg.update(
-            use_NTK_by_parts_rope=True,
-            NTK_original_ctx_len=params.get("original_max_position_embeddings", cfg["n_ctx"]),
-            NTK_by_parts_low_freq_factor=params.get("low_freq_factor", 1.0),
-            NTK_by_parts_high_freq_factor=params.get("high_freq_factor", 4.0),
-            NTK_by_parts_factor=params.get("factor", 1.0),
-        )
-    return cfg
-
-
-def _llama_cfg(hf: Any) -> dict[str, Any]:
-    _require(not getattr(hf, "attention_bias", False), "attention_bias=True")
-    cfg = _llama_like_cfg(hf)
-    if cfg["n_key_value_heads"] == cfg["n_heads"]:  # TL's llama converter: None means plain MHA
-        cfg["n_key_value_heads"] = None
-    return cfg
-
-
-def _qwen2_cfg(hf: Any) -> dict[str, Any]:
-    layer_types = getattr(hf, "layer_types", None) or []
-    _require(not getattr(hf, "use_sliding_window", False) or set(layer_types) <= {"full_attention"},
-             "sliding-window attention")
-    return _llama_like_cfg(hf)
-
-
-def _require(ok: Any, feature: str) -> None:
-    if not ok:
-        raise ValueError(f"unsupported checkpoint feature for HookedTransformer conversion: {feature}")
-
-
-def _converters() -> dict[str, tuple[Callable[[Any], dict[str, Any]], Callable[..., dict]]]:
-    from transformer_lens.pretrained.weight_conversions import (
-        convert_gpt2_weights, convert_llama_weights, convert_neox_weights, convert_qwen2_weights,
-    )
-    return {
-        "GPT2LMHeadModel": (_gpt2_cfg, convert_gpt2_weights),
-        "GPTNeoXForCausalLM": (_neox_cfg, convert_neox_weights),
-        "LlamaForCausalLM": (_llama_cfg, convert_llama_weights),
-        "Qwen2ForCausalLM": (_qwen2_cfg, convert_qwen2_weights),
-    }
-
-
-SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel", "GPTNeoXForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM")
-_MODEL_TYPES = dict(zip(("gpt2", "gpt_neox", "llama", "qwen2"), SUPPORTED_ARCHITECTURES))
-
-
-def _bos_rule(tokenizer: Any, arch: str) -> tuple[bool, str]:
-    """(default_prepend_bos, why): what the model saw at the start of a text in training.
-
-    True when the tokenizer adds its BOS itself (``tokenizer(text)`` starts with ``bos_token_id``
-    and ``add_special_tokens=False`` drops it); True for GPT-2 (documents separated by its BOS
-    ``<|endoftext|>``, TransformerLens's convention) when it has a BOS; otherwise False.
-    """
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return False, "the tokenizer has no BOS token"
-    probe = "a b"
-    with_special = list(tokenizer(probe).input_ids)
-    plain = list(tokenizer(probe, add_special_tokens=False).input_ids)
-    if with_special[:1] == [bos] and len(with_special) > len(plain):
-        return True, "the tokenizer adds its BOS token itself"
-    if arch == "GPT2LMHeadModel":
-        return True, "GPT-2: trained on documents separated by its BOS <|endoftext|> (TransformerLens's convention)"
-    return False, "the tokenizer adds no BOS token of its own"
-
-
 def _load_hf_dir(path: Path, device: str, dtype: torch.dtype | None, flags: dict[str, bool],
                  name: str | None = None, source: str | None = None) -> HookedTransformer:
     """Convert a local HF checkpoint directory to a HookedTransformer without any network access."""
@@ -296,7 +174,7 @@ def _load_hf_dir(path: Path, device: str, dtype: torch.dtype | None, flags: dict
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
     raw = json.loads(config_file.read_text())
-    arch = (raw.get("architectures") or [_MODEL_TYPES.get(raw.get("model_type"))])[0]
+    arch = (raw.get("architectures") or [MODEL_TYPES.get(raw.get("model_type"))])[0]
     if arch not in SUPPORTED_ARCHITECTURES:
         shown = arch or f"model_type {raw.get('model_type')!r}"
         raise ValueError(
@@ -305,14 +183,14 @@ def _load_hf_dir(path: Path, device: str, dtype: torch.dtype | None, flags: dict
         )
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    make_cfg, convert = _converters()[arch]
+    make_cfg, convert = converters()[arch]
     dtype = dtype or torch.float32
     hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError) as e:
         raise FileNotFoundError(f"could not load a tokenizer from {path}: {e}") from e
-    prepend_bos, bos_rule = _bos_rule(tokenizer, arch)
+    prepend_bos, why_bos = bos_rule(tokenizer, arch)
     cfg = HookedTransformerConfig(
         **{**make_cfg(hf_config), "default_prepend_bos": prepend_bos}, d_vocab=hf_config.vocab_size,
         original_architecture=arch, model_name=name or path.resolve().name, tokenizer_name=str(path),
@@ -329,7 +207,7 @@ def _load_hf_dir(path: Path, device: str, dtype: torch.dtype | None, flags: dict
     del hf_model, state_dict
     model.move_model_modules_to_device()
     _record(model, source=source or "local Hugging Face checkpoint", path=str(path.resolve()),
-            processing=applied, bos_rule=bos_rule)
+            processing=applied, bos_rule=why_bos)
     return model.eval()
 
 

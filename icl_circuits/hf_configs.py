@@ -1,0 +1,131 @@
+"""Hugging Face config -> HookedTransformerConfig for the checkpoint families ``load_model`` converts
+offline (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2; TransformerLens's weight converters), and the
+per-model choice of a BOS token at the start of a prompt (:func:`bos_rule`)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+def _rope(hf: Any) -> tuple[float, str, dict[str, Any]]:
+    """(theta, rope type, parameters) across transformers 4.x (rope_theta/rope_scaling) and 5.x."""
+    params = dict(getattr(hf, "rope_parameters", None) or {})
+    params.update(getattr(hf, "rope_scaling", None) or {})
+    theta = params.get("rope_theta") or getattr(hf, "rope_theta", None)
+    theta = theta or getattr(hf, "rotary_emb_base", None) or 10000.0
+    return float(theta), params.get("rope_type") or params.get("type") or "default", params
+
+
+def _partial_rotary(hf: Any, params: dict[str, Any]) -> float:
+    return float(getattr(hf, "rotary_pct", None) or params.get("partial_rotary_factor") or 1.0)
+
+
+def _gpt2_cfg(hf: Any) -> dict[str, Any]:
+    return dict(
+        d_model=hf.n_embd, d_head=hf.n_embd // hf.n_head, n_heads=hf.n_head,
+        d_mlp=hf.n_inner or 4 * hf.n_embd, n_layers=hf.n_layer, n_ctx=hf.n_positions,
+        eps=hf.layer_norm_epsilon, act_fn=hf.activation_function,
+        use_attn_scale=getattr(hf, "scale_attn_weights", True),
+        scale_attn_by_inverse_layer_idx=getattr(hf, "scale_attn_by_inverse_layer_idx", False),
+        normalization_type="LN", positional_embedding_type="standard",
+    )
+
+
+def _neox_cfg(hf: Any) -> dict[str, Any]:
+    theta, rope_type, params = _rope(hf)
+    _require(rope_type == "default", f"rope type {rope_type!r}")
+    _require(getattr(hf, "attention_bias", True), "attention_bias=False")
+    d_head = hf.hidden_size // hf.num_attention_heads
+    return dict(
+        d_model=hf.hidden_size, d_head=d_head, n_heads=hf.num_attention_heads,
+        d_mlp=hf.intermediate_size, n_layers=hf.num_hidden_layers,
+        n_ctx=hf.max_position_embeddings, eps=hf.layer_norm_eps, act_fn=hf.hidden_act,
+        parallel_attn_mlp=getattr(hf, "use_parallel_residual", True),
+        positional_embedding_type="rotary", rotary_adjacent_pairs=False,
+        rotary_dim=int(d_head * _partial_rotary(hf, params)), rotary_base=theta,
+        normalization_type="LN",
+    )
+
+
+def _llama_like_cfg(hf: Any) -> dict[str, Any]:
+    theta, rope_type, params = _rope(hf)
+    _require(rope_type in ("default", "llama3"), f"rope type {rope_type!r}")
+    _require(not getattr(hf, "mlp_bias", False), "mlp_bias=True")
+    d_head = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    n_kv = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
+    cfg = dict(
+        d_model=hf.hidden_size, d_head=d_head, n_heads=hf.num_attention_heads,
+        n_key_value_heads=n_kv, d_mlp=hf.intermediate_size, n_layers=hf.num_hidden_layers,
+        n_ctx=hf.max_position_embeddings, eps=hf.rms_norm_eps, act_fn=hf.hidden_act,
+        normalization_type="RMS", final_rms=True, gated_mlp=True,
+        positional_embedding_type="rotary", rotary_adjacent_pairs=False,
+        rotary_dim=int(d_head * _partial_rotary(hf, params)), rotary_base=theta,
+    )
+    if rope_type == "llama3":  # NTK-by-parts scaling, as TransformerLens maps it
+        cfg.update(
+            use_NTK_by_parts_rope=True,
+            NTK_original_ctx_len=params.get("original_max_position_embeddings", cfg["n_ctx"]),
+            NTK_by_parts_low_freq_factor=params.get("low_freq_factor", 1.0),
+            NTK_by_parts_high_freq_factor=params.get("high_freq_factor", 4.0),
+            NTK_by_parts_factor=params.get("factor", 1.0),
+        )
+    return cfg
+
+
+def _llama_cfg(hf: Any) -> dict[str, Any]:
+    _require(not getattr(hf, "attention_bias", False), "attention_bias=True")
+    cfg = _llama_like_cfg(hf)
+    if cfg["n_key_value_heads"] == cfg["n_heads"]:  # TL's llama converter: None means plain MHA
+        cfg["n_key_value_heads"] = None
+    return cfg
+
+
+def _qwen2_cfg(hf: Any) -> dict[str, Any]:
+    layer_types = getattr(hf, "layer_types", None) or []
+    _require(not getattr(hf, "use_sliding_window", False) or set(layer_types) <= {"full_attention"},
+             "sliding-window attention")
+    return _llama_like_cfg(hf)
+
+
+def _require(ok: Any, feature: str) -> None:
+    if not ok:
+        raise ValueError(f"unsupported checkpoint feature for HookedTransformer conversion: {feature}")
+
+
+def converters() -> dict[str, tuple[Callable[[Any], dict[str, Any]], Callable[..., dict]]]:
+    from transformer_lens.pretrained.weight_conversions import (
+        convert_gpt2_weights, convert_llama_weights, convert_neox_weights, convert_qwen2_weights,
+    )
+    return {
+        "GPT2LMHeadModel": (_gpt2_cfg, convert_gpt2_weights),
+        "GPTNeoXForCausalLM": (_neox_cfg, convert_neox_weights),
+        "LlamaForCausalLM": (_llama_cfg, convert_llama_weights),
+        "Qwen2ForCausalLM": (_qwen2_cfg, convert_qwen2_weights),
+    }
+
+
+SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel", "GPTNeoXForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM")
+MODEL_TYPES = dict(zip(("gpt2", "gpt_neox", "llama", "qwen2"), SUPPORTED_ARCHITECTURES))
+
+
+def bos_rule(tokenizer: Any, arch: str) -> tuple[bool, str]:
+    """(default_prepend_bos, why): what the model saw at the start of a text in training.
+
+    True when the tokenizer adds its BOS itself (``tokenizer(text)`` starts with ``bos_token_id``
+    and ``add_special_tokens=False`` drops it); True for GPT-2 (documents separated by its BOS
+    ``<|endoftext|>``, TransformerLens's convention) when it has a BOS; otherwise False.
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False, "the tokenizer has no BOS token"
+    probe = "a b"
+    with_special = list(tokenizer(probe).input_ids)
+    plain = list(tokenizer(probe, add_special_tokens=False).input_ids)
+    if with_special[:1] == [bos] and len(with_special) > len(plain):
+        return True, "the tokenizer adds its BOS token itself"
+    if arch == "GPT2LMHeadModel":
+        return True, "GPT-2: trained on documents separated by its BOS <|endoftext|> (TransformerLens's convention)"
+    return False, "the tokenizer adds no BOS token of its own"
+
+
+__all__ = ["SUPPORTED_ARCHITECTURES", "MODEL_TYPES", "converters", "bos_rule"]
