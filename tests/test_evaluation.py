@@ -221,3 +221,49 @@ def test_accuracy_by_demos_is_tidy(tiny_model):
     assert sorted(zip(default.task, default.metric)) == [("antonym", "first_token"), ("number", "first_token"), ("number", "label")]
     with pytest.raises(ValueError, match="'label' needs label words"):
         accuracy_by_demos(tiny_model, ["antonym"], demos=[2], n_prompts=5, metrics=["label"])
+
+
+# ----------------------------------------------------------------------------- the real model
+def hand_greedy_batched(model, batch, max_new: int) -> list[list[int]]:
+    """Greedy decoding without a cache: each step re-runs every sequence (right-padded, full logits)."""
+    tok, seqs = batch.tokenizer, [batch.tokens[i, :n].tolist() for i, n in enumerate(batch.lengths.tolist())]
+    gen: list[list[int]] = [[] for _ in seqs]
+    active = set(range(len(seqs)))
+    while active:
+        full = [s + g for s, g in zip(seqs, gen)]
+        x = torch.zeros(len(full), max(map(len, full)), dtype=torch.long)
+        for i, f in enumerate(full):
+            x[i, : len(f)] = torch.tensor(f)
+        with torch.no_grad():
+            logits = model(x)
+        for i in sorted(active):
+            gen[i].append(int(logits[i, len(full[i]) - 1].argmax()))
+            if gen[i][-1] == tok.eos_token_id or batch.template.joiner in tok.decode(gen[i]).lstrip(" ") or len(gen[i]) == max_new:
+                active.discard(i)
+    return gen
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("task, n_demos, n_build, pick", [
+    ("uppercase", 2, 24, [17, 22, 0, 3, 15]),  # STRONG, NORTH, ROOM, WORLD, LISTEN: 2-3 tokens each
+    ("country-capital", 8, 12, [8, 10, 11, 4]),  # Ankara, Dhaka, Baghdad, Thimphu
+])
+def test_whole_answer_metrics_on_smollm2(real_model, task, n_demos, n_build, pick):
+    """On SmolLM2-135M with '{x} -> {y}': the cached batched greedy decode is the uncached hand decode;
+    exact match and first-token accuracy are what that decode says, and they differ on uppercase
+    prompts whose first token is right but whose continuation is not (STRONG -> ' STR' 'ICT')."""
+    batch = build_prompts(real_model, task, n_build, n_demos, template=ARROW, seed=0).select(pick)
+    n_max = max(len(a) for a in batch.answer_token_ids) + 1
+    hand = hand_greedy_batched(real_model, batch, n_max)
+    got = greedy_answers(real_model, batch, max_new_tokens=n_max)
+    assert got.generated_ids == hand
+    tok = batch.tokenizer
+    want_exact = [cut_answer(tok.decode(h), batch.template)[0] == a for h, a in zip(hand, batch.answers)]
+    want_first = [h[0] == a[0] for h, a in zip(hand, batch.answer_token_ids)]
+    assert got.correct.tolist() == want_exact
+    first = score(real_model, batch, ["first_token"])["first_token"]
+    assert first.bool().tolist() == want_first
+    multi = [len(a) > 1 for a in batch.answer_token_ids]
+    assert any(e and m for e, m in zip(want_exact, multi)) and not all(want_exact)
+    if task == "uppercase":
+        assert all(multi) and any(f and not e for f, e in zip(want_first, want_exact))
