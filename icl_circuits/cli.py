@@ -141,8 +141,12 @@ def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_pr
 @click.option("--only", default=None, help="Comma-separated section keys to run (default: all).")
 def report_cmd(model: str, out: str, quick: bool, seed: int, only: str | None) -> None:
     """Run the analysis suite on MODEL and write one self-contained HTML report."""
+    from .cli_analyses import out_problem
     from .report import write_report
 
+    problem = out_problem(out, directory=False)  # before the suite runs, not after
+    if problem:
+        raise click.BadParameter(problem, param_hint="--out")
     m = _load(model)
     try:
         write_report(model, out, quick=quick, seed=seed, model=m,

@@ -7,6 +7,7 @@ and ``--out DIR`` (writes the result and ``figure.html``).
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,44 @@ import click
 
 from . import cli as _cli
 from .cli import DEFAULT_MODEL, _check_task, cli, emit_json
+
+
+def out_problem(path: str | Path, *, directory: bool = True) -> str | None:
+    """Why ``path`` cannot be written (None if it can): for ``directory=True`` ``path`` is a directory
+    to create or fill, else a file whose directory is created. The nearest existing ancestor must be
+    a writable directory (checked before an analysis runs, so that it does not fail at the end)."""
+    p = Path(path).expanduser()
+    if directory and p.exists() and not p.is_dir():
+        return f"{str(path)!r} is a file, not a directory"
+    if not directory and p.is_dir():
+        return f"{str(path)!r} is a directory, not a file"
+    anc = p if directory else p.parent
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        return f"cannot create {str(path)!r}: {str(anc)!r} is a file, not a directory"
+    if not os.access(anc, os.W_OK | os.X_OK):
+        return f"cannot create {str(path)!r}: {str(anc)!r} is not writable"
+    if p.exists() and not os.access(p, os.W_OK):
+        return f"{str(path)!r} is not writable"
+    return None
+
+
+class _OutDir(click.Path):
+    """A ``--out DIR`` that must be creatable and writable: checked when the options are parsed."""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False)
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        value = super().convert(value, param, ctx)
+        problem = out_problem(value)
+        if problem:
+            self.fail(problem, param, ctx)
+        return value
+
+
+OUT_DIR = _OutDir()
 
 
 def _write_out(out: str, figures: dict[str, Any], results: dict[str, Any] | None = None,
@@ -50,7 +89,7 @@ def _write_out(out: str, figures: dict[str, Any], results: dict[str, Any] | None
                    "1/21 < 0.05. Fitting time grows about (1 + N)-fold; 0 skips the null.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer numbers.")
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Write DIR/result.json(+.safetensors) and DIR/figure.html.")
+@click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json(+.safetensors) and DIR/figure.html.")
 def dpca_cmd(model: str, task: str, n_demos: int, n_prompts: int, position: str, n_components: int,
              regularizer: str, n_null: int, seed: int, as_json: bool, out: str | None) -> None:
     """dPCA of label-position states per layer: variance per marginalization, cluster distances."""
@@ -102,7 +141,7 @@ def dpca_cmd(model: str, task: str, n_demos: int, n_prompts: int, position: str,
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with S_wp, S_pq, S_ww per layer.")
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Write DIR/result.json(+.safetensors), DIR/figure.html and DIR/heatmap.html.")
+@click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json(+.safetensors), DIR/figure.html and DIR/heatmap.html.")
 def saliency_cmd(model: str, task: str, n_demos: int, n_prompts: int, loss: str, proportions: bool,
                  batch_size: int, seed: int, as_json: bool, out: str | None) -> None:
     """Saliency flow (label words as anchors): S_wp, S_pq, S_ww per layer."""
@@ -151,7 +190,7 @@ def _interchange_layers(value: str | None) -> list[int] | None:
 @click.option("--layers", default=None, help="Comma-separated layers (default: every block input).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer rates.")
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Write DIR/result.json (+ one result per set) and DIR/figure.html.")
+@click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json (+ one result per set) and DIR/figure.html.")
 def interchange_cmd(model: str, source: str, target: str, n_demos: int, n_prompts: int, positions: str,
                     layers: str | None, seed: int, as_json: bool, out: str | None) -> None:
     """Multi-position interchange (Cheng & Zhang): transfer / preserve / neither rate per layer."""
@@ -204,7 +243,7 @@ def interchange_cmd(model: str, source: str, target: str, n_demos: int, n_prompt
 @click.option("--cv", default=5, show_default=True, type=click.IntRange(min=2), help="Cross-validation folds.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer accuracy.")
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Write DIR/result.json(+.safetensors) and DIR/figure.html.")
+@click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json(+.safetensors) and DIR/figure.html.")
 def probe_cmd(model: str, tasks: str, position: str, n_demos: int, n_prompts: int, layers: str | None, cv: int,
               seed: int, as_json: bool, out: str | None) -> None:
     """Linear probes decoding the task identity from the residual stream, per layer."""
@@ -243,7 +282,7 @@ def probe_cmd(model: str, tasks: str, position: str, n_demos: int, n_prompts: in
 @click.option("--positions", default="all", show_default=True, type=click.Choice(["all", "final"]), help="Positions ablated.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-head numbers.")
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Write DIR/result.json(+.safetensors) and DIR/figure.html.")
+@click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json(+.safetensors) and DIR/figure.html.")
 def heads_cmd(model: str, task: str, n_demos: int, n_prompts: int, how: str, metric: str, positions: str, seed: int,
               as_json: bool, out: str | None) -> None:
     """Ablate each attention head alone (exact, batched) and estimate it by attribution patching."""
@@ -318,7 +357,7 @@ def _ltv_options(f):
         click.option("--eval-prompts", "n_eval", default=64, show_default=True, type=click.IntRange(min=1)),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer numbers."),
-        click.option("--out", default=None, type=click.Path(file_okay=False), help="Write DIR/result.json(+.safetensors) and DIR/figure.html."),
+        click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json(+.safetensors) and DIR/figure.html."),
     ]):
         f = opt(f)
     return f
@@ -419,7 +458,7 @@ def propagation_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train
 @click.option("--methods", default="vanilla,local,function", show_default=True,
               help="Comma-separated methods to compare (vanilla, local, function).")
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer numbers.")
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Write DIR/result.json and DIR/figure.html.")
+@click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json and DIR/figure.html.")
 def task_vectors_cmd(model: str, task: str, n_demos: int, n_prompts: int, top_k: int, metric: str, seed: int,
                      methods: str, as_json: bool, out: str | None) -> None:
     """Vanilla vs local vs function vectors per layer, on held-out prompts."""

@@ -19,6 +19,8 @@ Conventions, with ``X`` the centred data flattened to (n_features, n_conditions)
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -235,8 +237,13 @@ class DPCAResult:
         return pd.DataFrame(rows, columns=["marginalization", "component", "explained_variance"])
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
-        """Write ``<path>.npz`` (arrays) and ``<path>.json`` (names, scalars); no pickle."""
+        """Write ``<path>.npz`` (arrays) and ``<path>.json`` (names, scalars, the SHA-256 of the npz);
+        no pickle. Atomic as ``results.Result.save``: temporary files renamed over the old ones, so an
+        interrupted save leaves the previous fit or a pair that ``load`` refuses."""
+        from .results import write_atomically  # torch-free until a fit is saved
+
         base = _base(path)
+        base.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"mean": self.mean}
         for i, n in enumerate(self.marginalization_names):
             arrays[f"enc_{i}"], arrays[f"dec_{i}"] = self.encoders[n], self.decoders[n]
@@ -244,11 +251,15 @@ class DPCAResult:
         for key in ("cv_errors", "cv_lambdas"):
             if getattr(self, key) is not None:
                 arrays[key] = getattr(self, key)
-        np.savez(base.with_suffix(".npz"), **arrays)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        data = buf.getvalue()
         meta = {"format_version": _FORMAT_VERSION, "marginalization_names": self.marginalization_names,
                 "labels": list(self.labels), "regularizer": self.regularizer,
-                "total_marginal_variance": self.total_marginal_variance, "meta": self.meta}
-        base.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+                "total_marginal_variance": self.total_marginal_variance, "meta": self.meta,
+                "arrays_sha256": hashlib.sha256(data).hexdigest()}
+        text = json.dumps(meta, indent=2)
+        write_atomically([(base.with_suffix(".npz"), data), (base.with_suffix(".json"), text.encode())])
         return base.with_suffix(".npz"), base.with_suffix(".json")
 
     @classmethod
@@ -259,7 +270,11 @@ class DPCAResult:
         if meta.get("format_version") != _FORMAT_VERSION:
             raise ValueError(f"unsupported dPCA file format {meta.get('format_version')!r}")
         names = list(meta["marginalization_names"])
-        with np.load(base.with_suffix(".npz"), allow_pickle=False) as z:
+        from .results import check_digest
+
+        data = base.with_suffix(".npz").read_bytes()
+        check_digest(data, meta.get("arrays_sha256"), base.with_suffix(".npz"), base.with_suffix(".json"))
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             get = lambda p: {n: z[f"{p}_{i}"] for i, n in enumerate(names)}  # noqa: E731
             return cls(mean=z["mean"], encoders=get("enc"), decoders=get("dec"),
                        explained_variance=get("ev"), marginal_explained_variance=get("mev"),

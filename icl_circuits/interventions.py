@@ -51,13 +51,18 @@ def check_head(model: Any, layer: int, head: int, arg: str = "head") -> tuple[in
 
 
 def check_vector(model: Any, vector: Tensor, arg: str = "vector") -> Tensor:
-    """Validate that the last dimension of ``vector`` is ``d_model``."""
+    """Validate that the last dimension of ``vector`` is ``d_model`` and that every value is finite
+    (a NaN or inf vector would silently turn every logit it reaches into NaN)."""
     if not isinstance(vector, Tensor):
         raise TypeError(f"{arg} must be a torch.Tensor, got {type(vector).__name__}")
     if vector.shape[-1] != model.cfg.d_model:
         raise ValueError(
             f"{arg} has width {vector.shape[-1]} but the model's d_model is {model.cfg.d_model}"
         )
+    if vector.is_floating_point() or vector.is_complex():
+        bad = ~torch.isfinite(vector.detach())
+        if bad.any():
+            raise ValueError(f"{arg} contains NaN or inf ({int(bad.sum())} of {vector.numel()} values)")
     return vector
 
 

@@ -17,6 +17,7 @@ positions or attention mask a full forward would) and unembeds only the final po
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Sequence
 
@@ -246,6 +247,15 @@ def train_task_vector(
             raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
     if isinstance(with_demos, bool) or not isinstance(with_demos, int) or with_demos < 0:
         raise ValueError(f"with_demos must be a non-negative integer, got {with_demos!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        why = " (lr=0 would return the random initialization as a learned vector)" if lr == 0 else ""
+        raise ValueError(f"lr must be a finite number > 0{why}, got {lr!r}")
+    if (isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float))
+            or not math.isfinite(weight_decay) or weight_decay < 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if (isinstance(init_scale, bool) or not isinstance(init_scale, (int, float))
+            or not math.isfinite(init_scale) or init_scale < 0):
+        raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
     d = model.cfg.d_model
     g = torch.Generator().manual_seed(seed)
     if init is not None:

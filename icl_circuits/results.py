@@ -3,18 +3,27 @@
 ``save(path)`` writes ``path.safetensors`` (every tensor field) and ``path.json`` (every other
 field, which must be JSON-serializable: numbers, strings, lists, dicts, None). ``load(path)``
 reads both back into the same class.
+
+Saving is atomic per file and checked as a pair: both files are written to temporary files in the
+same directory first and then renamed over the old ones (``os.replace``), the tensors first; the
+JSON records the SHA-256 of the tensor file. An interrupted save therefore leaves the previous
+result (interrupted before the renames) or a pair whose digests differ, which ``load`` refuses
+(interrupted between them): never a half-written result that loads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 
 R = TypeVar("R", bound="Result")
 
@@ -38,28 +47,59 @@ class Result:
         return tensors, meta
 
     def save(self, path: str | Path) -> Path:
-        """Write ``<path>.safetensors`` and ``<path>.json``; returns the stem path."""
+        """Write ``<path>.safetensors`` and ``<path>.json`` atomically (see the module docstring);
+        returns the stem path."""
         stem = _stem(path)
         stem.parent.mkdir(parents=True, exist_ok=True)
         tensors, meta = self._split()
-        save_file(tensors, str(stem.with_suffix(".safetensors")))
-        stem.with_suffix(".json").write_text(
-            json.dumps({"class": type(self).__name__, "fields": meta}, indent=1, default=_jsonable)
-        )
+        data = save_bytes(tensors)
+        spec = {"class": type(self).__name__, "fields": meta, "tensors_sha256": hashlib.sha256(data).hexdigest()}
+        text = json.dumps(spec, indent=1, default=_jsonable)
+        write_atomically([(stem.with_suffix(".safetensors"), data), (stem.with_suffix(".json"), text.encode())])
         return stem
 
     @classmethod
     def load(cls: type[R], path: str | Path) -> R:
-        """Read a result written by ``save``."""
+        """Read a result written by ``save`` (refusing a tensor file that is not the JSON's)."""
         stem = _stem(path)
         spec = json.loads(stem.with_suffix(".json").read_text())
         if spec.get("class") != cls.__name__:
             raise ValueError(f"{stem}.json holds a {spec.get('class')}, not a {cls.__name__}")
-        tensors = load_file(str(stem.with_suffix(".safetensors")))
-        return cls(**spec["fields"], **tensors)  # type: ignore[call-arg]
+        data = stem.with_suffix(".safetensors").read_bytes()
+        check_digest(data, spec.get("tensors_sha256"), stem.with_suffix(".safetensors"), stem.with_suffix(".json"))
+        return cls(**spec["fields"], **load_bytes(data))  # type: ignore[call-arg]
 
     def to_dataframe(self) -> pd.DataFrame:  # pragma: no cover - every result overrides it
         raise NotImplementedError
+
+
+def write_atomically(files: list[tuple[Path, bytes]]) -> None:
+    """Write each ``(path, content)``: all to temporary files next to their targets (flushed to
+    disk), then renamed over the targets in the order given (``os.replace``, atomic per file).
+    Temporary files are removed if anything fails; targets are only touched by the renames."""
+    tmps: list[Path] = []
+    try:
+        for path, content in files:
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmps.append(tmp)
+            with open(tmp, "wb") as fh:
+                fh.write(content)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for (path, _), tmp in zip(files, tmps):
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def check_digest(data: bytes, expected: str | None, data_path: Path, spec_path: Path) -> None:
+    """Refuse ``data`` whose SHA-256 is not the one recorded in ``spec_path`` (None: an older file
+    without a digest, accepted)."""
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise ValueError(f"{data_path} is not the file {spec_path} was saved with (SHA-256 differs): "
+                         "an interrupted or mixed save; save the result again")
 
 
 def _jsonable(v: Any) -> Any:

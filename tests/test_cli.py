@@ -68,3 +68,49 @@ def test_bad_arguments_are_clear(runner, args, match, tmp_path):
 def test_unknown_model_is_a_clear_error():
     res = CliRunner().invoke(cli, ["evaluate", "--model", "no-such-model", "--task", "antonym"])
     assert res.exit_code != 0 and "unknown model 'no-such-model'" in res.output
+
+
+# ----------------------------------------------------------------------------- --out checked first
+OUT_COMMANDS = [
+    ["dpca", "--task", "number"], ["saliency"], ["interchange", "--source", "antonym", "--target", "english-french"],
+    ["probe"], ["heads"], ["ltv"], ["propagation"], ["task-vectors"],
+]
+
+
+@pytest.mark.parametrize("args", OUT_COMMANDS, ids=lambda a: a[0])
+def test_out_below_a_file_is_refused_before_the_analysis_runs(monkeypatch, tmp_path, args):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+
+    def no_model(name):  # the analysis must not even load the model
+        raise AssertionError("the analysis ran before --out was checked")
+
+    monkeypatch.setattr(cli_mod, "_load", no_model)
+    res = CliRunner().invoke(cli, [*args, "--out", str(blocker / "sub")])
+    assert res.exit_code != 0 and "--out" in res.output and "a_file" in res.output, res.output
+    assert "Traceback" not in res.output
+
+
+def test_out_that_is_a_file_is_refused(monkeypatch, tmp_path):
+    f = tmp_path / "f.txt"
+    f.write_text("x")
+    monkeypatch.setattr(cli_mod, "_load", lambda name: (_ for _ in ()).throw(AssertionError("ran")))
+    res = CliRunner().invoke(cli, ["dpca", "--out", str(f)])
+    assert res.exit_code != 0 and "--out" in res.output
+
+
+def test_out_in_a_read_only_directory_is_refused(monkeypatch, tmp_path):
+    import icl_circuits.cli_analyses as ca
+
+    monkeypatch.setattr(ca.os, "access", lambda path, mode: False)  # as for a directory without write permission
+    monkeypatch.setattr(cli_mod, "_load", lambda name: (_ for _ in ()).throw(AssertionError("ran")))
+    res = CliRunner().invoke(cli, ["dpca", "--out", str(tmp_path / "new")])
+    assert res.exit_code != 0 and "--out" in res.output and "not writable" in res.output, res.output
+
+
+def test_report_out_below_a_file_is_refused(monkeypatch, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    monkeypatch.setattr(cli_mod, "_load", lambda name: (_ for _ in ()).throw(AssertionError("ran")))
+    res = CliRunner().invoke(cli, ["report", "--out", str(blocker / "report.html")])
+    assert res.exit_code != 0 and "--out" in res.output and "a_file" in res.output

@@ -397,3 +397,43 @@ def test_cv_prefers_a_ridge_when_noise_dominates_in_high_dimension():
     res = demixed_pca(trials.mean(0), 2, regularizer="auto", trials=trials, seed=0)
     assert res.regularizer > DEFAULT_LAMBDA_GRID[0]
     assert res.cv_errors[0] > res.cv_errors.min() * 1.01
+
+
+def test_interrupted_save_keeps_the_previous_fit_or_loads_nothing(tmp_path, monkeypatch):
+    import icl_circuits.dpca as dpca_mod
+    import icl_circuits.results as results_mod
+
+    old, new = demixed_pca(_random((8, 3, 2)), 1), demixed_pca(_random((8, 3, 2), seed=5), 1)
+    old.save(tmp_path / "fit")
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt("interrupted")
+
+    monkeypatch.setattr(dpca_mod.json, "dumps", boom)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(tmp_path / "fit")
+    monkeypatch.undo()
+    back = DPCAResult.load(tmp_path / "fit")
+    assert np.array_equal(back.encoders["a"], old.encoders["a"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.json", "fit.npz"]
+
+    import os
+
+    real, calls = os.replace, []
+
+    def replace_once(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("interrupted")
+        return real(src, dst)
+
+    monkeypatch.setattr(results_mod.os, "replace", replace_once)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(tmp_path / "fit")
+    monkeypatch.undo()
+    try:
+        back = DPCAResult.load(tmp_path / "fit")
+    except ValueError as err:
+        assert "interrupted" in str(err)
+    else:
+        assert np.array_equal(back.encoders["a"], old.encoders["a"])

@@ -105,3 +105,11 @@ def test_hooks_are_removed_when_a_hook_raises(tiny_model, batch):
 def test_bad_input_is_a_clear_error(tiny_model, batch, call, match):
     with pytest.raises(ValueError, match=match):
         call(tiny_model, batch)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_check_vector_refuses_non_finite_values_naming_the_argument(tiny_model, bad):
+    v = torch.zeros(2, tiny_model.cfg.d_model)
+    v[1, 0] = bad
+    with pytest.raises(ValueError, match=r"theta contains NaN or inf \(1 of 64 values\)"):
+        iv.check_vector(tiny_model, v, arg="theta")

@@ -157,3 +157,28 @@ def test_cli_ltv_json_and_out(monkeypatch, tiny_model, tmp_path):
     assert (tmp_path / "result.json").exists() and (tmp_path / "figure.html").exists()
     bad = CliRunner().invoke(cli_mod.cli, ["ltv", "--layer", "7"])
     assert bad.exit_code != 0 and "--layer" in bad.output
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(lr=-1.0), r"lr must be a finite number > 0, got -1\.0"),
+    (dict(lr=0.0), r"lr must be a finite number > 0 \(lr=0 would return the random initialization"),
+    (dict(lr=float("nan")), "lr must be a finite number > 0"),
+    (dict(weight_decay=-0.1), "weight_decay must be a finite number >= 0"),
+    (dict(init=torch.full((32,), float("nan"))), "init contains NaN or inf"),
+    (dict(init=torch.full((32,), float("inf"))), "init contains NaN or inf"),
+])
+def test_bad_optimizer_settings_and_non_finite_init_are_clear_errors(tiny_model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        train_task_vector(tiny_model, "antonym", **{**FAST, "layer": 1, **kwargs})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_task_vectors_are_refused(tiny_model, bad):
+    v = torch.zeros(1, tiny_model.cfg.d_model)
+    v[0, 3] = bad
+    tv = TaskVector(v, [1], "add", "learned", "antonym", "tiny")
+    zs = build_prompts(tiny_model, "antonym", 4, 0, seed=0, variant="zero_shot")
+    with pytest.raises(ValueError, match="contains NaN or inf"):
+        evaluate_vector(tiny_model, tv, zs)
+    with pytest.raises(ValueError, match="contains NaN or inf"):
+        joint_accuracy(tiny_model, tv, zs)
