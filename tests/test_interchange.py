@@ -230,6 +230,16 @@ def test_demo_tokens_run_on_bpe_tokenizers(request, tok_fixture):
     assert n.values.shape == (2,)
 
 
+@pytest.mark.real_model
+def test_ragged_demo_tokens_on_the_real_model(real_model):
+    """SmolLM2: review phrases of different token counts; patching clean into clean changes nothing."""
+    b = build_prompts(real_model, "sentiment", 2, 3, seed=0)
+    assert resolve_positions(b, "demo_tokens").ragged
+    r = interchange(real_model, b, b, "demo_tokens", layers=[0, 15], per_prompt_source=True, exclude_ambiguous=False,
+                    return_logits=True, progress=False)
+    assert (r.logits - final_logits(real_model, b)).abs().max() <= 1e-4
+
+
 def test_averaging_over_one_source_prompt_equals_per_prompt(tiny_model, pair):
     src, tgt = pair[0].select([0]), pair[1].select([1])
     a = interchange(tiny_model, src, tgt, "answers", return_logits=True, progress=False)

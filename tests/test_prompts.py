@@ -270,3 +270,19 @@ def test_fixed_label_words_are_the_same_in_every_prompt(gpt2_tokenizer):
     assert b.label_token_ids.tolist() == [first] * 6
     assert all(b.answers[i] == t.apply(q) for i, q in enumerate(b.queries))
     assert all(y == t.apply(x) for d in b.demos for x, y in d)
+
+
+@pytest.mark.real_model
+def test_real_model_template_and_natural_label_words(real_model):
+    """SmolLM2 (byte-level BPE): "{x} -> {y}" by default; the natural label words are one token each."""
+    assert default_template(real_model) == SPACED_TEMPLATE
+    for name, words in (("sentiment", ["negative", "positive"]), ("animal-plant", ["animal", "plant"])):
+        b = build_prompts(real_model, name, 3, 4, seed=0)
+        assert b.template == SPACED_TEMPLATE
+        assert [real_model.tokenizer.decode([t]) for t in b.label_token_ids[0].tolist()] == [" " + w for w in words]
+    words_only = single_token_task(real_model, "animal-plant")  # at a line start (no space) few names are
+    assert words_only.label_words == ["animal", "plant"] and 10 <= len(words_only) < 130  # one token (22 here)
+    b = build_prompts(real_model, "animal-plant", 4, 6, seed=0, single_token=True)
+    assert ((b.input_spans[..., 1] - b.input_spans[..., 0]) == 1).all()
+    with pytest.raises(ValueError, match=r"no example of task 'sentiment' \(of 120\) has a one-token input"):
+        single_token_task(real_model, "sentiment")  # phrases
