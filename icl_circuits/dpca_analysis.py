@@ -30,7 +30,7 @@ from .dpca import ConditionData, condition_tensor, demixed_pca, mahalanobis_dist
 from .interventions import check_layer, read_resid
 from .prompts import build_prompts
 from .results import Result
-from .tasks import CategorizationTask, Task, get_task
+from .tasks import CategorizationTask, Task, get_task, list_tasks
 
 __all__ = [
     "LabelStates", "DPCALayerResult", "SubspaceAblationResult", "collect_label_states",
@@ -52,7 +52,7 @@ def _categorization_task(task: Task | str, who: str) -> CategorizationTask:
     if not isinstance(t, CategorizationTask) or t.nuisance_name is None:
         raise ValueError(f"{who} needs a categorization task with a nuisance feature; task "
                          f"{getattr(t, 'name', t)!r} is of kind {getattr(t, 'kind', '?')!r} "
-                         f"(use letter-string, number or point)")
+                         f"(use one of {', '.join(list_tasks('categorization'))})")
     return t
 
 
