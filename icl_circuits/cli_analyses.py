@@ -304,7 +304,13 @@ def heads_cmd(model: str, task: str, n_demos: int, n_prompts: int, how: str, met
         t_attr = time.time() - t1
     except ValueError as err:
         raise click.UsageError(str(err))
-    agree = scan_agreement(exact_for_attr, attr)
+    import dataclasses
+    import warnings
+
+    with warnings.catch_warnings():  # said on stdout below, next to the numbers
+        warnings.simplefilter("ignore", UserWarning)
+        agree = scan_agreement(exact_for_attr, attr)
+    attr = dataclasses.replace(attr, meta={**attr.meta, "agreement": agree})
     click.echo(f"Head ablation ({how}, {positions} positions) of {model}, task {task} ({n_prompts} prompts x "
                f"{n_demos} demos, seed {seed}); clean {metric} {float(scan.clean.mean()):.3f}; "
                f"scan {t_scan:.1f}s, attribution {t_attr:.2f}s")
@@ -313,7 +319,14 @@ def heads_cmd(model: str, task: str, n_demos: int, n_prompts: int, how: str, met
     if attr_metric != metric:
         df["exact_" + attr_metric] = exact_for_attr.to_dataframe()["effect"].values
     click.echo(df.round(4).to_string(index=False))
-    click.echo(f"attribution vs exact ({attr_metric}): Spearman {agree['spearman']:.3f}, Pearson {agree['pearson']:.3f}")
+    k = agree["top_k"]
+    click.echo(f"attribution vs exact ({agree['ablation']}): Spearman {agree['spearman']:.3f}, "
+               f"Pearson {agree['pearson']:.3f}, top-{k} overlap {agree['top_k_overlap']:.2f}")
+    if agree["disagree"]:
+        click.echo(f"WARNING: attribution and the exact scan disagree on the top {k} heads ({agree['ablation']}): "
+                   f"overlap {agree['top_k_overlap']:.2f} (warns below {agree['min_overlap']} or when the most "
+                   f"important head is missed); the exact scan's heads it misses (layer, head): {agree['missed']}. "
+                   "Rank heads by the exact scan.")
     if out:
         from .plots.circuits import head_scan, scan_vs_attribution
 
@@ -325,7 +338,7 @@ def heads_cmd(model: str, task: str, n_demos: int, n_prompts: int, how: str, met
                    "layers": scan.layers, "scan_effect": scan.effect.tolist(), "scan_value": scan.values.tolist(),
                    "attribution_metric": attr_metric, "attribution_effect": attr.effect.tolist(),
                    "exact_effect_for_attribution": exact_for_attr.effect.tolist(),
-                   "spearman": agree["spearman"], "pearson": agree["pearson"],
+                   "spearman": agree["spearman"], "pearson": agree["pearson"], "agreement": agree,
                    "seconds": {"scan": t_scan, "attribution": t_attr}})
 
 

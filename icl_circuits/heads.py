@@ -470,17 +470,57 @@ def head_attribution(
                         {"mean_over": mean_over})
 
 
-def scan_agreement(exact: HeadScanResult, approx: HeadScanResult, k: int = 5) -> dict:
-    """How well ``approx`` (e.g. attribution) ranks heads like ``exact``: Spearman and Pearson
-    correlations of the mean effects over every (layer, head), and the overlap of the top-``k``
-    heads by absolute effect."""
+#: ``scan_agreement`` warns when fewer than this fraction of the exact scan's top-k heads (by absolute
+#: effect) are among the estimate's top k (with k = 5: when it finds fewer than 3 of the 5 heads that
+#: matter most), or when the single head that matters most is not among them.
+TOP_K_MIN_OVERLAP = 0.6
+
+
+def scan_agreement(exact: HeadScanResult, approx: HeadScanResult, k: int = 5, *,
+                   min_overlap: float = TOP_K_MIN_OVERLAP) -> dict:
+    """How well ``approx`` (e.g. attribution) ranks heads like ``exact``, for the ablation both used.
+
+    Returns Spearman and Pearson correlations of the mean effects over every (layer, head), the
+    overlap ``|top_k(exact) & top_k(approx)| / k`` of the top-``k`` heads by absolute effect
+    (``top{k}_overlap``, also ``top_k_overlap``), the heads of the exact top k that the estimate
+    misses (``missed``, [layer, head], most important first), and the ablation the figures belong
+    to (``how``, ``positions``, ``metric`` and a phrase, ``ablation``): agreement depends on it (a
+    first-order estimate tracks a small perturbation, mean ablation, better than zero ablation).
+    ``disagree`` is True, and a ``UserWarning`` says so, when the overlap is below ``min_overlap``
+    (default ``TOP_K_MIN_OVERLAP`` = 0.6) or the exact scan's most important head is missed
+    (``top_head_missed``). Scans of different ablations, positions or metrics are refused.
+    """
+    import warnings
+
     from scipy.stats import pearsonr, spearmanr
 
     if exact.effect.shape != approx.effect.shape:
         raise ValueError(f"scans have different shapes: {tuple(exact.effect.shape)} vs {tuple(approx.effect.shape)}")
+    for attr in ("how", "positions", "metric"):
+        if getattr(exact, attr) != getattr(approx, attr):
+            raise ValueError(f"scans differ in {attr} ({getattr(exact, attr)!r} vs {getattr(approx, attr)!r}): "
+                             "agreement is only meaningful for the same ablation of the same metric")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
     a, b = exact.effect.flatten().numpy(), approx.effect.flatten().numpy()
     rho, p = spearmanr(a, b)
     r = pearsonr(a, b)[0] if a.std() > 0 and b.std() > 0 else float("nan")
-    k = min(k, a.size)
-    top_a, top_b = set(np.argsort(-np.abs(a))[:k]), set(np.argsort(-np.abs(b))[:k])
-    return {"spearman": float(rho), "spearman_p": float(p), "pearson": float(r), f"top{k}_overlap": len(top_a & top_b) / k}
+    k = int(min(k, a.size))
+    order_a = np.argsort(-np.abs(a), kind="stable")[:k]
+    top_b = set(np.argsort(-np.abs(b), kind="stable")[:k].tolist())
+    overlap = sum(int(i) in top_b for i in order_a) / k
+    nh = exact.n_heads
+    missed = [[exact.layers[int(i) // nh], int(i) % nh] for i in order_a if int(i) not in top_b]
+    ablation = f"{exact.how} ablation, {exact.positions} positions, {exact.metric}"
+    top_missed = int(order_a[0]) not in top_b
+    out = {"spearman": float(rho), "spearman_p": float(p), "pearson": float(r), f"top{k}_overlap": overlap,
+           "top_k": k, "top_k_overlap": overlap, "min_overlap": float(min_overlap), "top_head_missed": top_missed,
+           "disagree": overlap < min_overlap or top_missed, "missed": missed, "how": exact.how,
+           "positions": exact.positions, "metric": exact.metric, "ablation": ablation}
+    if out["disagree"]:
+        why = f"top-{k} overlap {overlap:.2f}" + (f" < {min_overlap}" if overlap < min_overlap else "")
+        if top_missed:
+            why += f", the most important head {missed[0]} is not in its top {k}"
+        warnings.warn(f"{approx.method} and the {exact.method} scan disagree on the top {k} heads ({ablation}): "
+                      f"{why}; missed (layer, head): {missed}", UserWarning, stacklevel=2)
+    return out

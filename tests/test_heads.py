@@ -138,3 +138,64 @@ def test_cli_heads_json_and_out(monkeypatch, tiny_model, tmp_path):
     data = json.loads(res.output.strip().splitlines()[-1])
     assert len(data["scan_effect"]) == 2 and len(data["attribution_effect"][0]) == 4 and "spearman" in data
     assert (tmp_path / "o" / "result.json").is_file() and (tmp_path / "o" / "figure.html").is_file()
+
+
+# ----------------------------------------------------------------------------- agreement, with its ablation
+def _fake_scan(effect, how="zero", positions="all", metric="logit_diff", method="exact"):
+    e = torch.as_tensor(effect, dtype=torch.float32)
+    pp = e[..., None].repeat(1, 1, 2)
+    return HeadScanResult(values=e, effect=e, per_prompt=pp, clean=torch.zeros(2), low=e, high=e,
+                          layers=list(range(e.shape[0])), metric=metric, how=how, positions=positions,
+                          method=method, task="t", model_name="m")
+
+
+def test_agreement_names_the_ablation_and_warns_when_the_top_heads_differ():
+    import warnings
+
+    from icl_circuits.heads import TOP_K_MIN_OVERLAP
+
+    exact = _fake_scan([[-5.0, -4.0, -3.0, 0.0], [0.1, 0.2, 0.0, 0.0]])
+    same = _fake_scan([[-4.0, -3.5, -2.0, 0.0], [0.1, 0.15, 0.0, 0.0]], method="attribution")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # agreeing scans: no warning
+        ok = scan_agreement(exact, same, k=3)
+    assert ok["how"] == "zero" and ok["positions"] == "all" and ok["metric"] == "logit_diff"
+    assert "zero" in ok["ablation"] and ok["top_k"] == 3 and ok["top3_overlap"] == 1.0
+    assert ok["disagree"] is False and ok["min_overlap"] == TOP_K_MIN_OVERLAP
+    other = _fake_scan([[0.0, 0.0, 0.1, -3.0], [-4.0, -5.0, 0.0, 0.0]], method="attribution")
+    with pytest.warns(UserWarning, match=r"disagree on the top 3 heads \(zero ablation, all positions"):
+        bad = scan_agreement(exact, other, k=3)
+    assert bad["disagree"] is True and bad["top3_overlap"] < TOP_K_MIN_OVERLAP
+    assert bad["missed"] == [[0, 0], [0, 1], [0, 2]] and bad["top_head_missed"] is True
+    # enough overlap, but the one head that matters most is missed: still a disagreement
+    near = _fake_scan([[-0.1, -4.0, -3.0, 0.0], [0.0, 0.0, 0.0, -2.0]], method="attribution")
+    with pytest.warns(UserWarning, match=r"the most important head \[0, 0\] is not in its top 3"):
+        top = scan_agreement(exact, near, k=3)
+    assert top["top3_overlap"] == pytest.approx(2 / 3) and top["disagree"] is True
+
+
+def test_agreement_refuses_scans_of_different_ablations():
+    with pytest.raises(ValueError, match="how"):
+        scan_agreement(_fake_scan([[1.0, 2.0]], how="zero"), _fake_scan([[1.0, 2.0]], how="mean"))
+    with pytest.raises(ValueError, match="positions"):
+        scan_agreement(_fake_scan([[1.0, 2.0]]), _fake_scan([[1.0, 2.0]], positions="final"))
+
+
+def test_cli_heads_states_the_ablation_with_the_agreement(monkeypatch, tiny_model, tmp_path):
+    import warnings
+
+    import icl_circuits.cli as cli_mod
+    from icl_circuits.heads import HeadScanResult as HSR
+
+    monkeypatch.setattr(cli_mod, "_load", lambda name: tiny_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = CliRunner().invoke(cli_mod.cli, ["heads", "--task", "antonym", "--demos", "2", "--prompts", "4",
+                                               "--json", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    line = next(l for l in res.output.splitlines() if l.startswith("attribution vs exact"))
+    assert "zero ablation" in line and "all positions" in line and "top-5 overlap" in line
+    data = json.loads(res.output.strip().splitlines()[-1])
+    assert data["agreement"]["how"] == "zero" and data["agreement"]["ablation"] in line
+    saved = HSR.load(tmp_path / "o" / "attribution")
+    assert saved.meta["agreement"]["how"] == "zero" and "disagree" in saved.meta["agreement"]

@@ -106,16 +106,23 @@ def reconstruction(result: ReconstructionResult, title: str | None = None) -> go
 
 
 def scan_vs_attribution(exact: HeadScanResult, approx: HeadScanResult, title: str | None = None) -> go.Figure:
-    """Scatter of each head's exact ablation effect vs its attribution-patching estimate."""
-    agree = scan_agreement(exact, approx)
+    """Scatter of each head's exact ablation effect vs its attribution-patching estimate; the title
+    names the ablation the agreement figures belong to."""
+    import warnings
+
+    with warnings.catch_warnings():  # the caller's scan_agreement warns; the title says it here
+        warnings.simplefilter("ignore", UserWarning)
+        agree = scan_agreement(exact, approx)
     names = [f"L{l}H{h}" for l in exact.layers for h in range(exact.n_heads)]
     x, y = exact.effect.flatten().numpy(), approx.effect.flatten().numpy()
     fig = go.Figure(go.Scatter(x=x, y=y, mode="markers+text", text=names, textposition="top center",
                                hovertemplate="%{text}<br>exact %{x:.4f}<br>attribution %{y:.4f}<extra></extra>"))
     lim = [float(min(x.min(), y.min())), float(max(x.max(), y.max()))]
     fig.add_scatter(x=lim, y=lim, mode="lines", line=dict(dash="dot", color="gray"), name="y = x", hoverinfo="skip")
-    fig.update_layout(title=title or f"Exact head ablation vs attribution patching ({exact.how}, {exact.metric}): "
-                      f"Spearman {agree['spearman']:.3f} - {exact.model_name}, {exact.task}",
+    k = agree["top_k"]
+    fig.update_layout(title=title or f"Exact head ablation vs attribution patching ({agree['ablation']}): "
+                      f"Spearman {agree['spearman']:.3f}, top-{k} overlap {agree['top_k_overlap']:.2f}"
+                      f"{' (disagree)' if agree['disagree'] else ''} - {exact.model_name}, {exact.task}",
                       xaxis_title=f"exact effect on {exact.metric}", yaxis_title="attribution estimate",
                       template="plotly_white", showlegend=False)
     return fig
