@@ -118,8 +118,8 @@ def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_pr
     except ValueError as err:
         raise click.UsageError(str(err))
     df = pd.concat(frames, ignore_index=True)
-    tpl = template or "default"
-    click.echo(f"ICL scores of {model} (template {tpl}, {n_prompts} prompts per cell, seed {seed}, {time.time() - t0:.1f}s)")
+    tpl = df.template.iloc[0] if len(df) else template
+    click.echo(f"ICL scores of {model} (template {tpl!r}, {n_prompts} prompts per cell, seed {seed}, {time.time() - t0:.1f}s)")
     for metric, g in df.groupby("metric", sort=False):
         table = g.pivot(index="task", columns="n_demos", values="value")
         click.echo(f"\n{metric} (mean over prompts; 95% {g.interval.iloc[0]} intervals in --json)")
@@ -129,7 +129,7 @@ def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_pr
         for r in df.itertuples():
             scores.setdefault(r.task, {}).setdefault(str(r.n_demos), {})[r.metric] = {
                 "value": r.value, "low": r.low, "high": r.high, "n": int(r.n), "interval": r.interval}
-        emit_json({"model": model, "seed": seed, "n_prompts": n_prompts, "template": template,
+        emit_json({"model": model, "seed": seed, "n_prompts": n_prompts, "template": tpl,
                    "metrics": list(dict.fromkeys(df.metric)), "scores": scores})
 
 

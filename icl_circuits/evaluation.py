@@ -408,7 +408,7 @@ def accuracy_by_demos(
 
     Columns: task, n_demos, metric (canonical name), value (the mean over prompts: accuracy for
     rates, mean for ``answer_logprob``...), low, high (95% interval: Wilson for rates, Student t
-    for means), interval ("wilson" / "t"), n (prompts). ``metrics`` default: ``first_token``, plus
+    for means), interval ("wilson" / "t"), n (prompts), template (the example format used). ``metrics`` default: ``first_token``, plus
     ``label`` for tasks with label words. A metric asked for explicitly that does not apply to a
     task (``label`` on a task without label words) raises ``ValueError``.
     """
@@ -423,5 +423,5 @@ def accuracy_by_demos(
         for name, v in values.items():
             s = summarize(v, name)
             rows.append({"task": batch.task, "n_demos": k, "metric": name, "value": s.value, "low": s.low,
-                         "high": s.high, "interval": s.interval, "n": s.n})
-    return pd.DataFrame(rows, columns=["task", "n_demos", "metric", "value", "low", "high", "interval", "n"])
+                         "high": s.high, "interval": s.interval, "n": s.n, "template": batch.template.example})
+    return pd.DataFrame(rows, columns=["task", "n_demos", "metric", "value", "low", "high", "interval", "n", "template"])

@@ -214,7 +214,7 @@ def test_icl_accuracy_metrics(tiny_model):
 def test_accuracy_by_demos_is_tidy(tiny_model):
     df = accuracy_by_demos(tiny_model, ["antonym", "number"], demos=[0, 2], n_prompts=5,
                            metrics=["first_token", "exact_match", "answer_logprob"])
-    assert len(df) == 2 * 2 * 3 and list(df.columns) == ["task", "n_demos", "metric", "value", "low", "high", "interval", "n"]
+    assert len(df) == 2 * 2 * 3 and list(df.columns) == ["task", "n_demos", "metric", "value", "low", "high", "interval", "n", "template"]
     assert set(df[df.metric == "answer_logprob"].interval) == {"t"} and set(df[df.metric != "answer_logprob"].interval) == {"wilson"}
     assert (df.n == 5).all() and (df.low <= df.value).all() and (df.value <= df.high).all()
     default = accuracy_by_demos(tiny_model, ["antonym", "number"], demos=[2], n_prompts=5)
