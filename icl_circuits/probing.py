@@ -96,13 +96,23 @@ def task_batches(
 
 
 def _features(model, batches: list[PromptBatch], spec, layers, combine: Combine, batch_size: int):
-    """[layer, sample, feature], the position names, and the prompt index of each sample."""
+    """[layer, sample, feature], the position names, and the prompt index of each sample.
+
+    With ``combine="pool"`` or ``"mean"`` the batches may resolve a multi-token set to different
+    columns (one task's answers are longer than another's, ``demo_0.answer[2]`` exists in one batch
+    only): the names returned are their union, in order of appearance. ``"concat"`` needs the same
+    columns in every prompt of every batch.
+    """
     feats, groups, names0, offset = [], [], None, 0
     for b in batches:
         ps = resolve_positions(b, spec)
         names = ps.names
         if names0 is not None and names != names0:
-            raise ValueError(f"positions {spec!r} resolve to different roles in different batches ({names0} vs {names})")
+            if combine == "concat":
+                raise ValueError(f"combine='concat' needs the same columns in every batch, but positions {spec!r} "
+                                 f"resolve to different roles in different batches ({names0} vs {names}); "
+                                 "use combine='pool' or 'mean'")
+            names = names0 + [n for n in names if n not in names0]
         names0 = names
         x = read_resid(model, b, ps.positions, layers, batch_size=batch_size).float()  # [layer, batch, n, d]
         L, B, n, d = x.shape

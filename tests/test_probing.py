@@ -106,3 +106,19 @@ def test_ragged_positions_pool_only_valid_tokens(tiny_model):
     assert r.labels.numel() == int(mask.sum()) and torch.equal(r.groups, mask.nonzero()[:, 0])
     with pytest.raises(ValueError, match="combine='concat' needs the same columns"):
         probe_by_layer(tiny_model, (b, labels), "inputs", layers=[0], cv=2, combine="concat", progress=False)
+
+
+def test_batches_with_different_multi_token_columns_pool_together(tiny_model):
+    """A task with 2-5 token inputs and one with 1-token inputs: "inputs" resolves to other columns in
+    each batch; pooling keeps every valid token of both and names the union of the columns."""
+    from icl_circuits.interchange import resolve_positions
+
+    data = {"letters": build_prompts(tiny_model, "letter-string", 6, 2, seed=0),
+            "words": build_prompts(tiny_model, "antonym", 6, 2, seed=0)}
+    sets = {k: resolve_positions(b, "inputs") for k, b in data.items()}
+    assert sets["letters"].names != sets["words"].names
+    r = probe_by_layer(tiny_model, data, "inputs", layers=[0], cv=2, shuffle_control=False, progress=False)
+    assert r.labels.numel() == sum(int(s.mask.sum()) for s in sets.values())
+    assert r.positions == sets["letters"].names + [n for n in sets["words"].names if n not in sets["letters"].names]
+    m = probe_by_layer(tiny_model, data, "inputs", layers=[0], cv=2, combine="mean", shuffle_control=False, progress=False)
+    assert m.labels.numel() == 12
