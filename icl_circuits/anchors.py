@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .interventions import attn_scores_name, block_attention_hook, check_layer, pattern_name, run_final_logits, scale_pattern_hook
 from .metrics import correct, wilson
+from .models import model_info
 from .prompts import PromptBatch
 from .results import Result
 from .evaluation import frozen
@@ -235,6 +236,7 @@ def isolate_attention(
     acc_r, loy_r = rate(ok_t), rate(loyal_t)
     col = lambda rs, a: torch.tensor([getattr(x, a) for x in rs]).reshape(shape)  # noqa: E731
     return IsolationResult(
+        model_info=model_info(model),
         accuracy=col(acc_r, "value"), accuracy_low=col(acc_r, "low"), accuracy_high=col(acc_r, "high"),
         loyalty=col(loy_r, "value"), loyalty_low=col(loy_r, "low"), loyalty_high=col(loy_r, "high"),
         word_loyalty=torch.stack(word).reshape(shape), correct=ok_t, loyal=loyal_t,
@@ -386,6 +388,7 @@ def train_anchor_reweighting(
     train_after, eval_after, ok_after = mean_loss(train_batch, train_cand), mean_loss(eval_batch, eval_cand), acc(eval_batch)
     rb, ra = wilson(int(ok_before.sum()), len(ok_before)), wilson(int(ok_after.sum()), len(ok_after))
     return ReweightResult(
+        model_info=model_info(model),
         beta=beta.cpu(), epoch_losses=torch.tensor(epoch_losses, dtype=torch.float32),
         correct_before=ok_before, correct_after=ok_after,
         accuracy_before=rb.value, accuracy_before_low=rb.low, accuracy_before_high=rb.high,

@@ -52,6 +52,7 @@ from .interventions import (
     run_final_logits, z_name,
 )
 from .metrics import correct, wilson
+from .models import model_info
 from .prompts import PromptBatch
 from .results import Result
 from .resume import block_inputs
@@ -298,6 +299,7 @@ def ov_contributions(
                 mlp_layers[i, rows], mlp_dla[i, rows] = dm.cpu(), dla(dm).cpu()
                 attn_layers[i, rows] = (cp[attn[i]][ar, q] - cc[attn[i]][ar, q]).float().cpu()
     return OVResult(
+        model_info=model_info(model),
         **acc, **vec, attn_layers=attn_layers, mlp_layers=mlp_layers, direct_dla=direct_dla, mlp_dla=mlp_dla,
         layers=layers, injection_layer=layer, ln=ln, attention=attention, mode=mode,
         positions=positions if isinstance(positions, str) else "custom", task=batch.task,
@@ -397,6 +399,7 @@ def reconstruct(
     base, full = float(per[0].mean()), float(per[1].mean())
     rec = [float("nan") if full == base else (float(r.mean()) - base) / (full - base) for r in per]
     return ReconstructionResult(
+        model_info=model_info(model),
         per_prompt=per, values=per.mean(1), low=torch.tensor([r.low for r in rates]),
         high=torch.tensor([r.high for r in rates]), conditions=list(extra), recovered=rec, injection_layer=layer,
         heads=None if heads is None else [list(h) for h in check_heads(model, heads)],
@@ -457,6 +460,7 @@ def key_heads(
                               batch_size=batch_size)
     per = ov.ov_dla if source == "ov" else ov.exact_dla
     return KeyHeadsResult(
+        model_info=model_info(model),
         scores=per.mean(-1), per_prompt=per, ranking=[list(p) for p in ov.ranking(source, by)], layers=ov.layers,
         injection_layer=ov.injection_layer, source=source, by=by, task=ov.task, model_name=ov.model_name,
         meta={"ln": ov.ln, "positions": ov.positions},
@@ -581,6 +585,7 @@ def key_head_ablation(
         rand.append(torch.stack(accs)), rand_heads.append(draws)
     bar.close()
     return KeyHeadAblationResult(
+        model_info=model_info(model),
         top=torch.stack(top), random=torch.stack(rand), top_per_prompt=torch.stack(top_pp), ks=[int(k) for k in ks],
         top_heads=[list(p) for p in order[: max(ks)]], random_heads=rand_heads, vector_accuracy=float(with_vec.mean()),
         no_vector_accuracy=float(no_vec.mean()), injection_layer=layer, how=how, ablate_positions=ablate_positions,

@@ -22,6 +22,7 @@ from .dpca import DPCAResult
 from .dpca_analysis import DPCALayerResult, _model_name
 from .interventions import MakeHooks, check_layer, project_out_centred_hook, read_resid, resid_name, run_final_logits
 from .metrics import Rate, correct, wilson
+from .models import model_info
 from .prompts import POSITION_KINDS, PromptBatch, build_prompts
 from .results import Result
 from .tasks import Task, get_task
@@ -157,6 +158,7 @@ def ablate_subspace(
                                       dtype=torch.float32), c) for l, (B, c) in bases.items()})
     res = [run(b) for b in tqdm(runs, desc="subspace ablation", disable=not progress)]
     return SubspaceAblationResult(
+        model_info=model_info(model),
         correct=torch.stack([a for a, _ in res]), label_correct=torch.stack([b for _, b in res]),
         conditions=conds, marginalization=marginalization, layers=layers,
         n_axes=[int(bases[l][0].shape[1]) for l in layers], positions=positions, centre=centre,

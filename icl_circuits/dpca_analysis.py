@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .dpca import ConditionData, condition_tensor, demixed_pca, mahalanobis_distances
 from .interventions import check_layer, read_resid
+from .models import model_info
 from .prompts import build_prompts
 from .results import Result
 from .tasks import CategorizationTask, Task, get_task, list_tasks
@@ -166,6 +167,7 @@ def collect_label_states(
                          batch.n_demos if position == "final" else j, int(pos[i, j])))
     cols = torch.tensor(rows, dtype=torch.long).T
     return LabelStates(
+        model_info=model_info(model),
         states=states.reshape(len(layers), -1, states.shape[-1]).float().contiguous(),
         nuisance=cols[0], label=cols[1], word=cols[2], prompt=cols[3], demo=cols[4], position=cols[5],
         layers=layers, position_kind=position, task=t.name, model_name=_model_name(model),
@@ -444,6 +446,7 @@ def dpca_from_states(
         out["ntmv"].append(nv)
     f32 = lambda k: torch.tensor(np.asarray(out[k]), dtype=torch.float32)  # noqa: E731
     return DPCALayerResult(
+        model_info=states.model_info,
         total_marginal_variance=f32("tmv"), explained_variance=f32("ev"), encoders=f32("enc"),
         decoders=f32("dec"), n_axes=torch.tensor(out["nax"], dtype=torch.long), means=f32("mean"),
         regularizers=f32("lam"), distances=f32("dist"), projections=f32("proj"),

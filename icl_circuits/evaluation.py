@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .metrics import Metric, get_metric, summarize
+from .models import model_info
 from .prompts import PromptBatch, Template, build_prompts
 from .results import Result
 
@@ -272,6 +273,7 @@ def greedy_answers(
     generated = [stop.answer(g) for g in gens]
     refs = [batch.tokenizer.decode(a).strip() for a in batch.answer_token_ids]
     return GreedyAnswers(
+        model_info=model_info(model),
         correct=torch.tensor([g == r for g, r in zip(generated, refs)]), generated=generated, references=refs,
         generated_ids=gens, stop_reasons=reasons, max_new_tokens=t_max, task=batch.task,
         template=asdict(batch.template),

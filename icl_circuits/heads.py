@@ -42,6 +42,7 @@ from .interventions import (
     tap_hook, z_name,
 )
 from .metrics import correct, gold_probability, wilson
+from .models import model_info
 from .prompts import PromptBatch
 from .results import Result
 from .resume import resume
@@ -241,6 +242,7 @@ def ablate_heads(
     clean_logits = run_final_logits(model, batch, extra_hooks, batch_size=batch_size)
     logits = run_final_logits(model, batch, _ablation_hooks(hs, how, means, positions, extra_hooks), batch_size=batch_size)
     return AblationResult(
+        model_info=model_info(model),
         logits=logits, per_prompt=head_metric(logits, batch, metric), clean=head_metric(clean_logits, batch, metric),
         heads=[list(p) for p in hs], how=how, positions=positions, metric=metric, task=batch.task,
         model_name=str(model.cfg.model_name), meta={"mean_over": mean_over, "n_demos": batch.n_demos,
@@ -309,6 +311,7 @@ def _scan_result(per_prompt: Tensor, clean: Tensor, layers: list[int], metric: s
         sem = (per_prompt - clean).std(-1) / n**0.5 if n > 1 else torch.zeros_like(values)
         low, high = values - 1.96 * sem, values + 1.96 * sem
     return HeadScanResult(
+        model_info=model_info(model),
         values=values, effect=effect, per_prompt=per_prompt, clean=clean, low=low, high=high, layers=layers,
         metric=metric, how=how, positions=positions, method=method, task=batch.task,
         model_name=str(model.cfg.model_name), meta={"n_demos": batch.n_demos, "variant": batch.variant, **meta},

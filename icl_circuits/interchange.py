@@ -59,6 +59,7 @@ from tqdm.auto import tqdm
 
 from .interventions import ablate_hook, check_layer, noise_hook, read_resid, replace_hook, resid_name, run_final_logits
 from .metrics import wilson
+from .models import model_info
 from .prompts import PromptBatch, TokenizationBoundaryError, _render, _token_span, _tokenize, build_prompts
 from .results import Result
 from .tasks import CategorizationTask, Task, get_task
@@ -513,6 +514,7 @@ def interchange(
     clean_stats, _ = _rates(outcome_hits(clean[None])[:, 0], valid)
     shape = (len(OUTCOMES), len(layers))
     return InterchangeResult(
+        model_info=model_info(model),
         rates=torch.tensor([r.value for r in stats]).reshape(shape),
         low=torch.tensor([r.low for r in stats]).reshape(shape),
         high=torch.tensor([r.high for r in stats]).reshape(shape),
@@ -616,6 +618,7 @@ def necessity(
     clean = run_final_logits(model, batch, batch_size=batch_size).argmax(-1) == batch.answer_tokens
     rates = [wilson(int(h.sum()), h.numel()) for h in hits]
     return NecessityResult(
+        model_info=model_info(model),
         values=hits.float().mean(1), per_prompt=hits.float(), low=torch.tensor([r.low for r in rates]),
         high=torch.tensor([r.high for r in rates]), layers=layers, metric="accuracy", method=f"necessity:{how}",
         task=batch.task, model_name=str(model.cfg.model_name), baseline=float(clean.float().mean()),

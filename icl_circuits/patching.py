@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .evaluation import minibatches, unembed_resid
 from .interventions import HookList, check_layer, resid_name
+from .models import model_info
 from .resume import block_inputs, resume
 from .metrics import correct, gold_probability, logit_difference
 from .prompts import POSITION_KINDS, PromptBatch
@@ -79,19 +80,19 @@ def prompt_metric(metric: str | PromptMetric, batch: PromptBatch) -> tuple[str, 
 
 def sweep_from_per_prompt(
     per_prompt: Float[Tensor, "layer batch"], layers: Sequence[int], metric: str, *, method: str, task: str,
-    model_name: str, baseline: float | None = None, meta: dict | None = None,
+    model_name: str, baseline: float | None = None, meta: dict | None = None, model_info: dict | None = None,
 ) -> SweepResult:
     """A SweepResult: Wilson 95% intervals for rates (0/1 per prompt), else mean +- 1.96 standard errors."""
     if metric in RATE_METRICS:
         res = accuracy_sweep(per_prompt, layers, method=method, task=task, model_name=model_name,
-                             baseline=baseline, meta=meta)
+                             baseline=baseline, meta=meta, model_info=model_info)
         return SweepResult(**{**res.__dict__, "metric": metric})
     pp = per_prompt.float()
     mean = pp.mean(1)
     se = pp.std(1) / pp.shape[1] ** 0.5 if pp.shape[1] > 1 else torch.full_like(mean, float("nan"))
     return SweepResult(values=mean, per_prompt=pp, low=mean - 1.96 * se, high=mean + 1.96 * se, layers=list(layers),
                        metric=metric, method=method, task=task, model_name=model_name, baseline=baseline,
-                       meta={"interval": "normal", **(meta or {})})
+                       meta={"interval": "normal", **(meta or {})}, model_info=model_info or {})
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -340,7 +341,8 @@ def layer_sweep(
     baseline = float(torch.cat(base).mean())
     return sweep_from_per_prompt(per_prompt, layers, name, method=method, task=batch.task,
                                  model_name=model.cfg.model_name, baseline=baseline,
-                                 meta={"variant": batch.variant, "n_demos": batch.n_demos, **(meta or {})})
+                                 meta={"variant": batch.variant, "n_demos": batch.n_demos, **(meta or {})},
+                                 model_info=model_info(model))
 
 
 # ----------------------------------------------------------------------------- patch grid
@@ -591,6 +593,7 @@ def patch_grid(
         flush()
     bar.close()
     return PatchGridResult(
+        model_info=model_info(model),
         values=values, layers=layers, position_names=names, positions=cols, clean_value=clean_value,
         corrupted_value=corrupted_value, metric=name, task=corr.task, model_name=model.cfg.model_name,
         meta={"n_cells": len(layers) * J, "n_cells_skipped": n_skipped, "n_forwards": n_forward, "suffix_only": suffix_only,

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from .interchange import _check_batch, resolve_positions
 from .interventions import check_layer, read_resid
 from .metrics import wilson
+from .models import model_info
 from .prompts import PromptBatch, build_prompts
 from .results import Result
 
@@ -218,6 +219,7 @@ def probe_by_layer(
             acc.append(r.value), low.append(r.low), high.append(r.high), std.append(float(np.std(accs)))
             ctrl.append(float((fit_predict(x, y_shuf)[0] == y_shuf).mean()) if shuffle_control else float("nan"))
     return ProbeResult(
+        model_info=model_info(model),
         accuracy=torch.tensor(acc), low=torch.tensor(low), high=torch.tensor(high), fold_std=torch.tensor(std),
         control=torch.tensor(ctrl), predictions=torch.stack(preds).long(), labels=torch.as_tensor(y).long(),
         groups=groups.long(), layers=layers, positions=names,

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from .evaluation import gather_positions, unembed_resid
 from .interventions import add_hook, check_layer, check_vector, read_resid, resid_name
 from .metrics import correct, wilson
+from .models import model_info
 from .prompts import PromptBatch, Template, build_prompts
 from .results import Result
 from .resume import resume
@@ -170,6 +171,7 @@ def logit_lens(
     ok = torch.stack([correct(lg, batch.answer_tokens, cand) for lg in logits]).float()
     rates = [wilson(int(r.sum()), r.numel()) for r in ok]
     return LogitLensResult(
+        model_info=model_info(model),
         accuracy=ok.mean(1), low=torch.tensor([r.low for r in rates]), high=torch.tensor([r.high for r in rates]),
         per_prompt=ok, layers=layers, task=batch.task, model_name=model.cfg.model_name,
         n_candidates=int(cand.shape[1]), injected=None if vectors is None else vectors.method,
@@ -363,6 +365,7 @@ def fit_linear_propagation(
     pred = X[test].double() @ W.T  # [n_out, d]
     pm = polar_metrics(W)
     return LinearPropagation(
+        model_info=model_info(model),
         W=W.float(), U=pm["U"].float(), P=pm["P"].float(), stretch=pm["stretch"].float(), layer=layer,
         r2=r2(Y[test].reshape(-1, d), pred[:, None].expand(-1, len(batch), -1).reshape(-1, d)),
         r2_mean=r2(Ym[test], pred), ridge=float(ridge), ref_norm=norm, rotation_cos=pm["rotation_cos"],
@@ -488,6 +491,7 @@ def propagation_by_layer(
     labels = cand.flatten()
     t = lambda k: torch.tensor(rows[k], dtype=torch.float32)  # noqa: E731
     return PropagationResult(
+        model_info=model_info(model),
         layers=layers, r2=t("r2"), r2_mean=t("r2_mean"), rotation_cos=t("rotation_cos"),
         rotation_deviation=t("rotation_deviation"), stretch_cv=t("stretch_cv"), stretch=torch.stack(rows["stretch"]),
         cos_random=t("cos_random"), cos_theta_wtheta=t("cos_theta_wtheta"), cos_theta_utheta=t("cos_theta_utheta"),

@@ -33,8 +33,16 @@ def _stem(path: str | Path) -> Path:
     return p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
 
 
+@dataclasses.dataclass(frozen=True)
 class Result:
-    """Mixin for frozen dataclasses holding tensors plus plain metadata."""
+    """Base of frozen dataclasses holding tensors plus plain metadata.
+
+    Every result carries ``model_info`` (keyword-only, last): ``models.model_info(model)`` of the
+    model it was computed on (name, source, BOS rule, weight processing, dtype, TransformerLens
+    version), so a saved result says how its model was loaded. Empty when unknown.
+    """
+
+    model_info: dict = dataclasses.field(default_factory=dict, kw_only=True)
 
     def _split(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, meta = {}, {}

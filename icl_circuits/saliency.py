@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from .evaluation import frozen, gather_positions, minibatches, unembed_resid
 from .interventions import gate_pattern_hook, pattern_name
+from .models import model_info
 from .prompts import PromptBatch
 from .results import Result
 
@@ -290,6 +291,7 @@ def saliency_flow(
         mats[i, :, :n, :n] = m[:, :n, :n]
     dec = (lambda t: batch.tokenizer.decode([t])) if batch.tokenizer is not None else str
     return SaliencyResult(
+        model_info=model_info(model),
         flows=mean / scale, low=(mean - half) / scale, high=(mean + half) / scale, per_prompt=per_prompt,
         head_flows=head_flows, matrices=mats,
         example_tokens=[[dec(int(t)) for t in batch.tokens[i, : int(batch.final_positions[i]) + 1]] for i in range(n_keep)],

@@ -360,7 +360,7 @@ def head_cie(
         probs = probs.reshape(len(cells), len(mb), -1)[:, torch.arange(len(mb)), gold]  # [cell, batch]
         out[:, :, rows] = (probs - p0).reshape(len(layers), H, len(mb))
     bar.close()
-    return HeadCIEResult(values=out.mean(-1), per_prompt=out, layers=layers, baseline=float(torch.cat(base_all).mean()),
+    return HeadCIEResult(model_info=model_info(model), values=out.mean(-1), per_prompt=out, layers=layers, baseline=float(torch.cat(base_all).mean()),
                          task=corrupted_batch.task, model_name=model.cfg.model_name,
                          meta={"clean_variant": clean_batch.variant, "corrupted_variant": corrupted_batch.variant,
                                "n_prompts": len(corrupted_batch), "n_demos": corrupted_batch.n_demos})

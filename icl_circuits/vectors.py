@@ -44,7 +44,6 @@ class TaskVector(Result):
     model_name: str
     position: str = "final"
     meta: dict = field(default_factory=dict)
-    model_info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.layers):
@@ -116,11 +115,12 @@ class SweepResult(Result):
 
 def accuracy_sweep(
     per_prompt: Float[Tensor, "layer batch"], layers: Sequence[int], *, method: str, task: str,
-    model_name: str, baseline: float | None = None, meta: dict | None = None,
+    model_name: str, baseline: float | None = None, meta: dict | None = None, model_info: dict | None = None,
 ) -> SweepResult:
     """Wrap per-prompt correctness (0/1) per layer into a SweepResult with Wilson intervals."""
     rates = [wilson(int(row.sum()), row.numel()) for row in per_prompt]
     return SweepResult(
+        model_info=model_info or {},
         values=per_prompt.float().mean(1), per_prompt=per_prompt.float(),
         low=torch.tensor([r.low for r in rates]), high=torch.tensor([r.high for r in rates]),
         layers=list(layers), metric="accuracy", method=method, task=task, model_name=model_name,

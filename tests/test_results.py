@@ -85,3 +85,41 @@ def test_save_load_round_trip_records_the_tensor_file_digest(tmp_path):
     assert len(spec["tensors_sha256"]) == 64
     back = SweepResult.load(tmp_path / "r")
     assert torch.equal(back.values, r.values) and back.method == r.method
+
+
+# ----------------------------------------------------------------------------- provenance
+def test_every_result_class_carries_model_info_keyword_only():
+    """model_info is a keyword-only field of the Result base, so every analysis result has it."""
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    import icl_circuits
+
+    classes = set()
+    for m in pkgutil.iter_modules(icl_circuits.__path__):
+        mod = importlib.import_module(f"icl_circuits.{m.name}")
+        classes |= {c for c in vars(mod).values()
+                    if isinstance(c, type) and issubclass(c, results_mod.Result) and c is not results_mod.Result}
+    assert len(classes) >= 20
+    for c in classes:
+        f = {x.name: x for x in dataclasses.fields(c)}["model_info"]
+        assert f.kw_only, c.__name__
+
+
+def test_analysis_results_record_how_the_model_was_loaded_and_keep_it_through_save(tiny_model, tmp_path):
+    from icl_circuits import build_prompts
+    from icl_circuits.interchange import necessity
+    from icl_circuits.models import model_info
+    from icl_circuits.saliency import saliency_flow
+    from icl_circuits.task_vectors import vanilla_task_vector
+
+    batch = build_prompts(tiny_model, "antonym", 3, 2, seed=0)
+    expected = model_info(tiny_model)
+    assert expected["processing"] and "prepend_bos" in expected
+    for res in (saliency_flow(tiny_model, batch), necessity(tiny_model, batch, "query", layers=[0, 1]),
+                vanilla_task_vector(tiny_model, build_prompts(tiny_model, "antonym", 3, 2, seed=0,
+                                                              variant="dummy_query"))):
+        assert res.model_info == expected, type(res).__name__
+        back = type(res).load(res.save(tmp_path / type(res).__name__))
+        assert back.model_info == expected
