@@ -47,7 +47,8 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "    print(f\"{v:<16}\", repr(b.texts[0]))"),
         ("md", "## Accuracy vs number of demos"),
         ("code", "df = ic.accuracy_by_demos(model, [\"antonym\", \"english-french\", \"number\", \"letter-string\"], demos=[0, 1, 2, 4, 8], n_prompts=48)\n"
-                 "df.pivot(index=\"task\", columns=\"n_demos\", values=\"accuracy\").round(2)"),
+                 "# one row per task x demos x metric: first_token for every task, label for categorization\n"
+                 "df.pivot_table(index=[\"task\", \"metric\"], columns=\"n_demos\", values=\"value\").round(2)"),
         ("code", "from icl_circuits.plots.accuracy import accuracy_by_demos\naccuracy_by_demos(df)"),
     ],
     "04_label_words_as_anchors": [
