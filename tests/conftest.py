@@ -96,3 +96,16 @@ def real_model():
         return load_model("smollm2-135m", device="cpu")
     except RealModelUnavailable as e:
         pytest.skip(f"real-model tier skipped: {e}")
+
+
+def interrupt_nth_replace(monkeypatch, module, n: int = 2) -> None:
+    """Make ``module.os.replace`` raise KeyboardInterrupt on its ``n``-th call (an interrupted save)."""
+    real, calls = module.os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == n:
+            raise KeyboardInterrupt("interrupted")
+        return real(src, dst)
+
+    monkeypatch.setattr(module.os, "replace", replace)

@@ -417,17 +417,9 @@ def test_interrupted_save_keeps_the_previous_fit_or_loads_nothing(tmp_path, monk
     assert np.array_equal(back.encoders["a"], old.encoders["a"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.json", "fit.npz"]
 
-    import os
+    from tests.conftest import interrupt_nth_replace
 
-    real, calls = os.replace, []
-
-    def replace_once(src, dst):
-        calls.append(dst)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("interrupted")
-        return real(src, dst)
-
-    monkeypatch.setattr(results_mod.os, "replace", replace_once)
+    interrupt_nth_replace(monkeypatch, results_mod, 2)
     with pytest.raises(KeyboardInterrupt):
         new.save(tmp_path / "fit")
     monkeypatch.undo()

@@ -59,19 +59,11 @@ def test_save_interrupted_while_writing_the_json_leaves_the_previous_result(tmp_
 
 
 def test_save_interrupted_between_the_two_files_loads_nothing_mixed(tmp_path, monkeypatch):
-    import os
+    from tests.conftest import interrupt_nth_replace
 
     old, new = _sweep(1.0), _sweep(2.0)
     old.save(tmp_path / "r")
-    real, calls = os.replace, []
-
-    def replace_once(src, dst):
-        calls.append(dst)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("interrupted")
-        return real(src, dst)
-
-    monkeypatch.setattr(results_mod.os, "replace", replace_once)
+    interrupt_nth_replace(monkeypatch, results_mod, 2)
     with pytest.raises(KeyboardInterrupt):
         new.save(tmp_path / "r")
     monkeypatch.undo()
