@@ -14,6 +14,9 @@ from typing import Any
 import click
 
 DEFAULT_MODEL = "toy-icl"
+#: The --model option every command shares.
+model_option = click.option("--model", default=DEFAULT_MODEL, show_default=True,
+                            help="toy-icl, smollm2-135m, a local Hugging Face directory or a TransformerLens name.")
 
 
 def _int_list(_ctx: Any, param: click.Parameter, value: str) -> list[int]:
@@ -84,7 +87,7 @@ def _metric_list(_ctx: Any, param: click.Parameter, value: str | None) -> list[s
 
 
 @cli.command("evaluate")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="toy-icl, a local HF directory or a TL name.")
+@model_option
 @click.option("--task", "task_names", multiple=True, help="Task name (repeatable); default: every task.")
 @click.option("--demos", default="0,1,2,4,8", show_default=True, callback=_int_list, help="Numbers of demos.")
 @click.option("--prompts", "n_prompts", default=64, show_default=True, type=click.IntRange(min=1), help="Prompts per cell.")
@@ -129,12 +132,14 @@ def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_pr
         for r in df.itertuples():
             scores.setdefault(r.task, {}).setdefault(str(r.n_demos), {})[r.metric] = {
                 "value": r.value, "low": r.low, "high": r.high, "n": int(r.n), "interval": r.interval}
+        from .models import model_info
+
         emit_json({"model": model, "seed": seed, "n_prompts": n_prompts, "template": tpl,
-                   "metrics": list(dict.fromkeys(df.metric)), "scores": scores})
+                   "metrics": list(dict.fromkeys(df.metric)), "scores": scores, "model_info": model_info(m)})
 
 
 @cli.command("report")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="toy-icl, a local HF directory or a TL name.")
+@model_option
 @click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False), help="HTML file to write.")
 @click.option("--quick", is_flag=True, help="Fewer prompts and tasks: a fast look.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -156,7 +161,7 @@ def report_cmd(model: str, out: str, quick: bool, seed: int, only: str | None) -
 
 
 @cli.command("demo")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True)
+@model_option
 @click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False))
 def demo_cmd(model: str, out: str) -> None:
     """The main job (`make demo`): the full report on MODEL, written to OUT."""

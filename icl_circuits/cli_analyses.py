@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from . import cli as _cli
-from .cli import DEFAULT_MODEL, _check_task, cli, emit_json
+from .cli import _check_task, cli, emit_json, model_option
 
 
 def out_problem(path: str | Path, *, directory: bool = True) -> str | None:
@@ -76,7 +76,7 @@ def _write_out(out: str, figures: dict[str, Any], results: dict[str, Any] | None
     click.echo(f"wrote {', '.join(files[:-1])} and {files[-1]}")
 
 @cli.command("dpca")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="toy-icl, a local HF directory or a TL name.")
+@model_option
 @click.option("--task", default="letter-string", show_default=True, help="A categorization task (letter-string, number, point).")
 @click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per prompt.")
 @click.option("--prompts", "n_prompts", default=128, show_default=True, type=click.IntRange(min=1), help="Number of prompts.")
@@ -131,7 +131,7 @@ def dpca_cmd(model: str, task: str, n_demos: int, n_prompts: int, position: str,
 
 
 @cli.command("saliency")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="toy-icl, a local HF directory or a TL name.")
+@model_option
 @click.option("--task", default="number", show_default=True, help="Task name.")
 @click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per prompt.")
 @click.option("--prompts", "n_prompts", default=64, show_default=True, type=click.IntRange(min=1), help="Number of prompts.")
@@ -180,7 +180,7 @@ def _interchange_layers(value: str | None) -> list[int] | None:
 
 
 @cli.command("interchange")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="toy-icl, a local HF directory or a TL name.")
+@model_option
 @click.option("--source", required=True, help="Source task A (whose activations are written in).")
 @click.option("--target", required=True, help="Target task B (whose prompts are run).")
 @click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per prompt.")
@@ -232,7 +232,7 @@ def interchange_cmd(model: str, source: str, target: str, n_demos: int, n_prompt
 
 
 @cli.command("probe")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="toy-icl, a local HF directory or a TL name.")
+@model_option
 @click.option("--tasks", default="antonym,english-french,english-german", show_default=True,
               help="Comma-separated tasks whose identity the probe decodes.")
 @click.option("--position", default="answer", show_default=True,
@@ -272,7 +272,7 @@ def probe_cmd(model: str, tasks: str, position: str, n_demos: int, n_prompts: in
 
 
 @cli.command("heads")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="toy-icl, a local HF directory or a TL name.")
+@model_option
 @click.option("--task", default="antonym", show_default=True, help="Task name.")
 @click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=0), help="Demos per prompt.")
 @click.option("--prompts", "n_prompts", default=32, show_default=True, type=click.IntRange(min=1), help="Number of prompts.")
@@ -357,7 +357,7 @@ def _ltv_layers(value: str, n_layers: int) -> list[int]:
 
 def _ltv_options(f):
     for opt in reversed([
-        click.option("--model", default=DEFAULT_MODEL, show_default=True, help="toy-icl, a local HF directory or a TL name."),
+        model_option,
         click.option("--task", default="antonym", show_default=True, help="Task name (see `icl-circuits tasks`)."),
         click.option("--layer", "layer_spec", default="all", show_default=True,
                      help="Injection layer(s): 'all' (0..n_layers, one LTV trained per layer) or e.g. 1,2."),
@@ -459,7 +459,7 @@ def propagation_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train
 
 
 @cli.command("task-vectors")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="toy-icl, a local HF directory or a TL name.")
+@model_option
 @click.option("--task", default="antonym", show_default=True, help="Task name (see `icl-circuits tasks`).")
 @click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per ICL prompt.")
 @click.option("--prompts", "n_prompts", default=32, show_default=True, type=click.IntRange(min=1),
