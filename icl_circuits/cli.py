@@ -144,20 +144,29 @@ def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_pr
 @click.option("--quick", is_flag=True, help="Fewer prompts and tasks: a fast look.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--only", default=None, help="Comma-separated section keys to run (default: all).")
-def report_cmd(model: str, out: str, quick: bool, seed: int, only: str | None) -> None:
-    """Run the analysis suite on MODEL and write one self-contained HTML report."""
+@click.option("--keep-going", is_flag=True,
+              help="Exit 0 even when a section failed (the page shows its error either way).")
+def report_cmd(model: str, out: str, quick: bool, seed: int, only: str | None, keep_going: bool = False) -> None:
+    """Run the analysis suite on MODEL and write one self-contained HTML report.
+
+    A section that raises is shown with its error in the page, and the command then exits 1 naming
+    the failed sections (unless --keep-going)."""
     from .cli_analyses import out_problem
-    from .report import write_report
+    from .report import failed_sections, write_report
 
     problem = out_problem(out, directory=False)  # before the suite runs, not after
     if problem:
         raise click.BadParameter(problem, param_hint="--out")
     m = _load(model)
     try:
-        write_report(model, out, quick=quick, seed=seed, model=m,
-                     only=[s.strip() for s in only.split(",")] if only else None)
+        sections = write_report(model, out, quick=quick, seed=seed, model=m,
+                                only=[s.strip() for s in only.split(",")] if only else None)
     except ValueError as err:
         raise click.UsageError(str(err))
+    failed = failed_sections(sections)
+    if failed and not keep_going:
+        raise click.ClickException(f"{len(failed)} report section(s) failed: {', '.join(failed)} "
+                                   f"(errors shown in {out}; --keep-going to exit 0 anyway)")
 
 
 @cli.command("demo")
@@ -165,7 +174,8 @@ def report_cmd(model: str, out: str, quick: bool, seed: int, only: str | None) -
 @click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False))
 def demo_cmd(model: str, out: str) -> None:
     """The main job (`make demo`): the full report on MODEL, written to OUT."""
-    click.get_current_context().invoke(report_cmd, model=model, out=out, quick=False, seed=0, only=None)
+    click.get_current_context().invoke(report_cmd, model=model, out=out, quick=False, seed=0, only=None,
+                                       keep_going=False)
 
 
 @cli.command("train-toy")

@@ -121,6 +121,9 @@ def render_html(sections: list[Section], cfg: ReportConfig, total_seconds: float
             body.append(s.table.to_html(index=False, float_format=lambda v: f"{v:.3g}", classes="tbl", border=0))
         body.append("</section>")
         parts.append("\n".join(body))
+    failed = failed_sections(sections)
+    failed_banner = (f'<p class="error">{len(failed)} section(s) failed: {html.escape(", ".join(failed))} '
+                     "(the error is shown in each).</p>" if failed else "")
     style = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:0} .meta,.t{color:#777;font-size:.9em} .error{color:#b00}
@@ -132,7 +135,7 @@ section{margin-top:2.5em}"""
 <body><h1>icl-circuits report</h1>
 <p class="meta">model {html.escape(cfg.model_name)} · {cfg.n_demos} demos · {cfg.prompts()} prompts per analysis ·
 seed {cfg.seed}{' · quick' if cfg.quick else ''} · total {total_seconds:.1f} s</p>
-<ol>{''.join(toc)}</ol>
+{failed_banner}<ol>{''.join(toc)}</ol>
 {''.join(parts)}
 </body></html>"""
 
@@ -155,3 +158,8 @@ def write_report(
         print(f"  {s.key:<16} {s.seconds:6.1f} s {status}")
     print(f"report written to {out} ({total:.1f} s)")
     return sections
+
+
+def failed_sections(sections: list[Section]) -> list[str]:
+    """Keys of the sections that raised (their error is shown in the HTML)."""
+    return [s.key for s in sections if s.error]

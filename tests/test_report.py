@@ -47,3 +47,28 @@ def test_report_renders_in_headless_chromium_without_console_errors(report):
 def test_unknown_section_is_a_clear_error(tiny_model):
     with pytest.raises(ValueError, match="only: unknown sections"):
         run_suite(tiny_model, ReportConfig(quick=True), only=["nope"], progress=False)
+
+
+def _boom(ctx):
+    raise RuntimeError("deliberate failure")
+
+
+def test_a_failing_section_makes_report_exit_nonzero_and_is_shown(monkeypatch, tiny_model, tmp_path):
+    """The page is still written with the error in it, and the command exits 1 naming the section."""
+    from click.testing import CliRunner
+
+    import icl_circuits.cli as cli_mod
+    import icl_circuits.report as report_mod
+    import icl_circuits.report_sections  # noqa: F401  (register the real sections before patching)
+
+    monkeypatch.setattr(cli_mod, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(report_mod, "SECTIONS", [*report_mod.SECTIONS, ("boom", _boom)])
+    out = tmp_path / "r.html"
+    res = CliRunner().invoke(cli_mod.cli, ["report", "--quick", "--only", "boom", "--out", str(out)])
+    assert res.exit_code == 1, res.output
+    assert "boom" in res.output and "failed" in res.output
+    page = out.read_text()
+    assert "This section failed: RuntimeError: deliberate failure" in page
+    assert "1 section(s) failed: boom" in page
+    res = CliRunner().invoke(cli_mod.cli, ["report", "--quick", "--only", "boom", "--out", str(out), "--keep-going"])
+    assert res.exit_code == 0, res.output
