@@ -146,7 +146,11 @@ def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_pr
 @click.option("--only", default=None, help="Comma-separated section keys to run (default: all).")
 @click.option("--keep-going", is_flag=True,
               help="Exit 0 even when a section failed (the page shows its error either way).")
-def report_cmd(model: str, out: str, quick: bool, seed: int, only: str | None, keep_going: bool = False) -> None:
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="torch intra-op threads (torch.set_num_threads), set before the model loads. 1 by default: "
+                   "torch's default (one per core) was ~48x slower on a busy 2-core machine.")
+def report_cmd(model: str, out: str, quick: bool, seed: int, only: str | None, keep_going: bool = False,
+               threads: int = 1) -> None:
     """Run the analysis suite on MODEL and write one self-contained HTML report.
 
     A section that raises is shown with its error in the page, and the command then exits 1 naming
@@ -157,9 +161,12 @@ def report_cmd(model: str, out: str, quick: bool, seed: int, only: str | None, k
     problem = out_problem(out, directory=False)  # before the suite runs, not after
     if problem:
         raise click.BadParameter(problem, param_hint="--out")
+    import torch
+
+    torch.set_num_threads(threads)
     m = _load(model)
     try:
-        sections = write_report(model, out, quick=quick, seed=seed, model=m,
+        sections = write_report(model, out, quick=quick, seed=seed, model=m, threads=threads,
                                 only=[s.strip() for s in only.split(",")] if only else None)
     except ValueError as err:
         raise click.UsageError(str(err))
@@ -172,10 +179,12 @@ def report_cmd(model: str, out: str, quick: bool, seed: int, only: str | None, k
 @cli.command("demo")
 @model_option
 @click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False))
-def demo_cmd(model: str, out: str) -> None:
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="torch intra-op threads (as for `report`).")
+def demo_cmd(model: str, out: str, threads: int) -> None:
     """The main job (`make demo`): the full report on MODEL, written to OUT."""
     click.get_current_context().invoke(report_cmd, model=model, out=out, quick=False, seed=0, only=None,
-                                       keep_going=False)
+                                       keep_going=False, threads=threads)
 
 
 @cli.command("train-toy")

@@ -72,3 +72,29 @@ def test_a_failing_section_makes_report_exit_nonzero_and_is_shown(monkeypatch, t
     assert "1 section(s) failed: boom" in page
     res = CliRunner().invoke(cli_mod.cli, ["report", "--quick", "--only", "boom", "--out", str(out), "--keep-going"])
     assert res.exit_code == 0, res.output
+
+
+def test_threads_option_sets_torch_threads_and_the_header_says_it(monkeypatch, tiny_model, tmp_path):
+    import torch
+    from click.testing import CliRunner
+
+    import icl_circuits.cli as cli_mod
+    import icl_circuits.report as report_mod
+    import icl_circuits.report_sections  # noqa: F401
+
+    def quiet(ctx):
+        return report_mod.Section("quiet", "quiet", f"threads {torch.get_num_threads()}")
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(cli_mod, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(report_mod, "SECTIONS", [*report_mod.SECTIONS, ("quiet", quiet)])
+    out = tmp_path / "r.html"
+    try:
+        res = CliRunner().invoke(cli_mod.cli, ["report", "--only", "quiet", "--threads", "2", "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        page = out.read_text()
+        assert "threads 2" in page and "2 torch thread(s)" in page
+    finally:
+        torch.set_num_threads(before)
+    res = CliRunner().invoke(cli_mod.cli, ["report", "--threads", "0", "--out", str(out)])
+    assert res.exit_code == 2 and "--threads" in res.output
