@@ -54,6 +54,8 @@ class Section:
     table: pd.DataFrame | None = None
     seconds: float = 0.0
     error: str | None = None
+    #: prompts the section actually evaluated (read from its result, not the config); None: unknown
+    n_prompts: int | None = None
 
 
 @dataclass
@@ -115,7 +117,8 @@ def render_html(sections: list[Section], cfg: ReportConfig, total_seconds: float
     for i, s in enumerate(sections):
         toc.append(f'<li><a href="#{s.key}">{html.escape(s.title)}</a> <span class="t">{s.seconds:.1f} s</span></li>')
         body = [f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>']
-        body.append(f'<p class="meta">model {html.escape(cfg.model_name)} · seed {cfg.seed} · {s.seconds:.1f} s</p>')
+        n = f" · {s.n_prompts} prompts" if s.n_prompts is not None else ""
+        body.append(f'<p class="meta">model {html.escape(cfg.model_name)}{n} · seed {cfg.seed} · {s.seconds:.1f} s</p>')
         if s.error:
             body.append(f'<p class="error">This section failed: {html.escape(s.error)}</p>')
         body += [f"<p>{p}</p>" for p in s.text.split("\n\n") if p.strip()]
@@ -124,6 +127,7 @@ def render_html(sections: list[Section], cfg: ReportConfig, total_seconds: float
             body.append(s.table.to_html(index=False, float_format=lambda v: f"{v:.3g}", classes="tbl", border=0))
         body.append("</section>")
         parts.append("\n".join(body))
+    counts = html.escape(", ".join(f"{s.key} {s.n_prompts}" for s in sections if s.n_prompts is not None) or "n/a")
     failed = failed_sections(sections)
     failed_banner = (f'<p class="error">{len(failed)} section(s) failed: {html.escape(", ".join(failed))} '
                      "(the error is shown in each).</p>" if failed else "")
@@ -136,7 +140,7 @@ section{margin-top:2.5em}"""
 <html lang="en"><head><meta charset="utf-8"><title>icl-circuits report: {html.escape(cfg.model_name)}</title>
 <style>{style}</style><script type="text/javascript">{get_plotlyjs()}</script></head>
 <body><h1>icl-circuits report</h1>
-<p class="meta">model {html.escape(cfg.model_name)} · {cfg.n_demos} demos · {cfg.prompts()} prompts per analysis ·
+<p class="meta">model {html.escape(cfg.model_name)} · {cfg.n_demos} demos · prompts per section: {counts} ·
 seed {cfg.seed}{' · quick' if cfg.quick else ''} · {cfg.threads or torch.get_num_threads()} torch thread(s) ·
 total {total_seconds:.1f} s</p>
 {failed_banner}<ol>{''.join(toc)}</ol>

@@ -23,7 +23,7 @@ def accuracy_section(ctx: Context) -> Section:
         "Zero-shot accuracy on categorization tasks should sit at chance: their label words are drawn "
         "per prompt, so only the demos can bind classes to words.",
         figures=[accuracy_plots.accuracy_by_demos(df, f"ICL accuracy of {cfg.model_name}")],
-        table=wide,
+        table=wide, n_prompts=int(df.n.max()),
     )
 
 
@@ -45,7 +45,7 @@ def saliency_section(ctx: Context) -> Section:
         "position; S_ww: all other pairs. On GPT2-XL the paper found S_wp dominating shallow layers and S_pq "
         "deep layers.",
         figures=[splots.flows(res), splots.heatmap(res, example=0)],
-        table=df if len(df) < 60 else None,
+        table=df if len(df) < 60 else None, n_prompts=int(res.per_prompt.shape[-1]),
     )
 
 
@@ -71,6 +71,7 @@ def task_vectors_section(ctx: Context) -> Section:
         "added), local (2406.16007; answer-position states patched into random-answer twins). Flat reference lines: "
         "zero-shot, ICL and random-answer accuracy.",
         figures=[sweeps.sweep(df, f"Task vectors on {task} ({cfg.model_name})")], table=wide,
+        n_prompts=int(df.n.max()),
     )
 
 
@@ -92,6 +93,7 @@ def interchange_section(ctx: Context) -> Section:
         "the target task (Cheng & Zhang 2026). Wilson 95% bands. The published finding: single positions transfer "
         "nothing, the whole set of demo positions transfers the task in early layers.",
         figures=[iplots.interchange(runs)], table=df[df.outcome == "transfer"] if "outcome" in df else None,
+        n_prompts=int(runs[0].n),
     )
 
 
@@ -123,6 +125,7 @@ def heads_section(ctx: Context) -> Section:
         "ablation (a small change) better than zero ablation (`icl-circuits heads`' default), where it can miss "
         "the heads that matter most.",
         figures=[cplots.head_scan(exact), cplots.scan_vs_attribution(exact, approx)],
+        n_prompts=int(exact.clean.shape[0]),
     )
 
 
@@ -147,6 +150,7 @@ def propagation_section(ctx: Context) -> Section:
         "scales; lower values mean the vector is rotated on its way to the output (Yang et al. 2025: early vectors "
         "are rotated into the label subspace, late ones mostly scaled).",
         figures=[pplots.rotation_scaling(res), pplots.propagation_summary(res)], table=res.to_dataframe(),
+        n_prompts=int(res.n_eval),
     )
 
 
@@ -166,4 +170,5 @@ def dpca_section(ctx: Context) -> Section:
         f"between clusters, per layer; dashed: the 95th percentile of {cfg.dpca_n_null} null draws (condition labels "
         "redrawn within each prompt, whole fit repeated).",
         figures=[dplots.explained_variance(res), dplots.distances(res)], table=res.variance_table(),
+        n_prompts=int(res.sample_factors.shape[1]) // max(int(res.n_demos), 1),
     )

@@ -98,3 +98,14 @@ def test_threads_option_sets_torch_threads_and_the_header_says_it(monkeypatch, t
         torch.set_num_threads(before)
     res = CliRunner().invoke(cli_mod.cli, ["report", "--threads", "0", "--out", str(out)])
     assert res.exit_code == 2 and "--threads" in res.output
+
+
+def test_header_prompt_counts_are_the_sections_own(report):
+    """The header lists what each section evaluated (read from its result), not one config constant."""
+    sections, path = report
+    cfg = ReportConfig(model_name="tiny", quick=True)
+    n = {s.key: s.n_prompts for s in sections}
+    assert all(v is not None and v > 0 for v in n.values()), n
+    assert n["accuracy"] == cfg.prompts() and n["saliency"] == cfg.prompts(32) and n["dpca"] == cfg.prompts(64)
+    header = path.read_text().split("<ol>")[0]
+    assert "prompts per section: " + ", ".join(f"{k} {v}" for k, v in n.items()) in header
