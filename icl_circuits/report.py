@@ -56,6 +56,36 @@ class Section:
     error: str | None = None
     #: prompts the section actually evaluated (read from its result, not the config); None: unknown
     n_prompts: int | None = None
+    #: the full tidy data behind ``table``, offered as an embedded CSV download (not printed)
+    data: pd.DataFrame | None = None
+
+
+#: tables longer than this are cut to their first rows in the page (the whole table: CSV download)
+MAX_TABLE_ROWS = 30
+
+
+def _csv_link(df: pd.DataFrame, filename: str, label: str) -> str:
+    import base64
+
+    b64 = base64.b64encode(df.to_csv(index=False).encode()).decode()
+    return f'<a download="{html.escape(filename)}" href="data:text/csv;base64,{b64}">{html.escape(label)}</a>'
+
+
+def table_html(s: Section) -> str:
+    """The section's table: whole if short, else its first ``MAX_TABLE_ROWS`` rows with a note;
+    the full table (and ``s.data``, if any) as embedded CSV downloads."""
+    out = []
+    fmt = dict(index=False, float_format=lambda v: f"{v:.3g}", classes="tbl", border=0)
+    if s.table is not None:
+        t = s.table
+        out.append(t.head(MAX_TABLE_ROWS).to_html(**fmt))
+        if len(t) > MAX_TABLE_ROWS:
+            out.append(f'<p class="meta">First {MAX_TABLE_ROWS} of {len(t)} rows shown; '
+                       + _csv_link(t, f"{s.key}-table.csv", "download all rows (CSV)") + ".</p>")
+    if s.data is not None:
+        out.append(f'<p class="meta">{_csv_link(s.data, f"{s.key}-data.csv", "full data (CSV")}, '
+                   f"{len(s.data)} rows).</p>")
+    return "\n".join(out)
 
 
 @dataclass
@@ -123,8 +153,7 @@ def render_html(sections: list[Section], cfg: ReportConfig, total_seconds: float
             body.append(f'<p class="error">This section failed: {html.escape(s.error)}</p>')
         body += [f"<p>{p}</p>" for p in s.text.split("\n\n") if p.strip()]
         body += [_figure_html(f, f"fig-{s.key}-{j}") for j, f in enumerate(s.figures)]
-        if s.table is not None:
-            body.append(s.table.to_html(index=False, float_format=lambda v: f"{v:.3g}", classes="tbl", border=0))
+        body.append(table_html(s))
         body.append("</section>")
         parts.append("\n".join(body))
     counts = html.escape(", ".join(f"{s.key} {s.n_prompts}" for s in sections if s.n_prompts is not None) or "n/a")

@@ -45,7 +45,7 @@ def saliency_section(ctx: Context) -> Section:
         "position; S_ww: all other pairs. On GPT2-XL the paper found S_wp dominating shallow layers and S_pq "
         "deep layers.",
         figures=[splots.flows(res), splots.heatmap(res, example=0)],
-        table=df if len(df) < 60 else None, n_prompts=int(res.per_prompt.shape[-1]),
+        table=df if len(df) <= 60 else None, data=df if len(df) > 60 else None, n_prompts=int(res.per_prompt.shape[-1]),
     )
 
 
@@ -92,9 +92,15 @@ def interchange_section(ctx: Context) -> Section:
         "layer; transfer = the model now answers the source task on the target's query, preserve = it still answers "
         "the target task (Cheng & Zhang 2026). Wilson 95% bands. The published finding: single positions transfer "
         "nothing, the whole set of demo positions transfers the task in early layers.",
-        figures=[iplots.interchange(runs)], table=df[df.outcome == "transfer"] if "outcome" in df else None,
-        n_prompts=int(runs[0].n),
+        figures=[iplots.interchange(runs)], table=_transfer_pivot(df), data=df, n_prompts=int(runs[0].n),
     )
+
+
+def _transfer_pivot(df: pd.DataFrame) -> pd.DataFrame:
+    """Transfer rate per layer (rows) and position set (columns): the compact view of the tidy frame."""
+    t = df[df.outcome == "transfer"].pivot_table(index="layer", columns="position_set", values="value", sort=False)
+    t.columns = [f"transfer @ {c}" for c in t.columns]
+    return t.reset_index()
 
 
 @section("heads")

@@ -109,3 +109,103 @@ def test_header_prompt_counts_are_the_sections_own(report):
     assert n["accuracy"] == cfg.prompts() and n["saliency"] == cfg.prompts(32) and n["dpca"] == cfg.prompts(64)
     header = path.read_text().split("<ol>")[0]
     assert "prompts per section: " + ", ".join(f"{k} {v}" for k, v in n.items()) in header
+
+
+# --- figure style: properties every report figure must keep (regressions seen in the rendered page)
+
+
+def _figures(report):
+    return [(s.key, j, f) for s in report[0] for j, f in enumerate(s.figures)]
+
+
+def _axes(fig):
+    lay = fig.layout
+    return [(k, lay[k]) for k in lay if k.startswith(("xaxis", "yaxis")) and lay[k] is not None]
+
+
+def test_confidence_bands_draw_no_markers(report):
+    for key, j, fig in _figures(report):
+        for t in fig.data:
+            if getattr(t, "fill", None) == "toself":
+                assert t.mode == "lines", f"{key}-{j}: band {t.name!r} has mode {t.mode!r} (markers = stray dots)"
+
+
+def test_every_layer_axis_has_integer_ticks(report):
+    for key, j, fig in _figures(report):
+        titled = {k for k, ax in _axes(fig) if ax.title.text and "layer" in ax.title.text}
+        if not titled:
+            continue
+        for k, ax in _axes(fig):
+            if k not in titled and not (k.startswith("xaxis") and any(kk.startswith("xaxis") for kk in titled)):
+                continue
+            traces = [t for t in fig.data if (getattr(t, k[0] + "axis", None) or k[0]) == k[0] + k[5:]]
+            values = [v for t in traces for v in (getattr(t, k[0]) or []) if v is not None]
+            if values and all(isinstance(v, str) for v in values):
+                continue  # categorical layer labels ("L0", "L1"...)
+            if ax.tickmode == "array":
+                assert all(float(v).is_integer() for v in ax.tickvals), f"{key}-{j} {k}: {ax.tickvals}"
+            else:
+                assert ax.dtick is not None and float(ax.dtick).is_integer() and ax.dtick >= 1, \
+                    f"{key}-{j} {k}: layer axis without integer ticks (tickmode {ax.tickmode}, dtick {ax.dtick})"
+
+
+def test_legend_entries_are_distinguishable(report):
+    """No two legend entries of a figure look the same (colour, dash and marker all equal)."""
+    for key, j, fig in _figures(report):
+        seen = {}
+        for t in fig.data:
+            if t.showlegend is False or not t.name or t.type not in ("scatter", "scattergl"):
+                continue
+            line = getattr(t, "line", None)
+            style = (line.color if line else None, line.dash if line else None,
+                     t.marker.color if t.marker is not None and not isinstance(t.marker.color, (list, tuple)) else None,
+                     t.marker.symbol if t.marker is not None else None)
+            if style == (None, None, None, None):
+                continue  # plotly assigns distinct colourway colours
+            assert style not in seen, f"{key}-{j}: {t.name!r} looks like {seen[style]!r}: {style}"
+            seen[style] = t.name
+
+
+def test_reference_labels_do_not_overlap(report):
+    for key, j, fig in _figures(report):
+        anns = [a for a in fig.layout.annotations if a.yref == "y" and a.text]
+        for i, a in enumerate(anns):
+            for b in anns[i + 1:]:
+                assert not (a.x == b.x and abs(a.y - b.y) < 0.04), f"{key}-{j}: {a.text!r} on top of {b.text!r}"
+
+
+def test_equal_baselines_share_one_label():
+    import plotly.graph_objects as go
+
+    from icl_circuits.plots import _style
+
+    fig = _style.reference_lines(go.Figure(), [("zero-shot", 0.5), ("icl", 1.0), ("random answers", 1.0)])
+    texts = sorted(a.text for a in fig.layout.annotations)
+    assert texts == ["icl = random answers: 1.000", "zero-shot: 0.500"]
+    assert len(fig.layout.shapes) == 3
+
+
+def test_sixteen_tasks_get_distinct_colours_and_a_legend_that_fits():
+    import pandas as pd
+
+    from icl_circuits.plots import _style
+    from icl_circuits.plots.accuracy import accuracy_by_demos
+
+    rows = [dict(task=f"task-{i}", n_demos=k, metric="first_token", value=0.5, low=0.4, high=0.6, n=16)
+            for i in range(18) for k in (0, 1, 2, 4, 8)]
+    fig = accuracy_by_demos(pd.DataFrame(rows))
+    colours = [t.line.color for t in fig.data]
+    assert len(set(colours)) == 18
+    assert fig.layout.height >= _style.MARGIN_PX + _style.LEGEND_ROW_PX * 18
+    assert list(fig.layout.xaxis.tickvals) == [0, 1, 2, 4, 8]
+
+
+def test_long_tables_are_cut_with_a_download():
+    import pandas as pd
+
+    from icl_circuits.report import MAX_TABLE_ROWS, Section, table_html
+
+    long = pd.DataFrame({"layer": range(300), "value": 0.5})
+    out = table_html(Section("k", "k", "", table=long, data=long))
+    assert out.count("<tr") == MAX_TABLE_ROWS + 1  # header + the first rows
+    assert f"First {MAX_TABLE_ROWS} of 300 rows" in out and out.count("data:text/csv;base64,") == 2

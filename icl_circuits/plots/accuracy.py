@@ -5,6 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
+from . import _style
+
 
 def accuracy_by_demos(df: pd.DataFrame, title: str | None = None, metric: str = "first_token") -> go.Figure:
     """One metric vs number of demos, one line per task, 95% intervals as error bars.
@@ -19,11 +21,12 @@ def accuracy_by_demos(df: pd.DataFrame, title: str | None = None, metric: str = 
     if df.empty:
         raise ValueError(f"metric={metric!r}: the table has no rows for it")
     fig = go.Figure()
-    for task, g in df.groupby("task", sort=False):
+    for i, (task, g) in enumerate(df.groupby("task", sort=False)):
         g = g.sort_values("n_demos")
         fig.add_trace(go.Scatter(
-            x=g.n_demos, y=g.value, mode="lines+markers", name=task,
-            error_y=dict(type="data", symmetric=False, array=g.high - g.value, arrayminus=g.value - g.low),
+            x=g.n_demos, y=g.value, mode="lines+markers", name=task, line=dict(color=_style.color(i)),
+            error_y=dict(type="data", symmetric=False, array=g.high - g.value, arrayminus=g.value - g.low,
+                         thickness=1.2, width=3),
             hovertemplate=f"{task}<br>%{{x}} demos: {m.name} %{{y:.3f}}<extra></extra>",
         ))
     fig.update_layout(
@@ -31,4 +34,5 @@ def accuracy_by_demos(df: pd.DataFrame, title: str | None = None, metric: str = 
         yaxis_title=f"{'accuracy' if m.is_rate else 'mean'} ({m.name})",
         yaxis_range=[-0.02, 1.02] if m.is_rate else None, template="plotly_white",
     )
-    return fig
+    _style.integer_layer_axis(fig, sorted(set(df.n_demos.astype(int))))  # demo counts: integer ticks too
+    return _style.fit_legend(fig)

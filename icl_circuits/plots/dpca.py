@@ -6,12 +6,12 @@ from typing import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from ..dpca_analysis import DPCALayerResult, SubspaceAblationResult
+from . import _style
 
-_COLORS = qualitative.Plotly
+_COLORS = _style.PALETTE
 
 
 def _title(r: DPCALayerResult, what: str) -> str:
@@ -46,14 +46,15 @@ def explained_variance(r: DPCALayerResult, title: str | None = None) -> go.Figur
     fig.update_layout(title=title or _title(r, "dPCA variance per marginalization"), xaxis_title="layer (block input)",
                       yaxis_title="fraction of condition-mean variance", yaxis_range=[0, 1.02],
                       template="plotly_white")
-    return fig
+    _style.integer_layer_axis(fig, r.layers)
+    return _style.fit_legend(fig)
 
 
 def distances(r: DPCALayerResult, spaces: Sequence[str] | None = None, title: str | None = None) -> go.Figure:
     """Mean pairwise Mahalanobis distance between the clusters of each factor vs layer: full space
     (solid), the factor's own dPCA subspace (dash), every other space in ``spaces`` (dot); the
-    null baseline of the full space in grey (95th percentile of the draws; shown whenever the result
-    has draws; every space's null mean is in the hover)."""
+    null baseline of the full space in the factor's colour, long dash-dot (95th percentile of the
+    draws; shown whenever the result has draws; every space's null mean is in the hover)."""
     own = {f: f if f in r.marginalizations else "dpca" for f in r.factors}
     null_mean = {s: r.distance_table(s, null=True) for s in r.spaces}
     fig = go.Figure()
@@ -75,12 +76,13 @@ def distances(r: DPCALayerResult, spaces: Sequence[str] | None = None, title: st
         if not np.all(np.isnan(null)):
             fig.add_trace(go.Scatter(x=r.layers, y=null, mode="lines",
                                      name=f"{f}, full, null 95th pct. ({_n_null(r)} draws)",
-                                     line=dict(color="grey", dash="dot", width=1),
+                                     line=dict(color=col, dash="longdashdot", width=1.5), legendgroup=f,
                                      hovertemplate=f"{f}, null 95th pct.<br>layer %{{x}}: %{{y:.3f}}<extra></extra>"))
     fig.update_layout(title=title or _title(r, "Mahalanobis distance between clusters"),
                       xaxis_title="layer (block input)", yaxis_title="mean pairwise Mahalanobis distance",
                       template="plotly_white")
-    return fig
+    _style.integer_layer_axis(fig, r.layers)
+    return _style.fit_legend(fig)
 
 
 def projections(r: DPCALayerResult, x: str = "label", y: str | None = None, title: str | None = None) -> go.Figure:
@@ -159,5 +161,6 @@ def summary(r: DPCALayerResult) -> go.Figure:
     for tr in b.data:
         fig.add_trace(tr, row=1, col=2)
     fig.update_xaxes(title_text="layer (block input)")
+    _style.integer_layer_axis(fig, r.layers)
     fig.update_layout(title=_title(r, "dPCA by layer"), template="plotly_white")
-    return fig
+    return _style.fit_legend(fig)

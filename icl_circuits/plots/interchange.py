@@ -4,26 +4,21 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import plotly.colors
 import plotly.graph_objects as go
 
 from ..interchange import OUTCOMES, InterchangeResult, NecessityResult
 from ..probing import ProbeResult
+from . import _style
 
 _DASH = {"transfer": "solid", "preserve": "dash", "neither": "dot"}
 
 
 def _color(i: int) -> str:
-    palette = plotly.colors.qualitative.Plotly
-    return palette[i % len(palette)]
+    return _style.color(i)
 
 
 def _band(fig: go.Figure, x, low, high, color: str, group: str) -> None:
-    rgba = "rgba({},{},{},0.15)".format(*plotly.colors.hex_to_rgb(color))
-    fig.add_trace(go.Scatter(
-        x=[*x, *x[::-1]], y=[*high, *low[::-1]], fill="toself", fillcolor=rgba, line=dict(width=0),
-        hoverinfo="skip", showlegend=False, legendgroup=group,
-    ))
+    fig.add_trace(_style.band(x, low, high, color, group=group))
 
 
 def _as_list(results):
@@ -62,9 +57,10 @@ def interchange(
         title=title or (f"Interchange {r0.source_task} \u2192 {r0.target_task} on {r0.model_name} "
                         f"({r0.n_demos} demos, n={r0.n})"),
         xaxis_title="layer (residual stream at the block input)", yaxis_title="rate (Wilson 95% band)",
-        yaxis_range=[-0.02, 1.02], template="plotly_white", xaxis=dict(dtick=1),
+        yaxis_range=[-0.02, 1.02], template="plotly_white",
     )
-    return fig
+    _style.integer_layer_axis(fig, sorted({l for r in results for l in r.layers}))
+    return _style.fit_legend(fig)
 
 
 def necessity(results: NecessityResult | Sequence[NecessityResult], title: str | None = None) -> go.Figure:
@@ -89,9 +85,10 @@ def necessity(results: NecessityResult | Sequence[NecessityResult], title: str |
     fig.update_layout(
         title=title or f"Necessity ({r0.method.split(':')[-1]}) on {r0.model_name}, task {r0.task}",
         xaxis_title="layer (residual stream at the block input)", yaxis_title="accuracy drop",
-        template="plotly_white", xaxis=dict(dtick=1),
+        template="plotly_white",
     )
-    return fig
+    _style.integer_layer_axis(fig, sorted({l for r in results for l in r.layers}))
+    return _style.fit_legend(fig)
 
 
 def probe_vs_transfer(
@@ -132,6 +129,7 @@ def probe_vs_transfer(
     fig.update_layout(
         title=title or f"Probe accuracy vs causal transfer on {p0.model_name} ({p0.task})",
         xaxis_title="layer (residual stream at the block input)", yaxis_title="accuracy / transfer rate",
-        yaxis_range=[-0.02, 1.02], template="plotly_white", xaxis=dict(dtick=1),
+        yaxis_range=[-0.02, 1.02], template="plotly_white",
     )
-    return fig
+    _style.integer_layer_axis(fig, sorted({l for r in [*probes, *transfers] for l in r.layers}))
+    return _style.fit_legend(fig)

@@ -11,13 +11,11 @@ from plotly.subplots import make_subplots
 from ..metrics import wilson
 from ..propagation import LogitLensResult, PropagationResult
 from ..vectors import SweepResult, TaskVector
-from . import sweeps
+from . import _style, sweeps
 
 
 def _band(fig: go.Figure, x, low, high, name: str, color: str | None = None, **where) -> None:
-    fig.add_trace(go.Scatter(x=list(x) + list(x)[::-1], y=list(high) + list(low)[::-1], fill="toself", opacity=0.15,
-                             line=dict(width=0), hoverinfo="skip", showlegend=False, name=f"{name} 95%",
-                             fillcolor=color), **where)
+    fig.add_trace(_style.band(x, low, high, color, name=name, group=name), **where)
 
 
 def _wilson_band(values, n: int) -> tuple[list[float], list[float]]:
@@ -55,17 +53,38 @@ def rotation_scaling(res: PropagationResult, title: str | None = None) -> go.Fig
     Top: tr(U)/d, cos(theta, U theta), cos(theta, W theta) (1 = no rotation). Bottom: the gain
     ||W theta|| / ||theta|| and the spread of P's eigenvalues (std / mean)."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=("rotation (cosines)", "scaling"))
+    i = 0
     for key, label in (("rotation_cos", "tr(U)/d"), ("cos_theta_utheta", "cos(θ, Uθ)"),
                        ("cos_theta_wtheta", "cos(θ, Wθ)"), ("r2", "fit R² (held-out)")):
         fig.add_trace(go.Scatter(x=res.layers, y=getattr(res, key).tolist(), mode="lines+markers", name=label,
+                                 line=dict(color=_style.color(i)),
                                  hovertemplate=f"{label}<br>layer %{{x}}: %{{y:.3f}}<extra></extra>"), row=1, col=1)
+        i += 1
     for key, label in (("gain", "‖Wθ‖/‖θ‖"), ("stretch_cv", "std/mean of P's eigenvalues")):
         fig.add_trace(go.Scatter(x=res.layers, y=getattr(res, key).tolist(), mode="lines+markers", name=label,
+                                 line=dict(color=_style.color(i)),
                                  hovertemplate=f"{label}<br>layer %{{x}}: %{{y:.3f}}<extra></extra>"), row=2, col=1)
+        i += 1
+    _mark_unreadable_fits(fig, res, row=1, col=1)
     fig.update_xaxes(title_text="injection layer (input of block)", row=2, col=1)
+    _style.integer_layer_axis(fig, res.layers)
     fig.update_layout(title=title or f"Propagation map W = UP: {res.model_name}, {res.task}, {res.method} vector",
                       template="plotly_white")
     return fig
+
+
+def _mark_unreadable_fits(fig: go.Figure, res: PropagationResult, **where) -> None:
+    """Grey out the layers whose held-out fit R² < 0 (the map W explains less than the mean: its
+    polar decomposition there is not a reading of the model) and say so in the legend."""
+    bad = [l for l, r2 in zip(res.layers, res.r2.tolist()) if not r2 >= 0]
+    for l in bad:
+        fig.add_vrect(x0=l - 0.4, x1=l + 0.4, fillcolor="rgba(120,120,120,0.18)", line_width=0, layer="below",
+                      **where)
+    if bad:
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", marker=dict(symbol="square", size=12,
+                                 color="rgba(120,120,120,0.35)"),
+                                 name=f"held-out R² < 0 (fit unreadable): layer{'s' if len(bad) > 1 else ''} "
+                                      f"{', '.join(map(str, bad))}", hoverinfo="skip"), **where)
 
 
 def logit_lens(res: LogitLensResult | PropagationResult, title: str | None = None) -> go.Figure:
@@ -92,7 +111,7 @@ def logit_lens(res: LogitLensResult | PropagationResult, title: str | None = Non
     fig.update_layout(title=title or f"Logit lens over {n_cand} candidates: {res.model_name}, {res.task}",
                       xaxis_title="layer (input of block)", yaxis_title="accuracy", yaxis_range=[-0.02, 1.02],
                       template="plotly_white")
-    return fig
+    return _style.integer_layer_axis(fig, res.layers)
 
 
 def alignment(res: PropagationResult, title: str | None = None) -> go.Figure:
@@ -105,7 +124,7 @@ def alignment(res: PropagationResult, title: str | None = None) -> go.Figure:
     fig.update_layout(title=title or f"Task alignment: {res.model_name}, {res.task}, {res.method} vector",
                       xaxis_title="injection layer (input of block)", yaxis_title="cosine with label span",
                       yaxis_range=[-0.02, 1.02], template="plotly_white")
-    return fig
+    return _style.integer_layer_axis(fig, res.layers)
 
 
 def propagation_summary(res: PropagationResult, title: str | None = None) -> go.Figure:
@@ -115,6 +134,7 @@ def propagation_summary(res: PropagationResult, title: str | None = None) -> go.
     def line(key, label, r, c, y=None):
         vals = getattr(res, key).tolist() if y is None else y
         fig.add_trace(go.Scatter(x=res.layers, y=vals, mode="lines+markers", name=label,
+                                 line=dict(color=_style.color(len(fig.data))),
                                  hovertemplate=f"{label}<br>layer %{{x}}: %{{y:.3f}}<extra></extra>"), row=r, col=c)
     line("rotation_cos", "tr(U)/d", 1, 1)
     line("cos_theta_wtheta", "cos(θ, Wθ)", 1, 1)
@@ -126,6 +146,9 @@ def propagation_summary(res: PropagationResult, title: str | None = None) -> go.
     line("acc_injected", "accuracy θ at layer", 2, 2)
     line("acc_reconstructed", "accuracy Wθ at final", 2, 2)
     line("lens_injected", "logit lens with θ", 2, 2)
+    _mark_unreadable_fits(fig, res, row=1, col=1)
+    _style.integer_layer_axis(fig, res.layers)
+    _style.fit_legend(fig, 700)
     fig.update_layout(title=title or f"Propagation of the {res.method} vector: {res.model_name}, {res.task} "
-                                     f"(no-vector accuracy {res.baseline:.2f})", template="plotly_white", height=700)
+                                     f"(no-vector accuracy {res.baseline:.2f})", template="plotly_white")
     return fig

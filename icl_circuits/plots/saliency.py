@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 
 from ..anchors import IsolationResult, ReweightResult
 from ..saliency import SaliencyResult
+from . import _style
 
 _COLORS = {"S_wp": "#1f77b4", "S_pq": "#d62728", "S_ww": "#7f7f7f"}
 _LABELS = {"S_wp": "S_wp (text → label words)", "S_pq": "S_pq (label words → query)", "S_ww": "S_ww (other pairs)"}
@@ -21,19 +22,18 @@ def flows(result: SaliencyResult, title: str | None = None) -> go.Figure:
         i = result.flow_names.index(name)
         y, lo, hi = result.flows[i].tolist(), result.low[i].tolist(), result.high[i].tolist()
         color = _COLORS.get(name, None)
-        fig.add_trace(go.Scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", line=dict(width=0),
-                                 fillcolor=color, opacity=0.15, hoverinfo="skip", showlegend=False))
+        fig.add_trace(_style.band(x, lo, hi, color, name=name, group=name))
         fig.add_trace(go.Scatter(
-            x=x, y=y, mode="lines+markers", name=_LABELS.get(name, name), line=dict(color=color),
+            x=x, y=y, mode="lines+markers", name=_LABELS.get(name, name), line=dict(color=color), legendgroup=name,
             customdata=list(zip(lo, hi)),
             hovertemplate=f"{name}<br>layer %{{x}}: %{{y:.4g}} [%{{customdata[0]:.4g}}, %{{customdata[1]:.4g}}]<extra></extra>",
         ))
     fig.update_layout(
         title=title or f"Saliency flow: {result.model_name}, {result.task}, {result.n_demos} demos "
                        f"(loss: {result.loss}, n={result.per_prompt.shape[-1]})",
-        xaxis_title="layer", yaxis_title=what, template="plotly_white", xaxis=dict(tickmode="array", tickvals=x),
+        xaxis_title="layer", yaxis_title=what, template="plotly_white",
     )
-    return fig
+    return _style.integer_layer_axis(fig, x)
 
 
 def heatmap(result: SaliencyResult, example: int = 0, title: str | None = None) -> go.Figure:
@@ -58,12 +58,15 @@ def heatmap(result: SaliencyResult, example: int = 0, title: str | None = None) 
         ))
     steps = [dict(method="update", label=str(l), args=[{"visible": [j == i for j in range(len(result.layers))]}])
              for i, l in enumerate(result.layers)]
+    # the layer slider sits above the plot: below it, it collided with the rotated key-position
+    # labels and the axis title
     fig.update_layout(
-        title=title or f"Saliency |Σ_h A·∂L/∂A| of prompt {example}: {result.model_name}, {result.task} "
-                       f"(* label words, → final position)",
-        sliders=[dict(active=0, currentvalue=dict(prefix="layer "), steps=steps)],
+        title=dict(text=title or f"Saliency |Σ_h A·∂L/∂A| of prompt {example}: {result.model_name}, {result.task} "
+                                 f"(* label words, → final position)", y=0.98, yanchor="top"),
+        sliders=[dict(active=0, currentvalue=dict(prefix="layer ", xanchor="left"), steps=steps,
+                      x=0, len=1.0, y=1.0, yanchor="bottom", pad=dict(t=0, b=10))],
         xaxis=dict(title="key position", tickangle=-60), yaxis=dict(title="query position", autorange="reversed"),
-        template="plotly_white", height=650,
+        template="plotly_white", height=720, margin=dict(t=170),
     )
     return fig
 

@@ -10,24 +10,16 @@ import plotly.graph_objects as go
 
 from ..patching import PatchGridResult
 from ..vectors import SweepResult
+from . import _style
 
-_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 _REFERENCE = ("zero-shot", "icl", "random-answers")
-
-
-def _rgba(hex_color: str, alpha: float) -> str:
-    h = hex_color.lstrip("#")
-    return f"rgba({int(h[0:2], 16)}, {int(h[2:4], 16)}, {int(h[4:6], 16)}, {alpha})"
 
 
 def _band(fig: go.Figure, x, low, high, color: str, name: str) -> None:
     low, high = np.asarray(low, float), np.asarray(high, float)
     if np.all(np.isnan(low)) or np.all(np.isnan(high)):
         return
-    fig.add_trace(go.Scatter(
-        x=list(x) + list(x)[::-1], y=list(high) + list(low)[::-1], fill="toself", fillcolor=_rgba(color, 0.18),
-        line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=name,
-    ))
+    fig.add_trace(_style.band(x, low.tolist(), high.tolist(), color, name=name, group=name, alpha=0.18))
 
 
 def _from_frame(df: pd.DataFrame) -> tuple[list[dict], list[tuple[str, float]], str, str, str]:
@@ -71,22 +63,20 @@ def sweep(result: SweepResult | Sequence[SweepResult] | pd.DataFrame, title: str
         metric, task, model = results[0].metric, results[0].task, results[0].model_name
     fig = go.Figure()
     for i, c in enumerate(curves):
-        color = _COLORS[i % len(_COLORS)]
+        color = _style.color(i)
         _band(fig, c["x"], c["low"], c["high"], color, c["name"])
         hover = [f"{c['name']}<br>layer {x}: {metric} {y:.4f}<br>95% interval [{lo:.3f}, {hi:.3f}]"
                  + (f"<br>n = {c['n']}" if c.get("n") else "") for x, y, lo, hi in zip(c["x"], c["y"], c["low"], c["high"])]
         fig.add_trace(go.Scatter(x=c["x"], y=c["y"], mode="lines+markers", name=c["name"], line=dict(color=color),
                                  legendgroup=c["name"], hovertext=hover, hoverinfo="text"))
-    for j, (name, value) in enumerate(refs):
-        fig.add_hline(y=value, line=dict(dash="dash" if j % 2 == 0 else "dot", color="gray"),
-                      annotation_text=f"{name}: {value:.3f}", annotation_position="top left")
+    _style.reference_lines(fig, refs)
     rate = metric in ("accuracy", "label_accuracy", "auto")
     fig.update_layout(
         title=title or f"{metric} per layer — {model}, task {task}", xaxis_title="layer (input of block l)",
         yaxis_title=metric, template="plotly_white", hovermode="closest",
         **({"yaxis_range": [-0.02, 1.02]} if rate else {}),
     )
-    fig.update_xaxes(dtick=1)
+    _style.integer_layer_axis(fig, sorted({x for c in curves for x in c["x"]}))
     return fig
 
 
