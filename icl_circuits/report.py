@@ -58,6 +58,9 @@ class Section:
     n_prompts: int | None = None
     #: the full tidy data behind ``table``, offered as an embedded CSV download (not printed)
     data: pd.DataFrame | None = None
+    #: why (part of) the result is degenerate or not readable, computed from its own numbers;
+    #: shown above the figures so that nothing degenerate reads as a finding
+    warnings: list[str] = field(default_factory=list)
 
 
 #: tables longer than this are cut to their first rows in the page (the whole table: CSV download)
@@ -151,6 +154,7 @@ def render_html(sections: list[Section], cfg: ReportConfig, total_seconds: float
         body.append(f'<p class="meta">model {html.escape(cfg.model_name)}{n} · seed {cfg.seed} · {s.seconds:.1f} s</p>')
         if s.error:
             body.append(f'<p class="error">This section failed: {html.escape(s.error)}</p>')
+        body += [f'<p class="warn"><b>Not a finding:</b> {html.escape(w)}</p>' for w in s.warnings]
         body += [f"<p>{p}</p>" for p in s.text.split("\n\n") if p.strip()]
         body += [_figure_html(f, f"fig-{s.key}-{j}") for j, f in enumerate(s.figures)]
         body.append(table_html(s))
@@ -163,6 +167,7 @@ def render_html(sections: list[Section], cfg: ReportConfig, total_seconds: float
     style = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:0} .meta,.t{color:#777;font-size:.9em} .error{color:#b00}
+.warn{background:#fff4e0;border-left:4px solid #e69500;padding:.4em .8em}
 table.tbl{border-collapse:collapse;font-size:.85em;margin:1em 0} .tbl td,.tbl th{padding:2px 8px;border-bottom:1px solid #ddd}
 section{margin-top:2.5em}"""
     return f"""<!DOCTYPE html>

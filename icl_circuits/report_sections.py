@@ -9,6 +9,56 @@ from .plots import accuracy as accuracy_plots
 from .report import Context, Section, section
 from .tasks import list_tasks
 
+#: a propagation fit with held-out R² below this predicts worse than the mean: not readable
+R2_UNREADABLE = 0.0
+#: below this (and >= R2_UNREADABLE) the fit explains little: read with care
+R2_WEAK = 0.2
+
+
+def local_vector_ceiling(df: pd.DataFrame) -> str | None:
+    """Why the local-task-vector comparison is degenerate, or None.
+
+    Local vectors are patched into random-answer twins, so they can only show a gain over the
+    random-answer baseline. When that baseline's Wilson 95% interval already reaches the ICL
+    accuracy (``compare_task_vectors`` rows "random-answers" and "icl"), there is no gap to close.
+    """
+    ref = {m: g.iloc[0] for m, g in df.groupby("method") if m in ("icl", "random-answers")}
+    if len(ref) < 2 or "local" not in set(df.method):
+        return None
+    icl, rnd = ref["icl"], ref["random-answers"]
+    if float(rnd.high) >= float(icl.accuracy):
+        return (f"random-answer demos already reach the ICL accuracy (random answers {float(rnd.accuracy):.3f} "
+                f"[{float(rnd.low):.3f}, {float(rnd.high):.3f}] vs ICL {float(icl.accuracy):.3f}): the model does not "
+                "need correct demo answers here, so the local-vector comparison is degenerate and its curve says "
+                "nothing about local task vectors.")
+    return None
+
+
+def propagation_fit_warnings(layers, r2) -> list[str]:
+    """Layers whose held-out fit R² makes the polar decomposition W = UP unreadable (< 0) or weak (< 0.2)."""
+    r2 = [float(v) for v in r2]
+    bad = [l for l, v in zip(layers, r2) if not v >= R2_UNREADABLE]
+    weak = [l for l, v in zip(layers, r2) if R2_UNREADABLE <= v < R2_WEAK]
+    out = []
+    if bad:
+        vals = ", ".join(f"{l}: {v:.2f}" for l, v in zip(layers, r2) if l in bad)
+        out.append(f"held-out R² < 0 at layer(s) {', '.join(map(str, bad))} ({vals}): the linear map predicts worse "
+                   "than the mean there, so its rotation/scaling (tr(U)/d, gain, eigenvalue spread) at those layers is "
+                   "not a property of the model (greyed in the figures).")
+    if weak:
+        out.append(f"held-out R² below {R2_WEAK} at layer(s) {', '.join(map(str, weak))}: the map explains little of "
+                   "the propagated effect; read its decomposition there with care.")
+    return out
+
+
+def dpca_chance_warning(task: str, value: float, low: float, high: float, chance: float, n_demos: int) -> str | None:
+    """The dPCA task is not learned in context when its label accuracy's Wilson 95% interval reaches chance."""
+    if low <= chance:
+        return (f"in-context label accuracy on {task} with {n_demos} demos is {value:.3f} [{low:.3f}, {high:.3f}], not "
+                f"above chance ({chance:.3f}): the model has not learned this task in context, so this dPCA shows no "
+                "learned label representation (label structure here is what the prompt words carry, not a solution).")
+    return None
+
 
 @section("accuracy")
 def accuracy_section(ctx: Context) -> Section:
@@ -63,6 +113,7 @@ def task_vectors_section(ctx: Context) -> Section:
     df = compare_task_vectors(ctx.model, task, n_demos=cfg.n_demos, n_prompts=n, seed=cfg.seed,
                               top_k=min(10, ctx.model.cfg.n_layers * ctx.model.cfg.n_heads), extra=[ltv])
     wide = df.pivot_table(index="layer", columns="method", values="accuracy").reset_index()
+    ceiling = local_vector_ceiling(df)
     return Section(
         "task_vectors", "Task vectors per layer: vanilla, local, function, learned",
         f"Accuracy on zero-shot prompts of {task} with one vector injected at the input of each block: vanilla "
@@ -70,8 +121,9 @@ def task_vectors_section(ctx: Context) -> Section:
         "by causal indirect effect, added), learned (Yang et al. 2025; trained per layer with the model frozen, "
         "added), local (2406.16007; answer-position states patched into random-answer twins). Flat reference lines: "
         "zero-shot, ICL and random-answer accuracy.",
-        figures=[sweeps.sweep(df, f"Task vectors on {task} ({cfg.model_name})")], table=wide,
-        n_prompts=int(df.n.max()),
+        figures=[sweeps.sweep(df.replace({"method": {"local": "local (degenerate: random answers reach ICL)"}})
+                              if ceiling else df, f"Task vectors on {task} ({cfg.model_name})")], table=wide,
+        n_prompts=int(df.n.max()), warnings=[ceiling] if ceiling else [],
     )
 
 
@@ -155,8 +207,10 @@ def propagation_section(ctx: Context) -> Section:
         "squares, and its polar decomposition W = U P (U a rotation, P a stretch). tr(U)/d near 1 means W mostly "
         "scales; lower values mean the vector is rotated on its way to the output (Yang et al. 2025: early vectors "
         "are rotated into the label subspace, late ones mostly scaled).",
-        figures=[pplots.rotation_scaling(res), pplots.propagation_summary(res)], table=res.to_dataframe(),
-        n_prompts=int(res.n_eval),
+        figures=[pplots.rotation_scaling(res), pplots.propagation_summary(res)],
+        table=res.to_dataframe().assign(fit=["unreadable (R² < 0)" if not v >= R2_UNREADABLE else
+                                             f"weak (R² < {R2_WEAK})" if v < R2_WEAK else "ok" for v in res.r2.tolist()]),
+        n_prompts=int(res.n_eval), warnings=propagation_fit_warnings(res.layers, res.r2.tolist()),
     )
 
 
@@ -164,17 +218,32 @@ def propagation_section(ctx: Context) -> Section:
 def dpca_section(ctx: Context) -> Section:
     from .dpca_analysis import dpca_by_layer
     from .plots import dpca as dplots
+    from .tasks import get_task
 
     cfg = ctx.cfg
     res = dpca_by_layer(ctx.model, cfg.category_task, n_demos=cfg.n_demos, n_prompts=cfg.prompts(64),
                         seed=cfg.seed, n_null=cfg.dpca_n_null, progress=False)
+    acc = accuracy_by_demos(ctx.model, [cfg.category_task], demos=[cfg.n_demos], n_prompts=cfg.prompts(64),
+                            seed=cfg.seed, metrics=["label"]).iloc[0]
+    chance = 1.0 / int(get_task(cfg.category_task).n_classes)
+    at_chance = dpca_chance_warning(cfg.category_task, float(acc.value), float(acc.low), float(acc.high), chance,
+                                    cfg.n_demos)
+    tag = (f": {res.model_name}, task {res.task}, {res.position_kind} positions, {res.n_demos} demos"
+           + (f"<br><sup>task at chance (label accuracy {float(acc.value):.2f}, chance {chance:.2f}): "
+              "no learned label representation</sup>"
+              if at_chance else ""))
     return Section(
         "dpca", f"dPCA of label-position vectors ({cfg.category_task})",
         "Demixed PCA (Kobak et al. 2016) of the residual stream at the demo answer positions, marginalized by a "
         "nuisance feature of the demo input and by the label class (2406.16007: nuisance information peaks early "
         "and fades, label information stays). Variance explained per marginalization and Mahalanobis distances "
-        f"between clusters, per layer; dashed: the 95th percentile of {cfg.dpca_n_null} null draws (condition labels "
-        "redrawn within each prompt, whole fit repeated).",
-        figures=[dplots.explained_variance(res), dplots.distances(res)], table=res.variance_table(),
+        f"between clusters, per layer; the 95th percentile of {cfg.dpca_n_null} null draws (condition labels "
+        "redrawn within each prompt, whole fit repeated) is dashed in the variance figure and dash-dotted in the "
+        f"distance figure. In-context label accuracy on this task with {cfg.n_demos} demos: {float(acc.value):.3f} "
+        f"[{float(acc.low):.3f}, {float(acc.high):.3f}], chance {chance:.3f}.",
+        figures=[dplots.explained_variance(res, title=f"dPCA variance per marginalization{tag}"),
+                 dplots.distances(res, title=f"Mahalanobis distance between clusters{tag}")],
+        table=res.variance_table(),
+        warnings=[at_chance] if at_chance else [],
         n_prompts=int(res.sample_factors.shape[1]) // max(int(res.n_demos), 1),
     )

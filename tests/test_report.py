@@ -209,3 +209,48 @@ def test_long_tables_are_cut_with_a_download():
     out = table_html(Section("k", "k", "", table=long, data=long))
     assert out.count("<tr") == MAX_TABLE_ROWS + 1  # header + the first rows
     assert f"First {MAX_TABLE_ROWS} of 300 rows" in out and out.count("data:text/csv;base64,") == 2
+
+
+# --- degenerate results are labelled from the results' own numbers
+
+
+def test_local_vector_ceiling_is_flagged_only_when_random_answers_reach_icl():
+    import pandas as pd
+
+    from icl_circuits.report_sections import local_vector_ceiling
+
+    def frame(rnd, rnd_high):
+        rows = [dict(method="icl", layer=0, accuracy=1.0, low=0.9, high=1.0, n=32),
+                dict(method="random-answers", layer=0, accuracy=rnd, low=rnd - 0.1, high=rnd_high, n=32),
+                dict(method="local", layer=0, accuracy=1.0, low=0.9, high=1.0, n=32)]
+        return pd.DataFrame(rows)
+
+    assert "degenerate" in local_vector_ceiling(frame(1.0, 1.0))
+    assert local_vector_ceiling(frame(0.3, 0.45)) is None
+    assert local_vector_ceiling(frame(1.0, 1.0)[lambda d: d.method != "local"]) is None
+
+
+def test_negative_r2_layers_are_labelled_unreadable():
+    from icl_circuits.report_sections import propagation_fit_warnings
+
+    out = propagation_fit_warnings([0, 1, 2], [-0.34, 0.1, 0.9])
+    assert len(out) == 2 and "R² < 0 at layer(s) 0 (0: -0.34)" in out[0] and "layer(s) 1" in out[1]
+    assert propagation_fit_warnings([0, 1], [0.5, 0.9]) == []
+
+
+def test_dpca_on_a_task_at_chance_is_labelled():
+    from icl_circuits.report_sections import dpca_chance_warning
+
+    assert "no learned label representation" in dpca_chance_warning("t", 0.56, 0.42, 0.69, 0.5, 8)
+    assert dpca_chance_warning("t", 0.95, 0.85, 0.99, 0.5, 8) is None
+
+
+def test_warnings_are_rendered_above_the_figures(report):
+    from icl_circuits.report import Section
+
+    sections, _ = report
+    s = Section("x", "x", "text", warnings=["the baseline <already> reaches the ceiling"])
+    page = render_html([s], ReportConfig(quick=True), 1.0)
+    assert '<p class="warn"><b>Not a finding:</b> the baseline &lt;already&gt; reaches the ceiling</p>' in page
+    for s in sections:  # every warning a section raised is on the page
+        assert all(isinstance(w, str) and w for w in s.warnings)
