@@ -69,9 +69,11 @@ def accuracy_section(ctx: Context) -> Section:
     wide.columns = [str(c) if c == "task" else f"k={c}" for c in wide.columns]
     return Section(
         "accuracy", "ICL accuracy vs number of demos",
-        "Top-1 accuracy of the first answer token on fresh prompts, with Wilson 95% intervals. "
-        "Zero-shot accuracy on categorization tasks should sit at chance: their label words are drawn "
-        "per prompt, so only the demos can bind classes to words.",
+        "Top-1 accuracy of the first answer token over the whole vocabulary on fresh prompts, with Wilson 95% "
+        "intervals. On categorization tasks zero-shot accuracy by this metric is near 0, not the label-word chance "
+        "1/C: their label words are drawn per prompt, so without demos nothing names the classes, and the model "
+        "ranks every vocabulary token (label-word accuracy, chance 1/C, is the `label` metric of "
+        "`icl-circuits evaluate`).",
         figures=[accuracy_plots.accuracy_by_demos(df, f"ICL accuracy of {cfg.model_name}")],
         table=wide, n_prompts=int(df.n.max()),
     )
