@@ -88,7 +88,7 @@ def _metric_list(_ctx: Any, param: click.Parameter, value: str | None) -> list[s
 
 @cli.command("evaluate")
 @model_option
-@click.option("--task", "task_names", multiple=True, help="Task name (repeatable); default: every task.")
+@click.option("--task", "task_names", multiple=True, help="Task name (repeatable); default: every task the model's tokenizer can read.")
 @click.option("--demos", default="0,1,2,4,8", show_default=True, callback=_int_list, help="Numbers of demos.")
 @click.option("--prompts", "n_prompts", default=64, show_default=True, type=click.IntRange(min=1), help="Prompts per cell.")
 @click.option("--metrics", default=None, callback=_metric_list,
@@ -107,10 +107,12 @@ def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_pr
     import pandas as pd
 
     from .evaluation import accuracy_by_demos
-    from .tasks import get_task, list_tasks
+    from .prompts import representable_tasks
+    from .tasks import get_task
 
-    names = [_check_task(t) for t in task_names] or list_tasks()
+    names = [_check_task(t) for t in task_names]
     m = _load(model)
+    names = names or representable_tasks(m)
     t0 = time.time()
     frames = []
     try:

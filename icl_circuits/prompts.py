@@ -30,13 +30,17 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from .tasks import CategorizationTask, Task, get_task
+from .tasks import CategorizationTask, Task, get_task, list_tasks
 
 Variant = Literal["icl", "zero_shot", "dummy_query", "shuffled_labels", "random_answers"]
 VARIANTS: tuple[str, ...] = ("icl", "zero_shot", "dummy_query", "shuffled_labels", "random_answers")
 
 #: Position kinds understood by ``PromptBatch.positions``.
 POSITION_KINDS = ("answer", "answer_last", "separator", "delimiter", "input_first", "input_last", "final")
+
+
+class UnrepresentableTextError(ValueError):
+    """The tokenizer maps part of a prompt to its unknown token: the model cannot read the task."""
 
 
 class TokenizationBoundaryError(ValueError):
@@ -545,10 +549,37 @@ def _tokenize(tok: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
+def _unknown_words(tok: Any, text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]]) -> list[str]:
+    """The pieces of ``text`` the tokenizer maps to its unknown token (none for byte-level tokenizers)."""
+    unk = getattr(tok, "unk_token_id", None)
+    return [] if unk is None else [text[a:b] for t, (a, b) in zip(ids, offsets) if t == unk]
+
+
+def representable_tasks(model_or_tokenizer: Any, tasks: Sequence[str] | None = None) -> list[str]:
+    """The tasks (default: every registered task) whose every input, output and label word the
+    tokenizer can represent, i.e. maps to no unknown token. A word-level tokenizer such as
+    ``toy-icl``'s cannot read tasks written after it was built; byte-level BPE can read anything."""
+    tok = _get_tokenizer(model_or_tokenizer)[0]
+    out = []
+    for name in list_tasks() if tasks is None else tasks:
+        t = get_task(name)
+        words = sorted({*t.inputs(), *t.outputs(), *(t.label_words or [])})
+        enc = tok(words, add_special_tokens=False, return_offsets_mapping=True)
+        if not any(_unknown_words(tok, w, i, o) for w, i, o in zip(words, enc["input_ids"], enc["offset_mapping"])):
+            out.append(name)
+    return out
+
+
 def _encode(tok, template: Template, demos, query, words, shift: int) -> dict:
     """Tokenize one rendered prompt and locate every field in token indices."""
     r = _render(template, demos, query)
     ids, offsets = _tokenize(tok, r.text)
+    unknown = _unknown_words(tok, r.text, ids, offsets)
+    if unknown:
+        raise UnrepresentableTextError(
+            f"the tokenizer maps {sorted(set(unknown))[:5]} to its unknown token {tok.unk_token!r}: this model cannot "
+            "read the task (see prompts.representable_tasks for the tasks it can)"
+        )
     spans_in = [_token_span(offsets, r.text, a, b, "input") for a, b in r.input_chars]
     spans_ans = [_token_span(offsets, r.text, a, b, "answer") for a, b in r.answer_chars]
     cut = spans_ans[-1][0]

@@ -6,6 +6,7 @@ import pandas as pd
 
 from .evaluation import accuracy_by_demos
 from .plots import accuracy as accuracy_plots
+from .prompts import representable_tasks
 from .report import Context, Section, section
 from .tasks import list_tasks
 
@@ -63,7 +64,8 @@ def dpca_chance_warning(task: str, value: float, low: float, high: float, chance
 @section("accuracy")
 def accuracy_section(ctx: Context) -> Section:
     cfg = ctx.cfg
-    tasks = list_tasks() if not cfg.quick else [cfg.knowledge_task, cfg.category_task, "uppercase"]
+    tasks = representable_tasks(ctx.model) if not cfg.quick else [cfg.knowledge_task, cfg.category_task, "uppercase"]
+    unreadable = [t for t in list_tasks() if t not in tasks] if not cfg.quick else []
     df = accuracy_by_demos(ctx.model, tasks, demos=[0, 1, 2, 4, 8], n_prompts=cfg.prompts(), seed=cfg.seed)
     wide = df[df.metric == "first_token"].pivot(index="task", columns="n_demos", values="value").loc[tasks].reset_index()
     wide.columns = [str(c) if c == "task" else f"k={c}" for c in wide.columns]
@@ -73,7 +75,9 @@ def accuracy_section(ctx: Context) -> Section:
         "intervals. On categorization tasks zero-shot accuracy by this metric is near 0, not the label-word chance "
         "1/C: their label words are drawn per prompt, so without demos nothing names the classes, and the model "
         "ranks every vocabulary token (label-word accuracy, chance 1/C, is the `label` metric of "
-        "`icl-circuits evaluate`).",
+        "`icl-circuits evaluate`)."
+        + (f" Not shown: {', '.join(unreadable)}, whose words this model's tokenizer maps to its unknown token."
+           if unreadable else ""),
         figures=[accuracy_plots.accuracy_by_demos(df, f"ICL accuracy of {cfg.model_name}")],
         table=wide, n_prompts=int(df.n.max()),
     )

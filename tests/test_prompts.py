@@ -286,3 +286,20 @@ def test_real_model_template_and_natural_label_words(real_model):
     assert ((b.input_spans[..., 1] - b.input_spans[..., 0]) == 1).all()
     with pytest.raises(ValueError, match=r"no example of task 'sentiment' \(of 120\) has a one-token input"):
         single_token_task(real_model, "sentiment")  # phrases
+
+
+def test_words_the_tokenizer_cannot_read_are_an_error_not_unknown_tokens(toy_tokenizer):
+    """toy-icl's word-level tokenizer predates the natural tasks: prompts of them would be <unk> soup."""
+    from icl_circuits.prompts import UnrepresentableTextError, representable_tasks
+    from icl_circuits.toy import TOY_TASKS
+
+    with pytest.raises(UnrepresentableTextError, match="unknown token"):
+        build_prompts(toy_tokenizer, "sentiment", 2, 2, seed=0)
+    assert representable_tasks(toy_tokenizer) == list(TOY_TASKS)
+
+
+def test_byte_level_tokenizers_can_read_every_task(gpt2_tokenizer):
+    from icl_circuits.prompts import representable_tasks
+    from icl_circuits.tasks import list_tasks
+
+    assert representable_tasks(gpt2_tokenizer) == list_tasks()
