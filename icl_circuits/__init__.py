@@ -9,14 +9,15 @@ below are the ones a notebook needs first.
 from .evaluation import accuracy_by_demos, answer_logprob, final_logits, greedy_answers, icl_accuracy, score
 from .metrics import get_metric, list_metrics
 from .models import load_model, model_info
-from .prompts import PromptBatch, Template, TokenizationBoundaryError, build_prompts, default_template, single_token_task
+from .prompts import PromptBatch, Template, TokenizationBoundaryError, build_prompts, default_template
+from .task_filters import representable_tasks, single_token_task
 from .tasks import get_task, list_tasks, load_task, register_task, task_from_pairs
 from .vectors import SweepResult, TaskVector, evaluate_vector
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PromptBatch", "Template", "TokenizationBoundaryError", "build_prompts", "default_template", "single_token_task",
+    "PromptBatch", "Template", "TokenizationBoundaryError", "build_prompts", "default_template", "single_token_task", "representable_tasks",
     "get_task", "list_tasks", "register_task", "task_from_pairs", "load_task", "load_model", "model_info", "icl_accuracy", "accuracy_by_demos", "final_logits",
     "score", "greedy_answers", "answer_logprob", "list_metrics", "get_metric",
     "TaskVector", "SweepResult", "evaluate_vector",

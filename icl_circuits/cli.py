@@ -107,7 +107,7 @@ def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_pr
     import pandas as pd
 
     from .evaluation import accuracy_by_demos
-    from .prompts import representable_tasks
+    from .task_filters import representable_tasks
     from .tasks import get_task
 
     names = [_check_task(t) for t in task_names]

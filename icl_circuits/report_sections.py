@@ -6,8 +6,8 @@ import pandas as pd
 
 from .evaluation import accuracy_by_demos
 from .plots import accuracy as accuracy_plots
-from .prompts import representable_tasks
 from .report import Context, Section, section
+from .task_filters import representable_tasks
 from .tasks import list_tasks
 
 #: a propagation fit with held-out R² below this predicts worse than the mean: not readable

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from icl_circuits import Template, TokenizationBoundaryError, build_prompts
-from icl_circuits.prompts import COMPACT_TEMPLATE, SPACED_TEMPLATE, default_template, single_token_task
+from icl_circuits.prompts import COMPACT_TEMPLATE, SPACED_TEMPLATE, default_template
+from icl_circuits.task_filters import single_token_task
 from icl_circuits.tasks import WordPairTask, get_task, task_from_pairs
 
 EXAMPLES = ["{x}:{y}", "{x} -> {y}", "Input: {x}\nOutput: {y}", "Q: {x}\nA: {y}", "{x} = {y}.", "{x}\t{y}", "({x}, {y})"]
@@ -290,7 +291,8 @@ def test_real_model_template_and_natural_label_words(real_model):
 
 def test_words_the_tokenizer_cannot_read_are_an_error_not_unknown_tokens(toy_tokenizer):
     """toy-icl's word-level tokenizer predates the natural tasks: prompts of them would be <unk> soup."""
-    from icl_circuits.prompts import UnrepresentableTextError, representable_tasks
+    from icl_circuits.prompts import UnrepresentableTextError
+    from icl_circuits.task_filters import representable_tasks
     from icl_circuits.toy import TOY_TASKS
 
     with pytest.raises(UnrepresentableTextError, match="unknown token"):
@@ -299,7 +301,7 @@ def test_words_the_tokenizer_cannot_read_are_an_error_not_unknown_tokens(toy_tok
 
 
 def test_byte_level_tokenizers_can_read_every_task(gpt2_tokenizer):
-    from icl_circuits.prompts import representable_tasks
+    from icl_circuits.task_filters import representable_tasks
     from icl_circuits.tasks import list_tasks
 
     assert representable_tasks(gpt2_tokenizer) == list_tasks()
