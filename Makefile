@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m icl_circuits.cli demo
+	$(PY) -m icl_circuits.cli.main demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     timed = partial(best_of, cpu_time=args.cpu_time)
 
     from icl_circuits import build_prompts
-    from icl_circuits.heads import head_ablation_scan, head_attribution, scan_agreement
+    from icl_circuits.methods.heads import head_ablation_scan, head_attribution, scan_agreement
     from icl_circuits.toy import toy_or_untrained
 
     model, trained = toy_or_untrained()

@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     from transformer_lens.patching import get_act_patch_resid_pre
 
     from icl_circuits import build_prompts
-    from icl_circuits import interventions as iv
-    from icl_circuits.patching import layer_sweep, patch_grid
+    from icl_circuits.core import interventions as iv
+    from icl_circuits.methods.patching import layer_sweep, patch_grid
 
     model = make_model(args.full, args.quick)
     # ~32 tokens: 6 demos of a number categorization task; random answers keep the token shape

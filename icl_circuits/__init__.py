@@ -1,20 +1,31 @@
 """icl-circuits: where and how a language model stores the task it infers from demonstrations.
 
 Data flows one way: Task -> PromptBatch -> analysis -> Result -> figure / table / report.
-Analyses live in their modules (``icl_circuits.saliency``, ``.task_vectors``, ``.interchange``,
+Analyses live in their modules (``icl_circuits.methods.saliency``, ``.task_vectors``, ``.interchange``,
 ``.learned``, ``.circuits``, ``.heads``, ``.propagation``, ``.dpca_analysis``, ...); the names
 below are the ones a notebook needs first.
 """
 
-from .evaluation import accuracy_by_demos, answer_logprob, final_logits, greedy_answers, icl_accuracy, score
-from .metrics import get_metric, list_metrics
-from .models import load_model, model_info
-from .prompts import PromptBatch, Template, TokenizationBoundaryError, build_prompts, default_template
-from .task_filters import representable_tasks, single_token_task
-from .tasks import get_task, list_tasks, load_task, register_task, task_from_pairs
-from .vectors import SweepResult, TaskVector, evaluate_vector
+from icl_circuits.core.evaluation import accuracy_by_demos, answer_logprob, final_logits, greedy_answers, icl_accuracy, score
+from icl_circuits.core.metrics import get_metric, list_metrics
+from icl_circuits.core.models import load_model, model_info
+from icl_circuits.core.prompts import PromptBatch, Template, TokenizationBoundaryError, build_prompts, default_template
+from icl_circuits.core.task_filters import representable_tasks, single_token_task
+from icl_circuits.core.tasks import get_task, list_tasks, load_task, register_task, task_from_pairs
+from icl_circuits.methods.vectors import SweepResult, TaskVector, evaluate_vector
 
 __version__ = "0.1.0"
+
+_SUBPACKAGES = ("core", "methods", "viz", "report", "cli", "toy")
+
+
+def __getattr__(name: str):
+    """Load a subpackage (``ic.viz``, ``ic.methods``...) on first attribute access."""
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "PromptBatch", "Template", "TokenizationBoundaryError", "build_prompts", "default_template", "single_token_task", "representable_tasks",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from icl_circuits.models import load_model
-from icl_circuits.report import ReportConfig, run_suite
+from icl_circuits.core.models import load_model
+from icl_circuits.report.suite import ReportConfig, run_suite
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "figures"
 

@@ -49,15 +49,15 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", "df = ic.accuracy_by_demos(model, [\"antonym\", \"english-french\", \"number\", \"letter-string\"], demos=[0, 1, 2, 4, 8], n_prompts=48)\n"
                  "# one row per task x demos x metric: first_token for every task, label for categorization\n"
                  "df.pivot_table(index=[\"task\", \"metric\"], columns=\"n_demos\", values=\"value\").round(2)"),
-        ("code", "from icl_circuits.plots.accuracy import accuracy_by_demos\naccuracy_by_demos(df)"),
+        ("code", "from icl_circuits.viz.accuracy import accuracy_by_demos\naccuracy_by_demos(df)"),
     ],
     "04_label_words_as_anchors": [
         ("md", "# 04 · Label words as anchors (Wang et al. 2023)\n\n"
                "Saliency I_l = |sum_h A_{l,h} * dL/dA_{l,h}| from one forward and one backward pass; flows "
                "S_wp (text -> label words), S_pq (label words -> final position), S_ww (the rest).\n\n" + SWITCH),
         ("code", SETUP),
-        ("code", "from icl_circuits.saliency import saliency_flow\nfrom icl_circuits.anchors import isolate_attention, train_anchor_reweighting\n"
-                 "from icl_circuits.plots import saliency as splots\n\n"
+        ("code", "from icl_circuits.methods.saliency import saliency_flow\nfrom icl_circuits.methods.anchors import isolate_attention, train_anchor_reweighting\n"
+                 "from icl_circuits.viz import saliency as splots\n\n"
                  "batch = ic.build_prompts(model, \"number\", n_prompts=32, n_demos=8, seed=0)\n"
                  "sal = saliency_flow(model, batch, loss=\"label_words\", progress=False)\nsal.to_dataframe().round(4)"),
         ("code", "splots.flows(sal)"),
@@ -77,15 +77,15 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "patching (one forward + one backward), and the OV-circuit view of a learned task vector "
                "(Yang, Cho, Ding, Inoue 2025): which later heads carry it to the final position.\n\n" + SWITCH),
         ("code", SETUP),
-        ("code", "from icl_circuits.heads import head_ablation_scan, head_attribution, scan_agreement\n"
-                 "from icl_circuits.plots import circuits as cplots\n\n"
+        ("code", "from icl_circuits.methods.heads import head_ablation_scan, head_attribution, scan_agreement\n"
+                 "from icl_circuits.viz import circuits as cplots\n\n"
                  "batch = ic.build_prompts(model, \"antonym\", 32, 8, seed=0)\n"
                  "exact = head_ablation_scan(model, batch, how=\"mean\", metric=\"logit_diff\", progress=False)\n"
                  "approx = head_attribution(model, batch, how=\"mean\", metric=\"logit_diff\")\n"
                  "print(scan_agreement(exact, approx))\ncplots.head_scan(exact)"),
         ("code", "cplots.scan_vs_attribution(exact, approx)"),
         ("md", "## A learned task vector and the heads that carry it"),
-        ("code", "from icl_circuits.learned import train_task_vector\nfrom icl_circuits.circuits import ov_contributions, reconstruct, key_head_ablation\n\n"
+        ("code", "from icl_circuits.methods.learned import train_task_vector\nfrom icl_circuits.methods.circuits import ov_contributions, reconstruct, key_head_ablation\n\n"
                  "ltv = train_task_vector(model, \"antonym\", layer=1, n_train=96, n_val=32, epochs=4, seed=0, progress=False)\n"
                  "zs = ic.build_prompts(model, \"antonym\", 32, 0, seed=7, variant=\"zero_shot\")\n"
                  "ov = ov_contributions(model, zs, ltv, 1)\nprint(\"identity error\", ov.identity_error())\ncplots.ov_heads(ov)"),
@@ -100,8 +100,8 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "the heads with the largest causal indirect effect, added at one layer;\n- learned (Yang et al. "
                "2025): one vector trained by gradient descent, the model frozen.\n\n" + SWITCH),
         ("code", SETUP),
-        ("code", "from icl_circuits.task_vectors import vanilla_task_vector, evaluate_task_vector, function_vector, compare_task_vectors\n"
-                 "from icl_circuits.learned import train_task_vector\nfrom icl_circuits.plots import sweeps\n\n"
+        ("code", "from icl_circuits.methods.task_vectors import vanilla_task_vector, evaluate_task_vector, function_vector, compare_task_vectors\n"
+                 "from icl_circuits.methods.learned import train_task_vector\nfrom icl_circuits.viz import sweeps\n\n"
                  "tv = vanilla_task_vector(model, \"english-french\", n_demos=8, n_prompts=16, seed=0)\n"
                  "res = evaluate_task_vector(model, tv, \"english-french\", n_prompts=48, seed=1)\nres.to_dataframe().round(3)"),
         ("code", "fv = function_vector(model, \"english-french\", n_demos=8, n_prompts=16, seed=0, top_k=4)\nfv.meta[\"heads\"]"),
@@ -117,7 +117,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "context (1.00 with 8 demos, see its card); on `letter-string`, which it does not solve, the same "
                "code shows the label marginalization at null level.\n\n" + SWITCH),
         ("code", SETUP),
-        ("code", "from icl_circuits.dpca_analysis import dpca_by_layer, ablate_subspace\nfrom icl_circuits.plots import dpca as dplots\n\n"
+        ("code", "from icl_circuits.methods.dpca.analysis import dpca_by_layer, ablate_subspace\nfrom icl_circuits.viz import dpca as dplots\n\n"
                  "res = dpca_by_layer(model, \"number\", n_demos=8, n_prompts=64, seed=0, n_null=2)\nres.variance_table().round(3)"),
         ("code", "dplots.explained_variance(res)"),
         ("code", "dplots.distances(res)"),
@@ -132,8 +132,8 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "answers B (preserve), or neither. Then: necessity tests, and probes that decode the task where "
                "intervening does nothing.\n\n" + SWITCH),
         ("code", SETUP),
-        ("code", "from icl_circuits.interchange import paired_batches, interchange, necessity\nfrom icl_circuits.probing import probe_by_layer, task_batches\n"
-                 "from icl_circuits.plots import interchange as iplots\n\n"
+        ("code", "from icl_circuits.methods.interchange import paired_batches, interchange, necessity\nfrom icl_circuits.methods.probing import probe_by_layer, task_batches\n"
+                 "from icl_circuits.viz import interchange as iplots\n\n"
                  "src, tgt = paired_batches(model, \"antonym\", \"english-french\", n_prompts=24, n_demos=8, seed=0)\n"
                  "runs = [interchange(model, src, tgt, pos, source_task=\"antonym\", target_task=\"english-french\")\n"
                  "        for pos in [\"answer_-1\", \"answers\", \"demo_tokens\"]]\n"

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from icl_circuits import load_model
-from icl_circuits.learned import train_per_layer
-from icl_circuits.task_vectors import compare_task_vectors
+from icl_circuits.methods.learned import train_per_layer
+from icl_circuits.methods.task_vectors import compare_task_vectors
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "vectors_compared.md"
 TASKS = ["antonym", "english-french", "country-capital"]

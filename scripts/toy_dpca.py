@@ -26,10 +26,10 @@ import pandas as pd
 import torch
 
 from icl_circuits import build_prompts, icl_accuracy, load_model
-from icl_circuits.dpca import DEFAULT_LAMBDA_GRID
-from icl_circuits.dpca_analysis import DPCALayerResult, ablate_subspace, dpca_by_layer
-from icl_circuits.metrics import wilson
-from icl_circuits.results import markdown_table
+from icl_circuits.methods.dpca.numpy_dpca import DEFAULT_LAMBDA_GRID
+from icl_circuits.methods.dpca.analysis import DPCALayerResult, ablate_subspace, dpca_by_layer
+from icl_circuits.core.metrics import wilson
+from icl_circuits.core.results import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("letter-string", "number")
@@ -192,7 +192,7 @@ def main() -> None:
     torch.set_num_threads(1)
     name = "toy-icl"
     if args.weights is not None:  # e.g. a training run's output, before it is bundled
-        import icl_circuits.models as models
+        import icl_circuits.core.models as models
 
         models.TOY_WEIGHTS_DIR = args.weights
         name = f"toy-icl ({args.weights})"

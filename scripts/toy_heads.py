@@ -4,7 +4,7 @@ task vector (OV decomposition, key heads vs random heads, reconstruction at the 
     python scripts/toy_heads.py [--prompts 64] [--demos 8] [--seed 0] [--layer 1]
 
 Writes the markdown tables to docs/results/heads.md (and prints them). Every number comes from this
-script, with fixed seeds. The task vector is a learned one (``icl_circuits.learned``) trained at
+script, with fixed seeds. The task vector is a learned one (``icl_circuits.methods.learned``) trained at
 ``--layer``; if that fails, the mean difference between the final-position residuals of ICL and
 zero-shot prompts at that layer. Without the toy weights, a random model of the same shape is used
 (and the page says so).
@@ -21,12 +21,12 @@ import pandas as pd
 import torch
 
 from icl_circuits import build_prompts
-from icl_circuits.circuits import key_head_ablation, key_heads, ov_contributions, reconstruct
-from icl_circuits.heads import head_ablation_scan, head_attribution, scan_agreement
-from icl_circuits.interventions import read_resid
-from icl_circuits.results import markdown_table
+from icl_circuits.methods.circuits import key_head_ablation, key_heads, ov_contributions, reconstruct
+from icl_circuits.methods.heads import head_ablation_scan, head_attribution, scan_agreement
+from icl_circuits.core.interventions import read_resid
+from icl_circuits.core.results import markdown_table
 from icl_circuits.toy import toy_or_untrained
-from icl_circuits.vectors import TaskVector
+from icl_circuits.methods.vectors import TaskVector
 
 ROOT = Path(__file__).resolve().parents[1]
 SCAN_TASKS = ["antonym", "english-french", "number"]
@@ -61,7 +61,7 @@ def scan_section(model: Any, n: int, k: int, seed: int) -> str:
 
 def task_vector(model: Any, task: str, layer: int, n: int, k: int, seed: int) -> TaskVector:
     try:
-        from icl_circuits.learned import train_task_vector
+        from icl_circuits.methods.learned import train_task_vector
 
         return train_task_vector(model, task, layer, n_train=256, n_val=64, seed=seed, progress=False)
     except Exception as err:  # noqa: BLE001 - fall back to the mean difference, and say so

@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from icl_circuits import build_prompts, load_model  # noqa: E402
-from icl_circuits.evaluation import final_logits, gather_positions  # noqa: E402
-from icl_circuits.learned import train_per_layer  # noqa: E402
-from icl_circuits.metrics import correct, wilson  # noqa: E402
-from icl_circuits.propagation import propagation_by_layer  # noqa: E402
-from icl_circuits.vectors import evaluate_vector  # noqa: E402
+from icl_circuits.core.evaluation import final_logits, gather_positions  # noqa: E402
+from icl_circuits.methods.learned import train_per_layer  # noqa: E402
+from icl_circuits.core.metrics import correct, wilson  # noqa: E402
+from icl_circuits.methods.propagation import propagation_by_layer  # noqa: E402
+from icl_circuits.methods.vectors import evaluate_vector  # noqa: E402
 
 TASKS = ("antonym", "english-french", "number")
 SEED = 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from icl_circuits import accuracy_by_demos, build_prompts, icl_accuracy, load_model
-from icl_circuits.tasks import WordPairTask, get_task
+from icl_circuits.core.tasks import WordPairTask, get_task
 from icl_circuits.toy import TOY_TASKS, WEIGHTS_DIR
 from icl_circuits.toy.train import first_step_reaching, training_stages
 

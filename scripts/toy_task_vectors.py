@@ -20,11 +20,11 @@ import pandas as pd
 import torch
 
 from icl_circuits import build_prompts
-from icl_circuits.interventions import read_resid, replace_hook, resid_name
-from icl_circuits.patching import layer_sweep
-from icl_circuits.results import markdown_table
-from icl_circuits.tasks import get_task
-from icl_circuits.task_vectors import compare_task_vectors
+from icl_circuits.core.interventions import read_resid, replace_hook, resid_name
+from icl_circuits.methods.patching import layer_sweep
+from icl_circuits.core.results import markdown_table
+from icl_circuits.core.tasks import get_task
+from icl_circuits.methods.task_vectors import compare_task_vectors
 from icl_circuits.toy import toy_or_untrained
 
 ROOT = Path(__file__).resolve().parents[1]

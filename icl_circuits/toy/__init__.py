@@ -28,7 +28,7 @@ def toy_or_untrained(device: str = "cpu"):
     """``(model, trained)``: ``load_model("toy-icl")``, or, in a tree whose weights are not trained
     yet, an untrained model of the recipe's shape named "random-toy-shape" (for benchmarks and
     scripts that must run either way)."""
-    from ..models import load_model
+    from icl_circuits.core.models import load_model
 
     try:
         return load_model("toy-icl", device=device), True
@@ -36,7 +36,7 @@ def toy_or_untrained(device: str = "cpu"):
         from transformer_lens import HookedTransformer, HookedTransformerConfig
         from transformers import PreTrainedTokenizerFast
 
-        from .train import ToyRecipe, model_config
+        from icl_circuits.toy.train import ToyRecipe, model_config
 
         tok = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
         kwargs = {**model_config(ToyRecipe(), len(tok)), "model_name": "random-toy-shape"}

@@ -14,8 +14,8 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from ..tasks import LABEL_POOL, get_task
-from . import TOY_TASKS
+from icl_circuits.core.tasks import LABEL_POOL, get_task
+from icl_circuits.toy import TOY_TASKS
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<unk>")
 TEMPLATE_WORDS = ("Input", "Output", "Q", "A")

@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from ..prompts import Template
-from ..tasks import Task, get_task
-from . import TOKENIZER_DIR, TOY_TASKS, WEIGHTS_DIR
-from .tokenizer import build_toy_tokenizer
+from icl_circuits.core.prompts import Template
+from icl_circuits.core.tasks import Task, get_task
+from icl_circuits.toy import TOKENIZER_DIR, TOY_TASKS, WEIGHTS_DIR
+from icl_circuits.toy.tokenizer import build_toy_tokenizer
 
 
 @dataclass

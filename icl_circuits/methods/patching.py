@@ -1,0 +1,601 @@
+"""Layer sweeps and activation patching that reuse the shared prefix and batch many runs per forward.
+
+Two analyses, one engine:
+
+- ``layer_sweep``: apply one intervention at every layer (e.g. inject a task vector at block l)
+  and measure a metric per layer. The unpatched prefix is run once; the run patched at layer l
+  resumes at block l from the cached residual (``start_at_layer``).
+- ``patch_grid``: activation patching of the residual stream (``blocks.{l}.hook_resid_pre``) from
+  a clean into a corrupted batch, one cell per (layer, position), the metric read at the final
+  position. The numbers are those of TransformerLens's ``patching.get_act_patch_resid_pre``.
+
+The engine (``run_staggered``) runs several *entries* in one forward pass. An entry is a block of
+rows that joins the forward at block ``start`` (its residual at the input of that block is
+given) and carries its own hooks, applied to its rows only. Entries are sorted by ``start``; the
+forward runs ``blocks[s_1:s_2]`` on the first entries, appends the entries that start at ``s_2``
+along the batch dimension, runs ``blocks[s_2:s_3]``, and so on. So runs that start at different
+layers share every forward without recomputing any block, and each row sees exactly the blocks
+(and hooks) it would see in its own run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from icl_circuits.core.evaluation import minibatches, unembed_resid
+from icl_circuits.core.interventions import HookList, check_layer, resid_name
+from icl_circuits.core.models import model_info
+from icl_circuits.core.resume import block_inputs, resume
+from icl_circuits.core.metrics import correct, gold_probability, logit_difference
+from icl_circuits.core.prompts import POSITION_KINDS, PromptBatch
+from icl_circuits.core.results import Result
+from icl_circuits.methods.vectors import SweepResult, accuracy_sweep
+
+#: Default budget of token positions (rows x width) per forward pass.
+TOKENS_PER_FORWARD = 8192
+#: Most logits (rows x d_vocab) computed by one unembedding call.
+UNEMBED_ELEMENTS = 2**25
+
+#: ``make_hooks_for_layer(layer, rows, sub_batch) -> [(hook_name, fn)]``
+MakeLayerHooks = Callable[[int, slice, PromptBatch], HookList]
+#: A per-prompt metric: ``metric(final_logits [batch, d_vocab], batch) -> [batch]``.
+PromptMetric = Callable[[Tensor, PromptBatch], Tensor]
+RATE_METRICS = ("accuracy", "label_accuracy", "auto")
+
+
+# ----------------------------------------------------------------------------- metrics
+def prompt_metric(metric: str | PromptMetric, batch: PromptBatch) -> tuple[str, PromptMetric]:
+    """Resolve a metric name into ``(name, fn(logits, batch) -> [batch])``.
+
+    Names: ``"accuracy"`` (argmax over the vocabulary is the gold token), ``"label_accuracy"``
+    (argmax over the prompt's label words; categorization tasks), ``"auto"`` (label_accuracy when
+    the batch has label words, else accuracy), ``"gold_probability"``, ``"logit_difference"``
+    (gold minus best other label word). A callable is used as is.
+    """
+    if callable(metric):
+        return getattr(metric, "__name__", "custom"), metric
+    if metric == "auto":
+        metric = "label_accuracy" if batch.label_token_ids is not None else "accuracy"
+    if metric in ("label_accuracy", "logit_difference") and batch.label_token_ids is None:
+        raise ValueError(f"metric={metric!r} needs label words but task {batch.task!r} has none")
+    fns: dict[str, PromptMetric] = {
+        "accuracy": lambda lg, b: correct(lg, b.answer_tokens.to(lg.device)).float(),
+        "label_accuracy": lambda lg, b: correct(lg, b.answer_tokens.to(lg.device), b.label_token_ids.to(lg.device)).float(),
+        "gold_probability": lambda lg, b: gold_probability(lg, b.answer_tokens.to(lg.device)),
+        "logit_difference": lambda lg, b: logit_difference(lg, b.answer_tokens.to(lg.device), b.label_token_ids.to(lg.device)),
+    }
+    if metric not in fns:
+        raise ValueError(f"metric must be a callable or one of {', '.join([*fns, 'auto'])}, got {metric!r}")
+    return metric, fns[metric]
+
+
+def sweep_from_per_prompt(
+    per_prompt: Float[Tensor, "layer batch"], layers: Sequence[int], metric: str, *, method: str, task: str,
+    model_name: str, baseline: float | None = None, meta: dict | None = None, model_info: dict | None = None,
+) -> SweepResult:
+    """A SweepResult: Wilson 95% intervals for rates (0/1 per prompt), else mean +- 1.96 standard errors."""
+    if metric in RATE_METRICS:
+        res = accuracy_sweep(per_prompt, layers, method=method, task=task, model_name=model_name,
+                             baseline=baseline, meta=meta, model_info=model_info)
+        return SweepResult(**{**res.__dict__, "metric": metric})
+    pp = per_prompt.float()
+    mean = pp.mean(1)
+    se = pp.std(1) / pp.shape[1] ** 0.5 if pp.shape[1] > 1 else torch.full_like(mean, float("nan"))
+    return SweepResult(values=mean, per_prompt=pp, low=mean - 1.96 * se, high=mean + 1.96 * se, layers=list(layers),
+                       metric=metric, method=method, task=task, model_name=model_name, baseline=baseline,
+                       meta={"interval": "normal", **(meta or {})}, model_info=model_info or {})
+
+
+# ----------------------------------------------------------------------------- the engine
+def hook_block(model: Any, name: str) -> int:
+    """The block a hook point belongs to: ``blocks.{i}.*`` -> i; ``ln_final``/``unembed`` -> n_layers;
+    anything before the first block (``hook_embed``...) -> -1."""
+    m = re.match(r"blocks\.(\d+)\.", name)
+    if m:
+        return int(m.group(1))
+    if name.startswith(("ln_final", "unembed")):
+        return model.cfg.n_layers
+    return -1
+
+
+@dataclass
+class Entry:
+    """Rows that join a staggered forward at block ``start``.
+
+    resid: [rows, pos, d_model], the residual at the input of block ``start``;
+    final_positions: [rows], where logits are read (indices into ``resid``); hooks: applied to
+    these rows only, each hook function seeing an activation of ``rows`` prompts (as if the entry
+    ran alone); past: optional keys and values of the positions *before* ``resid``'s first one,
+    ``past[i] = (keys, values)`` ([rows, n_past, head, d_head], as attention appends them) for
+    every block i >= start: then ``resid`` holds only the later positions (a suffix); tokens:
+    [rows, n_past + pos] the rows' tokens (cached positions included), from which the blocks get
+    what a full forward gives them besides the residual (``resume.block_inputs``: shortformer
+    positions, attention mask); None: positions 0, 1, ... without a padding mask.
+    """
+
+    start: int
+    resid: Tensor
+    final_positions: Tensor
+    hooks: HookList = field(default_factory=list)
+    past: list | None = None
+    tokens: Tensor | None = None
+
+
+class _PastKV:
+    """A frozen key/value cache entry (TransformerLens's ``past_kv_cache_entry`` interface)."""
+
+    def __init__(self, keys: Tensor, values: Tensor):
+        self.past_keys, self.past_values = keys, values
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.cat([self.past_keys, k], 1), torch.cat([self.past_values, v], 1)
+
+
+class _RecordKV(_PastKV):
+    """An empty cache entry that records the keys and values attention appends to it."""
+
+    def __init__(self) -> None:
+        super().__init__(torch.empty(0, 0), torch.empty(0, 0))
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self.keys, self.values = k, v
+        return k, v
+
+
+def _soft_cap(model: Any, logits: Tensor) -> Tensor:
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
+def _combine(model: Any, entries: list[Entry], offsets: list[int]) -> HookList:
+    """One hook per hook name that applies each entry's hooks to that entry's row slice."""
+    by_name: dict[str, list[tuple[int, int, Callable]]] = {}
+    for e, off in zip(entries, offsets):
+        for name, fn in e.hooks:
+            if hook_block(model, name) >= model.cfg.n_layers:
+                raise ValueError(f"hook {name!r} runs after the last block; hook "
+                                 f"{resid_name(model, model.cfg.n_layers)!r} (the final residual) instead")
+            if hook_block(model, name) < e.start:
+                raise ValueError(
+                    f"hook {name!r} belongs to an earlier block than the run it is attached to, which "
+                    f"resumes at block {e.start} (start_at_layer): it would never fire"
+                )
+            by_name.setdefault(name, []).append((off, off + e.resid.shape[0], fn))
+
+    def make(parts: list[tuple[int, int, Callable]]) -> Callable:
+        def hook(act: Tensor, hook: Any = None) -> Tensor:
+            act = act.clone()
+            for a, b, fn in parts:
+                if b > act.shape[0]:  # pragma: no cover - guarded by the block check above
+                    raise RuntimeError("a hook fired before its rows joined the forward")
+                out = fn(act[a:b], hook)
+                if out is not None:
+                    act[a:b] = out
+            return act
+
+        return hook
+
+    return [(name, make(parts)) for name, parts in by_name.items()]
+
+
+@torch.no_grad()
+def unembed_rows(model: Any, resid: Float[Tensor, "rows d_model"], max_elements: int = UNEMBED_ELEMENTS) -> Float[Tensor, "rows d_vocab"]:
+    """Logits of final residuals (``ln_final`` + ``unembed``), in as few calls as memory allows
+    (TransformerLens's unembed copies W_U on every call, so one call for many rows is much faster)."""
+    step = max(1, max_elements // model.cfg.d_vocab)
+    dev = model.cfg.device
+    return torch.cat([_soft_cap(model, unembed_resid(model, resid[i : i + step].to(dev))).float().cpu()
+                      for i in range(0, resid.shape[0], step)])
+
+
+@torch.no_grad()
+def run_staggered(model: Any, entries: Sequence[Entry], *, unembed: bool = True) -> Float[Tensor, "rows d_vocab"]:
+    """Final-position logits of every entry's rows (in the order given), in one staggered forward
+    (``unembed=False``: the final residual at those positions, [rows, d_model]).
+
+    All entries must have the same width (pos), and the same number of past positions. Each entry
+    joins at its ``start`` block; between two consecutive start blocks the model runs
+    ``resume.resume(x, a, b)`` (with the entries' past keys and values and their tokens).
+    """
+    if not entries:
+        raise ValueError("entries is empty")
+    n = model.cfg.n_layers
+    widths = {e.resid.shape[1] for e in entries}
+    if len(widths) != 1:
+        raise ValueError(f"all entries of a staggered forward must have the same width, got {sorted(widths)}")
+    for e in entries:
+        check_layer(model, e.start, allow_final=False, arg="entry start")
+    n_past = {0 if e.past is None else e.past[e.start][0].shape[1] for e in entries}
+    if len({e.past is None for e in entries}) != 1 or len(n_past) != 1:
+        raise ValueError("all entries of a staggered forward must have the same number of past positions")
+    if len({e.tokens is None for e in entries}) != 1:
+        raise ValueError("give tokens for every entry of a staggered forward or for none")
+    n_past = n_past.pop()
+    order = sorted(range(len(entries)), key=lambda i: entries[i].start)
+    ents = [entries[i] for i in order]
+    sizes = [e.resid.shape[0] for e in ents]
+    offsets = list(np.cumsum([0, *sizes[:-1]]))
+    hooks = _combine(model, ents, offsets)
+    dev = model.cfg.device
+    starts = sorted({e.start for e in ents})
+    width = ents[0].resid.shape[1]
+    tokens = None if ents[0].tokens is None else torch.cat([e.tokens[:, : n_past + width] for e in ents])
+    with model.hooks(fwd_hooks=hooks):
+        x = None
+        for s, nxt in zip(starts, [*starts[1:], n]):
+            joining = [e.resid.to(dev) for e in ents if e.start == s]
+            x = torch.cat(joining if x is None else [x, *joining])
+            past = None
+            if ents[0].past is not None:
+                past = [None] * n
+                for i in range(s, nxt):
+                    here = [e.past[i] for e in ents if e.start <= i]
+                    past[i] = _PastKV(torch.cat([k for k, _ in here]).to(dev), torch.cat([v for _, v in here]).to(dev))
+            x = resume(model, x, s, nxt, tokens=None if tokens is None else tokens[: x.shape[0]], past=n_past,
+                       past_kv_cache=past)
+    fp = torch.cat([e.final_positions for e in ents]).to(x.device)
+    out = x[torch.arange(x.shape[0], device=x.device), fp]
+    out = unembed_rows(model, out) if unembed else out.cpu()
+    back = torch.empty_like(torch.tensor(order))
+    back[torch.tensor(order)] = torch.arange(len(order))
+    pieces = list(torch.split(out, sizes))
+    return torch.cat([pieces[int(j)] for j in back])
+
+
+@torch.no_grad()
+def cache_resid(
+    model: Any, tokens: Int[Tensor, "batch pos"], layers: Sequence[int], final_positions: Tensor,
+    *, record_kv: bool = False, unembed: bool = True,
+) -> tuple[dict[int, Tensor], Tensor, list[tuple[Tensor, Tensor]] | None]:
+    """One forward: the residual at the input of each block in ``layers`` ([batch, pos, d_model]
+    each), the unpatched final-position logits (``unembed=False``: final residuals [batch, d_model])
+    and, with ``record_kv``, every block's keys and values as attention appends them to a cache
+    ([batch, pos, head, d_head] each)."""
+    names = {resid_name(model, l): l for l in layers}
+    keep = lambda nm: nm in names  # noqa: E731
+    n = model.cfg.n_layers
+    if not record_kv:
+        final, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=keep, stop_at_layer=n)
+        kv = None
+    else:
+        rec = [_RecordKV() for _ in range(n)]
+        x0 = model(tokens.to(model.cfg.device), stop_at_layer=0)
+        final, cache = model.run_with_cache(x0, start_at_layer=0, stop_at_layer=n, past_kv_cache=rec, names_filter=keep,
+                                            **block_inputs(model, tokens))
+        kv = [(r.keys, r.values) for r in rec]
+    last = final[torch.arange(final.shape[0], device=final.device), final_positions.to(final.device)]
+    return {l: cache[nm] for nm, l in names.items()}, (unembed_rows(model, last) if unembed else last.cpu()), kv
+
+
+# ----------------------------------------------------------------------------- layer sweep
+@torch.no_grad()
+def layer_sweep(
+    model: Any,
+    batch: PromptBatch,
+    make_hooks_for_layer: MakeLayerHooks,
+    layers: Sequence[int] | None = None,
+    metric: str | PromptMetric = "accuracy",
+    *,
+    layers_per_forward: int | None = None,
+    batch_size: int = 64,
+    tokens_per_forward: int = TOKENS_PER_FORWARD,
+    method: str = "intervention",
+    meta: dict | None = None,
+    progress: bool = False,
+) -> SweepResult:
+    """A metric of ``batch`` under the intervention ``make_hooks_for_layer(l, rows, sub_batch)``, per layer.
+
+    values[i] = mean over prompts of metric(final-position logits with the hooks of layers[i]).
+
+    Layer l (0..n_layers) names the intervention, whose hooks must live in block l or later
+    (``blocks.{l}.hook_resid_pre``, ``blocks.{l}.attn.hook_z``...; for l = n_layers,
+    ``blocks.{n_layers-1}.hook_resid_post``). Prefix reuse: one unpatched forward caches the
+    residual at the input of every block (and gives ``baseline``, the unpatched metric); the run
+    for layer l resumes at block l (block n_layers-1 for l = n_layers). Several layers share one
+    staggered forward (``run_staggered``): ``layers_per_forward`` of them (default: as many as
+    fit in ``tokens_per_forward`` token positions), each a copy of the sub-batch whose hooks touch
+    its own rows only; ``make_hooks_for_layer`` builds hooks for one copy, exactly as for a run of
+    the sub-batch alone. ``metric``: see ``prompt_metric``. Returns a SweepResult ([layer]).
+    """
+    if len(batch) == 0:
+        raise ValueError("batch is empty")
+    n = model.cfg.n_layers
+    layers = list(range(n + 1)) if layers is None else [check_layer(model, l, arg="layers") for l in layers]
+    if not layers:
+        raise ValueError("layers is empty")
+    if layers_per_forward is not None and layers_per_forward < 1:
+        raise ValueError(f"layers_per_forward must be positive, got {layers_per_forward}")
+    name, fn = prompt_metric(metric, batch)
+    start = {l: min(l, n - 1) for l in layers}
+    per_layer: dict[int, list[Tensor]] = {l: [] for l in layers}
+    base: list[Tensor] = []
+    order = sorted(set(layers))
+    bar = tqdm(total=len(batch) * len(order), desc="layer sweep", disable=not progress)
+    for rows, mb in minibatches(batch, batch_size):
+        cached, clean, _ = cache_resid(model, mb.tokens, sorted(set(start.values())), mb.final_positions, unembed=False)
+        finals = [clean]  # unembedded together below (TL copies W_U on every unembedding call)
+        k = layers_per_forward or max(1, tokens_per_forward // (len(mb) * mb.tokens.shape[1]))
+        for g in range(0, len(order), k):
+            group = order[g : g + k]
+            ents = [Entry(start[l], cached[start[l]], mb.final_positions, make_hooks_for_layer(l, rows, mb),
+                          tokens=mb.tokens) for l in group]
+            finals.append(run_staggered(model, ents, unembed=False))
+            bar.update(len(mb) * len(group))
+        logits = torch.split(unembed_rows(model, torch.cat(finals)), len(mb))
+        base.append(fn(logits[0], mb).float())
+        for l, lg in zip(order, logits[1:]):
+            per_layer[l].append(fn(lg, mb).float())
+    bar.close()
+    per_prompt = torch.stack([torch.cat(per_layer[l]) for l in layers])
+    baseline = float(torch.cat(base).mean())
+    return sweep_from_per_prompt(per_prompt, layers, name, method=method, task=batch.task,
+                                 model_name=model.cfg.model_name, baseline=baseline,
+                                 meta={"variant": batch.variant, "n_demos": batch.n_demos, **(meta or {})},
+                                 model_info=model_info(model))
+
+
+# ----------------------------------------------------------------------------- patch grid
+@dataclass(frozen=True)
+class PatchGridResult(Result):
+    """Activation patching of the residual stream (resid_pre), clean -> corrupted.
+
+    values: [layer, pos] metric with ``blocks.{l}.hook_resid_pre`` at column j copied from the
+    clean run; clean_value / corrupted_value: the metric of the unpatched runs; position_names
+    (e.g. "3: ':'" or "answer_2"); positions: the column indices (None for per-prompt positions).
+    """
+
+    values: Float[Tensor, "layer pos"]
+    layers: list[int]
+    position_names: list[str]
+    positions: list[int] | None
+    clean_value: float
+    corrupted_value: float
+    metric: str
+    task: str
+    model_name: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def normalized(self) -> Float[Tensor, "layer pos"]:
+        """(value - corrupted) / (clean - corrupted): 1 = clean behaviour restored."""
+        return (self.values - self.corrupted_value) / (self.clean_value - self.corrupted_value)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        L, P = self.values.shape
+        return pd.DataFrame({
+            "layer": np.repeat(self.layers, P), "column": np.tile(np.arange(P), L),
+            "position": np.tile(self.positions if self.positions is not None else [-1] * P, L),
+            "position_name": np.tile(self.position_names, L), "value": self.values.flatten().tolist(),
+            "normalized": self.normalized.flatten().tolist(), "metric": self.metric, "task": self.task,
+            "model": self.model_name,
+        })
+
+
+GridMetric = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class _Prompts:
+    """What patch_grid needs of a batch: a PromptBatch, or raw tokens (final position = last column)."""
+
+    tokens: Tensor
+    final_positions: Tensor
+    answer_tokens: Tensor | None
+    batch: PromptBatch | None
+    task: str
+    variant: str
+
+
+def _prompts(x: PromptBatch | Tensor, arg: str) -> _Prompts:
+    if isinstance(x, PromptBatch):
+        return _Prompts(x.tokens, x.final_positions, x.answer_tokens, x, x.task, x.variant)
+    if isinstance(x, Tensor) and x.ndim == 2 and not x.is_floating_point():
+        B, P = x.shape
+        return _Prompts(x.cpu(), torch.full((B,), P - 1), None, None, "custom", "tokens")
+    raise TypeError(f"{arg} must be a PromptBatch or an integer token tensor [batch, pos], got {type(x).__name__}")
+
+
+def _grid_metric(metric: str | GridMetric, clean: _Prompts, corrupted: _Prompts) -> tuple[str, GridMetric]:
+    if callable(metric):
+        return getattr(metric, "__name__", "custom"), metric
+    names = ("gold_probability", "accuracy", "logit_diff")
+    if metric not in names:
+        raise ValueError(f"metric must be a callable or one of {', '.join(names)}, got {metric!r}")
+    if clean.answer_tokens is None or corrupted.answer_tokens is None:
+        raise ValueError(f"metric={metric!r} needs gold answers: pass PromptBatches, or a callable metric with raw tokens")
+    gold, other = clean.answer_tokens, corrupted.answer_tokens
+    fns: dict[str, GridMetric] = {
+        "gold_probability": lambda lg: gold_probability(lg, gold.to(lg.device)).mean(),
+        "accuracy": lambda lg: correct(lg, gold.to(lg.device)).float().mean(),
+        "logit_diff": lambda lg: (lg.gather(1, gold[:, None].to(lg.device)) - lg.gather(1, other[:, None].to(lg.device))).mean(),
+    }
+    return metric, fns[metric]
+
+
+def _grid_positions(
+    positions: Sequence[int] | str | Tensor | None, prompts: _Prompts, tokenizer: Any
+) -> tuple[Tensor, list[str], list[int] | None]:
+    """Per-prompt positions [batch, n], their names, and the shared column indices (or None)."""
+    B, P = prompts.tokens.shape
+    if isinstance(positions, str) or (isinstance(positions, Tensor) and positions.ndim == 2):
+        if prompts.batch is None:
+            raise ValueError("per-prompt positions (a kind or a [batch, n] tensor) need PromptBatches, not raw tokens")
+        if isinstance(positions, str):
+            if positions not in POSITION_KINDS:
+                raise ValueError(f"positions must be a position kind ({', '.join(POSITION_KINDS)}), got {positions!r}")
+            return prompts.batch.positions(positions), prompts.batch.position_names(positions), None
+        from icl_circuits.core.interventions import check_positions
+
+        pos = check_positions(prompts.batch, positions)
+        return pos, [f"column_{j}" for j in range(pos.shape[1])], None
+    cols = list(range(P)) if positions is None else [int(p) for p in positions]
+    if not cols:
+        raise ValueError("positions is empty")
+    bad = [p for p in cols if not 0 <= p < P]
+    if bad:
+        raise ValueError(f"positions {bad} are outside the prompts, whose positions are 0..{P - 1}")
+    dec = (lambda t: f"{tokenizer.decode([t])!r}") if tokenizer is not None else str
+    names = [f"{p}: {dec(int(prompts.tokens[0, p]))}" for p in cols]
+    return torch.tensor(cols)[None].expand(B, -1), names, cols
+
+
+def _suffix_replay_ok(model: Any, res: dict, logits: Tensor, kv: list, layer: int, final: Tensor,
+                      tokens: Tensor) -> bool:
+    """Whether resuming at block ``layer`` from position p with cached keys/values reproduces the run."""
+    p0 = int(final.min()) // 2
+    if p0 == 0:
+        return True
+    n = model.cfg.n_layers
+    past = [None] * layer + [(kv[b][0][:, :p0], kv[b][1][:, :p0]) for b in range(layer, n)]
+    replay = run_staggered(model, [Entry(layer, res[layer][:, p0:], final - p0, past=past, tokens=tokens)])
+    return bool((replay - logits).abs().max() <= 1e-4 * (1.0 + logits.abs().max()))
+
+
+@torch.no_grad()
+def patch_grid(
+    model: Any,
+    clean_batch: PromptBatch | Int[Tensor, "batch pos"],
+    corrupted_batch: PromptBatch | Int[Tensor, "batch pos"],
+    metric: str | GridMetric = "gold_probability",
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | str | Tensor | None = None,
+    *,
+    skip_identical: bool = True,
+    suffix_only: bool = True,
+    tokens_per_forward: int = TOKENS_PER_FORWARD,
+    progress: bool = False,
+) -> PatchGridResult:
+    """Activation patching of ``blocks.{l}.hook_resid_pre`` from clean into corrupted, per (layer, position).
+
+    values[l, j] = metric(final-position logits of the corrupted batch, with the residual at the
+    input of block l at position j of every prompt replaced by the clean run's). This is the
+    quantity of TransformerLens's ``get_act_patch_resid_pre(model, corrupted_tokens,
+    clean_cache, m)`` with ``m(logits) = metric(logits[arange(batch), final_positions])``.
+
+    Batches: PromptBatches, or raw token tensors (then the final position is the last column and
+    the metric must be a callable); both must have identical token shapes. ``metric``: a callable
+    on the final-position logits [batch, d_vocab] (the corrupted batch's rows, read at its
+    ``final_positions``) returning a scalar, or a name: "gold_probability" (mean P(clean gold)),
+    "accuracy", "logit_diff" (clean gold logit minus corrupted gold logit). ``positions``: column
+    indices shared by all prompts (default: every column, as TL), a position kind ("answer",
+    "final"...: each prompt's own positions), or a [batch, n] tensor. ``layers``: 0..n_layers-1.
+
+    Speed, without changing the numbers: each cell's run starts at block l from the cached
+    corrupted residual (the patched residual is its input, no hook needed) and, under causal
+    attention, only at position p: the positions before p are those of the corrupted run, so
+    their keys and values are taken from it (``suffix_only``; checked once against the unpatched
+    run, with full-width runs as the fallback). A prompt whose clean and corrupted residuals are
+    *exactly* equal at (l, p), or whose final position precedes p, is not rerun (its logits are
+    the unpatched corrupted ones; ``skip_identical=False`` reruns them). Only final positions are
+    unembedded, and many cells share one staggered forward (``tokens_per_forward`` positions).
+    """
+    clean, corr = _prompts(clean_batch, "clean_batch"), _prompts(corrupted_batch, "corrupted_batch")
+    if clean.tokens.shape[0] == 0:
+        raise ValueError("clean_batch is empty")
+    if clean.tokens.shape != corr.tokens.shape:
+        raise ValueError(
+            f"clean_batch and corrupted_batch must have identical token shapes (a cell copies one position "
+            f"between aligned prompts), got {tuple(clean.tokens.shape)} and {tuple(corr.tokens.shape)}"
+        )
+    n = model.cfg.n_layers
+    layers = list(range(n)) if layers is None else [check_layer(model, l, allow_final=False, arg="layers") for l in layers]
+    if not layers:
+        raise ValueError("layers is empty")
+    name, fn = _grid_metric(metric, clean, corr)
+    pos, names, cols = _grid_positions(positions, corr, getattr(model, "tokenizer", None))
+    final = corr.final_positions
+    c_res, c_logits, _ = cache_resid(model, clean.tokens, layers, clean.final_positions)
+    kv = None
+    if suffix_only:
+        try:
+            x_res, x_logits, kv = cache_resid(model, corr.tokens, layers, final, record_kv=True)
+            suffix_only = _suffix_replay_ok(model, x_res, x_logits, kv, layers[0], final, corr.tokens)
+        except Exception:  # a model whose attention does not take a key/value cache: full-width runs
+            suffix_only = False
+    if not suffix_only:
+        x_res, x_logits, _ = cache_resid(model, corr.tokens, layers, final)
+    clean_value, corrupted_value = float(fn(c_logits)), float(fn(x_logits))
+    B, J = pos.shape
+    dev = x_res[layers[0]].device
+    rows_all = torch.arange(B, device=dev)[:, None]
+    values = torch.full((len(layers), J), corrupted_value)
+    # work units: (layer index, column, offset p0, rows); a unit runs positions p0.. of its rows
+    units: dict[int, list[tuple[int, int, Tensor]]] = {}
+    pending: dict[tuple[int, int], list] = {}
+    n_skipped = 0
+    for i, l in enumerate(layers):
+        if skip_identical:
+            differ = (c_res[l][rows_all, pos.to(dev)] != x_res[l][rows_all, pos.to(dev)]).any(-1).cpu()
+        else:
+            differ = torch.ones(B, J, dtype=torch.bool)
+        differ &= pos <= final[:, None]
+        for j in range(J):
+            r = differ[:, j].nonzero()[:, 0]
+            if not len(r):
+                n_skipped += 1
+                continue
+            starts = pos[r, j] if suffix_only else torch.zeros_like(r)
+            groups = [(int(p0), r[starts == p0]) for p0 in starts.unique()]
+            pending[(i, j)] = [[], len(groups)]
+            for p0, rr in groups:
+                units.setdefault(p0, []).append((i, j, rr))
+    n_forward, buf = 0, []  # buf: (unit, final residuals) awaiting one batched unembedding
+
+    def flush() -> None:  # TL copies W_U on every unembedding call: do few, large ones
+        logits = unembed_rows(model, torch.cat([f for _, f in buf]))
+        for (i, j, r), lg in zip([u for u, _ in buf], torch.split(logits, [len(f) for _, f in buf])):
+            cell = pending[(i, j)]
+            cell[0].append((r, lg))
+            cell[1] -= 1
+            if cell[1] == 0:
+                full = x_logits.clone()
+                for rr, ll in cell[0]:
+                    full[rr] = ll
+                values[i, j] = float(fn(full))
+                del pending[(i, j)]
+        buf.clear()
+
+    bar = tqdm(total=sum(len(u) for u in units.values()), desc="patch grid", disable=not progress)
+    for p0, us in sorted(units.items()):
+        w = int(final[torch.cat([u[2] for u in us])].max()) + 1 - p0
+        k = 0
+        while k < len(us):
+            chunk, rows_in = [], 0
+            while k < len(us) and (not chunk or (rows_in + len(us[k][2])) * w <= tokens_per_forward):
+                chunk.append(us[k])
+                rows_in += len(us[k][2])
+                k += 1
+            ents = []
+            for i, j, r in chunk:
+                l, rd, p = layers[i], r.to(dev), pos[r, j].to(dev)
+                x = x_res[l][rd, p0 : p0 + w].clone()
+                x[torch.arange(len(r), device=dev), p - p0] = c_res[l][rd, p]
+                past = None if not p0 else [None] * l + [(kv[b][0][rd, :p0], kv[b][1][rd, :p0]) for b in range(l, n)]
+                ents.append(Entry(l, x, final[r] - p0, past=past, tokens=corr.tokens[r, : p0 + w]))
+            out = run_staggered(model, ents, unembed=False)
+            buf += list(zip(chunk, torch.split(out, [len(c[2]) for c in chunk])))
+            n_forward += 1
+            bar.update(len(chunk))
+            if sum(len(f) for _, f in buf) * model.cfg.d_vocab >= UNEMBED_ELEMENTS:
+                flush()
+    if buf:
+        flush()
+    bar.close()
+    return PatchGridResult(
+        model_info=model_info(model),
+        values=values, layers=layers, position_names=names, positions=cols, clean_value=clean_value,
+        corrupted_value=corrupted_value, metric=name, task=corr.task, model_name=model.cfg.model_name,
+        meta={"n_cells": len(layers) * J, "n_cells_skipped": n_skipped, "n_forwards": n_forward, "suffix_only": suffix_only,
+              "clean_variant": clean.variant, "corrupted_variant": corr.variant},
+    )

@@ -1,0 +1,505 @@
+"""Linear propagation of task vectors (Yang, Cho, Ding & Inoue 2025, METHODS.md section 8).
+
+A vector theta added to the residual stream at the input of block l (final position) changes the
+final residual by ``delta_h_L(theta) = h_L(with theta) - h_L(without)`` (final position, before
+``ln_final``). We fit one linear map ``W`` (d x d) with ``delta_h_L ~ W theta`` over many vectors
+and prompts, split it by the polar decomposition ``W = U P`` (U orthogonal: the rotation;
+``P = (W^T W)^(1/2)`` symmetric PSD: the stretch) and ask how much it rotates versus scales.
+Two readouts go with it: the logit lens (does ``W_U LN_final(h)`` at a layer already pick the gold
+label?) and task alignment (how much of a vector lies in the span of the label unembeddings).
+Published: early task vectors are rotated into the label subspace, late ones mostly scaled.
+
+Candidate tokens (``candidate_tokens``): for categorization tasks the prompt's label words (their
+first tokens, ``batch.label_token_ids``); for other tasks the distinct gold first answer tokens of
+the batch, shared by every prompt (the task's answer vocabulary as the batch samples it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from icl_circuits.core.evaluation import gather_positions, unembed_resid
+from icl_circuits.core.interventions import add_hook, check_layer, check_vector, read_resid, resid_name
+from icl_circuits.core.metrics import correct, wilson
+from icl_circuits.core.models import model_info
+from icl_circuits.core.prompts import PromptBatch, Template, build_prompts
+from icl_circuits.core.results import Result
+from icl_circuits.core.resume import resume
+from icl_circuits.core.tasks import Task
+from icl_circuits.methods.vectors import TaskVector, evaluate_vector
+
+__all__ = [
+    "fit_linear_map", "r2", "polar_metrics", "candidate_tokens", "logit_lens", "vector_logit_lens",
+    "task_alignment", "alignment_chance", "final_deltas", "fit_linear_propagation", "propagation_by_layer",
+    "LinearPropagation", "LogitLensResult", "PropagationResult",
+]
+
+
+# ----------------------------------------------------------------------------- pure linear algebra
+def fit_linear_map(X: Float[Tensor, "n d_in"], Y: Float[Tensor, "n d_out"], ridge: float = 0.0) -> Float[Tensor, "d_out d_in"]:
+    """Least-squares ``W`` with ``y ~ W x`` for the rows of X and Y (no intercept), in float64.
+
+    ``ridge = 0``: minimum-norm least squares (``scipy.linalg.lstsq``); ``ridge > 0``: the ridge
+    solution ``W^T = (X^T X + ridge I)^-1 X^T Y``.
+    """
+    X, Y = torch.as_tensor(X).double(), torch.as_tensor(Y).double()
+    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X and Y must be [n, d_in] and [n, d_out] with the same n, got {tuple(X.shape)} and {tuple(Y.shape)}")
+    if X.shape[0] == 0:
+        raise ValueError("X and Y are empty: nothing to fit")
+    if ridge < 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    x, y = X.numpy(), Y.numpy()
+    if ridge == 0:
+        B = scipy.linalg.lstsq(x, y)[0]
+    else:
+        B = scipy.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ y, assume_a="pos")
+    return torch.from_numpy(np.ascontiguousarray(B.T))
+
+
+def r2(Y: Float[Tensor, "n d"], Y_hat: Float[Tensor, "n d"]) -> float:
+    """Pooled coefficient of determination ``1 - sum ||y - y_hat||^2 / sum ||y - mean(y)||^2``."""
+    Y, Y_hat = torch.as_tensor(Y).double(), torch.as_tensor(Y_hat).double()
+    tot = float(((Y - Y.mean(0)) ** 2).sum())
+    return float("nan") if tot == 0 else 1.0 - float(((Y - Y_hat) ** 2).sum()) / tot
+
+
+def polar_metrics(W: Float[Tensor, "d d"]) -> dict[str, Any]:
+    """Polar decomposition ``W = U P`` (``scipy.linalg.polar``) and how much W rotates vs stretches.
+
+    Returns U, P, ``stretch`` (eigenvalues of P, descending = singular values of W),
+    ``rotation_cos = tr(U) / d`` (mean cosine between x and U x over isotropic x; 1 = no rotation),
+    ``rotation_deviation = ||U - I||_F / sqrt(d)`` (0 = no rotation, sqrt(2) ~ a random rotation),
+    ``stretch_cv`` = std / mean of the stretch eigenvalues (0 = a pure scaling).
+    """
+    w = torch.as_tensor(W).double().numpy()
+    if w.ndim != 2 or w.shape[0] != w.shape[1]:
+        raise ValueError(f"W must be square [d, d], got {w.shape}")
+    U, P = scipy.linalg.polar(w, side="right")
+    P = (P + P.T) / 2
+    ev = np.sort(np.linalg.eigvalsh(P))[::-1].copy()
+    d = w.shape[0]
+    return {
+        "U": torch.from_numpy(U), "P": torch.from_numpy(P), "stretch": torch.from_numpy(ev),
+        "rotation_cos": float(np.trace(U) / d),
+        "rotation_deviation": float(np.linalg.norm(U - np.eye(d)) / np.sqrt(d)),
+        "stretch_cv": float(ev.std() / ev.mean()) if ev.mean() > 0 else float("nan"),
+    }
+
+
+def _cos(a: Tensor, b: Tensor) -> Tensor:
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
+
+
+# ----------------------------------------------------------------------------- candidates, lens, alignment
+def candidate_tokens(batch: PromptBatch) -> Int[Tensor, "batch n_cand"]:
+    """Tokens the lens takes its argmax over: label words, or the batch's distinct gold tokens (see module doc)."""
+    if batch.label_token_ids is not None:
+        return batch.label_token_ids
+    ids = torch.unique(batch.answer_tokens)
+    return ids[None].expand(len(batch), -1)
+
+
+@dataclass(frozen=True)
+class LogitLensResult(Result):
+    """Logit-lens accuracy per layer: argmax over the candidates of ``W_U LN_final(h_l)`` at the final
+    position is the gold first answer token.
+
+    accuracy, low, high: [layer] (Wilson 95%); per_prompt: [layer, batch] 0/1; layers (input of
+    block l; n_layers = final residual); injected: the TaskVector method applied before reading
+    (None: clean run); n_candidates: candidates per prompt.
+    """
+
+    accuracy: Float[Tensor, "layer"]
+    low: Float[Tensor, "layer"]
+    high: Float[Tensor, "layer"]
+    per_prompt: Float[Tensor, "layer batch"]
+    layers: list[int]
+    task: str
+    model_name: str
+    n_candidates: int
+    injected: str | None = None
+
+    def to_dataframe(self) -> pd.DataFrame:
+        return pd.DataFrame({"layer": self.layers, "accuracy": self.accuracy.tolist(), "low": self.low.tolist(),
+                             "high": self.high.tolist(), "n": self.per_prompt.shape[1], "task": self.task,
+                             "model": self.model_name, "injected": self.injected})
+
+
+def logit_lens(
+    model: Any,
+    batch: PromptBatch,
+    layers: Sequence[int] | None = None,
+    vectors: TaskVector | None = None,
+    *,
+    candidates: Int[Tensor, "batch n_cand"] | None = None,
+    batch_size: int = 64,
+) -> LogitLensResult:
+    """Logit-lens accuracy at each layer's final position (``layers`` default: 0..n_layers).
+
+    With ``vectors``, layer l is read after the vector's own injection there (``h_l + v_l`` for
+    mode "add", ``v_l`` for "replace"), so the layers are restricted to the vector's layers: does
+    the injected state already decode the answer? Candidates default to ``candidate_tokens(batch)``.
+    """
+    if len(batch) == 0:
+        raise ValueError("batch is empty")
+    if vectors is not None:
+        vectors.check_model(model)
+        layers = list(vectors.layers) if layers is None else list(layers)
+        missing = [l for l in layers if l not in vectors.layers]
+        if missing:
+            raise ValueError(f"layers {missing} are not among the task vector's layers {vectors.layers}")
+    layers = list(range(model.cfg.n_layers + 1)) if layers is None else [check_layer(model, l, arg="layers") for l in layers]
+    cand = candidate_tokens(batch) if candidates is None else torch.as_tensor(candidates)
+    if cand.ndim != 2 or cand.shape[0] != len(batch):
+        raise ValueError(f"candidates must be [batch={len(batch)}, n_cand], got {tuple(cand.shape)}")
+    h = read_resid(model, batch, batch.positions("final"), layers, batch_size=batch_size)[:, :, 0]  # [layer, batch, d]
+    if vectors is not None:
+        v = torch.stack([vectors.at(l) for l in layers])[:, None].to(h.dtype)
+        h = h + v if vectors.mode == "add" else v.expand_as(h)
+    with torch.no_grad():
+        logits = unembed_resid(model, h.to(model.cfg.device)).float().cpu()
+    ok = torch.stack([correct(lg, batch.answer_tokens, cand) for lg in logits]).float()
+    rates = [wilson(int(r.sum()), r.numel()) for r in ok]
+    return LogitLensResult(
+        model_info=model_info(model),
+        accuracy=ok.mean(1), low=torch.tensor([r.low for r in rates]), high=torch.tensor([r.high for r in rates]),
+        per_prompt=ok, layers=layers, task=batch.task, model_name=model.cfg.model_name,
+        n_candidates=int(cand.shape[1]), injected=None if vectors is None else vectors.method,
+    )
+
+
+def vector_logit_lens(model: Any, tv: TaskVector, k: int = 10) -> pd.DataFrame:
+    """Which tokens each layer's vector promotes: the top-``k`` of ``W_U LN_final(v_l)`` (columns
+    layer, rank, token, token_str, logit)."""
+    tv.check_model(model)
+    with torch.no_grad():
+        logits = unembed_resid(model, tv.vectors.to(model.cfg.device, torch.float32)).float().cpu()
+    top = logits.topk(min(k, logits.shape[-1]), dim=-1)
+    tok = getattr(model, "tokenizer", None)
+    rows = []
+    for i, l in enumerate(tv.layers):
+        for r, (t, v) in enumerate(zip(top.indices[i].tolist(), top.values[i].tolist())):
+            rows.append({"layer": l, "rank": r, "token": t, "token_str": tok.decode([t]) if tok is not None else str(t), "logit": v})
+    return pd.DataFrame(rows)
+
+
+def _label_basis(model: Any, label_token_ids: Tensor | Sequence[int]) -> Tensor:
+    ids = torch.unique(torch.as_tensor(label_token_ids, dtype=torch.long).flatten())
+    if ids.numel() == 0:
+        raise ValueError("label_token_ids is empty")
+    if int(ids.min()) < 0 or int(ids.max()) >= model.cfg.d_vocab:
+        raise ValueError(f"label_token_ids must be token ids in [0, {model.cfg.d_vocab - 1}]")
+    B = model.W_U.detach()[:, ids.to(model.W_U.device)].double().cpu().numpy()  # [d_model, k]
+    return torch.from_numpy(scipy.linalg.orth(B))  # orthonormal basis of the span
+
+
+def alignment_chance(model: Any, label_token_ids: Tensor | Sequence[int]) -> float:
+    """Alignment of a random isotropic vector: about sqrt(rank / d) (the span's share of dimensions)."""
+    return float(np.sqrt(_label_basis(model, label_token_ids).shape[1] / model.cfg.d_model))
+
+
+def task_alignment(
+    model: Any, vector: TaskVector | Float[Tensor, "... d_model"], label_token_ids: Tensor | Sequence[int]
+) -> Float[Tensor, "..."]:
+    """Cosine between a vector and its projection onto span{W_U[:, t] : t in label_token_ids}.
+
+    That cosine equals ``||Q Q^T v|| / ||v||`` (Q an orthonormal basis of the span): 1 when the
+    vector lies in the label subspace, 0 when orthogonal to it. A TaskVector gives one value per
+    layer. The unembedding columns are used as they are (no centering). ``label_token_ids`` may
+    be ``[n]`` or ``[batch, n]`` (the union is taken).
+    """
+    v = vector.vectors if isinstance(vector, TaskVector) else vector
+    check_vector(model, v, arg="vector")
+    Q = _label_basis(model, label_token_ids)
+    v = v.detach().double().cpu()
+    norm = v.norm(dim=-1)
+    if (norm == 0).any():
+        raise ValueError("vector: the zero vector has no direction to align")
+    return ((v @ Q).norm(dim=-1) / norm).float()
+
+
+# ----------------------------------------------------------------------------- measuring the map
+def final_deltas(
+    model: Any,
+    batch: PromptBatch,
+    layer: int,
+    X: Float[Tensor, "n_vec d_model"],
+    *,
+    resid: Float[Tensor, "batch pos d_model"] | None = None,
+    chunk: int = 4096,
+) -> Float[Tensor, "n_vec batch d_model"]:
+    """``delta_h_L = h_L(x added at layer's input, final position) - h_L(clean)`` at the final position,
+    for every vector and prompt. Runs only blocks layer..L from the cached residual ``resid``."""
+    check_layer(model, layer)
+    check_vector(model, X, arg="X")
+    n = model.cfg.n_layers
+    if layer == n:
+        return X.float()[:, None].expand(-1, len(batch), -1).clone()
+    if resid is None:
+        resid = read_resid(model, batch, None, [layer])[0]
+    dev, P = model.cfg.device, len(batch)
+    fin = batch.final_positions
+    with torch.no_grad():
+        clean = gather_positions(resume(model, resid.to(dev), layer, tokens=batch.tokens), fin[:, None].to(dev))[:, 0]
+        out = []
+        per = max(1, chunk // P)
+        for s in range(0, X.shape[0], per):
+            xs = X[s: s + per].to(dev, resid.dtype)
+            c = xs.shape[0]
+            inp = resid.to(dev).repeat(c, 1, 1)
+            pos = fin.repeat(c)[:, None].to(dev)
+            vec = xs.repeat_interleave(P, 0)[:, None]  # [c * P, 1, d]
+            with model.hooks(fwd_hooks=[(resid_name(model, layer), add_hook(pos, vec))]):
+                h = resume(model, inp, layer, tokens=batch.tokens.repeat(c, 1))
+            out.append((gather_positions(h, pos)[:, 0] - clean.repeat(c, 1)).reshape(c, P, -1).float().cpu())
+    return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class LinearPropagation(Result):
+    """The fitted map from a vector at the input of ``layer`` to its effect on the final residual.
+
+    W: [d, d] (``delta_h_L ~ W x``); U, P: its polar factors; stretch: P's eigenvalues
+    (descending); r2: held-out-vector R^2 over (vector, prompt) pairs; r2_mean: the same for the
+    prompt-averaged effect; ridge used; ref_norm: the norm random vectors were drawn around.
+    """
+
+    W: Float[Tensor, "d_model d_model"]
+    U: Float[Tensor, "d_model d_model"]
+    P: Float[Tensor, "d_model d_model"]
+    stretch: Float[Tensor, "d_model"]
+    layer: int
+    r2: float
+    r2_mean: float
+    ridge: float
+    ref_norm: float
+    rotation_cos: float
+    rotation_deviation: float
+    stretch_cv: float
+    cos_random: float
+    n_fit: int
+    n_heldout: int
+    n_prompts: int
+    task: str
+    model_name: str
+
+    def apply(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """``W x``."""
+        return (x.double() @ self.W.T).to(x.dtype)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        keys = ["layer", "r2", "r2_mean", "ridge", "ref_norm", "rotation_cos", "rotation_deviation", "stretch_cv",
+                "cos_random", "n_fit", "n_heldout", "n_prompts", "task", "model_name"]
+        return pd.DataFrame([{k: getattr(self, k) for k in keys}])
+
+
+def _prompts(model: Any, task: Task | str | PromptBatch, n: int, with_demos: int, template: Any, seed: int) -> PromptBatch:
+    if isinstance(task, PromptBatch):
+        if len(task) == 0:
+            raise ValueError("batch is empty")
+        return task
+    variant = "zero_shot" if with_demos == 0 else "icl"
+    return build_prompts(model, task, n, with_demos, template=template, seed=seed, variant=variant)
+
+
+def fit_linear_propagation(
+    model: Any,
+    task: Task | str | PromptBatch,
+    layer: int,
+    *,
+    n_vectors: int = 256,
+    n_prompts: int = 16,
+    vectors: Float[Tensor, "k d_model"] | None = None,
+    norm: float | None = None,
+    holdout: float = 0.25,
+    ridge: float | Literal["auto"] = "auto",
+    with_demos: int = 0,
+    template: Template | str | None = None,
+    seed: int = 0,
+) -> LinearPropagation:
+    """Fit ``delta_h_L ~ W x`` for vectors x added at the input of block ``layer``, final position.
+
+    Vectors: ``n_vectors`` random directions (seeded) with norms uniform in [0.5, 1.5] x ``norm``
+    (default: the norm of the first of ``vectors`` if given, else the mean norm of the final-position
+    residual at that layer: a realistic size), plus ``vectors`` (e.g. the task vector, always in the
+    fit). A seeded ``holdout`` share of the random ones is kept out of the fit for R^2.
+    Prompts: ``n_prompts`` zero-shot prompts of ``task`` (or the given PromptBatch). Least squares
+    over (vector, prompt) pairs equals least squares on the prompt-averaged effect, which is what is
+    solved. ``ridge="auto"``: 0 when the fit has at least d vectors, else 1e-3 x mean eigenvalue of
+    X^T X (the problem is underdetermined without it).
+    """
+    check_layer(model, layer)
+    d = model.cfg.d_model
+    if isinstance(n_vectors, bool) or not isinstance(n_vectors, int) or n_vectors < 2:
+        raise ValueError(f"n_vectors must be an integer >= 2 (some are held out), got {n_vectors!r}")
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+    batch = _prompts(model, task, n_prompts, with_demos, template, seed)
+    resid = read_resid(model, batch, None, [layer])[0]
+    extra = torch.zeros(0, d) if vectors is None else check_vector(model, torch.as_tensor(vectors), arg="vectors").reshape(-1, d).float().cpu()
+    if norm is None:
+        norm = float(extra[0].norm()) if len(extra) else float(gather_positions(resid, batch.final_positions[:, None]).norm(dim=-1).mean())
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(n_vectors, d, generator=g)
+    rand = dirs / dirs.norm(dim=-1, keepdim=True) * norm * (0.5 + torch.rand(n_vectors, 1, generator=g))
+    n_out = max(1, int(round(holdout * n_vectors)))
+    X = torch.cat([rand, extra])
+    Y = final_deltas(model, batch, layer, X, resid=resid)  # [n_vec, batch, d]
+    test = torch.arange(n_out)
+    fit = torch.arange(n_out, len(X))
+    Ym = Y.mean(1)
+    if ridge == "auto":
+        x = X[fit].double()
+        ridge = 0.0 if len(fit) >= d else 1e-3 * float((x * x).sum()) / d
+    W = fit_linear_map(X[fit], Ym[fit], ridge=float(ridge))
+    pred = X[test].double() @ W.T  # [n_out, d]
+    pm = polar_metrics(W)
+    return LinearPropagation(
+        model_info=model_info(model),
+        W=W.float(), U=pm["U"].float(), P=pm["P"].float(), stretch=pm["stretch"].float(), layer=layer,
+        r2=r2(Y[test].reshape(-1, d), pred[:, None].expand(-1, len(batch), -1).reshape(-1, d)),
+        r2_mean=r2(Ym[test], pred), ridge=float(ridge), ref_norm=norm, rotation_cos=pm["rotation_cos"],
+        rotation_deviation=pm["rotation_deviation"], stretch_cv=pm["stretch_cv"],
+        cos_random=float(_cos(X[test], pred.float()).mean()), n_fit=len(fit), n_heldout=n_out,
+        n_prompts=len(batch), task=batch.task, model_name=model.cfg.model_name,
+    )
+
+
+# ----------------------------------------------------------------------------- per layer
+_SCALARS = ("r2", "r2_mean", "rotation_cos", "rotation_deviation", "stretch_cv", "cos_random", "cos_theta_wtheta",
+            "cos_theta_utheta", "gain", "alignment_theta", "alignment_wtheta", "lens_clean", "lens_injected",
+            "acc_injected", "acc_reconstructed")
+
+
+@dataclass(frozen=True)
+class PropagationResult(Result):
+    """How a task vector propagates from each of its layers to the final residual.
+
+    Per layer ([layer] tensors): fit quality ``r2``/``r2_mean``; the map's rotation
+    (``rotation_cos = tr U / d``, ``rotation_deviation``) and stretch spread (``stretch_cv``,
+    ``stretch`` [layer, d]); for the vector theta itself ``cos_theta_wtheta`` = cos(theta, W theta),
+    ``cos_theta_utheta`` = cos(theta, U theta), ``gain`` = ||W theta|| / ||theta||; task alignment
+    of theta and of W theta (chance: ``alignment_chance``); logit-lens accuracy at that layer
+    without (``lens_clean``) and with theta (``lens_injected``); model accuracy with theta added at
+    the layer (``acc_injected``) and with W theta added at the final residual (``acc_reconstructed``),
+    both over ``n_eval`` prompts, full vocabulary; ``baseline``: accuracy without a vector.
+    """
+
+    layers: list[int]
+    r2: Float[Tensor, "layer"]
+    r2_mean: Float[Tensor, "layer"]
+    rotation_cos: Float[Tensor, "layer"]
+    rotation_deviation: Float[Tensor, "layer"]
+    stretch_cv: Float[Tensor, "layer"]
+    stretch: Float[Tensor, "layer d_model"]
+    cos_random: Float[Tensor, "layer"]
+    cos_theta_wtheta: Float[Tensor, "layer"]
+    cos_theta_utheta: Float[Tensor, "layer"]
+    gain: Float[Tensor, "layer"]
+    alignment_theta: Float[Tensor, "layer"]
+    alignment_wtheta: Float[Tensor, "layer"]
+    lens_clean: Float[Tensor, "layer"]
+    lens_injected: Float[Tensor, "layer"]
+    acc_injected: Float[Tensor, "layer"]
+    acc_reconstructed: Float[Tensor, "layer"]
+    alignment_chance: float
+    baseline: float
+    n_eval: int
+    n_candidates: int
+    task: str
+    model_name: str
+    method: str
+    meta: dict = field(default_factory=dict)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        df = pd.DataFrame({"layer": self.layers, **{k: getattr(self, k).tolist() for k in _SCALARS}})
+        return df.assign(alignment_chance=self.alignment_chance, baseline=self.baseline, n_eval=self.n_eval,
+                         task=self.task, model=self.model_name, method=self.method)
+
+
+def propagation_by_layer(
+    model: Any,
+    task: Task | str,
+    tv: TaskVector,
+    *,
+    layers: Sequence[int] | None = None,
+    n_vectors: int = 256,
+    n_prompts: int = 16,
+    n_eval: int = 64,
+    with_demos: int = 0,
+    template: Template | str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> PropagationResult:
+    """Fit the linear propagation map at each of ``tv``'s layers and measure rotation vs scaling,
+    logit lens, task alignment and the accuracy of the reconstructed vector W theta.
+
+    The map is fitted on ``n_prompts`` prompts (seed ``seed``), all accuracies are measured on
+    ``n_eval`` other prompts (seed ``seed + 1``); both are zero-shot unless ``with_demos``. A
+    "replace" vector (vanilla TV) is treated as the displacement it causes on average,
+    ``theta - mean(h_l)`` at the final position of the fit prompts. At the final layer W = I.
+    """
+    tv.check_model(model)
+    layers = list(tv.layers if layers is None else layers)
+    for l in layers:
+        tv.at(l)
+    fit_batch = _prompts(model, task, n_prompts, with_demos, template, seed)
+    ev = _prompts(model, task, n_eval, with_demos, template, seed + 1)
+    cand = candidate_tokens(ev)
+    lens_clean = logit_lens(model, ev, layers, candidates=cand)
+    lens_inj = logit_lens(model, ev, layers, vectors=tv, candidates=cand)
+    acc_inj = evaluate_vector(model, tv, ev, layers=layers)
+    d, n = model.cfg.d_model, model.cfg.n_layers
+    rows: dict[str, list] = {k: [] for k in (*_SCALARS[:9], "stretch", "wtheta", "theta")}
+    for l in tqdm(layers, desc=f"propagation {tv.method}", disable=not progress, leave=False):
+        theta = tv.at(l).float()
+        if tv.mode == "replace":
+            h = read_resid(model, fit_batch, fit_batch.positions("final"), [l])[0, :, 0]
+            theta = theta - h.mean(0)
+        if l == n:
+            eye = torch.eye(d, dtype=torch.float64)
+            fit = {"W": eye, "r2": 1.0, "r2_mean": 1.0, "rotation_cos": 1.0, "rotation_deviation": 0.0,
+                   "stretch_cv": 0.0, "cos_random": 1.0, "U": eye, "stretch": torch.ones(d)}
+        else:
+            lp = fit_linear_propagation(model, fit_batch, l, n_vectors=n_vectors, vectors=theta[None], seed=seed)
+            fit = {k: getattr(lp, k) for k in ("W", "r2", "r2_mean", "rotation_cos", "rotation_deviation", "stretch_cv",
+                                               "cos_random", "U", "stretch")}
+        W, U = fit["W"].double(), fit["U"].double()
+        wt = W @ theta.double()
+        for k in ("r2", "r2_mean", "rotation_cos", "rotation_deviation", "stretch_cv", "cos_random"):
+            rows[k].append(float(fit[k]))
+        rows["cos_theta_wtheta"].append(float(_cos(theta, wt)))
+        rows["cos_theta_utheta"].append(float(_cos(theta, U @ theta.double())))
+        rows["gain"].append(float(wt.norm() / theta.norm()))
+        rows["stretch"].append(fit["stretch"].float())
+        rows["wtheta"].append(wt.float())
+        rows["theta"].append(theta)
+    acc_rec = []
+    for wt in rows["wtheta"]:
+        rec = TaskVector(wt[None], [n], "add", f"{tv.method}-reconstructed", tv.task, tv.model_name)
+        acc_rec.append(float(evaluate_vector(model, rec, ev).values[0]))
+    labels = cand.flatten()
+    t = lambda k: torch.tensor(rows[k], dtype=torch.float32)  # noqa: E731
+    return PropagationResult(
+        model_info=model_info(model),
+        layers=layers, r2=t("r2"), r2_mean=t("r2_mean"), rotation_cos=t("rotation_cos"),
+        rotation_deviation=t("rotation_deviation"), stretch_cv=t("stretch_cv"), stretch=torch.stack(rows["stretch"]),
+        cos_random=t("cos_random"), cos_theta_wtheta=t("cos_theta_wtheta"), cos_theta_utheta=t("cos_theta_utheta"),
+        gain=t("gain"), alignment_theta=task_alignment(model, torch.stack(rows["theta"]), labels),
+        alignment_wtheta=task_alignment(model, torch.stack(rows["wtheta"]), labels),
+        lens_clean=lens_clean.accuracy, lens_injected=lens_inj.accuracy, acc_injected=acc_inj.values,
+        acc_reconstructed=torch.tensor(acc_rec), alignment_chance=alignment_chance(model, labels),
+        baseline=float(acc_inj.baseline), n_eval=len(ev), n_candidates=int(cand.shape[1]), task=ev.task,
+        model_name=model.cfg.model_name, method=tv.method,
+        meta={"n_vectors": n_vectors, "n_prompts": len(fit_batch), "seed": seed, "with_demos": with_demos, "mode": tv.mode},
+    )

@@ -1,0 +1,170 @@
+"""Task vectors and their evaluation per layer: the contract every task-vector method shares.
+
+A ``TaskVector`` holds one d_model vector per layer (``vectors[i]`` belongs to ``layers[i]``),
+meant to be injected into the residual stream at the input of that block
+(``blocks.{l}.hook_resid_pre``) at the final position of a prompt, either by replacing the
+activation (Hendel et al.'s vanilla vectors) or by adding to it (function vectors, learned
+vectors). ``evaluate_vector`` measures accuracy per layer and returns a ``SweepResult``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from icl_circuits.core.interventions import add_hook, check_layer, check_vector, replace_hook, resid_name
+from icl_circuits.core.metrics import wilson
+from icl_circuits.core.models import model_info, processing_mismatch
+from icl_circuits.core.prompts import PromptBatch
+from icl_circuits.core.results import Result
+
+Mode = Literal["replace", "add"]
+
+
+@dataclass(frozen=True)
+class TaskVector(Result):
+    """One vector per layer, to inject at the input of that layer.
+
+    vectors: [layer, d_model]; layers: the block index of each row; mode: "replace" or "add";
+    method: "vanilla" | "function" | "learned" | ...; position: where it is injected ("final");
+    model_info: ``models.model_info(model)`` of the model it was made on (empty when unknown):
+    ``check_model`` refuses a model whose weight processing differs from it.
+    """
+
+    vectors: Float[Tensor, "layer d_model"]
+    layers: list[int]
+    mode: str
+    method: str
+    task: str
+    model_name: str
+    position: str = "final"
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.layers):
+            raise ValueError(
+                f"vectors must have shape [len(layers)={len(self.layers)}, d_model], got {tuple(self.vectors.shape)}"
+            )
+        if self.mode not in ("replace", "add"):
+            raise ValueError(f"mode must be 'replace' or 'add', got {self.mode!r}")
+
+    @property
+    def d_model(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def at(self, layer: int) -> Float[Tensor, "d_model"]:
+        """The vector for ``layer``."""
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer} not in this task vector's layers {self.layers}")
+        return self.vectors[self.layers.index(layer)]
+
+    def check_model(self, model: Any) -> None:
+        """Refuse a model of another width, with fewer layers than the vector needs, or whose
+        weight processing differs from the model the vector was made on (residual coordinates and
+        head outputs depend on it; see ``models.load_model``)."""
+        check_vector(model, self.vectors, arg=f"task vector ({self.method}, {self.model_name})")
+        for l in self.layers:
+            check_layer(model, l, arg="task vector layer")
+        diff = processing_mismatch(self.model_info.get("processing"), model)
+        if diff:
+            shown = ", ".join(f"{k}: vector {a}, model {b}" for k, a, b in ((k, *v) for k, v in diff.items()))
+            fix = ", ".join(f"{k}={a}" for k, (a, _) in diff.items())
+            raise ValueError(
+                f"task vector ({self.method}, {self.model_name}) was made on a model processed differently "
+                f"({shown}); load the model with load_model(..., {fix}) to apply it"
+            )
+
+
+@dataclass(frozen=True)
+class SweepResult(Result):
+    """A metric of one intervention applied at each layer.
+
+    values: [layer] mean metric; per_prompt: [layer, batch]; low/high: Wilson 95% interval
+    (accuracies) or NaN; layers; metric; method; task; model_name; baseline: the metric without
+    intervention (e.g. zero-shot accuracy), for reference lines in figures.
+    """
+
+    values: Float[Tensor, "layer"]
+    per_prompt: Float[Tensor, "layer batch"]
+    low: Float[Tensor, "layer"]
+    high: Float[Tensor, "layer"]
+    layers: list[int]
+    metric: str
+    method: str
+    task: str
+    model_name: str
+    baseline: float | None = None
+    meta: dict = field(default_factory=dict)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        return pd.DataFrame({
+            "layer": self.layers, "value": self.values.tolist(), "low": self.low.tolist(),
+            "high": self.high.tolist(), "metric": self.metric, "method": self.method,
+            "task": self.task, "model": self.model_name, "baseline": self.baseline,
+        })
+
+    @property
+    def best_layer(self) -> int:
+        return self.layers[int(self.values.argmax())]
+
+
+def accuracy_sweep(
+    per_prompt: Float[Tensor, "layer batch"], layers: Sequence[int], *, method: str, task: str,
+    model_name: str, baseline: float | None = None, meta: dict | None = None, model_info: dict | None = None,
+) -> SweepResult:
+    """Wrap per-prompt correctness (0/1) per layer into a SweepResult with Wilson intervals."""
+    rates = [wilson(int(row.sum()), row.numel()) for row in per_prompt]
+    return SweepResult(
+        model_info=model_info or {},
+        values=per_prompt.float().mean(1), per_prompt=per_prompt.float(),
+        low=torch.tensor([r.low for r in rates]), high=torch.tensor([r.high for r in rates]),
+        layers=list(layers), metric="accuracy", method=method, task=task, model_name=model_name,
+        baseline=baseline, meta=meta or {},
+    )
+
+
+def evaluate_vector(
+    model: Any,
+    vector: TaskVector,
+    batch: PromptBatch,
+    *,
+    layers: Sequence[int] | None = None,
+    mode: Mode | None = None,
+    scale: float = 1.0,
+    batch_size: int = 64,
+    metric: str = "accuracy",
+) -> SweepResult:
+    """Accuracy of ``batch`` (usually zero-shot prompts) with ``vector`` injected at each layer.
+
+    At layer l the vector replaces (or, ``mode="add"``, is added ``scale`` times to) the residual
+    stream at the input of block l, at each prompt's final position. Runs through
+    ``patching.layer_sweep``: the clean prefix is computed once, every patched run resumes at
+    block l (``start_at_layer``) and several layers share one forward. ``metric``: "accuracy"
+    (default), "label_accuracy", "auto", "gold_probability"... (see ``patching.prompt_metric``).
+    """
+    from dataclasses import replace
+
+    from icl_circuits.methods.patching import layer_sweep
+
+    vector.check_model(model)
+    if len(batch) == 0:
+        raise ValueError("batch is empty")
+    mode = mode or vector.mode
+    if mode not in ("replace", "add"):
+        raise ValueError(f"mode must be 'replace' or 'add', got {mode!r}")
+    layers = list(vector.layers if layers is None else layers)
+    pos = batch.positions("final")
+
+    def make(l: int, rows: slice, mb: PromptBatch):
+        v = vector.at(l)
+        hook = replace_hook(pos[rows], v) if mode == "replace" else add_hook(pos[rows], v, scale)
+        return [(resid_name(model, l), hook)]
+
+    res = layer_sweep(model, batch, make, layers, metric, batch_size=batch_size)
+    return replace(res, method=vector.method, task=vector.task, model_name=vector.model_name,
+                   meta={"mode": mode, "scale": scale, "variant": batch.variant})

@@ -1,0 +1,17 @@
+"""Plotly figure builders, one module per result kind; each takes a result and returns a go.Figure.
+
+``accuracy`` (accuracy vs demos), ``sweeps`` (layer curves, patching grids, head CIE),
+``interchange`` (transfer / necessity / probes), ``saliency`` (flows, heatmaps, isolation),
+``propagation`` (LTV comparisons, rotation vs scaling, logit lens), ``circuits`` (heads),
+``dpca`` (explained variance, projections, distances).
+"""
+
+
+def __getattr__(name: str):
+    """Load a submodule on first attribute access (``ic.viz.saliency``, ``ic.methods.heads``...)."""
+    import importlib
+    import importlib.util
+
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,119 @@
+"""Result helpers that every analysis shares."""
+
+import numpy as np
+import pandas as pd
+
+from icl_circuits.core.results import markdown_table
+
+
+def test_markdown_table_rounds_floats_only_and_keeps_column_order():
+    df = pd.DataFrame({"layer": [0, 1], "task": ["a", "b"], "acc": [0.12345, np.float64(1.0)]})
+    assert markdown_table(df).split("\n") == [
+        "| layer | task | acc |", "|---|---|---|", "| 0 | a | 0.123 |", "| 1 | b | 1.000 |"]
+    assert markdown_table(df, 1).split("\n")[2] == "| 0 | a | 0.1 |"
+
+
+def test_markdown_table_never_prints_a_small_nonzero_float_as_zero():
+    df = pd.DataFrame({"flow": [2.5e-6, 0.0, -0.0004, 0.0005]})
+    assert [r.strip("| ") for r in markdown_table(df).split("\n")[2:]] == ["2.50e-06", "0.000", "-4.00e-04", "0.001"]
+
+
+# ----------------------------------------------------------------------------- atomic save
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from icl_circuits.core import results as results_mod  # noqa: E402
+from icl_circuits.methods.vectors import SweepResult  # noqa: E402
+
+
+def _sweep(value: float) -> SweepResult:
+    v = torch.full((3,), value)
+    return SweepResult(values=v, per_prompt=v[:, None].repeat(1, 2), low=v - 1, high=v + 1, layers=[0, 1, 2],
+                       metric="accuracy", method=f"m{value}", task="t", model_name="m")
+
+
+def _loads_old_or_nothing(path, old):
+    try:
+        back = SweepResult.load(path)
+    except (ValueError, OSError):
+        return True
+    return back.method == old.method and torch.equal(back.values, old.values)
+
+
+def test_save_interrupted_while_writing_the_json_leaves_the_previous_result(tmp_path, monkeypatch):
+    old, new = _sweep(1.0), _sweep(2.0)
+    old.save(tmp_path / "r")
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt("interrupted")
+
+    monkeypatch.setattr(results_mod.json, "dumps", boom)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(tmp_path / "r")
+    monkeypatch.undo()
+    back = SweepResult.load(tmp_path / "r")
+    assert back.method == old.method and torch.equal(back.values, old.values)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.safetensors"]  # no temporary files left
+
+
+def test_save_interrupted_between_the_two_files_loads_nothing_mixed(tmp_path, monkeypatch):
+    from tests.conftest import interrupt_nth_replace
+
+    old, new = _sweep(1.0), _sweep(2.0)
+    old.save(tmp_path / "r")
+    interrupt_nth_replace(monkeypatch, results_mod, 2)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(tmp_path / "r")
+    monkeypatch.undo()
+    assert _loads_old_or_nothing(tmp_path / "r", old)
+
+
+def test_save_load_round_trip_records_the_tensor_file_digest(tmp_path):
+    r = _sweep(3.0)
+    r.save(tmp_path / "r")
+    spec = json.loads((tmp_path / "r.json").read_text())
+    assert len(spec["tensors_sha256"]) == 64
+    back = SweepResult.load(tmp_path / "r")
+    assert torch.equal(back.values, r.values) and back.method == r.method
+
+
+# ----------------------------------------------------------------------------- provenance
+def test_every_result_class_carries_model_info_keyword_only():
+    """model_info is a keyword-only field of the Result base, so every analysis result has it."""
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    import icl_circuits
+
+    classes = set()
+    for m in pkgutil.walk_packages(icl_circuits.__path__, "icl_circuits."):
+        if m.name.endswith("__main__"):
+            continue
+        mod = importlib.import_module(m.name)
+        classes |= {c for c in vars(mod).values()
+                    if isinstance(c, type) and issubclass(c, results_mod.Result) and c is not results_mod.Result}
+    assert len(classes) >= 20
+    for c in classes:
+        f = {x.name: x for x in dataclasses.fields(c)}["model_info"]
+        assert f.kw_only, c.__name__
+
+
+def test_analysis_results_record_how_the_model_was_loaded_and_keep_it_through_save(tiny_model, tmp_path):
+    from icl_circuits import build_prompts
+    from icl_circuits.methods.interchange import necessity
+    from icl_circuits.core.models import model_info
+    from icl_circuits.methods.saliency import saliency_flow
+    from icl_circuits.methods.task_vectors import vanilla_task_vector
+
+    batch = build_prompts(tiny_model, "antonym", 3, 2, seed=0)
+    expected = model_info(tiny_model)
+    assert expected["processing"] and "prepend_bos" in expected
+    for res in (saliency_flow(tiny_model, batch), necessity(tiny_model, batch, "query", layers=[0, 1]),
+                vanilla_task_vector(tiny_model, build_prompts(tiny_model, "antonym", 3, 2, seed=0,
+                                                              variant="dummy_query"))):
+        assert res.model_info == expected, type(res).__name__
+        back = type(res).load(res.save(tmp_path / type(res).__name__))
+        assert back.model_info == expected

@@ -1,0 +1,159 @@
+"""OV decomposition of an injected vector: the exact identity, the OV formula, reconstruction,
+key heads vs random heads, errors, figures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from icl_circuits import build_prompts
+from icl_circuits.core import interventions as iv
+from icl_circuits.methods.circuits import (
+    KeyHeadAblationResult, OVResult, injection_hooks, key_head_ablation, key_heads, ov_contributions, reconstruct,
+)
+from icl_circuits.methods.vectors import TaskVector
+from tests.conftest import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def zs(tiny_model):
+    return build_prompts(tiny_model, "antonym", 8, 0, seed=0, variant="zero_shot")
+
+
+@pytest.fixture(scope="module")
+def icl(tiny_model):
+    return build_prompts(tiny_model, "letter-string", 6, 3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tv(tiny_model):
+    g = torch.Generator().manual_seed(0)
+    return TaskVector(torch.randn(2, tiny_model.cfg.d_model, generator=g) * 4, [0, 1], "add", "random", "antonym", "tiny")
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+@pytest.mark.parametrize("positions", ["final", "answer", "separator"])
+def test_final_residual_change_is_direct_plus_heads_plus_mlps(tiny_model, icl, tv, layer, positions):
+    """delta h_L(q) = d(q) + sum of head changes + sum of MLP changes, exactly (no embedding term)."""
+    r = ov_contributions(tiny_model, icl, tv, layer, positions=positions, batch_size=4)
+    assert r.identity_error() <= 1e-4
+    assert (r.attn_layers - r.head_exact.sum(1)).abs().max() <= 1e-4  # b_O cancels
+    assert r.total.abs().max() > 1e-2
+    assert (r.direct.abs().sum() > 0) == (positions == "final")
+
+
+def test_identity_holds_for_replace_mode_vectors(tiny_model, zs, tv):
+    rep = TaskVector(tv.vectors, tv.layers, "replace", "vanilla", "antonym", "tiny")
+    r = ov_contributions(tiny_model, zs, rep, 1)
+    assert r.identity_error() <= 1e-4 and r.mode == "replace"
+
+
+def test_total_change_matches_the_injected_run(tiny_model, zs, tv):
+    r = ov_contributions(tiny_model, zs, tv, 0)
+    logits = iv.run_final_logits(tiny_model, zs, injection_hooks(tiny_model, tv, 0))
+    assert torch.allclose(iv.unembed_resid(tiny_model, r.clean_final + r.total), logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("positions", ["final", "answer"])
+def test_ov_formula_is_exact_without_layernorm(positions):
+    """No LN and a vector outside span(W_Q, W_K) of the block it enters: attention is unchanged and
+    each head's change is exactly sum_p A[q, p] theta W_V W_O."""
+    model = make_tiny_model(normalization_type=None, d_head=2, rotary_dim=2, seed=3)
+    W_Q, W_K = model.blocks[1].attn.W_Q.detach(), model.blocks[1].attn.W_K.detach()
+    span = torch.cat([W_Q.permute(1, 0, 2).flatten(1), W_K.permute(1, 0, 2).flatten(1)], 1)  # [d_model, 16]
+    basis, _ = torch.linalg.qr(span)
+    theta = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+    theta = 10 * (theta - basis @ (basis.T @ theta))
+    batch = build_prompts(model, "letter-string", 5, 3, seed=1)
+    r = ov_contributions(model, batch, theta, 1, positions=positions)
+    assert r.head_exact.abs().max() > 1e-2
+    assert (r.head_ov - r.head_exact).abs().max() <= 1e-5
+    assert r.cosine.min() > 0.9999
+
+
+def test_frozen_ln_agrees_with_the_difference_for_a_small_vector_off_the_residual(tiny_model, zs):
+    """Freezing the LN scale drops only the scale's own change, which is first order in the part of
+    the vector along the centred residual: for a small vector orthogonal to it (and to the ones
+    vector) both LN treatments agree."""
+    one = zs.select([0])
+    h = iv.read_resid(tiny_model, one, one.positions("final"), [0, 1])[:, 0, 0]  # [2, d_model]
+    span = torch.cat([torch.ones(1, h.shape[1]), h - h.mean(1, keepdim=True)]).T
+    basis, _ = torch.linalg.qr(span)
+    theta = torch.randn(tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(2))
+    theta = 1e-3 * (theta - basis @ (basis.T @ theta))
+    a = ov_contributions(tiny_model, one, theta, 0, ln="difference")
+    b = ov_contributions(tiny_model, one, theta, 0, ln="frozen")
+    assert (a.head_ov - b.head_ov).abs().max() <= 1e-2 * a.head_ov.abs().max()
+
+
+def test_reconstruction_full_sum_equals_the_vector_run(tiny_model, zs, tv):
+    rec = reconstruct(tiny_model, zs, tv, 1)
+    assert rec.conditions[:2] == ["no vector", "theta at layer 1"]
+    full = rec.conditions.index("theta + heads + MLPs (exact) at final")
+    assert torch.equal(rec.per_prompt[1], rec.per_prompt[full])
+    df = rec.to_dataframe()
+    assert len(df) == len(rec.conditions) and ((df.low <= df.accuracy) & (df.accuracy <= df.high)).all()
+
+
+def test_reconstruction_with_a_head_subset(tiny_model, zs, tv):
+    ov = ov_contributions(tiny_model, zs, tv, 0)
+    rec = reconstruct(tiny_model, zs, tv, 0, ov=ov, heads=[(0, 1), (1, 2)])
+    assert rec.heads == [[0, 1], [1, 2]] and "theta + 2 heads (OV) at final" in rec.conditions
+    with pytest.raises(ValueError, match="heads is empty"):
+        reconstruct(tiny_model, zs, tv, 0, ov=ov, heads=[])
+
+
+def test_key_heads_rank_by_mean_dla(tiny_model, zs, tv):
+    kh = key_heads(tiny_model, zs, tv, 0)
+    scores = [float(kh.scores[kh.layers.index(l), h]) for l, h in kh.ranking]
+    assert scores == sorted(scores, reverse=True) and len(kh.ranking) == 8
+    assert set(kh.to_dataframe()["rank"]) == set(range(8))
+
+
+def test_key_vs_random_ablation_is_seeded(tiny_model, zs, tv):
+    kw = dict(ks=[1, 3], n_random=3, progress=False)
+    a = key_head_ablation(tiny_model, zs, tv, 1, seed=5, **kw)
+    b = key_head_ablation(tiny_model, zs, tv, 1, seed=5, **kw)
+    c = key_head_ablation(tiny_model, zs, tv, 1, seed=6, how="mean", **kw)
+    assert a.random_heads == b.random_heads and a.random_heads != c.random_heads
+    assert all(l == 1 for draws in a.random_heads for heads in draws for l, _ in heads)  # heads after injection
+    assert a.random.shape == (2, 3) and a.top_heads[0] == key_heads(tiny_model, zs, tv, 1).ranking[0]
+    back = KeyHeadAblationResult.load(a.save("/tmp/_kh_test"))
+    assert back.random_heads == a.random_heads and len(back.to_dataframe()) == 2 * (1 + 3)
+
+
+def test_ov_result_round_trip_without_head_vectors(tiny_model, zs, tv, tmp_path):
+    r = ov_contributions(tiny_model, zs, tv, 1, keep_head_vectors=False)
+    back = OVResult.load(r.save(tmp_path / "ov"))
+    assert back.head_exact is None and torch.equal(back.exact_dla, r.exact_dla) and back.layers == [1]
+    assert len(back.to_dataframe()) == 4
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, b, tv: ov_contributions(m, b, tv, 2), r"layer must be an integer in \[0, 1\]"),
+    (lambda m, b, tv: ov_contributions(m, b, torch.randn(48), 0), "width 48 but the model's d_model is 32"),
+    (lambda m, b, tv: ov_contributions(m, b, tv), "say which one to inject"),
+    (lambda m, b, tv: ov_contributions(m, b, tv, 0, positions=torch.zeros(8, 2, dtype=torch.long)), "distinct"),
+    (lambda m, b, tv: ov_contributions(m, b, tv, 0, ln="exact"), "ln must be one of"),
+    (lambda m, b, tv: key_head_ablation(m, b, tv, 0, ks=[], progress=False), "ks is empty"),
+    (lambda m, b, tv: key_head_ablation(m, b, tv, 1, ks=[5], progress=False), r"in \[1, 4\]"),
+    (lambda m, b, tv: key_head_ablation(m, b, tv, 0, ranking=[], progress=False), "ranking is empty"),
+    (lambda m, b, tv: reconstruct(m, b, tv, 0, restrict_to_labels=True), "has no label words"),
+])
+def test_clear_errors(tiny_model, zs, tv, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(tiny_model, zs, tv)
+
+
+def test_figures_build(tiny_model, zs, icl, tv):
+    from icl_circuits.methods.heads import head_ablation_scan, head_attribution
+    from icl_circuits.viz import circuits as P
+
+    ov = ov_contributions(tiny_model, zs, tv, 0)
+    kh = key_heads(tiny_model, zs, tv, 0, ov=ov)
+    scan = head_ablation_scan(tiny_model, icl, metric="logit_diff", progress=False)
+    figs = [P.ov_heads(ov), P.key_heads(kh), P.reconstruction(reconstruct(tiny_model, zs, tv, 0, ov=ov)),
+            P.key_vs_random(key_head_ablation(tiny_model, zs, tv, 0, ranking=kh, ks=[1, 2], n_random=2, progress=False)),
+            P.head_scan(scan), P.scan_vs_attribution(scan, head_attribution(tiny_model, icl))]
+    for f in figs:
+        assert "tiny" in f.layout.title.text and len(f.data) >= 1

@@ -1,0 +1,125 @@
+"""Linear probes per layer: a separable case, chance on shuffled labels, grouping, errors, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import icl_circuits.cli.common as cli_common
+import icl_circuits.cli.main as cli_mod
+from icl_circuits import build_prompts
+from icl_circuits.viz.interchange import probe_vs_transfer
+from icl_circuits.methods.probing import ProbeResult, probe_by_layer
+
+
+@pytest.fixture(scope="module")
+def templates(tiny_model):
+    """Two prompt sets whose separator tokens differ (':' vs '='): separable at layer 0 by construction."""
+    return {"colon": build_prompts(tiny_model, "antonym", 15, 3, seed=0),
+            "equals": build_prompts(tiny_model, "antonym", 15, 3, seed=1, template="{x}={y}")}
+
+
+@pytest.fixture(scope="module")
+def separable(tiny_model, templates):
+    return probe_by_layer(tiny_model, templates, "separator", layers=[0, 1], progress=False)
+
+
+def test_probe_decodes_a_separable_label_perfectly(separable):
+    assert separable.accuracy[0] == 1.0 and separable.low[0] > 0.9
+    assert separable.chance == 0.5 and separable.positions == ["separator_0", "separator_1", "separator_2"]
+
+
+def test_shuffled_labels_are_at_chance(separable):
+    """Labels permuted across prompts (layer 1, where the states vary from prompt to prompt)."""
+    assert abs(float(separable.control[1]) - 0.5) < 0.2
+
+
+def test_random_labels_per_prompt_are_at_chance(tiny_model, templates):
+    b = templates["colon"]
+    labels = np.random.default_rng(0).integers(0, 2, len(b)).tolist()
+    r = probe_by_layer(tiny_model, (b, labels), "final", layers=[2], cv=3, shuffle_control=False, progress=False)
+    assert r.low[0] < max(r.chance, 0.5) and torch.isnan(r.control).all()
+
+
+def test_pooled_positions_of_one_prompt_stay_in_one_fold(separable):
+    assert separable.labels.numel() == 30 * 3 and separable.groups.unique().numel() == 30
+    assert torch.equal(separable.labels, separable.groups.ge(15).long())  # dict order: colon then equals
+
+
+@pytest.mark.parametrize("combine, n", [("mean", 30), ("concat", 30), ("pool", 90)])
+def test_combine_modes(tiny_model, templates, combine, n):
+    r = probe_by_layer(tiny_model, templates, "answer", layers=[0], combine=combine, shuffle_control=False, progress=False)
+    assert r.labels.numel() == n and r.predictions.shape == (1, n)
+
+
+def test_single_position_and_seed_determinism(tiny_model, templates):
+    a = probe_by_layer(tiny_model, templates, "separator_-1", layers=[1], seed=3, shuffle_control=False, progress=False)
+    b = probe_by_layer(tiny_model, templates, "separator_-1", layers=[1], seed=3, shuffle_control=False, progress=False)
+    assert a.positions == ["separator_2"] and torch.equal(a.predictions, b.predictions)
+
+
+def test_round_trip_dataframe_and_figure(separable, tmp_path):
+    back = ProbeResult.load(separable.save(tmp_path / "p"))
+    assert torch.equal(back.accuracy, separable.accuracy) and back.classes == ["colon", "equals"]
+    assert list(back.to_dataframe().layer) == [0, 1]
+    assert "Probe accuracy" in probe_vs_transfer(back).layout.title.text
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(data="one"), "at least two labels"),
+    (dict(cv=20), "cv must be an integer between 2 and the smallest class size"),
+    (dict(layers=[5]), "layers must be an integer in \\[0, 2\\]"),
+    (dict(position_kind="nowhere"), "unknown position set 'nowhere'"),
+    (dict(data="bad_labels"), "3 labels for a batch of 15 prompts"),
+])
+def test_errors_are_clear(tiny_model, templates, kwargs, match):
+    data = {"data": templates}
+    if kwargs.get("data") == "one":
+        data["data"] = {"colon": templates["colon"]}
+    elif kwargs.get("data") == "bad_labels":
+        data["data"] = (templates["colon"], [0, 1, 0])
+    args = {**{"position_kind": "separator"}, **{k: v for k, v in kwargs.items() if k != "data"}, **data}
+    with pytest.raises(ValueError, match=match):
+        probe_by_layer(tiny_model, progress=False, **args)
+
+
+def test_cli_probe_json(monkeypatch, tiny_model):
+    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    res = CliRunner().invoke(cli_mod.cli, ["probe", "--tasks", "antonym,english-french", "--position", "answer",
+                                           "--demos", "2", "--prompts", "6", "--cv", "3", "--layers", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output.strip().splitlines()[-1])
+    assert data["layers"] == [0] and len(data["accuracy"]) == 1 and data["chance"] == 0.5
+
+
+def test_ragged_positions_pool_only_valid_tokens(tiny_model):
+    """Inputs of 2 to 5 tokens: one sample per valid (prompt, token); concatenation is refused."""
+    from icl_circuits.methods.interchange import resolve_positions
+
+    b = build_prompts(tiny_model, "letter-string", 12, 2, seed=0)
+    labels = [i % 2 for i in range(len(b))]
+    r = probe_by_layer(tiny_model, (b, labels), "inputs", layers=[0], cv=2, shuffle_control=False, progress=False)
+    mask = resolve_positions(b, "inputs").mask
+    assert r.labels.numel() == int(mask.sum()) and torch.equal(r.groups, mask.nonzero()[:, 0])
+    with pytest.raises(ValueError, match="combine='concat' needs the same columns"):
+        probe_by_layer(tiny_model, (b, labels), "inputs", layers=[0], cv=2, combine="concat", progress=False)
+
+
+def test_batches_with_different_multi_token_columns_pool_together(tiny_model):
+    """A task with 2-5 token inputs and one with 1-token inputs: "inputs" resolves to other columns in
+    each batch; pooling keeps every valid token of both and names the union of the columns."""
+    from icl_circuits.methods.interchange import resolve_positions
+
+    data = {"letters": build_prompts(tiny_model, "letter-string", 6, 2, seed=0),
+            "words": build_prompts(tiny_model, "antonym", 6, 2, seed=0)}
+    sets = {k: resolve_positions(b, "inputs") for k, b in data.items()}
+    assert sets["letters"].names != sets["words"].names
+    r = probe_by_layer(tiny_model, data, "inputs", layers=[0], cv=2, shuffle_control=False, progress=False)
+    assert r.labels.numel() == sum(int(s.mask.sum()) for s in sets.values())
+    assert r.positions == sets["letters"].names + [n for n in sets["words"].names if n not in sets["letters"].names]
+    m = probe_by_layer(tiny_model, data, "inputs", layers=[0], cv=2, combine="mean", shuffle_control=False, progress=False)
+    assert m.labels.numel() == 12

@@ -1,0 +1,219 @@
+"""Vanilla, local and function vectors: identities, batched CIE equals one head at a time, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from icl_circuits import build_prompts
+from icl_circuits.core import interventions as iv
+from icl_circuits.methods.task_vectors import (
+    HeadCIEResult, NoLengthMatchedAnswers, compare_task_vectors, evaluate_task_vector, function_vector, fv_from_heads,
+    head_cie, local_task_vectors, mean_head_outputs, random_answer_twins, vanilla_task_vector,
+)
+from icl_circuits.core.tasks import WordPairTask
+from icl_circuits.methods.vectors import TaskVector, evaluate_vector
+
+
+@pytest.fixture(scope="module")
+def clean(tiny_model):
+    return build_prompts(tiny_model, "antonym", 5, 3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def shuffled(tiny_model):
+    return build_prompts(tiny_model, "antonym", 5, 3, seed=0, variant="shuffled_labels")
+
+
+def test_vanilla_vector_is_the_mean_final_residual_of_dummy_query_prompts(tiny_model):
+    tv = vanilla_task_vector(tiny_model, "antonym", 3, 4, seed=0)
+    dq = build_prompts(tiny_model, "antonym", 4, 3, seed=0, variant="dummy_query")
+    r = iv.read_resid(tiny_model, dq, dq.positions("final"))[:, :, 0].mean(1)
+    assert tv.layers == [0, 1, 2] and tv.mode == "replace" and torch.allclose(tv.vectors, r, atol=1e-6)
+
+
+def test_vanilla_vector_of_one_prompt_replaces_with_itself(tiny_model):
+    """The TV of a one-prompt batch, put back into that prompt, changes nothing at any layer."""
+    one = build_prompts(tiny_model, "antonym", 1, 3, seed=4, variant="dummy_query")
+    res = evaluate_vector(tiny_model, vanilla_task_vector(tiny_model, one), one, metric="gold_probability")
+    assert (res.values - res.baseline).abs().max() <= 1e-6
+
+
+def test_evaluate_task_vector_records_zero_shot_and_icl_and_refuses_the_extraction_seed(tiny_model):
+    tv = vanilla_task_vector(tiny_model, "antonym", 3, 4, seed=0)
+    res = evaluate_task_vector(tiny_model, tv, n_prompts=4)
+    assert res.meta["eval_seed"] == 1 and res.meta["zero_shot"] == res.baseline and 0 <= res.meta["icl"] <= 1
+    with pytest.raises(ValueError, match="seed the vector was extracted with"):
+        evaluate_task_vector(tiny_model, tv, n_prompts=4, seed=0)
+
+
+def test_local_vectors_equal_one_patch_per_layer(tiny_model):
+    """Layer l: the ICL prompt's answer-position states overwrite its random-answer twin's, at l only."""
+    res = local_task_vectors(tiny_model, "letter-string", 3, 4, seed=0, metric="gold_probability")
+    icl, dummy, _ = random_answer_twins(tiny_model, build_prompts(tiny_model, "letter-string", 4, 3, seed=0),
+                                        "letter-string", seed=0)
+    pos = icl.positions("answer")
+    for l in (0, 1):
+        name = iv.resid_name(tiny_model, l)
+        own = iv.read_activations(tiny_model, icl, [name], pos)[name]
+        logits = iv.run_final_logits(tiny_model, dummy, lambda rows, mb: [(name, iv.replace_hook(pos[rows], own[rows]))])
+        expected = logits.softmax(-1)[torch.arange(4), dummy.answer_tokens]
+        assert (res.per_prompt[l] - expected).abs().max() <= 1e-6
+    assert res.layers == [0, 1] and res.meta["n_dropped"] == 0 and res.method == "local"
+
+
+def test_random_answers_are_matched_by_token_length(tiny_model):
+    """Every twin keeps the demo inputs, the query and every position; each random answer is an output
+    of the task with as many tokens as the real one (two-token answers get two-token answers)."""
+    task = WordPairTask("mixed", "knowledge", "a letter -> letters", [
+        ("a", "k"), ("b", "q"), ("c", "z"), ("d", "k q"), ("e", "q z"), ("f", "z k")])
+    icl = build_prompts(tiny_model, task, 12, 3, seed=0)
+    width = icl.answer_spans[..., 1] - icl.answer_spans[..., 0]
+    assert set(width.flatten().tolist()) == {1, 2}  # the fixture has both lengths
+    kept, twin, dropped = random_answer_twins(tiny_model, icl, task, seed=0)
+    assert len(kept) == 12 and dropped == {"no_match": 0, "tokenization": 0} and twin.variant == "random_answers"
+    assert torch.equal(kept.answer_spans, twin.answer_spans) and kept.tokens.shape == twin.tokens.shape
+    assert torch.equal(kept.input_spans, twin.input_spans) and torch.equal(kept.final_positions, twin.final_positions)
+    assert twin.queries == kept.queries and torch.equal(twin.answer_tokens, kept.answer_tokens)
+    changed = 0
+    for i in range(12):
+        for (x, y), (x2, y2) in zip(kept.demos[i], twin.demos[i]):
+            assert x2 == x and y2 in task.outputs() and len(y2.split()) == len(y.split())
+            changed += y2 != y
+    assert changed > 0
+    again = random_answer_twins(tiny_model, icl, task, seed=0)[1]
+    assert again.demos == twin.demos and random_answer_twins(tiny_model, icl, task, seed=1)[1].demos != twin.demos
+
+
+def _lengths_task():
+    """Every output a different number of tokens: no demo answer has a length-matched alternative."""
+    return WordPairTask("lengths", "knowledge", "a letter -> letters", [
+        ("a", "k"), ("b", "k q"), ("c", "k q z"), ("d", "k q z a"), ("e", "k q z a b")])
+
+
+def test_local_vectors_without_length_matched_answers_raise_and_compare_skips_them(tiny_model):
+    with pytest.raises(NoLengthMatchedAnswers, match="no prompt .* another answer with as many tokens"):
+        local_task_vectors(tiny_model, _lengths_task(), 2, 4, seed=0)
+    with pytest.warns(UserWarning, match="local task vectors skipped: .*as many tokens"):
+        df = compare_task_vectors(tiny_model, _lengths_task(), 2, 4, seed=0, top_k=2)
+    assert set(df.method) == {"vanilla", "function", "zero-shot", "icl"} and "local" in df.attrs["skipped"]
+    with pytest.warns(UserWarning, match="local task vectors skipped"):
+        only = compare_task_vectors(tiny_model, _lengths_task(), 2, 4, seed=0, methods=["local"])
+    assert set(only.method) == {"zero-shot", "icl"} and sorted(set(only.layer)) == [0, 1, 2]
+    with pytest.raises(ValueError, match="not 'final'"):
+        local_task_vectors(tiny_model, "letter-string", 3, 4, positions="final")
+
+
+def test_compare_task_vectors_methods(tiny_model):
+    df = compare_task_vectors(tiny_model, "number", 3, 4, seed=0, methods=("vanilla",))
+    assert set(df.method) == {"vanilla", "zero-shot", "icl"} and df.attrs["fv_heads"] is None
+    loc = compare_task_vectors(tiny_model, "number", 3, 4, seed=0, methods=["local"])
+    assert set(loc.method) == {"local", "zero-shot", "icl", "random-answers"} and set(loc.metric) == {"label_accuracy"}
+    with pytest.raises(ValueError, match="methods must name some of vanilla, local, function, got \\['global'\\]"):
+        compare_task_vectors(tiny_model, "number", 3, 4, methods=["global"])
+    with pytest.raises(ValueError, match="methods must name some of"):
+        compare_task_vectors(tiny_model, "number", 3, 4, methods=())
+
+
+def test_head_cie_batched_over_heads_equals_one_head_at_a_time(tiny_model, clean, shuffled):
+    mean_z = mean_head_outputs(tiny_model, clean)
+    res = head_cie(tiny_model, clean, shuffled, mean_z, batch_size=2, tokens_per_forward=100)
+    pos, gold = shuffled.positions("final"), shuffled.answer_tokens
+    p0 = iv.run_final_logits(tiny_model, shuffled).softmax(-1)[torch.arange(5), gold]
+    for l in range(2):
+        for h in range(4):
+            hook = [(iv.z_name(l), iv.replace_hook(pos, mean_z[l, h], head=h))]
+            p = iv.run_final_logits(tiny_model, shuffled, lambda rows, mb: hook).softmax(-1)[torch.arange(5), gold]
+            assert (res.per_prompt[l, h] - (p - p0)).abs().max() <= 1e-6
+    assert abs(res.baseline - float(p0.mean())) <= 1e-6
+
+
+def test_mean_head_outputs_is_the_mean_of_hook_z_at_the_final_position(tiny_model, clean):
+    z = iv.read_activations(tiny_model, clean, [iv.z_name(1)], clean.positions("final"))[iv.z_name(1)]
+    assert torch.allclose(mean_head_outputs(tiny_model, clean)[1], z[:, 0].mean(0), atol=1e-6)
+
+
+def test_function_vector_is_the_sum_of_its_heads_mean_outputs_through_w_o(tiny_model, clean, tmp_path):
+    fv = function_vector(tiny_model, "antonym", 3, 5, seed=0, top_k=3)
+    mean_z = mean_head_outputs(tiny_model, clean)
+    expected = sum(mean_z[l, h] @ tiny_model.W_O[l, h] for l, h in fv.meta["heads"])
+    assert fv.mode == "add" and fv.layers == [0, 1, 2] and len(fv.meta["heads"]) == 3
+    assert torch.allclose(fv.at(1), expected.detach(), atol=1e-5)
+    assert torch.allclose(fv_from_heads(tiny_model, mean_z, [tuple(h) for h in fv.meta["heads"]]), fv.at(0))
+    cie = torch.tensor(fv.meta["cie"])
+    assert sorted(fv.meta["head_cie"], reverse=True) == fv.meta["head_cie"] == [float(cie[l, h]) for l, h in fv.meta["heads"]]
+    assert TaskVector.load(fv.save(tmp_path / "fv")).meta["heads"] == fv.meta["heads"]
+
+
+def test_compare_task_vectors_is_one_tidy_table(tiny_model):
+    df = compare_task_vectors(tiny_model, "number", 3, 4, seed=0, top_k=2)
+    assert {"vanilla", "function", "local", "zero-shot", "icl", "random-answers"} == set(df.method)
+    assert {"method", "layer", "accuracy", "low", "high"} <= set(df.columns) and set(df.metric) == {"label_accuracy"}
+    assert len(df.attrs["fv_heads"]) == 2
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, c, s: head_cie(m, c, s, torch.zeros(2, 4, 3)), r"mean_z must have shape \[n_layers=2, n_heads=4, d_head=8\]"),
+    (lambda m, c, s: function_vector(m, "antonym", 3, 4, top_k=9), r"top_k must be an integer in \[1, 8\]"),
+    (lambda m, c, s: function_vector(m, "antonym", 3, 4, top_k=2, layer=3), r"layer must be an integer in \[0, 2\]"),
+    (lambda m, c, s: vanilla_task_vector(m, "antonym", 3, 4, layers=[7]), r"layers must be an integer in \[0, 2\]"),
+    (lambda m, c, s: local_task_vectors(m, "letter-string", 3, 4, layers=[2]), r"layers must be an integer in \[0, 1\]"),
+    (lambda m, c, s: compare_task_vectors(m, "number", 3, 4, seed=1, eval_seed=1), "eval_seed must differ"),
+])
+def test_clear_errors(tiny_model, clean, shuffled, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(tiny_model, clean, shuffled)
+
+
+def test_wrong_width_vector_is_refused(tiny_model, clean):
+    tv = TaskVector(torch.zeros(3, 48), [0, 1, 2], "replace", "vanilla", "antonym", "other")
+    with pytest.raises(ValueError, match="width 48 but the model's d_model is 32"):
+        evaluate_task_vector(tiny_model, tv, n_prompts=2)
+
+
+def test_head_cie_result_top_and_dataframe(tiny_model, clean, shuffled, tmp_path):
+    res = head_cie(tiny_model, clean, shuffled)
+    back = HeadCIEResult.load(res.save(tmp_path / "cie"))
+    assert back.top(2) == res.top(2) and len(back.to_dataframe()) == 8
+    with pytest.raises(ValueError, match="top_k must be in"):
+        res.top(0)
+
+
+def test_figures_have_titles_bands_and_hover(tiny_model, clean, shuffled):
+    from icl_circuits.methods.patching import patch_grid
+    from icl_circuits.viz import sweeps
+
+    tv = vanilla_task_vector(tiny_model, "antonym", 3, 4, seed=0)
+    fig = sweeps.sweep([evaluate_task_vector(tiny_model, tv, n_prompts=4)])
+    assert "tiny" in fig.layout.title.text and any(t.fill == "toself" for t in fig.data)
+    corr = build_prompts(tiny_model, "letter-string", 3, 2, seed=0, variant="random_answers")
+    grid = patch_grid(tiny_model, build_prompts(tiny_model, "letter-string", 3, 2, seed=0), corr)
+    heat = sweeps.patch_grid(grid)
+    assert list(heat.layout.xaxis.ticktext) == grid.position_names and "gold_probability" in heat.data[0].hovertext[0][0]
+    cie = sweeps.cie_heatmap(head_cie(tiny_model, clean, shuffled), top_k=3)
+    assert len(cie.data[1].x) == 3 and "CIE" in cie.data[0].hovertext[0][0]
+
+
+def test_cli_task_vectors_json_and_out(monkeypatch, tiny_model, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    import icl_circuits.cli.common as cli_common
+    import icl_circuits.cli.main as cli_mod
+
+    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    res = CliRunner().invoke(cli_mod.cli, ["task-vectors", "--task", "number", "--demos", "3", "--prompts", "4",
+                                           "--top-k", "2", "--json", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output.strip().splitlines()[-1])
+    assert data["metric"] == "label_accuracy" and set(data["per_layer"]["vanilla"]) == {"0", "1", "2"}
+    assert (tmp_path / "o" / "result.json").exists() and (tmp_path / "o" / "figure.html").exists()
+    bad = CliRunner().invoke(cli_mod.cli, ["task-vectors", "--task", "nope"])
+    assert bad.exit_code != 0 and "unknown task 'nope'" in bad.output
+    one = CliRunner().invoke(cli_mod.cli, ["task-vectors", "--task", "number", "--demos", "3", "--prompts", "4",
+                                           "--methods", "vanilla", "--json"])
+    assert one.exit_code == 0, one.output
+    assert set(json.loads(one.output.strip().splitlines()[-1])["per_layer"]) == {"vanilla", "zero-shot", "icl"}
+    bad = CliRunner().invoke(cli_mod.cli, ["task-vectors", "--methods", "vanilla,global"])
+    assert bad.exit_code != 0 and "--methods" in bad.output and "global" in bad.output
