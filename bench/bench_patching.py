@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     n = model.cfg.n_layers
     g = torch.Generator().manual_seed(0)
     vec = torch.randn(n + 1, model.cfg.d_model, generator=g) * 3
-    pos = clean.positions("final")
+    pos = clean.positions("final").positions
 
     def hooks(l, rws, mb):
         return [(iv.resid_name(model, l), iv.add_hook(pos[rws], vec[l]))]

@@ -132,7 +132,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "answers B (preserve), or neither. Then: necessity tests, and probes that decode the task where "
                "intervening does nothing.\n\n" + SWITCH),
         ("code", SETUP),
-        ("code", "from icl_circuits.methods.interchange import paired_batches, interchange, necessity\nfrom icl_circuits.methods.probing import probe_by_layer, task_batches\n"
+        ("code", "from icl_circuits.core.pairs import paired_batches\nfrom icl_circuits.methods.interchange import interchange, necessity\nfrom icl_circuits.methods.probing import probe_by_layer, task_batches\n"
                  "from icl_circuits.viz import interchange as iplots\n\n"
                  "src, tgt = paired_batches(model, \"antonym\", \"english-french\", n_prompts=24, n_demos=8, seed=0)\n"
                  "runs = [interchange(model, src, tgt, pos, source_task=\"antonym\", target_task=\"english-french\")\n"

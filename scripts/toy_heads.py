@@ -68,8 +68,8 @@ def task_vector(model: Any, task: str, layer: int, n: int, k: int, seed: int) ->
         print(f"learned task vector unavailable ({type(err).__name__}: {err}); using the ICL - zero-shot mean difference")
     icl = build_prompts(model, task, n, k, seed=seed + 7)
     zs = build_prompts(model, task, n, 0, seed=seed + 7, variant="zero_shot")
-    diff = (read_resid(model, icl, icl.positions("final"), [layer])[0, :, 0]
-            - read_resid(model, zs, zs.positions("final"), [layer])[0, :, 0]).mean(0)
+    diff = (read_resid(model, icl, icl.positions("final").positions, [layer])[0, :, 0]
+            - read_resid(model, zs, zs.positions("final").positions, [layer])[0, :, 0]).mean(0)
     return TaskVector(diff[None], [layer], "add", "mean-difference", task, str(model.cfg.model_name))
 
 

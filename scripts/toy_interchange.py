@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from icl_circuits import build_prompts, icl_accuracy, load_model
-from icl_circuits.methods.interchange import interchange, interchange_controls, necessity, paired_batches
+from icl_circuits.core.pairs import paired_batches
+from icl_circuits.methods.interchange import interchange, interchange_controls, necessity
 from icl_circuits.methods.probing import probe_by_layer, task_batches
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -47,8 +47,8 @@ def donor_table(model: Any, task: str, n: int, k: int, seed: int) -> pd.DataFram
     final residual of an ICL prompt with the SAME query (own) or of ANOTHER ICL prompt (donor)."""
     icl = build_prompts(model, task, n, k, seed=seed)
     zs = build_prompts(model, task, n, k, seed=seed, variant="zero_shot")  # same queries, no demos
-    states = read_resid(model, icl, icl.positions("final"))  # [layer, batch, 1, d]
-    pos, donor = zs.positions("final"), torch.roll(torch.arange(n), 1)
+    states = read_resid(model, icl, icl.positions("final").positions)  # [layer, batch, 1, d]
+    pos, donor = zs.positions("final").positions, torch.roll(torch.arange(n), 1)
 
     def hooks(src):
         return lambda l, rows, mb: [(resid_name(model, l), replace_hook(pos[rows], states[l][src][rows]))]

@@ -195,8 +195,8 @@ def interchange_cmd(model: str, source: str, target: str, n_demos: int, n_prompt
                     layers: str | None, seed: int, as_json: bool, out: str | None) -> None:
     """Multi-position interchange (Cheng & Zhang): transfer / preserve / neither rate per layer."""
     import re
-    from icl_circuits.methods.interchange import interchange, paired_batches
-
+    from icl_circuits.methods.interchange import interchange
+    from icl_circuits.core.pairs import paired_batches
     _check_task(source), _check_task(target)
     sets = [p.strip() for p in positions.split(",") if p.strip()]
     if not sets:

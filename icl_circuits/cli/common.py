@@ -7,8 +7,6 @@ with ``--json`` the last line printed is one JSON object with the numbers.
 from __future__ import annotations
 
 import json
-import sys
-import time
 from typing import Any
 
 import click

@@ -7,7 +7,6 @@ The analysis subcommands live in ``icl_circuits.cli.analyses``.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Any
@@ -16,7 +15,7 @@ import click
 
 from icl_circuits.cli import analyses as _analyses  # noqa: F401  (registers the analysis subcommands on `cli`)
 from icl_circuits.cli import common
-from icl_circuits.cli.common import DEFAULT_MODEL, _int_list, cli, emit_json, model_option
+from icl_circuits.cli.common import _int_list, cli, emit_json, model_option
 
 
 @cli.command("tasks")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from jaxtyping import Int
 from torch import Tensor
 
 from icl_circuits.core.tasks import Task, get_task
+
+if TYPE_CHECKING:
+    from icl_circuits.core.positions import PositionSet
 
 Variant = Literal["icl", "zero_shot", "dummy_query", "shuffled_labels", "random_answers"]
 VARIANTS: tuple[str, ...] = ("icl", "zero_shot", "dummy_query", "shuffled_labels", "random_answers")
@@ -238,11 +241,24 @@ class PromptBatch:
     def lengths(self) -> Int[Tensor, "batch"]:
         return self.final_positions + 1
 
-    def positions(self, kind: str) -> Int[Tensor, "batch n"]:
-        """Positions of one kind, one column per demo (``"final"``: one column): ``"answer"`` /
-        ``"answer_last"``: first / last token of each demo answer; ``"input_first"`` /
-        ``"input_last"`` likewise for inputs; ``"separator"``, ``"delimiter"``. Sets of every token
-        of a role (multi-token spans, with a mask) are ``interchange.resolve_positions``."""
+    def positions(self, spec: "str | Sequence[str]") -> "PositionSet":
+        """The one position language (``icl_circuits.core.positions``): exact token positions of
+        ``spec`` in every prompt, as a ``PositionSet`` (``positions`` [batch, n], the role name of
+        each column, and a validity ``mask`` [batch, n] for multi-token spans).
+
+        ``spec``: a kind (``"answers"``, ``"separators"``, ``"query"``...), one position
+        (``"answer_3"``, ``"answer_-1"``, ``"demo_2.input[0]"``), every token of a role
+        (``"inputs"``, ``"answer_tokens"``, ``"demo_tokens"``, ``"demo_1"``), or a union (a list,
+        or names joined by ``+``)."""
+        from icl_circuits.core.positions import resolve
+
+        return resolve(self, spec)
+
+    def kind_positions(self, kind: str) -> Int[Tensor, "batch n"]:
+        """Single-token positions of one kind, one column per demo (``"final"``: one column):
+        ``"answer"`` / ``"answer_last"``: first / last token of each demo answer;
+        ``"input_first"`` / ``"input_last"`` likewise for inputs; ``"separator"``, ``"delimiter"``.
+        The building block of ``positions(spec)``; analyses use ``positions``."""
         table = {
             "answer": self.answer_positions,
             "answer_last": self.answer_spans[..., 1] - 1,
@@ -255,11 +271,6 @@ class PromptBatch:
         if kind not in table:
             raise ValueError(f"position kind must be one of {', '.join(POSITION_KINDS)}, got {kind!r}")
         return table[kind]
-
-    def position_names(self, kind: str) -> list[str]:
-        """Names of the columns of ``positions(kind)``, e.g. ``["answer_0", "answer_1"]``."""
-        n = self.positions(kind).shape[1]
-        return ["final"] if kind == "final" else [f"{kind}_{i}" for i in range(n)]
 
     def select(self, idx: Sequence[int] | slice | Tensor) -> "PromptBatch":
         """A sub-batch (padding trimmed to the longest selected prompt)."""

@@ -86,7 +86,7 @@ def _vector(model: Any, tv: TaskVector | Tensor, layer: int | None) -> tuple[Ten
 def injection_positions(batch: PromptBatch, positions: str | Tensor = "final") -> Tensor:
     """Per-prompt injection positions ``[batch, n]``: a position kind of the batch ("final",
     "answer", "separator", ...) or explicit positions; distinct within each prompt."""
-    pos = batch.positions(positions) if isinstance(positions, str) else check_positions(batch, positions)
+    pos = batch.positions(positions).positions if isinstance(positions, str) else check_positions(batch, positions)
     if pos.shape[1] == 0:
         raise ValueError("positions is empty: give at least one position to inject at")
     srt = pos.sort(1).values

@@ -102,7 +102,7 @@ def head_metric(logits: Float[Tensor, "batch d_vocab"], batch: PromptBatch, metr
 
 def _positions_of(batch: PromptBatch, positions: HeadPositions) -> Tensor | None:
     _check_choice(positions, ("all", "final"), "positions")
-    return None if positions == "all" else batch.positions("final")
+    return None if positions == "all" else batch.positions("final").positions
 
 
 # ----------------------------------------------------------------------------- mean activations
@@ -127,7 +127,7 @@ def head_means(
         return {}
     names = [z_name(l) for l in layers]
     if positions == "final":
-        acts = read_activations(model, mean_batch, names, mean_batch.positions("final"),
+        acts = read_activations(model, mean_batch, names, mean_batch.positions("final").positions,
                                 batch_size=batch_size, make_hooks=make_hooks)
         return {l: acts[z_name(l)][:, 0].float().mean(0) for l in layers}
     _check_choice(positions, ("all", "final"), "positions")

@@ -58,7 +58,7 @@ def injection_positions(batch: PromptBatch, position: str | Sequence[str] = "fin
     kinds = _check_kinds(position)
     cols = []
     for k in kinds:
-        p = batch.positions(k)
+        p = batch.positions(k).positions
         if p.shape[1] == 0:
             raise ValueError(
                 f"position kind {k!r} has no positions in prompts with {batch.n_demos} demos; "

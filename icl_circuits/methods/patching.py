@@ -434,7 +434,7 @@ def _grid_positions(
         if isinstance(positions, str):
             if positions not in POSITION_KINDS:
                 raise ValueError(f"positions must be a position kind ({', '.join(POSITION_KINDS)}), got {positions!r}")
-            return prompts.batch.positions(positions), prompts.batch.position_names(positions), None
+            return prompts.batch.positions(positions).positions, prompts.batch.positions(positions).names, None
         from icl_circuits.core.interventions import check_positions
 
         pos = check_positions(prompts.batch, positions)

@@ -4,7 +4,7 @@ A probe is a standardized logistic regression (scikit-learn) that decodes the ta
 batch of prompts per task) or a per-prompt label from the residual stream at the input of block l
 (``blocks.{l}.hook_resid_pre``; ``l = n_layers`` is the final residual) at a position set
 (``answer``, ``separator``, ``delimiter``, ``final``, ``answer_-1``..., see
-``interchange.resolve_positions``). Accuracy is held out: stratified K-fold cross-validation,
+``PromptBatch.positions``). Accuracy is held out: stratified K-fold cross-validation,
 grouped by prompt so that positions of one prompt never sit on both sides of a split.
 
 Probe accuracy is not causal evidence (Cheng & Zhang 2026): single answer positions decode the
@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.methods.interchange import _check_batch, resolve_positions
+from icl_circuits.core.positions import _check_batch
 from icl_circuits.core.interventions import check_layer, read_resid
 from icl_circuits.core.metrics import wilson
 from icl_circuits.core.models import model_info
@@ -106,7 +106,7 @@ def _features(model, batches: list[PromptBatch], spec, layers, combine: Combine,
     """
     feats, groups, names0, offset = [], [], None, 0
     for b in batches:
-        ps = resolve_positions(b, spec)
+        ps = b.positions(spec)
         names = ps.names
         if names0 is not None and names != names0:
             if combine == "concat":

@@ -162,7 +162,7 @@ def logit_lens(
     cand = candidate_tokens(batch) if candidates is None else torch.as_tensor(candidates)
     if cand.ndim != 2 or cand.shape[0] != len(batch):
         raise ValueError(f"candidates must be [batch={len(batch)}, n_cand], got {tuple(cand.shape)}")
-    h = read_resid(model, batch, batch.positions("final"), layers, batch_size=batch_size)[:, :, 0]  # [layer, batch, d]
+    h = read_resid(model, batch, batch.positions("final").positions, layers, batch_size=batch_size)[:, :, 0]  # [layer, batch, d]
     if vectors is not None:
         v = torch.stack([vectors.at(l) for l in layers])[:, None].to(h.dtype)
         h = h + v if vectors.mode == "add" else v.expand_as(h)
@@ -464,7 +464,7 @@ def propagation_by_layer(
     for l in tqdm(layers, desc=f"propagation {tv.method}", disable=not progress, leave=False):
         theta = tv.at(l).float()
         if tv.mode == "replace":
-            h = read_resid(model, fit_batch, fit_batch.positions("final"), [l])[0, :, 0]
+            h = read_resid(model, fit_batch, fit_batch.positions("final").positions, [l])[0, :, 0]
             theta = theta - h.mean(0)
         if l == n:
             eye = torch.eye(d, dtype=torch.float64)

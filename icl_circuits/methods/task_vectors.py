@@ -86,7 +86,7 @@ def vanilla_task_vector(
     """
     batch = _prompts(model, task, n_prompts, n_demos, seed, "dummy_query", template)
     layers = _layers(model, layers)
-    r = read_resid(model, batch, batch.positions("final"), layers, batch_size=batch_size)  # [layer, batch, 1, d]
+    r = read_resid(model, batch, batch.positions("final").positions, layers, batch_size=batch_size)  # [layer, batch, 1, d]
     return TaskVector(r[:, :, 0].float().mean(1), layers, "replace", "vanilla", batch.task, model.cfg.model_name,
                       meta=_meta(batch), model_info=model_info(model))
 
@@ -261,7 +261,7 @@ def local_task_vectors(
     layers = _layers(model, layers, allow_final=False)
     icl = build_prompts(model, task, n_prompts, n_demos, template=template, seed=seed)
     icl, dummy, dropped = random_answer_twins(model, icl, task, seed)
-    pos = icl.positions(positions)
+    pos = icl.positions(positions).positions
     states = read_resid(model, icl, pos, layers, batch_size=batch_size)  # [layer, batch, n, d]
 
     def make(l: int, rows: slice, mb: PromptBatch):
@@ -280,7 +280,7 @@ def mean_head_outputs(model: Any, batch: PromptBatch, *, batch_size: int = 64) -
     if len(batch) == 0:
         raise ValueError("batch is empty")
     names = [z_name(l) for l in range(model.cfg.n_layers)]
-    acts = read_activations(model, batch, names, batch.positions("final"), batch_size=batch_size)
+    acts = read_activations(model, batch, names, batch.positions("final").positions, batch_size=batch_size)
     return torch.stack([acts[n][:, 0].float().mean(0) for n in names])
 
 
@@ -338,7 +338,7 @@ def head_cie(
     if tuple(mean_z.shape) != (L, H, model.cfg.d_head):
         raise ValueError(f"mean_z must have shape [n_layers={L}, n_heads={H}, d_head={model.cfg.d_head}], got {tuple(mean_z.shape)}")
     layers = _layers(model, layers, allow_final=False)
-    pos = corrupted_batch.positions("final")
+    pos = corrupted_batch.positions("final").positions
     cells = [(l, h) for l in layers for h in range(H)]
     out = torch.zeros(len(layers), H, len(corrupted_batch))
     base_all = []

@@ -158,7 +158,7 @@ def evaluate_vector(
     if mode not in ("replace", "add"):
         raise ValueError(f"mode must be 'replace' or 'add', got {mode!r}")
     layers = list(vector.layers if layers is None else layers)
-    pos = batch.positions("final")
+    pos = batch.positions("final").positions
 
     def make(l: int, rows: slice, mb: PromptBatch):
         v = vector.at(l)

@@ -135,7 +135,8 @@ def task_vectors_section(ctx: Context) -> Section:
 
 @section("interchange")
 def interchange_section(ctx: Context) -> Section:
-    from icl_circuits.methods.interchange import interchange, paired_batches
+    from icl_circuits.core.pairs import paired_batches
+    from icl_circuits.methods.interchange import interchange
     from icl_circuits.viz import interchange as iplots
 
     cfg = ctx.cfg

@@ -8,7 +8,6 @@ import pytest
 from click.testing import CliRunner
 
 import icl_circuits.cli.common as cli_common
-import icl_circuits.cli.main as cli_mod
 from icl_circuits.cli.main import cli
 
 

@@ -31,7 +31,7 @@ def test_right_padding_changes_nothing(tiny_model, batch):
 @pytest.mark.parametrize("layer", [0, 1, 2])
 def test_patching_clean_activations_into_clean_run_changes_nothing(tiny_model, batch, layer):
     name = iv.resid_name(tiny_model, layer)
-    pos = batch.positions("answer")
+    pos = batch.positions("answer").positions
     own = iv.read_activations(tiny_model, batch, [name], pos)[name]
     clean = iv.run_final_logits(tiny_model, batch)
     patched = iv.run_final_logits(tiny_model, batch, lambda rows, mb: [(name, iv.replace_hook(pos[rows], own[rows]))])
@@ -40,7 +40,7 @@ def test_patching_clean_activations_into_clean_run_changes_nothing(tiny_model, b
 
 def test_replace_at_final_position_changes_output_and_only_there(tiny_model, batch):
     name = iv.resid_name(tiny_model, 1)
-    pos = batch.positions("final")
+    pos = batch.positions("final").positions
     v = torch.randn(tiny_model.cfg.d_model) * 10
     clean = iv.read_activations(tiny_model, batch, [iv.resid_name(tiny_model, 2)])
     hooked = iv.read_activations(tiny_model, batch, [iv.resid_name(tiny_model, 2)],
@@ -53,14 +53,14 @@ def test_replace_at_final_position_changes_output_and_only_there(tiny_model, bat
 
 
 def test_read_resid_final_layer_is_resid_post(tiny_model, batch):
-    r = iv.read_resid(tiny_model, batch, batch.positions("final"))
+    r = iv.read_resid(tiny_model, batch, batch.positions("final").positions)
     assert r.shape == (tiny_model.cfg.n_layers + 1, len(batch), 1, tiny_model.cfg.d_model)
     logits = iv.unembed_resid(tiny_model, r[-1, :, 0])
     assert torch.allclose(logits, final_logits(tiny_model, batch), atol=1e-4)
 
 
 def test_zero_and_mean_ablation_and_projection(tiny_model, batch):
-    pos = batch.positions("answer")
+    pos = batch.positions("answer").positions
     x = torch.randn(len(batch), 8, tiny_model.cfg.d_model)
     p = torch.randint(0, 3, (len(batch), 2))
     assert iv.ablate_hook(p, "zero")(x)[torch.arange(len(batch))[:, None], p].abs().sum() == 0

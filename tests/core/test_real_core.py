@@ -202,7 +202,7 @@ def test_ov_decomposition_sums_to_the_measured_change(model, capitals):
     """delta h_L(q) = d(q) + sum of per-head changes z'W_O - zW_O + sum of MLP changes, and the heads
     of a layer sum to its attention output change (b_O cancels), at the last two blocks."""
     b = capitals.select([0, 2])
-    h = iv.read_resid(model, b, b.positions("final"), [28])[0, :, 0]
+    h = iv.read_resid(model, b, b.positions("final").positions, [28])[0, :, 0]
     theta = torch.randn(576, generator=torch.Generator().manual_seed(0)) * float(h.norm(dim=-1).mean()) / 24
     r = ov_contributions(model, b, theta, 28)
     assert r.layers == [28, 29] and r.head_exact.shape == (2, 9, 2, 576) and r.exact_dla.shape == (2, 9, 2)

@@ -76,7 +76,7 @@ def test_frozen_ln_agrees_with_the_difference_for_a_small_vector_off_the_residua
     the vector along the centred residual: for a small vector orthogonal to it (and to the ones
     vector) both LN treatments agree."""
     one = zs.select([0])
-    h = iv.read_resid(tiny_model, one, one.positions("final"), [0, 1])[:, 0, 0]  # [2, d_model]
+    h = iv.read_resid(tiny_model, one, one.positions("final").positions, [0, 1])[:, 0, 0]  # [2, d_model]
     span = torch.cat([torch.ones(1, h.shape[1]), h - h.mean(1, keepdim=True)]).T
     basis, _ = torch.linalg.qr(span)
     theta = torch.randn(tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(2))

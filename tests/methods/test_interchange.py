@@ -14,10 +14,9 @@ import icl_circuits.cli.common as cli_common
 import icl_circuits.cli.main as cli_mod
 from icl_circuits import build_prompts, final_logits
 from icl_circuits.core import interventions as iv
-from icl_circuits.methods.interchange import (
-    InterchangeResult, NecessityResult, interchange, interchange_controls, masked_mean, necessity, paired_batches,
-    resolve_positions, task_answer_tokens,
-)
+from icl_circuits.methods.interchange import InterchangeResult, NecessityResult, interchange, interchange_controls, necessity
+from icl_circuits.core.positions import masked_mean
+from icl_circuits.core.pairs import paired_batches, task_answer_tokens
 from icl_circuits.viz import interchange as plots
 from tests.conftest import make_tiny_model
 
@@ -40,36 +39,36 @@ def _decode(batch, pos, i=0):
 def test_single_token_sets_resolve_to_the_right_tokens(target):
     for i in range(len(target)):
         demos = target.demos[i]
-        assert _decode(target, resolve_positions(target, "answers").positions, i) == [y for _, y in demos]
-        assert _decode(target, resolve_positions(target, "inputs").positions, i) == [x for x, _ in demos]
-        assert _decode(target, resolve_positions(target, "separators").positions, i) == [":"] * 3
-        assert _decode(target, resolve_positions(target, "delimiters").positions, i) == ["\n"] * 3
-        assert _decode(target, resolve_positions(target, "answer_-1").positions, i) == [demos[-1][1]]
-        assert _decode(target, resolve_positions(target, "query").positions, i) == [":"]
-    ps = resolve_positions(target, "last_demo_token")
+        assert _decode(target, target.positions("answers").positions, i) == [y for _, y in demos]
+        assert _decode(target, target.positions("inputs").positions, i) == [x for x, _ in demos]
+        assert _decode(target, target.positions("separators").positions, i) == [":"] * 3
+        assert _decode(target, target.positions("delimiters").positions, i) == ["\n"] * 3
+        assert _decode(target, target.positions("answer_-1").positions, i) == [demos[-1][1]]
+        assert _decode(target, target.positions("query").positions, i) == [":"]
+    ps = target.positions("last_demo_token")
     pos, names = ps.positions, ps.names
     assert names == ["last_demo_token"] and torch.equal(pos[:, 0], target.query_spans[:, 0] - 1)
-    assert resolve_positions(target, "answer_-1").names == ["answer_2"]
+    assert target.positions("answer_-1").names == ["answer_2"]
 
 
 def test_demo_tokens_are_every_token_from_the_first_input_to_the_query(target):
-    ps = resolve_positions(target, "demo_tokens")
+    ps = target.positions("demo_tokens")
     pos, names = ps.positions, ps.names
     assert not ps.ragged and ps.mask.all()
     for i in range(len(target)):
         start, end = int(target.input_spans[i, 0, 0]), int(target.query_spans[i, 0])
         assert pos[i].tolist() == list(range(start, end))
     assert names[:4] == ["demo_0.input[0]", "demo_0.sep[0]", "demo_0.answer[0]", "demo_0.delim[0]"]
-    assert resolve_positions(target, "demo_1").names == [n for n in names if n.startswith("demo_1.")]
+    assert target.positions("demo_1").names == [n for n in names if n.startswith("demo_1.")]
 
 
 def test_multi_token_separator_is_mapped_by_role(tiny_model):
     b = build_prompts(tiny_model, "antonym", 3, 2, template="{x}->{y}", seed=0)
-    ps = resolve_positions(b, "demo_0")
+    ps = b.positions("demo_0")
     pos, names = ps.positions, ps.names
     assert names == ["demo_0.input[0]", "demo_0.sep[0]", "demo_0.sep[1]", "demo_0.answer[0]", "demo_0.delim[0]"]
     assert _decode(b, pos)[1:3] == ["-", ">"]
-    assert _decode(b, resolve_positions(b, "separator_0").positions) == [">"]
+    assert _decode(b, b.positions("separator_0").positions) == [">"]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +79,7 @@ def ragged(tiny_model):
 
 def test_variable_length_inputs_first_and_last_tokens(ragged):
     b = ragged
-    first, last = resolve_positions(b, "input_first"), resolve_positions(b, "input_last")
+    first, last = b.positions("input_first"), b.positions("input_last")
     assert not first.ragged and not last.ragged
     for i in range(len(b)):
         assert _decode(b, first.positions, i) == [x.split(" ")[0] for x, _ in b.demos[i]]
@@ -91,7 +90,7 @@ def test_ragged_role_sets_align_by_offset_with_a_mask(ragged):
     """demo_k.input[o] is the o-th token of the input, o up to the longest input; the mask is False
     exactly where a prompt's input is shorter (there the position is 0)."""
     b = ragged
-    ps = resolve_positions(b, "inputs")
+    ps = b.positions("inputs")
     assert ps.ragged and ps.positions.shape == ps.mask.shape == (len(b), len(ps.names))
     for j, name in enumerate(ps.names):
         d, o = int(name[5]), int(name.split("[")[1][:-1])
@@ -103,16 +102,16 @@ def test_ragged_role_sets_align_by_offset_with_a_mask(ragged):
             else:
                 assert int(ps.positions[i, j]) == 0
     lengths = [len(x.split(" ")) for d in b.demos for x, _ in d[:1]]
-    assert resolve_positions(b, "demo_0.input[4]").mask[:, 0].tolist() == [n > 4 for n in lengths]
-    assert [n for n in resolve_positions(b, "demo_0").names if ".input[" in n] == \
+    assert b.positions("demo_0.input[4]").mask[:, 0].tolist() == [n > 4 for n in lengths]
+    assert [n for n in b.positions("demo_0").names if ".input[" in n] == \
         [f"demo_0.input[{o}]" for o in range(max(lengths))]
     with pytest.raises(ValueError, match="outside the prompt: the input of demo 0 has at most"):
-        resolve_positions(b, "demo_0.input[9]")
+        b.positions("demo_0.input[9]")
 
 
 def test_answer_tokens_and_answer_last(tiny_model):
     b = build_prompts(tiny_model, "country-capital", 8, 3, seed=1)  # some capitals are two words
-    tokens, last = resolve_positions(b, "answer_tokens"), resolve_positions(b, "answer_last")
+    tokens, last = b.positions("answer_tokens"), b.positions("answer_last")
     for i in range(len(b)):
         for d, (_, y) in enumerate(b.demos[i]):
             cols = [j for j, n in enumerate(tokens.names) if n.startswith(f"demo_{d}.answer[") and tokens.mask[i, j]]
@@ -129,7 +128,7 @@ def test_answer_tokens_and_answer_last(tiny_model):
 ])
 def test_bad_position_specs_are_clear_errors(target, spec, match):
     with pytest.raises(ValueError, match=match):
-        resolve_positions(target, spec)
+        target.positions(spec)
 
 
 # ----------------------------------------------------------------------------- masked writes
@@ -187,7 +186,7 @@ def test_interchanging_a_batch_with_itself_changes_nothing(tiny_model, target, s
 def test_ragged_interchange_of_a_batch_with_itself_changes_nothing(tiny_model, ragged):
     r = interchange(tiny_model, ragged, ragged, "demo_tokens", layers=[0, 2], per_prompt_source=True,
                     exclude_ambiguous=False, return_logits=True, progress=False)
-    assert resolve_positions(ragged, "demo_tokens").ragged and r.meta["written_fraction"] < 1
+    assert ragged.positions("demo_tokens").ragged and r.meta["written_fraction"] < 1
     assert (r.logits - final_logits(tiny_model, ragged)).abs().max() <= 1e-5
 
 
@@ -198,7 +197,7 @@ def test_ragged_interchange_writes_the_valid_source_mean_only_where_the_target_i
     tgt = build_prompts(tiny_model, "letter-string", 4, 2, seed=4)
     r = interchange(tiny_model, src, tgt, "inputs", layers=[1], exclude_ambiguous=False, return_logits=True,
                     progress=False)
-    ps, pt = resolve_positions(src, "inputs"), resolve_positions(tgt, "inputs")
+    ps, pt = src.positions("inputs"), tgt.positions("inputs")
     resid = iv.read_resid(tiny_model, src, None, [1])[0]  # [batch, pos, d]
     patched = iv.read_resid(tiny_model, tgt, None, [1])[0].clone()
     for j, name in enumerate(pt.names):
@@ -220,7 +219,7 @@ def test_demo_tokens_run_on_bpe_tokenizers(request, tok_fixture):
     model = make_tiny_model(d_vocab=len(tok), n_layers=2)
     src = build_prompts(tok, "english-french", 6, 3, seed=1)
     tgt = build_prompts(tok, "antonym", 6, 3, seed=0)
-    assert resolve_positions(tgt, "demo_tokens").ragged and tgt.template.example == "{x} -> {y}"
+    assert tgt.positions("demo_tokens").ragged and tgt.template.example == "{x} -> {y}"
     same = interchange(model, tgt, tgt, "demo_tokens", per_prompt_source=True, exclude_ambiguous=False,
                        return_logits=True, progress=False)
     assert (same.logits - final_logits(model, tgt)).abs().max() <= 1e-5
@@ -235,7 +234,7 @@ def test_demo_tokens_run_on_bpe_tokenizers(request, tok_fixture):
 def test_ragged_demo_tokens_on_the_real_model(real_model):
     """SmolLM2: review phrases of different token counts; patching clean into clean changes nothing."""
     b = build_prompts(real_model, "sentiment", 2, 3, seed=0)
-    assert resolve_positions(b, "demo_tokens").ragged
+    assert b.positions("demo_tokens").ragged
     r = interchange(real_model, b, b, "demo_tokens", layers=[0, 15], per_prompt_source=True, exclude_ambiguous=False,
                     return_logits=True, progress=False)
     assert (r.logits - final_logits(real_model, b)).abs().max() <= 1e-4
@@ -251,7 +250,7 @@ def test_averaging_over_one_source_prompt_equals_per_prompt(tiny_model, pair):
 def test_interchange_writes_the_source_mean_at_the_target_positions(tiny_model, pair):
     src, tgt = pair
     r = interchange(tiny_model, src, tgt, "answers+query", layers=[1], return_logits=True, progress=False)
-    ps, pt = resolve_positions(src, "answers+query").positions, resolve_positions(tgt, "answers+query").positions
+    ps, pt = src.positions("answers+query").positions, tgt.positions("answers+query").positions
     mean = iv.read_resid(tiny_model, src, ps, [1])[0].mean(0)  # [n, d]
     with tiny_model.hooks(fwd_hooks=[(iv.resid_name(tiny_model, 1), iv.replace_hook(pt, mean))]):
         manual = tiny_model(tgt.tokens)[torch.arange(len(tgt)), tgt.final_positions]
@@ -332,7 +331,7 @@ def test_necessity_with_zero_noise_changes_nothing(tiny_model, target):
 def test_ragged_necessity_corrupts_only_valid_entries(tiny_model, ragged):
     """Zero ablation of a ragged set equals a hand-made run that zeroes each valid entry."""
     r = necessity(tiny_model, ragged, "inputs", layers=[1], how="zero", progress=False)
-    ps = resolve_positions(ragged, "inputs")
+    ps = ragged.positions("inputs")
     resid = iv.read_resid(tiny_model, ragged, None, [1])[0].clone()
     for i, j in ps.mask.nonzero().tolist():
         resid[i, ps.positions[i, j]] = 0
@@ -344,7 +343,7 @@ def test_ragged_necessity_corrupts_only_valid_entries(tiny_model, ragged):
 
 def test_mean_ablation_writes_the_mean_over_prompts(tiny_model, target):
     r = necessity(tiny_model, target, "query", layers=[1], how="mean", progress=False)
-    pos = target.positions("final")
+    pos = target.positions("final").positions
     mean = iv.read_resid(tiny_model, target, pos, [1])[0].mean(0)
     with tiny_model.hooks(fwd_hooks=[(iv.resid_name(tiny_model, 1), iv.replace_hook(pos, mean))]):
         logits = tiny_model(target.tokens)[torch.arange(len(target)), target.final_positions]

@@ -136,7 +136,7 @@ def test_injection_positions_concatenate_kinds(tiny_model):
     (dict(layer=1, init=torch.zeros(48)), "init has width 48 but the model's d_model is 32"),
     (dict(layer=1, n_train=0), "n_train must be a positive integer"),
     (dict(layer=1, position="middle"), "unknown position kind 'middle'"),
-    (dict(layer=1, position="answer"), "no positions in prompts with 0 demos"),
+    (dict(layer=1, position="answer"), "needs demos but the batch has none"),
 ])
 def test_clear_errors(tiny_model, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -44,7 +44,7 @@ def test_layer_sweep_equals_naive_loop(tiny_model, zs, per_forward, batch_size):
     """Prefix reuse and several layers per forward give the naive one-forward-per-layer numbers."""
     torch.manual_seed(0)
     v = torch.randn(tiny_model.cfg.n_layers + 1, tiny_model.cfg.d_model) * 5
-    pos = zs.positions("final")
+    pos = zs.positions("final").positions
 
     def make(l, rows, mb):
         return [(iv.resid_name(tiny_model, l), iv.add_hook(pos[rows], v[l]))]
@@ -57,7 +57,7 @@ def test_layer_sweep_equals_naive_loop(tiny_model, zs, per_forward, batch_size):
 
 def test_layer_sweep_hooks_of_later_blocks_and_heads(tiny_model, zs):
     """An intervention at layer l may hook block l's attention (one head, per-copy rows)."""
-    pos = zs.positions("final")
+    pos = zs.positions("final").positions
 
     def make(l, rows, mb):
         return [(iv.z_name(l), iv.ablate_hook(pos[rows], "zero", head=l + 1))]
@@ -74,7 +74,7 @@ def test_layer_sweep_accuracy_has_wilson_bands_and_baseline(tiny_model, zs):
 
 
 def test_layer_sweep_rejects_hooks_before_the_resumed_block(tiny_model, zs):
-    pos = zs.positions("final")
+    pos = zs.positions("final").positions
     with pytest.raises(ValueError, match="earlier block"):
         layer_sweep(tiny_model, zs, lambda l, rows, mb: [(iv.resid_name(tiny_model, 0), iv.add_hook(pos[rows], torch.ones(32)))],
                     layers=[1])
@@ -150,7 +150,7 @@ def test_patch_grid_per_prompt_positions_and_dataframe(tiny_model, pair, tmp_pat
     """A position kind patches each prompt at its own answer positions; columns are named."""
     clean, corr = pair
     res = patch_grid(tiny_model, clean, corr, "gold_probability", positions="answer")
-    pos = corr.positions("answer")
+    pos = corr.positions("answer").positions
     name = iv.resid_name(tiny_model, 1)
     own = iv.read_activations(tiny_model, clean, [name], pos[:, 2:3])[name]
     one = iv.run_final_logits(tiny_model, corr, lambda rows, mb: [(name, iv.replace_hook(pos[rows, 2:3], own[rows]))])

@@ -98,12 +98,11 @@ def test_cli_probe_json(monkeypatch, tiny_model):
 
 def test_ragged_positions_pool_only_valid_tokens(tiny_model):
     """Inputs of 2 to 5 tokens: one sample per valid (prompt, token); concatenation is refused."""
-    from icl_circuits.methods.interchange import resolve_positions
 
     b = build_prompts(tiny_model, "letter-string", 12, 2, seed=0)
     labels = [i % 2 for i in range(len(b))]
     r = probe_by_layer(tiny_model, (b, labels), "inputs", layers=[0], cv=2, shuffle_control=False, progress=False)
-    mask = resolve_positions(b, "inputs").mask
+    mask = b.positions("inputs").mask
     assert r.labels.numel() == int(mask.sum()) and torch.equal(r.groups, mask.nonzero()[:, 0])
     with pytest.raises(ValueError, match="combine='concat' needs the same columns"):
         probe_by_layer(tiny_model, (b, labels), "inputs", layers=[0], cv=2, combine="concat", progress=False)
@@ -112,11 +111,10 @@ def test_ragged_positions_pool_only_valid_tokens(tiny_model):
 def test_batches_with_different_multi_token_columns_pool_together(tiny_model):
     """A task with 2-5 token inputs and one with 1-token inputs: "inputs" resolves to other columns in
     each batch; pooling keeps every valid token of both and names the union of the columns."""
-    from icl_circuits.methods.interchange import resolve_positions
 
     data = {"letters": build_prompts(tiny_model, "letter-string", 6, 2, seed=0),
             "words": build_prompts(tiny_model, "antonym", 6, 2, seed=0)}
-    sets = {k: resolve_positions(b, "inputs") for k, b in data.items()}
+    sets = {k: b.positions("inputs") for k, b in data.items()}
     assert sets["letters"].names != sets["words"].names
     r = probe_by_layer(tiny_model, data, "inputs", layers=[0], cv=2, shuffle_control=False, progress=False)
     assert r.labels.numel() == sum(int(s.mask.sum()) for s in sets.values())

@@ -101,7 +101,7 @@ def test_final_deltas_equal_the_naive_difference(tiny_model):
     rows = torch.arange(4)
     clean = tiny_model(batch.tokens, stop_at_layer=2)[rows, batch.final_positions]
     for i in range(3):
-        hook = iv.add_hook(batch.positions("final"), X[i])
+        hook = iv.add_hook(batch.positions("final").positions, X[i])
         with tiny_model.hooks(fwd_hooks=[(iv.resid_name(tiny_model, 1), hook)]):
             h = tiny_model(batch.tokens, stop_at_layer=2)[rows, batch.final_positions]
         assert torch.allclose(D[i], (h - clean).detach(), atol=1e-5)

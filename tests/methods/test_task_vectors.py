@@ -28,7 +28,7 @@ def shuffled(tiny_model):
 def test_vanilla_vector_is_the_mean_final_residual_of_dummy_query_prompts(tiny_model):
     tv = vanilla_task_vector(tiny_model, "antonym", 3, 4, seed=0)
     dq = build_prompts(tiny_model, "antonym", 4, 3, seed=0, variant="dummy_query")
-    r = iv.read_resid(tiny_model, dq, dq.positions("final"))[:, :, 0].mean(1)
+    r = iv.read_resid(tiny_model, dq, dq.positions("final").positions)[:, :, 0].mean(1)
     assert tv.layers == [0, 1, 2] and tv.mode == "replace" and torch.allclose(tv.vectors, r, atol=1e-6)
 
 
@@ -52,7 +52,7 @@ def test_local_vectors_equal_one_patch_per_layer(tiny_model):
     res = local_task_vectors(tiny_model, "letter-string", 3, 4, seed=0, metric="gold_probability")
     icl, dummy, _ = random_answer_twins(tiny_model, build_prompts(tiny_model, "letter-string", 4, 3, seed=0),
                                         "letter-string", seed=0)
-    pos = icl.positions("answer")
+    pos = icl.positions("answer").positions
     for l in (0, 1):
         name = iv.resid_name(tiny_model, l)
         own = iv.read_activations(tiny_model, icl, [name], pos)[name]
@@ -118,7 +118,7 @@ def test_compare_task_vectors_methods(tiny_model):
 def test_head_cie_batched_over_heads_equals_one_head_at_a_time(tiny_model, clean, shuffled):
     mean_z = mean_head_outputs(tiny_model, clean)
     res = head_cie(tiny_model, clean, shuffled, mean_z, batch_size=2, tokens_per_forward=100)
-    pos, gold = shuffled.positions("final"), shuffled.answer_tokens
+    pos, gold = shuffled.positions("final").positions, shuffled.answer_tokens
     p0 = iv.run_final_logits(tiny_model, shuffled).softmax(-1)[torch.arange(5), gold]
     for l in range(2):
         for h in range(4):
@@ -129,7 +129,7 @@ def test_head_cie_batched_over_heads_equals_one_head_at_a_time(tiny_model, clean
 
 
 def test_mean_head_outputs_is_the_mean_of_hook_z_at_the_final_position(tiny_model, clean):
-    z = iv.read_activations(tiny_model, clean, [iv.z_name(1)], clean.positions("final"))[iv.z_name(1)]
+    z = iv.read_activations(tiny_model, clean, [iv.z_name(1)], clean.positions("final").positions)[iv.z_name(1)]
     assert torch.allclose(mean_head_outputs(tiny_model, clean)[1], z[:, 0].mean(0), atol=1e-6)
 
 

@@ -18,7 +18,7 @@ def zs(tiny_model):
 
 def test_replacing_with_own_activation_is_the_identity(tiny_model, zs):
     one = zs.select([0])
-    own = iv.read_resid(tiny_model, one, one.positions("final"))[:, 0, 0]  # [layer, d]
+    own = iv.read_resid(tiny_model, one, one.positions("final").positions)[:, 0, 0]  # [layer, d]
     tv = TaskVector(own, list(range(tiny_model.cfg.n_layers + 1)), "replace", "own", "antonym", "tiny")
     res = evaluate_vector(tiny_model, tv, one)
     assert torch.all(res.values == res.baseline)
@@ -29,7 +29,7 @@ def test_prefix_reuse_equals_naive_injection(tiny_model, zs):
     v = torch.randn(tiny_model.cfg.n_layers + 1, tiny_model.cfg.d_model) * 20
     tv = TaskVector(v, list(range(tiny_model.cfg.n_layers + 1)), "add", "random", "antonym", "tiny")
     res = evaluate_vector(tiny_model, tv, zs)
-    pos = zs.positions("final")
+    pos = zs.positions("final").positions
     for i, l in enumerate(tv.layers):
         name = iv.resid_name(tiny_model, l)
         with tiny_model.hooks(fwd_hooks=[(name, iv.add_hook(pos, v[i]))]):

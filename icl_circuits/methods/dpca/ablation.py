@@ -138,7 +138,7 @@ def ablate_subspace(
     bases = _ablation_bases(model, dpca, marginalization, layers, n_axes, centre)
     t = get_task(task) if isinstance(task, str) else task
     batch: PromptBatch = build_prompts(model, t, n_prompts, n_demos, seed=seed)
-    pos = batch.positions(positions)
+    pos = batch.positions(positions).positions
     cand = batch.label_token_ids
     d = model.cfg.d_model
 

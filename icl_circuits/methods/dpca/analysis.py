@@ -156,7 +156,7 @@ def collect_label_states(
     if not layers:
         raise ValueError("layers is empty; give at least one layer (or None for all)")
     batch = build_prompts(model, t, n_prompts, n_demos, seed=seed)
-    pos = batch.positions(position)
+    pos = batch.positions(position).positions
     states = read_resid(model, batch, pos, layers, batch_size=batch_size)  # [layer, batch, n, d]
     pool = t.label_words
     rows = []
