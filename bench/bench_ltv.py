@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from icl_circuits import build_prompts  # noqa: E402
-from icl_circuits.core.interventions import read_resid  # noqa: E402
+from icl_circuits.core.runner import read_resid
 from icl_circuits.methods.learned import ltv_loss  # noqa: E402
 from icl_circuits.toy import toy_or_untrained  # noqa: E402
 

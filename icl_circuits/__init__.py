@@ -6,7 +6,8 @@ Analyses live in their modules (``icl_circuits.methods.saliency``, ``.task_vecto
 below are the ones a notebook needs first.
 """
 
-from icl_circuits.core.evaluation import accuracy_by_demos, answer_logprob, final_logits, greedy_answers, icl_accuracy, score
+from icl_circuits.core.evaluation import accuracy_by_demos, answer_logprob, greedy_answers, icl_accuracy, score
+from icl_circuits.core.runner import final_logits
 from icl_circuits.core.metrics import get_metric, list_metrics
 from icl_circuits.core.models import load_model, model_info
 from icl_circuits.core.prompts import PromptBatch, Template, TokenizationBoundaryError, build_prompts, default_template

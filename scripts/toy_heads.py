@@ -23,7 +23,7 @@ import torch
 from icl_circuits import build_prompts
 from icl_circuits.methods.circuits import key_head_ablation, key_heads, ov_contributions, reconstruct
 from icl_circuits.methods.heads import head_ablation_scan, head_attribution, scan_agreement
-from icl_circuits.core.interventions import read_resid
+from icl_circuits.core.runner import read_resid
 from icl_circuits.core.results import markdown_table
 from icl_circuits.toy import toy_or_untrained
 from icl_circuits.methods.vectors import TaskVector

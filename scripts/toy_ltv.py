@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from icl_circuits import build_prompts, load_model  # noqa: E402
-from icl_circuits.core.evaluation import final_logits, gather_positions  # noqa: E402
+from icl_circuits.core.runner import final_logits, gather_positions
 from icl_circuits.methods.learned import train_per_layer  # noqa: E402
 from icl_circuits.core.metrics import correct, wilson  # noqa: E402
 from icl_circuits.methods.propagation import propagation_by_layer  # noqa: E402

@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 
 from icl_circuits import build_prompts
-from icl_circuits.core.interventions import read_resid, replace_hook, resid_name
+from icl_circuits.core.interventions import replace_hook, resid_name
+from icl_circuits.core.runner import read_resid
 from icl_circuits.methods.patching import layer_sweep
 from icl_circuits.core.results import markdown_table
 from icl_circuits.core.tasks import get_task

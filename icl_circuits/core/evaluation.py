@@ -11,77 +11,20 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from icl_circuits.core.runner import final_logits, gather_positions, minibatches, unembed_resid
 from icl_circuits.core.metrics import Metric, get_metric, summarize
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch, Template, build_prompts
 from icl_circuits.core.results import Result
-
-
-def unembed_resid(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
-    """Logits from a final residual stream: ``ln_final`` (when the model has one), ``unembed``, then
-    the model's output soft cap ``c * tanh(logits / c)`` when ``cfg.output_logits_soft_cap > 0``
-    (as ``HookedTransformer.forward`` does; it changes probabilities, never the argmax)."""
-    shape = resid.shape
-    x = resid.reshape(1, -1, shape[-1])
-    ln = getattr(model, "ln_final", None)
-    if ln is not None:
-        x = ln(x)
-    logits = model.unembed(x).reshape(*shape[:-1], -1)
-    cap = float(getattr(getattr(model, "cfg", None), "output_logits_soft_cap", -1.0) or -1.0)
-    return cap * torch.tanh(logits / cap) if cap > 0 else logits
-
-
-@contextmanager
-def frozen(model: Any) -> Iterator[None]:
-    """Temporarily set ``requires_grad=False`` on every parameter (restored on exit, also on errors)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
-
-
-def gather_positions(
-    x: Float[Tensor, "batch pos ..."], positions: Int[Tensor, "batch n"]
-) -> Float[Tensor, "batch n ..."]:
-    """``x[b, positions[b, j]]`` for every prompt b and column j."""
-    idx = positions.to(x.device).reshape(*positions.shape, *([1] * (x.ndim - 2)))
-    return x.gather(1, idx.expand(*positions.shape, *x.shape[2:]))
-
-
-def minibatches(batch: PromptBatch, batch_size: int) -> Iterator[tuple[slice, PromptBatch]]:
-    """Consecutive sub-batches of at most ``batch_size`` prompts, padding trimmed."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    for start in range(0, len(batch), batch_size):
-        sl = slice(start, min(start + batch_size, len(batch)))
-        yield sl, batch.select(sl)
-
-
-@torch.no_grad()
-def final_logits(model: Any, batch: PromptBatch, batch_size: int = 64) -> Float[Tensor, "batch d_vocab"]:
-    """Logits at each prompt's final position (only that position is unembedded)."""
-    out = []
-    for _, mb in minibatches(batch, batch_size):
-        tokens = mb.tokens.to(model.cfg.device)
-        resid = model(tokens, stop_at_layer=model.cfg.n_layers)
-        last = gather_positions(resid, mb.final_positions[:, None])[:, 0]
-        out.append(unembed_resid(model, last).float().cpu())
-    return torch.cat(out)
-
 
 
 # ----------------------------------------------------------------------------- whole answers: greedy

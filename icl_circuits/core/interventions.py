@@ -1,5 +1,11 @@
-"""The one place where hooks are written: read, replace, add, noise, ablate or project activations
-at (layer, positions), per prompt.
+"""Intervention specs: *what* to do to a model, as data. The runner (``core.runner``) executes them.
+
+An ``Intervention`` is a site (``Site``: layer + hook point + optional head), per-prompt positions
+(from ``PromptBatch.positions``; None: every position) and an operation: ``read``, ``replace``,
+``add``, ``zero`` / ``mean`` ablation, ``noise``, ``project_out``, ``scale_attention``,
+``block_attention`` or ``apply`` (a function of the selected activations). ``compile_hooks``
+turns specs into TransformerLens hook functions, built by the hook builders below; only the
+runner attaches them (``runner.hooked``), so hooks are removed also when an exception is raised.
 
 Vocabulary (TransformerLens hook names):
 - ``resid_name(model, l)``: the residual stream at the *input* of block ``l``
@@ -16,15 +22,14 @@ runs go through ``model.hooks`` so hooks are removed also when an exception is r
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Literal, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from icl_circuits.core.evaluation import gather_positions, minibatches, unembed_resid
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.resume import resume
 
 Hook = Callable[[Tensor, Any], Tensor]
 HookList = list[tuple[str, Hook]]
@@ -187,87 +192,6 @@ def project_out_hook(positions: Tensor, basis: Float[Tensor, "d_model k"]) -> Ho
 
 
 # ----------------------------------------------------------------------------- running
-MakeHooks = Callable[[slice, PromptBatch], HookList]
-
-
-def run_final_logits(
-    model: Any,
-    batch: PromptBatch,
-    make_hooks: MakeHooks | None = None,
-    *,
-    batch_size: int = 64,
-    start_at_layer: int | None = None,
-    resid: Tensor | None = None,
-) -> Float[Tensor, "batch d_vocab"]:
-    """Logits at each prompt's final position under the hooks ``make_hooks(rows, sub_batch)``.
-
-    ``make_hooks`` is called per minibatch with the slice of rows it covers, so per-prompt values
-    can be sliced to match. With ``start_at_layer``, ``resid`` ([batch, pos, d_model], the
-    residual at the input of that block) is fed instead of the tokens, through ``resume.resume``
-    (which gives the blocks what the full forward would: shortformer positions, attention mask).
-    """
-    out = []
-    with torch.no_grad():
-        for rows, mb in minibatches(batch, batch_size):
-            hooks = make_hooks(rows, mb) if make_hooks is not None else []
-            with model.hooks(fwd_hooks=hooks):
-                if start_at_layer is None:
-                    x = model(mb.tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
-                else:
-                    inp = resid[rows, : mb.tokens.shape[1]].to(model.cfg.device)
-                    x = resume(model, inp, start_at_layer, tokens=mb.tokens)
-            last = gather_positions(x, mb.final_positions[:, None])[:, 0]
-            out.append(unembed_resid(model, last).float().cpu())
-    return torch.cat(out)
-
-
-def read_activations(
-    model: Any,
-    batch: PromptBatch,
-    names: Sequence[str],
-    positions: Tensor | None = None,
-    *,
-    batch_size: int = 64,
-    make_hooks: MakeHooks | None = None,
-) -> dict[str, Tensor]:
-    """Activations at hook ``names``: ``[batch, n, ...]`` at ``positions`` or ``[batch, pos, ...]``
-    (right-padded to the batch's width) when ``positions`` is None."""
-    pos = None if positions is None else check_positions(batch, positions)
-    wanted = set(names)
-    acc: dict[str, list[Tensor]] = {n: [] for n in names}
-    with torch.no_grad():
-        for rows, mb in minibatches(batch, batch_size):
-            hooks = make_hooks(rows, mb) if make_hooks is not None else []
-            with model.hooks(fwd_hooks=hooks):
-                _, cache = model.run_with_cache(
-                    mb.tokens.to(model.cfg.device), names_filter=lambda n: n in wanted,
-                    stop_at_layer=model.cfg.n_layers,
-                )
-            for n in names:
-                if n not in cache:
-                    raise ValueError(f"names: {n!r} is not a hook point of this model")
-                a = cache[n]
-                if pos is not None:
-                    a = gather_positions(a, pos[rows])
-                else:
-                    a = torch.nn.functional.pad(a, [0, 0] * (a.ndim - 2) + [0, batch.tokens.shape[1] - a.shape[1]])
-                acc[n].append(a.cpu())
-    return {n: torch.cat(v) for n, v in acc.items()}
-
-
-def read_resid(
-    model: Any,
-    batch: PromptBatch,
-    positions: Tensor | None = None,
-    layers: Iterable[int] | None = None,
-    *,
-    batch_size: int = 64,
-) -> Float[Tensor, "layer batch n d_model"]:
-    """Residual stream at the input of each block in ``layers`` (default 0..n_layers) at ``positions``."""
-    layers = list(range(model.cfg.n_layers + 1)) if layers is None else [check_layer(model, l) for l in layers]
-    names = [resid_name(model, l) for l in layers]
-    acts = read_activations(model, batch, list(dict.fromkeys(names)), positions, batch_size=batch_size)
-    return torch.stack([acts[n] for n in names])
 
 
 def project_out_centred_hook(
@@ -426,3 +350,174 @@ def tap_hook(store: list) -> Hook:
         return act + tap
 
     return hook
+
+
+# ----------------------------------------------------------------------------- the spec
+#: Hook points of a site: ``Site(l, point).hook_name(model)``.
+HOOK_POINTS: dict[str, str] = {
+    "resid_pre": "blocks.{l}.hook_resid_pre", "resid_mid": "blocks.{l}.hook_resid_mid",
+    "resid_post": "blocks.{l}.hook_resid_post", "attn_out": "blocks.{l}.hook_attn_out",
+    "mlp_out": "blocks.{l}.hook_mlp_out", "z": "blocks.{l}.attn.hook_z", "q": "blocks.{l}.attn.hook_q",
+    "k": "blocks.{l}.attn.hook_k", "v": "blocks.{l}.attn.hook_v", "pattern": "blocks.{l}.attn.hook_pattern",
+    "attn_scores": "blocks.{l}.attn.hook_attn_scores",
+}
+#: Operations of an ``Intervention``.
+OPERATIONS = ("read", "replace", "add", "zero", "mean", "noise", "project_out", "scale_attention",
+              "block_attention", "apply")
+_HEADED = ("z", "q", "k", "v")
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where an intervention acts: ``layer`` (0-based; for ``point="resid_pre"``, ``layer ==
+    n_layers`` is the final residual), a hook ``point`` (a key of ``HOOK_POINTS``) and, for
+    per-head points (``z``, ``q``, ``k``, ``v``), an optional ``head``."""
+
+    layer: int
+    point: str = "resid_pre"
+    head: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"Site.layer must be a non-negative integer, got {self.layer!r}")
+        if self.point not in HOOK_POINTS:
+            raise ValueError(f"Site.point must be one of {', '.join(HOOK_POINTS)}, got {self.point!r}")
+        if self.head is not None and self.point not in _HEADED:
+            raise ValueError(f"Site.head is only meaningful for per-head points ({', '.join(_HEADED)}), not {self.point!r}")
+
+    def hook_name(self, model: Any) -> str:
+        """The TransformerLens hook name of this site on ``model`` (checks the layer and head)."""
+        if self.point == "resid_pre":
+            return resid_name(model, self.layer)
+        check_layer(model, self.layer, allow_final=False, arg="Site.layer")
+        if self.head is not None:
+            check_head(model, self.layer, self.head, arg="Site.head")
+        return HOOK_POINTS[self.point].format(l=self.layer)
+
+
+@dataclass(frozen=True, eq=False)
+class Intervention:
+    """One operation at one site, at per-prompt ``positions`` ([batch, n] or None: every position).
+
+    ``op`` and what it uses:
+
+    - ``read``: append the (detached) activation at ``positions`` to the list ``store``;
+    - ``replace``: write ``value`` ([batch, n, d], [n, d] or [d]);
+    - ``add``: add ``scale * value``;
+    - ``zero`` / ``mean``: ablate (``mean``: write ``value``, the mean activation);
+    - ``noise``: add Gaussian noise of std ``scale`` (``relative=True``: times each activation's
+      norm / sqrt(d)), drawn with ``seed``;
+    - ``project_out``: remove the component of ``act - centre`` in span(``value``) ([d, k]);
+    - ``scale_attention``: for ``pattern``: multiply ``A[b, h, positions[b, 0], keys[b, j]]`` by
+      ``value`` ([head, j] or [batch, head, j]); ``keys`` holds the key positions;
+    - ``block_attention``: for ``attn_scores``: set the scores where ``value`` ([batch, q, k],
+      bool) is True to -inf before the softmax (one head when ``site.head`` is given);
+    - ``apply``: replace the selected activations ``x`` by ``fn(x)``.
+
+    ``mask`` ([batch, n], from ``PositionSet.mask``): only entries where it is True are written.
+    """
+
+    site: Site
+    op: str
+    positions: Int[Tensor, "batch n"] | None = None
+    value: Tensor | None = None
+    mask: Bool[Tensor, "batch n"] | None = None
+    scale: float | Tensor = 1.0
+    seed: int = 0
+    relative: bool = False
+    centre: Tensor | None = None
+    keys: Int[Tensor, "batch n"] | None = None
+    fn: Callable[[Tensor], Tensor] | None = None
+    store: list | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.site, Site):
+            raise TypeError(f"Intervention.site must be a Site, got {type(self.site).__name__}")
+        if self.op not in OPERATIONS:
+            raise ValueError(f"Intervention.op must be one of {', '.join(OPERATIONS)}, got {self.op!r}")
+        needs_value = {"replace", "add", "mean", "project_out", "scale_attention", "block_attention"}
+        if self.op in needs_value and self.value is None:
+            raise ValueError(f"Intervention op {self.op!r} needs a value")
+        if self.op == "apply" and self.fn is None:
+            raise ValueError("Intervention op 'apply' needs fn")
+        if self.op == "read" and self.store is None:
+            raise ValueError("Intervention op 'read' needs store (a list the activations are appended to)")
+        if self.op == "scale_attention" and (self.site.point != "pattern" or self.keys is None or self.positions is None):
+            raise ValueError("scale_attention acts on Site(l, 'pattern') and needs positions (queries) and keys")
+        if self.op == "block_attention" and self.site.point != "attn_scores":
+            raise ValueError("block_attention acts on Site(l, 'attn_scores')")
+        if self.positions is None and self.op not in ("read", "block_attention", "apply", "zero", "add", "replace"):
+            raise ValueError(f"Intervention op {self.op!r} needs positions")
+
+    def hook(self, model: Any) -> tuple[str, Hook]:
+        """``(hook_name, fn)`` for ``model.hooks``."""
+        name, head, op = self.site.hook_name(model), self.site.head, self.op
+        pos = self.positions
+        if pos is None and op not in ("block_attention", "scale_attention"):
+            return name, _everywhere(self, head)
+        if op == "read":
+            store = self.store
+
+            def read(act: Tensor, hook: Any = None) -> Tensor:
+                p = pos.to(act.device)
+                rows = _rows(p)
+                store.append((act[rows, p] if head is None else act[rows, p, head]).detach())
+                return act
+
+            return name, read
+        if op == "replace":
+            return name, replace_hook(pos, self.value, head, self.mask)
+        if op == "add":
+            return name, add_hook(pos, self.value, float(self.scale), head, self.mask)
+        if op in ("zero", "mean"):
+            return name, ablate_hook(pos, op, self.value, head, self.mask)
+        if op == "noise":
+            return name, noise_hook(pos, self.scale, self.seed, relative=self.relative, mask=self.mask)
+        if op == "project_out":
+            return name, project_out_centred_hook(pos, self.value, self.centre)
+        if op == "scale_attention":
+            return name, scale_pattern_hook(pos[:, 0], self.keys, self.value)
+        if op == "block_attention":
+            return name, block_attention_hook(self.value, head)
+        return name, edit_at(pos, self.fn, head, self.mask)
+
+
+def _everywhere(iv: Intervention, head: int | None) -> Hook:
+    """Hook of an intervention without positions: it acts on every position."""
+    sel = (lambda a: a) if head is None else (lambda a: a[..., head, :])  # noqa: E731
+
+    def write(act: Tensor, new: Tensor) -> Tensor:
+        if head is None:
+            return new.to(act.dtype)
+        act = act.clone()
+        act[..., head, :] = new.to(act.dtype)
+        return act
+
+    def hook(act: Tensor, hook: Any = None) -> Tensor:
+        x = sel(act)
+        if iv.op == "read":
+            iv.store.append(x.detach())
+            return act
+        if iv.op == "zero":
+            return write(act, torch.zeros_like(x))
+        if iv.op == "add":
+            return write(act, x + float(iv.scale) * iv.value.to(x.device, x.dtype))
+        if iv.op == "replace":
+            return write(act, iv.value.to(x.device, x.dtype).expand_as(x))
+        return write(act, iv.fn(x))
+
+    return hook
+
+
+def compile_hooks(model: Any, interventions: Sequence["Intervention | tuple[str, Hook]"]) -> HookList:
+    """TransformerLens ``(hook_name, fn)`` pairs of ``interventions`` (specs are compiled with
+    ``Intervention.hook``; ready pairs pass through), in order."""
+    out: HookList = []
+    for iv in interventions:
+        if isinstance(iv, Intervention):
+            out.append(iv.hook(model))
+        elif isinstance(iv, tuple) and len(iv) == 2 and isinstance(iv[0], str) and callable(iv[1]):
+            out.append(iv)
+        else:
+            raise TypeError(f"an intervention must be an Intervention or a (hook_name, fn) pair, got {iv!r}")
+    return out

@@ -26,12 +26,13 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.interventions import attn_scores_name, block_attention_hook, check_layer, pattern_name, run_final_logits, scale_pattern_hook
+from icl_circuits.core.interventions import attn_scores_name, block_attention_hook, check_layer, pattern_name, scale_pattern_hook
+from icl_circuits.core.runner import run_final_logits
 from icl_circuits.core.metrics import correct, wilson
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result
-from icl_circuits.core.evaluation import frozen
+from icl_circuits.core.runner import frozen
 from icl_circuits.methods.saliency import LossKind, answer_loss, check_demos, final_logits_with_grad, has_bos, label_candidates
 
 IsolationMode = Literal["label_from_text", "query_from_label"]

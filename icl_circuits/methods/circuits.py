@@ -45,17 +45,15 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.evaluation import minibatches, unembed_resid
+from icl_circuits.core.runner import minibatches, unembed_resid
 from icl_circuits.methods.heads import _ablation_hooks, _check_batch, _check_choice, check_heads, head_means
-from icl_circuits.core.interventions import (
-    MakeHooks, add_hook, check_layer, check_positions, check_vector, replace_hook, resid_name,
-    run_final_logits, z_name,
-)
+from icl_circuits.core.interventions import add_hook, check_layer, check_positions, check_vector, replace_hook, resid_name, z_name
+from icl_circuits.core.runner import MakeHooks, run_final_logits
 from icl_circuits.core.metrics import correct, wilson
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result
-from icl_circuits.core.resume import block_inputs
+from icl_circuits.core.runner import block_inputs
 from icl_circuits.methods.vectors import TaskVector
 
 LNMode = Literal["difference", "frozen"]

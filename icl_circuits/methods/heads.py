@@ -36,16 +36,14 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.evaluation import gather_positions, minibatches, unembed_resid
-from icl_circuits.core.interventions import (
-    MakeHooks, check_head, read_activations, resid_name, run_final_logits, stacked_head_ablation_hook,
-    tap_hook, z_name,
-)
+from icl_circuits.core.runner import gather_positions, minibatches, unembed_resid
+from icl_circuits.core.interventions import check_head, resid_name, stacked_head_ablation_hook, tap_hook, z_name
+from icl_circuits.core.runner import MakeHooks, read_activations, run_final_logits
 from icl_circuits.core.metrics import correct, gold_probability, wilson
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result
-from icl_circuits.core.resume import resume
+from icl_circuits.core.runner import resume
 
 Metric = Literal["accuracy", "logit_diff", "gold_prob"]
 METRICS = ("accuracy", "logit_diff", "gold_prob")

@@ -26,7 +26,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.interventions import ablate_hook, check_layer, noise_hook, read_resid, replace_hook, resid_name, run_final_logits
+from icl_circuits.core.interventions import ablate_hook, check_layer, noise_hook, replace_hook, resid_name
+from icl_circuits.core.runner import read_resid, run_final_logits
 from icl_circuits.core.metrics import wilson
 from icl_circuits.core.models import model_info
 from icl_circuits.core.pairs import _as_task, task_answer_tokens

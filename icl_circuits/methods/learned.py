@@ -9,7 +9,7 @@ frozen, on the cross-entropy of the gold first answer token at the final positio
 
 Because the model is frozen, the residual ``h_l(x_i)`` at the first injection layer does not
 depend on theta: it is read once (``interventions.read_resid``) and every training step runs only
-blocks l..L from it (``resume.resume(model, resid, l)``, which also gives the blocks the shortformer
+blocks l..L from it (``runner.resume(model, resid, l)``, which also gives the blocks the shortformer
 positions or attention mask a full forward would) and unembeds only the final position.
 ``ltv_loss(..., resid=None)`` runs the full model instead; both give the same gradients
 (``tests/test_learned.py``, ``bench/bench_ltv.py``).
@@ -27,13 +27,15 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.evaluation import frozen, gather_positions, unembed_resid
-from icl_circuits.core.interventions import add_hook, check_layer, check_vector, read_resid, resid_name
+from icl_circuits.core.runner import frozen, gather_positions, unembed_resid
+from icl_circuits.core.interventions import add_hook, check_layer, check_vector, resid_name
+from icl_circuits.core.runner import read_resid
 from icl_circuits.core.metrics import Rate, wilson
 from icl_circuits.core.prompts import POSITION_KINDS, PromptBatch, Template, build_prompts
-from icl_circuits.core.resume import resume
+from icl_circuits.core.runner import resume
 from icl_circuits.core.tasks import Task, get_task
-from icl_circuits.methods.vectors import TaskVector, model_info
+from icl_circuits.core.models import model_info
+from icl_circuits.methods.vectors import TaskVector
 
 __all__ = ["train_task_vector", "train_per_layer", "ltv_loss", "injection_positions", "joint_accuracy", "split_by_query"]
 
@@ -105,7 +107,7 @@ def _forward(
     """Final-position logits with ``vectors[i]`` added at ``positions`` of layer ``layers[i]``.
 
     ``cached``: ``inp`` is the residual at the input of ``min(layers)`` (resumed there with
-    ``resume.resume`` on the prompts' ``tokens``); else it is the tokens.
+    ``runner.resume`` on the prompts' ``tokens``); else it is the tokens.
     """
     n = model.cfg.n_layers
     first = min(layers)

@@ -20,7 +20,6 @@ layers share every forward without recomputing any block, and each row sees exac
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -31,19 +30,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.evaluation import minibatches, unembed_resid
-from icl_circuits.core.interventions import HookList, check_layer, resid_name
+from icl_circuits.core.runner import TOKENS_PER_FORWARD, UNEMBED_ELEMENTS, Entry, cache_resid, minibatches, run_staggered, unembed_rows
+from icl_circuits.core.interventions import HookList, check_layer
 from icl_circuits.core.models import model_info
-from icl_circuits.core.resume import block_inputs, resume
 from icl_circuits.core.metrics import correct, gold_probability, logit_difference
 from icl_circuits.core.prompts import POSITION_KINDS, PromptBatch
 from icl_circuits.core.results import Result
 from icl_circuits.methods.vectors import SweepResult, accuracy_sweep
 
-#: Default budget of token positions (rows x width) per forward pass.
-TOKENS_PER_FORWARD = 8192
-#: Most logits (rows x d_vocab) computed by one unembedding call.
-UNEMBED_ELEMENTS = 2**25
 
 #: ``make_hooks_for_layer(layer, rows, sub_batch) -> [(hook_name, fn)]``
 MakeLayerHooks = Callable[[int, slice, PromptBatch], HookList]
@@ -96,186 +90,6 @@ def sweep_from_per_prompt(
 
 
 # ----------------------------------------------------------------------------- the engine
-def hook_block(model: Any, name: str) -> int:
-    """The block a hook point belongs to: ``blocks.{i}.*`` -> i; ``ln_final``/``unembed`` -> n_layers;
-    anything before the first block (``hook_embed``...) -> -1."""
-    m = re.match(r"blocks\.(\d+)\.", name)
-    if m:
-        return int(m.group(1))
-    if name.startswith(("ln_final", "unembed")):
-        return model.cfg.n_layers
-    return -1
-
-
-@dataclass
-class Entry:
-    """Rows that join a staggered forward at block ``start``.
-
-    resid: [rows, pos, d_model], the residual at the input of block ``start``;
-    final_positions: [rows], where logits are read (indices into ``resid``); hooks: applied to
-    these rows only, each hook function seeing an activation of ``rows`` prompts (as if the entry
-    ran alone); past: optional keys and values of the positions *before* ``resid``'s first one,
-    ``past[i] = (keys, values)`` ([rows, n_past, head, d_head], as attention appends them) for
-    every block i >= start: then ``resid`` holds only the later positions (a suffix); tokens:
-    [rows, n_past + pos] the rows' tokens (cached positions included), from which the blocks get
-    what a full forward gives them besides the residual (``resume.block_inputs``: shortformer
-    positions, attention mask); None: positions 0, 1, ... without a padding mask.
-    """
-
-    start: int
-    resid: Tensor
-    final_positions: Tensor
-    hooks: HookList = field(default_factory=list)
-    past: list | None = None
-    tokens: Tensor | None = None
-
-
-class _PastKV:
-    """A frozen key/value cache entry (TransformerLens's ``past_kv_cache_entry`` interface)."""
-
-    def __init__(self, keys: Tensor, values: Tensor):
-        self.past_keys, self.past_values = keys, values
-
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.cat([self.past_keys, k], 1), torch.cat([self.past_values, v], 1)
-
-
-class _RecordKV(_PastKV):
-    """An empty cache entry that records the keys and values attention appends to it."""
-
-    def __init__(self) -> None:
-        super().__init__(torch.empty(0, 0), torch.empty(0, 0))
-        self.keys: Tensor | None = None
-        self.values: Tensor | None = None
-
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        self.keys, self.values = k, v
-        return k, v
-
-
-def _soft_cap(model: Any, logits: Tensor) -> Tensor:
-    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
-    return cap * torch.tanh(logits / cap) if cap > 0 else logits
-
-
-def _combine(model: Any, entries: list[Entry], offsets: list[int]) -> HookList:
-    """One hook per hook name that applies each entry's hooks to that entry's row slice."""
-    by_name: dict[str, list[tuple[int, int, Callable]]] = {}
-    for e, off in zip(entries, offsets):
-        for name, fn in e.hooks:
-            if hook_block(model, name) >= model.cfg.n_layers:
-                raise ValueError(f"hook {name!r} runs after the last block; hook "
-                                 f"{resid_name(model, model.cfg.n_layers)!r} (the final residual) instead")
-            if hook_block(model, name) < e.start:
-                raise ValueError(
-                    f"hook {name!r} belongs to an earlier block than the run it is attached to, which "
-                    f"resumes at block {e.start} (start_at_layer): it would never fire"
-                )
-            by_name.setdefault(name, []).append((off, off + e.resid.shape[0], fn))
-
-    def make(parts: list[tuple[int, int, Callable]]) -> Callable:
-        def hook(act: Tensor, hook: Any = None) -> Tensor:
-            act = act.clone()
-            for a, b, fn in parts:
-                if b > act.shape[0]:  # pragma: no cover - guarded by the block check above
-                    raise RuntimeError("a hook fired before its rows joined the forward")
-                out = fn(act[a:b], hook)
-                if out is not None:
-                    act[a:b] = out
-            return act
-
-        return hook
-
-    return [(name, make(parts)) for name, parts in by_name.items()]
-
-
-@torch.no_grad()
-def unembed_rows(model: Any, resid: Float[Tensor, "rows d_model"], max_elements: int = UNEMBED_ELEMENTS) -> Float[Tensor, "rows d_vocab"]:
-    """Logits of final residuals (``ln_final`` + ``unembed``), in as few calls as memory allows
-    (TransformerLens's unembed copies W_U on every call, so one call for many rows is much faster)."""
-    step = max(1, max_elements // model.cfg.d_vocab)
-    dev = model.cfg.device
-    return torch.cat([_soft_cap(model, unembed_resid(model, resid[i : i + step].to(dev))).float().cpu()
-                      for i in range(0, resid.shape[0], step)])
-
-
-@torch.no_grad()
-def run_staggered(model: Any, entries: Sequence[Entry], *, unembed: bool = True) -> Float[Tensor, "rows d_vocab"]:
-    """Final-position logits of every entry's rows (in the order given), in one staggered forward
-    (``unembed=False``: the final residual at those positions, [rows, d_model]).
-
-    All entries must have the same width (pos), and the same number of past positions. Each entry
-    joins at its ``start`` block; between two consecutive start blocks the model runs
-    ``resume.resume(x, a, b)`` (with the entries' past keys and values and their tokens).
-    """
-    if not entries:
-        raise ValueError("entries is empty")
-    n = model.cfg.n_layers
-    widths = {e.resid.shape[1] for e in entries}
-    if len(widths) != 1:
-        raise ValueError(f"all entries of a staggered forward must have the same width, got {sorted(widths)}")
-    for e in entries:
-        check_layer(model, e.start, allow_final=False, arg="entry start")
-    n_past = {0 if e.past is None else e.past[e.start][0].shape[1] for e in entries}
-    if len({e.past is None for e in entries}) != 1 or len(n_past) != 1:
-        raise ValueError("all entries of a staggered forward must have the same number of past positions")
-    if len({e.tokens is None for e in entries}) != 1:
-        raise ValueError("give tokens for every entry of a staggered forward or for none")
-    n_past = n_past.pop()
-    order = sorted(range(len(entries)), key=lambda i: entries[i].start)
-    ents = [entries[i] for i in order]
-    sizes = [e.resid.shape[0] for e in ents]
-    offsets = list(np.cumsum([0, *sizes[:-1]]))
-    hooks = _combine(model, ents, offsets)
-    dev = model.cfg.device
-    starts = sorted({e.start for e in ents})
-    width = ents[0].resid.shape[1]
-    tokens = None if ents[0].tokens is None else torch.cat([e.tokens[:, : n_past + width] for e in ents])
-    with model.hooks(fwd_hooks=hooks):
-        x = None
-        for s, nxt in zip(starts, [*starts[1:], n]):
-            joining = [e.resid.to(dev) for e in ents if e.start == s]
-            x = torch.cat(joining if x is None else [x, *joining])
-            past = None
-            if ents[0].past is not None:
-                past = [None] * n
-                for i in range(s, nxt):
-                    here = [e.past[i] for e in ents if e.start <= i]
-                    past[i] = _PastKV(torch.cat([k for k, _ in here]).to(dev), torch.cat([v for _, v in here]).to(dev))
-            x = resume(model, x, s, nxt, tokens=None if tokens is None else tokens[: x.shape[0]], past=n_past,
-                       past_kv_cache=past)
-    fp = torch.cat([e.final_positions for e in ents]).to(x.device)
-    out = x[torch.arange(x.shape[0], device=x.device), fp]
-    out = unembed_rows(model, out) if unembed else out.cpu()
-    back = torch.empty_like(torch.tensor(order))
-    back[torch.tensor(order)] = torch.arange(len(order))
-    pieces = list(torch.split(out, sizes))
-    return torch.cat([pieces[int(j)] for j in back])
-
-
-@torch.no_grad()
-def cache_resid(
-    model: Any, tokens: Int[Tensor, "batch pos"], layers: Sequence[int], final_positions: Tensor,
-    *, record_kv: bool = False, unembed: bool = True,
-) -> tuple[dict[int, Tensor], Tensor, list[tuple[Tensor, Tensor]] | None]:
-    """One forward: the residual at the input of each block in ``layers`` ([batch, pos, d_model]
-    each), the unpatched final-position logits (``unembed=False``: final residuals [batch, d_model])
-    and, with ``record_kv``, every block's keys and values as attention appends them to a cache
-    ([batch, pos, head, d_head] each)."""
-    names = {resid_name(model, l): l for l in layers}
-    keep = lambda nm: nm in names  # noqa: E731
-    n = model.cfg.n_layers
-    if not record_kv:
-        final, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=keep, stop_at_layer=n)
-        kv = None
-    else:
-        rec = [_RecordKV() for _ in range(n)]
-        x0 = model(tokens.to(model.cfg.device), stop_at_layer=0)
-        final, cache = model.run_with_cache(x0, start_at_layer=0, stop_at_layer=n, past_kv_cache=rec, names_filter=keep,
-                                            **block_inputs(model, tokens))
-        kv = [(r.keys, r.values) for r in rec]
-    last = final[torch.arange(final.shape[0], device=final.device), final_positions.to(final.device)]
-    return {l: cache[nm] for nm, l in names.items()}, (unembed_rows(model, last) if unembed else last.cpu()), kv
 
 
 # ----------------------------------------------------------------------------- layer sweep

@@ -30,7 +30,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_circuits.core.positions import _check_batch
-from icl_circuits.core.interventions import check_layer, read_resid
+from icl_circuits.core.interventions import check_layer
+from icl_circuits.core.runner import read_resid
 from icl_circuits.core.metrics import wilson
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch, build_prompts

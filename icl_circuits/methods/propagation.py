@@ -27,13 +27,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.evaluation import gather_positions, unembed_resid
-from icl_circuits.core.interventions import add_hook, check_layer, check_vector, read_resid, resid_name
+from icl_circuits.core.runner import gather_positions, unembed_resid
+from icl_circuits.core.interventions import add_hook, check_layer, check_vector, resid_name
+from icl_circuits.core.runner import read_resid
 from icl_circuits.core.metrics import correct, wilson
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch, Template, build_prompts
 from icl_circuits.core.results import Result
-from icl_circuits.core.resume import resume
+from icl_circuits.core.runner import resume
 from icl_circuits.core.tasks import Task
 from icl_circuits.methods.vectors import TaskVector, evaluate_vector
 

@@ -33,7 +33,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.evaluation import frozen, gather_positions, minibatches, unembed_resid
+from icl_circuits.core.runner import frozen, gather_positions, minibatches, unembed_resid
 from icl_circuits.core.interventions import gate_pattern_hook, pattern_name
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch

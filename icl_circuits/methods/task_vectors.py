@@ -29,16 +29,17 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.evaluation import final_logits, minibatches
-from icl_circuits.core.interventions import check_layer, read_activations, read_resid, replace_hook, resid_name, z_name
+from icl_circuits.core.runner import final_logits, minibatches
+from icl_circuits.core.interventions import check_layer, replace_hook, resid_name, z_name
+from icl_circuits.core.runner import read_activations, read_resid
 from icl_circuits.core.metrics import wilson
-from icl_circuits.methods.patching import (
-    TOKENS_PER_FORWARD, Entry, cache_resid, layer_sweep, prompt_metric, run_staggered, unembed_rows,
-)
+from icl_circuits.methods.patching import layer_sweep, prompt_metric
+from icl_circuits.core.runner import TOKENS_PER_FORWARD, Entry, cache_resid, run_staggered, unembed_rows
 from icl_circuits.core.prompts import PromptBatch, Template, build_prompts
 from icl_circuits.core.results import Result
 from icl_circuits.core.tasks import Episode, Task, get_task
-from icl_circuits.methods.vectors import SweepResult, TaskVector, model_info
+from icl_circuits.core.models import model_info
+from icl_circuits.methods.vectors import SweepResult, TaskVector
 
 TaskLike = str | Task | PromptBatch
 

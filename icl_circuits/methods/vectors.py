@@ -19,7 +19,7 @@ from torch import Tensor
 
 from icl_circuits.core.interventions import add_hook, check_layer, check_vector, replace_hook, resid_name
 from icl_circuits.core.metrics import wilson
-from icl_circuits.core.models import model_info, processing_mismatch
+from icl_circuits.core.models import processing_mismatch
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result
 

@@ -12,10 +12,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
 from icl_circuits import build_prompts
-from icl_circuits.core.evaluation import (
-    GreedyAnswers, accuracy_by_demos, answer_logprob, answer_token_logprobs, cut_answer, final_logits,
-    greedy_answers, icl_accuracy, score,
-)
+from icl_circuits.core.evaluation import GreedyAnswers, accuracy_by_demos, answer_logprob, answer_token_logprobs, cut_answer, greedy_answers, icl_accuracy, score
+from icl_circuits.core.runner import final_logits
 from icl_circuits.core.prompts import Template
 from icl_circuits.core.tasks import WordPairTask
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from icl_circuits.core import runner
 from icl_circuits import build_prompts, final_logits
 from icl_circuits.core import interventions as iv
 
@@ -32,9 +33,9 @@ def test_right_padding_changes_nothing(tiny_model, batch):
 def test_patching_clean_activations_into_clean_run_changes_nothing(tiny_model, batch, layer):
     name = iv.resid_name(tiny_model, layer)
     pos = batch.positions("answer").positions
-    own = iv.read_activations(tiny_model, batch, [name], pos)[name]
-    clean = iv.run_final_logits(tiny_model, batch)
-    patched = iv.run_final_logits(tiny_model, batch, lambda rows, mb: [(name, iv.replace_hook(pos[rows], own[rows]))])
+    own = runner.read_activations(tiny_model, batch, [name], pos)[name]
+    clean = runner.run_final_logits(tiny_model, batch)
+    patched = runner.run_final_logits(tiny_model, batch, lambda rows, mb: [(name, iv.replace_hook(pos[rows], own[rows]))])
     assert (patched - clean).abs().max() <= 1e-5
 
 
@@ -42,8 +43,8 @@ def test_replace_at_final_position_changes_output_and_only_there(tiny_model, bat
     name = iv.resid_name(tiny_model, 1)
     pos = batch.positions("final").positions
     v = torch.randn(tiny_model.cfg.d_model) * 10
-    clean = iv.read_activations(tiny_model, batch, [iv.resid_name(tiny_model, 2)])
-    hooked = iv.read_activations(tiny_model, batch, [iv.resid_name(tiny_model, 2)],
+    clean = runner.read_activations(tiny_model, batch, [iv.resid_name(tiny_model, 2)])
+    hooked = runner.read_activations(tiny_model, batch, [iv.resid_name(tiny_model, 2)],
                                  make_hooks=lambda rows, mb: [(name, iv.replace_hook(pos[rows], v))])
     a, b = clean[iv.resid_name(tiny_model, 2)], hooked[iv.resid_name(tiny_model, 2)]
     for i in range(len(batch)):
@@ -53,9 +54,9 @@ def test_replace_at_final_position_changes_output_and_only_there(tiny_model, bat
 
 
 def test_read_resid_final_layer_is_resid_post(tiny_model, batch):
-    r = iv.read_resid(tiny_model, batch, batch.positions("final").positions)
+    r = runner.read_resid(tiny_model, batch, batch.positions("final").positions)
     assert r.shape == (tiny_model.cfg.n_layers + 1, len(batch), 1, tiny_model.cfg.d_model)
-    logits = iv.unembed_resid(tiny_model, r[-1, :, 0])
+    logits = runner.unembed_resid(tiny_model, r[-1, :, 0])
     assert torch.allclose(logits, final_logits(tiny_model, batch), atol=1e-4)
 
 
@@ -86,9 +87,9 @@ def test_hooks_are_removed_when_a_hook_raises(tiny_model, batch):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        iv.run_final_logits(tiny_model, batch, lambda rows, mb: [(iv.resid_name(tiny_model, 1), boom)])
+        runner.run_final_logits(tiny_model, batch, lambda rows, mb: [(iv.resid_name(tiny_model, 1), boom)])
     assert all(len(hp.fwd_hooks) == 0 for hp in tiny_model.hook_dict.values())
-    assert torch.allclose(iv.run_final_logits(tiny_model, batch), final_logits(tiny_model, batch))
+    assert torch.allclose(runner.run_final_logits(tiny_model, batch), final_logits(tiny_model, batch))
 
 
 @pytest.mark.parametrize(
@@ -99,7 +100,7 @@ def test_hooks_are_removed_when_a_hook_raises(tiny_model, batch):
         (lambda m, b: iv.check_vector(m, torch.zeros(31)), "width 31 but the model's d_model is 32"),
         (lambda m, b: iv.check_positions(b, b.final_positions[:, None] + 1), "outside prompt"),
         (lambda m, b: iv.check_positions(b, torch.zeros(3, 1, dtype=torch.long)), "shape"),
-        (lambda m, b: iv.read_activations(m, b, ["blocks.9.nothing"]), "not a hook point"),
+        (lambda m, b: runner.read_activations(m, b, ["blocks.9.nothing"]), "not a hook point"),
     ],
 )
 def test_bad_input_is_a_clear_error(tiny_model, batch, call, match):

@@ -77,7 +77,7 @@ def test_logit_diff_without_labels_subtracts_the_vocabulary_mean():
 
 def test_registry_agrees_with_heads_and_patching(batches, tiny_model):
     """The analyses' own metric code gives the registry's numbers (one definition per name)."""
-    from icl_circuits.core.evaluation import final_logits
+    from icl_circuits.core.runner import final_logits
     from icl_circuits.methods.heads import head_metric as heads_metric
     from icl_circuits.methods.patching import prompt_metric
 

@@ -15,6 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from icl_circuits.core import runner
 from icl_circuits import build_prompts, final_logits
 from icl_circuits.core import interventions as iv
 from icl_circuits.methods.circuits import ov_contributions
@@ -24,7 +25,7 @@ from icl_circuits.methods.interchange import necessity
 from icl_circuits.methods.learned import train_task_vector
 from icl_circuits.methods.patching import layer_sweep, patch_grid
 from icl_circuits.methods.propagation import final_deltas, fit_linear_propagation, propagation_by_layer
-from icl_circuits.core.resume import resume
+from icl_circuits.core.runner import resume
 from icl_circuits.methods.vectors import TaskVector
 from tests.core.test_prompts import FIELD, TEMPLATE, _check, _pairs
 
@@ -102,7 +103,7 @@ def test_resume_equals_the_full_forward(model, capitals):
     b = capitals
     full = _final_resid(model, b.tokens, b.final_positions)
     for l in (0, 10, 29, 30):
-        resid = iv.read_resid(model, b, None, [l])[0]
+        resid = runner.read_resid(model, b, None, [l])[0]
         with torch.no_grad():
             x = resume(model, resid, l, tokens=b.tokens)
         assert (x[torch.arange(len(b)), b.final_positions] - full).abs().max() <= TOL, l
@@ -150,7 +151,7 @@ def test_patch_grid_cells_equal_handwritten_hooks(model):
                 return act
 
             with torch.no_grad():
-                want = metric(iv.unembed_resid(model, _final_resid(model, corr, final, [(name, put)])))
+                want = metric(runner.unembed_resid(model, _final_resid(model, corr, final, [(name, put)])))
             assert abs(float(res.values[i, j]) - float(want)) <= TOL
     assert res.corrupted_value < float(res.values[0, 0])  # Germany at the query restores Berlin
 
@@ -202,7 +203,7 @@ def test_ov_decomposition_sums_to_the_measured_change(model, capitals):
     """delta h_L(q) = d(q) + sum of per-head changes z'W_O - zW_O + sum of MLP changes, and the heads
     of a layer sum to its attention output change (b_O cancels), at the last two blocks."""
     b = capitals.select([0, 2])
-    h = iv.read_resid(model, b, b.positions("final").positions, [28])[0, :, 0]
+    h = runner.read_resid(model, b, b.positions("final").positions, [28])[0, :, 0]
     theta = torch.randn(576, generator=torch.Generator().manual_seed(0)) * float(h.norm(dim=-1).mean()) / 24
     r = ov_contributions(model, b, theta, 28)
     assert r.layers == [28, 29] and r.head_exact.shape == (2, 9, 2, 576) and r.exact_dla.shape == (2, 9, 2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from icl_circuits.core import runner
 from icl_circuits import build_prompts, final_logits
 from icl_circuits.core import interventions as iv
 from tests.conftest import make_tiny_model
@@ -66,7 +67,7 @@ def test_the_variants_really_differ_in_what_they_need():
     """The shortformer variant's blocks read the positional embedding: without it the output changes."""
     m = _model("shortformer-LN")
     b = build_prompts(m, "letter-string", 4, 3, seed=0)
-    r1 = iv.read_resid(m, b, None, [1])[0]
+    r1 = runner.read_resid(m, b, None, [1])[0]
     with torch.no_grad():
         bare = m(r1, start_at_layer=1, stop_at_layer=m.cfg.n_layers)
     full = _full_final_resid(m, b)
@@ -76,8 +77,8 @@ def test_the_variants_really_differ_in_what_they_need():
 def test_run_final_logits_resumed_equals_full_forward(model, batch):
     full = final_logits(model, batch)
     for l in range(model.cfg.n_layers + 1):
-        resid = iv.read_resid(model, batch, None, [l])[0]
-        got = iv.run_final_logits(model, batch, start_at_layer=l, resid=resid, batch_size=4)
+        resid = runner.read_resid(model, batch, None, [l])[0]
+        got = runner.run_final_logits(model, batch, start_at_layer=l, resid=resid, batch_size=4)
         assert (got - full).abs().max() <= TOL, l
 
 
@@ -106,7 +107,7 @@ def test_patching_clean_into_clean_is_the_identity(model, batch, suffix_only):
 
 
 def test_cache_resid_recording_keys_and_values_equals_full_forward(model, batch):
-    from icl_circuits.methods.patching import cache_resid
+    from icl_circuits.core.runner import cache_resid
 
     _, last, kv = cache_resid(model, batch.tokens, [1], batch.final_positions, record_kv=True, unembed=False)
     assert kv is not None and (last - _full_final_resid(model, batch)).abs().max() <= TOL
@@ -128,7 +129,7 @@ def test_learned_vector_forward_from_the_cache_equals_full_forward(model, batch)
     full = final_logits(model, batch)
     zero = torch.zeros(1, model.cfg.d_model)
     for l in range(model.cfg.n_layers):
-        resid = iv.read_resid(model, batch, None, [l])[0]
+        resid = runner.read_resid(model, batch, None, [l])[0]
         _, lg = ltv_loss(model, batch, zero, [l], resid=resid)
         assert (lg - full).abs().max() <= TOL
         cached = _Cached(model, batch, l, ["final"], 4)
@@ -185,19 +186,19 @@ def test_subspace_ablation_of_an_empty_subspace_equals_full_forward(model, batch
 
 
 def test_resume_helper_equals_full_forward_at_every_block(model, batch):
-    from icl_circuits.core.resume import resume
+    from icl_circuits.core.runner import resume
 
     n = model.cfg.n_layers
     full = _full_final_resid(model, batch)
     for l in range(n + 1):
-        resid = iv.read_resid(model, batch, None, [l])[0]
+        resid = runner.read_resid(model, batch, None, [l])[0]
         with torch.no_grad():
             x = resume(model, resid, l, tokens=batch.tokens)
         assert (x[torch.arange(len(batch)), batch.final_positions] - full).abs().max() <= TOL
 
 
 def test_resume_refuses_missing_or_misshapen_tokens():
-    from icl_circuits.core.resume import resume
+    from icl_circuits.core.runner import resume
 
     m = _model("shortformer-LN")
     x = torch.zeros(2, 5, m.cfg.d_model)

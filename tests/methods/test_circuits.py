@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from icl_circuits.core import runner
 from icl_circuits import build_prompts
 from icl_circuits.core import interventions as iv
 from icl_circuits.methods.circuits import (
@@ -50,8 +51,8 @@ def test_identity_holds_for_replace_mode_vectors(tiny_model, zs, tv):
 
 def test_total_change_matches_the_injected_run(tiny_model, zs, tv):
     r = ov_contributions(tiny_model, zs, tv, 0)
-    logits = iv.run_final_logits(tiny_model, zs, injection_hooks(tiny_model, tv, 0))
-    assert torch.allclose(iv.unembed_resid(tiny_model, r.clean_final + r.total), logits, atol=1e-4)
+    logits = runner.run_final_logits(tiny_model, zs, injection_hooks(tiny_model, tv, 0))
+    assert torch.allclose(runner.unembed_resid(tiny_model, r.clean_final + r.total), logits, atol=1e-4)
 
 
 @pytest.mark.parametrize("positions", ["final", "answer"])
@@ -76,7 +77,7 @@ def test_frozen_ln_agrees_with_the_difference_for_a_small_vector_off_the_residua
     the vector along the centred residual: for a small vector orthogonal to it (and to the ones
     vector) both LN treatments agree."""
     one = zs.select([0])
-    h = iv.read_resid(tiny_model, one, one.positions("final").positions, [0, 1])[:, 0, 0]  # [2, d_model]
+    h = runner.read_resid(tiny_model, one, one.positions("final").positions, [0, 1])[:, 0, 0]  # [2, d_model]
     span = torch.cat([torch.ones(1, h.shape[1]), h - h.mean(1, keepdim=True)]).T
     basis, _ = torch.linalg.qr(span)
     theta = torch.randn(tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(2))

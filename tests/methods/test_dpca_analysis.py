@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import icl_circuits.cli.common as cli_common
 import icl_circuits.cli.main as cli_mod
+from icl_circuits.core import runner
 from icl_circuits import build_prompts, final_logits, get_task
 from icl_circuits.core import interventions as iv
 from icl_circuits.methods.dpca.numpy_dpca import demixed_pca
@@ -79,7 +80,7 @@ def test_states_have_one_row_per_demo_and_layer(tiny_model, states):
 
 
 def test_states_are_the_residual_at_the_exact_answer_positions(tiny_model, states, batch):
-    ref = iv.read_resid(tiny_model, batch, batch.answer_positions)  # [layer, batch, n_demos, d]
+    ref = runner.read_resid(tiny_model, batch, batch.answer_positions)  # [layer, batch, n_demos, d]
     assert torch.allclose(states.states, ref.reshape(ref.shape[0], -1, ref.shape[-1]), atol=1e-6)
     assert torch.equal(states.position, batch.answer_positions.reshape(-1))
 
@@ -203,8 +204,8 @@ def test_full_space_projection_changes_the_answer_positions_only(tiny_model, bat
     centre = torch.randn(d)
     name = iv.resid_name(tiny_model, 1)
     make = subspace_ablation_hooks(tiny_model, pos, {1: (torch.eye(d), centre)})
-    clean = iv.read_activations(tiny_model, batch, [name])[name]
-    hooked = iv.read_activations(tiny_model, batch, [name], make_hooks=make)[name]
+    clean = runner.read_activations(tiny_model, batch, [name])[name]
+    hooked = runner.read_activations(tiny_model, batch, [name], make_hooks=make)[name]
     mask = torch.zeros(clean.shape[:2], dtype=torch.bool)
     mask[torch.arange(len(batch))[:, None], pos] = True
     assert torch.allclose(hooked[mask], centre.expand(int(mask.sum()), d), atol=1e-5)

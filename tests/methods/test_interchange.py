@@ -12,6 +12,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 import icl_circuits.cli.common as cli_common
 import icl_circuits.cli.main as cli_mod
+from icl_circuits.core import runner
 from icl_circuits import build_prompts, final_logits
 from icl_circuits.core import interventions as iv
 from icl_circuits.methods.interchange import InterchangeResult, NecessityResult, interchange, interchange_controls, necessity
@@ -198,15 +199,15 @@ def test_ragged_interchange_writes_the_valid_source_mean_only_where_the_target_i
     r = interchange(tiny_model, src, tgt, "inputs", layers=[1], exclude_ambiguous=False, return_logits=True,
                     progress=False)
     ps, pt = src.positions("inputs"), tgt.positions("inputs")
-    resid = iv.read_resid(tiny_model, src, None, [1])[0]  # [batch, pos, d]
-    patched = iv.read_resid(tiny_model, tgt, None, [1])[0].clone()
+    resid = runner.read_resid(tiny_model, src, None, [1])[0]  # [batch, pos, d]
+    patched = runner.read_resid(tiny_model, tgt, None, [1])[0].clone()
     for j, name in enumerate(pt.names):
         rows = [s for s in range(len(src)) if name in ps.names and ps.mask[s, ps.column(name)]]
         for t in range(len(tgt)):
             if pt.mask[t, j] and rows:
                 vals = torch.stack([resid[s, ps.positions[s, ps.column(name)]] for s in rows])
                 patched[t, pt.positions[t, j]] = vals.mean(0)
-    manual = iv.run_final_logits(tiny_model, tgt, start_at_layer=1, resid=patched)
+    manual = runner.run_final_logits(tiny_model, tgt, start_at_layer=1, resid=patched)
     assert (r.logits[0] - manual).abs().max() <= 1e-5
     assert r.positions == pt.names
 
@@ -251,7 +252,7 @@ def test_interchange_writes_the_source_mean_at_the_target_positions(tiny_model, 
     src, tgt = pair
     r = interchange(tiny_model, src, tgt, "answers+query", layers=[1], return_logits=True, progress=False)
     ps, pt = src.positions("answers+query").positions, tgt.positions("answers+query").positions
-    mean = iv.read_resid(tiny_model, src, ps, [1])[0].mean(0)  # [n, d]
+    mean = runner.read_resid(tiny_model, src, ps, [1])[0].mean(0)  # [n, d]
     with tiny_model.hooks(fwd_hooks=[(iv.resid_name(tiny_model, 1), iv.replace_hook(pt, mean))]):
         manual = tiny_model(tgt.tokens)[torch.arange(len(tgt)), tgt.final_positions]
     assert (r.logits[0] - manual).abs().max() <= 1e-4
@@ -332,10 +333,10 @@ def test_ragged_necessity_corrupts_only_valid_entries(tiny_model, ragged):
     """Zero ablation of a ragged set equals a hand-made run that zeroes each valid entry."""
     r = necessity(tiny_model, ragged, "inputs", layers=[1], how="zero", progress=False)
     ps = ragged.positions("inputs")
-    resid = iv.read_resid(tiny_model, ragged, None, [1])[0].clone()
+    resid = runner.read_resid(tiny_model, ragged, None, [1])[0].clone()
     for i, j in ps.mask.nonzero().tolist():
         resid[i, ps.positions[i, j]] = 0
-    manual = iv.run_final_logits(tiny_model, ragged, start_at_layer=1, resid=resid).argmax(-1)
+    manual = runner.run_final_logits(tiny_model, ragged, start_at_layer=1, resid=resid).argmax(-1)
     assert torch.equal(r.per_prompt[0], (manual == ragged.answer_tokens).float())
     zero_noise = necessity(tiny_model, ragged, "demo_tokens", how="noise", noise_scale=0.0, progress=False)
     assert torch.all(zero_noise.drop == 0)
@@ -344,7 +345,7 @@ def test_ragged_necessity_corrupts_only_valid_entries(tiny_model, ragged):
 def test_mean_ablation_writes_the_mean_over_prompts(tiny_model, target):
     r = necessity(tiny_model, target, "query", layers=[1], how="mean", progress=False)
     pos = target.positions("final").positions
-    mean = iv.read_resid(tiny_model, target, pos, [1])[0].mean(0)
+    mean = runner.read_resid(tiny_model, target, pos, [1])[0].mean(0)
     with tiny_model.hooks(fwd_hooks=[(iv.resid_name(tiny_model, 1), iv.replace_hook(pos, mean))]):
         logits = tiny_model(target.tokens)[torch.arange(len(target)), target.final_positions]
     assert torch.equal(r.per_prompt[0], (logits.argmax(-1) == target.answer_tokens).float())
@@ -372,13 +373,13 @@ def test_figures(tiny_model, pair, target):
 
 
 @pytest.fixture
-def runner(monkeypatch, tiny_model):
+def cli_runner(monkeypatch, tiny_model):
     monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
     return CliRunner()
 
 
-def test_cli_interchange_json_and_out(runner, tmp_path):
-    res = runner.invoke(cli_mod.cli, ["interchange", "--source", "english-french", "--target", "antonym", "--demos", "3",
+def test_cli_interchange_json_and_out(cli_runner, tmp_path):
+    res = cli_runner.invoke(cli_mod.cli, ["interchange", "--source", "english-french", "--target", "antonym", "--demos", "3",
                                       "--prompts", "6", "--positions", "answers,answer_-1,query", "--json",
                                       "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
@@ -388,7 +389,7 @@ def test_cli_interchange_json_and_out(runner, tmp_path):
     assert (tmp_path / "result.json").exists() and (tmp_path / "figure.html").exists()
 
 
-def test_cli_interchange_errors_are_clear(runner):
-    res = runner.invoke(cli_mod.cli, ["interchange", "--source", "antonym", "--target", "english-french",
+def test_cli_interchange_errors_are_clear(cli_runner):
+    res = cli_runner.invoke(cli_mod.cli, ["interchange", "--source", "antonym", "--target", "english-french",
                                       "--demos", "2", "--prompts", "3", "--positions", "bogus"])
     assert res.exit_code != 0 and "unknown position set 'bogus'" in res.output

@@ -13,7 +13,7 @@ import icl_circuits.cli.common as cli_common
 import icl_circuits.cli.main as cli_mod
 from icl_circuits import build_prompts
 from icl_circuits.methods import learned
-from icl_circuits.core.interventions import read_resid
+from icl_circuits.core.runner import read_resid
 from icl_circuits.methods.learned import injection_positions, joint_accuracy, ltv_loss, split_by_query, train_task_vector
 from icl_circuits.core.tasks import WordPairTask, get_task
 from icl_circuits.methods.vectors import TaskVector, evaluate_vector

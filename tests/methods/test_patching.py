@@ -6,9 +6,11 @@ import pytest
 import torch
 from transformer_lens.patching import get_act_patch_resid_pre
 
+from icl_circuits.core import runner
 from icl_circuits import build_prompts
 from icl_circuits.core import interventions as iv
-from icl_circuits.methods.patching import Entry, PatchGridResult, layer_sweep, patch_grid, run_staggered
+from icl_circuits.methods.patching import PatchGridResult, layer_sweep, patch_grid
+from icl_circuits.core.runner import Entry, run_staggered
 from icl_circuits.methods.vectors import SweepResult
 
 
@@ -152,8 +154,8 @@ def test_patch_grid_per_prompt_positions_and_dataframe(tiny_model, pair, tmp_pat
     res = patch_grid(tiny_model, clean, corr, "gold_probability", positions="answer")
     pos = corr.positions("answer").positions
     name = iv.resid_name(tiny_model, 1)
-    own = iv.read_activations(tiny_model, clean, [name], pos[:, 2:3])[name]
-    one = iv.run_final_logits(tiny_model, corr, lambda rows, mb: [(name, iv.replace_hook(pos[rows, 2:3], own[rows]))])
+    own = runner.read_activations(tiny_model, clean, [name], pos[:, 2:3])[name]
+    one = runner.run_final_logits(tiny_model, corr, lambda rows, mb: [(name, iv.replace_hook(pos[rows, 2:3], own[rows]))])
     expected = one.softmax(-1)[torch.arange(len(corr)), clean.answer_tokens].mean()
     assert abs(float(res.values[1, 2]) - float(expected)) <= 1e-5
     assert res.position_names == ["answer_0", "answer_1", "answer_2"]
@@ -185,7 +187,7 @@ def test_patch_grid_needs_identical_shapes(tiny_model, pair):
 
 def test_staggered_entries_with_past_keys_equal_full_runs(tiny_model, pair):
     """Rows joining at different blocks, some with cached keys/values of their prefix, match full runs."""
-    from icl_circuits.methods.patching import cache_resid
+    from icl_circuits.core.runner import cache_resid
 
     _, corr = pair
     res, logits, kv = cache_resid(tiny_model, corr.tokens, [0, 1], corr.final_positions, record_kv=True)

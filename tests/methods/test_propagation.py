@@ -15,7 +15,7 @@ import icl_circuits.cli.common as cli_common
 import icl_circuits.cli.main as cli_mod
 from icl_circuits import build_prompts
 from icl_circuits.core import interventions as iv
-from icl_circuits.core.evaluation import final_logits
+from icl_circuits.core.runner import final_logits
 from icl_circuits.core.metrics import correct
 from icl_circuits.viz import propagation as plots
 from icl_circuits.methods.propagation import (

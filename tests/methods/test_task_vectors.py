@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from icl_circuits.core import runner
 from icl_circuits import build_prompts
 from icl_circuits.core import interventions as iv
 from icl_circuits.methods.task_vectors import (
@@ -28,7 +29,7 @@ def shuffled(tiny_model):
 def test_vanilla_vector_is_the_mean_final_residual_of_dummy_query_prompts(tiny_model):
     tv = vanilla_task_vector(tiny_model, "antonym", 3, 4, seed=0)
     dq = build_prompts(tiny_model, "antonym", 4, 3, seed=0, variant="dummy_query")
-    r = iv.read_resid(tiny_model, dq, dq.positions("final").positions)[:, :, 0].mean(1)
+    r = runner.read_resid(tiny_model, dq, dq.positions("final").positions)[:, :, 0].mean(1)
     assert tv.layers == [0, 1, 2] and tv.mode == "replace" and torch.allclose(tv.vectors, r, atol=1e-6)
 
 
@@ -55,8 +56,8 @@ def test_local_vectors_equal_one_patch_per_layer(tiny_model):
     pos = icl.positions("answer").positions
     for l in (0, 1):
         name = iv.resid_name(tiny_model, l)
-        own = iv.read_activations(tiny_model, icl, [name], pos)[name]
-        logits = iv.run_final_logits(tiny_model, dummy, lambda rows, mb: [(name, iv.replace_hook(pos[rows], own[rows]))])
+        own = runner.read_activations(tiny_model, icl, [name], pos)[name]
+        logits = runner.run_final_logits(tiny_model, dummy, lambda rows, mb: [(name, iv.replace_hook(pos[rows], own[rows]))])
         expected = logits.softmax(-1)[torch.arange(4), dummy.answer_tokens]
         assert (res.per_prompt[l] - expected).abs().max() <= 1e-6
     assert res.layers == [0, 1] and res.meta["n_dropped"] == 0 and res.method == "local"
@@ -119,17 +120,17 @@ def test_head_cie_batched_over_heads_equals_one_head_at_a_time(tiny_model, clean
     mean_z = mean_head_outputs(tiny_model, clean)
     res = head_cie(tiny_model, clean, shuffled, mean_z, batch_size=2, tokens_per_forward=100)
     pos, gold = shuffled.positions("final").positions, shuffled.answer_tokens
-    p0 = iv.run_final_logits(tiny_model, shuffled).softmax(-1)[torch.arange(5), gold]
+    p0 = runner.run_final_logits(tiny_model, shuffled).softmax(-1)[torch.arange(5), gold]
     for l in range(2):
         for h in range(4):
             hook = [(iv.z_name(l), iv.replace_hook(pos, mean_z[l, h], head=h))]
-            p = iv.run_final_logits(tiny_model, shuffled, lambda rows, mb: hook).softmax(-1)[torch.arange(5), gold]
+            p = runner.run_final_logits(tiny_model, shuffled, lambda rows, mb: hook).softmax(-1)[torch.arange(5), gold]
             assert (res.per_prompt[l, h] - (p - p0)).abs().max() <= 1e-6
     assert abs(res.baseline - float(p0.mean())) <= 1e-6
 
 
 def test_mean_head_outputs_is_the_mean_of_hook_z_at_the_final_position(tiny_model, clean):
-    z = iv.read_activations(tiny_model, clean, [iv.z_name(1)], clean.positions("final").positions)[iv.z_name(1)]
+    z = runner.read_activations(tiny_model, clean, [iv.z_name(1)], clean.positions("final").positions)[iv.z_name(1)]
     assert torch.allclose(mean_head_outputs(tiny_model, clean)[1], z[:, 0].mean(0), atol=1e-6)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from icl_circuits.core import runner
 from icl_circuits import build_prompts
 from icl_circuits.core import interventions as iv
 from icl_circuits.core.metrics import correct
@@ -18,7 +19,7 @@ def zs(tiny_model):
 
 def test_replacing_with_own_activation_is_the_identity(tiny_model, zs):
     one = zs.select([0])
-    own = iv.read_resid(tiny_model, one, one.positions("final").positions)[:, 0, 0]  # [layer, d]
+    own = runner.read_resid(tiny_model, one, one.positions("final").positions)[:, 0, 0]  # [layer, d]
     tv = TaskVector(own, list(range(tiny_model.cfg.n_layers + 1)), "replace", "own", "antonym", "tiny")
     res = evaluate_vector(tiny_model, tv, one)
     assert torch.all(res.values == res.baseline)

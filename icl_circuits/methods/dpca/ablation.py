@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from icl_circuits.methods.dpca.numpy_dpca import DPCAResult
 from icl_circuits.methods.dpca.analysis import DPCALayerResult, _model_name
-from icl_circuits.core.interventions import MakeHooks, check_layer, project_out_centred_hook, read_resid, resid_name, run_final_logits
+from icl_circuits.core.interventions import check_layer, project_out_centred_hook, resid_name
+from icl_circuits.core.runner import MakeHooks, read_resid, run_final_logits
 from icl_circuits.core.metrics import Rate, correct, wilson
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import POSITION_KINDS, PromptBatch, build_prompts

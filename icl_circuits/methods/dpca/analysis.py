@@ -27,7 +27,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_circuits.methods.dpca.numpy_dpca import ConditionData, condition_tensor, demixed_pca, mahalanobis_distances
-from icl_circuits.core.interventions import check_layer, read_resid
+from icl_circuits.core.interventions import check_layer
+from icl_circuits.core.runner import read_resid
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import build_prompts
 from icl_circuits.core.results import Result
