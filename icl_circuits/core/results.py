@@ -28,6 +28,20 @@ from safetensors.torch import save as save_bytes
 R = TypeVar("R", bound="Result")
 
 
+def provenance(model: Any, batch: Any = None, **extra: Any) -> dict[str, Any]:
+    """The provenance every result records, written once here from the model and the batch:
+    ``model`` (``cfg.model_name``), and from a ``PromptBatch``: ``task``, ``n_demos``,
+    ``template`` (its example string), ``variant``, ``seed`` and ``n_prompts``; ``extra`` is
+    added last. Pair it with ``model_info=models.model_info(model)``."""
+    out: dict[str, Any] = {"model": getattr(getattr(model, "cfg", None), "model_name", None)}
+    if batch is not None:
+        tmpl = getattr(batch, "template", None)
+        out.update(task=batch.task, n_demos=batch.n_demos, template=getattr(tmpl, "example", tmpl),
+                   variant=batch.variant, seed=batch.seed, n_prompts=len(batch))
+    out.update(extra)
+    return out
+
+
 def _stem(path: str | Path) -> Path:
     p = Path(path)
     return p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
