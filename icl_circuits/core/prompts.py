@@ -272,6 +272,36 @@ class PromptBatch:
             raise ValueError(f"position kind must be one of {', '.join(POSITION_KINDS)}, got {kind!r}")
         return table[kind]
 
+    def candidate_tokens(
+        self, fallback: Literal["gold", "answers"] | None = None
+    ) -> Int[Tensor, "batch n_cand"] | None:
+        """The tokens a label-restricted score compares, per prompt: THE candidate set of every
+        metric, loss or lens that restricts its argmax/softmax to "the possible answers".
+
+        - Categorization tasks (the prompt has label words): ``label_token_ids`` [batch, n_labels],
+          the first token of each label word rendered as the query's answer in its own context
+          (column order = the prompt's label-word order; contains the gold token).
+        - Other tasks, by ``fallback``:
+          ``None`` -> ``None`` (no candidate set: score over the whole vocabulary);
+          ``"gold"`` -> the distinct gold first tokens of the batch's queries
+          (``unique(answer_tokens)``, sorted), the same row for every prompt;
+          ``"answers"`` -> the distinct first tokens of every answer in the batch, queries' gold
+          tokens and demo answers (``unique(answer_tokens ++ demo_answer_tokens)``, sorted), the same
+          row for every prompt.
+
+        The tensor is on the batch's device; rows of the fallbacks are expanded views (do not write)."""
+        if self.label_token_ids is not None:
+            return self.label_token_ids
+        if fallback is None:
+            return None
+        if fallback == "gold":
+            pool = torch.unique(self.answer_tokens)
+        elif fallback == "answers":
+            pool = torch.cat([self.answer_tokens, self.demo_answer_tokens.flatten()]).unique()
+        else:
+            raise ValueError(f"fallback must be None, 'gold' or 'answers', got {fallback!r}")
+        return pool[None].expand(len(self), -1)
+
     def select(self, idx: Sequence[int] | slice | Tensor) -> "PromptBatch":
         """A sub-batch (padding trimmed to the longest selected prompt)."""
         ids = list(range(len(self)))[idx] if isinstance(idx, slice) else [int(i) for i in idx]

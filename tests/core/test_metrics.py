@@ -103,3 +103,16 @@ def test_rates_get_wilson_and_means_get_t_intervals():
         summarize(torch.tensor([0.5]), "exact_match")
     with pytest.raises(ValueError, match="empty"):
         summarize(torch.tensor([]), "first_token")
+
+
+def test_candidate_tokens_are_the_label_words_or_the_named_fallback(batches):
+    num, ant = batches["number"], batches["antonym"]
+    assert torch.equal(num.candidate_tokens(), num.label_token_ids)
+    assert torch.equal(num.candidate_tokens("answers"), num.label_token_ids)  # labels win over fallbacks
+    assert ant.candidate_tokens() is None
+    gold = ant.candidate_tokens("gold")
+    assert gold.shape[0] == len(ant) and set(gold[0].tolist()) == set(ant.answer_tokens.tolist())
+    every = ant.candidate_tokens("answers")
+    assert set(every[1].tolist()) == set(ant.answer_tokens.tolist()) | set(ant.demo_answer_tokens.flatten().tolist())
+    with pytest.raises(ValueError, match="fallback"):
+        ant.candidate_tokens("vocab")
