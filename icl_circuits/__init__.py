@@ -6,7 +6,8 @@ Analyses live in their modules (``icl_circuits.methods.saliency``, ``.task_vecto
 below are the ones a notebook needs first.
 """
 
-from icl_circuits.core.evaluation import accuracy_by_demos, answer_logprob, greedy_answers, icl_accuracy, score
+from icl_circuits.core.evaluation import answer_logprob, greedy_answers, icl_accuracy, score
+from icl_circuits.methods.accuracy import AccuracyResult, accuracy_by_demos, demo_sweep
 from icl_circuits.core.runner import final_logits
 from icl_circuits.core.metrics import get_metric, list_metrics
 from icl_circuits.core.models import load_model, model_info
@@ -30,7 +31,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "PromptBatch", "Template", "TokenizationBoundaryError", "build_prompts", "default_template", "single_token_task", "representable_tasks",
-    "get_task", "list_tasks", "register_task", "task_from_pairs", "load_task", "load_model", "model_info", "icl_accuracy", "accuracy_by_demos", "final_logits",
+    "get_task", "list_tasks", "register_task", "task_from_pairs", "load_task", "load_model", "model_info", "icl_accuracy", "accuracy_by_demos", "demo_sweep", "AccuracyResult", "final_logits",
     "score", "greedy_answers", "answer_logprob", "list_metrics", "get_metric",
     "TaskVector", "SweepResult", "evaluate_vector",
 ]

@@ -46,10 +46,10 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "    b = ic.build_prompts(model, \"antonym\", 1, 3, seed=0, variant=v)\n"
                  "    print(f\"{v:<16}\", repr(b.texts[0]))"),
         ("md", "## Accuracy vs number of demos"),
-        ("code", "df = ic.accuracy_by_demos(model, [\"antonym\", \"english-french\", \"number\", \"letter-string\"], demos=[0, 1, 2, 4, 8], n_prompts=48)\n"
+        ("code", "sweep = ic.demo_sweep(model, [\"antonym\", \"english-french\", \"number\", \"letter-string\"], demos=[0, 1, 2, 4, 8], n_prompts=48)\nacc = ic.accuracy_by_demos(model, sweep)\ndf = acc.to_dataframe()\n"
                  "# one row per task x demos x metric: first_token for every task, label for categorization\n"
                  "df.pivot_table(index=[\"task\", \"metric\"], columns=\"n_demos\", values=\"value\").round(2)"),
-        ("code", "from icl_circuits.viz.accuracy import accuracy_by_demos\naccuracy_by_demos(df)"),
+        ("code", "import icl_circuits.viz.accuracy\nic.viz.accuracy.accuracy_by_demos(acc)"),
     ],
     "04_label_words_as_anchors": [
         ("md", "# 04 · Label words as anchors (Wang et al. 2023)\n\n"

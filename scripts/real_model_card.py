@@ -39,7 +39,7 @@ def _slug(template: str) -> str:
 
 def measure(template: str, demos: list[int], n_prompts: int, seed: int, tasks: list[str] | None) -> Path:
     """Accuracy of every task at every number of demos under one template -> a JSON file."""
-    from icl_circuits import accuracy_by_demos, list_tasks, load_model, model_info
+    from icl_circuits import accuracy_by_demos, demo_sweep, list_tasks, load_model, model_info
 
     model = load_model(NAME)
     names = tasks or list_tasks()
@@ -47,8 +47,8 @@ def measure(template: str, demos: list[int], n_prompts: int, seed: int, tasks: l
     rows = []
     for task in names:
         t = time.perf_counter()
-        df = accuracy_by_demos(model, task, demos=demos, n_prompts=n_prompts, seed=seed, template=template,
-                               metrics=_metrics_for(task))
+        df = accuracy_by_demos(model, demo_sweep(model, task, demos, n_prompts, seed=seed, template=template),
+                               metrics=_metrics_for(task)).to_dataframe()
         rows += df.to_dict("records")
         print(f"{task:<18} {time.perf_counter() - t:6.1f} s  " + "  ".join(
             f"k={r['n_demos']}:{r['metric'][:5]}={r['value']:.2f}" for r in df.to_dict("records")), flush=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from icl_circuits import accuracy_by_demos, build_prompts, icl_accuracy, load_model
+from icl_circuits import accuracy_by_demos, build_prompts, demo_sweep, icl_accuracy, load_model
 from icl_circuits.core.tasks import WordPairTask, get_task
 from icl_circuits.toy import TOY_TASKS, WEIGHTS_DIR
 from icl_circuits.toy.train import first_step_reaching, training_stages
@@ -88,7 +88,7 @@ def main() -> None:
     t0 = time.perf_counter()
     model = load_model("toy-icl")
     load_s = time.perf_counter() - t0
-    df = accuracy_by_demos(model, list(TOY_TASKS), demos=DEMOS, n_prompts=args.prompts, seed=args.seed)
+    df = accuracy_by_demos(model, demo_sweep(model, list(TOY_TASKS), DEMOS, args.prompts, seed=args.seed)).to_dataframe()
     pairs = [("antonym", "english-french"), ("english-french", "english-german"), ("antonym", "english-spanish")]
     identity = {f"{a} vs {b}": shared_query_accuracy(model, a, b, args.prompts, 8, args.seed) for a, b in pairs}
 

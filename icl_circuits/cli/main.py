@@ -67,7 +67,7 @@ def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_pr
     match) accuracy by default, with 95% intervals (Wilson for rates, Student t for means)."""
     import pandas as pd
 
-    from icl_circuits.core.evaluation import accuracy_by_demos
+    from icl_circuits.methods.accuracy import accuracy_by_demos, demo_sweep
     from icl_circuits.core.task_filters import representable_tasks
     from icl_circuits.core.tasks import get_task
 
@@ -79,8 +79,9 @@ def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_pr
     try:
         for name in names:
             wanted = metrics or ["first_token", "exact_match"] + (["label"] if get_task(name).label_words is not None else [])
-            frames.append(accuracy_by_demos(m, [name], demos=demos, n_prompts=n_prompts, seed=seed, template=template,
-                                            metrics=wanted, batch_size=batch_size, max_new_tokens=max_new_tokens))
+            batches = demo_sweep(m, name, demos, n_prompts, seed=seed, template=template)
+            frames.append(accuracy_by_demos(m, batches, metrics=wanted, batch_size=batch_size,
+                                            max_new_tokens=max_new_tokens).to_dataframe())
     except ValueError as err:
         raise click.UsageError(str(err))
     df = pd.concat(frames, ignore_index=True)

@@ -21,9 +21,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_circuits.core.runner import final_logits, gather_positions, minibatches, unembed_resid
-from icl_circuits.core.metrics import Metric, get_metric, summarize
+from icl_circuits.core.metrics import Metric, get_metric
 from icl_circuits.core.models import model_info
-from icl_circuits.core.prompts import PromptBatch, Template, build_prompts
+from icl_circuits.core.prompts import PromptBatch, Template
 from icl_circuits.core.results import Result
 
 
@@ -336,37 +336,3 @@ def icl_accuracy(
     return float(vals.mean())
 
 
-def accuracy_by_demos(
-    model: Any,
-    tasks: str | Sequence[str],
-    demos: Sequence[int] = (0, 1, 2, 4, 8),
-    n_prompts: int = 64,
-    seed: int = 0,
-    template: Template | str | None = None,
-    metrics: str | Sequence[str] | None = None,
-    *,
-    batch_size: int = 64,
-    max_new_tokens: int | None = None,
-    progress: bool = False,
-) -> pd.DataFrame:
-    """Tidy table: one row per task x number of demos x metric.
-
-    Columns: task, n_demos, metric (canonical name), value (the mean over prompts: accuracy for
-    rates, mean for ``answer_logprob``...), low, high (95% interval: Wilson for rates, Student t
-    for means), interval ("wilson" / "t"), n (prompts), template (the example format used). ``metrics`` default: ``first_token``, plus
-    ``label`` for tasks with label words. A metric asked for explicitly that does not apply to a
-    task (``label`` on a task without label words) raises ``ValueError``.
-    """
-    rows = []
-    task_list = [tasks] if isinstance(tasks, str) else list(tasks)
-    cells = [(t, k) for t in task_list for k in demos]
-    for task, k in tqdm(cells, desc="accuracy by demos", disable=not progress):
-        batch = build_prompts(model, task, n_prompts, k, template=template, seed=seed)
-        wanted = metrics if metrics is not None else (
-            ["first_token", "label"] if batch.label_token_ids is not None else ["first_token"])
-        values = score(model, batch, wanted, batch_size=batch_size, max_new_tokens=max_new_tokens)
-        for name, v in values.items():
-            s = summarize(v, name)
-            rows.append({"task": batch.task, "n_demos": k, "metric": name, "value": s.value, "low": s.low,
-                         "high": s.high, "interval": s.interval, "n": s.n, "template": batch.template.example})
-    return pd.DataFrame(rows, columns=["task", "n_demos", "metric", "value", "low", "high", "interval", "n", "template"])

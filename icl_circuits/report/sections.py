@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from icl_circuits.core.evaluation import accuracy_by_demos
+from icl_circuits.methods.accuracy import accuracy_by_demos, demo_sweep
 from icl_circuits.viz import accuracy as accuracy_plots
 from icl_circuits.report.suite import Context, Section, section
 from icl_circuits.core.task_filters import representable_tasks
@@ -66,7 +66,7 @@ def accuracy_section(ctx: Context) -> Section:
     cfg = ctx.cfg
     tasks = representable_tasks(ctx.model) if not cfg.quick else [cfg.knowledge_task, cfg.category_task, "uppercase"]
     unreadable = [t for t in list_tasks() if t not in tasks] if not cfg.quick else []
-    df = accuracy_by_demos(ctx.model, tasks, demos=[0, 1, 2, 4, 8], n_prompts=cfg.prompts(), seed=cfg.seed)
+    df = accuracy_by_demos(ctx.model, demo_sweep(ctx.model, tasks, [0, 1, 2, 4, 8], cfg.prompts(), seed=cfg.seed)).to_dataframe()
     wide = df[df.metric == "first_token"].pivot(index="task", columns="n_demos", values="value").loc[tasks].reset_index()
     wide.columns = [str(c) if c == "task" else f"k={c}" for c in wide.columns]
     return Section(
@@ -230,8 +230,8 @@ def dpca_section(ctx: Context) -> Section:
     cfg = ctx.cfg
     res = dpca_by_layer(ctx.model, cfg.category_task, n_demos=cfg.n_demos, n_prompts=cfg.prompts(64),
                         seed=cfg.seed, n_null=cfg.dpca_n_null, progress=False)
-    acc = accuracy_by_demos(ctx.model, [cfg.category_task], demos=[cfg.n_demos], n_prompts=cfg.prompts(64),
-                            seed=cfg.seed, metrics=["label"]).iloc[0]
+    acc = accuracy_by_demos(ctx.model, demo_sweep(ctx.model, cfg.category_task, [cfg.n_demos], cfg.prompts(64), seed=cfg.seed),
+                           metrics=["label"]).to_dataframe().iloc[0]
     chance = 1.0 / int(get_task(cfg.category_task).n_classes)
     at_chance = dpca_chance_warning(cfg.category_task, float(acc.value), float(acc.low), float(acc.high), chance,
                                     cfg.n_demos)

@@ -6,14 +6,17 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from icl_circuits.viz import _style
+from icl_circuits.methods.accuracy import AccuracyResult  # noqa: F401  (annotation)
 
 
-def accuracy_by_demos(df: pd.DataFrame, title: str | None = None, metric: str = "first_token") -> go.Figure:
+def accuracy_by_demos(result: AccuracyResult | pd.DataFrame, title: str | None = None, metric: str = "first_token") -> go.Figure:
     """One metric vs number of demos, one line per task, 95% intervals as error bars.
 
-    ``df`` is the tidy table of ``icl_circuits.accuracy_by_demos`` (task, n_demos, metric, value,
-    low, high, n); ``metric`` picks its rows (``"first_token"``, ``"exact_match"``...).
+    ``result``: an ``AccuracyResult`` (``icl_circuits.accuracy_by_demos``) or its tidy table (task,
+    n_demos, metric, value, low, high, n); ``metric`` picks its rows (``"first_token"``,
+    ``"exact_match"``...).
     """
+    df = result if isinstance(result, pd.DataFrame) else result.to_dataframe()
     from icl_circuits.core.metrics import get_metric
 
     m = get_metric(metric)

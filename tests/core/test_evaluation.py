@@ -12,7 +12,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
 from icl_circuits import build_prompts
-from icl_circuits.core.evaluation import GreedyAnswers, accuracy_by_demos, answer_logprob, answer_token_logprobs, cut_answer, greedy_answers, icl_accuracy, score
+from icl_circuits.core.evaluation import GreedyAnswers, answer_logprob, answer_token_logprobs, cut_answer, greedy_answers, icl_accuracy, score
 from icl_circuits.core.runner import final_logits
 from icl_circuits.core.prompts import Template
 from icl_circuits.core.tasks import WordPairTask
@@ -207,18 +207,6 @@ def test_icl_accuracy_metrics(tiny_model):
         icl_accuracy(tiny_model, batch, "answer_logprob")
     with pytest.raises(ValueError, match="restrict_to_labels=True means metric='label'"):
         icl_accuracy(tiny_model, batch, "exact_match", restrict_to_labels=True)
-
-
-def test_accuracy_by_demos_is_tidy(tiny_model):
-    df = accuracy_by_demos(tiny_model, ["antonym", "number"], demos=[0, 2], n_prompts=5,
-                           metrics=["first_token", "exact_match", "answer_logprob"])
-    assert len(df) == 2 * 2 * 3 and list(df.columns) == ["task", "n_demos", "metric", "value", "low", "high", "interval", "n", "template"]
-    assert set(df[df.metric == "answer_logprob"].interval) == {"t"} and set(df[df.metric != "answer_logprob"].interval) == {"wilson"}
-    assert (df.n == 5).all() and (df.low <= df.value).all() and (df.value <= df.high).all()
-    default = accuracy_by_demos(tiny_model, ["antonym", "number"], demos=[2], n_prompts=5)
-    assert sorted(zip(default.task, default.metric)) == [("antonym", "first_token"), ("number", "first_token"), ("number", "label")]
-    with pytest.raises(ValueError, match="'label' needs label words"):
-        accuracy_by_demos(tiny_model, ["antonym"], demos=[2], n_prompts=5, metrics=["label"])
 
 
 # ----------------------------------------------------------------------------- the real model

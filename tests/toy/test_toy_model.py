@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from icl_circuits import accuracy_by_demos, build_prompts, icl_accuracy, load_model
+from icl_circuits import accuracy_by_demos, build_prompts, demo_sweep, icl_accuracy, load_model
 from icl_circuits.core.metrics import wilson
 from icl_circuits.core.tasks import WordPairTask, get_task
 from icl_circuits.toy import TOY_TASKS, WEIGHTS_DIR
@@ -27,7 +27,7 @@ def test_loads_offline_with_the_packaged_tokenizer(toy):
 
 def test_accuracy_with_8_demos_matches_the_card(toy):
     """Same seed and prompt count as the card: within 5 points for every task."""
-    df = accuracy_by_demos(toy, TOY_TASKS, demos=[8], n_prompts=CARD["n_prompts"], seed=CARD["seed"])
+    df = accuracy_by_demos(toy, demo_sweep(toy, TOY_TASKS, [8], CARD["n_prompts"], seed=CARD["seed"])).to_dataframe()
     for row in df[df.metric == "first_token"].itertuples():
         assert abs(row.value - CARD["accuracy"][row.task]["8"]) <= 0.05, row.task
 
@@ -53,7 +53,7 @@ def test_task_identity_comes_from_the_demos(toy, a, b):
 
 
 def test_knowledge_accuracy_rises_with_demos(toy):
-    df = accuracy_by_demos(toy, ["english-french", "uppercase"], demos=[0, 1, 8], n_prompts=64, seed=3)
+    df = accuracy_by_demos(toy, demo_sweep(toy, ["english-french", "uppercase"], [0, 1, 8], 64, seed=3)).to_dataframe()
     for _, g in df.groupby("task"):
         acc = g.sort_values("n_demos").value.tolist()
         assert acc[0] < 0.5 <= 0.9 <= acc[2] and acc[0] < acc[1]
@@ -62,7 +62,7 @@ def test_knowledge_accuracy_rises_with_demos(toy):
 @pytest.mark.parametrize("task", ["number", "point"])
 def test_categorization_is_learned_in_context(toy, task):
     """The label binding comes from the demos: chance without them, >= 90% with 8 (card: letter-string is not)."""
-    df = accuracy_by_demos(toy, [task], demos=[0, 2, 8], n_prompts=100, seed=7)
+    df = accuracy_by_demos(toy, demo_sweep(toy, [task], [0, 2, 8], 100, seed=7)).to_dataframe()
     label = df[df.metric == "label"].sort_values("n_demos").value.tolist()
     assert wilson(round(label[0] * 100), 100).low <= 0.5 and label[0] < label[1] < label[2] and label[2] >= 0.9
 
