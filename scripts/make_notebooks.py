@@ -56,8 +56,9 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "Saliency I_l = |sum_h A_{l,h} * dL/dA_{l,h}| from one forward and one backward pass; flows "
                "S_wp (text -> label words), S_pq (label words -> final position), S_ww (the rest).\n\n" + SWITCH),
         ("code", SETUP),
-        ("code", "from icl_circuits.methods.saliency import saliency_flow\nfrom icl_circuits.methods.anchors import isolate_attention, train_anchor_reweighting\n"
-                 "from icl_circuits.viz import saliency as splots\n\n"
+        ("code", "from icl_circuits.methods.saliency import saliency_flow\nfrom icl_circuits.methods.anchors import isolate_attention\n"
+                 "from icl_circuits.methods.reweighting import train_anchor_reweighting\n"
+                 "from icl_circuits.viz import anchors as aplots, reweighting as rplots, saliency as splots\n\n"
                  "batch = ic.build_prompts(model, \"number\", n_prompts=32, n_demos=8, seed=0)\n"
                  "sal = saliency_flow(model, batch, loss=\"label_words\", progress=False)\nsal.to_dataframe().round(4)"),
         ("code", "splots.flows(sal)"),
@@ -117,12 +118,15 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "context (1.00 with 8 demos, see its card); on `letter-string`, which it does not solve, the same "
                "code shows the label marginalization at null level.\n\n" + SWITCH),
         ("code", SETUP),
-        ("code", "from icl_circuits.methods.dpca.analysis import dpca_by_layer, ablate_subspace\nfrom icl_circuits.viz import dpca as dplots\n\n"
-                 "res = dpca_by_layer(model, \"number\", n_demos=8, n_prompts=64, seed=0, n_null=2)\nres.variance_table().round(3)"),
+        ("code", "from icl_circuits.methods.dpca.ablation import ablate_subspace\nfrom icl_circuits.methods.dpca.analysis import dpca_by_layer\n"
+                 "from icl_circuits.viz import dpca as dplots\n\n"
+                 "batch = ic.build_prompts(model, \"number\", n_prompts=64, n_demos=8, seed=0)\n"
+                 "res = dpca_by_layer(model, batch, n_null=2)\nres.variance_table().round(3)"),
         ("code", "dplots.explained_variance(res)"),
         ("code", "dplots.distances(res)"),
         ("code", "dplots.projections(res)"),
-        ("code", "abl = ablate_subspace(model, \"number\", res, \"parity\", layers=[1, 2], n_demos=8, n_prompts=48, seed=1, n_random=2)\n"
+        ("code", "held_out = ic.build_prompts(model, \"number\", n_prompts=48, n_demos=8, seed=1)\n"
+                 "abl = ablate_subspace(model, held_out, res, \"parity\", layers=[1, 2], n_random=2)\n"
                  "dplots.ablation(abl)"),
     ],
     "03_distributed_templates": [
@@ -132,7 +136,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "answers B (preserve), or neither. Then: necessity tests, and probes that decode the task where "
                "intervening does nothing.\n\n" + SWITCH),
         ("code", SETUP),
-        ("code", "from icl_circuits.core.pairs import paired_batches\nfrom icl_circuits.methods.interchange import interchange, necessity\nfrom icl_circuits.methods.probing import probe_by_layer, task_batches\n"
+        ("code", "from icl_circuits.core.pairs import paired_batches\nfrom icl_circuits.methods.interchange import interchange\nfrom icl_circuits.methods.necessity import necessity\nfrom icl_circuits.methods.probing import probe_by_layer\n"
                  "from icl_circuits.viz import interchange as iplots\n\n"
                  "src, tgt = paired_batches(model, \"antonym\", \"english-french\", n_prompts=24, n_demos=8, seed=0)\n"
                  "runs = [interchange(model, src, tgt, pos, source_task=\"antonym\", target_task=\"english-french\")\n"
@@ -140,7 +144,8 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "iplots.interchange(runs)"),
         ("code", "batch = ic.build_prompts(model, \"english-french\", 24, 8, seed=1)\n"
                  "nec = [necessity(model, batch, pos, how=\"mean\") for pos in [\"answer_-1\", \"answers\", \"query\"]]\niplots.necessity(nec)"),
-        ("code", "probes = probe_by_layer(model, task_batches(model, [\"antonym\", \"english-french\", \"english-german\"], n_prompts=24, n_demos=8, seed=2), \"answer\")\n"
+        ("code", "tasks = [\"antonym\", \"english-french\", \"english-german\"]  # one batch per task: decode the task identity\n"
+                 "probes = probe_by_layer(model, {t: ic.build_prompts(model, t, 24, 8, seed=2) for t in tasks}, \"answer\")\n"
                  "probes.to_dataframe().round(3)"),
     ],
 }

@@ -93,7 +93,9 @@ def _write_out(out: str, figures: dict[str, Any], results: dict[str, Any] | None
 def dpca_cmd(model: str, task: str, n_demos: int, n_prompts: int, position: str, n_components: int,
              regularizer: str, n_null: int, seed: int, as_json: bool, out: str | None) -> None:
     """dPCA of label-position states per layer: variance per marginalization, cluster distances."""
+    from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.dpca.analysis import dpca_by_layer
+    from icl_circuits.methods.dpca.states import categorization_task
 
     _check_task(task)
     if regularizer.lower() in ("auto", "none"):
@@ -106,8 +108,10 @@ def dpca_cmd(model: str, task: str, n_demos: int, n_prompts: int, position: str,
     m = _cli._load(model)
     t0 = time.time()
     try:
-        res = dpca_by_layer(m, task, n_demos, n_prompts, seed, n_components=n_components, regularizer=reg,
-                            position=position, n_null=n_null, progress=False)
+        categorization_task(task, "dpca")  # refused before any prompt is drawn
+        batch = build_prompts(m, task, n_prompts, n_demos, seed=seed)
+        res = dpca_by_layer(m, batch, n_components=n_components, regularizer=reg, position=position,
+                            n_null=n_null, seed=seed, progress=False)
     except ValueError as err:
         raise click.UsageError(str(err))
     click.echo(f"dPCA of {model}, task {task}, {position} positions ({n_prompts} prompts x {n_demos} demos, "

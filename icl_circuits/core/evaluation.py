@@ -25,6 +25,7 @@ from icl_circuits.core.metrics import Metric, get_metric
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch, Template
 from icl_circuits.core.results import Result
+from icl_circuits.core.types import HookedModel
 
 
 # ----------------------------------------------------------------------------- whole answers: greedy
@@ -91,7 +92,7 @@ def default_max_new_tokens(batch: PromptBatch, margin: int = MAX_NEW_TOKENS_MARG
     return max(len(a) for a in batch.answer_token_ids) + margin
 
 
-def _kv_cache(model: Any, batch_size: int) -> Any:
+def _kv_cache(model: HookedModel, batch_size: int) -> Any:
     try:
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache as Cache
     except ImportError:  # TransformerLens 2.x
@@ -118,13 +119,13 @@ class _Stopper:
         return cut_answer(self.tok.decode(ids), self.template)[0]
 
 
-def _last_logits(model: Any, tokens: Tensor, **kw: Any) -> Float[Tensor, "batch d_vocab"]:
+def _last_logits(model: HookedModel, tokens: Tensor, **kw: Any) -> Float[Tensor, "batch d_vocab"]:
     resid = model(tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers, **kw)
     return unembed_resid(model, resid[:, -1])
 
 
 @torch.no_grad()
-def _greedy_cached(model: Any, mb: PromptBatch, stop: _Stopper) -> tuple[list[list[int]], list[str]]:
+def _greedy_cached(model: HookedModel, mb: PromptBatch, stop: _Stopper) -> tuple[list[list[int]], list[str]]:
     """All rows of ``mb`` advance one position per forward, so the cache stays rectangular and every
     token sits at its true position: prefill the first ``m = min length`` tokens, then feed, at
     position p + 1, the prompt's own token while p + 1 < its length, else its greedy prediction."""
@@ -152,7 +153,7 @@ def _greedy_cached(model: Any, mb: PromptBatch, stop: _Stopper) -> tuple[list[li
 
 
 @torch.no_grad()
-def _greedy_uncached(model: Any, mb: PromptBatch, stop: _Stopper) -> tuple[list[list[int]], list[str]]:
+def _greedy_uncached(model: HookedModel, mb: PromptBatch, stop: _Stopper) -> tuple[list[list[int]], list[str]]:
     """The reference: one prompt at a time, the whole sequence re-run for every new token."""
     gens, reasons = [], []
     for i, n in enumerate(mb.lengths.tolist()):
@@ -166,7 +167,7 @@ def _greedy_uncached(model: Any, mb: PromptBatch, stop: _Stopper) -> tuple[list[
 
 
 def greedy_answers(
-    model: Any,
+    model: HookedModel,
     batch: PromptBatch,
     *,
     max_new_tokens: int | None = None,
@@ -226,7 +227,7 @@ def greedy_answers(
 # ----------------------------------------------------------------------------- whole answers: teacher forcing
 @torch.no_grad()
 def answer_token_logprobs(
-    model: Any, batch: PromptBatch, *, batch_size: int = 64
+    model: HookedModel, batch: PromptBatch, *, batch_size: int = 64
 ) -> tuple[Float[Tensor, "batch n_answer"], Bool[Tensor, "batch n_answer"]]:
     """``log p(a_j | prompt, a_<j)`` for every token a_j of each prompt's gold answer.
 
@@ -261,7 +262,7 @@ def answer_token_logprobs(
     return out, mask
 
 
-def answer_logprob(model: Any, batch: PromptBatch, *, batch_size: int = 64) -> Float[Tensor, "batch"]:
+def answer_logprob(model: HookedModel, batch: PromptBatch, *, batch_size: int = 64) -> Float[Tensor, "batch"]:
     """``sum_j log p(a_j | prompt, a_<j)`` over the gold answer's tokens (one teacher-forced forward)."""
     return answer_token_logprobs(model, batch, batch_size=batch_size)[0].sum(1)
 
@@ -274,12 +275,14 @@ def _resolve(metrics: str | Metric | Sequence[str | Metric], batch: PromptBatch)
     out = {}
     for m in ms:
         got = get_metric(m, batch, arg="metric")
+        if got.paired:
+            raise ValueError(f"metric={got.name!r} compares clean and corrupted prompts (patching); score takes one batch")
         out.setdefault(got.name, got)
     return list(out.values())
 
 
 def score(
-    model: Any,
+    model: HookedModel,
     batch: PromptBatch,
     metrics: str | Sequence[str] = ("first_token",),
     *,
@@ -309,7 +312,7 @@ def score(
 
 
 def icl_accuracy(
-    model: Any,
+    model: HookedModel,
     batch: PromptBatch,
     metric: str = "first_token",
     *,

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import torch
+from icl_circuits.core.types import HookedModel
 
 __all__ = ["model_info", "processing_mismatch", "PROCESSING_FLAGS"]
 
@@ -27,7 +28,7 @@ def _tl_version() -> str:
         return "unknown"
 
 
-def _record(model: Any, *, source: str, path: str | None, processing: dict[str, bool],
+def _record(model: HookedModel, *, source: str, path: str | None, processing: dict[str, bool],
             bos_rule: str, **extra: Any) -> None:
     """Store how ``model`` was loaded on it (read back with :func:`model_info`)."""
     cfg = model.cfg
@@ -42,7 +43,7 @@ def _record(model: Any, *, source: str, path: str | None, processing: dict[str, 
     object.__setattr__(model, MODEL_INFO_ATTR, info)
 
 
-def _infer_processing(model: Any) -> dict[str, bool | None]:
+def _infer_processing(model: HookedModel) -> dict[str, bool | None]:
     """Processing read off the weights of a model not loaded by :func:`load_model` (None: cannot tell).
 
     fold_ln: the norms have no gains (``LNPre``/``RMSPre``); center_writing_weights: LayerNorm and
@@ -75,7 +76,7 @@ def _infer_processing(model: Any) -> dict[str, bool | None]:
     return out
 
 
-def model_info(model: Any) -> dict[str, Any]:
+def model_info(model: HookedModel) -> dict[str, Any]:
     """How ``model`` was loaded, as a JSON-ready dict for a result's metadata.
 
     Keys: name, source, path, architecture, n_layers, d_model, n_heads, n_key_value_heads,
@@ -104,7 +105,7 @@ def model_info(model: Any) -> dict[str, Any]:
     return info
 
 
-def processing_mismatch(recorded: dict[str, Any] | None, model: Any) -> dict[str, tuple[Any, Any]]:
+def processing_mismatch(recorded: dict[str, Any] | None, model: HookedModel) -> dict[str, tuple[Any, Any]]:
     """Flags on which ``recorded`` (a saved ``model_info()["processing"]``) and ``model`` differ.
 
     Returns ``{flag: (recorded value, model's value)}``; flags unknown on either side (None, or an

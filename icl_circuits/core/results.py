@@ -24,11 +24,12 @@ import pandas as pd
 import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
+from icl_circuits.core.types import HookedModel
 
 R = TypeVar("R", bound="Result")
 
 
-def provenance(model: Any, batch: Any = None, **extra: Any) -> dict[str, Any]:
+def provenance(model: HookedModel, batch: Any = None, **extra: Any) -> dict[str, Any]:
     """The provenance every result records, written once here from the model and the batch:
     ``model`` (``cfg.model_name``), and from a ``PromptBatch``: ``task``, ``n_demos``,
     ``template`` (its example string), ``variant``, ``seed`` and ``n_prompts``; ``extra`` is

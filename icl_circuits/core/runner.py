@@ -40,7 +40,7 @@ from icl_circuits.core.prompts import PromptBatch
 __all__ = [
     "hooked", "resume", "block_inputs", "unembed_resid", "unembed_rows", "frozen", "gather_positions", "minibatches",
     "final_logits", "run_final_logits", "read_activations", "read_resid", "Entry", "run_staggered", "cache_resid",
-    "hook_block", "TOKENS_PER_FORWARD", "UNEMBED_ELEMENTS",
+    "hook_block", "TOKENS_PER_FORWARD", "UNEMBED_ELEMENTS", "final_logits_with_grad",
 ]
 
 #: Interventions of a run: specs (``Intervention``) or ready ``(hook_name, fn)`` pairs.
@@ -450,3 +450,19 @@ def cache_resid(
         kv = [(r.keys, r.values) for r in rec]
     last = final[torch.arange(final.shape[0], device=final.device), final_positions.to(final.device)]
     return {l: cache[nm] for nm, l in names.items()}, (unembed_rows(model, last) if unembed else last.cpu()), kv
+
+
+# ----------------------------------------------------------------------------- gradient-enabled forwards
+# (added for saliency flow and anchor re-weighting, issue #16: analyses that differentiate through a run)
+def final_logits_with_grad(
+    model: Any, batch: PromptBatch, interventions: Interventions = ()
+) -> Float[Tensor, "batch d_vocab"]:
+    """Logits at each prompt's final position under ``interventions``, with autograd enabled and
+    the graph kept (only the final positions are unembedded, soft cap included as in
+    ``unembed_resid``). One forward over the whole ``batch`` (no minibatching; the caller sizes
+    it); the hooks are removed on return. Gradients reach whatever the interventions make
+    differentiable (a gate, a scale); wrap the call in ``frozen(model)`` to keep them out of
+    the parameters."""
+    with torch.enable_grad(), hooked(model, interventions):
+        resid = model(batch.tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
+        return unembed_resid(model, gather_positions(resid, batch.final_positions[:, None])[:, 0])

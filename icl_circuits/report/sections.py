@@ -223,13 +223,14 @@ def propagation_section(ctx: Context) -> Section:
 
 @section("dpca")
 def dpca_section(ctx: Context) -> Section:
+    from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.dpca.analysis import dpca_by_layer
     from icl_circuits.viz import dpca as dplots
     from icl_circuits.core.tasks import get_task
 
     cfg = ctx.cfg
-    res = dpca_by_layer(ctx.model, cfg.category_task, n_demos=cfg.n_demos, n_prompts=cfg.prompts(64),
-                        seed=cfg.seed, n_null=cfg.dpca_n_null, progress=False)
+    batch = build_prompts(ctx.model, cfg.category_task, cfg.prompts(64), cfg.n_demos, seed=cfg.seed)
+    res = dpca_by_layer(ctx.model, batch, n_null=cfg.dpca_n_null, seed=cfg.seed, progress=False)
     acc = accuracy_by_demos(ctx.model, demo_sweep(ctx.model, cfg.category_task, [cfg.n_demos], cfg.prompts(64), seed=cfg.seed),
                            metrics=["label"]).to_dataframe().iloc[0]
     chance = 1.0 / int(get_task(cfg.category_task).n_classes)

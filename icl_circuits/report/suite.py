@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.offline import get_plotlyjs
 from tqdm.auto import tqdm
+from icl_circuits.core.types import HookedModel
 
 
 @dataclass
@@ -93,7 +94,7 @@ def table_html(s: Section) -> str:
 
 @dataclass
 class Context:
-    model: Any
+    model: HookedModel
     cfg: ReportConfig
     cache: dict = field(default_factory=dict)
 
@@ -113,7 +114,7 @@ def section(key: str) -> Callable[[SectionFn], SectionFn]:
 
 
 def run_suite(
-    model: Any, cfg: ReportConfig, *, only: list[str] | None = None, progress: bool = True
+    model: HookedModel, cfg: ReportConfig, *, only: list[str] | None = None, progress: bool = True
 ) -> list[Section]:
     """Run every registered section (or those in ``only``); a failing section is reported, not fatal."""
     from icl_circuits.report import sections as report_sections  # noqa: F401  (registers the sections)
@@ -184,7 +185,7 @@ total {total_seconds:.1f} s</p>
 
 def write_report(
     model_name: str = "toy-icl", out: str | Path = "report.html", *, quick: bool = False, seed: int = 0,
-    only: list[str] | None = None, progress: bool = True, model: Any = None, **cfg_kwargs: Any,
+    only: list[str] | None = None, progress: bool = True, model: HookedModel = None, **cfg_kwargs: Any,
 ) -> list[Section]:
     """Run the suite on ``model_name`` and write the report to ``out``; returns the sections."""
     from icl_circuits.core.models import load_model

@@ -268,7 +268,7 @@ def test_propagation_smallest_run(model):
 
 # ----------------------------------------------------------------------------- dPCA
 def test_dpca_smallest_run(model):
-    res = dpca_by_layer(model, "sentiment", n_demos=4, n_prompts=8, layers=[10, 20], n_components=2,
+    res = dpca_by_layer(model, build_prompts(model, "sentiment", 8, 4, seed=0), layers=[10, 20], n_components=2,
                         regularizer=None, n_null=2, progress=False)
     L, M = 2, len(res.marginalizations)
     assert res.layers == [10, 20] and res.total_marginal_variance.shape == (L, M)

@@ -179,8 +179,7 @@ def test_subspace_ablation_of_an_empty_subspace_equals_full_forward(model, batch
     d = model.cfg.d_model
     X = torch.randn(d, 2, 2, generator=torch.Generator().manual_seed(0)).double().numpy()
     fit = demixed_pca(X, 1, labels=("length", "label"))
-    res = ablate_subspace(model, "letter-string", fit, "label", [1], 3, 6, seed=0, n_random=0, centre=True,
-                          progress=False)
+    res = ablate_subspace(model, batch, fit, "label", [1], n_random=0, centre=True, progress=False)
     ok = (final_logits(model, batch).argmax(-1) == batch.answer_tokens).float()
     assert torch.equal(res.correct[0], ok)
 
