@@ -2,7 +2,8 @@
 summaries over prompts (Wilson intervals for rates, Student-t intervals for means).
 
 Every analysis that scores answers takes a metric by name and looks it up here
-(``get_metric(name)``); ``list_metrics()`` lists them, ``metrics_table()`` describes them:
+(``get_metric(name)``); ``list_metrics()`` lists them, ``metrics_table()`` describes them. Each
+name means one thing everywhere (heads, patching, task vectors, evaluation):
 
 - ``first_token``: argmax over the vocabulary at the final position is the gold answer's first
   token (what Hendel et al., Todd et al. and Cheng & Zhang score; on a BPE tokenizer the first
@@ -12,11 +13,19 @@ Every analysis that scores answers takes a metric by name and looks it up here
   gold answer (``evaluation.greedy_answers``).
 - ``answer_logprob``: sum_j log p(a_j | prompt, a_<j) over the gold answer's tokens a_1..a_m as
   tokenized in context, one teacher-forced forward (``evaluation.answer_logprob``).
-- ``gold_prob``, ``logit_diff``, ``label_margin``: smooth scores of the first answer token.
+- ``gold_prob``: softmax probability of the gold first token.
+- ``logit_diff``: gold first-token logit minus the largest logit among the other candidates
+  (``PromptBatch.candidate_tokens()``: the label words; the whole vocabulary for tasks without
+  them). Positive exactly when the label (resp. first-token) argmax is right.
+- ``logit_diff_to_mean``: gold first-token logit minus the mean logit of the other candidates
+  (label words; the whole vocabulary for tasks without them): the smooth margin of the head
+  scans (``methods.heads``, docs/results/heads.md).
+- ``contrast``: a *paired* metric (clean vs corrupted prompts, ``methods.patching``):
+  ``logit[clean gold] - logit[corrupted gold]`` on the logits being scored.
 
 Old names resolve as aliases: ``accuracy`` = first_token, ``label_accuracy`` = label,
-``gold_probability`` = gold_prob, ``logit_difference`` = label_margin; ``auto`` is label when the
-prompts have label words, else first_token.
+``gold_probability`` = gold_prob, ``logit_difference`` and ``label_margin`` = logit_diff; ``auto``
+is label when the prompts have label words, else first_token.
 """
 
 from __future__ import annotations
@@ -51,11 +60,15 @@ def correct(
 def logit_difference(
     logits: Float[Tensor, "batch d_vocab"],
     answer_tokens: Int[Tensor, "batch"],
-    candidates: Int[Tensor, "batch n_cand"],
+    candidates: Int[Tensor, "batch n_cand"] | None = None,
 ) -> Float[Tensor, "batch"]:
-    """Gold logit minus the largest logit among the other candidates."""
+    """Gold logit minus the largest logit among the other candidates (``candidates`` None: among
+    every other token of the vocabulary): ``z_gold - max_{c != gold} z_c``."""
     gold = logits.gather(1, answer_tokens[:, None])[:, 0]
-    other = logits.gather(1, candidates).masked_fill(candidates == answer_tokens[:, None], float("-inf"))
+    if candidates is None:
+        other = logits.scatter(1, answer_tokens[:, None], float("-inf"))
+    else:
+        other = logits.gather(1, candidates).masked_fill(candidates == answer_tokens[:, None], float("-inf"))
     return gold - other.max(-1).values
 
 
@@ -89,7 +102,7 @@ def wilson(k: int, n: int, alpha: float = 0.05) -> Rate:
 
 
 # ----------------------------------------------------------------------------- the metric registry
-Source = Literal["final_logits", "greedy", "teacher_forced"]
+Source = Literal["final_logits", "paired_logits", "greedy", "teacher_forced"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +111,9 @@ class Metric:
 
     name: the canonical name, written into every result that uses it.
     source: what it is computed from: ``"final_logits"`` (one forward, the logits at each prompt's
-        final position; ``fn(logits, batch) -> [batch]``), ``"greedy"`` (greedy decoding of the
+        final position; ``fn(logits, batch) -> [batch]``), ``"paired_logits"`` (the same, scored
+        against a clean batch *and* its corrupted twin: ``fn(logits, batch, corrupted) -> [batch]``),
+        ``"greedy"`` (greedy decoding of the
         whole answer, ``evaluation.greedy_answers``) or ``"teacher_forced"`` (one forward over
         prompt + gold answer, ``evaluation.answer_logprob``).
     summary: ``"rate"`` (0/1 per prompt; summarized by a Wilson 95% interval) or ``"mean"``
@@ -113,7 +128,7 @@ class Metric:
     summary: Literal["rate", "mean"]
     needs_labels: bool = False
     aliases: tuple[str, ...] = ()
-    fn: Callable[[Tensor, "PromptBatch"], Tensor] | None = field(default=None, repr=False, compare=False)
+    fn: Callable[..., Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_rate(self) -> bool:
@@ -128,11 +143,23 @@ class Metric:
             )
         return self
 
-    def from_logits(self, logits: Float[Tensor, "batch d_vocab"], batch: "PromptBatch") -> Float[Tensor, "batch"]:
-        """The per-prompt value from final-position logits (``source == "final_logits"`` only)."""
+    @property
+    def paired(self) -> bool:
+        """Whether the metric scores logits against a clean batch and its corrupted twin."""
+        return self.source == "paired_logits"
+
+    def from_logits(
+        self, logits: Float[Tensor, "batch d_vocab"], batch: "PromptBatch", corrupted: "PromptBatch | None" = None,
+    ) -> Float[Tensor, "batch"]:
+        """The per-prompt value from final-position logits (``source`` ``"final_logits"``, or
+        ``"paired_logits"`` with the ``corrupted`` twin of ``batch``)."""
         if self.fn is None:
             raise ValueError(f"metric {self.name!r} is computed from {self.source}, not from final-position logits")
         self.check(batch)
+        if self.paired:
+            if corrupted is None:
+                raise ValueError(f"metric {self.name!r} compares a clean and a corrupted batch: give corrupted=")
+            return self.fn(logits, batch, corrupted).float()
         return self.fn(logits, batch).float()
 
 
@@ -142,6 +169,12 @@ def _gold(logits: Tensor, batch: "PromptBatch") -> Tensor:
 
 def _labels(logits: Tensor, batch: "PromptBatch") -> Tensor:
     return batch.label_token_ids.to(logits.device)
+
+
+def _candidates(logits: Tensor, batch: "PromptBatch") -> Tensor | None:
+    """``batch.candidate_tokens()`` on the logits' device (None: the whole vocabulary)."""
+    cand = batch.candidate_tokens()
+    return None if cand is None else cand.to(logits.device)
 
 
 def logit_diff_to_mean(
@@ -160,9 +193,11 @@ def logit_diff_to_mean(
     return torch.where(n > 0, g - mean_other, g - logits.mean(1))
 
 
-def _logit_diff(logits: Tensor, batch: "PromptBatch") -> Tensor:
-    cand = None if batch.label_token_ids is None else _labels(logits, batch)
-    return logit_diff_to_mean(logits, _gold(logits, batch), cand)
+def contrast(
+    logits: Float[Tensor, "batch d_vocab"], clean_answers: Int[Tensor, "batch"], corrupted_answers: Int[Tensor, "batch"],
+) -> Float[Tensor, "batch"]:
+    """``logit[clean gold] - logit[corrupted gold]`` per prompt (the ``contrast`` metric)."""
+    return logits.gather(1, clean_answers[:, None])[:, 0] - logits.gather(1, corrupted_answers[:, None])[:, 0]
 
 
 _REGISTRY: dict[str, Metric] = {}
@@ -171,8 +206,8 @@ _ALIASES: dict[str, str] = {}
 
 def register_metric(metric: Metric) -> Metric:
     """Add ``metric`` to the registry (its name and aliases must be new). Returns it."""
-    if metric.source == "final_logits" and metric.fn is None:
-        raise ValueError(f"metric {metric.name!r}: a final_logits metric needs fn(logits, batch)")
+    if metric.source in ("final_logits", "paired_logits") and metric.fn is None:
+        raise ValueError(f"metric {metric.name!r}: a {metric.source} metric needs fn")
     for n in (metric.name, *metric.aliases):
         if n in _REGISTRY or n in _ALIASES or n == "auto":
             raise ValueError(f"metric name {n!r} is already registered")
@@ -206,15 +241,22 @@ register_metric(Metric(
     fn=lambda lg, b: gold_probability(lg, _gold(lg, b)),
 ))
 register_metric(Metric(
-    "logit_diff", "gold first-token logit minus the mean logit of the other label words "
-    "(categorization) or of the whole vocabulary (other tasks)",
-    "final_logits", "mean",
-    fn=_logit_diff,
+    "logit_diff", "gold first-token logit minus the largest logit among the other candidates "
+    "(label words for categorization, the whole vocabulary otherwise)",
+    "final_logits", "mean", aliases=("logit_difference", "label_margin"),
+    fn=lambda lg, b: logit_difference(lg, _gold(lg, b), _candidates(lg, b)),
 ))
 register_metric(Metric(
-    "label_margin", "gold label's logit minus the largest logit among the other label words",
-    "final_logits", "mean", needs_labels=True, aliases=("logit_difference",),
-    fn=lambda lg, b: logit_difference(lg, _gold(lg, b), _labels(lg, b)),
+    "logit_diff_to_mean", "gold first-token logit minus the mean logit of the other candidates "
+    "(label words for categorization, the whole vocabulary otherwise)",
+    "final_logits", "mean",
+    fn=lambda lg, b: logit_diff_to_mean(lg, _gold(lg, b), _candidates(lg, b)),
+))
+register_metric(Metric(
+    "contrast", "logit of the clean prompt's gold first token minus that of the corrupted prompt's "
+    "(paired clean/corrupted prompts, e.g. activation patching)",
+    "paired_logits", "mean",
+    fn=lambda lg, b, c: contrast(lg, _gold(lg, b), _gold(lg, c)),
 ))
 
 

@@ -1,27 +1,38 @@
-"""Attention-head ablation: ablate any set of heads, scan every head, attribution patching.
+"""Attention-head ablation: ablate any set of heads, scan every head exactly.
 
 - ``ablate_heads``: zero- or mean-ablate a list of heads (``blocks.{l}.attn.hook_z``, the head's
-  output before ``W_O``) at every position or at the final one, and return the final logits.
+  output before ``W_O``) at every position or at ``positions`` (a ``PromptBatch.positions`` spec),
+  and return the final logits.
 - ``head_ablation_scan``: the effect of ablating each head alone, exactly. Heads are batched per
-  forward: the clean residual at the input of block ``l`` is computed once, stacked ``C`` times
-  (one copy per head of that layer), and the run resumes at block ``l`` (``start_at_layer``) with
-  copy ``c`` ablating head ``c``.
-- ``head_attribution``: attribution patching (a first-order Taylor expansion): one forward and
-  one backward pass give, for every head, ``sum_pos dM/dz(pos) . (z_ablated(pos) - z(pos))``.
+  forward through the runner's prefix reuse: the clean residual at the input of block ``l`` is
+  cached once (``runner.cache_resid``) and one staggered forward (``runner.run_staggered``)
+  resumes at block ``l`` with ``C`` entries (one copy of the minibatch per head of that layer),
+  entry ``c`` carrying the ``Intervention`` that ablates head ``c``.
+- Attribution patching (``head_attribution``) and ``scan_agreement`` live in
+  ``methods.attribution``.
 
-Metrics (per prompt, on the final-position logits): ``"accuracy"`` (argmax over the vocabulary
-is the gold token), ``"logit_diff"`` (gold logit minus the mean logit of the prompt's other label
-words for categorization tasks, minus the mean logit over the whole vocabulary otherwise: a
-smooth margin, the same direction as the direct logit attribution in ``circuits``) and
-``"gold_prob"`` (softmax probability of the gold token).
+Every ablation is a list of ``Intervention(Site(l, "z", h), "zero" | "mean", positions=...)``
+specs (``head_ablation_interventions``), run by ``core.runner``.
+
+Metrics (per prompt, on the final-position logits) come from the registry
+(``core.metrics.get_metric``); any ``final_logits`` metric works: ``"accuracy"``
+(= ``first_token``), ``"label"``, ``"gold_prob"``, ``"logit_diff"`` (gold minus the best other
+candidate) and ``"logit_diff_to_mean"`` (gold logit minus the mean logit of the prompt's other
+label words for categorization tasks, minus the mean logit over the whole vocabulary otherwise:
+the smooth margin of docs/results/heads.md, the same direction as the direct logit attribution
+in ``circuits``). Results carry the metric name as given.
+
+Positions: ``positions="all"`` (or None) ablates every position; any other value is a
+``PromptBatch.positions`` spec (``"final"``/``"query"``, ``"answers"``, ``"answer_-1"``...).
 
 Mean ablation (``how="mean"``) writes the mean of ``hook_z`` over ``mean_batch`` (default: the
-batch itself). With ``positions="final"`` it is the mean over the prompts' final positions. With
-``positions="all"`` it is, by default (``mean_over="position"``), the mean at each absolute
-position over the prompts that have a real token there (right padding: positions ``0..final``);
-positions past the longest prompt of ``mean_batch`` get the mean over every real token, which is
-also what ``mean_over="tokens"`` uses at every position. So mean-ablating a one-prompt batch with
-its own mean changes nothing.
+batch itself). With a positions spec it is, per column of ``mean_batch.positions(spec)``, the mean
+over the prompts valid there (``"final"``: one column, the mean over the prompts' final positions,
+``[head, d_head]``). With ``positions="all"`` it is, by default (``mean_over="position"``), the
+mean at each absolute position over the prompts that have a real token there (right padding:
+positions ``0..final``); positions past the longest prompt of ``mean_batch`` get the mean over
+every real token, which is also what ``mean_over="tokens"`` uses at every position. So
+mean-ablating a one-prompt batch with its own mean changes nothing.
 """
 
 from __future__ import annotations
@@ -36,35 +47,61 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.runner import gather_positions, minibatches, unembed_resid
-from icl_circuits.core.interventions import check_head, resid_name, stacked_head_ablation_hook, tap_hook, z_name
-from icl_circuits.core.runner import MakeHooks, read_activations, run_final_logits
-from icl_circuits.core.metrics import correct, gold_probability, wilson
+from icl_circuits.core.interventions import Intervention, Site, check_head, z_name
+from icl_circuits.core.metrics import Metric, get_metric, wilson
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result
-from icl_circuits.core.runner import resume
+from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.runner import (
+    Entry, MakeHooks, cache_resid, minibatches, read_activations, run_final_logits, run_staggered,
+)
+from icl_circuits.core.types import HookedModel
 
-Metric = Literal["accuracy", "logit_diff", "gold_prob"]
-METRICS = ("accuracy", "logit_diff", "gold_prob")
-HeadPositions = Literal["all", "final"]
+#: Every position (``"all"`` or None), or a ``PromptBatch.positions`` spec (``"final"``, ``"answers"``...).
+HeadPositions = str | Sequence[str] | None
 
 
 # ----------------------------------------------------------------------------- checks and metrics
-def _check_batch(batch: PromptBatch, arg: str = "batch") -> None:
+def check_batch(batch: PromptBatch, arg: str = "batch") -> None:
     if not isinstance(batch, PromptBatch):
         raise TypeError(f"{arg} must be a PromptBatch, got {type(batch).__name__}")
     if len(batch) == 0:
         raise ValueError(f"{arg} is empty")
 
 
-def _check_choice(value: Any, choices: Sequence[str], arg: str) -> str:
+def check_choice(value: Any, choices: Sequence[str], arg: str) -> str:
     if value not in choices:
         raise ValueError(f"{arg} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
 
 
-def check_heads(model: Any, heads: Sequence[Sequence[int]], *, allow_empty: bool = True, arg: str = "heads") -> list[tuple[int, int]]:
+def every_position(positions: HeadPositions) -> bool:
+    """Whether ``positions`` means every position (``"all"`` or None)."""
+    return positions is None or (isinstance(positions, str) and positions == "all")
+
+
+def check_head_positions(batch: PromptBatch, positions: HeadPositions) -> None:
+    """Raise a ``ValueError`` naming ``positions`` unless it is "all"/None or a spec of ``batch``."""
+    if every_position(positions):
+        return
+    try:
+        batch.positions(positions)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"positions must be 'all' (every position) or a PromptBatch.positions spec "
+                         f"('final', 'answers', 'answer_-1'...), got {positions!r}: {err}") from err
+
+
+def scan_metric(metric: "str | Metric", batch: PromptBatch) -> Metric:
+    """The registry's metric called ``metric``, checked to be scored on final-position logits of one batch."""
+    m = get_metric(metric, batch)
+    if m.source != "final_logits":
+        raise ValueError(f"metric must be scored on final-position logits (e.g. 'accuracy', 'logit_diff_to_mean', "
+                         f"'gold_prob'); {m.name!r} is computed from {m.source}")
+    return m
+
+
+def check_heads(model: HookedModel, heads: Sequence[Sequence[int]], *, allow_empty: bool = True,
+                arg: str = "heads") -> list[tuple[int, int]]:
     """Validate a list of ``(layer, head)`` pairs; returns them as tuples (duplicates removed)."""
     if isinstance(heads, (str, bytes)) or not hasattr(heads, "__iter__"):
         raise ValueError(f"{arg} must be a list of (layer, head) pairs, got {heads!r}")
@@ -80,32 +117,9 @@ def check_heads(model: Any, heads: Sequence[Sequence[int]], *, allow_empty: bool
     return list(dict.fromkeys(out))
 
 
-def head_metric(logits: Float[Tensor, "batch d_vocab"], batch: PromptBatch, metric: Metric) -> Float[Tensor, "batch"]:
-    """Per-prompt metric of final-position logits (see the module docstring for the definitions)."""
-    _check_choice(metric, METRICS, "metric")
-    gold = batch.answer_tokens.to(logits.device)
-    if metric == "accuracy":
-        return correct(logits, gold).float()
-    if metric == "gold_prob":
-        return gold_probability(logits, gold)
-    g = logits.gather(1, gold[:, None])[:, 0]
-    if batch.label_token_ids is not None:
-        cand = batch.label_token_ids.to(logits.device)
-        other = (cand != gold[:, None]).float()
-        n = other.sum(1)
-        mean_other = (logits.gather(1, cand) * other).sum(1) / n.clamp(min=1)
-        return torch.where(n > 0, g - mean_other, g - logits.mean(1))
-    return g - logits.mean(1)
-
-
-def _positions_of(batch: PromptBatch, positions: HeadPositions) -> Tensor | None:
-    _check_choice(positions, ("all", "final"), "positions")
-    return None if positions == "all" else batch.positions("final").positions
-
-
 # ----------------------------------------------------------------------------- mean activations
 def head_means(
-    model: Any,
+    model: HookedModel,
     mean_batch: PromptBatch,
     layers: Sequence[int],
     *,
@@ -115,20 +129,30 @@ def head_means(
     make_hooks: MakeHooks | None = None,
     batch_size: int = 64,
 ) -> dict[int, Tensor]:
-    """Mean of ``hook_z`` per layer: ``[head, d_head]`` (``positions="final"``) or
-    ``[width, head, d_head]`` (``positions="all"``; see the module docstring), under the hooks
-    ``make_hooks`` (e.g. an injected task vector)."""
-    _check_batch(mean_batch, "mean_batch")
-    _check_choice(mean_over, ("position", "tokens"), "mean_over")
+    """Mean of ``hook_z`` per layer under the hooks ``make_hooks`` (e.g. an injected task vector):
+    ``[width, head, d_head]`` for ``positions="all"``; for a positions spec, ``[n, head, d_head]``
+    (column j: the mean over the prompts valid at ``mean_batch.positions(spec)`` column j), squeezed
+    to ``[head, d_head]`` when the spec has one column (``"final"``). See the module docstring."""
+    check_batch(mean_batch, "mean_batch")
+    check_choice(mean_over, ("position", "tokens"), "mean_over")
     layers = sorted(set(layers))
     if not layers:
         return {}
     names = [z_name(l) for l in layers]
-    if positions == "final":
-        acts = read_activations(model, mean_batch, names, mean_batch.positions("final").positions,
-                                batch_size=batch_size, make_hooks=make_hooks)
-        return {l: acts[z_name(l)][:, 0].float().mean(0) for l in layers}
-    _check_choice(positions, ("all", "final"), "positions")
+    if not every_position(positions):
+        check_head_positions(mean_batch, positions)
+        ps = mean_batch.positions(positions)
+        acts = read_activations(model, mean_batch, names, ps.positions, batch_size=batch_size, make_hooks=make_hooks)
+        out = {}
+        for l in layers:
+            z = acts[z_name(l)].float()  # [batch, n, head, d_head]
+            if ps.mask is None or bool(ps.mask.all()):
+                m = z.mean(0)
+            else:
+                w = ps.mask.float()[..., None, None]
+                m = (z * w).sum(0) / w.sum(0).clamp(min=1)
+            out[l] = m[0] if m.shape[0] == 1 else m
+        return out
     acts = read_activations(model, mean_batch, names, None, batch_size=batch_size, make_hooks=make_hooks)
     pos = mean_batch.tokens.shape[1]
     width = max(pos, width or 0)
@@ -145,13 +169,54 @@ def head_means(
     return out
 
 
-def _mean_for(means: dict[int, Tensor] | None, layer: int, width: int) -> Tensor | None:
+def means_at(means: dict[int, Tensor] | None, layer: int, width: int) -> Tensor | None:
     if means is None:
         return None
     m = means[layer]
     if m.ndim == 3 and m.shape[0] < width:  # a batch wider than the one the means were computed on
         m = torch.cat([m, m[-1:].expand(width - m.shape[0], -1, -1)])
     return m
+
+
+# ----------------------------------------------------------------------------- ablation specs
+def head_ablation_interventions(
+    batch: PromptBatch,
+    heads: Sequence[tuple[int, int]],
+    how: Literal["zero", "mean"] = "zero",
+    means: dict[int, Tensor] | None = None,
+    positions: HeadPositions = "all",
+) -> list[Intervention]:
+    """The specs that ablate every head in ``heads`` on ``batch`` (a minibatch: its own width):
+    ``Intervention(Site(l, "z", h), "zero" | "mean", positions=batch.positions(positions))``;
+    ``means`` as returned by ``head_means`` (``how="mean"``) with the same ``positions``."""
+    if how not in ("zero", "mean"):
+        raise ValueError(f"how must be 'zero' or 'mean', got {how!r}")
+    if how == "mean" and means is None:
+        raise ValueError("how='mean' needs the head means (argument means; see head_means)")
+    width = batch.tokens.shape[1]
+    ps = None if every_position(positions) else batch.positions(positions)
+    out = []
+    for l, h in heads:
+        value = None
+        if how == "mean":
+            value = means_at(means, l, width)[:width, h] if ps is None else means[l][..., h, :]
+        # every position: "zero", or "replace" with the per-position mean (a spec's "mean" needs positions)
+        op = how if ps is not None or how == "zero" else "replace"
+        out.append(Intervention(Site(l, "z", h), op, positions=None if ps is None else ps.positions, value=value,
+                                mask=None if ps is None or ps.mask is None or bool(ps.mask.all()) else ps.mask))
+    return out
+
+
+def head_ablation_hooks(heads: Sequence[tuple[int, int]], how: str, means: dict | None, positions: HeadPositions,
+                        extra: MakeHooks | None = None) -> MakeHooks:
+    """``make_hooks(rows, sub_batch)`` for ``runner.run_final_logits``: the ``extra`` hooks (e.g. an
+    injected task vector) followed by ``head_ablation_interventions`` of each minibatch."""
+
+    def make(rows: slice, mb: PromptBatch):
+        hooks = list(extra(rows, mb)) if extra is not None else []
+        return hooks + head_ablation_interventions(mb, heads, how, means, positions)
+
+    return make
 
 
 # ----------------------------------------------------------------------------- one ablation
@@ -189,25 +254,17 @@ class AblationResult(Result):
                              "model": self.model_name})
 
 
-def _ablation_hooks(heads: Sequence[tuple[int, int]], how: str, means: dict | None, positions: HeadPositions,
-                    extra: MakeHooks | None) -> MakeHooks:
-    by_layer: dict[int, list[int]] = {}
-    for l, h in heads:
-        by_layer.setdefault(l, []).append(h)
 
-    def make(rows: slice, mb: PromptBatch):
-        hooks = list(extra(rows, mb)) if extra is not None else []
-        pos = _positions_of(mb, positions)
-        for l, hs in by_layer.items():
-            mean = _mean_for(means, l, mb.tokens.shape[1])
-            hooks.append((z_name(l), stacked_head_ablation_hook([hs], pos, how, mean)))
-        return hooks
 
-    return make
+def positions_label(positions: HeadPositions) -> str:
+    """How a result names its positions: ``"all"``, or the spec (a list joined by ``+``)."""
+    if every_position(positions):
+        return "all"
+    return positions if isinstance(positions, str) else "+".join(positions)
 
 
 def ablate_heads(
-    model: Any,
+    model: HookedModel,
     batch: PromptBatch,
     heads: Sequence[Sequence[int]],
     how: Literal["zero", "mean"] = "zero",
@@ -215,22 +272,23 @@ def ablate_heads(
     mean_batch: PromptBatch | None = None,
     positions: HeadPositions = "all",
     mean_over: Literal["position", "tokens"] = "position",
-    metric: Metric = "accuracy",
+    metric: "str | Metric" = "accuracy",
     extra_hooks: MakeHooks | None = None,
     batch_size: int = 64,
 ) -> AblationResult:
     """Final logits of ``batch`` with every head in ``heads`` (``[(layer, head), ...]``) ablated
-    together at ``positions`` (``"all"`` or ``"final"``).
+    together at ``positions`` (``"all"``/None, or a ``PromptBatch.positions`` spec such as ``"final"``).
 
     ``how="zero"`` sets ``z[l, h] = 0``; ``how="mean"`` sets it to its mean over ``mean_batch``
     (default: ``batch``) computed under the same ``extra_hooks`` (see the module docstring).
-    ``extra_hooks(rows, sub_batch) -> [(name, fn)]`` are applied to every run (e.g. an injected
-    task vector). An empty ``heads`` list is allowed: the clean run.
+    ``extra_hooks(rows, sub_batch) -> [Intervention | (name, fn)]`` are applied to every run (e.g.
+    an injected task vector). ``metric``: a registry name (``core.metrics``). An empty ``heads``
+    list is allowed: the clean run.
     """
-    _check_batch(batch)
-    _check_choice(how, ("zero", "mean"), "how")
-    _check_choice(positions, ("all", "final"), "positions")
-    _check_choice(metric, METRICS, "metric")
+    check_batch(batch)
+    check_choice(how, ("zero", "mean"), "how")
+    check_head_positions(batch, positions)
+    m = scan_metric(metric, batch)
     hs = check_heads(model, heads)
     means = None
     if how == "mean" and hs:
@@ -238,13 +296,14 @@ def ablate_heads(
         means = head_means(model, mb, [l for l, _ in hs], positions=positions, mean_over=mean_over,
                            width=batch.tokens.shape[1], make_hooks=extra_hooks, batch_size=batch_size)
     clean_logits = run_final_logits(model, batch, extra_hooks, batch_size=batch_size)
-    logits = run_final_logits(model, batch, _ablation_hooks(hs, how, means, positions, extra_hooks), batch_size=batch_size)
+    logits = run_final_logits(model, batch, head_ablation_hooks(hs, how, means, positions, extra_hooks),
+                              batch_size=batch_size)
+    name = metric if isinstance(metric, str) else m.name
     return AblationResult(
         model_info=model_info(model),
-        logits=logits, per_prompt=head_metric(logits, batch, metric), clean=head_metric(clean_logits, batch, metric),
-        heads=[list(p) for p in hs], how=how, positions=positions, metric=metric, task=batch.task,
-        model_name=str(model.cfg.model_name), meta={"mean_over": mean_over, "n_demos": batch.n_demos,
-                                                    "variant": batch.variant},
+        logits=logits, per_prompt=m.from_logits(logits, batch), clean=m.from_logits(clean_logits, batch),
+        heads=[list(p) for p in hs], how=how, positions=positions_label(positions), metric=name, task=batch.task,
+        model_name=str(model.cfg.model_name), meta={**provenance(model, batch), "mean_over": mean_over},
     )
 
 
@@ -296,12 +355,16 @@ class HeadScanResult(Result):
         return [(self.layers[int(i) // self.n_heads], int(i) % self.n_heads) for i in order]
 
 
-def _scan_result(per_prompt: Tensor, clean: Tensor, layers: list[int], metric: str, how: str, positions: str,
-                 method: str, batch: PromptBatch, model: Any, meta: dict) -> HeadScanResult:
+
+
+def scan_result(per_prompt: Tensor, clean: Tensor, layers: list[int], metric: "str | Metric", how: str,
+                 positions: HeadPositions, method: str, batch: PromptBatch, model: HookedModel,
+                 meta: dict) -> HeadScanResult:
+    """Rates (``Metric.is_rate``): Wilson 95% intervals; other metrics: mean +- 1.96 standard errors of the effect."""
     n = per_prompt.shape[-1]
     values = per_prompt.mean(-1)
     effect = (per_prompt - clean).mean(-1)
-    if metric == "accuracy":
+    if get_metric(metric).is_rate:
         rates = [[wilson(int(round(float(v.sum()))), n) for v in row] for row in per_prompt]
         low = torch.tensor([[r.low for r in row] for row in rates])
         high = torch.tensor([[r.high for r in row] for row in rates])
@@ -311,12 +374,13 @@ def _scan_result(per_prompt: Tensor, clean: Tensor, layers: list[int], metric: s
     return HeadScanResult(
         model_info=model_info(model),
         values=values, effect=effect, per_prompt=per_prompt, clean=clean, low=low, high=high, layers=layers,
-        metric=metric, how=how, positions=positions, method=method, task=batch.task,
-        model_name=str(model.cfg.model_name), meta={"n_demos": batch.n_demos, "variant": batch.variant, **meta},
+        metric=metric if isinstance(metric, str) else metric.name, how=how, positions=positions_label(positions),
+        method=method, task=batch.task, model_name=str(model.cfg.model_name),
+        meta={**provenance(model, batch), **meta},
     )
 
 
-def _scan_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
+def scan_layers(model: HookedModel, layers: Sequence[int] | None) -> list[int]:
     n = model.cfg.n_layers
     out = list(range(n)) if layers is None else list(layers)
     if not out:
@@ -328,11 +392,11 @@ def _scan_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
 
 
 def head_ablation_scan(
-    model: Any,
+    model: HookedModel,
     batch: PromptBatch,
     how: Literal["zero", "mean"] = "zero",
     *,
-    metric: Metric = "accuracy",
+    metric: "str | Metric" = "accuracy",
     positions: HeadPositions = "all",
     mean_batch: PromptBatch | None = None,
     mean_over: Literal["position", "tokens"] = "position",
@@ -343,18 +407,20 @@ def head_ablation_scan(
     progress: bool = True,
 ) -> HeadScanResult:
     """Exact effect on ``metric`` of ablating each head alone: ``per_prompt[l, h, b]`` is the
-    metric of prompt ``b`` with ``z[l, h]`` zero- or mean-ablated at ``positions``.
+    metric (a registry name) of prompt ``b`` with ``z[l, h]`` zero- or mean-ablated at ``positions``
+    (``"all"``/None, or a ``PromptBatch.positions`` spec); ``effect = mean_b(per_prompt - clean)``.
 
-    ``batched=True``: per minibatch of prompts, one clean forward caches the residual at the
-    input of every scanned layer; for layer ``l`` the cache is stacked ``heads_per_forward``
-    times (default: every head of the layer) and the run resumes at block ``l``, copy ``c``
-    ablating head ``c``. ``batched=False``: one full forward per head (the naive reference).
+    ``batched=True``: per minibatch of prompts, one clean forward caches the residual at the input
+    of every scanned layer (``runner.cache_resid``); for layer ``l``, ``heads_per_forward`` copies
+    of the minibatch (default: every head of the layer) resume at block ``l`` in one staggered
+    forward (``runner.run_staggered``), copy ``c`` carrying the ``Intervention`` that ablates head
+    ``c``. ``batched=False``: one full forward per head (the naive reference; same numbers).
     """
-    _check_batch(batch)
-    _check_choice(how, ("zero", "mean"), "how")
-    _check_choice(positions, ("all", "final"), "positions")
-    _check_choice(metric, METRICS, "metric")
-    layers = _scan_layers(model, layers)
+    check_batch(batch)
+    check_choice(how, ("zero", "mean"), "how")
+    check_head_positions(batch, positions)
+    m = scan_metric(metric, batch)
+    layers = scan_layers(model, layers)
     n_heads = model.cfg.n_heads
     hpf = n_heads if heads_per_forward is None else int(heads_per_forward)
     if hpf < 1:
@@ -365,163 +431,34 @@ def head_ablation_scan(
                            mean_over=mean_over, width=batch.tokens.shape[1], batch_size=batch_size)
     per_prompt = torch.zeros(len(layers), n_heads, len(batch))
     if not batched:
-        clean = head_metric(run_final_logits(model, batch, batch_size=batch_size), batch, metric)
+        clean = m.from_logits(run_final_logits(model, batch, batch_size=batch_size), batch)
         bar = tqdm(total=len(layers) * n_heads, disable=not progress, desc="head scan (naive)")
         for i, l in enumerate(layers):
             for h in range(n_heads):
-                logits = run_final_logits(model, batch, _ablation_hooks([(l, h)], how, means, positions, None),
+                logits = run_final_logits(model, batch, head_ablation_hooks([(l, h)], how, means, positions),
                                           batch_size=batch_size)
-                per_prompt[i, h] = head_metric(logits, batch, metric)
+                per_prompt[i, h] = m.from_logits(logits, batch)
                 bar.update()
         bar.close()
-        return _scan_result(per_prompt, clean, layers, metric, how, positions, "exact", batch, model,
+        return scan_result(per_prompt, clean, layers, metric, how, positions, "exact", batch, model,
                             {"batched": False, "mean_over": mean_over})
 
     clean = torch.zeros(len(batch))
     n_mb = -(-len(batch) // batch_size)
     bar = tqdm(total=n_mb * len(layers), disable=not progress, desc="head scan")
-    wanted = {resid_name(model, l) for l in layers}
     groups = [list(range(s, min(s + hpf, n_heads))) for s in range(0, n_heads, hpf)]
-    with torch.no_grad():
-        for rows, mb in minibatches(batch, batch_size):
-            tokens = mb.tokens.to(model.cfg.device)
-            final = mb.final_positions
-            resid, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted,
-                                                stop_at_layer=model.cfg.n_layers)
-            logits = unembed_resid(model, gather_positions(resid, final[:, None])[:, 0]).float().cpu()
-            clean[rows] = head_metric(logits, mb, metric)
-            pos = _positions_of(mb, positions)
-            for i, l in enumerate(layers):
-                x = cache[resid_name(model, l)]
-                mean = _mean_for(means, l, mb.tokens.shape[1])
-                for group in groups:
-                    c = len(group)
-                    hook = stacked_head_ablation_hook([[h] for h in group], pos, how, mean)
-                    with model.hooks(fwd_hooks=[(z_name(l), hook)]):
-                        out = resume(model, x.repeat(c, 1, 1), l, tokens=tokens.repeat(c, 1))
-                    last = gather_positions(out, final.repeat(c)[:, None].to(out.device))[:, 0]
-                    lg = unembed_resid(model, last).float().cpu().view(c, len(mb), -1)
-                    for j, h in enumerate(group):
-                        per_prompt[i, h, rows] = head_metric(lg[j], mb, metric)
-                bar.update()
-    bar.close()
-    return _scan_result(per_prompt, clean, layers, metric, how, positions, "exact", batch, model,
-                        {"batched": True, "heads_per_forward": hpf, "mean_over": mean_over})
-
-
-def head_attribution(
-    model: Any,
-    batch: PromptBatch,
-    how: Literal["zero", "mean"] = "zero",
-    *,
-    metric: Metric = "logit_diff",
-    positions: HeadPositions = "all",
-    mean_batch: PromptBatch | None = None,
-    mean_over: Literal["position", "tokens"] = "position",
-    layers: Sequence[int] | None = None,
-    batch_size: int = 64,
-) -> HeadScanResult:
-    """Attribution patching: ``effect[l, h, b] ~= sum_pos dM_b/dz[l](pos, h) . (z_abl - z)(pos, h)``
-    (a first-order Taylor expansion of the metric around the clean run; positions: every real
-    token, or the final one), from one forward and one backward pass per minibatch.
-
-    Gradients are total derivatives (through every later layer), taken with ``tap_hook``
-    (a zero that requires grad added to ``hook_z``), so frozen parameters are fine and no
-    parameter ``.grad`` is touched. ``per_prompt`` holds clean + estimated effect. The metric must
-    be differentiable: ``"logit_diff"`` or ``"gold_prob"``.
-    """
-    _check_batch(batch)
-    _check_choice(how, ("zero", "mean"), "how")
-    _check_choice(positions, ("all", "final"), "positions")
-    if metric == "accuracy":
-        raise ValueError("metric='accuracy' has zero gradient; attribution needs metric='logit_diff' or 'gold_prob'")
-    _check_choice(metric, METRICS, "metric")
-    layers = _scan_layers(model, layers)
-    means = None
-    if how == "mean":
-        means = head_means(model, batch if mean_batch is None else mean_batch, layers, positions=positions,
-                           mean_over=mean_over, width=batch.tokens.shape[1], batch_size=batch_size)
-    attr = torch.zeros(len(layers), model.cfg.n_heads, len(batch))
-    clean = torch.zeros(len(batch))
     for rows, mb in minibatches(batch, batch_size):
-        store: list = []
-        hooks = [(z_name(l), tap_hook(store)) for l in layers]
-        final = mb.final_positions
-        with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-            resid = model(mb.tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
-            logits = unembed_resid(model, gather_positions(resid, final[:, None])[:, 0]).float()
-            m = head_metric(logits, mb, metric)
-            grads = torch.autograd.grad(m.sum(), [tap for _, tap in store])
-        clean[rows] = m.detach().cpu()
-        width = mb.tokens.shape[1]
-        if positions == "all":
-            mask = (torch.arange(width)[None] <= final[:, None]).float()
-        else:
-            mask = torch.nn.functional.one_hot(final, width).float()
-        for i, (l, (z, _), g) in enumerate(zip(layers, store, grads)):
-            z, g = z.float().cpu(), g.float().cpu()
-            if how == "zero":
-                delta = -z
-            elif positions == "all":
-                delta = _mean_for(means, l, width)[:width].float()[None] - z
-            else:
-                delta = means[l].float()[None, None] - z
-            attr[i, :, rows] = torch.einsum("bphd,bphd,bp->hb", g, delta, mask)
-    return _scan_result(clean + attr, clean, layers, metric, how, positions, "attribution", batch, model,
-                        {"mean_over": mean_over})
-
-
-#: ``scan_agreement`` warns when fewer than this fraction of the exact scan's top-k heads (by absolute
-#: effect) are among the estimate's top k (with k = 5: when it finds fewer than 3 of the 5 heads that
-#: matter most), or when the single head that matters most is not among them.
-TOP_K_MIN_OVERLAP = 0.6
-
-
-def scan_agreement(exact: HeadScanResult, approx: HeadScanResult, k: int = 5, *,
-                   min_overlap: float = TOP_K_MIN_OVERLAP) -> dict:
-    """How well ``approx`` (e.g. attribution) ranks heads like ``exact``, for the ablation both used.
-
-    Returns Spearman and Pearson correlations of the mean effects over every (layer, head), the
-    overlap ``|top_k(exact) & top_k(approx)| / k`` of the top-``k`` heads by absolute effect
-    (``top{k}_overlap``, also ``top_k_overlap``), the heads of the exact top k that the estimate
-    misses (``missed``, [layer, head], most important first), and the ablation the figures belong
-    to (``how``, ``positions``, ``metric`` and a phrase, ``ablation``): agreement depends on it (a
-    first-order estimate tracks a small perturbation, mean ablation, better than zero ablation).
-    ``disagree`` is True, and a ``UserWarning`` says so, when the overlap is below ``min_overlap``
-    (default ``TOP_K_MIN_OVERLAP`` = 0.6) or the exact scan's most important head is missed
-    (``top_head_missed``). Scans of different ablations, positions or metrics are refused.
-    """
-    import warnings
-
-    from scipy.stats import pearsonr, spearmanr
-
-    if exact.effect.shape != approx.effect.shape:
-        raise ValueError(f"scans have different shapes: {tuple(exact.effect.shape)} vs {tuple(approx.effect.shape)}")
-    for attr in ("how", "positions", "metric"):
-        if getattr(exact, attr) != getattr(approx, attr):
-            raise ValueError(f"scans differ in {attr} ({getattr(exact, attr)!r} vs {getattr(approx, attr)!r}): "
-                             "agreement is only meaningful for the same ablation of the same metric")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
-    a, b = exact.effect.flatten().numpy(), approx.effect.flatten().numpy()
-    rho, p = spearmanr(a, b)
-    r = pearsonr(a, b)[0] if a.std() > 0 and b.std() > 0 else float("nan")
-    k = int(min(k, a.size))
-    order_a = np.argsort(-np.abs(a), kind="stable")[:k]
-    top_b = set(np.argsort(-np.abs(b), kind="stable")[:k].tolist())
-    overlap = sum(int(i) in top_b for i in order_a) / k
-    nh = exact.n_heads
-    missed = [[exact.layers[int(i) // nh], int(i) % nh] for i in order_a if int(i) not in top_b]
-    ablation = f"{exact.how} ablation, {exact.positions} positions, {exact.metric}"
-    top_missed = int(order_a[0]) not in top_b
-    out = {"spearman": float(rho), "spearman_p": float(p), "pearson": float(r), f"top{k}_overlap": overlap,
-           "top_k": k, "top_k_overlap": overlap, "min_overlap": float(min_overlap), "top_head_missed": top_missed,
-           "disagree": overlap < min_overlap or top_missed, "missed": missed, "how": exact.how,
-           "positions": exact.positions, "metric": exact.metric, "ablation": ablation}
-    if out["disagree"]:
-        why = f"top-{k} overlap {overlap:.2f}" + (f" < {min_overlap}" if overlap < min_overlap else "")
-        if top_missed:
-            why += f", the most important head {missed[0]} is not in its top {k}"
-        warnings.warn(f"{approx.method} and the {exact.method} scan disagree on the top {k} heads ({ablation}): "
-                      f"{why}; missed (layer, head): {missed}", UserWarning, stacklevel=2)
-    return out
+        cached, logits, _ = cache_resid(model, mb.tokens, layers, mb.final_positions)
+        clean[rows] = m.from_logits(logits, mb)
+        for i, l in enumerate(layers):
+            for group in groups:
+                entries = [Entry(l, cached[l], mb.final_positions,
+                                 head_ablation_interventions(mb, [(l, h)], how, means, positions), tokens=mb.tokens)
+                           for h in group]
+                lg = run_staggered(model, entries).view(len(group), len(mb), -1)
+                for j, h in enumerate(group):
+                    per_prompt[i, h, rows] = m.from_logits(lg[j], mb)
+            bar.update()
+    bar.close()
+    return scan_result(per_prompt, clean, layers, metric, how, positions, "exact", batch, model,
+                        {"batched": True, "heads_per_forward": hpf, "mean_over": mean_over})

@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from icl_circuits.core.runner import TOKENS_PER_FORWARD, UNEMBED_ELEMENTS, Entry, cache_resid, minibatches, run_staggered, unembed_rows
 from icl_circuits.core.interventions import HookList, check_layer
 from icl_circuits.core.models import model_info
-from icl_circuits.core.metrics import correct, gold_probability, logit_difference
-from icl_circuits.core.prompts import POSITION_KINDS, PromptBatch
+from icl_circuits.core.metrics import get_metric
+from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result
 from icl_circuits.methods.vectors import SweepResult, accuracy_sweep
 
@@ -43,33 +43,33 @@ from icl_circuits.methods.vectors import SweepResult, accuracy_sweep
 MakeLayerHooks = Callable[[int, slice, PromptBatch], HookList]
 #: A per-prompt metric: ``metric(final_logits [batch, d_vocab], batch) -> [batch]``.
 PromptMetric = Callable[[Tensor, PromptBatch], Tensor]
-RATE_METRICS = ("accuracy", "label_accuracy", "auto")
 
 
 # ----------------------------------------------------------------------------- metrics
 def prompt_metric(metric: str | PromptMetric, batch: PromptBatch) -> tuple[str, PromptMetric]:
-    """Resolve a metric name into ``(name, fn(logits, batch) -> [batch])``.
-
-    Names: ``"accuracy"`` (argmax over the vocabulary is the gold token), ``"label_accuracy"``
-    (argmax over the prompt's label words; categorization tasks), ``"auto"`` (label_accuracy when
-    the batch has label words, else accuracy), ``"gold_probability"``, ``"logit_difference"``
-    (gold minus best other label word). A callable is used as is.
+    """Resolve a metric into ``(name, fn(logits, batch) -> [batch])``: a name is looked up in the
+    registry (``core.metrics.get_metric``; any ``final_logits`` metric: ``"accuracy"``,
+    ``"label_accuracy"``, ``"gold_probability"``, ``"logit_diff"``...) and keeps the name given;
+    ``"auto"`` is ``"label_accuracy"`` when the batch has label words, else ``"accuracy"`` (the
+    names these results have always carried). A callable is used as is.
     """
     if callable(metric):
         return getattr(metric, "__name__", "custom"), metric
     if metric == "auto":
-        metric = "label_accuracy" if batch.label_token_ids is not None else "accuracy"
-    if metric in ("label_accuracy", "logit_difference") and batch.label_token_ids is None:
-        raise ValueError(f"metric={metric!r} needs label words but task {batch.task!r} has none")
-    fns: dict[str, PromptMetric] = {
-        "accuracy": lambda lg, b: correct(lg, b.answer_tokens.to(lg.device)).float(),
-        "label_accuracy": lambda lg, b: correct(lg, b.answer_tokens.to(lg.device), b.label_token_ids.to(lg.device)).float(),
-        "gold_probability": lambda lg, b: gold_probability(lg, b.answer_tokens.to(lg.device)),
-        "logit_difference": lambda lg, b: logit_difference(lg, b.answer_tokens.to(lg.device), b.label_token_ids.to(lg.device)),
-    }
-    if metric not in fns:
-        raise ValueError(f"metric must be a callable or one of {', '.join([*fns, 'auto'])}, got {metric!r}")
-    return metric, fns[metric]
+        metric = "label_accuracy" if batch.candidate_tokens() is not None else "accuracy"
+    m = get_metric(metric, batch)
+    if m.source != "final_logits":
+        raise ValueError(f"metric must be scored on final-position logits of one batch; {m.name!r} is computed "
+                         f"from {m.source}")
+    return metric, m.from_logits
+
+
+def _is_rate(metric: str) -> bool:
+    """Whether ``metric`` names a registered rate (0/1 per prompt); custom names are not."""
+    try:
+        return get_metric(metric).is_rate
+    except ValueError:
+        return False
 
 
 def sweep_from_per_prompt(
@@ -77,7 +77,7 @@ def sweep_from_per_prompt(
     model_name: str, baseline: float | None = None, meta: dict | None = None, model_info: dict | None = None,
 ) -> SweepResult:
     """A SweepResult: Wilson 95% intervals for rates (0/1 per prompt), else mean +- 1.96 standard errors."""
-    if metric in RATE_METRICS:
+    if _is_rate(metric):
         res = accuracy_sweep(per_prompt, layers, method=method, task=task, model_name=model_name,
                              baseline=baseline, meta=meta, model_info=model_info)
         return SweepResult(**{**res.__dict__, "metric": metric})
@@ -221,20 +221,18 @@ def _prompts(x: PromptBatch | Tensor, arg: str) -> _Prompts:
 
 
 def _grid_metric(metric: str | GridMetric, clean: _Prompts, corrupted: _Prompts) -> tuple[str, GridMetric]:
+    """``(name, fn(final logits of the corrupted rows) -> scalar)``: the mean over prompts of the
+    registry's per-prompt metric, scored against the clean batch's answers (``contrast``: clean
+    gold logit minus corrupted gold logit)."""
     if callable(metric):
         return getattr(metric, "__name__", "custom"), metric
-    names = ("gold_probability", "accuracy", "logit_diff")
-    if metric not in names:
-        raise ValueError(f"metric must be a callable or one of {', '.join(names)}, got {metric!r}")
-    if clean.answer_tokens is None or corrupted.answer_tokens is None:
+    if clean.batch is None or corrupted.batch is None:
+        get_metric(metric)  # an unknown name is the clearer error
         raise ValueError(f"metric={metric!r} needs gold answers: pass PromptBatches, or a callable metric with raw tokens")
-    gold, other = clean.answer_tokens, corrupted.answer_tokens
-    fns: dict[str, GridMetric] = {
-        "gold_probability": lambda lg: gold_probability(lg, gold.to(lg.device)).mean(),
-        "accuracy": lambda lg: correct(lg, gold.to(lg.device)).float().mean(),
-        "logit_diff": lambda lg: (lg.gather(1, gold[:, None].to(lg.device)) - lg.gather(1, other[:, None].to(lg.device))).mean(),
-    }
-    return metric, fns[metric]
+    m = get_metric(metric, clean.batch)
+    if m.source not in ("final_logits", "paired_logits"):
+        raise ValueError(f"metric must be scored on final-position logits; {m.name!r} is computed from {m.source}")
+    return metric, lambda lg: m.from_logits(lg, clean.batch, corrupted.batch).mean()
 
 
 def _grid_positions(
@@ -242,13 +240,17 @@ def _grid_positions(
 ) -> tuple[Tensor, list[str], list[int] | None]:
     """Per-prompt positions [batch, n], their names, and the shared column indices (or None)."""
     B, P = prompts.tokens.shape
-    if isinstance(positions, str) or (isinstance(positions, Tensor) and positions.ndim == 2):
+    spec = isinstance(positions, str) or (isinstance(positions, (list, tuple)) and positions
+                                          and all(isinstance(p, str) for p in positions))
+    if spec or (isinstance(positions, Tensor) and positions.ndim == 2):
         if prompts.batch is None:
-            raise ValueError("per-prompt positions (a kind or a [batch, n] tensor) need PromptBatches, not raw tokens")
-        if isinstance(positions, str):
-            if positions not in POSITION_KINDS:
-                raise ValueError(f"positions must be a position kind ({', '.join(POSITION_KINDS)}), got {positions!r}")
-            return prompts.batch.positions(positions).positions, prompts.batch.positions(positions).names, None
+            raise ValueError("per-prompt positions (a spec or a [batch, n] tensor) need PromptBatches, not raw tokens")
+        if spec:
+            ps = prompts.batch.positions(positions)  # the one position language (PromptBatch.positions)
+            if ps.mask is not None and not bool(ps.mask.all()):
+                raise ValueError(f"positions={positions!r} has spans of different lengths across prompts; "
+                                 "patch_grid needs one valid position per prompt and column")
+            return ps.positions, ps.names, None
         from icl_circuits.core.interventions import check_positions
 
         pos = check_positions(prompts.batch, positions)
@@ -300,10 +302,13 @@ def patch_grid(
     Batches: PromptBatches, or raw token tensors (then the final position is the last column and
     the metric must be a callable); both must have identical token shapes. ``metric``: a callable
     on the final-position logits [batch, d_vocab] (the corrupted batch's rows, read at its
-    ``final_positions``) returning a scalar, or a name: "gold_probability" (mean P(clean gold)),
-    "accuracy", "logit_diff" (clean gold logit minus corrupted gold logit). ``positions``: column
-    indices shared by all prompts (default: every column, as TL), a position kind ("answer",
-    "final"...: each prompt's own positions), or a [batch, n] tensor. ``layers``: 0..n_layers-1.
+    ``final_positions``) returning a scalar, or a registry name (``core.metrics``), averaged over
+    prompts and scored against the clean batch's answers: "gold_probability" (mean P(clean gold)),
+    "accuracy", "contrast" (clean gold logit minus corrupted gold logit; called "logit_diff" here
+    before the one registry), "logit_diff" (clean gold minus the best other candidate). ``positions``: column
+    indices shared by all prompts (default: every column, as TL), a ``PromptBatch.positions`` spec
+    ("answers", "final", "answer_-1", unions with "+"...: each prompt's own positions), or a
+    [batch, n] tensor. ``layers``: 0..n_layers-1.
 
     Speed, without changing the numbers: each cell's run starts at block l from the cached
     corrupted residual (the patched residual is its input, no hook needed) and, under causal

@@ -28,7 +28,7 @@ def test_registry_lists_every_metric_once():
 
 @pytest.mark.parametrize("alias, name", [
     ("accuracy", "first_token"), ("label_accuracy", "label"), ("gold_probability", "gold_prob"),
-    ("logit_difference", "label_margin"), ("exact_match", "exact_match"),
+    ("logit_difference", "logit_diff"), ("label_margin", "logit_diff"), ("exact_match", "exact_match"),
 ])
 def test_aliases_resolve(alias, name):
     assert get_metric(alias).name == name
@@ -44,7 +44,7 @@ def test_auto_picks_label_only_with_label_words(batches):
 def test_unknown_and_inapplicable_metrics_are_clear_errors(batches):
     with pytest.raises(ValueError, match="unknown metric 'top1'; choose from: first_token, label"):
         get_metric("top1")
-    for name in ("label", "label_margin", "label_accuracy"):
+    for name in ("label", "label_accuracy"):
         with pytest.raises(ValueError, match=f"metric='{get_metric(name).name}' needs label words but task 'antonym'"):
             get_metric(name, batches["antonym"])
     with pytest.raises(ValueError, match="already registered"):
@@ -64,8 +64,8 @@ def test_final_logit_metrics_on_constructed_logits(batches):
     logits[[2], 7] = 9.0  # a non-label token beats everything in prompt 2
     get = lambda n: get_metric(n).from_logits(logits, b).tolist()  # noqa: E731
     assert get("first_token") == [1, 1, 0, 0] and get("label") == [1, 1, 0, 0]
-    assert get("label_margin") == [2, 2, -3, -3]
-    assert get("logit_diff") == [2, 2, -3, -3]  # two label words: the mean of the other one is that one
+    assert get("logit_diff") == [2, 2, -3, -3] and get("label_margin") == get("logit_diff")  # best other label
+    assert get("logit_diff_to_mean") == [2, 2, -3, -3]  # two label words: the mean of the other one is that one
     p = get("gold_prob")
     assert math.isclose(p[0], math.exp(2) / (math.exp(2) + 1999), rel_tol=1e-5)
 
@@ -75,18 +75,37 @@ def test_logit_diff_without_labels_subtracts_the_vocabulary_mean():
     assert logit_diff_to_mean(logits, torch.tensor([3])).item() == 3.0
 
 
-def test_registry_agrees_with_heads_and_patching(batches, tiny_model):
-    """The analyses' own metric code gives the registry's numbers (one definition per name)."""
+def test_logit_diff_is_the_margin_over_the_best_other_candidate(batches, tiny_model):
+    """logit_diff > 0 exactly when the candidate argmax is right (label words, else the vocabulary)."""
     from icl_circuits.core.runner import final_logits
-    from icl_circuits.methods.heads import head_metric as heads_metric
+
+    for b in batches.values():
+        lg = final_logits(tiny_model, b)
+        right = get_metric("auto", b).from_logits(lg, b).bool()
+        assert torch.equal(get_metric("logit_diff").from_logits(lg, b) > 0, right)
+
+
+def test_contrast_is_paired_and_refused_without_the_corrupted_batch(batches):
+    b = batches["antonym"]
+    c = build_prompts(b.tokenizer, "antonym", 4, 2, seed=1)
+    lg = torch.randn(len(b), 2000)
+    want = lg[torch.arange(4), b.answer_tokens] - lg[torch.arange(4), c.answer_tokens]
+    assert torch.allclose(get_metric("contrast").from_logits(lg, b, c), want)
+    with pytest.raises(ValueError, match="give corrupted="):
+        get_metric("contrast").from_logits(lg, b)
+
+
+def test_patching_resolves_names_through_the_registry(batches, tiny_model):
+    """patching.prompt_metric keeps the name given and computes the registry's numbers."""
+    from icl_circuits.core.runner import final_logits
     from icl_circuits.methods.patching import prompt_metric
 
     for b in batches.values():
         lg = final_logits(tiny_model, b)
-        for name in ("logit_diff", "gold_prob", "accuracy"):
-            assert torch.allclose(heads_metric(lg, b, name), get_metric(name).from_logits(lg, b))
-        for name in ("accuracy", "gold_probability", "auto"):
-            assert torch.allclose(prompt_metric(name, b)[1](lg, b).float(), get_metric(name, b).from_logits(lg, b))
+        for name in ("accuracy", "gold_probability", "auto", "logit_diff"):
+            got_name, fn = prompt_metric(name, b)
+            assert got_name == name or name == "auto"
+            assert torch.allclose(fn(lg, b).float(), get_metric(name, b).from_logits(lg, b))
 
 
 def test_rates_get_wilson_and_means_get_t_intervals():

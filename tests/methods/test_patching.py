@@ -88,7 +88,7 @@ def test_layer_sweep_rejects_hooks_before_the_resumed_block(tiny_model, zs):
     (dict(layers=[5]), r"layers must be an integer in \[0, 2\]"),
     (dict(layers=[]), "layers is empty"),
     (dict(layers_per_forward=0), "layers_per_forward must be positive"),
-    (dict(metric="nope"), "metric must be a callable or one of"),
+    (dict(metric="nope"), "unknown metric 'nope'"),
     (dict(metric="label_accuracy"), "needs label words"),
 ])
 def test_layer_sweep_errors(tiny_model, zs, kw, match):
@@ -165,10 +165,10 @@ def test_patch_grid_per_prompt_positions_and_dataframe(tiny_model, pair, tmp_pat
 
 @pytest.mark.parametrize("kw, match", [
     (dict(positions=[0, 99]), r"positions \[99\] are outside the prompts"),
-    (dict(positions="nope"), "position kind"),
+    (dict(positions="nope"), "unknown position set 'nope'"),
     (dict(positions=torch.tensor([[40]] * 4)), "outside prompt"),
     (dict(layers=[2]), r"layers must be an integer in \[0, 1\]"),
-    (dict(metric="nope"), "metric must be a callable or one of"),
+    (dict(metric="nope"), "unknown metric 'nope'"),
 ])
 def test_patch_grid_errors(tiny_model, pair, kw, match):
     clean, corr = pair
