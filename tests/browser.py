@@ -16,8 +16,20 @@ window.addEventListener('unhandledrejection', e => window.__errors.push('rejecti
 const __ce = console.error; console.error = (...a) => { window.__errors.push(a.join(' ')); __ce(...a); };
 window.addEventListener('load', () => setTimeout(() => {
   const plots = [...document.querySelectorAll('.js-plotly-plot')];
+  const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  const hit = (a, b) => a[0] < b[2] - 1 && b[0] < a[2] - 1 && a[1] < b[3] - 1 && b[1] < a[3] - 1;
+  const overlaps = [], scrolls = [];
+  plots.forEach((p, i) => {
+    const notes = [...p.querySelectorAll('g.annotation')].filter(a => a.textContent.trim())
+      .map(a => ({text: a.textContent.trim(), box: box(a.querySelector('.annotation-text-g') || a)}));
+    for (let j = 0; j < notes.length; j++) for (let k = j + 1; k < notes.length; k++)
+      if (hit(notes[j].box, notes[k].box)) overlaps.push([i, notes[j].text, notes[k].text]);
+    const bar = p.querySelector('.legend .scrollbar');
+    if (bar && bar.getBoundingClientRect().height > 0) scrolls.push(i);
+  });
   const out = {errors: window.__errors, plots: plots.length,
-               rendered: plots.filter(p => p.querySelector('svg.main-svg')).length};
+               rendered: plots.filter(p => p.querySelector('svg.main-svg')).length,
+               overlapping_annotations: overlaps, legend_scrolls: scrolls};
   const pre = document.createElement('pre'); pre.id = '__result'; pre.textContent = JSON.stringify(out);
   document.body.appendChild(pre);
 }, 1000));
@@ -32,7 +44,10 @@ def chromium() -> str | None:
 
 
 def check_html(path: str | Path, timeout: int = 120) -> dict:
-    """{'errors': [...], 'plots': n, 'rendered': n} for the page at ``path``."""
+    """What the page at ``path`` does in headless Chromium: ``errors`` (JS errors and console
+    errors), ``plots`` and ``rendered`` (plotly figures, and those that drew), ``overlapping_annotations``
+    (``[figure index, text a, text b]`` for every two annotation texts whose rendered bounding boxes
+    overlap) and ``legend_scrolls`` (indices of figures whose legend needs a scroll bar)."""
     exe = chromium()
     if exe is None:
         raise RuntimeError("Chromium is not installed")
@@ -40,6 +55,8 @@ def check_html(path: str | Path, timeout: int = 120) -> dict:
     with tempfile.TemporaryDirectory() as d:
         page = Path(d) / "page.html"
         page.write_text(text.replace("<head>", "<head>" + COLLECTOR, 1), encoding="utf-8")
+        for js in Path(path).parent.glob("*.js"):  # scripts the page loads by relative path (plotly.min.js)
+            shutil.copy(js, Path(d) / js.name)
         cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                "--no-first-run", "--disable-background-networking", "--disable-component-update",
                "--disable-sync", "--disable-quic", f"--user-data-dir={d}/profile",
