@@ -27,7 +27,8 @@ import torch
 
 from icl_circuits import build_prompts, icl_accuracy, load_model
 from icl_circuits.methods.dpca.numpy_dpca import DEFAULT_LAMBDA_GRID
-from icl_circuits.methods.dpca.analysis import DPCALayerResult, ablate_subspace, dpca_by_layer
+from icl_circuits.methods.dpca.ablation import ablate_subspace
+from icl_circuits.methods.dpca.analysis import DPCALayerResult, dpca_by_layer
 from icl_circuits.core.metrics import wilson
 from icl_circuits.core.results import markdown_table
 
@@ -72,11 +73,11 @@ def ablation_table(model, task: str, r: DPCALayerResult, n_prompts: int, seed: i
     configs = [[l] for l in range(n)] + [list(range(n))]
     rows, raw = [], []
     nuis = r.factors[0]
+    held = build_prompts(model, task, n_prompts, N_DEMOS, seed=seed)
     for layers in configs:
         row = {"layers": ",".join(map(str, layers))}
         for m in ("label", nuis):
-            a = ablate_subspace(model, task, r, m, layers, N_DEMOS, n_prompts, seed=seed, n_random=N_RANDOM,
-                                progress=False)
+            a = ablate_subspace(model, held, r, m, layers, n_random=N_RANDOM, seed=seed, progress=False)
             rates = a.rates("label_accuracy")
             row["clean"] = rates["clean"].value
             ab = rates["ablated"]
@@ -130,7 +131,7 @@ def run(model, n_prompts: int, seed: int, out: Path | None, model_name: str = "t
         "demo); condition = (nuisance value, class of the demo's input). dPCA with lambda cross-validated over "
         f"balanced trials (`regularizer='auto'`). Null baseline: the whole analysis repeated {N_NULL} times with "
         "the condition labels redrawn under the null (per prompt: classes relabelled at random, nuisance values "
-        "shuffled among the prompt's demos; `dpca_analysis.null_factors`), i.e. the level that noise, overfitting "
+        "shuffled among the prompt's demos; `dpca.analysis.null_factors`), i.e. the level that noise, overfitting "
         "and the sharing of label words within a prompt reach without any representation of the factor; "
         f"`null95` is the 95th percentile of the draws and p = (1 + #draws >= observed) / {N_NULL + 1}.", "",
     ]
@@ -138,7 +139,8 @@ def run(model, n_prompts: int, seed: int, out: Path | None, model_name: str = "t
     for task in TASKS:
         batch = build_prompts(model, task, n_prompts, N_DEMOS, seed=seed + 1)
         acc = wilson(round(icl_accuracy(model, batch, restrict_to_labels=True) * n_prompts), n_prompts)
-        r = dpca_by_layer(model, task, N_DEMOS, n_prompts, seed, regularizer="auto", n_null=N_NULL, progress=False)
+        fit_batch = build_prompts(model, task, n_prompts, N_DEMOS, seed=seed)
+        r = dpca_by_layer(model, fit_batch, regularizer="auto", n_null=N_NULL, seed=seed, progress=False)
         counts = r.condition_counts.tolist()
         if acc.low <= 0.5 <= acc.high:
             chance_tasks.append(task)

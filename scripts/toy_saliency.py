@@ -17,8 +17,9 @@ import pandas as pd
 import torch
 
 from icl_circuits import build_prompts, load_model
-from icl_circuits.methods.anchors import isolate_attention, train_anchor_reweighting
+from icl_circuits.methods.anchors import isolate_attention
 from icl_circuits.core.results import markdown_table
+from icl_circuits.methods.reweighting import train_anchor_reweighting
 from icl_circuits.methods.saliency import saliency_flow
 
 ROOT = Path(__file__).resolve().parents[1]

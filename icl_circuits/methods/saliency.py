@@ -15,17 +15,19 @@ Each mean pools all pairs of its set (as in the paper), over the real tokens of 
 (right padding: positions after the final one are excluded); flows are then averaged over prompts.
 
 Multi-token label words (a BPE tokenizer may split ``" garden"``): the label word is its *first*
-token, both as the position ``p_k`` (``batch.answer_positions``) and as the token scored by L
-(``label_candidates``), as first-token accuracy scores answers. Its later tokens are ordinary
+token, both as the position ``p_k`` (``batch.positions("answers")``) and as the token scored by L
+(``label_candidates``, from ``batch.candidate_tokens``), as first-token accuracy scores answers. Its later tokens are ordinary
 text: their pairs count in ``S_ww``.
 
-Attention isolation and anchor re-weighting live in ``anchors.py``.
+The gradient pass runs through the runner (``runner.final_logits_with_grad`` with one
+``Intervention(Site(l, "pattern"), "apply", fn=gate_pattern_hook(...))`` per layer).
+Attention isolation lives in ``anchors.py``, anchor re-weighting in ``reweighting.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -33,11 +35,12 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.runner import frozen, gather_positions, minibatches, unembed_resid
-from icl_circuits.core.interventions import gate_pattern_hook, pattern_name
+from icl_circuits.core.interventions import Intervention, Site, gate_pattern_hook
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result
+from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.runner import final_logits_with_grad, frozen, minibatches
+from icl_circuits.core.types import HookedModel
 
 LossKind = Literal["label_words", "full_vocab"]
 FLOW_NAMES = ["S_wp", "S_pq", "S_ww"]
@@ -65,7 +68,7 @@ def label_candidates(
     ``loss="label_words"``: ``label_ids`` if given ([n] shared or [batch, n]); else the prompt's
     label words (``batch.label_token_ids``, categorization tasks); else, for other tasks, the
     distinct first tokens of every answer present in the batch (queries' gold tokens and demo
-    answers), shared by all prompts. A label word of several tokens (BPE) is represented by its
+    answers), shared by all prompts: ``batch.candidate_tokens(fallback="answers")``. A label word of several tokens (BPE) is represented by its
     *first* token, both here and as its position (``batch.answer_positions``, the first token of
     each demo answer): the loss scores ``p(first label token | prompt)``, as first-token accuracy
     does. The candidates of a prompt must be distinct (two label words may not share their first
@@ -78,11 +81,8 @@ def label_candidates(
     if label_ids is not None:
         cand = torch.as_tensor(label_ids, dtype=torch.long)
         cand = cand[None].expand(len(batch), -1) if cand.ndim == 1 else cand
-    elif batch.label_token_ids is not None:
-        cand = batch.label_token_ids
     else:
-        pool = torch.cat([batch.answer_tokens, batch.demo_answer_tokens.flatten()]).unique()
-        cand = pool[None].expand(len(batch), -1)
+        cand = batch.candidate_tokens(fallback="answers")
     if cand.ndim != 2 or cand.shape[0] != len(batch) or cand.shape[1] < 2:
         raise ValueError(
             f"loss='label_words' needs at least 2 candidate label tokens per prompt "
@@ -114,12 +114,6 @@ def answer_loss(
     return torch.nn.functional.cross_entropy(logits.gather(1, cand).float(), target, reduction="none")
 
 
-def final_logits_with_grad(model: Any, mb: PromptBatch) -> Float[Tensor, "batch d_vocab"]:
-    """Logits at each prompt's final position (only that position is unembedded), graph kept."""
-    resid = model(mb.tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
-    return unembed_resid(model, gather_positions(resid, mb.final_positions[:, None])[:, 0])
-
-
 def has_bos(batch: PromptBatch) -> Bool[Tensor, "batch"]:
     """Whether each prompt starts with the tokenizer's BOS token."""
     bos = getattr(batch.tokenizer, "bos_token_id", None)
@@ -131,22 +125,25 @@ def has_bos(batch: PromptBatch) -> Bool[Tensor, "batch"]:
 def flow_masks(batch: PromptBatch, *, exclude_bos: bool = False) -> Bool[Tensor, "flow batch pos pos"]:
     """The (query, key) pairs of S_wp, S_pq and S_ww for every prompt (real tokens only).
 
-    ``exclude_bos=True`` drops the pairs whose key is a leading BOS token from S_wp and S_ww.
+    ``p_k`` are ``batch.positions("answers")`` (first token of each demo answer), ``q`` is
+    ``batch.positions("query")``. ``exclude_bos=True`` drops the pairs whose key is a leading BOS
+    token from S_wp and S_ww.
     """
     check_demos(batch)
     b, p = batch.tokens.shape
+    ans = batch.positions("answers").positions  # [batch, n_demos]
+    query = batch.positions("query").positions  # [batch, 1]
     ar = torch.arange(p)
-    real = ar[None] <= batch.final_positions[:, None]  # [batch, pos]
+    real = ar[None] <= query  # [batch, pos]
     lower = (ar[:, None] > ar[None, :])[None] & real[:, :, None] & real[:, None, :]
     if exclude_bos:
         lower &= ~((ar == 0)[None, None, :] & has_bos(batch)[:, None, None])
     rows = torch.arange(b)[:, None]
-    ans = batch.answer_positions
     is_ans = torch.zeros(b, p, dtype=torch.bool)
     is_ans[rows, ans] = True
     wp = lower & is_ans[:, :, None]
     pq = torch.zeros(b, p, p, dtype=torch.bool)
-    pq[rows, batch.final_positions[:, None], ans] = True
+    pq[rows, query, ans] = True
     return torch.stack([wp, pq, lower & ~wp & ~pq])
 
 
@@ -203,11 +200,13 @@ class SaliencyResult(Result):
 
 # ----------------------------------------------------------------------------- the analysis
 def saliency_terms(
-    model: Any, batch: PromptBatch, loss: LossKind = "label_words", *, label_ids: Tensor | None = None,
+    model: HookedModel, batch: PromptBatch, loss: LossKind = "label_words", *,
+    label_ids: Int[Tensor, "batch n_labels"] | Int[Tensor, "n_labels"] | None = None,
 ) -> Float[Tensor, "layer batch head pos pos"]:
     """The signed terms ``A_{l,h} * dL/dA_{l,h}`` of every layer and head for one batch.
 
-    One forward pass hooks every layer's pattern through a gate of ones (``gate_pattern_hook``),
+    One forward pass (``runner.final_logits_with_grad``) multiplies every layer's pattern by a
+    gate of ones (``Intervention(Site(l, "pattern"), "apply", fn=gate_pattern_hook(store))``),
     one backward pass of the loss summed over prompts (each prompt's gradient is its own) returns
     ``A * dL/dA`` for all layers at once. The model's parameters are frozen during the call and
     never receive gradients; hooks are removed also on errors. Saliency is
@@ -216,9 +215,9 @@ def saliency_terms(
     check_demos(batch)
     cand = label_candidates(batch, loss, label_ids)
     stores: list[list[Tensor]] = [[] for _ in range(model.cfg.n_layers)]
-    hooks = [(pattern_name(l), gate_pattern_hook(stores[l])) for l in range(model.cfg.n_layers)]
-    with frozen(model), torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-        logits = final_logits_with_grad(model, batch)
+    gates = [Intervention(Site(l, "pattern"), "apply", fn=gate_pattern_hook(stores[l])) for l in range(model.cfg.n_layers)]
+    with frozen(model), torch.enable_grad():
+        logits = final_logits_with_grad(model, batch, gates)
         total = answer_loss(logits, batch.answer_tokens, cand).sum()
         gates = [s[-1] for s in stores]
         grads = torch.autograd.grad(total, gates, allow_unused=True)
@@ -235,14 +234,14 @@ def _flows(sal: Tensor, masks: Tensor) -> Tensor:
 
 
 def saliency_flow(
-    model: Any,
+    model: HookedModel,
     batch: PromptBatch,
     loss: LossKind = "label_words",
     *,
     per_head: bool = False,
     proportions: bool = False,
     exclude_bos: bool = False,
-    label_ids: Tensor | None = None,
+    label_ids: Int[Tensor, "batch n_labels"] | Int[Tensor, "n_labels"] | None = None,
     keep_examples: int = 4,
     batch_size: int = 16,
     progress: bool = True,
@@ -295,9 +294,9 @@ def saliency_flow(
         flows=mean / scale, low=(mean - half) / scale, high=(mean + half) / scale, per_prompt=per_prompt,
         head_flows=head_flows, matrices=mats,
         example_tokens=[[dec(int(t)) for t in batch.tokens[i, : int(batch.final_positions[i]) + 1]] for i in range(n_keep)],
-        example_answer_positions=[batch.answer_positions[i].tolist() for i in range(n_keep)],
+        example_answer_positions=[batch.positions("answers").positions[i].tolist() for i in range(n_keep)],
         example_final_positions=[int(batch.final_positions[i]) for i in range(n_keep)],
         layers=list(range(model.cfg.n_layers)), loss=loss, proportions=proportions, exclude_bos=exclude_bos,
         task=batch.task, model_name=str(model.cfg.model_name), n_demos=batch.n_demos,
-        meta={"n_prompts": len(batch), "variant": batch.variant, "seed": batch.seed, "batch_size": batch_size},
+        meta=provenance(model, batch, batch_size=batch_size),
     )

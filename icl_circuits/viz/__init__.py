@@ -1,7 +1,7 @@
 """Plotly figure builders, one module per result kind; each takes a result and returns a go.Figure.
 
 ``accuracy`` (accuracy vs demos), ``sweeps`` (layer curves, patching grids, head CIE),
-``interchange`` (transfer / necessity / probes), ``saliency`` (flows, heatmaps, isolation),
+``interchange`` (transfer / necessity / probes), ``saliency`` (flows, heatmaps), ``anchors`` (isolation), ``reweighting``,
 ``propagation`` (LTV comparisons, rotation vs scaling, logit lens), ``circuits`` (heads),
 ``dpca`` (explained variance, projections, distances).
 """

@@ -8,7 +8,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from icl_circuits.methods.dpca.analysis import DPCALayerResult, SubspaceAblationResult
+from icl_circuits.methods.dpca.ablation import SubspaceAblationResult
+from icl_circuits.methods.dpca.analysis import DPCALayerResult
 from icl_circuits.viz import _style
 
 _COLORS = _style.PALETTE

@@ -1,11 +1,10 @@
-"""Figures for label words as anchors: saliency flows per layer, saliency heatmaps, isolation bars,
-anchor re-weighting before / after."""
+"""Figures of the saliency flow (label words as anchors): flows per layer and saliency heatmaps.
+Isolation bars are in ``viz.anchors``, re-weighting before / after in ``viz.reweighting``."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from icl_circuits.methods.anchors import IsolationResult, ReweightResult
 from icl_circuits.methods.saliency import SaliencyResult
 from icl_circuits.viz import _style
 
@@ -67,45 +66,5 @@ def heatmap(result: SaliencyResult, example: int = 0, title: str | None = None) 
                       x=0, len=1.0, y=1.0, yanchor="bottom", pad=dict(t=0, b=10))],
         xaxis=dict(title="key position", tickangle=-60), yaxis=dict(title="query position", autorange="reversed"),
         template="plotly_white", height=720, margin=dict(t=170),
-    )
-    return fig
-
-
-def isolation(result: IsolationResult, title: str | None = None) -> go.Figure:
-    """Accuracy and label loyalty per isolated layer range, label words vs random positions
-    (Wilson 95% error bars; the un-isolated accuracy as a dashed line)."""
-    fig = go.Figure()
-    x = result.range_names
-    for j, t in enumerate(result.targets):
-        for metric, key, dash in (("accuracy", "accuracy", None), ("label loyalty", "loyalty", "x")):
-            v, lo, hi = (getattr(result, k)[:, j] for k in (key, f"{key}_low", f"{key}_high"))
-            fig.add_trace(go.Bar(
-                x=x, y=v.tolist(), name=f"{metric}, {t} positions",
-                marker=dict(color="#d62728" if t == "label" else "#7f7f7f", pattern=dict(shape=dash or "")),
-                error_y=dict(type="data", symmetric=False, array=(hi - v).tolist(), arrayminus=(v - lo).tolist()),
-                customdata=list(zip(lo.tolist(), hi.tolist())),
-                hovertemplate=f"{metric}, {t}<br>layers %{{x}}: %{{y:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]<extra></extra>",
-            ))
-    fig.add_hline(y=result.baseline_accuracy, line_dash="dash", annotation_text=f"no isolation: {result.baseline_accuracy:.3f}")
-    fig.update_layout(
-        title=title or f"Attention isolation ({result.mode}): {result.model_name}, {result.task}, "
-                       f"{result.n_demos} demos (n={result.correct.shape[-1]})",
-        barmode="group", xaxis_title="isolated layers", yaxis_title="rate", yaxis_range=[0, 1.05], template="plotly_white",
-    )
-    return fig
-
-
-def reweighting(result: ReweightResult, title: str | None = None) -> go.Figure:
-    """Held-out accuracy before / after anchor re-weighting (Wilson 95% error bars)."""
-    df = result.to_dataframe()
-    fig = go.Figure(go.Bar(
-        x=df.stage, y=df.accuracy, error_y=dict(type="data", symmetric=False, array=df.high - df.accuracy,
-                                                arrayminus=df.accuracy - df.low),
-        customdata=df[["low", "high", "eval_loss"]].values,
-        hovertemplate="%{x}: accuracy %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}], loss %{customdata[2]:.3f}<extra></extra>",
-    ))
-    fig.update_layout(
-        title=title or f"Anchor re-weighting: {result.model_name}, {result.task}, {result.n_demos} demos (n={len(result.correct_before)})",
-        yaxis_title="held-out accuracy", yaxis_range=[0, 1.05], template="plotly_white",
     )
     return fig

@@ -6,13 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icl_circuits.methods.dpca.numpy_dpca import (
-    DEFAULT_LAMBDA_GRID,
-    DPCAResult,
-    demixed_pca,
-    mahalanobis_distances,
-    marginalize,
-)
+from icl_circuits.methods.dpca.distances import mahalanobis_distances
+from icl_circuits.methods.dpca.numpy_dpca import DEFAULT_LAMBDA_GRID, DPCAResult, demixed_pca, marginalize
 
 
 def _random(shape, seed=0):

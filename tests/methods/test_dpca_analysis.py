@@ -17,10 +17,9 @@ from icl_circuits.core import runner
 from icl_circuits import build_prompts, final_logits, get_task
 from icl_circuits.core import interventions as iv
 from icl_circuits.methods.dpca.numpy_dpca import demixed_pca
-from icl_circuits.methods.dpca.analysis import (
-    DPCALayerResult, LabelStates, SubspaceAblationResult, ablate_subspace, collect_label_states,
-    dpca_by_layer, dpca_from_states, null_factors, subspace_ablation_hooks,
-)
+from icl_circuits.methods.dpca.ablation import SubspaceAblationResult, ablate_subspace, subspace_ablation_hooks
+from icl_circuits.methods.dpca.analysis import DPCALayerResult, dpca_by_layer, dpca_from_states, null_factors
+from icl_circuits.methods.dpca.states import LabelStates, collect_label_states
 from icl_circuits.core.metrics import correct
 from icl_circuits.viz import dpca as plots
 
@@ -39,13 +38,18 @@ def _one_blas_thread():
 
 
 @pytest.fixture(scope="module")
-def states(tiny_model):
-    return collect_label_states(tiny_model, TASK, N_DEMOS, N_PROMPTS, seed=0)
+def batch(tiny_model):
+    return build_prompts(tiny_model, TASK, N_PROMPTS, N_DEMOS, seed=0)
 
 
 @pytest.fixture(scope="module")
-def batch(tiny_model):
-    return build_prompts(tiny_model, TASK, N_PROMPTS, N_DEMOS, seed=0)
+def states(tiny_model, batch):
+    return collect_label_states(tiny_model, batch)
+
+
+def _held(model, n, seed=1, task=TASK, n_demos=N_DEMOS):
+    """Held-out prompts for the ablations."""
+    return build_prompts(model, task, n, n_demos, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +100,7 @@ def test_samples_are_labelled_by_class_nuisance_and_word(states, batch):
 
 
 def test_final_position_gives_one_sample_per_prompt_labelled_by_the_query(tiny_model, batch):
-    st = collect_label_states(tiny_model, TASK, N_DEMOS, N_PROMPTS, seed=0, layers=[1], position="final")
+    st = collect_label_states(tiny_model, batch, layers=[1], position="final")
     assert st.states.shape == (1, N_PROMPTS, tiny_model.cfg.d_model)
     assert torch.equal(st.position, batch.final_positions)
     assert st.label.tolist() == [get_task(TASK).classify(q) for q in batch.queries]
@@ -188,12 +192,12 @@ def test_save_load_round_trip(tmp_path, fit):
 
 # ----------------------------------------------------------------------------- ablation
 def test_ablation_at_no_layer_changes_nothing(tiny_model, fit):
-    res = ablate_subspace(tiny_model, TASK, fit, "label", [], N_DEMOS, 16, seed=1, n_random=1, progress=False)
+    res = ablate_subspace(tiny_model, _held(tiny_model, 16), fit, "label", [], n_random=1, progress=False)
     assert torch.equal(res.correct[0], res.correct[1]) and torch.equal(res.label_correct[0], res.label_correct[1])
 
 
 def test_clean_condition_resumed_from_the_cached_prefix_equals_a_full_forward(tiny_model, fit):
-    res = ablate_subspace(tiny_model, TASK, fit, "label", [1], N_DEMOS, 16, seed=1, n_random=0, progress=False)
+    res = ablate_subspace(tiny_model, _held(tiny_model, 16), fit, "label", [1], n_random=0, progress=False)
     b = build_prompts(tiny_model, TASK, 16, N_DEMOS, seed=1)
     assert torch.equal(res.correct[0], correct(final_logits(tiny_model, b), b.answer_tokens).float())
 
@@ -219,7 +223,7 @@ def test_uncentred_projection_is_project_out_hook():
 
 def test_ablation_with_one_dpca_fit_uses_its_axes_at_every_layer(tiny_model, states):
     one = demixed_pca(states.conditions(1).X, 2, labels=("length", "label"))
-    res = ablate_subspace(tiny_model, TASK, one, "label", [1, 2], N_DEMOS, 8, n_random=2, progress=False)
+    res = ablate_subspace(tiny_model, _held(tiny_model, 8), one, "label", [1, 2], n_random=2, progress=False)
     assert res.conditions == ["clean", "ablated", "random_0", "random_1"] and res.n_axes == [1, 1]
     assert res.correct.shape == (4, 8) and set(res.to_dataframe().condition) == {"clean", "ablated", "random"}
 
@@ -230,8 +234,8 @@ def test_results_are_deterministic_and_ignore_global_random_state(tiny_model):
     for g in (1, 99):
         torch.manual_seed(g)
         np.random.seed(g)
-        r = dpca_by_layer(tiny_model, TASK, N_DEMOS, N_PROMPTS, seed=0, layers=[2], progress=False)
-        a = ablate_subspace(tiny_model, TASK, r, "label", [2], N_DEMOS, 8, seed=1, n_random=2, progress=False)
+        r = dpca_by_layer(tiny_model, _held(tiny_model, N_PROMPTS, seed=0), layers=[2], progress=False)
+        a = ablate_subspace(tiny_model, _held(tiny_model, 8), r, "label", [2], n_random=2, progress=False)
         runs.append((r, a))
     (r1, a1), (r2, a2) = runs
     assert torch.equal(r1.encoders, r2.encoders)
@@ -242,7 +246,7 @@ def test_results_are_deterministic_and_ignore_global_random_state(tiny_model):
 # ----------------------------------------------------------------------------- errors
 def test_non_categorization_task_is_refused(tiny_model):
     with pytest.raises(ValueError, match="dpca_by_layer needs a categorization task with a nuisance feature"):
-        dpca_by_layer(tiny_model, "antonym", progress=False)
+        dpca_by_layer(tiny_model, _held(tiny_model, 4, task="antonym"), progress=False)
 
 
 def test_empty_and_thin_conditions_are_named():
@@ -278,15 +282,15 @@ def test_bad_options_are_refused(states, kwargs, match):
 
 def test_bad_collection_and_ablation_arguments(tiny_model, fit):
     with pytest.raises(ValueError, match="position must be one of"):
-        collect_label_states(tiny_model, TASK, 2, 4, position="query")
+        collect_label_states(tiny_model, _held(tiny_model, 4, n_demos=2), position="middle")
     with pytest.raises(ValueError, match="layers must be an integer"):
-        collect_label_states(tiny_model, TASK, 2, 4, layers=[7])
+        collect_label_states(tiny_model, _held(tiny_model, 4, n_demos=2), layers=[7])
     with pytest.raises(ValueError, match="marginalization must be one of"):
-        ablate_subspace(tiny_model, TASK, fit, "colour", [1], 2, 4, progress=False)
-    one_layer = collect_label_states(tiny_model, TASK, N_DEMOS, N_PROMPTS, seed=0, layers=[1])
+        ablate_subspace(tiny_model, _held(tiny_model, 4, n_demos=2), fit, "colour", [1], progress=False)
+    one_layer = collect_label_states(tiny_model, _held(tiny_model, N_PROMPTS, seed=0), layers=[1])
     with pytest.raises(ValueError, match="not among this result's layers"):
-        ablate_subspace(tiny_model, TASK, dpca_from_states(one_layer, regularizer=None, progress=False),
-                        "label", [2], 2, 4, progress=False)
+        ablate_subspace(tiny_model, _held(tiny_model, 4, n_demos=2),
+                        dpca_from_states(one_layer, regularizer=None, progress=False), "label", [2], progress=False)
 
 
 # ----------------------------------------------------------------------------- CLI and figures
@@ -308,7 +312,7 @@ def test_cli_dpca_refuses_a_knowledge_task(monkeypatch, tiny_model):
 
 
 def test_figures_name_model_and_task(fit, tiny_model):
-    abl = ablate_subspace(tiny_model, TASK, fit, "label", [1], N_DEMOS, 8, n_random=1, progress=False)
+    abl = ablate_subspace(tiny_model, _held(tiny_model, 8), fit, "label", [1], n_random=1, progress=False)
     figs = [plots.explained_variance(fit), plots.distances(fit), plots.projections(fit), plots.summary(fit),
             plots.ablation(abl)]
     for fig in figs:
@@ -324,7 +328,7 @@ def test_figures_name_model_and_task(fit, tiny_model):
     ([np.arange(6) % 3, np.arange(6) % 2], {"min_trials": 0}, "min_trials"),
 ])
 def test_condition_tensor_rejects_bad_factors(factors, kwargs, match):
-    from icl_circuits.methods.dpca.numpy_dpca import condition_tensor
+    from icl_circuits.methods.dpca.conditions import condition_tensor
 
     with pytest.raises(ValueError, match=match):
         condition_tensor(np.random.default_rng(0).normal(size=(6, 4)), factors, ["a", "b"],
@@ -401,3 +405,36 @@ def test_null_draws_that_could_not_be_fitted_are_left_out_of_p_values(fit):
     kept = nv[1:]
     np.testing.assert_allclose(pv, (1 + (kept >= fit.total_marginal_variance[None]).sum(0).numpy()) / (1 + len(kept)))
     np.testing.assert_allclose(r.variance_table(null=True).to_numpy(), nv[1:].mean(0).numpy(), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- batch in, positions, layout
+def test_position_aliases_read_the_same_states(tiny_model, batch):
+    a = collect_label_states(tiny_model, batch, layers=[1], position="answer")
+    b = collect_label_states(tiny_model, batch, layers=[1], position="answers")
+    assert torch.equal(a.states, b.states) and b.position_kind == "answer" and a.meta["model"] == tiny_model.cfg.model_name
+
+
+def test_ablation_positions_spec_and_default_seed(tiny_model, fit):
+    held = _held(tiny_model, 8)
+    a = ablate_subspace(tiny_model, held, fit, "label", [1], n_random=1, progress=False)
+    b = ablate_subspace(tiny_model, held, fit, "label", [1], positions="answers", n_random=1, seed=held.seed,
+                        progress=False)
+    assert torch.equal(a.correct, b.correct) and a.seed == held.seed == 1
+    c = ablate_subspace(tiny_model, held, fit, "label", [1], positions=["answer_0", "answer_-1"], n_random=0,
+                        progress=False)
+    assert c.positions == "answer_0+answer_-1"
+
+
+def test_project_out_spec_equals_the_raw_hook(tiny_model, batch):
+    d = tiny_model.cfg.d_model
+    pos, basis, centre = batch.answer_positions, torch.randn(d, 2), torch.randn(d)
+    spec = subspace_ablation_hooks(tiny_model, pos, {1: (basis, centre)})
+    raw = lambda rows, mb: [(iv.resid_name(tiny_model, 1), iv.project_out_centred_hook(pos[rows], basis, centre))]  # noqa: E731
+    assert torch.equal(runner.run_final_logits(tiny_model, batch, spec, batch_size=4),
+                       runner.run_final_logits(tiny_model, batch, raw, batch_size=4))
+
+
+def test_analysis_does_not_reach_into_the_ablation_module():
+    import icl_circuits.methods.dpca.analysis as analysis
+
+    assert not hasattr(analysis, "ablate_subspace") and not hasattr(analysis, "__getattr__")

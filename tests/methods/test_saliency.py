@@ -13,11 +13,12 @@ import icl_circuits.cli.main as cli_mod
 import icl_circuits.methods.saliency as sal_mod
 from icl_circuits import build_prompts, final_logits
 from icl_circuits.core import interventions as iv
-from icl_circuits.methods.anchors import (
-    IsolationResult, ReweightResult, isolate_attention, isolation_mask, reweighted_logits, train_anchor_reweighting,
-)
-from icl_circuits.viz import saliency as plots
+from icl_circuits.methods.anchors import isolate_attention, isolation_mask
+from icl_circuits.methods.reweighting import reweighted_logits, train_anchor_reweighting
 from icl_circuits.methods.saliency import SaliencyResult, flow_masks, saliency_flow, saliency_terms
+from icl_circuits.viz import anchors as iso_plots
+from icl_circuits.viz import reweighting as rw_plots
+from icl_circuits.viz import saliency as plots
 from tests.conftest import make_tiny_model
 
 
@@ -227,82 +228,6 @@ def test_layer_out_of_range_and_mismatched_demos(tiny_model, batch):
         reweighted_logits(tiny_model, batch, torch.zeros(2, 4, 2))
 
 
-# ----------------------------------------------------------------------------- isolation
-def test_empty_layer_range_changes_nothing(tiny_model, batch):
-    res = isolate_attention(tiny_model, batch, [], progress=False)
-    assert res.range_names == ["none"] and torch.all(res.loyal == 1) and torch.all(res.word_loyalty == 1)
-    assert torch.all(res.accuracy == res.baseline_accuracy)
-
-
-@pytest.mark.parametrize("mode", ["label_from_text", "query_from_label"])
-def test_isolation_zeroes_exactly_the_blocked_weights(tiny_model, batch, mode):
-    mask = isolation_mask(batch, mode)
-    name = iv.pattern_name(0)
-    with tiny_model.hooks(fwd_hooks=[(iv.attn_scores_name(0), iv.block_attention_hook(mask))]):
-        _, cache = tiny_model.run_with_cache(batch.tokens, names_filter=[name])
-    pat = cache[name]  # [batch, head, q, k]
-    causal = torch.ones(pat.shape[-2:], dtype=torch.bool).tril()[None]
-    assert torch.all(pat.permute(1, 0, 2, 3)[:, mask] == 0)
-    assert torch.all(pat.permute(1, 0, 2, 3)[:, causal & ~mask] > 0)
-    b, p = 0, int(batch.answer_positions[0, 1])
-    if mode == "label_from_text":  # the label word keeps itself and BOS, loses the text before it
-        assert mask[b, p].nonzero().flatten().tolist() == list(range(1, p))
-    else:
-        q = int(batch.final_positions[b])
-        assert mask[b, q].nonzero().flatten().tolist() == batch.answer_positions[b].tolist()
-    assert int(mask.sum()) == int(isolation_mask(batch, mode, "label", keep_bos=False).sum()) - (
-        batch.n_demos * len(batch) if mode == "label_from_text" else 0)
-
-
-def test_random_control_avoids_labels_final_and_bos_and_is_seeded(batch):
-    m = isolation_mask(batch, "label_from_text", "random", seed=1)
-    rows = m.any(-1)  # [batch, pos]: the isolated positions (those with some earlier text)
-    for b in range(len(batch)):
-        picked = set(rows[b].nonzero().flatten().tolist())
-        assert not picked & set(batch.answer_positions[b].tolist()) and 0 not in picked
-        assert int(batch.final_positions[b]) not in picked
-    assert torch.equal(m, isolation_mask(batch, "label_from_text", "random", seed=1))
-    assert not torch.equal(m, isolation_mask(batch, "label_from_text", "random", seed=2))
-
-
-def test_isolation_result_rows_and_save(tiny_model, batch, tmp_path):
-    res = isolate_attention(tiny_model, batch, [[0], [1], [0, 1]], "query_from_label", progress=False)
-    df = IsolationResult.load(res.save(tmp_path / "iso")).to_dataframe()
-    assert list(df.layers) == ["0", "0", "1", "1", "0-1", "0-1"] and list(df.target[:2]) == ["label", "random"]
-    assert ((df.accuracy_low <= df.accuracy) & (df.accuracy <= df.accuracy_high)).all()
-
-
-# ----------------------------------------------------------------------------- re-weighting
-def test_zero_beta_is_the_identity(tiny_model, batch):
-    beta = torch.zeros(2, 4, batch.n_demos)
-    assert torch.equal(reweighted_logits(tiny_model, batch, beta), final_logits(tiny_model, batch))
-
-
-def test_scale_hook_scales_exactly_the_query_to_label_weights(tiny_model, batch):
-    beta = torch.zeros(2, 4, batch.n_demos)
-    beta[1] = torch.randn(4, batch.n_demos)
-    name = iv.pattern_name(1)
-    _, clean = tiny_model.run_with_cache(batch.tokens, names_filter=[name])
-    from icl_circuits.methods.anchors import reweighting_hooks
-
-    with tiny_model.hooks(fwd_hooks=reweighting_hooks(batch, beta)):
-        _, hooked = tiny_model.run_with_cache(batch.tokens, names_filter=[name])
-    factor = torch.ones_like(clean[name])
-    for b in range(len(batch)):
-        factor[b][:, int(batch.final_positions[b]), batch.answer_positions[b]] = beta[1].exp()
-    assert torch.allclose(hooked[name], clean[name] * factor, atol=1e-7)
-
-
-def test_training_reduces_the_training_loss(tiny_model, tmp_path):
-    tr = build_prompts(tiny_model, "number", 16, 2, seed=1)
-    ev = build_prompts(tiny_model, "number", 16, 2, seed=2)
-    res = train_anchor_reweighting(tiny_model, tr, ev, lr=0.05, epochs=4, batch_size=8, progress=False)
-    assert res.train_loss_after < res.train_loss_before and res.beta.abs().sum() > 0
-    assert all(p.grad is None and p.requires_grad for p in tiny_model.parameters())
-    back = ReweightResult.load(res.save(tmp_path / "rw"))
-    assert list(back.to_dataframe().stage) == ["before", "after"]
-
-
 # ----------------------------------------------------------------------------- figures and CLI
 def test_figures_build(tiny_model, batch):
     res = saliency_flow(tiny_model, batch, progress=False)
@@ -312,9 +237,9 @@ def test_figures_build(tiny_model, batch):
     with pytest.raises(ValueError, match="example must be in"):
         plots.heatmap(res, example=9)
     iso = isolate_attention(tiny_model, batch, [[0], [1]], progress=False)
-    assert len(plots.isolation(iso).data) == 4
+    assert len(iso_plots.isolation(iso).data) == 4
     rw = train_anchor_reweighting(tiny_model, batch, batch, epochs=1, progress=False)
-    assert len(plots.reweighting(rw).data) == 1
+    assert len(rw_plots.reweighting(rw).data) == 1
 
 
 def test_cli_saliency_json_and_out(monkeypatch, tiny_model, tmp_path):
@@ -329,3 +254,10 @@ def test_cli_saliency_json_and_out(monkeypatch, tiny_model, tmp_path):
     assert (tmp_path / "result.json").exists() and (tmp_path / "figure.html").exists()
     bad = CliRunner().invoke(cli_mod.cli, ["saliency", "--task", "nope"])
     assert bad.exit_code != 0 and "unknown task 'nope'" in bad.output
+
+
+def test_candidates_are_the_batch_candidate_tokens(tiny_model, batch):
+    ant = build_prompts(tiny_model, "antonym", 4, 2, seed=0)
+    assert torch.equal(sal_mod.label_candidates(ant), ant.candidate_tokens(fallback="answers"))
+    assert torch.equal(sal_mod.label_candidates(batch), batch.candidate_tokens())
+    assert sal_mod.label_candidates(batch, "full_vocab") is None

@@ -1,15 +1,17 @@
 """Ablation of a dPCA subspace in the residual stream (METHODS.md section 9, last item).
 
 ``ablate_subspace`` projects a marginalization's decoder subspace (from ``dpca_by_layer``'s
-``DPCALayerResult`` or one ``dpca.DPCAResult``) out of the residual stream at chosen positions and
-layers, and measures the accuracy at the query against random subspaces of the same dimension.
-Split from ``dpca_analysis`` (which re-exports these names) to keep one idea per module.
+``DPCALayerResult`` or one ``numpy_dpca.DPCAResult``) out of the residual stream at chosen
+positions (``batch.positions(spec)``) and layers, and measures the accuracy at the query against
+random subspaces of the same dimension. The projection is an
+``Intervention(Site(l), "project_out", value=basis, centre=mean)`` per layer, run by
+``runner.run_final_logits`` resumed from the cached clean prefix.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,15 +20,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.methods.dpca.numpy_dpca import DPCAResult
-from icl_circuits.methods.dpca.analysis import DPCALayerResult, _model_name
-from icl_circuits.core.interventions import check_layer, project_out_centred_hook, resid_name
-from icl_circuits.core.runner import MakeHooks, read_resid, run_final_logits
+from icl_circuits.core.interventions import Intervention, Site, check_layer
 from icl_circuits.core.metrics import Rate, correct, wilson
 from icl_circuits.core.models import model_info
-from icl_circuits.core.prompts import POSITION_KINDS, PromptBatch, build_prompts
-from icl_circuits.core.results import Result
-from icl_circuits.core.tasks import Task, get_task
+from icl_circuits.core.prompts import PromptBatch
+from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.runner import MakeHooks, read_resid, run_final_logits
+from icl_circuits.core.types import HookedModel
+from icl_circuits.methods.dpca.analysis import DPCALayerResult
+from icl_circuits.methods.dpca.numpy_dpca import DPCAResult
+from icl_circuits.methods.dpca.states import model_name
 
 __all__ = ["SubspaceAblationResult", "ablate_subspace", "subspace_ablation_hooks"]
 
@@ -78,21 +81,24 @@ class SubspaceAblationResult(Result):
 
 
 def subspace_ablation_hooks(
-    model: Any, positions: Int[Tensor, "batch n"], bases: dict[int, tuple[Tensor, Tensor | None]]
+    model: HookedModel, positions: Int[Tensor, "batch n"], bases: dict[int, tuple[Tensor, Tensor | None]]
 ) -> MakeHooks:
     """``make_hooks`` for ``run_final_logits``/``read_activations``: at every layer l of ``bases``
-    (input of block l), at ``positions``, ``h <- h - Q Q^T (h - centre)`` with ``Q`` an orthonormal
-    basis of ``bases[l][0]`` ([d_model, k]) and ``centre = bases[l][1]`` (None: plain projection)."""
-    names = {l: resid_name(model, l) for l in bases}
+    (input of block l; ``n_layers``: the final residual), at ``positions``,
+    ``h <- h - Q Q^T (h - centre)`` with ``Q`` an orthonormal basis of ``bases[l][0]`` ([d_model, k])
+    and ``centre = bases[l][1]`` (None: plain projection): one
+    ``Intervention(Site(l, "resid_pre"), "project_out", value=B, centre=c)`` per layer."""
     for l, (B, _) in bases.items():
+        check_layer(model, l, arg="bases")
         if B.ndim != 2 or B.shape[0] != model.cfg.d_model:
             raise ValueError(f"basis for layer {l} must have shape [d_model={model.cfg.d_model}, k], "
                              f"got {tuple(B.shape)}")
-    return lambda rows, mb: [(names[l], project_out_centred_hook(positions[rows], B, c))
+    return lambda rows, mb: [Intervention(Site(l, "resid_pre"), "project_out", positions=positions[rows], value=B,
+                                          centre=c)
                              for l, (B, c) in bases.items() if B.shape[1] > 0]
 
 
-def _ablation_bases(model: Any, fit: DPCALayerResult | DPCAResult, marginalization: str, layers: list[int],
+def _ablation_bases(model: HookedModel, fit: DPCALayerResult | DPCAResult, marginalization: str, layers: list[int],
                     n_axes: int | None, centre: bool) -> dict[int, tuple[Tensor, Tensor | None]]:
     out = {}
     for l in layers:
@@ -111,22 +117,22 @@ def _ablation_bases(model: Any, fit: DPCALayerResult | DPCAResult, marginalizati
 
 
 def ablate_subspace(
-    model: Any, task: Task | str, dpca: DPCALayerResult | DPCAResult, marginalization: str,
-    layers: Sequence[int], n_demos: int = 8, n_prompts: int = 128, seed: int = 1, positions: str | None = None,
-    *, n_axes: int | None = None, n_random: int = 5, centre: bool = True, batch_size: int = 64,
-    progress: bool = True,
+    model: HookedModel, batch: PromptBatch, dpca: DPCALayerResult | DPCAResult, marginalization: str,
+    layers: Sequence[int], positions: str | Sequence[str] | None = None, *, n_axes: int | None = None,
+    n_random: int = 5, centre: bool = True, seed: int | None = None, batch_size: int = 64, progress: bool = True,
 ) -> SubspaceAblationResult:
     """Project ``marginalization``'s dPCA decoder subspace out of the residual stream and measure
     the accuracy at the query, against ``n_random`` random subspaces of the same dimension.
 
-    At the input of every block l in ``layers`` (all hooked in the same run), at ``positions``
-    (a ``PromptBatch.positions`` kind; default: where the states were read, else "answer"):
+    At the input of every block l in ``layers`` (all hooked in the same run), at
+    ``batch.positions(positions)`` (any single-token spec, e.g. "answers", "separators",
+    "answer_-1", "query"; default: where the states were read, else "answer"):
     ``h <- h - Q Q^T (h - m)`` with ``Q`` the first ``n_axes`` (default all) decoder axes of layer
     l's fit (one ``DPCAResult``: the same axes at every layer) and ``m`` the dPCA mean
     (``centre=True``: the subspace coordinate is set to that of the mean condition, a mean-ablation
     restricted to the subspace; ``centre=False``: set to zero). Random controls: Gaussian bases
-    from ``numpy.random.default_rng([seed, r, l])``, same centre. The prompts are drawn with
-    ``seed``; use a seed other than the fit's to measure on held-out prompts.
+    from ``numpy.random.default_rng([seed, r, l])`` (``seed`` default: the batch's seed), same
+    centre. Use prompts drawn with a seed other than the fit's to measure on held-out prompts.
     """
     layers = [check_layer(model, l, arg="layers") for l in layers]
     if n_axes is not None and (isinstance(n_axes, bool) or not isinstance(n_axes, int) or n_axes < 1):
@@ -134,12 +140,13 @@ def ablate_subspace(
     if not isinstance(n_random, int) or n_random < 0:
         raise ValueError(f"n_random must be an int >= 0, got {n_random!r}")
     positions = positions or (dpca.position_kind if isinstance(dpca, DPCALayerResult) else "answer")
-    if positions not in POSITION_KINDS:
-        raise ValueError(f"positions must be one of {POSITION_KINDS}, got {positions!r}")
+    ps = batch.positions(positions)
+    if ps.ragged:
+        raise ValueError(f"positions {positions!r} has columns some prompts lack (multi-token spans of different "
+                         "lengths); the projection needs one position per column in every prompt, e.g. 'answers'")
+    seed = batch.seed if seed is None else seed
     bases = _ablation_bases(model, dpca, marginalization, layers, n_axes, centre)
-    t = get_task(task) if isinstance(task, str) else task
-    batch: PromptBatch = build_prompts(model, t, n_prompts, n_demos, seed=seed)
-    pos = batch.positions(positions).positions
+    pos = ps.positions
     cand = batch.label_token_ids
     d = model.cfg.d_model
 
@@ -162,7 +169,8 @@ def ablate_subspace(
         model_info=model_info(model),
         correct=torch.stack([a for a, _ in res]), label_correct=torch.stack([b for _, b in res]),
         conditions=conds, marginalization=marginalization, layers=layers,
-        n_axes=[int(bases[l][0].shape[1]) for l in layers], positions=positions, centre=centre,
-        task=t.name, model_name=_model_name(model), n_demos=batch.n_demos, seed=seed,
-        meta={"n_random": n_random},
+        n_axes=[int(bases[l][0].shape[1]) for l in layers],
+        positions=positions if isinstance(positions, str) else "+".join(positions), centre=centre,
+        task=batch.task, model_name=model_name(model), n_demos=batch.n_demos, seed=seed,
+        meta={**provenance(model, batch), "n_random": n_random, "random_seed": seed},
     )

@@ -1,23 +1,20 @@
-"""dPCA of hidden states at label positions (arXiv 2406.16007; METHODS.md sections 4 and 9).
+"""dPCA of hidden states at label positions, per layer (arXiv 2406.16007; METHODS.md sections 4 and 9).
 
-Pipeline: ``collect_label_states`` reads the residual stream at the demo answer (label word)
-positions of categorization prompts -> ``LabelStates`` (one sample per demo, labelled by the
-input's nuisance feature, its class and the label word) -> ``dpca_from_states`` arranges each
-layer's samples into the dPCA tensor ``X`` (d_model x n_nuisance x n_label), fits
-``dpca.demixed_pca`` and measures Mahalanobis distances between clusters -> ``DPCALayerResult``.
-``dpca_by_layer`` does both. ``ablate_subspace`` (in ``dpca_ablation``, re-exported here)
-projects a marginalization's decoder subspace out of the residual stream and measures the
-accuracy at the query against random subspaces.
-
-The label factor is the CLASS index, not the label word: words are re-drawn for every prompt,
-so a class-coding axis is an abstract "which class is this demo" representation.
+Pipeline: ``states.collect_label_states`` reads the residual stream at the demo answer (label
+word) positions of a ``PromptBatch`` of a categorization task -> ``LabelStates`` (one sample per
+demo, labelled by the input's nuisance feature, its class and the label word) ->
+``dpca_from_states`` arranges each layer's samples into the dPCA tensor ``X`` (d_model x
+n_nuisance x n_label, ``conditions.condition_tensor``), fits ``numpy_dpca.demixed_pca``, measures
+Mahalanobis distances between clusters (``distances``) and repeats it under ``null_factors`` ->
+``DPCALayerResult``. ``dpca_by_layer`` does both. Removing a fitted subspace from the residual
+stream is ``ablation.ablate_subspace``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,154 +23,21 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.methods.dpca.numpy_dpca import ConditionData, condition_tensor, demixed_pca, mahalanobis_distances
-from icl_circuits.core.interventions import check_layer
-from icl_circuits.core.runner import read_resid
-from icl_circuits.core.models import model_info
-from icl_circuits.core.prompts import build_prompts
+from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result
-from icl_circuits.core.tasks import CategorizationTask, Task, get_task, list_tasks
+from icl_circuits.core.types import HookedModel
+from icl_circuits.methods.dpca.conditions import condition_tensor
+from icl_circuits.methods.dpca.distances import mahalanobis_distances
+from icl_circuits.methods.dpca.numpy_dpca import demixed_pca
+from icl_circuits.methods.dpca.states import FACTORS, LabelStates, categorization_task, collect_label_states
 
-__all__ = [
-    "LabelStates", "DPCALayerResult", "SubspaceAblationResult", "collect_label_states",
-    "dpca_from_states", "dpca_by_layer", "null_factors", "ablate_subspace", "subspace_ablation_hooks",
-    "DEFAULT_N_NULL",
-]
+__all__ = ["DPCALayerResult", "dpca_from_states", "dpca_by_layer", "null_factors", "DEFAULT_N_NULL"]
 
-STATE_POSITIONS = ("answer", "separator", "delimiter", "final")
 #: Null draws by default: the permutation p-value (1 + #{null >= observed}) / (1 + n_null) can then
 #: reach 1/21 < 0.05. Each draw repeats the per-layer fit (with its cross-validation) and the
 #: Mahalanobis distances, so a result costs about (1 + n_null) times the fitting time of one without
 #: nulls; the model's forward passes (collecting the states) are not repeated.
 DEFAULT_N_NULL = 20
-FACTORS = ("nuisance", "label", "word")
-
-
-def _categorization_task(task: Task | str, who: str) -> CategorizationTask:
-    t = get_task(task) if isinstance(task, str) else task
-    if not isinstance(t, CategorizationTask) or t.nuisance_name is None:
-        raise ValueError(f"{who} needs a categorization task with a nuisance feature; task "
-                         f"{getattr(t, 'name', t)!r} is of kind {getattr(t, 'kind', '?')!r} "
-                         f"(use one of {', '.join(list_tasks('categorization'))})")
-    return t
-
-
-def _model_name(model: Any) -> str:
-    return str(getattr(model.cfg, "model_name", None) or type(model).__name__)
-
-
-# ----------------------------------------------------------------------------- hidden states
-@dataclass(frozen=True)
-class LabelStates(Result):
-    """Residual stream at one kind of position of categorization prompts; one row per sample.
-
-    states: [layer, sample, d_model] input of block ``layers[i]`` (``n_layers``: final residual)
-    nuisance: [sample] the input's nuisance value (e.g. string length); label: [sample] its class;
-    word: [sample] index of the label word in ``word_names`` (-1 if not in the pool);
-    prompt, demo, position: [sample] prompt index, demo index (``n_demos`` for the query) and the
-    token position read. Samples are prompt-major (prompt i, demo j is row ``i * n + j``).
-    """
-
-    states: Float[Tensor, "layer sample d_model"]
-    nuisance: Int[Tensor, "sample"]
-    label: Int[Tensor, "sample"]
-    word: Int[Tensor, "sample"]
-    prompt: Int[Tensor, "sample"]
-    demo: Int[Tensor, "sample"]
-    position: Int[Tensor, "sample"]
-    layers: list[int]
-    position_kind: str
-    task: str
-    model_name: str
-    nuisance_name: str
-    word_names: list[str]
-    n_demos: int
-    seed: int
-    meta: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.states.ndim != 3 or self.states.shape[0] != len(self.layers) or self.states.shape[1] == 0:
-            raise ValueError(f"states must have shape [len(layers)={len(self.layers)}, sample >= 1, d_model], "
-                             f"got {tuple(self.states.shape)}")
-        n = self.states.shape[1]
-        for name in ("nuisance", "label", "word", "prompt", "demo", "position"):
-            v = getattr(self, name)
-            if v.shape != (n,):
-                raise ValueError(f"{name} must have shape [sample={n}] like states, got {tuple(v.shape)}")
-        if not torch.isfinite(self.states).all():
-            raise ValueError("states contains NaN or inf")
-        if self.nuisance_name in ("label", "word", "interaction", ""):
-            raise ValueError(f"nuisance_name must be a non-empty name other than label/word/interaction, "
-                             f"got {self.nuisance_name!r}")
-
-    def __len__(self) -> int:
-        return int(self.states.shape[1])
-
-    def at(self, layer: int) -> np.ndarray:
-        """Samples of ``layer`` as a float64 array (sample, d_model)."""
-        if layer not in self.layers:
-            raise ValueError(f"layer {layer!r} not among the collected layers {self.layers}")
-        return self.states[self.layers.index(layer)].double().numpy()
-
-    def factor(self, name: str) -> np.ndarray:
-        """Values of factor ``name`` ("nuisance", "label" or "word") per sample."""
-        if name not in FACTORS:
-            raise ValueError(f"factor must be one of {FACTORS}, got {name!r}")
-        return getattr(self, name).numpy()
-
-    def factor_label(self, name: str) -> str:
-        """Display name of a factor: the nuisance is called by its name (e.g. "length")."""
-        return self.nuisance_name if name == "nuisance" else name
-
-    def conditions(self, layer: int, factors: Sequence[str] = ("nuisance", "label"), *,
-                   n_trials: int | None = None, min_trials: int = 2, seed: int = 0) -> ConditionData:
-        """``dpca.condition_tensor`` of ``layer``: X (d_model, n_1, ..., n_k) of per-condition means of
-        all samples, and balanced seeded trials (n_trials, *X.shape) for cross-validation."""
-        return condition_tensor(self.at(layer), [self.factor(f) for f in factors],
-                                [self.factor_label(f) for f in factors],
-                                n_trials=n_trials, min_trials=min_trials, seed=seed)
-
-    def to_dataframe(self) -> pd.DataFrame:
-        """One row per sample: prompt, demo, position, nuisance, label, word (no states)."""
-        return pd.DataFrame({k: getattr(self, k).tolist() for k in
-                             ("prompt", "demo", "position", "nuisance", "label", "word")})
-
-
-def collect_label_states(
-    model: Any, task: Task | str, n_demos: int = 8, n_prompts: int = 64, seed: int = 0,
-    layers: Sequence[int] | None = None, position: str = "answer", *, batch_size: int = 64,
-) -> LabelStates:
-    """Residual stream (input of each block in ``layers``, default 0..n_layers) of ICL prompts of a
-    categorization ``task`` at the demo ``position`` s ("answer": the label word's first token,
-    "separator", "delimiter"; each demo is a sample labelled by its input x: nuisance(x),
-    classify(x) and its label word) or at the query's "final" position (labelled by the query)."""
-    t = _categorization_task(task, "collect_label_states")
-    if position not in STATE_POSITIONS:
-        raise ValueError(f"position must be one of {STATE_POSITIONS}, got {position!r}")
-    if position != "final" and (not isinstance(n_demos, int) or n_demos < 1):
-        raise ValueError(f"n_demos must be >= 1 to read demo {position} positions, got {n_demos!r}")
-    layers = list(range(model.cfg.n_layers + 1)) if layers is None else [check_layer(model, l, arg="layers")
-                                                                         for l in layers]
-    if not layers:
-        raise ValueError("layers is empty; give at least one layer (or None for all)")
-    batch = build_prompts(model, t, n_prompts, n_demos, seed=seed)
-    pos = batch.positions(position).positions
-    states = read_resid(model, batch, pos, layers, batch_size=batch_size)  # [layer, batch, n, d]
-    pool = t.label_words
-    rows = []
-    for i in range(len(batch)):
-        pairs = [(batch.queries[i], batch.answers[i])] if position == "final" else batch.demos[i]
-        for j, (x, y) in enumerate(pairs):
-            rows.append((t.nuisance(x), t.classify(x), pool.index(y) if y in pool else -1, i,
-                         batch.n_demos if position == "final" else j, int(pos[i, j])))
-    cols = torch.tensor(rows, dtype=torch.long).T
-    return LabelStates(
-        model_info=model_info(model),
-        states=states.reshape(len(layers), -1, states.shape[-1]).float().contiguous(),
-        nuisance=cols[0], label=cols[1], word=cols[2], prompt=cols[3], demo=cols[4], position=cols[5],
-        layers=layers, position_kind=position, task=t.name, model_name=_model_name(model),
-        nuisance_name=str(t.nuisance_name), word_names=list(pool), n_demos=batch.n_demos, seed=seed,
-    )
 
 
 # ----------------------------------------------------------------------------- dPCA per layer
@@ -464,11 +328,10 @@ def dpca_from_states(
 
 
 def dpca_by_layer(
-    model: Any, task: Task | str, n_demos: int = 8, n_prompts: int = 128, seed: int = 0,
-    layers: Sequence[int] | None = None, n_components: int = 3, regularizer: float | str | None = "auto",
-    position: str = "answer", *, factors: Sequence[str] = ("nuisance", "label"), min_trials: int = 2,
-    shrinkage: float | str = "ledoit_wolf", n_null: int = DEFAULT_N_NULL, batch_size: int = 64,
-    progress: bool = True,
+    model: HookedModel, batch: PromptBatch, layers: Sequence[int] | None = None, n_components: int = 3,
+    regularizer: float | str | None = "auto", position: str = "answer", *,
+    factors: Sequence[str] = ("nuisance", "label"), min_trials: int = 2, shrinkage: float | str = "ledoit_wolf",
+    n_null: int = DEFAULT_N_NULL, seed: int | None = None, batch_size: int = 64, progress: bool = True,
 ) -> DPCALayerResult:
     """Per layer, demixed PCA of the residual stream at label positions (2406.16007's analysis).
 
@@ -483,22 +346,13 @@ def dpca_by_layer(
     marginalization's encoder projections and in all dPCA components together, each with
     ``n_null`` draws of a null baseline (``null_factors``; default 20, so that permutation p-values
     can fall below 0.05; each draw refits every layer, see ``DEFAULT_N_NULL`` for the cost).
-    Published (LLaMA-7B, string length as nuisance): length information peaks early and fades,
-    label information stays.
+    ``batch``: ICL prompts of a categorization task (``build_prompts(model, task, n_prompts,
+    n_demos, seed=...)``); ``seed`` (default: the batch's seed) draws the balanced trials and the
+    null labels. Published (LLaMA-7B, string length as nuisance): length information peaks early
+    and fades, label information stays.
     """
-    t = _categorization_task(task, "dpca_by_layer")
-    states = collect_label_states(model, t, n_demos, n_prompts, seed, layers, position, batch_size=batch_size)
+    categorization_task(batch.task, "dpca_by_layer")
+    seed = batch.seed if seed is None else seed
+    states = collect_label_states(model, batch, layers, position, batch_size=batch_size)
     return dpca_from_states(states, factors=factors, n_components=n_components, regularizer=regularizer,
                             min_trials=min_trials, shrinkage=shrinkage, n_null=n_null, seed=seed, progress=progress)
-
-
-_ABLATION = ("SubspaceAblationResult", "ablate_subspace", "subspace_ablation_hooks")
-
-
-def __getattr__(name: str) -> Any:
-    """The subspace ablation lives in ``dpca_ablation`` (one idea per module); importable from here."""
-    if name in _ABLATION:
-        from icl_circuits.methods.dpca import ablation as dpca_ablation
-
-        return getattr(dpca_ablation, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,11 @@
-"""Demixed PCA (Kobak et al. 2016, eLife) and cluster distances, in pure numpy.
+"""Demixed PCA (Kobak et al. 2016, eLife), in pure numpy.
 
 Layout: data checks -> marginalization -> the per-marginalization fit (closed form via
 one SVD of the data) -> cross-validation of the ridge strength -> ``demixed_pca`` and
-its ``DPCAResult`` -> ``mahalanobis_distances``. Model-facing code (hidden-state
-collection, subspace ablation hooks) belongs below these sections and should only
-consume ``DPCAResult.encoders`` / ``decoders`` / ``mean``.
+its ``DPCAResult``. Samples are arranged into the condition tensor by
+``dpca.conditions.condition_tensor``, cluster separation is ``dpca.distances``; model-facing
+code (``dpca.states``, ``dpca.analysis``, ``dpca.ablation``) only consumes
+``DPCAResult.encoders`` / ``decoders`` / ``mean``.
 
 Conventions, with ``X`` the centred data flattened to (n_features, n_conditions):
 
@@ -30,10 +31,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = [
-    "DPCAResult", "MahalanobisResult", "demixed_pca", "mahalanobis_distances",
-    "marginalize", "DEFAULT_LAMBDA_GRID", "ConditionData", "condition_tensor",
-]
+__all__ = ["DPCAResult", "demixed_pca", "marginalize", "DEFAULT_LAMBDA_GRID"]
 
 DEFAULT_LAMBDA_GRID = np.logspace(-7, -1, 13)
 _FORMAT_VERSION = 1
@@ -387,138 +385,3 @@ def _component_counts(n_components: int | Mapping[str, int], names: list[str]) -
         if isinstance(q, bool) or not isinstance(q, (int, np.integer)) or q < 1:
             raise ValueError(f"n_components must be an int >= 1 (for {n!r}), got {q!r}")
     return {n: int(q) for n, q in qs.items()}
-
-
-# ----------------------------------------------------------------- cluster distances
-@dataclass(frozen=True, eq=False)
-class MahalanobisResult:
-    """Pairwise Mahalanobis distances between class means under a pooled covariance."""
-
-    distances: pd.DataFrame  # (n_groups, n_groups), indexed by group id
-    mean_distance: float  # mean over unordered pairs i < j
-    shrinkage: float  # shrinkage coefficient used
-    covariance: np.ndarray  # pooled within-class covariance estimate (n_features, n_features)
-
-
-def mahalanobis_distances(
-    H: np.ndarray, groups: np.ndarray, shrinkage: str | float = "ledoit_wolf"
-) -> MahalanobisResult:
-    """``d(i, j) = sqrt((m_i - m_j)^T S^{-1} (m_i - m_j))`` for class means m of ``H``
-    (n_samples, n_features) grouped by ``groups`` (n_samples,).
-
-    ``S`` is the pooled within-class covariance of the residuals ``H - m[group]``
-    (normalised by n_samples - n_groups), shrunk towards a scaled identity with
-    scikit-learn's LedoitWolf ("ledoit_wolf"), OAS ("oas"), or a fixed coefficient in [0, 1].
-    """
-    from scipy.linalg import LinAlgError, cho_factor, cho_solve
-    from sklearn.covariance import OAS, LedoitWolf, shrunk_covariance
-
-    H = np.asarray(H, dtype=np.float64)
-    groups = np.asarray(groups)
-    if H.ndim != 2 or H.shape[0] == 0 or H.shape[1] == 0:
-        raise ValueError(f"H must be a non-empty (n_samples, n_features) array, got shape {H.shape}")
-    if groups.ndim != 1 or groups.shape[0] != H.shape[0]:
-        raise ValueError(f"groups must have shape (n_samples={H.shape[0]},), got {groups.shape}")
-    if not np.all(np.isfinite(H)):
-        raise ValueError("H contains NaN or inf")
-    if groups.dtype.kind == "f" and not np.all(np.isfinite(groups)):
-        raise ValueError("groups contains NaN or inf")
-    ids, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
-    if ids.size < 2:
-        raise ValueError(f"groups must contain at least 2 distinct classes, got {ids.size}")
-    if np.any(counts < 2):
-        raise ValueError(f"each group needs at least 2 samples; too few in {ids[counts < 2].tolist()}")
-    means = np.stack([H[inv == g].mean(axis=0) for g in range(ids.size)])
-    R = H - means[inv]
-    n, p = R.shape
-    dof_scale = n / (n - ids.size)
-    if isinstance(shrinkage, str):
-        est = {"ledoit_wolf": LedoitWolf, "oas": OAS}.get(shrinkage)
-        if est is None:
-            raise ValueError(f"shrinkage must be 'ledoit_wolf', 'oas' or a float in [0, 1], got {shrinkage!r}")
-        fitted = est(assume_centered=True).fit(R)
-        cov, coef = fitted.covariance_ * dof_scale, float(fitted.shrinkage_)
-    else:
-        coef = float(shrinkage)
-        if not 0.0 <= coef <= 1.0:
-            raise ValueError(f"shrinkage must be 'ledoit_wolf', 'oas' or a float in [0, 1], got {shrinkage!r}")
-        cov = shrunk_covariance(R.T @ R / (n - ids.size), shrinkage=coef)
-    try:
-        chol = cho_factor(cov)
-    except LinAlgError as exc:
-        raise ValueError("pooled covariance is singular; use shrinkage > 0") from exc
-    diff = means[:, None, :] - means[None, :, :]
-    flat = diff.reshape(-1, p)
-    d2 = np.einsum("ij,ij->i", flat, cho_solve(chol, flat.T).T).reshape(ids.size, ids.size)
-    dist = np.sqrt(np.clip(d2, 0.0, None))
-    np.fill_diagonal(dist, 0.0)
-    iu = np.triu_indices(ids.size, k=1)
-    return MahalanobisResult(distances=pd.DataFrame(dist, index=ids, columns=ids),
-                             mean_distance=float(dist[iu].mean()), shrinkage=coef, covariance=cov)
-
-
-# ------------------------------------------------------------- samples -> conditions
-@dataclass(frozen=True, eq=False)
-class ConditionData:
-    """Samples arranged by condition: ``X`` (n_features, n_1, ..., n_k) holds the mean of ALL
-    samples of each condition; ``trials`` (n_trials, *X.shape) a balanced, seeded subsample
-    (``n_trials`` samples per condition, without replacement) for cross-validation;
-    ``levels[i]`` the sorted values of factor i; ``counts`` (n_1, ..., n_k) samples per condition."""
-
-    X: np.ndarray
-    trials: np.ndarray
-    levels: list[list]
-    counts: np.ndarray
-
-
-def condition_tensor(
-    H: np.ndarray, factors: Sequence[np.ndarray], names: Sequence[str] | None = None, *,
-    n_trials: int | None = None, min_trials: int = 2, seed: int = 0,
-) -> ConditionData:
-    """Average samples ``H`` (n_samples, n_features) per condition of the crossed ``factors``
-    (each (n_samples,), integer-like). Levels are the sorted distinct values of each factor;
-    every combination must have at least ``min_trials`` samples (else ValueError naming it).
-    ``n_trials`` defaults to the smallest condition count."""
-    H = np.asarray(H, dtype=np.float64)
-    if H.ndim != 2 or 0 in H.shape:
-        raise ValueError(f"H must be a non-empty (n_samples, n_features) array, got shape {H.shape}")
-    if not np.all(np.isfinite(H)):
-        raise ValueError("H contains NaN or inf")
-    names = [f"factor_{i}" for i in range(len(factors))] if names is None else list(names)
-    if len(factors) < 1 or len(names) != len(factors):
-        raise ValueError(f"need at least one factor and one name per factor, got {len(factors)} factors, names {names}")
-    codes, levels = [], []
-    for name, f in zip(names, factors):
-        f = np.asarray(f)
-        if f.shape != (H.shape[0],):
-            raise ValueError(f"factor {name!r} must have shape (n_samples={H.shape[0]},), got {f.shape}")
-        lev, code = np.unique(f, return_inverse=True)
-        if lev.size < 2:
-            raise ValueError(f"factor {name!r} takes a single value ({lev.tolist()}); need at least 2 levels")
-        levels.append(lev.tolist())
-        codes.append(code)
-    if isinstance(min_trials, bool) or not isinstance(min_trials, (int, np.integer)) or min_trials < 1:
-        raise ValueError(f"min_trials must be an int >= 1, got {min_trials!r}")
-    shape = tuple(len(l) for l in levels)
-    flat = np.ravel_multi_index(tuple(codes), shape)
-    counts = np.bincount(flat, minlength=int(np.prod(shape))).reshape(shape)
-    low = counts < min_trials
-    if low.any():
-        idx = np.argwhere(low)[0]
-        cond = ", ".join(f"{n}={levels[i][j]}" for i, (n, j) in enumerate(zip(names, idx)))
-        raise ValueError(f"condition ({cond}) has {counts[tuple(idx)]} samples; need at least "
-                         f"min_trials={min_trials} in each of the {counts.size} conditions (use more prompts)")
-    n_min = int(counts.min())
-    n_trials = n_min if n_trials is None else n_trials
-    if isinstance(n_trials, bool) or not isinstance(n_trials, (int, np.integer)) or not 1 <= n_trials <= n_min:
-        raise ValueError(f"n_trials must be an int in [1, {n_min}] (the smallest condition count), got {n_trials!r}")
-    rng = np.random.default_rng(seed)
-    n_feat = H.shape[1]
-    X = np.empty((n_feat, counts.size))
-    trials = np.empty((n_trials, n_feat, counts.size))
-    for c in range(counts.size):
-        rows = np.flatnonzero(flat == c)
-        X[:, c] = H[rows].mean(axis=0)
-        trials[:, :, c] = H[np.sort(rng.choice(rows, size=n_trials, replace=False))]
-    return ConditionData(X=X.reshape((n_feat,) + shape), trials=trials.reshape((n_trials, n_feat) + shape),
-                         levels=levels, counts=counts)
