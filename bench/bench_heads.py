@@ -9,7 +9,7 @@ random model of the same shape with the toy tokenizer), with 8-demo ICL prompts 
 2. ``head_attribution`` (one forward + one backward) vs the exact scan; Spearman rank correlation
    of the per-head effects (scipy).
 
-Metric: ``logit_diff``; zero and mean ablation at every position. The last line printed is one JSON
+Metric: ``logit_diff_to_mean``; zero and mean ablation at every position. The last line printed is one JSON
 object with ``scan_speedup_vs_naive``, ``attribution_speedup_vs_exact`` and ``attribution_spearman``
 for zero ablation, and the same keys suffixed ``_mean`` for mean ablation. On a busy machine use
 ``--cpu-time`` (process CPU clock; one thread).
@@ -43,12 +43,13 @@ def main(argv: list[str] | None = None) -> dict:
     timed = partial(best_of, cpu_time=args.cpu_time)
 
     from icl_circuits import build_prompts
-    from icl_circuits.methods.heads import head_ablation_scan, head_attribution, scan_agreement
+    from icl_circuits.methods.attribution import head_attribution, scan_agreement
+    from icl_circuits.methods.heads import head_ablation_scan
     from icl_circuits.toy import toy_or_untrained
 
     model, trained = toy_or_untrained()
     batch = build_prompts(model, args.task, args.prompts, args.demos, seed=0)
-    kw = dict(metric="logit_diff", progress=False)
+    kw = dict(metric="logit_diff_to_mean", progress=False)
     print(f"model {model.cfg.model_name} ({'trained' if trained else 'random weights'}), task {args.task}, "
           f"{args.prompts} prompts x {args.demos} demos ({batch.tokens.shape[1]} tokens), "
           f"{model.cfg.n_layers * model.cfg.n_heads} heads, {'CPU' if args.cpu_time else 'wall'} clock")
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     for how in args.how:
         t_naive, naive = timed(lambda: head_ablation_scan(model, batch, how, batched=False, **kw), args.repeats)
         t_scan, scan = timed(lambda: head_ablation_scan(model, batch, how, **kw), args.repeats)
-        t_attr, attr = timed(lambda: head_attribution(model, batch, how, metric="logit_diff"), args.repeats)
+        t_attr, attr = timed(lambda: head_attribution(model, batch, how, metric="logit_diff_to_mean"), args.repeats)
         same = torch.equal(scan.per_prompt, naive.per_prompt)
         diff = float((scan.per_prompt - naive.per_prompt).abs().max())
         agree = scan_agreement(scan, attr)

@@ -22,7 +22,8 @@ import torch
 
 from icl_circuits import build_prompts
 from icl_circuits.methods.circuits import key_head_ablation, key_heads, ov_contributions, reconstruct
-from icl_circuits.methods.heads import head_ablation_scan, head_attribution, scan_agreement
+from icl_circuits.methods.attribution import head_attribution, scan_agreement
+from icl_circuits.methods.heads import head_ablation_scan
 from icl_circuits.core.runner import read_resid
 from icl_circuits.core.results import markdown_table
 from icl_circuits.toy import toy_or_untrained
@@ -38,14 +39,14 @@ def scan_section(model: Any, n: int, k: int, seed: int) -> str:
            f"{n} prompts x {k} demos per task, seed {seed}. Each head of each layer is ablated alone at every "
            "position (zero: z = 0; mean: z = its mean over the same prompts at that position). Cells: accuracy "
            "with the head ablated minus clean accuracy (argmax over the vocabulary). Attribution patching "
-           "(one forward + one backward) is compared with the exact scan on logit_diff (Spearman over the heads).", ""]
+           "(one forward + one backward) is compared with the exact scan on logit_diff_to_mean (gold logit minus the mean logit of the other label words, or of the vocabulary; Spearman over the heads).", ""]
     rows = []
     for task in SCAN_TASKS:
         batch = build_prompts(model, task, n, k, seed=seed)
         for how in ("zero", "mean"):
             acc = head_ablation_scan(model, batch, how, metric="accuracy", progress=False)
-            ld = head_ablation_scan(model, batch, how, metric="logit_diff", progress=False)
-            at = head_attribution(model, batch, how, metric="logit_diff")
+            ld = head_ablation_scan(model, batch, how, metric="logit_diff_to_mean", progress=False)
+            at = head_attribution(model, batch, how, metric="logit_diff_to_mean")
             ag = scan_agreement(ld, at)
             grid = pd.DataFrame(acc.effect.numpy(), columns=[f"H{h}" for h in range(acc.n_heads)])
             grid.insert(0, "layer", [f"L{l}" for l in acc.layers])
@@ -63,7 +64,8 @@ def task_vector(model: Any, task: str, layer: int, n: int, k: int, seed: int) ->
     try:
         from icl_circuits.methods.learned import train_task_vector
 
-        return train_task_vector(model, task, layer, n_train=256, n_val=64, seed=seed, progress=False)
+        train = build_prompts(model, task, 256 + 64, 0, seed=seed, variant="zero_shot")
+        return train_task_vector(model, train, layer, n_val=64, seed=seed, progress=False)
     except Exception as err:  # noqa: BLE001 - fall back to the mean difference, and say so
         print(f"learned task vector unavailable ({type(err).__name__}: {err}); using the ICL - zero-shot mean difference")
     icl = build_prompts(model, task, n, k, seed=seed + 7)

@@ -54,7 +54,7 @@ def _metric_list(_ctx: Any, param: click.Parameter, value: str | None) -> list[s
 @click.option("--prompts", "n_prompts", default=64, show_default=True, type=click.IntRange(min=1), help="Prompts per cell.")
 @click.option("--metrics", default=None, callback=_metric_list,
               help="Comma-separated metrics (first_token, label, exact_match, answer_logprob, gold_prob, logit_diff, "
-                   "label_margin). Default: first_token,exact_match, plus label for tasks with label words.")
+                   "logit_diff_to_mean). Default: first_token,exact_match, plus label for tasks with label words.")
 @click.option("--template", default=None, help="Example template, e.g. '{x} -> {y}' (default: build_prompts' default).")
 @click.option("--max-new-tokens", default=None, type=click.IntRange(min=1),
               help="Greedy decoding budget for exact_match (default: longest gold answer in tokens + 3).")
