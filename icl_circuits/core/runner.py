@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from icl_circuits.core.interventions import HookList, Intervention, check_layer, check_positions, compile_hooks, resid_name
 from icl_circuits.core.prompts import PromptBatch
@@ -41,6 +42,7 @@ __all__ = [
     "hooked", "resume", "block_inputs", "unembed_resid", "unembed_rows", "frozen", "gather_positions", "minibatches",
     "final_logits", "run_final_logits", "read_activations", "read_resid", "Entry", "run_staggered", "cache_resid",
     "hook_block", "TOKENS_PER_FORWARD", "UNEMBED_ELEMENTS", "final_logits_with_grad",
+    "sweep_final_logits",
 ]
 
 #: Interventions of a run: specs (``Intervention``) or ready ``(hook_name, fn)`` pairs.
@@ -466,3 +468,72 @@ def final_logits_with_grad(
     with torch.enable_grad(), hooked(model, interventions):
         resid = model(batch.tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
         return unembed_resid(model, gather_positions(resid, batch.final_positions[:, None])[:, 0])
+
+
+# ----------------------------------------------------------------------------- layer sweeps of final logits
+# (added for interchange and necessity, issue #16: one intervention per layer, each run resumed at its block)
+#: ``make_interventions(layer, rows, sub_batch)``: the interventions of the run for ``layer`` on
+#: the prompts ``rows`` of the batch (``sub_batch``), built as for a run of the sub-batch alone.
+MakeLayerInterventions = Callable[[int, slice, PromptBatch], Interventions]
+
+
+@torch.no_grad()
+def sweep_final_logits(
+    model: Any,
+    batch: PromptBatch,
+    make_interventions: MakeLayerInterventions,
+    layers: Sequence[int],
+    reduce: Callable[[Tensor, PromptBatch], Tensor] | None = None,
+    *,
+    batch_size: int = 64,
+    layers_per_forward: int | None = None,
+    tokens_per_forward: int = TOKENS_PER_FORWARD,
+    progress: bool = False,
+    desc: str = "layer sweep",
+) -> tuple[Tensor, Tensor]:
+    """``reduce(logits, sub_batch)`` of the final-position logits of ``batch`` under the
+    interventions of each layer in ``layers``, and of the unpatched run.
+
+    Returns ``(per_layer, clean)``: per_layer ``[layer, batch, ...]`` (``layers`` in the order
+    given), clean ``[batch, ...]``; ``reduce`` defaults to the logits themselves ([.., d_vocab]).
+
+    Layer l (0..n_layers) names the run whose interventions live in block l or later (for
+    l = n_layers, ``Site(n_layers)``: ``blocks.{n_layers-1}.hook_resid_post``). Per minibatch of
+    ``batch_size`` prompts (padding trimmed), one unpatched forward (``cache_resid``) gives the
+    residual at the input of every block needed and the clean logits; the run for layer l resumes
+    at block min(l, n_layers-1) from it (``Entry`` + ``run_staggered``), ``layers_per_forward``
+    layers per staggered forward (default: as many as fit in ``tokens_per_forward`` positions).
+    Every run of a minibatch sees its own rows only, exactly as if it ran alone, so seeded
+    interventions draw the same numbers whatever the staggering.
+    """
+    if len(batch) == 0:
+        raise ValueError("batch is empty")
+    n = model.cfg.n_layers
+    layers = [check_layer(model, l, arg="layers") for l in layers]
+    if not layers:
+        raise ValueError("layers must name at least one layer")
+    if layers_per_forward is not None and layers_per_forward < 1:
+        raise ValueError(f"layers_per_forward must be positive, got {layers_per_forward}")
+    red = reduce if reduce is not None else (lambda logits, mb: logits)
+    start = {l: min(l, n - 1) for l in layers}
+    order = sorted(set(layers))
+    per_layer: dict[int, list[Tensor]] = {l: [] for l in order}
+    clean: list[Tensor] = []
+    bar = tqdm(total=len(batch) * len(order), desc=desc, disable=not progress)
+    for rows, mb in minibatches(batch, batch_size):
+        cached, clean_final, _ = cache_resid(model, mb.tokens, sorted(set(start.values())), mb.final_positions,
+                                             unembed=False)
+        finals = [clean_final]
+        k = layers_per_forward or max(1, tokens_per_forward // (len(mb) * mb.tokens.shape[1]))
+        for g in range(0, len(order), k):
+            group = order[g : g + k]
+            ents = [Entry(start[l], cached[start[l]], mb.final_positions, list(make_interventions(l, rows, mb)),
+                          tokens=mb.tokens) for l in group]
+            finals.append(run_staggered(model, ents, unembed=False))
+            bar.update(len(mb) * len(group))
+        logits = torch.split(unembed_rows(model, torch.cat(finals)), len(mb))
+        clean.append(red(logits[0], mb))
+        for l, lg in zip(order, logits[1:]):
+            per_layer[l].append(red(lg, mb))
+    bar.close()
+    return torch.stack([torch.cat(per_layer[l]) for l in layers]), torch.cat(clean)

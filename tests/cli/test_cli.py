@@ -74,7 +74,7 @@ def test_unknown_model_is_a_clear_error():
 # ----------------------------------------------------------------------------- --out checked first
 OUT_COMMANDS = [
     ["dpca", "--task", "number"], ["saliency"], ["interchange", "--source", "antonym", "--target", "english-french"],
-    ["probe"], ["heads"], ["ltv"], ["propagation"], ["task-vectors"],
+    ["probe"], ["heads"], ["ltv"], ["propagation"], ["task-vectors"], ["necessity"],
 ]
 
 

@@ -21,7 +21,7 @@ from icl_circuits.core import interventions as iv
 from icl_circuits.methods.circuits import ov_contributions
 from icl_circuits.methods.dpca.analysis import dpca_by_layer
 from icl_circuits.methods.heads import ablate_heads, head_ablation_scan
-from icl_circuits.methods.interchange import necessity
+from icl_circuits.methods.necessity import necessity
 from icl_circuits.methods.learned import train_task_vector
 from icl_circuits.methods.patching import layer_sweep, patch_grid
 from icl_circuits.methods.propagation import final_deltas, fit_linear_propagation, propagation_by_layer

@@ -103,7 +103,7 @@ def test_every_result_class_carries_model_info_keyword_only():
 
 def test_analysis_results_record_how_the_model_was_loaded_and_keep_it_through_save(tiny_model, tmp_path):
     from icl_circuits import build_prompts
-    from icl_circuits.methods.interchange import necessity
+    from icl_circuits.methods.necessity import necessity
     from icl_circuits.core.models import model_info
     from icl_circuits.methods.saliency import saliency_flow
     from icl_circuits.methods.task_vectors import vanilla_task_vector

@@ -162,14 +162,14 @@ def test_ov_decomposition_of_a_zero_vector_changes_nothing(model, batch):
         assert (r.clean_final - _full_final_resid(model, batch)).abs().max() <= TOL
 
 
-def test_interchange_layer_sweep_without_intervention_equals_full_forward(model, batch):
-    from icl_circuits.methods.interchange import _layer_sweep
-
+@pytest.mark.parametrize("per_forward", [1, 2, None])
+def test_sweep_final_logits_without_intervention_equals_full_forward(model, batch, per_forward):
+    """runner.sweep_final_logits (interchange, necessity): every layer's resumed run and the clean run."""
     full = final_logits(model, batch)
     layers = list(range(model.cfg.n_layers + 1))
-    out = _layer_sweep(model, batch, layers, lambda i, rows: (lambda act, hook=None: act), lambda lg: lg,
-                       batch_size=4, progress=False, desc="")
-    assert (out - full[None]).abs().max() <= TOL
+    out, clean = runner.sweep_final_logits(model, batch, lambda l, rows, mb: [], layers, batch_size=4,
+                                           layers_per_forward=per_forward)
+    assert (out - full[None]).abs().max() <= TOL and (clean - full).abs().max() <= TOL
 
 
 def test_subspace_ablation_of_an_empty_subspace_equals_full_forward(model, batch):

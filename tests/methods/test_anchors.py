@@ -8,7 +8,12 @@ import torch
 from icl_circuits.core import interventions as iv
 from icl_circuits.core.runner import run_final_logits
 from icl_circuits.methods.anchors import IsolationResult, isolate_attention, isolation_mask, random_control_positions
-from tests.methods.test_saliency import batch  # noqa: F401  (shared fixture)
+from icl_circuits import build_prompts
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_model):
+    return build_prompts(tiny_model, "letter-string", 6, 3, seed=0)  # prompts of different lengths
 
 
 def test_empty_layer_range_changes_nothing(tiny_model, batch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from icl_circuits import build_prompts, final_logits
@@ -10,7 +11,11 @@ from icl_circuits.core import runner
 from icl_circuits.methods.reweighting import (
     ReweightResult, reweighted_logits, reweighting_interventions, train_anchor_reweighting,
 )
-from tests.methods.test_saliency import batch  # noqa: F401  (shared fixture)
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_model):
+    return build_prompts(tiny_model, "letter-string", 6, 3, seed=0)  # prompts of different lengths
 
 
 def test_zero_beta_is_the_identity(tiny_model, batch):

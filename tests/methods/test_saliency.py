@@ -11,7 +11,7 @@ import torch
 import icl_circuits.cli.common as cli_common
 import icl_circuits.cli.main as cli_mod
 import icl_circuits.methods.saliency as sal_mod
-from icl_circuits import build_prompts, final_logits
+from icl_circuits import build_prompts
 from icl_circuits.core import interventions as iv
 from icl_circuits.methods.anchors import isolate_attention, isolation_mask
 from icl_circuits.methods.reweighting import reweighted_logits, train_anchor_reweighting
