@@ -21,8 +21,9 @@ import torch
 
 from icl_circuits import build_prompts, icl_accuracy, load_model
 from icl_circuits.core.pairs import paired_batches
-from icl_circuits.methods.interchange import interchange, interchange_controls, necessity
-from icl_circuits.methods.probing import probe_by_layer, task_batches
+from icl_circuits.methods.interchange import interchange, interchange_controls
+from icl_circuits.methods.necessity import necessity
+from icl_circuits.methods.probing import probe_by_layer
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [("antonym", "english-french"), ("english-french", "english-german"),
@@ -124,7 +125,7 @@ def run(model: Any, n_prompts: int = 50, n_demos: int = 8, seed: int = 0, name: 
            "regression, 5-fold CV grouped by prompt; multi-column sets pool their positions as samples. "
            "Cells: held-out accuracy [95% CI] / accuracy with labels shuffled across prompts. "
            f"Chance = {1 / len(PROBE_TASKS):.2f}.", ""]
-    data = task_batches(model, PROBE_TASKS, n_prompts, n_demos, seed=seed)
+    data = {t: build_prompts(model, t, n_prompts, n_demos, seed=seed) for t in PROBE_TASKS}
     all_layers = list(range(model.cfg.n_layers + 1))
     rows = []
     for s in PROBE_SETS:

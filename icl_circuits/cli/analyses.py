@@ -235,6 +235,63 @@ def interchange_cmd(model: str, source: str, target: str, n_demos: int, n_prompt
         emit_json(summary)
 
 
+@cli.command("necessity")
+@model_option
+@click.option("--task", default="english-french", show_default=True, help="Task name.")
+@click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per prompt.")
+@click.option("--prompts", "n_prompts", default=50, show_default=True, type=click.IntRange(min=1), help="Number of prompts.")
+@click.option("--positions", default="answer_-1,answers,demo_tokens,query", show_default=True,
+              help="Comma-separated position sets, each corrupted separately (join names with '+' for a union).")
+@click.option("--how", default="noise", show_default=True, type=click.Choice(["noise", "zero", "mean"]),
+              help="Corruption: relative Gaussian noise (as large as the activation), zero or mean ablation.")
+@click.option("--noise-scale", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Noise standard deviation relative to ||h|| / sqrt(d_model) (--how noise).")
+@click.option("--layers", default=None, help="Comma-separated layers (default: every block input).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer accuracy drop.")
+@click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json (+ one result per set) and DIR/figure.html.")
+def necessity_cmd(model: str, task: str, n_demos: int, n_prompts: int, positions: str, how: str, noise_scale: float,
+                  layers: str | None, seed: int, as_json: bool, out: str | None) -> None:
+    """Necessity test (Cheng & Zhang): first-token accuracy drop per layer with a position set corrupted."""
+    import re
+    from icl_circuits.core.prompts import build_prompts
+    from icl_circuits.methods.necessity import necessity
+    _check_task(task)
+    sets = [p.strip() for p in positions.split(",") if p.strip()]
+    if not sets:
+        raise click.BadParameter("expected at least one position set", param_hint="--positions")
+    m = _cli._load(model)
+    t0 = time.time()
+    try:
+        batch = build_prompts(m, task, n_prompts, n_demos, seed=seed)
+        results = [necessity(m, batch, s, _interchange_layers(layers), how=how, noise_scale=noise_scale, seed=seed,
+                             progress=False) for s in sets]
+    except ValueError as err:
+        raise click.UsageError(str(err))
+    r0 = results[0]
+    click.echo(f"necessity ({how}) on {task} with {model} ({n_prompts} prompts x {n_demos} demos, seed {seed}, "
+               f"{time.time() - t0:.1f}s); clean first-token accuracy {r0.baseline:.2f}")
+    click.echo("accuracy drop [Wilson 95%] per layer:")
+    for r in results:
+        cells = "  ".join(f"L{l} {d:.2f} [{r.baseline - h:.2f},{r.baseline - lo:.2f}]" for l, d, lo, h in
+                          zip(r.layers, r.drop.tolist(), r.low.tolist(), r.high.tolist()))
+        click.echo(f"  {r.position_set:<16} {cells}")
+    summary = {"model": model, "task": task, "n_demos": n_demos, "n_prompts": n_prompts, "how": how,
+               "noise_scale": noise_scale, "seed": seed, "metric": "first_token", "clean": r0.baseline,
+               "positions": {r.position_set: {"layers": r.layers, "accuracy": [round(v, 4) for v in r.values.tolist()],
+                                              "drop": [round(v, 4) for v in r.drop.tolist()],
+                                              "drop_low": [round(r.baseline - v, 4) for v in r.high.tolist()],
+                                              "drop_high": [round(r.baseline - v, 4) for v in r.low.tolist()]}
+                             for r in results}}
+    if out:
+        from icl_circuits.viz.interchange import necessity as plot
+
+        _write_out(out, {"figure.html": plot(results)}, summary=summary,
+                   results={"necessity_" + re.sub(r"[^\w.-]+", "_", r.position_set): r for r in results})
+    if as_json:
+        emit_json(summary)
+
+
 @cli.command("probe")
 @model_option
 @click.option("--tasks", default="antonym,english-french,english-german", show_default=True,
@@ -251,14 +308,18 @@ def interchange_cmd(model: str, source: str, target: str, n_demos: int, n_prompt
 def probe_cmd(model: str, tasks: str, position: str, n_demos: int, n_prompts: int, layers: str | None, cv: int,
               seed: int, as_json: bool, out: str | None) -> None:
     """Linear probes decoding the task identity from the residual stream, per layer."""
-    from icl_circuits.methods.probing import probe_by_layer, task_batches
+    from icl_circuits.core.prompts import build_prompts
+    from icl_circuits.methods.probing import probe_by_layer
 
     names = [_check_task(t.strip()) for t in tasks.split(",") if t.strip()]
+    if len(names) < 2:
+        raise click.BadParameter(f"name at least two tasks to decode the task identity, got {names}",
+                                 param_hint="--tasks")
     m = _cli._load(model)
     t0 = time.time()
     try:
-        res = probe_by_layer(m, task_batches(m, names, n_prompts, n_demos, seed=seed), position,
-                             _interchange_layers(layers), seed=seed, cv=cv, progress=False)
+        data = {t: build_prompts(m, t, n_prompts, n_demos, seed=seed) for t in names}  # one batch per task
+        res = probe_by_layer(m, data, position, _interchange_layers(layers), seed=seed, cv=cv, progress=False)
     except ValueError as err:
         raise click.UsageError(str(err))
     click.echo(f"task-identity probe on {model} at {position} ({len(names)} tasks x {n_prompts} prompts x "

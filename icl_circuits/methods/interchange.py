@@ -1,74 +1,45 @@
-"""Multi-position interchange and necessity tests (Cheng & Zhang 2026, METHODS.md section 5).
+"""Multi-position interchange (Cheng & Zhang 2026, METHODS.md section 5).
 
-*Interchange*: record the residual stream of task-A (source) prompts at the input of block ``l``
+Record the residual stream of task-A (source) prompts at the input of block ``l``
 (``blocks.{l}.hook_resid_pre``) at a set of positions, average it per position over the source
 prompts, write it over the same positions (matched by role) of every task-B (target) prompt and
 read the prediction at the target's final position. The prediction is scored as *transfer*
 (first token of A(query)), *preserve* (first token of B(query), the gold token) or *neither*.
-
-*Necessity*: corrupt a position set (Gaussian noise, zero or mean ablation) at block ``l`` and
-measure the accuracy drop. Published: the query position is necessary, no single demo position
-is; a single demo position transfers nothing while all demo tokens together transfer the task.
+Published: a single demo position transfers nothing while all demo tokens together transfer the
+task. The necessity test (corrupt a position set) is ``icl_circuits.methods.necessity``.
 
 Position sets are ``PromptBatch.positions(spec)`` (``icl_circuits.core.positions``); paired
-source/target batches come from ``icl_circuits.core.pairs.paired_batches``.
+source/target batches come from ``icl_circuits.core.pairs.paired_batches``. Each write is an
+``Intervention(Site(l), "replace", ...)``; the runner (``core.runner.sweep_final_logits``) runs
+every layer resumed at its block from one cached clean prefix.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from dataclasses import InitVar, dataclass, field
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from icl_circuits.core.interventions import ablate_hook, check_layer, noise_hook, replace_hook, resid_name
-from icl_circuits.core.runner import read_resid, run_final_logits
+from icl_circuits.core.interventions import Intervention, Site, check_layer
 from icl_circuits.core.metrics import wilson
 from icl_circuits.core.models import model_info
 from icl_circuits.core.pairs import _as_task, task_answer_tokens
 from icl_circuits.core.positions import _check_batch, masked_mean
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result
+from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.runner import read_resid, sweep_final_logits
 from icl_circuits.core.tasks import Task
-from icl_circuits.methods.vectors import SweepResult
+from icl_circuits.core.types import HookedModel
+
+__all__ = ["OUTCOMES", "InterchangeResult", "InterchangeControlsResult", "interchange", "interchange_controls"]
 
 OUTCOMES = ("transfer", "preserve", "neither")
 Control = Literal["none", "norm_matched_noise", "shuffled_positions"]
-_CACHE_BYTES = 2**30  # prefix reuse when the cached residuals fit in 1 GiB
-
-
-# ----------------------------------------------------------------------------- shared machinery
-def _layers(model: Any, layers: Sequence[int] | None) -> list[int]:
-    if layers is None:
-        return list(range(model.cfg.n_layers))
-    out = [check_layer(model, l, arg="layers") for l in layers]
-    if not out:
-        raise ValueError("layers must name at least one layer")
-    return out
-
-
-def _layer_sweep(model, batch, layers, hook_for, reduce, *, batch_size: int, progress: bool, desc: str) -> Tensor:
-    """``reduce(final logits)`` with ``hook_for(i, rows)`` at ``resid_name(layers[i])``, per layer.
-    The clean residual at block l is cached once so each patched run resumes at block l."""
-    n = model.cfg.n_layers
-    early = [l for l in layers if l < n]
-    size = len(early) * len(batch) * batch.tokens.shape[1] * model.cfg.d_model * 4
-    cached = read_resid(model, batch, None, early, batch_size=batch_size) if early and size <= _CACHE_BYTES else None
-    out = []
-    for i, l in enumerate(tqdm(layers, desc=desc, disable=not progress)):
-        make = lambda rows, mb, i=i, l=l: [(resid_name(model, l), hook_for(i, rows))]  # noqa: E731
-        if l < n and cached is not None:
-            logits = run_final_logits(model, batch, make, batch_size=batch_size, start_at_layer=l,
-                                      resid=cached[early.index(l)])
-        else:
-            logits = run_final_logits(model, batch, make, batch_size=batch_size)
-        out.append(reduce(logits))
-    return torch.stack(out)
 
 
 def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -78,13 +49,13 @@ def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
             return p
 
 
-def _rates(hits: Bool[Tensor, "layer batch"], valid: Bool[Tensor, "batch"]) -> tuple[list, Tensor]:
+def _rates(hits: Bool[Tensor, "... batch"], valid: Bool[Tensor, "batch"]) -> tuple[list, Tensor]:
     n = int(valid.sum())
     ks = (hits & valid).sum(-1)
     return [wilson(int(k), n) for k in ks.reshape(-1)], ks
 
 
-# ----------------------------------------------------------------------------- interchange
+# ----------------------------------------------------------------------------- the result
 @dataclass(frozen=True)
 class InterchangeResult(Result):
     """Transfer / preserve / neither rates per layer of one interchange.
@@ -96,7 +67,8 @@ class InterchangeResult(Result):
     ``transfer`` and ``preserve`` are not exclusive when A(query) and B(query) share their first
     token (only possible with ``exclude_ambiguous=False``); ``neither`` is "not transfer and not
     preserve". baseline: the three rates of the clean target run. logits: [layer, batch, d_vocab]
-    (only with ``return_logits=True``).
+    (only with ``return_logits=True``). model: the model's ``cfg.model_name``; provenance:
+    ``core.results.provenance`` of the model and the target batch. Scoring is first-token.
     """
 
     rates: Float[Tensor, "outcome layer"]
@@ -113,13 +85,19 @@ class InterchangeResult(Result):
     position_set: str
     source_task: str
     target_task: str
-    model_name: str
     n_demos: int
+    model: str = ""
     per_prompt_source: bool = False
     control: str = "none"
     baseline: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
     logits: Tensor | None = None
+    model_name: InitVar[str | None] = None  # the field's name in files saved before issue #16
+
+    def __post_init__(self, model_name: str | None) -> None:
+        if model_name is not None and not self.model:
+            object.__setattr__(self, "model", model_name)
 
     def rate(self, outcome: str = "transfer") -> Float[Tensor, "layer"]:
         """The rate of one outcome per layer."""
@@ -136,18 +114,18 @@ class InterchangeResult(Result):
             {"layer": l, "outcome": o, "value": float(self.rates[j, i]), "low": float(self.low[j, i]),
              "high": float(self.high[j, i]), "k": int(self.counts[j, i]), "n": self.n,
              "clean": self.baseline.get(o), "position_set": self.position_set, "source_task": self.source_task,
-             "target_task": self.target_task, "control": self.control, "model": self.model_name}
+             "target_task": self.target_task, "control": self.control, "model": self.model}
             for j, o in enumerate(OUTCOMES) for i, l in enumerate(self.layers)
         ]
         return pd.DataFrame(rows)
 
 
-def _spec_name(spec: str | Sequence[str]) -> str:
-    return spec if isinstance(spec, str) else "+".join(map(str, spec))
+InterchangeResult.model_name = property(lambda self: self.model, doc="The old name of ``model``.")  # type: ignore[assignment]
 
 
+# ----------------------------------------------------------------------------- interchange
 def interchange(
-    model: Any,
+    model: HookedModel,
     source_batch: PromptBatch,
     target_batch: PromptBatch,
     positions: str | Sequence[str] = "answers",
@@ -170,6 +148,8 @@ def interchange(
     resid_l[t, pos_t[t, j]] <- v_l[j] for all columns j of the position set, and its prediction
     argmax logits[t, final_t] is scored against A(query_t) (``source_task``, default the source
     batch's task) and B(query_t) (``target_task``, default the target's gold answer tokens).
+    ``positions``: a position spec of ``PromptBatch.positions`` ("answers", "answer_-1",
+    "demo_tokens", "query", unions with "+"...).
 
     Prompts where A is undefined on the query, or (``exclude_ambiguous``) where A and B give the
     same first token, are not scored (``valid``). Controls (``control``): ``"norm_matched_noise"``
@@ -196,7 +176,10 @@ def interchange(
                          f"must be the same size, got {len(source_batch)} and {len(target_batch)}")
     if control not in ("none", "norm_matched_noise", "shuffled_positions"):
         raise ValueError(f"control must be 'none', 'norm_matched_noise' or 'shuffled_positions', got {control!r}")
-    layers = _layers(model, layers)
+    layers = list(range(model.cfg.n_layers)) if layers is None else [check_layer(model, l, arg="layers") for l in layers]
+    if not layers:
+        raise ValueError("layers must name at least one layer")
+    spec_name = positions if isinstance(positions, str) else "+".join(map(str, positions))
     src, tgt = source_batch.positions(positions), target_batch.positions(positions)
     names = tgt.names
 
@@ -221,7 +204,7 @@ def interchange(
         values, has_src = values[:, :, perm], has_src[:, perm]
     written = tgt.mask & has_src  # [target, n]: where a target position receives a source value
     if not written.any():
-        raise ValueError(f"positions {_spec_name(positions)!r}: no target position has a source value "
+        raise ValueError(f"positions {spec_name!r}: no target position has a source value "
                          "(the source prompts have no token in any column the target prompts have)")
     write_mask = None if written.all() else written
 
@@ -237,20 +220,18 @@ def interchange(
             "or gives the same first token as the target task (use paired_batches, or exclude_ambiguous=False)"
         )
 
-    def hook_for(i: int, rows: slice):
+    def write(layer: int, rows: slice, mb: PromptBatch) -> list[Intervention]:
+        i = layers.index(layer)
         v = values[i][rows] if per_prompt_source else values[i, 0]
-        return replace_hook(tgt.positions[rows], v, mask=None if write_mask is None else write_mask[rows])
+        return [Intervention(Site(layer), "replace", positions=tgt.positions[rows], value=v,
+                             mask=None if write_mask is None else write_mask[rows])]
 
-    kept: list[Tensor] = []
-
-    def reduce(logits: Tensor) -> Tensor:
-        if return_logits:
-            kept.append(logits)
-        return logits.argmax(-1)
-
-    preds = _layer_sweep(model, target_batch, layers, hook_for, reduce, batch_size=batch_size, progress=progress,
-                         desc=f"interchange {_spec_name(positions)}")
-    clean = run_final_logits(model, target_batch, batch_size=batch_size).argmax(-1)
+    reduce = None if return_logits else (lambda logits, mb: logits.argmax(-1))
+    out, clean = sweep_final_logits(model, target_batch, write, layers, reduce, batch_size=batch_size,
+                                    progress=progress, desc=f"interchange {spec_name}")
+    logits = out if return_logits else None
+    preds = out.argmax(-1) if return_logits else out
+    clean = clean.argmax(-1) if return_logits else clean
 
     def outcome_hits(p: Tensor) -> Tensor:
         t, s = p == ta, p == tb
@@ -266,26 +247,109 @@ def interchange(
         high=torch.tensor([r.high for r in stats]).reshape(shape),
         counts=counts.long(), predictions=preds.long(), clean_predictions=clean.long(),
         transfer_tokens=ta, preserve_tokens=tb, valid=valid, layers=layers, positions=names,
-        position_set=_spec_name(positions), source_task=_as_task(a_task).name,
+        position_set=spec_name, source_task=_as_task(a_task).name,
         target_task=target_batch.task if target_task is None else _as_task(target_task).name,
-        model_name=str(model.cfg.model_name), n_demos=target_batch.n_demos,
+        model=str(model.cfg.model_name), n_demos=target_batch.n_demos,
         per_prompt_source=per_prompt_source, control=control,
         baseline={o: r.value for o, r in zip(OUTCOMES, clean_stats)},
         meta={"source_prompts_task": source_batch.task, "n_source": len(source_batch),
               "n_target": len(target_batch), "exclude_ambiguous": exclude_ambiguous, "seed": seed,
               "written_fraction": float(written.float().mean())},
-        logits=torch.stack(kept) if return_logits else None,
+        provenance=provenance(model, target_batch, source_task=source_batch.task, n_source=len(source_batch)),
+        logits=logits,
     )
 
 
+# ----------------------------------------------------------------------------- controls
+@dataclass(frozen=True)
+class InterchangeControlsResult(Result):
+    """An interchange and its controls (``interchange_controls``), all on the same target prompts
+    and scored against the same source task.
+
+    runs: the run names (``"interchange"``, ``"third_task"``, ``"norm_matched_noise"`` and, for
+    two or more positions, ``"shuffled_positions"``); rates, low, high, counts: [run, outcome=3,
+    layer]; predictions: [run, layer, batch]; clean_predictions, transfer_tokens, preserve_tokens,
+    valid: [batch] (shared: the target prompts and the scoring are the same in every run);
+    run_meta: each run's ``InterchangeResult.meta``. ``result[name]`` (or ``result.run(name)``)
+    gives one run as an ``InterchangeResult``; iterating gives the run names, ``items()`` the
+    (name, result) pairs, in order.
+    """
+
+    runs: list[str]
+    rates: Float[Tensor, "run outcome layer"]
+    low: Float[Tensor, "run outcome layer"]
+    high: Float[Tensor, "run outcome layer"]
+    counts: Int[Tensor, "run outcome layer"]
+    predictions: Int[Tensor, "run layer batch"]
+    clean_predictions: Int[Tensor, "batch"]
+    transfer_tokens: Int[Tensor, "batch"]
+    preserve_tokens: Int[Tensor, "batch"]
+    valid: Bool[Tensor, "batch"]
+    layers: list[int]
+    positions: list[str]
+    position_set: str
+    source_task: str
+    target_task: str
+    third_task: str
+    n_demos: int
+    model: str
+    baseline: dict = field(default_factory=dict)
+    run_meta: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.valid.sum())
+
+    def run(self, name: str) -> InterchangeResult:
+        """One run as an ``InterchangeResult``."""
+        if name not in self.runs:
+            raise KeyError(f"no run {name!r}; runs: {', '.join(self.runs)}")
+        i = self.runs.index(name)
+        return InterchangeResult(
+            model_info=self.model_info, rates=self.rates[i], low=self.low[i], high=self.high[i],
+            counts=self.counts[i], predictions=self.predictions[i], clean_predictions=self.clean_predictions,
+            transfer_tokens=self.transfer_tokens, preserve_tokens=self.preserve_tokens, valid=self.valid,
+            layers=self.layers, positions=self.positions, position_set=self.position_set,
+            source_task=self.source_task, target_task=self.target_task, n_demos=self.n_demos, model=self.model,
+            control=name if name in ("norm_matched_noise", "shuffled_positions") else "none",
+            baseline=self.baseline, meta=self.run_meta.get(name, {}), provenance=self.provenance,
+        )
+
+    __getitem__ = run
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.runs)
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.runs
+
+    def keys(self) -> list[str]:
+        return list(self.runs)
+
+    def items(self) -> list[tuple[str, InterchangeResult]]:
+        return [(r, self.run(r)) for r in self.runs]
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The runs' ``InterchangeResult.to_dataframe()`` rows, with a ``run`` column."""
+        return pd.concat([r.to_dataframe().assign(run=name) for name, r in self.items()], ignore_index=True)
+
+
 def interchange_controls(
-    model: Any, source_batch: PromptBatch, target_batch: PromptBatch, third_batch: PromptBatch,
+    model: HookedModel, source_batch: PromptBatch, target_batch: PromptBatch, third_batch: PromptBatch,
     positions: str | Sequence[str] = "demo_tokens", layers: Sequence[int] | None = None, *,
     seed: int = 0, **kwargs: Any,
-) -> dict[str, InterchangeResult]:
+) -> InterchangeControlsResult:
     """The interchange and its three controls, all scored against the source batch's task:
     ``"third_task"`` (``third_batch``, another task's prompts, as the source), ``"norm_matched_noise"``
-    and ``"shuffled_positions"`` (skipped for a single position)."""
+    and ``"shuffled_positions"`` (skipped for a single position). ``kwargs`` go to ``interchange``
+    (not ``return_logits``, ``source_task``, ``control`` or ``per_prompt_source``)."""
+    for k in ("return_logits", "source_task", "control", "per_prompt_source"):
+        if k in kwargs:
+            raise TypeError(f"interchange_controls does not take {k!r}")
     out = {"interchange": interchange(model, source_batch, target_batch, positions, layers, seed=seed, **kwargs)}
     out["third_task"] = interchange(model, third_batch, target_batch, positions, layers,
                                     source_task=source_batch.task, seed=seed, **kwargs)
@@ -294,80 +358,13 @@ def interchange_controls(
     if len(out["interchange"].positions) > 1:
         out["shuffled_positions"] = interchange(model, source_batch, target_batch, positions, layers,
                                                 control="shuffled_positions", seed=seed, **kwargs)
-    return out
-
-
-# ----------------------------------------------------------------------------- necessity
-@dataclass(frozen=True)
-class NecessityResult(SweepResult):
-    """Accuracy per layer with a position set corrupted (a ``SweepResult``: values, per_prompt,
-    Wilson low/high, baseline = clean accuracy) plus the position names; ``drop = baseline - values``."""
-
-    positions: list = field(default_factory=list)
-    position_set: str = ""
-
-    @property
-    def drop(self) -> Float[Tensor, "layer"]:
-        return self.baseline - self.values
-
-    def to_dataframe(self) -> pd.DataFrame:
-        df = super().to_dataframe()
-        df["drop"] = self.drop.tolist()
-        df["drop_low"], df["drop_high"] = (self.baseline - self.high).tolist(), (self.baseline - self.low).tolist()
-        df["position_set"] = self.position_set
-        return df
-
-
-def necessity(
-    model: Any,
-    batch: PromptBatch,
-    positions: str | Sequence[str] = "query",
-    layers: Sequence[int] | None = None,
-    how: Literal["noise", "zero", "mean"] = "noise",
-    noise_scale: float = 1.0,
-    relative: bool = True,
-    seed: int = 0,
-    *,
-    batch_size: int = 64,
-    progress: bool = True,
-) -> NecessityResult:
-    """Accuracy (argmax = gold first token) with the residual at the input of block l corrupted at
-    ``positions``, for each l in ``layers`` (default 0..n_layers-1).
-
-    ``how="noise"``: h <- h + noise_scale * s * eps, eps ~ N(0, I), with s = ||h|| / sqrt(d_model)
-    (``relative=True``: noise_scale 1 is noise as large as the activation) or s = 1
-    (``relative=False``: noise_scale is the absolute standard deviation; Cheng & Zhang added
-    unscaled Gaussian noise). ``"zero"``: h <- 0. ``"mean"``: h <- mean over the batch's prompts of
-    the activation at that position (same column, same layer). For multi-token spans of different
-    lengths only the valid entries of the set are corrupted and the mean is over the prompts valid
-    in that column (``PositionSet.mask``).
-    """
-    _check_batch(batch)
-    if how not in ("noise", "zero", "mean"):
-        raise ValueError(f"how must be 'noise', 'zero' or 'mean', got {how!r}")
-    if not noise_scale >= 0:
-        raise ValueError(f"noise_scale must be non-negative, got {noise_scale!r}")
-    layers = _layers(model, layers)
-    ps = batch.positions(positions)
-    pos, names = ps.positions, ps.names
-    means = masked_mean(read_resid(model, batch, pos, layers, batch_size=batch_size), ps.mask)[0] if how == "mean" else None
-
-    def hook_for(i: int, rows: slice):
-        m = ps.mask[rows] if ps.ragged else None
-        if how == "noise":
-            return noise_hook(pos[rows], noise_scale, seed=seed * 1_000_003 + 7919 * i + rows.start, relative=relative,
-                              mask=m)
-        return ablate_hook(pos[rows], how, None if means is None else means[i], mask=m)
-
-    hits = _layer_sweep(model, batch, layers, hook_for, lambda lg: lg.argmax(-1) == batch.answer_tokens,
-                        batch_size=batch_size, progress=progress, desc=f"necessity {_spec_name(positions)}")
-    clean = run_final_logits(model, batch, batch_size=batch_size).argmax(-1) == batch.answer_tokens
-    rates = [wilson(int(h.sum()), h.numel()) for h in hits]
-    return NecessityResult(
-        model_info=model_info(model),
-        values=hits.float().mean(1), per_prompt=hits.float(), low=torch.tensor([r.low for r in rates]),
-        high=torch.tensor([r.high for r in rates]), layers=layers, metric="accuracy", method=f"necessity:{how}",
-        task=batch.task, model_name=str(model.cfg.model_name), baseline=float(clean.float().mean()),
-        meta={"how": how, "noise_scale": noise_scale, "relative": relative, "seed": seed, "n_demos": batch.n_demos},
-        positions=names, position_set=_spec_name(positions),
+    r0 = out["interchange"]
+    stack = lambda name: torch.stack([getattr(r, name) for r in out.values()])  # noqa: E731
+    return InterchangeControlsResult(
+        model_info=r0.model_info, runs=list(out), rates=stack("rates"), low=stack("low"), high=stack("high"),
+        counts=stack("counts"), predictions=stack("predictions"), clean_predictions=r0.clean_predictions,
+        transfer_tokens=r0.transfer_tokens, preserve_tokens=r0.preserve_tokens, valid=r0.valid, layers=r0.layers,
+        positions=r0.positions, position_set=r0.position_set, source_task=r0.source_task,
+        target_task=r0.target_task, third_task=third_batch.task, n_demos=r0.n_demos, model=r0.model,
+        baseline=r0.baseline, run_meta={k: r.meta for k, r in out.items()}, provenance=r0.provenance,
     )

@@ -3,18 +3,18 @@
 A probe is a standardized logistic regression (scikit-learn) that decodes the task identity (one
 batch of prompts per task) or a per-prompt label from the residual stream at the input of block l
 (``blocks.{l}.hook_resid_pre``; ``l = n_layers`` is the final residual) at a position set
-(``answer``, ``separator``, ``delimiter``, ``final``, ``answer_-1``..., see
-``PromptBatch.positions``). Accuracy is held out: stratified K-fold cross-validation,
+(a ``PromptBatch.positions`` spec: ``answer``, ``separator``, ``delimiter``, ``final``,
+``answer_-1``..., unions with ``+``). Accuracy is held out: stratified K-fold cross-validation,
 grouped by prompt so that positions of one prompt never sit on both sides of a split.
 
 Probe accuracy is not causal evidence (Cheng & Zhang 2026): single answer positions decode the
 task at ~100% although overwriting them transfers nothing. Put ``ProbeResult`` next to
-``InterchangeResult`` (``plots.interchange.probe_vs_transfer``) to see both.
+``InterchangeResult`` (``viz.interchange.probe_vs_transfer``) to see both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
@@ -34,8 +34,11 @@ from icl_circuits.core.interventions import check_layer
 from icl_circuits.core.runner import read_resid
 from icl_circuits.core.metrics import wilson
 from icl_circuits.core.models import model_info
-from icl_circuits.core.prompts import PromptBatch, build_prompts
-from icl_circuits.core.results import Result
+from icl_circuits.core.prompts import PromptBatch
+from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.types import HookedModel
+
+__all__ = ["ProbeResult", "probe_by_layer"]
 
 Combine = Literal["pool", "mean", "concat"]
 
@@ -49,7 +52,9 @@ class ProbeResult(Result):
     fold_std: [layer] standard deviation of the per-fold accuracies; control: [layer] the same
     probe on labels shuffled across prompts (NaN when not run); predictions: [layer, sample] class
     index predicted out of fold; labels, groups: [sample] class index and prompt index.
-    chance: the majority-class rate. classes: the class names (index -> name).
+    chance: the majority-class rate. classes: the class names (index -> name). model: the
+    model's ``cfg.model_name``; provenance: ``core.results.provenance`` of the model and the first
+    batch (``task`` and ``n_prompts`` over all batches).
     Where the states carry no label information at all (e.g. the same token in every prompt at
     layer 0), the shuffled control can fall *below* chance: held-out folds of a stratified split
     are biased against the training majority.
@@ -68,12 +73,18 @@ class ProbeResult(Result):
     position_set: str
     classes: list[str]
     chance: float
-    model_name: str
     task: str
+    model: str = ""
     combine: str = "pool"
     cv: int = 5
     seed: int = 0
     meta: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    model_name: InitVar[str | None] = None  # the field's name in files saved before issue #16
+
+    def __post_init__(self, model_name: str | None) -> None:
+        if model_name is not None and not self.model:
+            object.__setattr__(self, "model", model_name)
 
     @property
     def best_layer(self) -> int:
@@ -84,17 +95,11 @@ class ProbeResult(Result):
             "layer": self.layers, "accuracy": self.accuracy.tolist(), "low": self.low.tolist(),
             "high": self.high.tolist(), "fold_std": self.fold_std.tolist(), "control": self.control.tolist(),
             "chance": self.chance, "n": int(self.labels.numel()), "position_set": self.position_set,
-            "combine": self.combine, "task": self.task, "model": self.model_name,
+            "combine": self.combine, "task": self.task, "model": self.model,
         })
 
 
-def task_batches(
-    model: Any, tasks: Sequence[str], n_prompts: int, n_demos: int, *, seed: int = 0, template: Any = None,
-) -> dict[str, PromptBatch]:
-    """One ICL batch per task (all with the same seed and template): the input of a task-identity probe."""
-    if len(tasks) < 2:
-        raise ValueError(f"tasks must name at least two tasks to decode the task identity, got {list(tasks)}")
-    return {t: build_prompts(model, t, n_prompts, n_demos, template=template, seed=seed) for t in tasks}
+ProbeResult.model_name = property(lambda self: self.model, doc="The old name of ``model``.")  # type: ignore[assignment]
 
 
 def _features(model, batches: list[PromptBatch], spec, layers, combine: Combine, batch_size: int):
@@ -136,9 +141,9 @@ def _features(model, batches: list[PromptBatch], spec, layers, combine: Combine,
 
 
 def probe_by_layer(
-    model: Any,
+    model: HookedModel,
     data: Mapping[str, PromptBatch] | tuple[PromptBatch, Sequence[Any]],
-    position_kind: str | Sequence[str] = "answer",
+    positions: str | Sequence[str] = "answer",
     layers: Sequence[int] | None = None,
     seed: int = 0,
     cv: int = 5,
@@ -153,7 +158,9 @@ def probe_by_layer(
     """Decode a label from the residual stream at each layer (default 0..n_layers).
 
     ``data``: ``{label: batch}`` (e.g. one batch per task: the label is the task identity) or
-    ``(batch, labels)`` with one label per prompt. Each column of ``position_kind`` in each prompt
+    ``(batch, labels)`` with one label per prompt; for a task-identity probe build one batch per
+    task with the same seed and template, ``{t: build_prompts(model, t, n, k, seed=s) for t in tasks}``.
+    Each column of ``positions`` (a ``PromptBatch.positions`` spec) in each prompt
     is one sample (``combine="pool"``), or the columns are averaged (``"mean"``) or concatenated
     (``"concat"``) into one sample per prompt. Probe: StandardScaler + LogisticRegression(C),
     ``cv``-fold StratifiedGroupKFold (shuffled with ``seed``, grouped by prompt); the same splits
@@ -191,7 +198,7 @@ def probe_by_layer(
     if not layers:
         raise ValueError("layers must name at least one layer")
 
-    spec = position_kind
+    spec = positions
     X, names, groups = _features(model, batches, spec, layers, combine, batch_size)
     g = groups.numpy()
     y = y_prompt[g]
@@ -225,6 +232,7 @@ def probe_by_layer(
         control=torch.tensor(ctrl), predictions=torch.stack(preds).long(), labels=torch.as_tensor(y).long(),
         groups=groups.long(), layers=layers, positions=names,
         position_set=spec if isinstance(spec, str) else "+".join(spec), classes=classes,
-        chance=float(np.bincount(y).max() / len(y)), model_name=str(model.cfg.model_name), task=task,
+        chance=float(np.bincount(y).max() / len(y)), model=str(model.cfg.model_name), task=task,
         combine=combine, cv=cv, seed=seed, meta={"C": C, "n_prompts": len(y_prompt)},
+        provenance=provenance(model, batches[0], task=task, n_prompts=len(y_prompt)),
     )

@@ -6,7 +6,8 @@ from typing import Sequence
 
 import plotly.graph_objects as go
 
-from icl_circuits.methods.interchange import OUTCOMES, InterchangeResult, NecessityResult
+from icl_circuits.methods.interchange import OUTCOMES, InterchangeControlsResult, InterchangeResult
+from icl_circuits.methods.necessity import NecessityResult
 from icl_circuits.methods.probing import ProbeResult
 from icl_circuits.viz import _style
 
@@ -22,16 +23,18 @@ def _band(fig: go.Figure, x, low, high, color: str, group: str) -> None:
 
 
 def _as_list(results):
+    if isinstance(results, InterchangeControlsResult):  # its runs, in order
+        return [r for _, r in results.items()]
     return [results] if not isinstance(results, (list, tuple)) else list(results)
 
 
 def interchange(
-    results: InterchangeResult | Sequence[InterchangeResult],
+    results: InterchangeResult | Sequence[InterchangeResult] | InterchangeControlsResult,
     outcomes: Sequence[str] = OUTCOMES,
     title: str | None = None,
 ) -> go.Figure:
     """Transfer / preserve / neither rate per layer, one colour per position set (or control), one
-    dash per outcome, with Wilson 95% bands."""
+    dash per outcome, with Wilson 95% bands (an ``InterchangeControlsResult``: one colour per run)."""
     results = _as_list(results)
     if not results:
         raise ValueError("results must hold at least one InterchangeResult")
@@ -54,7 +57,7 @@ def interchange(
             ))
     r0 = results[0]
     fig.update_layout(
-        title=title or (f"Interchange {r0.source_task} \u2192 {r0.target_task} on {r0.model_name} "
+        title=title or (f"Interchange {r0.source_task} \u2192 {r0.target_task} on {r0.model} "
                         f"({r0.n_demos} demos, n={r0.n})"),
         xaxis_title="layer (residual stream at the block input)", yaxis_title="rate (Wilson 95% band)",
         yaxis_range=[-0.02, 1.02], template="plotly_white",
@@ -127,7 +130,7 @@ def probe_vs_transfer(
     p0 = probes[0]
     fig.add_hline(y=p0.chance, line=dict(color="grey", dash="dot"), annotation_text=f"chance {p0.chance:.2f}")
     fig.update_layout(
-        title=title or f"Probe accuracy vs causal transfer on {p0.model_name} ({p0.task})",
+        title=title or f"Probe accuracy vs causal transfer on {p0.model} ({p0.task})",
         xaxis_title="layer (residual stream at the block input)", yaxis_title="accuracy / transfer rate",
         yaxis_range=[-0.02, 1.02], template="plotly_white",
     )

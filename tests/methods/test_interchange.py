@@ -1,4 +1,4 @@
-"""Interchange and necessity: exact positions, identities, the source mean, Wilson rates, errors, CLI."""
+"""Interchange: exact positions, identities, the source mean, Wilson rates, controls, errors, CLI."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import icl_circuits.cli.main as cli_mod
 from icl_circuits.core import runner
 from icl_circuits import build_prompts, final_logits
 from icl_circuits.core import interventions as iv
-from icl_circuits.methods.interchange import InterchangeResult, NecessityResult, interchange, interchange_controls, necessity
+from icl_circuits.methods.interchange import InterchangeControlsResult, InterchangeResult, interchange, interchange_controls
 from icl_circuits.core.positions import masked_mean
 from icl_circuits.core.pairs import paired_batches, task_answer_tokens
 from icl_circuits.viz import interchange as plots
@@ -215,7 +215,7 @@ def test_ragged_interchange_writes_the_valid_source_mean_only_where_the_target_i
 @pytest.mark.parametrize("tok_fixture", ["gpt2_tokenizer", "llama_tokenizer"])
 def test_demo_tokens_run_on_bpe_tokenizers(request, tok_fixture):
     """Every demo token of multi-token BPE words (ragged spans) on a random model with the
-    fixture's vocabulary: interchange, its clean-into-clean identity, and necessity."""
+    fixture's vocabulary: interchange and its clean-into-clean identity (necessity: test_necessity.py)."""
     tok = request.getfixturevalue(tok_fixture)
     model = make_tiny_model(d_vocab=len(tok), n_layers=2)
     src = build_prompts(tok, "english-french", 6, 3, seed=1)
@@ -227,8 +227,6 @@ def test_demo_tokens_run_on_bpe_tokenizers(request, tok_fixture):
     r = interchange(model, src, tgt, "demo_tokens", source_task="english-french", exclude_ambiguous=False,
                     progress=False)
     assert r.rates.shape == (3, 2) and 0 < r.meta["written_fraction"] <= 1
-    n = necessity(model, tgt, "demo_tokens+query", how="mean", progress=False)
-    assert n.values.shape == (2,)
 
 
 @pytest.mark.real_model
@@ -287,13 +285,29 @@ def test_paired_batches_keep_only_distinguishable_queries(pair):
     assert len(tgt) == 8 and (ta >= 0).all() and (ta != tgt.answer_tokens).all()
 
 
-def test_controls(tiny_model, pair):
+def test_controls(tiny_model, pair, tmp_path):
     src, tgt = pair
     third = build_prompts(tiny_model, "uppercase", 8, 3, seed=5)
-    out = interchange_controls(tiny_model, src, tgt, third, "answers", layers=[0], progress=False)
-    assert set(out) == {"interchange", "third_task", "norm_matched_noise", "shuffled_positions"}
+    out = interchange_controls(tiny_model, src, tgt, third, "answers", layers=[0, 1], seed=3, progress=False)
+    assert isinstance(out, InterchangeControlsResult)
+    assert list(out) == ["interchange", "third_task", "norm_matched_noise", "shuffled_positions"]
     assert out["third_task"].source_task == "english-french" and out["third_task"].meta["source_prompts_task"] == "uppercase"
-    assert out["shuffled_positions"].control == "shuffled_positions"
+    assert out["shuffled_positions"].control == "shuffled_positions" and out.third_task == "uppercase"
+    direct = {"interchange": interchange(tiny_model, src, tgt, "answers", [0, 1], seed=3, progress=False),
+              "third_task": interchange(tiny_model, third, tgt, "answers", [0, 1], source_task="english-french", seed=3,
+                                        progress=False),
+              "norm_matched_noise": interchange(tiny_model, src, tgt, "answers", [0, 1], control="norm_matched_noise",
+                                                seed=3, progress=False)}
+    for name, d in direct.items():  # each run is the interchange it names
+        assert torch.equal(out[name].predictions, d.predictions) and torch.equal(out[name].rates, d.rates)
+        assert out[name].meta == d.meta and out[name].control == d.control
+    back = InterchangeControlsResult.load(out.save(tmp_path / "c"))
+    assert torch.equal(back.rates, out.rates) and back.runs == out.runs and back["third_task"].meta == out["third_task"].meta
+    df = back.to_dataframe()
+    assert len(df) == 4 * 3 * 2 and list(df.run.unique()) == out.runs
+    single = interchange_controls(tiny_model, src, tgt, third, "query", layers=[0], progress=False)
+    assert "shuffled_positions" not in single and len(single) == 3
+    assert len(plots.interchange(single).data) == 3 * 2 * 3  # band + line per outcome and run
     with pytest.raises(ValueError, match="at least 2 positions"):
         interchange(tiny_model, src, tgt, "query", control="shuffled_positions", progress=False)
 
@@ -322,54 +336,10 @@ def test_result_round_trip_and_dataframe(tiny_model, pair, tmp_path):
     assert len(df) == 3 * len(r.layers) and {"layer", "outcome", "value", "low", "high", "k", "n"} <= set(df.columns)
 
 
-# ----------------------------------------------------------------------------- necessity
-def test_necessity_with_zero_noise_changes_nothing(tiny_model, target):
-    r = necessity(tiny_model, target, "demo_tokens+query", layers=[0, 1, 2], how="noise", noise_scale=0.0, progress=False)
-    clean = (final_logits(tiny_model, target).argmax(-1) == target.answer_tokens).float()
-    assert torch.equal(r.per_prompt, clean.expand_as(r.per_prompt)) and torch.all(r.drop == 0)
-
-
-def test_ragged_necessity_corrupts_only_valid_entries(tiny_model, ragged):
-    """Zero ablation of a ragged set equals a hand-made run that zeroes each valid entry."""
-    r = necessity(tiny_model, ragged, "inputs", layers=[1], how="zero", progress=False)
-    ps = ragged.positions("inputs")
-    resid = runner.read_resid(tiny_model, ragged, None, [1])[0].clone()
-    for i, j in ps.mask.nonzero().tolist():
-        resid[i, ps.positions[i, j]] = 0
-    manual = runner.run_final_logits(tiny_model, ragged, start_at_layer=1, resid=resid).argmax(-1)
-    assert torch.equal(r.per_prompt[0], (manual == ragged.answer_tokens).float())
-    zero_noise = necessity(tiny_model, ragged, "demo_tokens", how="noise", noise_scale=0.0, progress=False)
-    assert torch.all(zero_noise.drop == 0)
-
-
-def test_mean_ablation_writes_the_mean_over_prompts(tiny_model, target):
-    r = necessity(tiny_model, target, "query", layers=[1], how="mean", progress=False)
-    pos = target.positions("final").positions
-    mean = runner.read_resid(tiny_model, target, pos, [1])[0].mean(0)
-    with tiny_model.hooks(fwd_hooks=[(iv.resid_name(tiny_model, 1), iv.replace_hook(pos, mean))]):
-        logits = tiny_model(target.tokens)[torch.arange(len(target)), target.final_positions]
-    assert torch.equal(r.per_prompt[0], (logits.argmax(-1) == target.answer_tokens).float())
-    one = target.select([2])  # the mean over one prompt is its own activation
-    same = necessity(tiny_model, one, "answers+query", how="mean", progress=False)
-    assert torch.all(same.values == same.baseline)
-
-
-def test_necessity_result_and_errors(tiny_model, target, tmp_path):
-    r = necessity(tiny_model, target, "query", how="zero", progress=False)
-    back = NecessityResult.load(r.save(tmp_path / "n"))
-    assert back.positions == ["query"] and {"drop", "drop_low", "drop_high"} <= set(back.to_dataframe().columns)
-    with pytest.raises(ValueError, match="how must be"):
-        necessity(tiny_model, target, how="blur", progress=False)
-    with pytest.raises(ValueError, match="noise_scale must be non-negative"):
-        necessity(tiny_model, target, noise_scale=-1, progress=False)
-
-
 # ----------------------------------------------------------------------------- figures and CLI
-def test_figures(tiny_model, pair, target):
+def test_figures(tiny_model, pair):
     rs = [interchange(tiny_model, *pair, s, progress=False) for s in ("answers", "query")]
     assert len(plots.interchange(rs).data) == 2 * 2 * 3  # band + line per outcome and set
-    n = necessity(tiny_model, target, "query", progress=False)
-    assert "Necessity" in plots.necessity(n).layout.title.text
 
 
 @pytest.fixture

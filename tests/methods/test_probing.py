@@ -62,10 +62,12 @@ def test_single_position_and_seed_determinism(tiny_model, templates):
     assert a.positions == ["separator_2"] and torch.equal(a.predictions, b.predictions)
 
 
-def test_round_trip_dataframe_and_figure(separable, tmp_path):
+def test_round_trip_dataframe_and_figure(separable, tiny_model, tmp_path):
     back = ProbeResult.load(separable.save(tmp_path / "p"))
     assert torch.equal(back.accuracy, separable.accuracy) and back.classes == ["colon", "equals"]
-    assert list(back.to_dataframe().layer) == [0, 1]
+    assert list(back.to_dataframe().layer) == [0, 1] and set(back.to_dataframe().model) == {tiny_model.cfg.model_name}
+    assert back.model == tiny_model.cfg.model_name and back.provenance["n_prompts"] == 30
+    assert back.provenance["task"] == "antonym+antonym" and back.provenance["n_demos"] == 3
     assert "Probe accuracy" in probe_vs_transfer(back).layout.title.text
 
 
@@ -73,7 +75,7 @@ def test_round_trip_dataframe_and_figure(separable, tmp_path):
     (dict(data="one"), "at least two labels"),
     (dict(cv=20), "cv must be an integer between 2 and the smallest class size"),
     (dict(layers=[5]), "layers must be an integer in \\[0, 2\\]"),
-    (dict(position_kind="nowhere"), "unknown position set 'nowhere'"),
+    (dict(positions="nowhere"), "unknown position set 'nowhere'"),
     (dict(data="bad_labels"), "3 labels for a batch of 15 prompts"),
 ])
 def test_errors_are_clear(tiny_model, templates, kwargs, match):
@@ -82,7 +84,7 @@ def test_errors_are_clear(tiny_model, templates, kwargs, match):
         data["data"] = {"colon": templates["colon"]}
     elif kwargs.get("data") == "bad_labels":
         data["data"] = (templates["colon"], [0, 1, 0])
-    args = {**{"position_kind": "separator"}, **{k: v for k, v in kwargs.items() if k != "data"}, **data}
+    args = {**{"positions": "separator"}, **{k: v for k, v in kwargs.items() if k != "data"}, **data}
     with pytest.raises(ValueError, match=match):
         probe_by_layer(tiny_model, progress=False, **args)
 
@@ -121,3 +123,30 @@ def test_batches_with_different_multi_token_columns_pool_together(tiny_model):
     assert r.positions == sets["letters"].names + [n for n in sets["words"].names if n not in sets["letters"].names]
     m = probe_by_layer(tiny_model, data, "inputs", layers=[0], cv=2, combine="mean", shuffle_control=False, progress=False)
     assert m.labels.numel() == 12
+
+
+def test_a_file_saved_with_model_name_still_loads(separable, tmp_path):
+    """Results saved before the provenance column was called ``model`` (field ``model_name``)."""
+    stem = separable.save(tmp_path / "old")
+    spec = json.loads(stem.with_suffix(".json").read_text())
+    fields = spec["fields"]
+    fields["model_name"] = fields.pop("model")
+    del fields["provenance"]
+    stem.with_suffix(".json").write_text(json.dumps(spec))
+    back = ProbeResult.load(stem)
+    assert back.model == separable.model and back.model_name == separable.model
+
+
+def test_position_lists_and_unions_are_one_spec(tiny_model, templates):
+    a = probe_by_layer(tiny_model, templates, ["separator_0", "answer_-1"], layers=[1], shuffle_control=False,
+                       progress=False)
+    b = probe_by_layer(tiny_model, templates, "separator_0+answer_-1", layers=[1], shuffle_control=False,
+                       progress=False)
+    assert a.positions == b.positions == ["separator_0", "answer_2"] and torch.equal(a.predictions, b.predictions)
+    assert a.position_set == "separator_0+answer_-1"
+
+
+def test_cli_probe_needs_two_tasks(monkeypatch, tiny_model):
+    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    res = CliRunner().invoke(cli_mod.cli, ["probe", "--tasks", "antonym", "--prompts", "6"])
+    assert res.exit_code != 0 and "at least two tasks" in res.output
