@@ -15,10 +15,8 @@ from icl_circuits.methods.anchors import isolate_attention
 from icl_circuits.methods.reweighting import reweighted_logits
 from icl_circuits.methods.probing import probe_by_layer
 from icl_circuits.methods.saliency import label_candidates, saliency_flow
-from icl_circuits.core.pairs import random_answer_twins, task_vector_prompts
-from icl_circuits.methods.function_vectors import head_cie
 from icl_circuits.methods.task_vectors import (
-    compare_task_vectors, local_task_vectors, vanilla_task_vector,
+    compare_task_vectors, head_cie, local_task_vectors, random_answer_twins, vanilla_task_vector,
 )
 from icl_circuits.core.tasks import CategorizationTask
 
