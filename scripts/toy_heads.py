@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 
 from icl_circuits import build_prompts
-from icl_circuits.methods.circuits import key_head_ablation, key_heads, ov_contributions, reconstruct
+from icl_circuits.methods.key_heads import key_head_ablation, key_heads
+from icl_circuits.methods.ov_circuits import ov_contributions, reconstruct
 from icl_circuits.methods.attribution import head_attribution, scan_agreement
 from icl_circuits.methods.heads import head_ablation_scan
 from icl_circuits.core.runner import read_resid
