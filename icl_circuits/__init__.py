@@ -2,8 +2,8 @@
 
 Data flows one way: Task -> PromptBatch -> analysis -> Result -> figure / table / report.
 Analyses live in their modules (``icl_circuits.methods.saliency``, ``.task_vectors``, ``.interchange``,
-``.learned``, ``.circuits``, ``.heads``, ``.propagation``, ``.dpca_analysis``, ...); the names
-below are the ones a notebook needs first.
+``.learned``, ``.ov_circuits``, ``.key_heads``, ``.heads``, ``.propagation``, ``.logit_lens``,
+``.dpca_analysis``, ...); the names below are the ones a notebook needs first.
 """
 
 from icl_circuits.core.evaluation import answer_logprob, greedy_answers, icl_accuracy, score

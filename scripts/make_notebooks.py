@@ -79,19 +79,20 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "(Yang, Cho, Ding, Inoue 2025): which later heads carry it to the final position.\n\n" + SWITCH),
         ("code", SETUP),
         ("code", "from icl_circuits.methods.heads import head_ablation_scan, head_attribution, scan_agreement\n"
-                 "from icl_circuits.viz import circuits as cplots\n\n"
+                 "from icl_circuits.viz import heads as hplots\n\n"
                  "batch = ic.build_prompts(model, \"antonym\", 32, 8, seed=0)\n"
                  "exact = head_ablation_scan(model, batch, how=\"mean\", metric=\"logit_diff\", progress=False)\n"
                  "approx = head_attribution(model, batch, how=\"mean\", metric=\"logit_diff\")\n"
-                 "print(scan_agreement(exact, approx))\ncplots.head_scan(exact)"),
-        ("code", "cplots.scan_vs_attribution(exact, approx)"),
+                 "print(scan_agreement(exact, approx))\nhplots.head_scan(exact)"),
+        ("code", "hplots.scan_vs_attribution(exact, approx)"),
         ("md", "## A learned task vector and the heads that carry it"),
-        ("code", "from icl_circuits.methods.learned import train_task_vector\nfrom icl_circuits.methods.circuits import ov_contributions, reconstruct, key_head_ablation\n\n"
+        ("code", "from icl_circuits.methods.learned import train_task_vector\nfrom icl_circuits.methods.ov_circuits import ov_contributions, reconstruct\n"
+                 "from icl_circuits.methods.key_heads import key_head_ablation\nfrom icl_circuits.viz import key_heads as kplots, ov_circuits as oplots\n\n"
                  "ltv = train_task_vector(model, \"antonym\", layer=1, n_train=96, n_val=32, epochs=4, seed=0, progress=False)\n"
                  "zs = ic.build_prompts(model, \"antonym\", 32, 0, seed=7, variant=\"zero_shot\")\n"
-                 "ov = ov_contributions(model, zs, ltv, 1)\nprint(\"identity error\", ov.identity_error())\ncplots.ov_heads(ov)"),
-        ("code", "cplots.reconstruction(reconstruct(model, zs, ltv, 1))"),
-        ("code", "cplots.key_vs_random(key_head_ablation(model, zs, ltv, 1, ks=(1, 2, 4), n_random=5, seed=0, progress=False))"),
+                 "ov = ov_contributions(model, zs, ltv, 1)\nprint(\"identity error\", ov.identity_error())\noplots.ov_heads(ov)"),
+        ("code", "oplots.reconstruction(reconstruct(model, zs, ltv, 1))"),
+        ("code", "kplots.key_vs_random(key_head_ablation(model, zs, ltv, 1, ks=(1, 2, 4), n_random=5, seed=0, progress=False))"),
     ],
     "02_task_vectors": [
         ("md", "# 02 · Task vectors: vanilla, local, function vectors, learned\n\n"

@@ -88,8 +88,8 @@ def main() -> None:
         name = f"{task}, {k} demos, lr {lr:g}"
         acc_rows.append((name, rate(ev_ok), rate(icl_ok), ltv, val, epochs, norms))
         if (task, k, lr) in PROPAGATE:
-            res = propagation_by_layer(model, task, tv, n_vectors=256, n_prompts=16, n_eval=N_TEST, with_demos=k,
-                                       seed=SEED, progress=False)
+            fit = build_prompts(model, task, 16, k, seed=SEED, variant="zero_shot" if k == 0 else "icl")
+            res = propagation_by_layer(model, fit, ev, tv, n_vectors=256, seed=SEED, progress=False)
             prop_tables.append((f"{task}, {k} demos", res, res.to_dataframe().set_index("layer")))
         print(f"{name}: {time.time() - t0:.1f}s", file=sys.stderr)
 

@@ -393,7 +393,7 @@ def heads_cmd(model: str, task: str, n_demos: int, n_prompts: int, how: str, met
                    f"important head is missed); the exact scan's heads it misses (layer, head): {agree['missed']}. "
                    "Rank heads by the exact scan.")
     if out:
-        from icl_circuits.viz.circuits import head_scan, scan_vs_attribution
+        from icl_circuits.viz.heads import head_scan, scan_vs_attribution
 
         figs = [head_scan(scan), head_scan(attr), scan_vs_attribution(exact_for_attr, attr)]
         _write_out(out, {"figure.html": figs}, results={"result": scan, "attribution": attr})
@@ -496,15 +496,18 @@ def propagation_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train
                     n_fit: int) -> None:
     """Train LTVs per layer, then fit the linear map to the final residual: rotation vs scaling,
     logit lens, task alignment, accuracy of the reconstructed vector W theta."""
+    from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.propagation import propagation_by_layer
 
     _check_task(task)
     m = _cli._load(model)
     t0 = time.time()
     tv = _train_ltv(m, task, layer_spec, epochs, n_train, n_val, with_demos, seed, lr, batch_size)
+    variant = "zero_shot" if with_demos == 0 else "icl"
     try:
-        res = propagation_by_layer(m, task, tv, n_vectors=n_vectors, n_prompts=n_fit, n_eval=n_eval,
-                                   with_demos=with_demos, seed=seed, progress=False)
+        fit = build_prompts(m, task, n_fit, with_demos, seed=seed, variant=variant)
+        ev = build_prompts(m, task, n_eval, with_demos, seed=seed + 1, variant=variant)
+        res = propagation_by_layer(m, fit, ev, tv, n_vectors=n_vectors, seed=seed, progress=False)
     except ValueError as err:
         raise click.UsageError(str(err))
     df = res.to_dataframe().set_index("layer")

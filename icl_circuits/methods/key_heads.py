@@ -7,7 +7,8 @@ Ablation writes ``hook_z`` of a head (its output before ``W_O``): zeros (``how="
 mean over ``mean_batch`` with the vector injected (``how="mean"``: ``heads.head_means``), at every
 position (``ablate_positions="all"``: the mean at each absolute position) or at the final one.
 Every run goes through the runner as ``Intervention`` specs: the injection at ``Site(layer)``
-(``ov_circuits.injection``) and one ``Site(l, "z", h)`` spec per ablated head.
+(``ov_circuits.injection``) and one ``Site(l, "z", h)`` spec per ablated head
+(``heads.head_ablation_hooks``).
 """
 
 from __future__ import annotations
@@ -22,20 +23,19 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.interventions import Intervention, Site
 from icl_circuits.core.metrics import correct
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, provenance
-from icl_circuits.core.runner import MakeHooks, run_final_logits
+from icl_circuits.core.runner import run_final_logits
 from icl_circuits.core.types import HookedModel
-from icl_circuits.methods.heads import check_heads, head_means
+from icl_circuits.methods.heads import check_batch, check_choice, check_heads, head_ablation_hooks, head_means
 from icl_circuits.methods.ov_circuits import (
-    LNMode, OVResult, PositionSpec, _check_batch, check_choice, injected_vector, injection, ov_contributions,
+    LNMode, OVResult, PositionSpec, injected_vector, injection, ov_contributions, spec_name,
 )
 from icl_circuits.methods.vectors import TaskVector
 
-__all__ = ["key_heads", "KeyHeadsResult", "key_head_ablation", "KeyHeadAblationResult", "head_ablation"]
+__all__ = ["key_heads", "KeyHeadsResult", "key_head_ablation", "KeyHeadAblationResult"]
 
 
 @dataclass(frozen=True)
@@ -66,24 +66,24 @@ class KeyHeadsResult(Result):
 
 
 def key_heads(
-    model: Any,
+    model: HookedModel,
     batch: PromptBatch,
-    tv: TaskVector | Tensor,
+    tv: TaskVector | Float[Tensor, "d_model"],
     layer: int | None = None,
     *,
     source: Literal["ov", "exact"] = "ov",
     by: Literal["signed", "abs"] = "signed",
     ov: OVResult | None = None,
-    positions: str | Tensor = "final",
+    positions: PositionSpec = "final",
     ln: LNMode = "difference",
     batch_size: int = 64,
 ) -> KeyHeadsResult:
     """Rank the heads of blocks >= ``layer`` by the mean DLA (module docstring) of their OV
     approximation (``source="ov"``) or exact change (``"exact"``) toward the gold label; highest
     first (``by="abs"``: largest |mean DLA| first)."""
-    _check_choice(source, ("ov", "exact"), "source")
-    _check_choice(by, ("signed", "abs"), "by")
-    _, layer, _ = _vector(model, tv, layer)
+    check_choice(source, ("ov", "exact"), "source")
+    check_choice(by, ("signed", "abs"), "by")
+    _, layer, _ = injected_vector(model, tv, layer)
     if ov is None:
         ov = ov_contributions(model, batch, tv, layer, positions=positions, ln=ln, keep_head_vectors=False,
                               batch_size=batch_size)
@@ -92,7 +92,7 @@ def key_heads(
         model_info=model_info(model),
         scores=per.mean(-1), per_prompt=per, ranking=[list(p) for p in ov.ranking(source, by)], layers=ov.layers,
         injection_layer=ov.injection_layer, source=source, by=by, task=ov.task, model_name=ov.model_name,
-        meta={"ln": ov.ln, "positions": ov.positions},
+        meta={**provenance(model, batch), "ln": ov.ln, "positions": ov.positions},
     )
 
 
@@ -142,9 +142,9 @@ class KeyHeadAblationResult(Result):
 
 
 def key_head_ablation(
-    model: Any,
+    model: HookedModel,
     batch: PromptBatch,
-    tv: TaskVector | Tensor,
+    tv: TaskVector | Float[Tensor, "d_model"],
     layer: int | None = None,
     *,
     ks: Sequence[int] = (1, 2, 4),
@@ -152,7 +152,7 @@ def key_head_ablation(
     ranking: KeyHeadsResult | Sequence[Sequence[int]] | None = None,
     n_random: int = 10,
     seed: int = 0,
-    positions: str | Tensor = "final",
+    positions: PositionSpec = "final",
     ablate_positions: Literal["all", "final"] = "all",
     mean_batch: PromptBatch | None = None,
     restrict_to_labels: bool = False,
@@ -164,9 +164,9 @@ def key_head_ablation(
     k heads drawn uniformly without replacement from every head of blocks >= ``layer``
     (``numpy.random.default_rng([seed, k])``), for each k in ``ks``. Mean ablation uses the mean
     of hook_z over ``mean_batch`` (default: ``batch``) *with the vector injected*."""
-    _check_batch(batch)
-    _check_choice(how, ("zero", "mean"), "how")
-    _, layer, _ = _vector(model, tv, layer)
+    check_batch(batch)
+    check_choice(how, ("zero", "mean"), "how")
+    _, layer, _ = injected_vector(model, tv, layer)
     pool = [(l, h) for l in range(layer, model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     ks = list(ks)
     if not ks:
@@ -182,10 +182,10 @@ def key_head_ablation(
                         arg="ranking")
     if len(order) < max(ks):
         raise ValueError(f"ranking has {len(order)} heads, fewer than k={max(ks)}")
-    cand = batch.label_token_ids if restrict_to_labels else None
+    cand = batch.candidate_tokens() if restrict_to_labels else None
     if restrict_to_labels and cand is None:
         raise ValueError(f"restrict_to_labels=True but task {batch.task!r} has no label words")
-    inject = injection_hooks(model, tv, layer, positions, batch=batch)
+    inject = injection(model, tv, layer, positions)
     means = None
     if how == "mean":
         means = head_means(model, batch if mean_batch is None else mean_batch, range(layer, model.cfg.n_layers),
@@ -193,7 +193,7 @@ def key_head_ablation(
                            batch_size=batch_size)
 
     def acc(heads: Sequence[tuple[int, int]] | None) -> Tensor:
-        make = inject if heads is None else _ablation_hooks(heads, how, means, ablate_positions, inject)
+        make = inject if heads is None else head_ablation_hooks(heads, how, means, ablate_positions, inject)
         return correct(run_final_logits(model, batch, make, batch_size=batch_size), batch.answer_tokens, cand).float()
 
     no_vec = correct(run_final_logits(model, batch, batch_size=batch_size), batch.answer_tokens, cand).float()
@@ -219,5 +219,6 @@ def key_head_ablation(
         top_heads=[list(p) for p in order[: max(ks)]], random_heads=rand_heads, vector_accuracy=float(with_vec.mean()),
         no_vector_accuracy=float(no_vec.mean()), injection_layer=layer, how=how, ablate_positions=ablate_positions,
         seed=seed, task=batch.task, model_name=str(model.cfg.model_name),
-        meta={"n": len(batch), "restrict_to_labels": restrict_to_labels, "variant": batch.variant},
+        meta={**provenance(model, batch), "n": len(batch), "restrict_to_labels": restrict_to_labels,
+              "positions": spec_name(positions)},
     )

@@ -1,5 +1,6 @@
-"""OV-circuit reconstruction of an injected task vector, and its key heads (Yang, Cho, Ding and
-Inoue 2025, "Task Vectors, Learned Not Extracted", METHODS.md section 7).
+"""OV-circuit decomposition and reconstruction of an injected task vector (Yang, Cho, Ding and
+Inoue 2025, "Task Vectors, Learned Not Extracted", METHODS.md section 7); the heads it singles
+out are ranked and ablated in ``icl_circuits.methods.key_heads``.
 
 A vector theta is injected at the input of block ``layer`` (``blocks.{layer}.hook_resid_pre``) at
 positions P (default: each prompt's final position q). Write ``'`` for the run with the vector.
@@ -21,47 +22,61 @@ and the LN's nonlinearity is kept), or ``ln="frozen"``: the linearisation with t
 ``(d - mean(d)) / scale_{l'}(p) * w_ln1`` (what direct logit attribution does). A' is the
 attention pattern of the run with the vector (``attention="patched"``, default) or without it
 (``"clean"``). In a model without LayerNorm, with the vector outside the span of W_Q and W_K of
-the block it enters, the formula is exact for that block's heads (tests/test_circuits.py).
+the block it enters, the formula is exact for that block's heads (tests/methods/test_ov_circuits.py).
 
 For replace-mode vectors (vanilla task vectors) the injected change is ``d(p) = theta - h(p)``;
-for add-mode ones ``d(p) = scale * theta``.
+for add-mode ones ``d(p) = scale * theta``. Positions P are a spec of ``PromptBatch.positions``
+(``"final"``, ``"answers"``, ``"separators"``, ``"answer_-1"``, unions with ``+``); for multi-token
+sets only the valid entries (``PositionSet.mask``) receive the vector.
 
 Direct logit attribution (DLA) of a change v of the final residual at q: the final LayerNorm is
 linearised with the scale it has in the run *with* the vector (``ln_final`` applied to
 h'_L(q)): ``DLA(v) = ((v - mean v) / scale'_final(q) * w_lnf) . u``, with the label direction
 ``u = W_U[:, gold] - mean of W_U[:, t]`` over the prompt's other label words (categorization
-tasks) or over the whole vocabulary (other tasks), the same margin as ``heads``' ``logit_diff``.
+tasks) or over the whole vocabulary (other tasks), the same margin as the registry's ``logit_diff_to_mean``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from icl_circuits.core.runner import minibatches, unembed_resid
-from icl_circuits.methods.heads import _ablation_hooks, _check_batch, _check_choice, check_heads, head_means
-from icl_circuits.core.interventions import add_hook, check_layer, check_positions, check_vector, replace_hook, resid_name, z_name
-from icl_circuits.core.runner import MakeHooks, run_final_logits
+from icl_circuits.core.interventions import Intervention, Site, check_layer, check_vector, resid_name
 from icl_circuits.core.metrics import correct, wilson
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result
-from icl_circuits.core.runner import block_inputs
+from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.runner import Entry, minibatches, read_activations, run_staggered, unembed_resid
+from icl_circuits.core.types import HookedModel
+from icl_circuits.methods.heads import check_batch, check_choice, check_heads
 from icl_circuits.methods.vectors import TaskVector
 
+__all__ = ["injected_vector", "injection", "spec_name", "label_direction", "ov_contributions", "OVResult", "reconstruct",
+           "ReconstructionResult"]
+
 LNMode = Literal["difference", "frozen"]
+#: A position spec of ``PromptBatch.positions`` ("final", "answers", "answer_-1", "final+answers", a list...).
+PositionSpec = str | Sequence[str]
 
 
 # ----------------------------------------------------------------------------- helpers
-def _vector(model: Any, tv: TaskVector | Tensor, layer: int | None) -> tuple[Tensor, int, str]:
-    """(theta [d_model], layer, mode) from a TaskVector (or a bare add-mode vector)."""
+def spec_name(positions: PositionSpec) -> str:
+    """The position spec as one string (``"+"``-joined, as results record it); a TypeError for
+    anything else (explicit position tensors: name the positions instead)."""
+    if isinstance(positions, Tensor) or not isinstance(positions, (str, list, tuple)):
+        raise TypeError("positions must be a position spec of PromptBatch.positions (e.g. 'final', 'answers', "
+                        f"'final+answer_-1' or a list of names), got {type(positions).__name__}")
+    return positions if isinstance(positions, str) else "+".join(map(str, positions))
+
+
+def injected_vector(model: HookedModel, tv: TaskVector | Tensor, layer: int | None) -> tuple[Tensor, int, str]:
+    """``(theta [d_model], layer, mode)`` of a TaskVector at ``layer`` (default: its only layer),
+    or of a bare ``[d_model]`` vector (mode "add"; ``layer`` required)."""
     if isinstance(tv, TaskVector):
         tv.check_model(model)
         if layer is None:
@@ -81,29 +96,23 @@ def _vector(model: Any, tv: TaskVector | Tensor, layer: int | None) -> tuple[Ten
     raise TypeError(f"tv must be a TaskVector or a [d_model] tensor, got {type(tv).__name__}")
 
 
-def injection_positions(batch: PromptBatch, positions: str | Tensor = "final") -> Tensor:
-    """Per-prompt injection positions ``[batch, n]``: a position kind of the batch ("final",
-    "answer", "separator", ...) or explicit positions; distinct within each prompt."""
-    pos = batch.positions(positions).positions if isinstance(positions, str) else check_positions(batch, positions)
-    if pos.shape[1] == 0:
-        raise ValueError("positions is empty: give at least one position to inject at")
-    srt = pos.sort(1).values
-    if (srt[:, 1:] == srt[:, :-1]).any():
-        raise ValueError("positions must be distinct within each prompt (a vector is injected once per position)")
-    return pos
+def injection(
+    model: HookedModel, tv: TaskVector | Tensor, layer: int | None = None, positions: PositionSpec = "final",
+    scale: float = 1.0,
+) -> Callable[[slice, PromptBatch], list[Intervention]]:
+    """``make(rows, sub_batch) -> [Intervention]`` for the runner (``run_final_logits``,
+    ``read_activations``): the vector at the input of block ``layer`` (``Site(layer)``) at the
+    positions ``sub_batch.positions(positions)`` (only their valid entries), added ``scale`` times
+    (mode "add") or replacing the residual (mode "replace", as a vanilla task vector does)."""
+    theta, layer, mode = injected_vector(model, tv, layer)
+    spec_name(positions)
 
-
-def injection_hooks(model: Any, tv: TaskVector | Tensor, layer: int | None = None, positions: str | Tensor = "final",
-                    scale: float = 1.0, batch: PromptBatch | None = None) -> MakeHooks:
-    """``make_hooks(rows, sub_batch)`` injecting the vector at the input of block ``layer``
-    (added ``scale`` times, or replacing the residual for replace-mode vectors)."""
-    theta, layer, mode = _vector(model, tv, layer)
-    name = resid_name(model, layer)
-    fixed = None if batch is None else injection_positions(batch, positions)
-
-    def make(rows: slice, mb: PromptBatch):
-        pos = injection_positions(mb, positions) if fixed is None else fixed[rows]
-        return [(name, replace_hook(pos, theta) if mode == "replace" else add_hook(pos, theta, scale))]
+    def make(rows: slice, mb: PromptBatch) -> list[Intervention]:
+        ps = mb.positions(positions)
+        mask = ps.mask if ps.ragged else None
+        if mode == "replace":
+            return [Intervention(Site(layer), "replace", positions=ps.positions, value=theta, mask=mask)]
+        return [Intervention(Site(layer), "add", positions=ps.positions, value=theta, scale=scale, mask=mask)]
 
     return make
 
@@ -121,14 +130,15 @@ def _ln_linear(ln: Any, x: Tensor, d: Tensor, eps: float) -> Tensor:
     return out * w if isinstance(w, Tensor) else out
 
 
-def label_direction(model: Any, batch: PromptBatch) -> Float[Tensor, "batch d_model"]:
-    """``u_b = W_U[:, gold_b] - mean W_U[:, t]`` over prompt b's other label words (categorization
-    tasks) or over the vocabulary (other tasks): DLA(v) = LN_lin(v) . u_b."""
+def label_direction(model: HookedModel, batch: PromptBatch) -> Float[Tensor, "batch d_model"]:
+    """``u_b = W_U[:, gold_b] - mean W_U[:, t]`` over prompt b's other candidate tokens
+    (``batch.candidate_tokens()``: the label words of categorization tasks) or over the vocabulary
+    (other tasks): DLA(v) = LN_lin(v) . u_b."""
     W_U = model.W_U.detach().float().cpu()
     gold = W_U[:, batch.answer_tokens].T
-    if batch.label_token_ids is None:
+    cand = batch.candidate_tokens()
+    if cand is None:
         return gold - W_U.mean(1)[None]
-    cand = batch.label_token_ids
     other = (cand != batch.answer_tokens[:, None]).float()
     mean_other = torch.einsum("dbn,bn->bd", W_U[:, cand], other) / other.sum(1, keepdim=True).clamp(min=1)
     return torch.where(other.sum(1, keepdim=True) > 0, gold - mean_other, gold - W_U.mean(1)[None])
@@ -208,41 +218,46 @@ class OVResult(Result):
         return pd.DataFrame(rows)
 
 
+def _reads(layers: Sequence[int], points: Sequence[str], store: dict) -> list[Intervention]:
+    """Read specs of the whole activation at ``Site(l, point)`` into ``store[(point, l)]``."""
+    return [Intervention(Site(l, pt), "read", store=store.setdefault((pt, l), [])) for l in layers for pt in points]
+
+
 def ov_contributions(
-    model: Any,
+    model: HookedModel,
     batch: PromptBatch,
-    tv: TaskVector | Tensor,
+    tv: TaskVector | Float[Tensor, "d_model"],
     layer: int | None = None,
     *,
-    positions: str | Tensor = "final",
+    positions: PositionSpec = "final",
     scale: float = 1.0,
     ln: LNMode = "difference",
     attention: Literal["patched", "clean"] = "patched",
     keep_head_vectors: bool = True,
     batch_size: int = 64,
 ) -> OVResult:
-    """Inject ``tv`` at the input of block ``layer`` at ``positions`` and decompose the change of
-    the final residual at each prompt's final position per head and MLP, exactly and with the
-    OV approximation (formulas and LN handling in the module docstring). Two forward passes per
-    minibatch: the clean one and the one with the vector, resumed at block ``layer``."""
-    _check_batch(batch)
-    _check_choice(ln, ("difference", "frozen"), "ln")
-    _check_choice(attention, ("patched", "clean"), "attention")
-    theta, layer, mode = _vector(model, tv, layer)
-    P = injection_positions(batch, positions)
+    """Inject ``tv`` at the input of block ``layer`` at ``positions`` (a spec of
+    ``PromptBatch.positions``: "final", "answers", "separators", "answer_-1", unions with "+";
+    multi-token sets inject at their valid entries only) and decompose the change of the final
+    residual at each prompt's final position per head and MLP, exactly and with the OV
+    approximation (formulas and LN handling in the module docstring).
+
+    Per minibatch, through the runner: the clean forward (``read_activations`` with read specs),
+    then blocks ``layer..`` resumed from its residual with ``d(p)`` added at ``Site(layer)``
+    (``run_staggered``; for a replace-mode vector ``d(p) = theta - h(p)``, which writes theta)."""
+    check_batch(batch)
+    check_choice(ln, ("difference", "frozen"), "ln")
+    check_choice(attention, ("patched", "clean"), "attention")
+    theta, layer, mode = injected_vector(model, tv, layer)
+    spec = spec_name(positions)
     L, H, eps = model.cfg.n_layers, model.cfg.n_heads, model.cfg.eps
     layers = list(range(layer, L))
     ln_final = getattr(model, "ln_final", None)
     u_all = label_direction(model, batch)
     W_O = [model.blocks[l].attn.W_O.detach().float() for l in layers]
     W_V = [model.blocks[l].attn.W_V.detach().float() for l in layers]
-    pre = [resid_name(model, l) for l in layers]
-    z = [z_name(l) for l in layers]
-    mlp = [f"blocks.{l}.hook_mlp_out" for l in layers]
-    attn = [f"blocks.{l}.hook_attn_out" for l in layers]
-    pat = [f"blocks.{l}.attn.hook_pattern" for l in layers]
-    names_clean = set(pre + z + mlp + attn + (pat if attention == "clean" else []))
-    names_patched = set(z + mlp + attn + (pat if attention == "patched" else []))
+    points_clean = ["resid_pre", "z", "mlp_out", "attn_out"] + (["pattern"] if attention == "clean" else [])
+    points_patched = ["z", "mlp_out", "attn_out"] + (["pattern"] if attention == "patched" else [])
     B, nL, d = len(batch), len(layers), model.cfg.d_model
     acc = {k: torch.zeros(nL, H, B) for k in ("exact_dla", "ov_dla", "exact_norm", "ov_norm", "cosine")}
     head_exact = torch.zeros(nL, H, B, d) if keep_head_vectors else None
@@ -251,39 +266,46 @@ def ov_contributions(
     attn_layers, mlp_layers = torch.zeros(nL, B, d), torch.zeros(nL, B, d)
     direct_dla, mlp_dla = torch.zeros(B), torch.zeros(nL, B)
     dev = model.cfg.device
+    final_name = resid_name(model, L)
     with torch.no_grad():
         for rows, mb in minibatches(batch, batch_size):
             b = len(mb)
             ar = torch.arange(b, device=dev)
             q = mb.final_positions.to(dev)
-            p = P[rows].to(dev)
+            ps = mb.positions(positions)
+            p, valid = ps.positions.to(dev), ps.mask.to(dev)
             ri = ar[:, None].expand_as(p).to(dev)
-            out, cc = model.run_with_cache(mb.tokens.to(dev), names_filter=lambda n: n in names_clean, stop_at_layer=L)
-            x0 = cc[pre[0]]
+            cc_store: dict = {}
+            fin = read_activations(model, mb, [final_name], q[:, None].cpu(), batch_size=b,
+                                   make_hooks=lambda r, m: _reads(layers, points_clean, cc_store))[final_name]
+            cc = {k: v[0] for k, v in cc_store.items()}
+            x0 = cc[("resid_pre", layer)]
             dvec = (theta.to(dev, x0.dtype) - x0[ri, p]) if mode == "replace" else (scale * theta).to(dev, x0.dtype)
-            dvec = dvec.expand(b, p.shape[1], d)
-            x = x0.clone()
-            x[ri, p] = x[ri, p] + dvec
-            out2, cp = model.run_with_cache(x, names_filter=lambda n: n in names_patched, start_at_layer=layer, stop_at_layer=L,
-                                            **block_inputs(model, mb.tokens))
-            hq, hq2 = out[ar, q].float(), out2[ar, q].float()
+            dvec = torch.where(valid[..., None], dvec.expand(b, p.shape[1], d), 0)  # nothing at invalid entries
+            cp_store: dict = {}
+            inject = Intervention(Site(layer), "add", positions=p, value=dvec, mask=valid if ps.ragged else None)
+            entry = Entry(layer, x0, mb.final_positions, hooks=[inject, *_reads(layers, points_patched, cp_store)],
+                          tokens=mb.tokens)
+            hq2 = run_staggered(model, [entry], unembed=False).to(dev).float()
+            cp = {k: v[0] for k, v in cp_store.items()}
+            hq = fin[:, 0].to(dev).float()
             lnf = lambda v: _ln_linear(ln_final, hq2.reshape(b, *[1] * (v.ndim - 2), d), v, eps)  # noqa: E731
             u = u_all[rows].to(dev)
             dla = lambda v: torch.einsum("b...d,bd->b...", lnf(v), u)  # noqa: E731
-            at_q = (p == q[:, None]).float()  # [b, n]
+            at_q = ((p == q[:, None]) & valid).float()  # [b, n]
             direct = torch.einsum("bn,bnd->bd", at_q, dvec.float())
             vec["direct"][rows], vec["total"][rows], vec["clean_final"][rows] = direct.cpu(), (hq2 - hq).cpu(), hq.cpu()
             direct_dla[rows] = dla(direct).cpu()
             for i, l in enumerate(layers):
-                dz = (cp[z[i]][ar, q] - cc[z[i]][ar, q]).float()  # [b, H, d_head]
+                dz = (cp[("z", l)][ar, q] - cc[("z", l)][ar, q]).float()  # [b, H, d_head]
                 ex = torch.einsum("bhe,hed->bhd", dz, W_O[i])
-                hp = cc[pre[i]][ri, p].float()  # clean residual at block l's input, at P
+                hp = cc[("resid_pre", l)][ri, p].float()  # clean residual at block l's input, at P
                 block_ln = model.blocks[l].ln1
                 if ln == "difference":
                     dln = (block_ln(hp + dvec) - block_ln(hp)).float()
                 else:
                     dln = _ln_linear(block_ln, hp, dvec.float(), eps)
-                A = (cp if attention == "patched" else cc)[pat[i]][ar, :, q]  # [b, H, key_pos]
+                A = (cp if attention == "patched" else cc)[("pattern", l)][ar, :, q]  # [b, H, key_pos]
                 A = A.gather(2, p[:, None, :].expand(b, H, p.shape[1])).float()
                 ov = torch.einsum("bhn,bnD,hDe,hed->bhd", A, dln, W_V[i], W_O[i])
                 acc["exact_dla"][i, :, rows], acc["ov_dla"][i, :, rows] = dla(ex).T.cpu(), dla(ov).T.cpu()
@@ -293,17 +315,15 @@ def ov_contributions(
                     head_exact[i, :, rows], head_ov[i, :, rows] = ex.transpose(0, 1).cpu(), ov.transpose(0, 1).cpu()
                 vec["exact_heads"][rows] += ex.sum(1).cpu()
                 vec["ov_heads"][rows] += ov.sum(1).cpu()
-                dm = (cp[mlp[i]][ar, q] - cc[mlp[i]][ar, q]).float()
+                dm = (cp[("mlp_out", l)][ar, q] - cc[("mlp_out", l)][ar, q]).float()
                 mlp_layers[i, rows], mlp_dla[i, rows] = dm.cpu(), dla(dm).cpu()
-                attn_layers[i, rows] = (cp[attn[i]][ar, q] - cc[attn[i]][ar, q]).float().cpu()
+                attn_layers[i, rows] = (cp[("attn_out", l)][ar, q] - cc[("attn_out", l)][ar, q]).float().cpu()
     return OVResult(
         model_info=model_info(model),
         **acc, **vec, attn_layers=attn_layers, mlp_layers=mlp_layers, direct_dla=direct_dla, mlp_dla=mlp_dla,
-        layers=layers, injection_layer=layer, ln=ln, attention=attention, mode=mode,
-        positions=positions if isinstance(positions, str) else "custom", task=batch.task,
+        layers=layers, injection_layer=layer, ln=ln, attention=attention, mode=mode, positions=spec, task=batch.task,
         model_name=str(model.cfg.model_name), head_exact=head_exact, head_ov=head_ov,
-        meta={"scale": scale, "variant": batch.variant, "n_demos": batch.n_demos,
-              "method": getattr(tv, "method", "tensor")},
+        meta={**provenance(model, batch), "scale": scale, "method": getattr(tv, "method", "tensor")},
     )
 
 
@@ -336,14 +356,14 @@ class ReconstructionResult(Result):
 
 
 def reconstruct(
-    model: Any,
+    model: HookedModel,
     batch: PromptBatch,
-    tv: TaskVector | Tensor,
+    tv: TaskVector | Float[Tensor, "d_model"],
     layer: int | None = None,
     *,
     heads: Sequence[Sequence[int]] | None = None,
     ov: OVResult | None = None,
-    positions: str | Tensor = "final",
+    positions: PositionSpec = "final",
     scale: float = 1.0,
     ln: LNMode = "difference",
     restrict_to_labels: bool = False,
@@ -356,7 +376,8 @@ def reconstruct(
     final"), next to no vector. ``heads``: only these (layer, head) pairs (default: every head in
     blocks >= layer). Accuracy is the argmax over the vocabulary, or over the label words with
     ``restrict_to_labels``."""
-    _, layer, _ = _vector(model, tv, layer)
+    check_batch(batch)
+    _, layer, _ = injected_vector(model, tv, layer)
     if ov is None:
         ov = ov_contributions(model, batch, tv, layer, positions=positions, scale=scale, ln=ln,
                               keep_head_vectors=heads is not None, batch_size=batch_size)
@@ -375,7 +396,7 @@ def reconstruct(
         ex = sum(ov.head_exact[i, h] for i, h in idx)
         approx = sum(ov.head_ov[i, h] for i, h in idx)
         label = f"{len(hs)} heads"
-    cand = batch.label_token_ids if restrict_to_labels else None
+    cand = batch.candidate_tokens() if restrict_to_labels else None
     if restrict_to_labels and cand is None:
         raise ValueError(f"restrict_to_labels=True but task {batch.task!r} has no label words")
     extra = {
@@ -402,191 +423,5 @@ def reconstruct(
         high=torch.tensor([r.high for r in rates]), conditions=list(extra), recovered=rec, injection_layer=layer,
         heads=None if heads is None else [list(h) for h in check_heads(model, heads)],
         restrict_to_labels=restrict_to_labels, task=batch.task, model_name=str(model.cfg.model_name),
-        meta={"ln": ov.ln, "positions": ov.positions, "mode": ov.mode},
-    )
-
-
-# ----------------------------------------------------------------------------- key heads
-@dataclass(frozen=True)
-class KeyHeadsResult(Result):
-    """Heads ranked by the DLA of their contribution to the injected vector's effect.
-
-    scores: [layer, head] mean DLA over prompts; per_prompt: [layer, head, batch];
-    ranking: [[layer, head], ...] best first; source: "ov" | "exact"; by: "signed" | "abs".
-    """
-
-    scores: Float[Tensor, "layer head"]
-    per_prompt: Float[Tensor, "layer head batch"]
-    ranking: list
-    layers: list
-    injection_layer: int
-    source: str
-    by: str
-    task: str
-    model_name: str
-    meta: dict = field(default_factory=dict)
-
-    def to_dataframe(self) -> pd.DataFrame:
-        rank = {tuple(lh): r for r, lh in enumerate(self.ranking)}
-        H = self.scores.shape[1]
-        return pd.DataFrame([{"layer": l, "head": h, "score": float(self.scores[i, h]), "rank": rank[(l, h)],
-                              "source": self.source, "task": self.task, "model": self.model_name}
-                             for i, l in enumerate(self.layers) for h in range(H)])
-
-
-def key_heads(
-    model: Any,
-    batch: PromptBatch,
-    tv: TaskVector | Tensor,
-    layer: int | None = None,
-    *,
-    source: Literal["ov", "exact"] = "ov",
-    by: Literal["signed", "abs"] = "signed",
-    ov: OVResult | None = None,
-    positions: str | Tensor = "final",
-    ln: LNMode = "difference",
-    batch_size: int = 64,
-) -> KeyHeadsResult:
-    """Rank the heads of blocks >= ``layer`` by the mean DLA (module docstring) of their OV
-    approximation (``source="ov"``) or exact change (``"exact"``) toward the gold label; highest
-    first (``by="abs"``: largest |mean DLA| first)."""
-    _check_choice(source, ("ov", "exact"), "source")
-    _check_choice(by, ("signed", "abs"), "by")
-    _, layer, _ = _vector(model, tv, layer)
-    if ov is None:
-        ov = ov_contributions(model, batch, tv, layer, positions=positions, ln=ln, keep_head_vectors=False,
-                              batch_size=batch_size)
-    per = ov.ov_dla if source == "ov" else ov.exact_dla
-    return KeyHeadsResult(
-        model_info=model_info(model),
-        scores=per.mean(-1), per_prompt=per, ranking=[list(p) for p in ov.ranking(source, by)], layers=ov.layers,
-        injection_layer=ov.injection_layer, source=source, by=by, task=ov.task, model_name=ov.model_name,
-        meta={"ln": ov.ln, "positions": ov.positions},
-    )
-
-
-@dataclass(frozen=True)
-class KeyHeadAblationResult(Result):
-    """Accuracy with the vector injected and the top-k key heads, or k random heads, ablated.
-
-    top: [k] accuracy with the top-k heads ablated; random: [k, draw] with k random heads (drawn
-    from every head of blocks >= injection layer); top_per_prompt: [k, batch]; vector_accuracy:
-    with the vector and no ablation; no_vector_accuracy: neither.
-    """
-
-    top: Float[Tensor, "k"]
-    random: Float[Tensor, "k draw"]
-    top_per_prompt: Float[Tensor, "k batch"]
-    ks: list
-    top_heads: list
-    random_heads: list
-    vector_accuracy: float
-    no_vector_accuracy: float
-    injection_layer: int
-    how: str
-    ablate_positions: str
-    seed: int
-    task: str
-    model_name: str
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def top_drop(self) -> Tensor:
-        return self.vector_accuracy - self.top
-
-    @property
-    def random_drop(self) -> Tensor:
-        return self.vector_accuracy - self.random
-
-    def to_dataframe(self) -> pd.DataFrame:
-        rows = []
-        for i, k in enumerate(self.ks):
-            rows.append({"k": k, "kind": "top", "draw": 0, "accuracy": float(self.top[i]), "drop": float(self.top_drop[i])})
-            for j in range(self.random.shape[1]):
-                rows.append({"k": k, "kind": "random", "draw": j, "accuracy": float(self.random[i, j]),
-                             "drop": float(self.random_drop[i, j])})
-        df = pd.DataFrame(rows)
-        df["task"], df["model"], df["how"] = self.task, self.model_name, self.how
-        return df
-
-
-def key_head_ablation(
-    model: Any,
-    batch: PromptBatch,
-    tv: TaskVector | Tensor,
-    layer: int | None = None,
-    *,
-    ks: Sequence[int] = (1, 2, 4),
-    how: Literal["zero", "mean"] = "zero",
-    ranking: KeyHeadsResult | Sequence[Sequence[int]] | None = None,
-    n_random: int = 10,
-    seed: int = 0,
-    positions: str | Tensor = "final",
-    ablate_positions: Literal["all", "final"] = "all",
-    mean_batch: PromptBatch | None = None,
-    restrict_to_labels: bool = False,
-    batch_size: int = 64,
-    progress: bool = True,
-) -> KeyHeadAblationResult:
-    """With the vector injected at ``layer``, ablate (zero or mean, at ``ablate_positions``) the
-    top-k heads of ``ranking`` (default: ``key_heads`` on this batch) and, ``n_random`` times,
-    k heads drawn uniformly without replacement from every head of blocks >= ``layer``
-    (``numpy.random.default_rng([seed, k])``), for each k in ``ks``. Mean ablation uses the mean
-    of hook_z over ``mean_batch`` (default: ``batch``) *with the vector injected*."""
-    _check_batch(batch)
-    _check_choice(how, ("zero", "mean"), "how")
-    _, layer, _ = _vector(model, tv, layer)
-    pool = [(l, h) for l in range(layer, model.cfg.n_layers) for h in range(model.cfg.n_heads)]
-    ks = list(ks)
-    if not ks:
-        raise ValueError("ks is empty: give at least one number of heads to ablate")
-    for k in ks:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(pool):
-            raise ValueError(f"ks: each k must be an integer in [1, {len(pool)}] (heads in blocks >= {layer}), got {k!r}")
-    if n_random < 1:
-        raise ValueError(f"n_random must be a positive integer, got {n_random!r}")
-    if ranking is None:
-        ranking = key_heads(model, batch, tv, layer, positions=positions, batch_size=batch_size)
-    order = check_heads(model, ranking.ranking if isinstance(ranking, KeyHeadsResult) else ranking, allow_empty=False,
-                        arg="ranking")
-    if len(order) < max(ks):
-        raise ValueError(f"ranking has {len(order)} heads, fewer than k={max(ks)}")
-    cand = batch.label_token_ids if restrict_to_labels else None
-    if restrict_to_labels and cand is None:
-        raise ValueError(f"restrict_to_labels=True but task {batch.task!r} has no label words")
-    inject = injection_hooks(model, tv, layer, positions, batch=batch)
-    means = None
-    if how == "mean":
-        means = head_means(model, batch if mean_batch is None else mean_batch, range(layer, model.cfg.n_layers),
-                           positions=ablate_positions, width=batch.tokens.shape[1], make_hooks=inject,
-                           batch_size=batch_size)
-
-    def acc(heads: Sequence[tuple[int, int]] | None) -> Tensor:
-        make = inject if heads is None else _ablation_hooks(heads, how, means, ablate_positions, inject)
-        return correct(run_final_logits(model, batch, make, batch_size=batch_size), batch.answer_tokens, cand).float()
-
-    no_vec = correct(run_final_logits(model, batch, batch_size=batch_size), batch.answer_tokens, cand).float()
-    with_vec = acc(None)
-    top, top_pp, rand, rand_heads = [], [], [], []
-    bar = tqdm(total=len(ks) * (1 + n_random), disable=not progress, desc="key heads vs random")
-    for k in ks:
-        pp = acc(order[:k])
-        top.append(pp.mean()), top_pp.append(pp)
-        rng = np.random.default_rng([seed, int(k)])
-        draws, accs = [], []
-        bar.update()
-        for _ in range(n_random):
-            pick = [pool[i] for i in sorted(rng.choice(len(pool), size=int(k), replace=False))]
-            draws.append([list(p) for p in pick])
-            accs.append(acc(pick).mean())
-            bar.update()
-        rand.append(torch.stack(accs)), rand_heads.append(draws)
-    bar.close()
-    return KeyHeadAblationResult(
-        model_info=model_info(model),
-        top=torch.stack(top), random=torch.stack(rand), top_per_prompt=torch.stack(top_pp), ks=[int(k) for k in ks],
-        top_heads=[list(p) for p in order[: max(ks)]], random_heads=rand_heads, vector_accuracy=float(with_vec.mean()),
-        no_vector_accuracy=float(no_vec.mean()), injection_layer=layer, how=how, ablate_positions=ablate_positions,
-        seed=seed, task=batch.task, model_name=str(model.cfg.model_name),
-        meta={"n": len(batch), "restrict_to_labels": restrict_to_labels, "variant": batch.variant},
+        meta={**provenance(model, batch), "ln": ov.ln, "positions": ov.positions, "mode": ov.mode},
     )

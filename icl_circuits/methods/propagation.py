@@ -5,13 +5,12 @@ final residual by ``delta_h_L(theta) = h_L(with theta) - h_L(without)`` (final p
 ``ln_final``). We fit one linear map ``W`` (d x d) with ``delta_h_L ~ W theta`` over many vectors
 and prompts, split it by the polar decomposition ``W = U P`` (U orthogonal: the rotation;
 ``P = (W^T W)^(1/2)`` symmetric PSD: the stretch) and ask how much it rotates versus scales.
-Two readouts go with it: the logit lens (does ``W_U LN_final(h)`` at a layer already pick the gold
-label?) and task alignment (how much of a vector lies in the span of the label unembeddings).
+Readouts per layer: the logit lens and task alignment (``icl_circuits.methods.logit_lens``).
 Published: early task vectors are rotated into the label subspace, late ones mostly scaled.
 
-Candidate tokens (``candidate_tokens``): for categorization tasks the prompt's label words (their
-first tokens, ``batch.label_token_ids``); for other tasks the distinct gold first answer tokens of
-the batch, shared by every prompt (the task's answer vocabulary as the batch samples it).
+Every forward goes through the runner: the clean residual at the input of block l is cached once
+(``runner.read_resid``), then blocks l.. are resumed for many vectors at once, each added at
+``Site(l)`` at the final position (``Entry`` + ``run_staggered``, final residuals only).
 """
 
 from __future__ import annotations
@@ -23,25 +22,22 @@ import numpy as np
 import pandas as pd
 import scipy.linalg
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.runner import gather_positions, unembed_resid
-from icl_circuits.core.interventions import add_hook, check_layer, check_vector, resid_name
-from icl_circuits.core.runner import read_resid
-from icl_circuits.core.metrics import correct, wilson
+from icl_circuits.core.interventions import Intervention, Site, check_layer, check_vector
 from icl_circuits.core.models import model_info
-from icl_circuits.core.prompts import PromptBatch, Template, build_prompts
-from icl_circuits.core.results import Result
-from icl_circuits.core.runner import resume
-from icl_circuits.core.tasks import Task
+from icl_circuits.core.prompts import PromptBatch
+from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.runner import Entry, gather_positions, read_resid, run_staggered
+from icl_circuits.core.types import HookedModel
+from icl_circuits.methods.logit_lens import alignment_chance, logit_lens, task_alignment
 from icl_circuits.methods.vectors import TaskVector, evaluate_vector
 
 __all__ = [
-    "fit_linear_map", "r2", "polar_metrics", "candidate_tokens", "logit_lens", "vector_logit_lens",
-    "task_alignment", "alignment_chance", "final_deltas", "fit_linear_propagation", "propagation_by_layer",
-    "LinearPropagation", "LogitLensResult", "PropagationResult",
+    "fit_linear_map", "r2", "polar_metrics", "final_deltas", "fit_linear_propagation", "propagation_by_layer",
+    "LinearPropagation", "PropagationResult",
 ]
 
 
@@ -101,137 +97,9 @@ def _cos(a: Tensor, b: Tensor) -> Tensor:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
 
 
-# ----------------------------------------------------------------------------- candidates, lens, alignment
-def candidate_tokens(batch: PromptBatch) -> Int[Tensor, "batch n_cand"]:
-    """Tokens the lens takes its argmax over: label words, or the batch's distinct gold tokens (see module doc)."""
-    if batch.label_token_ids is not None:
-        return batch.label_token_ids
-    ids = torch.unique(batch.answer_tokens)
-    return ids[None].expand(len(batch), -1)
-
-
-@dataclass(frozen=True)
-class LogitLensResult(Result):
-    """Logit-lens accuracy per layer: argmax over the candidates of ``W_U LN_final(h_l)`` at the final
-    position is the gold first answer token.
-
-    accuracy, low, high: [layer] (Wilson 95%); per_prompt: [layer, batch] 0/1; layers (input of
-    block l; n_layers = final residual); injected: the TaskVector method applied before reading
-    (None: clean run); n_candidates: candidates per prompt.
-    """
-
-    accuracy: Float[Tensor, "layer"]
-    low: Float[Tensor, "layer"]
-    high: Float[Tensor, "layer"]
-    per_prompt: Float[Tensor, "layer batch"]
-    layers: list[int]
-    task: str
-    model_name: str
-    n_candidates: int
-    injected: str | None = None
-
-    def to_dataframe(self) -> pd.DataFrame:
-        return pd.DataFrame({"layer": self.layers, "accuracy": self.accuracy.tolist(), "low": self.low.tolist(),
-                             "high": self.high.tolist(), "n": self.per_prompt.shape[1], "task": self.task,
-                             "model": self.model_name, "injected": self.injected})
-
-
-def logit_lens(
-    model: Any,
-    batch: PromptBatch,
-    layers: Sequence[int] | None = None,
-    vectors: TaskVector | None = None,
-    *,
-    candidates: Int[Tensor, "batch n_cand"] | None = None,
-    batch_size: int = 64,
-) -> LogitLensResult:
-    """Logit-lens accuracy at each layer's final position (``layers`` default: 0..n_layers).
-
-    With ``vectors``, layer l is read after the vector's own injection there (``h_l + v_l`` for
-    mode "add", ``v_l`` for "replace"), so the layers are restricted to the vector's layers: does
-    the injected state already decode the answer? Candidates default to ``candidate_tokens(batch)``.
-    """
-    if len(batch) == 0:
-        raise ValueError("batch is empty")
-    if vectors is not None:
-        vectors.check_model(model)
-        layers = list(vectors.layers) if layers is None else list(layers)
-        missing = [l for l in layers if l not in vectors.layers]
-        if missing:
-            raise ValueError(f"layers {missing} are not among the task vector's layers {vectors.layers}")
-    layers = list(range(model.cfg.n_layers + 1)) if layers is None else [check_layer(model, l, arg="layers") for l in layers]
-    cand = candidate_tokens(batch) if candidates is None else torch.as_tensor(candidates)
-    if cand.ndim != 2 or cand.shape[0] != len(batch):
-        raise ValueError(f"candidates must be [batch={len(batch)}, n_cand], got {tuple(cand.shape)}")
-    h = read_resid(model, batch, batch.positions("final").positions, layers, batch_size=batch_size)[:, :, 0]  # [layer, batch, d]
-    if vectors is not None:
-        v = torch.stack([vectors.at(l) for l in layers])[:, None].to(h.dtype)
-        h = h + v if vectors.mode == "add" else v.expand_as(h)
-    with torch.no_grad():
-        logits = unembed_resid(model, h.to(model.cfg.device)).float().cpu()
-    ok = torch.stack([correct(lg, batch.answer_tokens, cand) for lg in logits]).float()
-    rates = [wilson(int(r.sum()), r.numel()) for r in ok]
-    return LogitLensResult(
-        model_info=model_info(model),
-        accuracy=ok.mean(1), low=torch.tensor([r.low for r in rates]), high=torch.tensor([r.high for r in rates]),
-        per_prompt=ok, layers=layers, task=batch.task, model_name=model.cfg.model_name,
-        n_candidates=int(cand.shape[1]), injected=None if vectors is None else vectors.method,
-    )
-
-
-def vector_logit_lens(model: Any, tv: TaskVector, k: int = 10) -> pd.DataFrame:
-    """Which tokens each layer's vector promotes: the top-``k`` of ``W_U LN_final(v_l)`` (columns
-    layer, rank, token, token_str, logit)."""
-    tv.check_model(model)
-    with torch.no_grad():
-        logits = unembed_resid(model, tv.vectors.to(model.cfg.device, torch.float32)).float().cpu()
-    top = logits.topk(min(k, logits.shape[-1]), dim=-1)
-    tok = getattr(model, "tokenizer", None)
-    rows = []
-    for i, l in enumerate(tv.layers):
-        for r, (t, v) in enumerate(zip(top.indices[i].tolist(), top.values[i].tolist())):
-            rows.append({"layer": l, "rank": r, "token": t, "token_str": tok.decode([t]) if tok is not None else str(t), "logit": v})
-    return pd.DataFrame(rows)
-
-
-def _label_basis(model: Any, label_token_ids: Tensor | Sequence[int]) -> Tensor:
-    ids = torch.unique(torch.as_tensor(label_token_ids, dtype=torch.long).flatten())
-    if ids.numel() == 0:
-        raise ValueError("label_token_ids is empty")
-    if int(ids.min()) < 0 or int(ids.max()) >= model.cfg.d_vocab:
-        raise ValueError(f"label_token_ids must be token ids in [0, {model.cfg.d_vocab - 1}]")
-    B = model.W_U.detach()[:, ids.to(model.W_U.device)].double().cpu().numpy()  # [d_model, k]
-    return torch.from_numpy(scipy.linalg.orth(B))  # orthonormal basis of the span
-
-
-def alignment_chance(model: Any, label_token_ids: Tensor | Sequence[int]) -> float:
-    """Alignment of a random isotropic vector: about sqrt(rank / d) (the span's share of dimensions)."""
-    return float(np.sqrt(_label_basis(model, label_token_ids).shape[1] / model.cfg.d_model))
-
-
-def task_alignment(
-    model: Any, vector: TaskVector | Float[Tensor, "... d_model"], label_token_ids: Tensor | Sequence[int]
-) -> Float[Tensor, "..."]:
-    """Cosine between a vector and its projection onto span{W_U[:, t] : t in label_token_ids}.
-
-    That cosine equals ``||Q Q^T v|| / ||v||`` (Q an orthonormal basis of the span): 1 when the
-    vector lies in the label subspace, 0 when orthogonal to it. A TaskVector gives one value per
-    layer. The unembedding columns are used as they are (no centering). ``label_token_ids`` may
-    be ``[n]`` or ``[batch, n]`` (the union is taken).
-    """
-    v = vector.vectors if isinstance(vector, TaskVector) else vector
-    check_vector(model, v, arg="vector")
-    Q = _label_basis(model, label_token_ids)
-    v = v.detach().double().cpu()
-    norm = v.norm(dim=-1)
-    if (norm == 0).any():
-        raise ValueError("vector: the zero vector has no direction to align")
-    return ((v @ Q).norm(dim=-1) / norm).float()
-
-
 # ----------------------------------------------------------------------------- measuring the map
 def final_deltas(
-    model: Any,
+    model: HookedModel,
     batch: PromptBatch,
     layer: int,
     X: Float[Tensor, "n_vec d_model"],
@@ -240,7 +108,10 @@ def final_deltas(
     chunk: int = 4096,
 ) -> Float[Tensor, "n_vec batch d_model"]:
     """``delta_h_L = h_L(x added at layer's input, final position) - h_L(clean)`` at the final position,
-    for every vector and prompt. Runs only blocks layer..L from the cached residual ``resid``."""
+    for every vector and prompt. Blocks layer.. only are run, resumed from the clean residual
+    ``resid`` at the input of block ``layer`` (default: read here) through the runner
+    (``Entry`` + ``run_staggered``): one clean entry, then up to ``chunk`` (vector, prompt) rows per
+    forward, each vector added at ``Site(layer)`` at the final position."""
     check_layer(model, layer)
     check_vector(model, X, arg="X")
     n = model.cfg.n_layers
@@ -248,21 +119,18 @@ def final_deltas(
         return X.float()[:, None].expand(-1, len(batch), -1).clone()
     if resid is None:
         resid = read_resid(model, batch, None, [layer])[0]
-    dev, P = model.cfg.device, len(batch)
-    fin = batch.final_positions
-    with torch.no_grad():
-        clean = gather_positions(resume(model, resid.to(dev), layer, tokens=batch.tokens), fin[:, None].to(dev))[:, 0]
-        out = []
-        per = max(1, chunk // P)
-        for s in range(0, X.shape[0], per):
-            xs = X[s: s + per].to(dev, resid.dtype)
-            c = xs.shape[0]
-            inp = resid.to(dev).repeat(c, 1, 1)
-            pos = fin.repeat(c)[:, None].to(dev)
-            vec = xs.repeat_interleave(P, 0)[:, None]  # [c * P, 1, d]
-            with model.hooks(fwd_hooks=[(resid_name(model, layer), add_hook(pos, vec))]):
-                h = resume(model, inp, layer, tokens=batch.tokens.repeat(c, 1))
-            out.append((gather_positions(h, pos)[:, 0] - clean.repeat(c, 1)).reshape(c, P, -1).float().cpu())
+    P, fin = len(batch), batch.final_positions
+    clean = run_staggered(model, [Entry(layer, resid, fin, tokens=batch.tokens)], unembed=False)
+    out = []
+    per = max(1, chunk // P)
+    for s in range(0, X.shape[0], per):
+        xs = X[s: s + per].to(resid.dtype)
+        c = xs.shape[0]
+        pos = fin.repeat(c)[:, None]
+        add = Intervention(Site(layer), "add", positions=pos, value=xs.repeat_interleave(P, 0)[:, None])  # [c*P, 1, d]
+        h = run_staggered(model, [Entry(layer, resid.repeat(c, 1, 1), fin.repeat(c), hooks=[add],
+                                        tokens=batch.tokens.repeat(c, 1))], unembed=False)
+        out.append((h - clean.repeat(c, 1)).reshape(c, P, -1).float())
     return torch.cat(out)
 
 
@@ -293,6 +161,7 @@ class LinearPropagation(Result):
     n_prompts: int
     task: str
     model_name: str
+    meta: dict = field(default_factory=dict)
 
     def apply(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         """``W x``."""
@@ -300,32 +169,28 @@ class LinearPropagation(Result):
 
     def to_dataframe(self) -> pd.DataFrame:
         keys = ["layer", "r2", "r2_mean", "ridge", "ref_norm", "rotation_cos", "rotation_deviation", "stretch_cv",
-                "cos_random", "n_fit", "n_heldout", "n_prompts", "task", "model_name"]
-        return pd.DataFrame([{k: getattr(self, k) for k in keys}])
+                "cos_random", "n_fit", "n_heldout", "n_prompts", "task"]
+        return pd.DataFrame([{**{k: getattr(self, k) for k in keys}, "model": self.model_name}])
 
 
-def _prompts(model: Any, task: Task | str | PromptBatch, n: int, with_demos: int, template: Any, seed: int) -> PromptBatch:
-    if isinstance(task, PromptBatch):
-        if len(task) == 0:
-            raise ValueError("batch is empty")
-        return task
-    variant = "zero_shot" if with_demos == 0 else "icl"
-    return build_prompts(model, task, n, with_demos, template=template, seed=seed, variant=variant)
+def _check_batch(batch: PromptBatch, arg: str) -> PromptBatch:
+    if not isinstance(batch, PromptBatch):
+        raise TypeError(f"{arg} must be a PromptBatch (build one with build_prompts), got {type(batch).__name__}")
+    if len(batch) == 0:
+        raise ValueError(f"{arg} is empty")
+    return batch
 
 
 def fit_linear_propagation(
-    model: Any,
-    task: Task | str | PromptBatch,
+    model: HookedModel,
+    batch: PromptBatch,
     layer: int,
     *,
     n_vectors: int = 256,
-    n_prompts: int = 16,
     vectors: Float[Tensor, "k d_model"] | None = None,
     norm: float | None = None,
     holdout: float = 0.25,
     ridge: float | Literal["auto"] = "auto",
-    with_demos: int = 0,
-    template: Template | str | None = None,
     seed: int = 0,
 ) -> LinearPropagation:
     """Fit ``delta_h_L ~ W x`` for vectors x added at the input of block ``layer``, final position.
@@ -333,8 +198,8 @@ def fit_linear_propagation(
     Vectors: ``n_vectors`` random directions (seeded) with norms uniform in [0.5, 1.5] x ``norm``
     (default: the norm of the first of ``vectors`` if given, else the mean norm of the final-position
     residual at that layer: a realistic size), plus ``vectors`` (e.g. the task vector, always in the
-    fit). A seeded ``holdout`` share of the random ones is kept out of the fit for R^2.
-    Prompts: ``n_prompts`` zero-shot prompts of ``task`` (or the given PromptBatch). Least squares
+    fit). ``seed`` draws them; the first ``holdout`` share of the random ones is kept out of the
+    fit for R^2. The effects are measured on the prompts of ``batch`` (usually zero-shot). Least squares
     over (vector, prompt) pairs equals least squares on the prompt-averaged effect, which is what is
     solved. ``ridge="auto"``: 0 when the fit has at least d vectors, else 1e-3 x mean eigenvalue of
     X^T X (the problem is underdetermined without it).
@@ -345,7 +210,7 @@ def fit_linear_propagation(
         raise ValueError(f"n_vectors must be an integer >= 2 (some are held out), got {n_vectors!r}")
     if not 0 < holdout < 1:
         raise ValueError(f"holdout must be in (0, 1), got {holdout}")
-    batch = _prompts(model, task, n_prompts, with_demos, template, seed)
+    _check_batch(batch, "batch")
     resid = read_resid(model, batch, None, [layer])[0]
     extra = torch.zeros(0, d) if vectors is None else check_vector(model, torch.as_tensor(vectors), arg="vectors").reshape(-1, d).float().cpu()
     if norm is None:
@@ -373,6 +238,7 @@ def fit_linear_propagation(
         rotation_deviation=pm["rotation_deviation"], stretch_cv=pm["stretch_cv"],
         cos_random=float(_cos(X[test], pred.float()).mean()), n_fit=len(fit), n_heldout=n_out,
         n_prompts=len(batch), task=batch.task, model_name=model.cfg.model_name,
+        meta={**provenance(model, batch), "n_vectors": n_vectors, "vector_seed": seed},
     )
 
 
@@ -429,34 +295,34 @@ class PropagationResult(Result):
 
 
 def propagation_by_layer(
-    model: Any,
-    task: Task | str,
+    model: HookedModel,
+    fit_batch: PromptBatch,
+    eval_batch: PromptBatch,
     tv: TaskVector,
     *,
     layers: Sequence[int] | None = None,
     n_vectors: int = 256,
-    n_prompts: int = 16,
-    n_eval: int = 64,
-    with_demos: int = 0,
-    template: Template | str | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> PropagationResult:
     """Fit the linear propagation map at each of ``tv``'s layers and measure rotation vs scaling,
     logit lens, task alignment and the accuracy of the reconstructed vector W theta.
 
-    The map is fitted on ``n_prompts`` prompts (seed ``seed``), all accuracies are measured on
-    ``n_eval`` other prompts (seed ``seed + 1``); both are zero-shot unless ``with_demos``. A
-    "replace" vector (vanilla TV) is treated as the displacement it causes on average,
+    The map is fitted on ``fit_batch`` (``fit_linear_propagation``, random vectors drawn with
+    ``seed``); the logit lens (candidates ``eval_batch.candidate_tokens("gold")``), task alignment
+    and every accuracy are measured on ``eval_batch`` (other prompts of the same task; usually
+    zero-shot). A "replace" vector (vanilla TV) is treated as the displacement it causes on average,
     ``theta - mean(h_l)`` at the final position of the fit prompts. At the final layer W = I.
     """
+    _check_batch(fit_batch, "fit_batch")
+    ev = _check_batch(eval_batch, "eval_batch")
+    if fit_batch.task != ev.task:
+        raise ValueError(f"fit_batch and eval_batch must be prompts of one task, got {fit_batch.task!r} and {ev.task!r}")
     tv.check_model(model)
     layers = list(tv.layers if layers is None else layers)
     for l in layers:
         tv.at(l)
-    fit_batch = _prompts(model, task, n_prompts, with_demos, template, seed)
-    ev = _prompts(model, task, n_eval, with_demos, template, seed + 1)
-    cand = candidate_tokens(ev)
+    cand = ev.candidate_tokens("gold")
     lens_clean = logit_lens(model, ev, layers, candidates=cand)
     lens_inj = logit_lens(model, ev, layers, vectors=tv, candidates=cand)
     acc_inj = evaluate_vector(model, tv, ev, layers=layers)
@@ -502,5 +368,6 @@ def propagation_by_layer(
         acc_reconstructed=torch.tensor(acc_rec), alignment_chance=alignment_chance(model, labels),
         baseline=float(acc_inj.baseline), n_eval=len(ev), n_candidates=int(cand.shape[1]), task=ev.task,
         model_name=model.cfg.model_name, method=tv.method,
-        meta={"n_vectors": n_vectors, "n_prompts": len(fit_batch), "seed": seed, "with_demos": with_demos, "mode": tv.mode},
+        meta={**provenance(model, ev), "n_vectors": n_vectors, "vector_seed": seed, "n_fit_prompts": len(fit_batch),
+              "fit_seed": fit_batch.seed, "with_demos": fit_batch.n_demos, "mode": tv.mode},
     )

@@ -165,7 +165,7 @@ def _transfer_pivot(df: pd.DataFrame) -> pd.DataFrame:
 @section("heads")
 def heads_section(ctx: Context) -> Section:
     from icl_circuits.methods.heads import head_ablation_scan, head_attribution, scan_agreement
-    from icl_circuits.viz import circuits as cplots
+    from icl_circuits.viz import heads as cplots
     from icl_circuits.core.prompts import build_prompts
 
     cfg = ctx.cfg
@@ -206,8 +206,12 @@ def propagation_section(ctx: Context) -> Section:
 
         ltv = train_per_layer(ctx.model, cfg.knowledge_task, n_train=32, n_val=8, epochs=3, lr=2e-2, seed=cfg.seed,
                               progress=False)
-    res = propagation_by_layer(ctx.model, cfg.knowledge_task, ltv, n_vectors=64 if cfg.quick else 160,
-                               n_prompts=cfg.prompts(16), seed=cfg.seed, progress=False)
+    from icl_circuits.core.prompts import build_prompts
+
+    fit = build_prompts(ctx.model, cfg.knowledge_task, cfg.prompts(16), 0, seed=cfg.seed, variant="zero_shot")
+    ev = build_prompts(ctx.model, cfg.knowledge_task, 64, 0, seed=cfg.seed + 1, variant="zero_shot")
+    res = propagation_by_layer(ctx.model, fit, ev, ltv, n_vectors=64 if cfg.quick else 160, seed=cfg.seed,
+                               progress=False)
     return Section(
         "propagation", "Linear propagation of learned task vectors: rotation vs scaling",
         "A linear map W from a vector injected at layer l to its effect on the final residual, fitted by least "

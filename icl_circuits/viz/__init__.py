@@ -2,7 +2,8 @@
 
 ``accuracy`` (accuracy vs demos), ``sweeps`` (layer curves, patching grids, head CIE),
 ``interchange`` (transfer / necessity / probes), ``saliency`` (flows, heatmaps), ``anchors`` (isolation), ``reweighting``,
-``propagation`` (LTV comparisons, rotation vs scaling, logit lens), ``circuits`` (heads),
+``propagation`` (LTV comparisons, rotation vs scaling, task alignment), ``logit_lens``,
+``heads`` (head scans), ``ov_circuits`` (OV DLA per head, reconstruction), ``key_heads`` (key vs random),
 ``dpca`` (explained variance, projections, distances).
 """
 

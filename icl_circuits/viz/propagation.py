@@ -1,5 +1,6 @@
 """Figures for learned task vectors and their propagation: accuracy per layer for several vector
-methods, rotation vs scaling of the propagation map, logit lens and task alignment by layer."""
+methods, a learned vector's training curve, rotation vs scaling of the propagation map and task
+alignment by layer (the logit lens: ``viz.logit_lens``)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,9 @@ from typing import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from icl_circuits.core.metrics import wilson
-from icl_circuits.methods.propagation import LogitLensResult, PropagationResult
+from icl_circuits.methods.propagation import PropagationResult
 from icl_circuits.methods.vectors import SweepResult, TaskVector
 from icl_circuits.viz import _style, sweeps
-
-
-def _band(fig: go.Figure, x, low, high, name: str, color: str | None = None, **where) -> None:
-    fig.add_trace(_style.band(x, low, high, color, name=name, group=name), **where)
-
-
-def _wilson_band(values, n: int) -> tuple[list[float], list[float]]:
-    rates = [wilson(int(round(v * n)), n) for v in values]
-    return [r.low for r in rates], [r.high for r in rates]
 
 
 def layer_curves(results: Sequence[SweepResult], title: str | None = None) -> go.Figure:
@@ -85,33 +76,6 @@ def _mark_unreadable_fits(fig: go.Figure, res: PropagationResult, **where) -> No
                                  color="rgba(120,120,120,0.35)"),
                                  name=f"held-out R² < 0 (fit unreadable): layer{'s' if len(bad) > 1 else ''} "
                                       f"{', '.join(map(str, bad))}", hoverinfo="skip"), **where)
-
-
-def logit_lens(res: LogitLensResult | PropagationResult, title: str | None = None) -> go.Figure:
-    """Logit-lens accuracy by layer with Wilson 95% bands (a PropagationResult: without and with the
-    vector injected at that layer)."""
-    fig = go.Figure()
-    if isinstance(res, LogitLensResult):
-        curves = [("clean" if res.injected is None else f"with {res.injected} vector", res.accuracy.tolist(),
-                   res.low.tolist(), res.high.tolist(), res.per_prompt.shape[1])]
-        n_cand = res.n_candidates
-    else:
-        curves = []
-        for key, label in (("lens_clean", "clean"), ("lens_injected", f"with {res.method} vector")):
-            v = getattr(res, key).tolist()
-            lo, hi = _wilson_band(v, res.n_eval)
-            curves.append((label, v, lo, hi, res.n_eval))
-        n_cand = res.n_candidates
-    for label, v, lo, hi, n in curves:
-        _band(fig, res.layers, lo, hi, label)
-        fig.add_trace(go.Scatter(x=res.layers, y=v, mode="lines+markers", name=label, customdata=list(zip(lo, hi)),
-                                 hovertemplate=f"{label}<br>layer %{{x}}: %{{y:.3f}} [%{{customdata[0]:.3f}}, "
-                                               f"%{{customdata[1]:.3f}}] (n={n})<extra></extra>"))
-    fig.add_hline(y=1 / max(n_cand, 1), line_dash="dot", annotation_text=f"chance 1/{n_cand}")
-    fig.update_layout(title=title or f"Logit lens over {n_cand} candidates: {res.model_name}, {res.task}",
-                      xaxis_title="layer (input of block)", yaxis_title="accuracy", yaxis_range=[-0.02, 1.02],
-                      template="plotly_white")
-    return _style.integer_layer_axis(fig, res.layers)
 
 
 def alignment(res: PropagationResult, title: str | None = None) -> go.Figure:

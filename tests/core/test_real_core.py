@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from icl_circuits.core import runner
 from icl_circuits import build_prompts, final_logits
 from icl_circuits.core import interventions as iv
-from icl_circuits.methods.circuits import ov_contributions
+from icl_circuits.methods.ov_circuits import ov_contributions
 from icl_circuits.methods.dpca.analysis import dpca_by_layer
 from icl_circuits.methods.heads import ablate_heads, head_ablation_scan
 from icl_circuits.methods.necessity import necessity
@@ -258,8 +258,8 @@ def test_propagation_smallest_run(model):
     assert lp.r2 <= 1 and lp.ridge > 0  # 6 vectors in 576 dimensions: ridge on
     theta = torch.randn(2, 576, generator=torch.Generator().manual_seed(2)) * 5
     tv = TaskVector(theta, [28, 30], "add", "random", "antonym", model.cfg.model_name)
-    res = propagation_by_layer(model, "antonym", tv, n_vectors=8, n_prompts=2, n_eval=4, template=ARROW,
-                               progress=False)
+    ev = build_prompts(model, "antonym", 4, 0, template=ARROW, seed=1, variant="zero_shot")
+    res = propagation_by_layer(model, zs, ev, tv, n_vectors=8, progress=False)
     assert res.layers == [28, 30] and res.stretch.shape == (2, 576) and torch.isfinite(res.gain).all()
     # at the final residual the map is the identity: W theta = theta, and adding it there is the injection
     assert res.gain[1] == pytest.approx(1.0) and res.cos_theta_wtheta[1] == pytest.approx(1.0)

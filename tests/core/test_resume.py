@@ -153,7 +153,7 @@ def test_propagation_deltas_equal_full_forward_differences(model, batch):
 
 
 def test_ov_decomposition_of_a_zero_vector_changes_nothing(model, batch):
-    from icl_circuits.methods.circuits import ov_contributions
+    from icl_circuits.methods.ov_circuits import ov_contributions
 
     zero = torch.zeros(model.cfg.d_model)
     for l in range(model.cfg.n_layers):

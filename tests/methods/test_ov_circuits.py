@@ -1,17 +1,15 @@
-"""OV decomposition of an injected vector: the exact identity, the OV formula, reconstruction,
-key heads vs random heads, errors, figures."""
+"""OV decomposition of an injected vector: the exact identity, the OV formula, the runner path equals
+a hand-written forward, position specs (unions, multi-token sets), reconstruction, errors, figures."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from icl_circuits.core import runner
 from icl_circuits import build_prompts
-from icl_circuits.core import interventions as iv
-from icl_circuits.methods.circuits import (
-    KeyHeadAblationResult, OVResult, injection_hooks, key_head_ablation, key_heads, ov_contributions, reconstruct,
-)
+from icl_circuits.core import runner
+from icl_circuits.core.interventions import Intervention
+from icl_circuits.methods.ov_circuits import OVResult, ReconstructionResult, injection, ov_contributions, reconstruct
 from icl_circuits.methods.vectors import TaskVector
 from tests.conftest import make_tiny_model
 
@@ -33,14 +31,15 @@ def tv(tiny_model):
 
 
 @pytest.mark.parametrize("layer", [0, 1])
-@pytest.mark.parametrize("positions", ["final", "answer", "separator"])
+@pytest.mark.parametrize("positions", ["final", "answer", "separators", "final+answer_-1"])
 def test_final_residual_change_is_direct_plus_heads_plus_mlps(tiny_model, icl, tv, layer, positions):
     """delta h_L(q) = d(q) + sum of head changes + sum of MLP changes, exactly (no embedding term)."""
     r = ov_contributions(tiny_model, icl, tv, layer, positions=positions, batch_size=4)
     assert r.identity_error() <= 1e-4
     assert (r.attn_layers - r.head_exact.sum(1)).abs().max() <= 1e-4  # b_O cancels
     assert r.total.abs().max() > 1e-2
-    assert (r.direct.abs().sum() > 0) == (positions == "final")
+    assert (r.direct.abs().sum() > 0) == positions.startswith("final")
+    assert r.positions == positions
 
 
 def test_identity_holds_for_replace_mode_vectors(tiny_model, zs, tv):
@@ -51,7 +50,7 @@ def test_identity_holds_for_replace_mode_vectors(tiny_model, zs, tv):
 
 def test_total_change_matches_the_injected_run(tiny_model, zs, tv):
     r = ov_contributions(tiny_model, zs, tv, 0)
-    logits = runner.run_final_logits(tiny_model, zs, injection_hooks(tiny_model, tv, 0))
+    logits = runner.run_final_logits(tiny_model, zs, injection(tiny_model, tv, 0))
     assert torch.allclose(runner.unembed_resid(tiny_model, r.clean_final + r.total), logits, atol=1e-4)
 
 
@@ -104,25 +103,6 @@ def test_reconstruction_with_a_head_subset(tiny_model, zs, tv):
         reconstruct(tiny_model, zs, tv, 0, ov=ov, heads=[])
 
 
-def test_key_heads_rank_by_mean_dla(tiny_model, zs, tv):
-    kh = key_heads(tiny_model, zs, tv, 0)
-    scores = [float(kh.scores[kh.layers.index(l), h]) for l, h in kh.ranking]
-    assert scores == sorted(scores, reverse=True) and len(kh.ranking) == 8
-    assert set(kh.to_dataframe()["rank"]) == set(range(8))
-
-
-def test_key_vs_random_ablation_is_seeded(tiny_model, zs, tv):
-    kw = dict(ks=[1, 3], n_random=3, progress=False)
-    a = key_head_ablation(tiny_model, zs, tv, 1, seed=5, **kw)
-    b = key_head_ablation(tiny_model, zs, tv, 1, seed=5, **kw)
-    c = key_head_ablation(tiny_model, zs, tv, 1, seed=6, how="mean", **kw)
-    assert a.random_heads == b.random_heads and a.random_heads != c.random_heads
-    assert all(l == 1 for draws in a.random_heads for heads in draws for l, _ in heads)  # heads after injection
-    assert a.random.shape == (2, 3) and a.top_heads[0] == key_heads(tiny_model, zs, tv, 1).ranking[0]
-    back = KeyHeadAblationResult.load(a.save("/tmp/_kh_test"))
-    assert back.random_heads == a.random_heads and len(back.to_dataframe()) == 2 * (1 + 3)
-
-
 def test_ov_result_round_trip_without_head_vectors(tiny_model, zs, tv, tmp_path):
     r = ov_contributions(tiny_model, zs, tv, 1, keep_head_vectors=False)
     back = OVResult.load(r.save(tmp_path / "ov"))
@@ -130,31 +110,76 @@ def test_ov_result_round_trip_without_head_vectors(tiny_model, zs, tv, tmp_path)
     assert len(back.to_dataframe()) == 4
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda m, b, tv: ov_contributions(m, b, tv, 2), r"layer must be an integer in \[0, 1\]"),
-    (lambda m, b, tv: ov_contributions(m, b, torch.randn(48), 0), "width 48 but the model's d_model is 32"),
-    (lambda m, b, tv: ov_contributions(m, b, tv), "say which one to inject"),
-    (lambda m, b, tv: ov_contributions(m, b, tv, 0, positions=torch.zeros(8, 2, dtype=torch.long)), "distinct"),
-    (lambda m, b, tv: ov_contributions(m, b, tv, 0, ln="exact"), "ln must be one of"),
-    (lambda m, b, tv: key_head_ablation(m, b, tv, 0, ks=[], progress=False), "ks is empty"),
-    (lambda m, b, tv: key_head_ablation(m, b, tv, 1, ks=[5], progress=False), r"in \[1, 4\]"),
-    (lambda m, b, tv: key_head_ablation(m, b, tv, 0, ranking=[], progress=False), "ranking is empty"),
-    (lambda m, b, tv: reconstruct(m, b, tv, 0, restrict_to_labels=True), "has no label words"),
+
+
+def _hand_run(model, batch, theta, layer, positions, mask=None):
+    """The final residual at q with theta added at the input of block ``layer`` by hand: no hooks,
+    no runner (the engine ov_contributions had before the runner)."""
+    with torch.no_grad():
+        x = model(batch.tokens, stop_at_layer=layer)
+        rows = torch.arange(len(batch))[:, None].expand_as(positions)
+        keep = torch.ones_like(positions, dtype=torch.bool) if mask is None else mask
+        x[rows[keep], positions[keep]] = x[rows[keep], positions[keep]] + theta
+        out = model(x, start_at_layer=layer, stop_at_layer=model.cfg.n_layers)
+    return out[torch.arange(len(batch)), batch.final_positions]
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_runner_path_equals_a_hand_written_forward_exactly(tiny_model, icl, tv, layer):
+    r = ov_contributions(tiny_model, icl, tv, layer, positions="answers", batch_size=4)
+    clean = _hand_run(tiny_model, icl, torch.zeros(32), layer, icl.positions("answers").positions)
+    hand = _hand_run(tiny_model, icl, tv.at(layer), layer, icl.positions("answers").positions)
+    assert torch.equal(r.clean_final, clean) and torch.equal(r.total, hand - clean)
+
+
+def test_multi_token_sets_inject_at_valid_entries_only(tiny_model, icl, tv):
+    """letter-string inputs differ in token count: the vector goes to each prompt's own input tokens."""
+    ps = icl.positions("inputs")
+    assert ps.ragged
+    r = ov_contributions(tiny_model, icl, tv, 0, positions="inputs")
+    hand = _hand_run(tiny_model, icl, tv.at(0), 0, ps.positions, ps.mask)
+    assert torch.allclose(r.clean_final + r.total, hand, atol=1e-5)
+    assert r.identity_error() <= 1e-4
+
+
+def test_injection_resolves_positions_per_sub_batch(tiny_model, zs, icl, tv):
+    make = injection(tiny_model, tv, 1, positions="final+answer_0")
+    (spec,) = make(slice(2, 4), icl.select([2, 3]))
+    assert isinstance(spec, Intervention) and spec.op == "add" and spec.site.layer == 1
+    assert torch.equal(spec.positions, icl.positions("final+answer_0").positions[2:4])
+    rep = TaskVector(tv.vectors, tv.layers, "replace", "vanilla", "antonym", "tiny")
+    assert injection(tiny_model, rep, 0)(slice(0, 8), zs)[0].op == "replace"
+
+
+def test_results_round_trip(tiny_model, zs, tv, tmp_path):
+    ov = ov_contributions(tiny_model, zs, tv, 1)
+    rec = reconstruct(tiny_model, zs, tv, 1, ov=ov)
+    back = ReconstructionResult.load(rec.save(tmp_path / "rec"))
+    assert torch.equal(back.per_prompt, rec.per_prompt) and back.conditions == rec.conditions
+    assert back.to_dataframe().equals(rec.to_dataframe())
+    assert rec.meta["model"] == "tiny" and rec.meta["task"] == "antonym" and ov.meta["n_prompts"] == 8
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda m, b, tv: ov_contributions(m, b, tv, 2), ValueError, r"layer must be an integer in \[0, 1\]"),
+    (lambda m, b, tv: ov_contributions(m, b, torch.randn(48), 0), ValueError, "width 48 but the model's d_model is 32"),
+    (lambda m, b, tv: ov_contributions(m, b, tv), ValueError, "say which one to inject"),
+    (lambda m, b, tv: ov_contributions(m, b, tv, 0, positions="final+query"), ValueError, "are the same token"),
+    (lambda m, b, tv: ov_contributions(m, b, tv, 0, positions=torch.zeros(8, 2, dtype=torch.long)), TypeError,
+     "position spec"),
+    (lambda m, b, tv: ov_contributions(m, b, tv, 0, positions="answers"), ValueError, "needs demos"),
+    (lambda m, b, tv: ov_contributions(m, b, tv, 0, ln="exact"), ValueError, "ln must be one of"),
+    (lambda m, b, tv: ov_contributions(m, b.task, tv, 0), TypeError, "batch must be a PromptBatch"),
+    (lambda m, b, tv: reconstruct(m, b, tv, 0, restrict_to_labels=True), ValueError, "has no label words"),
 ])
-def test_clear_errors(tiny_model, zs, tv, call, match):
-    with pytest.raises(ValueError, match=match):
+def test_clear_errors(tiny_model, zs, tv, call, exc, match):
+    with pytest.raises(exc, match=match):
         call(tiny_model, zs, tv)
 
 
-def test_figures_build(tiny_model, zs, icl, tv):
-    from icl_circuits.methods.heads import head_ablation_scan, head_attribution
-    from icl_circuits.viz import circuits as P
+def test_figures_build(tiny_model, zs, tv):
+    from icl_circuits.viz import ov_circuits as P
 
     ov = ov_contributions(tiny_model, zs, tv, 0)
-    kh = key_heads(tiny_model, zs, tv, 0, ov=ov)
-    scan = head_ablation_scan(tiny_model, icl, metric="logit_diff", progress=False)
-    figs = [P.ov_heads(ov), P.key_heads(kh), P.reconstruction(reconstruct(tiny_model, zs, tv, 0, ov=ov)),
-            P.key_vs_random(key_head_ablation(tiny_model, zs, tv, 0, ranking=kh, ks=[1, 2], n_random=2, progress=False)),
-            P.head_scan(scan), P.scan_vs_attribution(scan, head_attribution(tiny_model, icl))]
-    for f in figs:
+    for f in (P.ov_heads(ov), P.reconstruction(reconstruct(tiny_model, zs, tv, 0, ov=ov))):
         assert "tiny" in f.layout.title.text and len(f.data) >= 1
