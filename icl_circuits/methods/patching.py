@@ -64,7 +64,7 @@ def prompt_metric(metric: str | PromptMetric, batch: PromptBatch) -> tuple[str, 
     return metric, m.from_logits
 
 
-def _is_rate(metric: str) -> bool:
+def is_rate(metric: str) -> bool:
     """Whether ``metric`` names a registered rate (0/1 per prompt); custom names are not."""
     try:
         return get_metric(metric).is_rate
@@ -77,7 +77,7 @@ def sweep_from_per_prompt(
     model_name: str, baseline: float | None = None, meta: dict | None = None, model_info: dict | None = None,
 ) -> SweepResult:
     """A SweepResult: Wilson 95% intervals for rates (0/1 per prompt), else mean +- 1.96 standard errors."""
-    if _is_rate(metric):
+    if is_rate(metric):
         res = accuracy_sweep(per_prompt, layers, method=method, task=task, model_name=model_name,
                              baseline=baseline, meta=meta, model_info=model_info)
         return SweepResult(**{**res.__dict__, "metric": metric})

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from icl_circuits.methods.patching import PatchGridResult
+from icl_circuits.methods.patching import PatchGridResult, is_rate
 from icl_circuits.methods.vectors import SweepResult
 from icl_circuits.viz import _style
 
@@ -70,7 +70,7 @@ def sweep(result: SweepResult | Sequence[SweepResult] | pd.DataFrame, title: str
         fig.add_trace(go.Scatter(x=c["x"], y=c["y"], mode="lines+markers", name=c["name"], line=dict(color=color),
                                  legendgroup=c["name"], hovertext=hover, hoverinfo="text"))
     _style.reference_lines(fig, refs)
-    rate = metric in ("accuracy", "label_accuracy", "auto")
+    rate = metric == "auto" or is_rate(metric)
     fig.update_layout(
         title=title or f"{metric} per layer — {model}, task {task}", xaxis_title="layer (input of block l)",
         yaxis_title=metric, template="plotly_white", hovermode="closest",
