@@ -88,7 +88,8 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("md", "## A learned task vector and the heads that carry it"),
         ("code", "from icl_circuits.methods.learned import train_task_vector\nfrom icl_circuits.methods.ov_circuits import ov_contributions, reconstruct\n"
                  "from icl_circuits.methods.key_heads import key_head_ablation\nfrom icl_circuits.viz import key_heads as kplots, ov_circuits as oplots\n\n"
-                 "ltv = train_task_vector(model, \"antonym\", layer=1, n_train=96, n_val=32, epochs=4, seed=0, progress=False)\n"
+                 "train = ic.build_prompts(model, \"antonym\", 96 + 32, 0, seed=0, variant=\"zero_shot\")\n"
+                 "ltv = train_task_vector(model, train, layer=1, n_val=32, epochs=4, seed=0, progress=False)\n"
                  "zs = ic.build_prompts(model, \"antonym\", 32, 0, seed=7, variant=\"zero_shot\")\n"
                  "ov = ov_contributions(model, zs, ltv, 1)\nprint(\"identity error\", ov.identity_error())\noplots.ov_heads(ov)"),
         ("code", "oplots.reconstruction(reconstruct(model, zs, ltv, 1))"),
@@ -102,13 +103,18 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "the heads with the largest causal indirect effect, added at one layer;\n- learned (Yang et al. "
                "2025): one vector trained by gradient descent, the model frozen.\n\n" + SWITCH),
         ("code", SETUP),
-        ("code", "from icl_circuits.methods.task_vectors import vanilla_task_vector, evaluate_task_vector, function_vector, compare_task_vectors\n"
+        ("code", "from icl_circuits.core.pairs import task_vector_prompts\n"
+                 "from icl_circuits.methods.task_vectors import vanilla_task_vector, evaluate_task_vector, compare_task_vectors\n"
+                 "from icl_circuits.methods.function_vectors import function_vector\n"
                  "from icl_circuits.methods.learned import train_task_vector\nfrom icl_circuits.viz import sweeps\n\n"
-                 "tv = vanilla_task_vector(model, \"english-french\", n_demos=8, n_prompts=16, seed=0)\n"
-                 "res = evaluate_task_vector(model, tv, \"english-french\", n_prompts=48, seed=1)\nres.to_dataframe().round(3)"),
-        ("code", "fv = function_vector(model, \"english-french\", n_demos=8, n_prompts=16, seed=0, top_k=4)\nfv.meta[\"heads\"]"),
-        ("code", "ltv = train_task_vector(model, \"english-french\", layer=1, n_train=96, n_val=32, epochs=4, seed=0, progress=False)\n"
-                 "table = compare_task_vectors(model, \"english-french\", n_demos=8, n_prompts=16, seed=0, top_k=4, extra=[ltv])\n"
+                 "p = task_vector_prompts(model, \"english-french\", n_demos=8, n_prompts=16, seed=0, n_eval=48)\n"
+                 "tv = vanilla_task_vector(model, p.dummy_query)\n"
+                 "res = evaluate_task_vector(model, tv, p.zero_shot, p.icl_eval)\nres.to_dataframe().round(3)"),
+        ("code", "fv = function_vector(model, p.icl, p.shuffled, top_k=4)\nfv.meta[\"heads\"]"),
+        ("code", "train = ic.build_prompts(model, \"english-french\", 96 + 32, 0, seed=0, variant=\"zero_shot\")\n"
+                 "ltv = train_task_vector(model, train, layer=1, n_val=32, epochs=4, seed=0, progress=False)\n"
+                 "p16 = task_vector_prompts(model, \"english-french\", n_demos=8, n_prompts=16, seed=0)\n"
+                 "table = compare_task_vectors(model, p16, top_k=4, extra=[ltv]).to_dataframe()\n"
                  "table.pivot_table(index=\"layer\", columns=\"method\", values=\"accuracy\").round(2)"),
         ("code", "sweeps.sweep(table)"),
     ],

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from icl_circuits import load_model
+from icl_circuits import build_prompts, load_model
+from icl_circuits.core.pairs import task_vector_prompts
 from icl_circuits.methods.learned import train_per_layer
 from icl_circuits.methods.task_vectors import compare_task_vectors
 
@@ -40,8 +41,10 @@ def main() -> None:
              "128 + 32 zero-shot prompts, AdamW lr 2e-2, 10 epochs max, added), local (answer-position states "
              "patched into random-answer twins). Reference rows: zero-shot, ICL (8 demos), random answers.", ""]
     for task in TASKS:
-        ltv = train_per_layer(model, task, n_train=128, n_val=32, epochs=10, lr=2e-2, batch_size=8, seed=0, progress=False)
-        df = compare_task_vectors(model, task, n_demos=8, n_prompts=32, seed=0, n_eval=64, top_k=10, extra=[ltv])
+        train = build_prompts(model, task, 128 + 32, 0, seed=0, variant="zero_shot")
+        ltv = train_per_layer(model, train, n_val=32, epochs=10, lr=2e-2, batch_size=8, seed=0, progress=False)
+        prompts = task_vector_prompts(model, task, n_demos=8, n_prompts=32, seed=0, n_eval=64)
+        df = compare_task_vectors(model, prompts, top_k=10, extra=[ltv]).to_dataframe()
         wide = df.pivot_table(index="layer", columns="method", values="accuracy")
         lines += [f"## {task}", "", markdown(wide), ""]
     lines.append(f"_Run time {time.perf_counter() - t0:.0f} s on one CPU thread._")

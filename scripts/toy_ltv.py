@@ -78,8 +78,9 @@ def main() -> None:
         icl = build_prompts(model, task, N_TEST, N_DEMOS, seed=SEED + 1)
         ev_ok = correct(final_logits(model, ev), ev.answer_tokens).float()
         icl_ok = correct(final_logits(model, icl), icl.answer_tokens).float()
-        tv = train_per_layer(model, task, layers, n_train=N_TRAIN, n_val=N_VAL, epochs=10, lr=lr, batch_size=BATCH,
-                             with_demos=k, seed=SEED, progress=False)
+        train = build_prompts(model, task, N_TRAIN + N_VAL, k, seed=SEED, variant="zero_shot" if k == 0 else "icl")
+        tv = train_per_layer(model, train, layers, n_val=N_VAL, epochs=10, lr=lr, batch_size=BATCH, seed=SEED,
+                             progress=False)
         sweep = evaluate_vector(model, tv, ev)
         ltv = [rate(sweep.per_prompt[i]) for i in range(len(layers))]
         val = [f"{a:.2f}" for a in tv.meta["val_accuracy_best"]]

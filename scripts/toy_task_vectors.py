@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 
 from icl_circuits import build_prompts
-from icl_circuits.core.interventions import replace_hook, resid_name
+from icl_circuits.core.interventions import Intervention, Site
+from icl_circuits.core.pairs import task_vector_prompts
 from icl_circuits.core.runner import read_resid
 from icl_circuits.methods.patching import layer_sweep
 from icl_circuits.core.results import markdown_table
@@ -52,7 +53,7 @@ def donor_table(model: Any, task: str, n: int, k: int, seed: int) -> pd.DataFram
     pos, donor = zs.positions("final").positions, torch.roll(torch.arange(n), 1)
 
     def hooks(src):
-        return lambda l, rows, mb: [(resid_name(model, l), replace_hook(pos[rows], states[l][src][rows]))]
+        return lambda l, rows, mb: [Intervention(Site(l), "replace", positions=pos[rows], value=states[l][src][rows])]
 
     own = layer_sweep(model, zs, hooks(torch.arange(n)))
     gold_donor = icl.answer_tokens[donor]
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> str:
     summary, sections = [], []
     for task in TASKS:
         t1 = time.time()
-        df = compare_task_vectors(model, task, args.demos, args.prompts, args.seed, n_eval=args.eval, top_k=args.top_k)
+        prompts = task_vector_prompts(model, task, args.demos, args.prompts, args.seed, n_eval=args.eval)
+        df = compare_task_vectors(model, prompts, top_k=args.top_k).to_dataframe()
         by = {m: g for m, g in df.groupby("method")}
         ref = {m: by[m].iloc[0] for m in ("zero-shot", "icl", "random-answers")}
         layers = sorted(df.layer.unique())

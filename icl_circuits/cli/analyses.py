@@ -443,12 +443,15 @@ def _ltv_options(f):
 
 def _train_ltv(m: Any, task: str, layer_spec: str, epochs: int, n_train: int, n_val: int, with_demos: int, seed: int,
                lr: float, batch_size: int):
+    from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.learned import train_per_layer
 
     layers = _ltv_layers(layer_spec, m.cfg.n_layers)
     try:
-        return train_per_layer(m, task, layers, epochs=epochs, n_train=n_train, n_val=n_val, with_demos=with_demos,
-                               seed=seed, lr=lr, batch_size=batch_size, progress=False)
+        batch = build_prompts(m, task, n_train + n_val, with_demos, seed=seed,
+                              variant="zero_shot" if with_demos == 0 else "icl")
+        return train_per_layer(m, batch, layers, epochs=epochs, n_val=n_val, seed=seed, lr=lr, batch_size=batch_size,
+                               progress=False)
     except ValueError as err:
         raise click.UsageError(str(err))
 
@@ -545,6 +548,7 @@ def task_vectors_cmd(model: str, task: str, n_demos: int, n_prompts: int, top_k:
     """Vanilla vs local vs function vectors per layer, on held-out prompts."""
     import warnings
 
+    from icl_circuits.core.pairs import task_vector_prompts
     from icl_circuits.methods.task_vectors import METHODS, compare_task_vectors
 
     _check_task(task)
@@ -557,7 +561,8 @@ def task_vectors_cmd(model: str, task: str, n_demos: int, n_prompts: int, top_k:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # a skipped method is reported below
-            df = compare_task_vectors(m, task, n_demos, n_prompts, seed, top_k=top_k, metric=metric, methods=chosen)
+            prompts = task_vector_prompts(m, task, n_demos, n_prompts, seed)
+            df = compare_task_vectors(m, prompts, top_k=top_k, metric=metric, methods=chosen).to_dataframe()
     except ValueError as err:
         raise click.UsageError(str(err))
     table = df.pivot(index="layer", columns="method", values="accuracy")

@@ -41,7 +41,7 @@ from icl_circuits.core.prompts import PromptBatch
 __all__ = [
     "hooked", "resume", "block_inputs", "unembed_resid", "unembed_rows", "frozen", "gather_positions", "minibatches",
     "final_logits", "run_final_logits", "read_activations", "read_resid", "Entry", "run_staggered", "cache_resid",
-    "hook_block", "TOKENS_PER_FORWARD", "UNEMBED_ELEMENTS", "final_logits_with_grad",
+    "hook_block", "TOKENS_PER_FORWARD", "UNEMBED_ELEMENTS", "final_logits_with_grad", "resume_final_logits",
     "sweep_final_logits",
 ]
 
@@ -468,6 +468,45 @@ def final_logits_with_grad(
     with torch.enable_grad(), hooked(model, interventions):
         resid = model(batch.tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
         return unembed_resid(model, gather_positions(resid, batch.final_positions[:, None])[:, 0])
+
+
+# ----------------------------------------------------------------------------- resumed forward with gradients
+# (added for learned task vectors, issue #16: training steps resume from a residual read once)
+def resume_final_logits(
+    model: Any,
+    resid: Float[Tensor, "batch pos d_model"],
+    start_at_layer: int,
+    *,
+    tokens: Int[Tensor, "batch pos"] | None,
+    final_positions: Int[Tensor, "batch"],
+    interventions: Interventions = (),
+) -> Float[Tensor, "batch d_vocab"]:
+    """Final-position logits of a run resumed at block ``start_at_layer`` from ``resid`` (the
+    residual at its input, e.g. from ``read_resid``) under ``interventions``, autograd enabled and
+    the graph kept, on the model's device, float32.
+
+    The blocks get what a full forward over ``tokens`` gives them (``resume``), so with a frozen
+    model and interventions in blocks >= ``start_at_layer`` this equals ``final_logits_with_grad``
+    of the full prompts, gradients included (``tests/methods/test_learned.py``).
+    ``start_at_layer == n_layers``: no block runs; the interventions at the final residual
+    (``Site(n_layers)``, hook ``blocks.{n_layers-1}.hook_resid_post``) are applied to ``resid``
+    directly, and any other is refused (it would never fire). One forward, no minibatching.
+    """
+    n = model.cfg.n_layers
+    check_layer(model, start_at_layer, arg="start_at_layer")
+    x = resid.to(model.cfg.device)
+    with torch.enable_grad():
+        if start_at_layer == n:
+            final = resid_name(model, n)
+            for name, fn in compile_hooks(model, interventions):
+                if name != final:
+                    raise ValueError(f"hook {name!r} never fires in a run resumed at the final residual (layer {n})")
+                x = fn(x, None)
+        else:
+            with hooked(model, interventions):
+                x = resume(model, x, start_at_layer, tokens=tokens)
+        last = gather_positions(x, final_positions[:, None])[:, 0]
+        return unembed_resid(model, last).float()
 
 
 # ----------------------------------------------------------------------------- layer sweeps of final logits

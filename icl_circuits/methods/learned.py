@@ -8,66 +8,55 @@ frozen, on the cross-entropy of the gold first answer token at the final positio
     theta* = argmin_theta  mean_i  -log softmax(f_{l..L}(h_l(x_i) + theta e_q))[y_i]
 
 Because the model is frozen, the residual ``h_l(x_i)`` at the first injection layer does not
-depend on theta: it is read once (``interventions.read_resid``) and every training step runs only
-blocks l..L from it (``runner.resume(model, resid, l)``, which also gives the blocks the shortformer
-positions or attention mask a full forward would) and unembeds only the final position.
+depend on theta: it is read once (``runner.read_resid``) and every training step runs only
+blocks l..L from it (``runner.resume_final_logits``, which also gives the blocks the shortformer
+positions or attention mask a full forward would) and unembeds only the final position. The
+vectors enter as ``Intervention(Site(l), "add", positions=batch.positions(position).positions)``.
 ``ltv_loss(..., resid=None)`` runs the full model instead; both give the same gradients
-(``tests/test_learned.py``, ``bench/bench_ltv.py``).
+(``tests/methods/test_learned.py``, ``bench/bench_ltv.py``).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.runner import frozen, gather_positions, unembed_resid
-from icl_circuits.core.interventions import add_hook, check_layer, check_vector, resid_name
-from icl_circuits.core.runner import read_resid
+from icl_circuits.core.interventions import Intervention, Site, check_layer, check_vector
 from icl_circuits.core.metrics import Rate, wilson
-from icl_circuits.core.prompts import POSITION_KINDS, PromptBatch, Template, build_prompts
-from icl_circuits.core.runner import resume
-from icl_circuits.core.tasks import Task, get_task
 from icl_circuits.core.models import model_info
+from icl_circuits.core.positions import PositionSet
+from icl_circuits.core.prompts import PromptBatch
+from icl_circuits.core.runner import final_logits_with_grad, frozen, read_resid, resume_final_logits
+from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.vectors import TaskVector
 
-__all__ = ["train_task_vector", "train_per_layer", "ltv_loss", "injection_positions", "joint_accuracy", "split_by_query"]
+__all__ = ["train_task_vector", "train_per_layer", "ltv_loss", "joint_accuracy", "split_by_query"]
 
 
 # ----------------------------------------------------------------------------- positions and splits
-def _check_kinds(position: str | Sequence[str]) -> list[str]:
-    kinds = [position] if isinstance(position, str) else list(position)
-    if not kinds:
-        raise ValueError(f"position must be a position kind or a non-empty list of them ({', '.join(POSITION_KINDS)})")
-    for k in kinds:
-        if k not in POSITION_KINDS:
-            raise ValueError(f"position: unknown position kind {k!r}; expected one of {', '.join(POSITION_KINDS)}")
-    return list(dict.fromkeys(kinds))
+def _spec(position: str | Sequence[str]) -> list[str]:
+    """The position spec as a list of names (a string may join several with "+")."""
+    items = position.split("+") if isinstance(position, str) else [str(p) for p in position]
+    if not items or any(not p.strip() for p in items):
+        raise ValueError(f"position must name a position set or a non-empty list of them "
+                         f"(as PromptBatch.positions reads them: 'final', 'answer', ...), got {position!r}")
+    return list(dict.fromkeys(p.strip() for p in items))
 
 
-def injection_positions(batch: PromptBatch, position: str | Sequence[str] = "final") -> Int[Tensor, "batch n"]:
-    """Every position of the given kinds, per prompt (columns concatenated in the order given).
-
-    ``"final"`` is the query's last token; demo kinds (``"answer"``, ``"separator"``...) have one
-    column per demo, so they need prompts with demos. The same theta is added at every column.
-    """
-    kinds = _check_kinds(position)
-    cols = []
-    for k in kinds:
-        p = batch.positions(k).positions
-        if p.shape[1] == 0:
-            raise ValueError(
-                f"position kind {k!r} has no positions in prompts with {batch.n_demos} demos; "
-                "use with_demos > 0 or position='final'"
-            )
-        cols.append(p)
-    return torch.cat(cols, 1)
+def _injections(layers: Sequence[int], vectors: Tensor, ps: PositionSet, rows: Tensor | slice | None = None,
+                ) -> list[Intervention]:
+    """``vectors[i]`` added at every position of ``ps`` (rows ``rows``) of layer ``layers[i]``."""
+    pos = ps.positions if rows is None else ps.positions[rows]
+    mask = None if not ps.ragged else (ps.mask if rows is None else ps.mask[rows])
+    return [Intervention(Site(l), "add", positions=pos, value=vectors[i], mask=mask) for i, l in enumerate(layers)]
 
 
 def split_by_query(batch: PromptBatch, n_val: int, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -94,38 +83,8 @@ def split_by_query(batch: PromptBatch, n_val: int, seed: int = 0) -> tuple[list[
 
 
 # ----------------------------------------------------------------------------- the forward pass
-def _forward(
-    model: Any,
-    vectors: Float[Tensor, "layer d_model"],
-    layers: Sequence[int],
-    positions: Int[Tensor, "batch n"],
-    final_positions: Int[Tensor, "batch"],
-    inp: Tensor,
-    cached: bool,
-    tokens: Tensor | None = None,
-) -> Float[Tensor, "batch d_vocab"]:
-    """Final-position logits with ``vectors[i]`` added at ``positions`` of layer ``layers[i]``.
-
-    ``cached``: ``inp`` is the residual at the input of ``min(layers)`` (resumed there with
-    ``runner.resume`` on the prompts' ``tokens``); else it is the tokens.
-    """
-    n = model.cfg.n_layers
-    first = min(layers)
-    hooks = [(resid_name(model, l), add_hook(positions, vectors[i])) for i, l in enumerate(layers)]
-    if cached and first == n:  # the final residual: nothing to run, add and unembed
-        x = hooks[0][1](inp)
-    else:
-        with model.hooks(fwd_hooks=hooks):
-            if cached:
-                x = resume(model, inp, first, tokens=tokens)
-            else:
-                x = model(inp, stop_at_layer=n)
-    last = gather_positions(x, final_positions[:, None])[:, 0]
-    return unembed_resid(model, last).float()
-
-
 def ltv_loss(
-    model: Any,
+    model: HookedModel,
     batch: PromptBatch,
     vectors: Float[Tensor, "layer d_model"],
     layers: Sequence[int],
@@ -133,58 +92,65 @@ def ltv_loss(
     *,
     resid: Float[Tensor, "batch pos d_model"] | None = None,
 ) -> tuple[Float[Tensor, ""], Float[Tensor, "batch d_vocab"]]:
-    """(mean cross-entropy of the gold first answer token, final-position logits) with the vectors added.
+    """(mean cross-entropy of the gold first answer token, final-position logits) with ``vectors[i]``
+    added at every position of ``batch.positions(position)`` at layer ``layers[i]``.
 
     ``resid``: the residual at the input of block ``min(layers)`` for ``batch`` (from
-    ``read_resid``); then only blocks ``min(layers)..L`` run. Without it the full model runs.
-    Gradients flow to ``vectors`` (and to the model's parameters if they require grad).
+    ``read_resid``); then only blocks ``min(layers)..L`` run (``runner.resume_final_logits``).
+    Without it the full model runs (``runner.final_logits_with_grad``). Gradients flow to
+    ``vectors`` (and to the model's parameters if they require grad).
     """
     layers = [check_layer(model, l, arg="layers") for l in layers]
     check_vector(model, vectors, arg="vectors")
-    pos = injection_positions(batch, position).to(model.cfg.device)
-    fin = batch.final_positions.to(model.cfg.device)
+    ivs = _injections(layers, vectors, batch.positions(_spec(position)))
     if resid is not None:
-        inp, cached = resid[:, : batch.tokens.shape[1]].to(model.cfg.device), True
+        logits = resume_final_logits(model, resid[:, : batch.tokens.shape[1]], min(layers), tokens=batch.tokens,
+                                     final_positions=batch.final_positions, interventions=ivs)
     else:
-        inp, cached = batch.tokens.to(model.cfg.device), False
-    logits = _forward(model, vectors, layers, pos, fin, inp, cached, batch.tokens)
+        logits = final_logits_with_grad(model, batch, ivs).float()
     return F.cross_entropy(logits, batch.answer_tokens.to(logits.device)), logits
 
 
 # ----------------------------------------------------------------------------- training
-class _Cached:
-    """A split's residual at the first injection layer plus what each step needs, indexable by rows."""
+@dataclass(frozen=True)
+class _Split:
+    """One split's prompts, their residual at the first injection layer (read once: the model is
+    frozen, so it does not depend on the vectors) and the injection positions."""
 
-    def __init__(self, model: Any, batch: PromptBatch, first: int, position: list[str], batch_size: int):
-        self.resid = read_resid(model, batch, None, [first], batch_size=batch_size)[0]  # [batch, pos, d]
-        self.tokens = batch.tokens
-        self.pos = injection_positions(batch, position)
-        self.fin = batch.final_positions
-        self.ans = batch.answer_tokens
+    batch: PromptBatch
+    resid: Tensor
+    pos: PositionSet
 
     def __len__(self) -> int:
-        return len(self.fin)
-
-    def logits(self, model: Any, vectors: Tensor, layers: list[int], rows: Tensor) -> Tensor:
-        dev = model.cfg.device
-        width = int(self.fin[rows].max()) + 1
-        return _forward(model, vectors, layers, self.pos[rows].to(dev), self.fin[rows].to(dev),
-                        self.resid[rows, :width].to(dev), True, self.tokens[rows, :width])
-
-    @torch.no_grad()
-    def evaluate(self, model: Any, vectors: Tensor, layers: list[int], batch_size: int) -> tuple[float, float]:
-        """(mean loss, accuracy over the full vocabulary)."""
-        loss, ok = 0.0, 0
-        for s in range(0, len(self), batch_size):
-            rows = torch.arange(s, min(s + batch_size, len(self)))
-            lg = self.logits(model, vectors, layers, rows)
-            ans = self.ans[rows].to(lg.device)
-            loss += float(F.cross_entropy(lg, ans, reduction="sum"))
-            ok += int((lg.argmax(-1) == ans).sum())
-        return loss / len(self), ok / len(self)
+        return len(self.batch)
 
 
-def _resolve_layers(model: Any, layer: int | None, layers: Sequence[int] | None) -> list[int]:
+def _split(model: HookedModel, batch: PromptBatch, first: int, spec: list[str], batch_size: int) -> _Split:
+    return _Split(batch, read_resid(model, batch, None, [first], batch_size=batch_size)[0], batch.positions(spec))
+
+
+def _split_logits(model: HookedModel, sp: _Split, vectors: Tensor, layers: list[int], rows: Tensor) -> Tensor:
+    """Final-position logits of rows ``rows`` of a split, resumed at the first injection layer."""
+    fin = sp.batch.final_positions[rows]
+    width = int(fin.max()) + 1
+    return resume_final_logits(model, sp.resid[rows, :width], min(layers), tokens=sp.batch.tokens[rows, :width],
+                               final_positions=fin, interventions=_injections(layers, vectors, sp.pos, rows))
+
+
+@torch.no_grad()
+def _evaluate(model: HookedModel, sp: _Split, vectors: Tensor, layers: list[int], batch_size: int) -> tuple[float, float]:
+    """(mean loss, accuracy over the full vocabulary) of a split."""
+    loss, ok = 0.0, 0
+    for s in range(0, len(sp), batch_size):
+        rows = torch.arange(s, min(s + batch_size, len(sp)))
+        lg = _split_logits(model, sp, vectors, layers, rows)
+        ans = sp.batch.answer_tokens[rows].to(lg.device)
+        loss += float(F.cross_entropy(lg, ans, reduction="sum"))
+        ok += int((lg.argmax(-1) == ans).sum())
+    return loss / len(sp), ok / len(sp)
+
+
+def _resolve_layers(model: HookedModel, layer: int | None, layers: Sequence[int] | None) -> list[int]:
     if layer is not None and layers is not None:
         raise ValueError("give either layer (one injection layer) or layers (several), not both")
     if layer is None and layers is None:
@@ -199,14 +165,12 @@ def _resolve_layers(model: Any, layer: int | None, layers: Sequence[int] | None)
 
 
 def train_task_vector(
-    model: Any,
-    task: Task | str,
+    model: HookedModel,
+    batch: PromptBatch,
     layer: int | None = None,
     *,
     position: str | Sequence[str] = "final",
     layers: Sequence[int] | None = None,
-    with_demos: int = 0,
-    n_train: int = 256,
     n_val: int = 64,
     epochs: int = 10,
     lr: float = 5e-3,
@@ -215,18 +179,19 @@ def train_task_vector(
     patience: int = 3,
     init_scale: float = 0.1,
     init: Float[Tensor, "... d_model"] | None = None,
-    template: Template | str | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> TaskVector:
     """Train a learned task vector (LTV) with the model frozen; returns a ``TaskVector`` (mode "add").
 
-    Data: ``n_train + n_val`` prompts of ``task`` with ``with_demos`` demos (0: zero-shot prompts,
-    ``x_q SEP``), built with ``seed``; ``split_by_query`` holds out whole queries for validation.
-    Parameters: one theta per layer in ``layers`` (or the single ``layer``), init
+    Data: the prompts of ``batch``, usually zero-shot (``build_prompts(model, task, n_train + n_val,
+    0, seed=seed, variant="zero_shot")``: ``x_q SEP``) or ICL prompts; ``split_by_query`` (with
+    ``seed``) holds out whole queries for ``n_val`` validation prompts (0: no validation split),
+    the rest train. Parameters: one theta per layer in ``layers`` (or the single ``layer``), init
     ``U(-init_scale, init_scale)`` drawn with ``seed`` (or ``init``: ``[d_model]`` or
-    ``[n_layers_given, d_model]``), added at every position of the kinds in ``position`` (the same
-    theta at each). Objective: cross-entropy of the gold first answer token at the final position
+    ``[n_layers_given, d_model]``), added (``Intervention(Site(l), "add")``) at every position of
+    ``batch.positions(position)`` (default "final"; e.g. ``["final", "answer"]`` or
+    ``"final+separator"``; the same theta at each). Objective: cross-entropy of the gold first answer token at the final position
     over the full vocabulary. AdamW(lr, weight_decay), minibatches shuffled with ``seed``; after
     each epoch the loss and accuracy on both splits are measured and the vector with the lowest
     validation loss is kept; training stops after ``patience`` epochs without improvement.
@@ -241,14 +206,15 @@ def train_task_vector(
     ``val_accuracy_best``, split sizes, steps and seconds.
     """
     ls = _resolve_layers(model, layer, layers)
-    kinds = _check_kinds(position)
-    if isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 1:
-        raise ValueError(f"n_train must be a positive integer (an empty training set cannot train), got {n_train!r}")
+    kinds = _spec(position)
+    if not isinstance(batch, PromptBatch):
+        raise TypeError(f"batch must be a PromptBatch (build_prompts), got {type(batch).__name__}")
+    if len(batch) == 0:
+        raise ValueError("batch is empty (an empty training set cannot train)")
+    batch.positions(kinds)  # an unknown or absent position set fails here, before any forward
     for name, v, low in (("n_val", n_val, 0), ("epochs", epochs, 1), ("batch_size", batch_size, 1), ("patience", patience, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-    if isinstance(with_demos, bool) or not isinstance(with_demos, int) or with_demos < 0:
-        raise ValueError(f"with_demos must be a non-negative integer, got {with_demos!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         why = " (lr=0 would return the random initialization as a learned vector)" if lr == 0 else ""
         raise ValueError(f"lr must be a finite number > 0{why}, got {lr!r}")
@@ -269,42 +235,39 @@ def train_task_vector(
             raise ValueError(f"init must have shape [d_model] or [{len(ls)}, d_model], got {tuple(init.shape)}")
     else:
         theta0 = (torch.rand(len(ls), d, generator=g) * 2 - 1) * init_scale
-    task_obj = get_task(task) if isinstance(task, str) else task
-    variant = "zero_shot" if with_demos == 0 else "icl"
-    batch = build_prompts(model, task_obj, n_train + n_val, with_demos, template=template, seed=seed, variant=variant)
     train_rows, val_rows = split_by_query(batch, n_val, seed) if n_val else (list(range(len(batch))), [])
     if not train_rows:
         raise ValueError(
-            f"task {task_obj.name!r} is too small: holding out {n_val} validation prompts with unseen queries "
+            f"task {batch.task!r} is too small: holding out {n_val} validation prompts with unseen queries "
             f"left no training prompts (the {len(batch)} prompts have {len(set(batch.queries))} distinct queries); "
-            "lower n_val or raise n_train"
+            "lower n_val or give more prompts"
         )
     first = min(ls)
     bs_eval = max(batch_size, 128)
     t0 = time.time()
     with frozen(model):
-        train = _Cached(model, batch.select(train_rows), first, kinds, bs_eval)
-        val = _Cached(model, batch.select(val_rows), first, kinds, bs_eval) if val_rows else None
+        train = _split(model, batch.select(train_rows), first, kinds, bs_eval)
+        val = _split(model, batch.select(val_rows), first, kinds, bs_eval) if val_rows else None
         theta = torch.nn.Parameter(theta0.clone().to(model.cfg.device))
         opt = torch.optim.AdamW([theta], lr=lr, weight_decay=weight_decay)
         curve: dict[str, list[float]] = {"train_loss": [], "train_accuracy": [], "val_loss": [], "val_accuracy": []}
 
         def measure() -> float:
-            tl, ta = train.evaluate(model, theta, ls, bs_eval)
-            vl, va = val.evaluate(model, theta, ls, bs_eval) if val is not None else (tl, ta)
+            tl, ta = _evaluate(model, train, theta, ls, bs_eval)
+            vl, va = _evaluate(model, val, theta, ls, bs_eval) if val is not None else (tl, ta)
             for k, v in zip(curve, (tl, ta, vl, va)):
                 curve[k].append(v)
             return vl
 
         best_loss, best_epoch, best = measure(), 0, theta.detach().clone()
         steps, stale = 0, 0
-        bar = tqdm(range(1, epochs + 1), desc=f"LTV {task_obj.name} layers {ls}", disable=not progress, leave=False)
+        bar = tqdm(range(1, epochs + 1), desc=f"LTV {batch.task} layers {ls}", disable=not progress, leave=False)
         for epoch in bar:
             order = torch.randperm(len(train), generator=g)
             for s in range(0, len(train), batch_size):
                 rows = order[s: s + batch_size]
-                logits = train.logits(model, theta, ls, rows)
-                loss = F.cross_entropy(logits, train.ans[rows].to(logits.device))
+                logits = _split_logits(model, train, theta, ls, rows)
+                loss = F.cross_entropy(logits, train.batch.answer_tokens[rows].to(logits.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -320,21 +283,22 @@ def train_task_vector(
     meta = {
         **curve, "best_epoch": best_epoch, "val_accuracy_best": curve["val_accuracy"][best_epoch],
         "train_accuracy_best": curve["train_accuracy"][best_epoch], "n_train": len(train_rows),
-        "n_val": len(val_rows), "with_demos": with_demos, "variant": variant, "epochs_run": len(curve["train_loss"]) - 1,
+        "n_val": len(val_rows), "with_demos": batch.n_demos, "variant": batch.variant, "epochs_run": len(curve["train_loss"]) - 1,
         "steps": steps, "seconds": time.time() - t0, "lr": lr, "weight_decay": weight_decay,
         "batch_size": batch_size, "init_scale": init_scale, "seed": seed, "positions": kinds,
         "norm": [float(v) for v in best.norm(dim=-1)],
     }
     return TaskVector(
-        vectors=best.cpu(), layers=ls, mode="add", method="learned", task=task_obj.name,
+        vectors=best.cpu(), layers=ls, mode="add", method="learned", task=batch.task,
         model_name=model.cfg.model_name, position="+".join(kinds), meta=meta, model_info=model_info(model),
     )
 
 
-def joint_accuracy(model: Any, tv: TaskVector, batch: PromptBatch, *, position: str | Sequence[str] | None = None,
+def joint_accuracy(model: HookedModel, tv: TaskVector, batch: PromptBatch, *, position: str | Sequence[str] | None = None,
                    batch_size: int = 64) -> Rate:
     """Accuracy with *all* of ``tv``'s layers added at once (``vectors.evaluate_vector`` injects one
-    layer at a time), at the positions it was trained at (``tv.position``, kinds joined by "+")."""
+    layer at a time), at the positions it was trained at (``tv.position``, a spec joined by "+"),
+    or at ``batch.positions(position)``."""
     tv.check_model(model)
     if len(batch) == 0:
         raise ValueError("batch is empty")
@@ -350,8 +314,8 @@ def joint_accuracy(model: Any, tv: TaskVector, batch: PromptBatch, *, position: 
     return wilson(ok, len(batch))
 
 
-def train_per_layer(model: Any, task: Task | str, layers: Sequence[int] | None = None, *, progress: bool = True,
-                    **options: Any) -> TaskVector:
+def train_per_layer(model: HookedModel, batch: PromptBatch, layers: Sequence[int] | None = None, *,
+                    progress: bool = True, **options: Any) -> TaskVector:
     """One LTV trained *independently* at each layer in ``layers`` (default 0..n_layers), stacked into
     one TaskVector (evaluate it with ``vectors.evaluate_vector``, which injects one layer at a time).
 
@@ -360,7 +324,7 @@ def train_per_layer(model: Any, task: Task | str, layers: Sequence[int] | None =
     layers = list(range(model.cfg.n_layers + 1)) if layers is None else list(layers)
     if not layers:
         raise ValueError("layers must be a non-empty list of layer indices")
-    tvs = [train_task_vector(model, task, l, progress=False, **options)
+    tvs = [train_task_vector(model, batch, l, progress=False, **options)
            for l in tqdm(layers, desc="LTV per layer", disable=not progress, leave=False)]
     first = tvs[0]
     return TaskVector(

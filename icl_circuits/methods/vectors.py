@@ -10,18 +10,19 @@ vectors). ``evaluate_vector`` measures accuracy per layer and returns a ``SweepR
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Literal, Sequence
 
 import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icl_circuits.core.interventions import add_hook, check_layer, check_vector, replace_hook, resid_name
+from icl_circuits.core.interventions import Intervention, Site, check_layer, check_vector
 from icl_circuits.core.metrics import wilson
 from icl_circuits.core.models import processing_mismatch
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result
+from icl_circuits.core.types import HookedModel
 
 Mode = Literal["replace", "add"]
 
@@ -53,6 +54,14 @@ class TaskVector(Result):
         if self.mode not in ("replace", "add"):
             raise ValueError(f"mode must be 'replace' or 'add', got {self.mode!r}")
 
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per layer: ``layer``, ``norm`` (the L2 norm of its vector), ``mode``, ``method``,
+        ``position``, ``task``, ``model``."""
+        return pd.DataFrame({
+            "layer": self.layers, "norm": self.vectors.float().norm(dim=-1).tolist(), "mode": self.mode,
+            "method": self.method, "position": self.position, "task": self.task, "model": self.model_name,
+        })
+
     @property
     def d_model(self) -> int:
         return int(self.vectors.shape[1])
@@ -63,7 +72,7 @@ class TaskVector(Result):
             raise ValueError(f"layer {layer} not in this task vector's layers {self.layers}")
         return self.vectors[self.layers.index(layer)]
 
-    def check_model(self, model: Any) -> None:
+    def check_model(self, model: HookedModel) -> None:
         """Refuse a model of another width, with fewer layers than the vector needs, or whose
         weight processing differs from the model the vector was made on (residual coordinates and
         head outputs depend on it; see ``models.load_model``)."""
@@ -129,7 +138,7 @@ def accuracy_sweep(
 
 
 def evaluate_vector(
-    model: Any,
+    model: HookedModel,
     vector: TaskVector,
     batch: PromptBatch,
     *,
@@ -142,7 +151,8 @@ def evaluate_vector(
     """Accuracy of ``batch`` (usually zero-shot prompts) with ``vector`` injected at each layer.
 
     At layer l the vector replaces (or, ``mode="add"``, is added ``scale`` times to) the residual
-    stream at the input of block l, at each prompt's final position. Runs through
+    stream at the input of block l, at each prompt's final position (``batch.positions("final")``),
+    as ``Intervention(Site(l), mode, ...)``. Runs through
     ``patching.layer_sweep``: the clean prefix is computed once, every patched run resumes at
     block l (``start_at_layer``) and several layers share one forward. ``metric``: "accuracy"
     (default), "label_accuracy", "auto", "gold_probability"... (see ``patching.prompt_metric``).
@@ -160,10 +170,9 @@ def evaluate_vector(
     layers = list(vector.layers if layers is None else layers)
     pos = batch.positions("final").positions
 
-    def make(l: int, rows: slice, mb: PromptBatch):
-        v = vector.at(l)
-        hook = replace_hook(pos[rows], v) if mode == "replace" else add_hook(pos[rows], v, scale)
-        return [(resid_name(model, l), hook)]
+    def make(l: int, rows: slice, mb: PromptBatch) -> list[Intervention]:
+        return [Intervention(Site(l), mode, positions=pos[rows], value=vector.at(l),
+                             scale=scale if mode == "add" else 1.0)]
 
     res = layer_sweep(model, batch, make, layers, metric, batch_size=batch_size)
     return replace(res, method=vector.method, task=vector.task, model_name=vector.model_name,

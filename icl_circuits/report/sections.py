@@ -109,15 +109,19 @@ def saliency_section(ctx: Context) -> Section:
 def task_vectors_section(ctx: Context) -> Section:
     from icl_circuits.methods.learned import train_per_layer
     from icl_circuits.viz import sweeps
+    from icl_circuits.core.pairs import task_vector_prompts
+    from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.task_vectors import compare_task_vectors
 
     cfg, task = ctx.cfg, ctx.cfg.knowledge_task
     n = cfg.prompts(32)
-    ltv = train_per_layer(ctx.model, task, n_train=n * 2, n_val=n // 2, epochs=4 if cfg.quick else 8, lr=2e-2,
+    train = build_prompts(ctx.model, task, n * 2 + n // 2, 0, seed=cfg.seed, variant="zero_shot")
+    ltv = train_per_layer(ctx.model, train, n_val=n // 2, epochs=4 if cfg.quick else 8, lr=2e-2,
                           batch_size=8, seed=cfg.seed, progress=False)
     ctx.cache["ltv"] = ltv
-    df = compare_task_vectors(ctx.model, task, n_demos=cfg.n_demos, n_prompts=n, seed=cfg.seed,
-                              top_k=min(10, ctx.model.cfg.n_layers * ctx.model.cfg.n_heads), extra=[ltv])
+    prompts = task_vector_prompts(ctx.model, task, n_demos=cfg.n_demos, n_prompts=n, seed=cfg.seed)
+    df = compare_task_vectors(ctx.model, prompts, top_k=min(10, ctx.model.cfg.n_layers * ctx.model.cfg.n_heads),
+                              extra=[ltv]).to_dataframe()
     wide = df.pivot_table(index="layer", columns="method", values="accuracy").reset_index()
     ceiling = local_vector_ceiling(df)
     return Section(
@@ -202,10 +206,11 @@ def propagation_section(ctx: Context) -> Section:
     cfg = ctx.cfg
     ltv = ctx.cache.get("ltv")
     if ltv is None:
+        from icl_circuits.core.prompts import build_prompts
         from icl_circuits.methods.learned import train_per_layer
 
-        ltv = train_per_layer(ctx.model, cfg.knowledge_task, n_train=32, n_val=8, epochs=3, lr=2e-2, seed=cfg.seed,
-                              progress=False)
+        train = build_prompts(ctx.model, cfg.knowledge_task, 32 + 8, 0, seed=cfg.seed, variant="zero_shot")
+        ltv = train_per_layer(ctx.model, train, n_val=8, epochs=3, lr=2e-2, seed=cfg.seed, progress=False)
     from icl_circuits.core.prompts import build_prompts
 
     fit = build_prompts(ctx.model, cfg.knowledge_task, cfg.prompts(16), 0, seed=cfg.seed, variant="zero_shot")

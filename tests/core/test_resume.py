@@ -124,7 +124,7 @@ def test_batched_head_scan_equals_the_naive_full_forward_scan(model, batch):
 
 
 def test_learned_vector_forward_from_the_cache_equals_full_forward(model, batch):
-    from icl_circuits.methods.learned import _Cached, ltv_loss
+    from icl_circuits.methods.learned import _split, _split_logits, ltv_loss
 
     full = final_logits(model, batch)
     zero = torch.zeros(1, model.cfg.d_model)
@@ -132,9 +132,9 @@ def test_learned_vector_forward_from_the_cache_equals_full_forward(model, batch)
         resid = runner.read_resid(model, batch, None, [l])[0]
         _, lg = ltv_loss(model, batch, zero, [l], resid=resid)
         assert (lg - full).abs().max() <= TOL
-        cached = _Cached(model, batch, l, ["final"], 4)
+        cached = _split(model, batch, l, ["final"], 4)
         with torch.no_grad():
-            lg2 = cached.logits(model, zero, [l], torch.tensor([4, 0, 2]))
+            lg2 = _split_logits(model, cached, zero, [l], torch.tensor([4, 0, 2])).cpu()
         assert (lg2 - full[[4, 0, 2]]).abs().max() <= TOL
 
 

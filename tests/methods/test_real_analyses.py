@@ -15,8 +15,10 @@ from icl_circuits.methods.anchors import isolate_attention
 from icl_circuits.methods.reweighting import reweighted_logits
 from icl_circuits.methods.probing import probe_by_layer
 from icl_circuits.methods.saliency import label_candidates, saliency_flow
+from icl_circuits.core.pairs import random_answer_twins, task_vector_prompts
+from icl_circuits.methods.function_vectors import head_cie
 from icl_circuits.methods.task_vectors import (
-    compare_task_vectors, head_cie, local_task_vectors, random_answer_twins, vanilla_task_vector,
+    compare_task_vectors, local_task_vectors, vanilla_task_vector,
 )
 from icl_circuits.core.tasks import CategorizationTask
 
@@ -86,11 +88,12 @@ def test_local_vectors_on_length_matched_twins(model, uneven_labels):
     kept, twin, dropped = random_answer_twins(model, icl, "antonym", seed=2)
     assert torch.equal(kept.answer_spans, twin.answer_spans) and torch.equal(kept.final_positions, twin.final_positions)
     assert sum(dropped.values()) + len(kept) == 2
-    res = local_task_vectors(model, "antonym", 4, 2, seed=2, layers=LAYERS, template=TEMPLATE)
+    res = local_task_vectors(model, icl, LAYERS)
     assert res.layers == LAYERS and res.per_prompt.shape == (3, len(kept)) and res.meta["dropped"] == dropped
     task, _ = uneven_labels  # no label word has a length-matched alternative: local is skipped, not fatal
     with pytest.warns(UserWarning, match="local task vectors skipped"):
-        df = compare_task_vectors(model, task, 4, 2, seed=0, methods=("local",), template=TEMPLATE)
+        df = compare_task_vectors(model, task_vector_prompts(model, task, 4, 2, seed=0, template=TEMPLATE),
+                                  methods=("local",)).to_dataframe()
     assert set(df.method) == {"zero-shot", "icl"} and "local" in df.attrs["skipped"]
 
 

@@ -1,4 +1,5 @@
-"""Vanilla, local and function vectors: identities, batched CIE equals one head at a time, errors."""
+"""Vanilla and local task vectors and their comparison: identities, the Intervention path equals the
+hook path, the comparison's Result, errors. (Function vectors: test_function_vectors.py.)"""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import torch
 from icl_circuits.core import runner
 from icl_circuits import build_prompts
 from icl_circuits.core import interventions as iv
+from icl_circuits.core.pairs import NoLengthMatchedAnswers, random_answer_twins, task_vector_prompts
+from icl_circuits.methods.function_vectors import head_cie
 from icl_circuits.methods.task_vectors import (
-    HeadCIEResult, NoLengthMatchedAnswers, compare_task_vectors, evaluate_task_vector, function_vector, fv_from_heads,
-    head_cie, local_task_vectors, mean_head_outputs, random_answer_twins, vanilla_task_vector,
+    TaskVectorComparison, compare_task_vectors, evaluate_task_vector, local_task_vectors, vanilla_task_vector,
 )
 from icl_circuits.core.tasks import WordPairTask
 from icl_circuits.methods.vectors import TaskVector, evaluate_vector
@@ -26,9 +28,18 @@ def shuffled(tiny_model):
     return build_prompts(tiny_model, "antonym", 5, 3, seed=0, variant="shuffled_labels")
 
 
+def _dq(model, seed=0):
+    return build_prompts(model, "antonym", 4, 3, seed=seed, variant="dummy_query")
+
+
+def _compare(model, task, n_demos, n_prompts, seed=0, eval_seed=None, **kw):
+    return compare_task_vectors(model, task_vector_prompts(model, task, n_demos, n_prompts, seed, eval_seed=eval_seed),
+                                **kw).to_dataframe()
+
+
 def test_vanilla_vector_is_the_mean_final_residual_of_dummy_query_prompts(tiny_model):
-    tv = vanilla_task_vector(tiny_model, "antonym", 3, 4, seed=0)
-    dq = build_prompts(tiny_model, "antonym", 4, 3, seed=0, variant="dummy_query")
+    dq = _dq(tiny_model)
+    tv = vanilla_task_vector(tiny_model, dq)
     r = runner.read_resid(tiny_model, dq, dq.positions("final").positions)[:, :, 0].mean(1)
     assert tv.layers == [0, 1, 2] and tv.mode == "replace" and torch.allclose(tv.vectors, r, atol=1e-6)
 
@@ -41,18 +52,41 @@ def test_vanilla_vector_of_one_prompt_replaces_with_itself(tiny_model):
 
 
 def test_evaluate_task_vector_records_zero_shot_and_icl_and_refuses_the_extraction_seed(tiny_model):
-    tv = vanilla_task_vector(tiny_model, "antonym", 3, 4, seed=0)
-    res = evaluate_task_vector(tiny_model, tv, n_prompts=4)
+    tv = vanilla_task_vector(tiny_model, _dq(tiny_model))
+    zs = build_prompts(tiny_model, "antonym", 4, 3, seed=1, variant="zero_shot")
+    res = evaluate_task_vector(tiny_model, tv, zs, build_prompts(tiny_model, "antonym", 4, 3, seed=1))
     assert res.meta["eval_seed"] == 1 and res.meta["zero_shot"] == res.baseline and 0 <= res.meta["icl"] <= 1
     with pytest.raises(ValueError, match="seed the vector was extracted with"):
-        evaluate_task_vector(tiny_model, tv, n_prompts=4, seed=0)
+        evaluate_task_vector(tiny_model, tv, build_prompts(tiny_model, "antonym", 4, 3, seed=0, variant="zero_shot"))
+
+
+def test_evaluate_vector_intervention_path_equals_the_hook_path(tiny_model):
+    """Replacing / adding through Intervention(Site(l), ...) gives the logits of the raw hooks."""
+    tv = vanilla_task_vector(tiny_model, _dq(tiny_model))
+    zs = build_prompts(tiny_model, "antonym", 4, 3, seed=1, variant="zero_shot")
+    pos = zs.positions("final").positions
+    for mode in ("replace", "add"):
+        res = evaluate_vector(tiny_model, tv, zs, mode=mode, scale=0.5, metric="gold_probability")
+        for l in tv.layers:
+            hook = (iv.replace_hook(pos, tv.at(l)) if mode == "replace" else iv.add_hook(pos, tv.at(l), 0.5))
+            lg = runner.run_final_logits(tiny_model, zs, lambda rows, mb: [(iv.resid_name(tiny_model, l), hook)])
+            expected = lg.softmax(-1)[torch.arange(4), zs.answer_tokens]
+            assert (res.per_prompt[tv.layers.index(l)] - expected).abs().max() <= 1e-6
+
+
+def test_task_vector_dataframe_has_one_row_per_layer_with_its_norm(tiny_model, tmp_path):
+    tv = vanilla_task_vector(tiny_model, _dq(tiny_model))
+    df = TaskVector.load(tv.save(tmp_path / "tv")).to_dataframe()
+    assert df.layer.tolist() == tv.layers and df.norm.tolist() == pytest.approx(tv.vectors.norm(dim=-1).tolist())
+    assert set(df.method) == {"vanilla"} and set(df["mode"]) == {"replace"} and set(df.task) == {"antonym"}
+    assert set(df.model) == {tiny_model.cfg.model_name}
 
 
 def test_local_vectors_equal_one_patch_per_layer(tiny_model):
     """Layer l: the ICL prompt's answer-position states overwrite its random-answer twin's, at l only."""
-    res = local_task_vectors(tiny_model, "letter-string", 3, 4, seed=0, metric="gold_probability")
-    icl, dummy, _ = random_answer_twins(tiny_model, build_prompts(tiny_model, "letter-string", 4, 3, seed=0),
-                                        "letter-string", seed=0)
+    batch = build_prompts(tiny_model, "letter-string", 4, 3, seed=0)
+    res = local_task_vectors(tiny_model, batch, metric="gold_probability")
+    icl, dummy, _ = random_answer_twins(tiny_model, batch, "letter-string", seed=0)
     pos = icl.positions("answer").positions
     for l in (0, 1):
         name = iv.resid_name(tiny_model, l)
@@ -93,99 +127,91 @@ def _lengths_task():
 
 
 def test_local_vectors_without_length_matched_answers_raise_and_compare_skips_them(tiny_model):
+    task = _lengths_task()
     with pytest.raises(NoLengthMatchedAnswers, match="no prompt .* another answer with as many tokens"):
-        local_task_vectors(tiny_model, _lengths_task(), 2, 4, seed=0)
+        local_task_vectors(tiny_model, build_prompts(tiny_model, task, 4, 2, seed=0), task=task)
     with pytest.warns(UserWarning, match="local task vectors skipped: .*as many tokens"):
-        df = compare_task_vectors(tiny_model, _lengths_task(), 2, 4, seed=0, top_k=2)
+        df = _compare(tiny_model, task, 2, 4, top_k=2)
     assert set(df.method) == {"vanilla", "function", "zero-shot", "icl"} and "local" in df.attrs["skipped"]
     with pytest.warns(UserWarning, match="local task vectors skipped"):
-        only = compare_task_vectors(tiny_model, _lengths_task(), 2, 4, seed=0, methods=["local"])
+        only = _compare(tiny_model, task, 2, 4, methods=["local"])
     assert set(only.method) == {"zero-shot", "icl"} and sorted(set(only.layer)) == [0, 1, 2]
-    with pytest.raises(ValueError, match="not 'final'"):
-        local_task_vectors(tiny_model, "letter-string", 3, 4, positions="final")
+    ls = build_prompts(tiny_model, "letter-string", 4, 3, seed=0)
+    for spec in ("final", "answer+query"):
+        with pytest.raises(ValueError, match="not 'final'"):
+            local_task_vectors(tiny_model, ls, positions=spec)
+
+
+def test_local_vectors_take_a_position_spec(tiny_model):
+    """positions="answer_-1" patches the last demo's answer only: the same as patching it by hand."""
+    batch = build_prompts(tiny_model, "letter-string", 4, 3, seed=0)
+    res = local_task_vectors(tiny_model, batch, [1], positions="answer_-1", metric="gold_probability")
+    icl, dummy, _ = random_answer_twins(tiny_model, batch, seed=0)
+    pos = icl.positions("answer_2").positions
+    name = iv.resid_name(tiny_model, 1)
+    own = runner.read_activations(tiny_model, icl, [name], pos)[name]
+    lg = runner.run_final_logits(tiny_model, dummy, lambda rows, mb: [(name, iv.replace_hook(pos[rows], own[rows]))])
+    assert (res.per_prompt[0] - lg.softmax(-1)[torch.arange(4), dummy.answer_tokens]).abs().max() <= 1e-6
 
 
 def test_compare_task_vectors_methods(tiny_model):
-    df = compare_task_vectors(tiny_model, "number", 3, 4, seed=0, methods=("vanilla",))
+    df = _compare(tiny_model, "number", 3, 4, methods=("vanilla",))
     assert set(df.method) == {"vanilla", "zero-shot", "icl"} and df.attrs["fv_heads"] is None
-    loc = compare_task_vectors(tiny_model, "number", 3, 4, seed=0, methods=["local"])
+    loc = _compare(tiny_model, "number", 3, 4, methods=["local"])
     assert set(loc.method) == {"local", "zero-shot", "icl", "random-answers"} and set(loc.metric) == {"label_accuracy"}
     with pytest.raises(ValueError, match="methods must name some of vanilla, local, function, got \\['global'\\]"):
-        compare_task_vectors(tiny_model, "number", 3, 4, methods=["global"])
+        _compare(tiny_model, "number", 3, 4, methods=["global"])
     with pytest.raises(ValueError, match="methods must name some of"):
-        compare_task_vectors(tiny_model, "number", 3, 4, methods=())
-
-
-def test_head_cie_batched_over_heads_equals_one_head_at_a_time(tiny_model, clean, shuffled):
-    mean_z = mean_head_outputs(tiny_model, clean)
-    res = head_cie(tiny_model, clean, shuffled, mean_z, batch_size=2, tokens_per_forward=100)
-    pos, gold = shuffled.positions("final").positions, shuffled.answer_tokens
-    p0 = runner.run_final_logits(tiny_model, shuffled).softmax(-1)[torch.arange(5), gold]
-    for l in range(2):
-        for h in range(4):
-            hook = [(iv.z_name(l), iv.replace_hook(pos, mean_z[l, h], head=h))]
-            p = runner.run_final_logits(tiny_model, shuffled, lambda rows, mb: hook).softmax(-1)[torch.arange(5), gold]
-            assert (res.per_prompt[l, h] - (p - p0)).abs().max() <= 1e-6
-    assert abs(res.baseline - float(p0.mean())) <= 1e-6
-
-
-def test_mean_head_outputs_is_the_mean_of_hook_z_at_the_final_position(tiny_model, clean):
-    z = runner.read_activations(tiny_model, clean, [iv.z_name(1)], clean.positions("final").positions)[iv.z_name(1)]
-    assert torch.allclose(mean_head_outputs(tiny_model, clean)[1], z[:, 0].mean(0), atol=1e-6)
-
-
-def test_function_vector_is_the_sum_of_its_heads_mean_outputs_through_w_o(tiny_model, clean, tmp_path):
-    fv = function_vector(tiny_model, "antonym", 3, 5, seed=0, top_k=3)
-    mean_z = mean_head_outputs(tiny_model, clean)
-    expected = sum(mean_z[l, h] @ tiny_model.W_O[l, h] for l, h in fv.meta["heads"])
-    assert fv.mode == "add" and fv.layers == [0, 1, 2] and len(fv.meta["heads"]) == 3
-    assert torch.allclose(fv.at(1), expected.detach(), atol=1e-5)
-    assert torch.allclose(fv_from_heads(tiny_model, mean_z, [tuple(h) for h in fv.meta["heads"]]), fv.at(0))
-    cie = torch.tensor(fv.meta["cie"])
-    assert sorted(fv.meta["head_cie"], reverse=True) == fv.meta["head_cie"] == [float(cie[l, h]) for l, h in fv.meta["heads"]]
-    assert TaskVector.load(fv.save(tmp_path / "fv")).meta["heads"] == fv.meta["heads"]
+        _compare(tiny_model, "number", 3, 4, methods=())
+    with pytest.raises(TypeError, match="prompts must be a TaskVectorPrompts"):
+        compare_task_vectors(tiny_model, "number")
 
 
 def test_compare_task_vectors_is_one_tidy_table(tiny_model):
-    df = compare_task_vectors(tiny_model, "number", 3, 4, seed=0, top_k=2)
+    res = compare_task_vectors(tiny_model, task_vector_prompts(tiny_model, "number", 3, 4, 0), top_k=2)
+    df = res.to_dataframe()
     assert {"vanilla", "function", "local", "zero-shot", "icl", "random-answers"} == set(df.method)
-    assert {"method", "layer", "accuracy", "low", "high"} <= set(df.columns) and set(df.metric) == {"label_accuracy"}
-    assert len(df.attrs["fv_heads"]) == 2
+    assert {"method", "layer", "accuracy", "low", "high", "n", "model"} <= set(df.columns) and set(df.metric) == {"label_accuracy"}
+    assert len(df.attrs["fv_heads"]) == 2 and df.attrs["eval_seed"] == 1 and df.attrs["n_eval"] == 4
+
+
+def test_task_vector_comparison_save_load_round_trip(tiny_model, tmp_path):
+    res = compare_task_vectors(tiny_model, task_vector_prompts(tiny_model, "antonym", 3, 4, 0), top_k=2)
+    back = TaskVectorComparison.load(res.save(tmp_path / "cmp"))
+    a, b = res.to_dataframe(), back.to_dataframe()
+    assert a.equals(b) and a.attrs == b.attrs and back.accuracy.dtype == torch.float64
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda m, c, s: head_cie(m, c, s, torch.zeros(2, 4, 3)), r"mean_z must have shape \[n_layers=2, n_heads=4, d_head=8\]"),
-    (lambda m, c, s: function_vector(m, "antonym", 3, 4, top_k=9), r"top_k must be an integer in \[1, 8\]"),
-    (lambda m, c, s: function_vector(m, "antonym", 3, 4, top_k=2, layer=3), r"layer must be an integer in \[0, 2\]"),
-    (lambda m, c, s: vanilla_task_vector(m, "antonym", 3, 4, layers=[7]), r"layers must be an integer in \[0, 2\]"),
-    (lambda m, c, s: local_task_vectors(m, "letter-string", 3, 4, layers=[2]), r"layers must be an integer in \[0, 1\]"),
-    (lambda m, c, s: compare_task_vectors(m, "number", 3, 4, seed=1, eval_seed=1), "eval_seed must differ"),
+    (lambda m, c, s: vanilla_task_vector(m, c, layers=[7]), r"layers must be an integer in \[0, 2\]"),
+    (lambda m, c, s: local_task_vectors(m, build_prompts(m, "letter-string", 4, 3), layers=[2]),
+     r"layers must be an integer in \[0, 1\]"),
+    (lambda m, c, s: task_vector_prompts(m, "number", 3, 4, seed=1, eval_seed=1), "eval_seed must differ"),
 ])
 def test_clear_errors(tiny_model, clean, shuffled, call, match):
     with pytest.raises(ValueError, match=match):
         call(tiny_model, clean, shuffled)
 
 
+def test_a_task_name_is_not_a_batch(tiny_model):
+    for call in (lambda: vanilla_task_vector(tiny_model, "antonym"), lambda: local_task_vectors(tiny_model, "antonym")):
+        with pytest.raises(TypeError, match="must be a PromptBatch"):
+            call()
+
+
 def test_wrong_width_vector_is_refused(tiny_model, clean):
     tv = TaskVector(torch.zeros(3, 48), [0, 1, 2], "replace", "vanilla", "antonym", "other")
     with pytest.raises(ValueError, match="width 48 but the model's d_model is 32"):
-        evaluate_task_vector(tiny_model, tv, n_prompts=2)
-
-
-def test_head_cie_result_top_and_dataframe(tiny_model, clean, shuffled, tmp_path):
-    res = head_cie(tiny_model, clean, shuffled)
-    back = HeadCIEResult.load(res.save(tmp_path / "cie"))
-    assert back.top(2) == res.top(2) and len(back.to_dataframe()) == 8
-    with pytest.raises(ValueError, match="top_k must be in"):
-        res.top(0)
+        evaluate_task_vector(tiny_model, tv, build_prompts(tiny_model, "antonym", 2, 3, seed=1, variant="zero_shot"))
 
 
 def test_figures_have_titles_bands_and_hover(tiny_model, clean, shuffled):
     from icl_circuits.methods.patching import patch_grid
     from icl_circuits.viz import sweeps
 
-    tv = vanilla_task_vector(tiny_model, "antonym", 3, 4, seed=0)
-    fig = sweeps.sweep([evaluate_task_vector(tiny_model, tv, n_prompts=4)])
+    tv = vanilla_task_vector(tiny_model, _dq(tiny_model))
+    zs = build_prompts(tiny_model, "antonym", 4, 3, seed=1, variant="zero_shot")
+    fig = sweeps.sweep([evaluate_task_vector(tiny_model, tv, zs, build_prompts(tiny_model, "antonym", 4, 3, seed=1))])
     assert "tiny" in fig.layout.title.text and any(t.fill == "toself" for t in fig.data)
     corr = build_prompts(tiny_model, "letter-string", 3, 2, seed=0, variant="random_answers")
     grid = patch_grid(tiny_model, build_prompts(tiny_model, "letter-string", 3, 2, seed=0), corr)
