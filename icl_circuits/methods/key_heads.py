@@ -5,7 +5,8 @@ approximation), then ablate the top-k heads, and k random heads, with the vector
 
 Ablation writes ``hook_z`` of a head (its output before ``W_O``): zeros (``how="zero"``) or its
 mean over ``mean_batch`` with the vector injected (``how="mean"``: ``heads.head_means``), at every
-position (``ablate_positions="all"``: the mean at each absolute position) or at the final one.
+position (``ablate_positions="all"``: the mean at each absolute position) or at the positions of a
+``PromptBatch.positions`` spec (``"final"``, ``"answers"``...: the mean per column).
 Every run goes through the runner as ``Intervention`` specs: the injection at ``Site(layer)``
 (``ov_circuits.injection``) and one ``Site(l, "z", h)`` spec per ablated head
 (``heads.head_ablation_hooks``).
@@ -29,7 +30,10 @@ from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, provenance
 from icl_circuits.core.runner import run_final_logits
 from icl_circuits.core.types import HookedModel
-from icl_circuits.methods.heads import check_batch, check_choice, check_heads, head_ablation_hooks, head_means
+from icl_circuits.methods.heads import (
+    HeadPositions, check_batch, check_choice, check_head_positions, check_heads, head_ablation_hooks, head_means,
+    positions_label,
+)
 from icl_circuits.methods.ov_circuits import (
     LNMode, OVResult, PositionSpec, injected_vector, injection, ov_contributions, spec_name,
 )
@@ -153,19 +157,21 @@ def key_head_ablation(
     n_random: int = 10,
     seed: int = 0,
     positions: PositionSpec = "final",
-    ablate_positions: Literal["all", "final"] = "all",
+    ablate_positions: HeadPositions = "all",
     mean_batch: PromptBatch | None = None,
     restrict_to_labels: bool = False,
     batch_size: int = 64,
     progress: bool = True,
 ) -> KeyHeadAblationResult:
-    """With the vector injected at ``layer``, ablate (zero or mean, at ``ablate_positions``) the
-    top-k heads of ``ranking`` (default: ``key_heads`` on this batch) and, ``n_random`` times,
+    """With the vector injected at ``layer`` (at ``positions``), ablate (zero or mean) at
+    ``ablate_positions`` ("all" or None: every position; else a ``PromptBatch.positions`` spec such
+    as "final" or "answers") the top-k heads of ``ranking`` (default: ``key_heads`` on this batch) and, ``n_random`` times,
     k heads drawn uniformly without replacement from every head of blocks >= ``layer``
     (``numpy.random.default_rng([seed, k])``), for each k in ``ks``. Mean ablation uses the mean
     of hook_z over ``mean_batch`` (default: ``batch``) *with the vector injected*."""
     check_batch(batch)
     check_choice(how, ("zero", "mean"), "how")
+    check_head_positions(batch, ablate_positions)
     _, layer, _ = injected_vector(model, tv, layer)
     pool = [(l, h) for l in range(layer, model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     ks = list(ks)
@@ -217,7 +223,7 @@ def key_head_ablation(
         model_info=model_info(model),
         top=torch.stack(top), random=torch.stack(rand), top_per_prompt=torch.stack(top_pp), ks=[int(k) for k in ks],
         top_heads=[list(p) for p in order[: max(ks)]], random_heads=rand_heads, vector_accuracy=float(with_vec.mean()),
-        no_vector_accuracy=float(no_vec.mean()), injection_layer=layer, how=how, ablate_positions=ablate_positions,
+        no_vector_accuracy=float(no_vec.mean()), injection_layer=layer, how=how, ablate_positions=positions_label(ablate_positions),
         seed=seed, task=batch.task, model_name=str(model.cfg.model_name),
         meta={**provenance(model, batch), "n": len(batch), "restrict_to_labels": restrict_to_labels,
               "positions": spec_name(positions)},

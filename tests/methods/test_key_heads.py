@@ -115,3 +115,17 @@ def test_head_scan_figures_build(tiny_model, icl):
     approx = head_attribution(tiny_model, icl, metric="logit_diff_to_mean")
     for f in (P.head_scan(scan), P.scan_vs_attribution(scan, approx)):
         assert "tiny" in f.layout.title.text and len(f.data) >= 1
+
+
+def test_ablate_positions_take_a_positions_spec(tiny_model, icl, tv):
+    """A spec ("answers") ablates there; "final" and ["final"] name the same set; "all" equals None."""
+    kw = dict(ks=[1], n_random=1, ranking=[(1, 0)], progress=False)
+    r = key_head_ablation(tiny_model, icl, tv, 1, how="mean", ablate_positions="answers", **kw)
+    assert r.ablate_positions == "answers" and r.top.shape == (1,)
+    a = key_head_ablation(tiny_model, icl, tv, 1, ablate_positions="final", **kw)
+    b = key_head_ablation(tiny_model, icl, tv, 1, ablate_positions=["final"], **kw)
+    assert torch.equal(a.top_per_prompt, b.top_per_prompt)
+    c = key_head_ablation(tiny_model, icl, tv, 1, ablate_positions=None, **kw)
+    assert c.ablate_positions == "all"
+    with pytest.raises(ValueError, match="positions must be 'all'"):
+        key_head_ablation(tiny_model, icl, tv, 1, ablate_positions="nowhere", **kw)
