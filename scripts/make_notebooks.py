@@ -67,22 +67,23 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "layers or the last layers, and compare with blocking as many random positions."),
         ("code", "n = model.cfg.n_layers\niso = isolate_attention(model, batch, [[0], [0, 1], [n - 2, n - 1]], seed=0, progress=False)\n"
                  "iso.to_dataframe().round(3)"),
-        ("code", "splots.isolation(iso)"),
+        ("code", "aplots.isolation(iso)"),
         ("md", "## Anchor re-weighting\nA learned scalar per (layer, head, demo) scales the final position's attention "
                "to each label word; the model stays frozen."),
         ("code", "train = ic.build_prompts(model, \"number\", 48, 2, seed=1)\nheld_out = ic.build_prompts(model, \"number\", 48, 2, seed=2)\n"
-                 "rw = train_anchor_reweighting(model, train, held_out, epochs=5, seed=0, progress=False)\nsplots.reweighting(rw)"),
+                 "rw = train_anchor_reweighting(model, train, held_out, epochs=5, seed=0, progress=False)\nrplots.reweighting(rw)"),
     ],
     "05_heads_and_ov_circuits": [
         ("md", "# 05 · Heads and OV circuits\n\nHead ablation scans (exact, batched) next to attribution "
                "patching (one forward + one backward), and the OV-circuit view of a learned task vector "
                "(Yang, Cho, Ding, Inoue 2025): which later heads carry it to the final position.\n\n" + SWITCH),
         ("code", SETUP),
-        ("code", "from icl_circuits.methods.heads import head_ablation_scan, head_attribution, scan_agreement\n"
+        ("code", "from icl_circuits.methods.attribution import head_attribution, scan_agreement\n"
+                 "from icl_circuits.methods.heads import head_ablation_scan\n"
                  "from icl_circuits.viz import heads as hplots\n\n"
                  "batch = ic.build_prompts(model, \"antonym\", 32, 8, seed=0)\n"
-                 "exact = head_ablation_scan(model, batch, how=\"mean\", metric=\"logit_diff\", progress=False)\n"
-                 "approx = head_attribution(model, batch, how=\"mean\", metric=\"logit_diff\")\n"
+                 "exact = head_ablation_scan(model, batch, how=\"mean\", metric=\"logit_diff_to_mean\", progress=False)\n"
+                 "approx = head_attribution(model, batch, how=\"mean\", metric=\"logit_diff_to_mean\")\n"
                  "print(scan_agreement(exact, approx))\nhplots.head_scan(exact)"),
         ("code", "hplots.scan_vs_attribution(exact, approx)"),
         ("md", "## A learned task vector and the heads that carry it"),

@@ -342,8 +342,9 @@ def probe_cmd(model: str, tasks: str, position: str, n_demos: int, n_prompts: in
 @click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=0), help="Demos per prompt.")
 @click.option("--prompts", "n_prompts", default=32, show_default=True, type=click.IntRange(min=1), help="Number of prompts.")
 @click.option("--how", default="zero", show_default=True, type=click.Choice(["zero", "mean"]), help="Ablation.")
-@click.option("--metric", default="logit_diff", show_default=True, type=click.Choice(["logit_diff", "gold_prob", "accuracy"]),
-              help="Scan metric (attribution uses logit_diff when this is accuracy).")
+@click.option("--metric", default="logit_diff_to_mean", show_default=True,
+              type=click.Choice(["logit_diff_to_mean", "logit_diff", "gold_prob", "accuracy"]),
+              help="Scan metric (core.metrics; attribution uses logit_diff_to_mean when this is accuracy).")
 @click.option("--positions", default="all", show_default=True, type=click.Choice(["all", "final"]), help="Positions ablated.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-head numbers.")
@@ -351,7 +352,8 @@ def probe_cmd(model: str, tasks: str, position: str, n_demos: int, n_prompts: in
 def heads_cmd(model: str, task: str, n_demos: int, n_prompts: int, how: str, metric: str, positions: str, seed: int,
               as_json: bool, out: str | None) -> None:
     """Ablate each attention head alone (exact, batched) and estimate it by attribution patching."""
-    from icl_circuits.methods.heads import head_ablation_scan, head_attribution, scan_agreement
+    from icl_circuits.methods.attribution import head_attribution, scan_agreement
+    from icl_circuits.methods.heads import head_ablation_scan
     from icl_circuits.core.prompts import build_prompts
 
     _check_task(task)
@@ -361,7 +363,7 @@ def heads_cmd(model: str, task: str, n_demos: int, n_prompts: int, how: str, met
         batch = build_prompts(m, task, n_prompts, n_demos, seed=seed)
         scan = head_ablation_scan(m, batch, how, metric=metric, positions=positions, progress=False)
         t_scan = time.time() - t0
-        attr_metric = "logit_diff" if metric == "accuracy" else metric
+        attr_metric = "logit_diff_to_mean" if metric == "accuracy" else metric
         exact_for_attr = scan if attr_metric == metric else head_ablation_scan(
             m, batch, how, metric=attr_metric, positions=positions, progress=False)
         t1 = time.time()

@@ -168,14 +168,15 @@ def _transfer_pivot(df: pd.DataFrame) -> pd.DataFrame:
 
 @section("heads")
 def heads_section(ctx: Context) -> Section:
-    from icl_circuits.methods.heads import head_ablation_scan, head_attribution, scan_agreement
+    from icl_circuits.methods.attribution import head_attribution, scan_agreement
+    from icl_circuits.methods.heads import head_ablation_scan
     from icl_circuits.viz import heads as cplots
     from icl_circuits.core.prompts import build_prompts
 
     cfg = ctx.cfg
     batch = build_prompts(ctx.model, cfg.knowledge_task, cfg.prompts(32), cfg.n_demos, seed=cfg.seed)
-    exact = head_ablation_scan(ctx.model, batch, how="mean", metric="logit_diff", progress=False)
-    approx = head_attribution(ctx.model, batch, how="mean", metric="logit_diff")
+    exact = head_ablation_scan(ctx.model, batch, how="mean", metric="logit_diff_to_mean", progress=False)
+    approx = head_attribution(ctx.model, batch, how="mean", metric="logit_diff_to_mean")
     import warnings
 
     with warnings.catch_warnings():  # stated in the text below
