@@ -118,3 +118,15 @@ def test_hooks_are_removed_when_a_run_raises(tiny_model, batch):
         with runner.hooked(tiny_model, [Intervention(Site(0, "mlp_out"), "apply", fn=boom)]):
             tiny_model(batch.tokens)
     assert all(not h.fwd_hooks for h in tiny_model.hook_dict.values())
+
+
+def test_attention_patterns_read_whole_are_padded_on_their_position_axes(tiny_model, batch):
+    """Minibatches are trimmed to their longest prompt; patterns [batch, head, q, k] are padded on q and k."""
+    name = "blocks.1.attn.hook_pattern"
+    whole = runner.read_activations(tiny_model, batch, [name], batch_size=2)[name]
+    width = batch.tokens.shape[1]
+    assert whole.shape == (len(batch), tiny_model.cfg.n_heads, width, width)
+    for i in range(len(batch)):
+        n = int(batch.final_positions[i]) + 1
+        alone = runner.read_activations(tiny_model, batch.select([i]), [name])[name][0]
+        assert torch.allclose(whole[i, :, :n, :n], alone[:, :n, :n], atol=1e-6)

@@ -1,0 +1,212 @@
+"""Forward passes: hooks attached (``hooked``), final-position logits, activations read, unembedding
+(``ln_final``, ``unembed``, the output soft cap), minibatches, and forwards with gradients."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from icl_circuits.core.interventions import HookList, Intervention, check_layer, check_positions, compile_hooks, resid_name
+from icl_circuits.core.prompts import PromptBatch
+from icl_circuits.core.runner.resume import resume
+from icl_circuits.core.types import HookedModel
+
+#: Interventions of a run: specs (``Intervention``) or ready ``(hook_name, fn)`` pairs.
+Interventions = Sequence["Intervention | tuple[str, Callable]"]
+
+
+@contextmanager
+def hooked(model: HookedModel, interventions: Interventions = (), *, bwd: HookList | None = None) -> Iterator[None]:
+    """Attach ``interventions`` (compiled by ``core.interventions.compile_hooks``) and backward
+    hooks ``bwd`` for the duration of the block; they are removed on exit, also on an exception.
+    The one place in the package that calls ``model.hooks``."""
+    with model.hooks(fwd_hooks=compile_hooks(model, interventions), bwd_hooks=bwd or []):
+        yield
+
+
+
+
+# ----------------------------------------------------------------------------- forwards and unembedding
+def unembed_resid(model: HookedModel, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+    """Logits from a final residual stream: ``ln_final`` (when the model has one), ``unembed``, then
+    the model's output soft cap ``c * tanh(logits / c)`` when ``cfg.output_logits_soft_cap > 0``
+    (as ``HookedTransformer.forward`` does; it changes probabilities, never the argmax)."""
+    shape = resid.shape
+    x = resid.reshape(1, -1, shape[-1])
+    ln = getattr(model, "ln_final", None)
+    if ln is not None:
+        x = ln(x)
+    logits = model.unembed(x).reshape(*shape[:-1], -1)
+    cap = float(getattr(getattr(model, "cfg", None), "output_logits_soft_cap", -1.0) or -1.0)
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
+@contextmanager
+def frozen(model: HookedModel) -> Iterator[None]:
+    """Temporarily set ``requires_grad=False`` on every parameter (restored on exit, also on errors)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+def gather_positions(
+    x: Float[Tensor, "batch pos ..."], positions: Int[Tensor, "batch n"]
+) -> Float[Tensor, "batch n ..."]:
+    """``x[b, positions[b, j]]`` for every prompt b and column j."""
+    idx = positions.to(x.device).reshape(*positions.shape, *([1] * (x.ndim - 2)))
+    return x.gather(1, idx.expand(*positions.shape, *x.shape[2:]))
+
+
+def minibatches(batch: PromptBatch, batch_size: int) -> Iterator[tuple[slice, PromptBatch]]:
+    """Consecutive sub-batches of at most ``batch_size`` prompts, padding trimmed."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    for start in range(0, len(batch), batch_size):
+        sl = slice(start, min(start + batch_size, len(batch)))
+        yield sl, batch.select(sl)
+
+
+@torch.no_grad()
+def final_logits(model: HookedModel, batch: PromptBatch, batch_size: int = 64) -> Float[Tensor, "batch d_vocab"]:
+    """Logits at each prompt's final position (only that position is unembedded)."""
+    out = []
+    for _, mb in minibatches(batch, batch_size):
+        tokens = mb.tokens.to(model.cfg.device)
+        resid = model(tokens, stop_at_layer=model.cfg.n_layers)
+        last = gather_positions(resid, mb.final_positions[:, None])[:, 0]
+        out.append(unembed_resid(model, last).float().cpu())
+    return torch.cat(out)
+
+
+MakeHooks = Callable[[slice, PromptBatch], HookList]
+
+
+def run_final_logits(
+    model: HookedModel,
+    batch: PromptBatch,
+    make_hooks: MakeHooks | None = None,
+    *,
+    batch_size: int = 64,
+    start_at_layer: int | None = None,
+    resid: Tensor | None = None,
+) -> Float[Tensor, "batch d_vocab"]:
+    """Logits at each prompt's final position under the hooks ``make_hooks(rows, sub_batch)``.
+
+    ``make_hooks`` is called per minibatch with the slice of rows it covers, so per-prompt values
+    can be sliced to match. With ``start_at_layer``, ``resid`` ([batch, pos, d_model], the
+    residual at the input of that block) is fed instead of the tokens, through ``resume.resume``
+    (which gives the blocks what the full forward would: shortformer positions, attention mask).
+    """
+    out = []
+    with torch.no_grad():
+        for rows, mb in minibatches(batch, batch_size):
+            hooks = make_hooks(rows, mb) if make_hooks is not None else []
+            with hooked(model, hooks):
+                if start_at_layer is None:
+                    x = model(mb.tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
+                else:
+                    inp = resid[rows, : mb.tokens.shape[1]].to(model.cfg.device)
+                    x = resume(model, inp, start_at_layer, tokens=mb.tokens)
+            last = gather_positions(x, mb.final_positions[:, None])[:, 0]
+            out.append(unembed_resid(model, last).float().cpu())
+    return torch.cat(out)
+
+
+def read_activations(
+    model: HookedModel,
+    batch: PromptBatch,
+    names: Sequence[str],
+    positions: Tensor | None = None,
+    *,
+    batch_size: int = 64,
+    make_hooks: MakeHooks | None = None,
+) -> dict[str, Tensor]:
+    """Activations at hook ``names``: ``[batch, n, ...]`` at ``positions`` or ``[batch, pos, ...]``
+    (right-padded to the batch's width; attention scores and patterns ``[batch, head, pos, pos]``)
+    when ``positions`` is None."""
+    pos = None if positions is None else check_positions(batch, positions)
+    wanted = set(names)
+    acc: dict[str, list[Tensor]] = {n: [] for n in names}
+    with torch.no_grad():
+        for rows, mb in minibatches(batch, batch_size):
+            hooks = make_hooks(rows, mb) if make_hooks is not None else []
+            with hooked(model, hooks):
+                _, cache = model.run_with_cache(
+                    mb.tokens.to(model.cfg.device), names_filter=lambda n: n in wanted,
+                    stop_at_layer=model.cfg.n_layers,
+                )
+            for n in names:
+                if n not in cache:
+                    raise ValueError(f"names: {n!r} is not a hook point of this model")
+                a = cache[n]
+                if pos is not None:
+                    a = gather_positions(a, pos[rows])
+                else:
+                    a = _pad_positions(n, a, batch.tokens.shape[1])
+                acc[n].append(a.cpu())
+    return {n: torch.cat(v) for n, v in acc.items()}
+
+
+def _pad_positions(name: str, a: Tensor, width: int) -> Tensor:
+    """Right-pad the position axes of a minibatch's activation to the batch's ``width``: axis 1
+    (``[batch, pos, ...]``), or the last two axes of attention scores and patterns
+    (``[batch, head, query_pos, key_pos]``)."""
+    if name.endswith(("hook_pattern", "hook_attn_scores")):
+        return torch.nn.functional.pad(a, [0, width - a.shape[-1], 0, width - a.shape[-2]])
+    return torch.nn.functional.pad(a, [0, 0] * (a.ndim - 2) + [0, width - a.shape[1]])
+
+
+def read_resid(
+    model: HookedModel,
+    batch: PromptBatch,
+    positions: Tensor | None = None,
+    layers: Iterable[int] | None = None,
+    *,
+    batch_size: int = 64,
+) -> Float[Tensor, "layer batch n d_model"]:
+    """Residual stream at the input of each block in ``layers`` (default 0..n_layers) at ``positions``."""
+    layers = list(range(model.cfg.n_layers + 1)) if layers is None else [check_layer(model, l) for l in layers]
+    names = [resid_name(model, l) for l in layers]
+    acts = read_activations(model, batch, list(dict.fromkeys(names)), positions, batch_size=batch_size)
+    return torch.stack([acts[n] for n in names])
+
+
+
+
+#: Most logits (rows x d_vocab) computed by one unembedding call.
+UNEMBED_ELEMENTS = 2**25
+
+
+@torch.no_grad()
+def unembed_rows(model: HookedModel, resid: Float[Tensor, "rows d_model"], max_elements: int = UNEMBED_ELEMENTS) -> Float[Tensor, "rows d_vocab"]:
+    """Logits of final residuals (``ln_final`` + ``unembed``), in as few calls as memory allows
+    (TransformerLens's unembed copies W_U on every call, so one call for many rows is much faster)."""
+    step = max(1, max_elements // model.cfg.d_vocab)
+    dev = model.cfg.device
+    return torch.cat([unembed_resid(model, resid[i : i + step].to(dev)).float().cpu()
+                      for i in range(0, resid.shape[0], step)])
+
+
+# ----------------------------------------------------------------------------- gradient-enabled forwards
+# (added for saliency flow and anchor re-weighting, issue #16: analyses that differentiate through a run)
+def final_logits_with_grad(
+    model: HookedModel, batch: PromptBatch, interventions: Interventions = ()
+) -> Float[Tensor, "batch d_vocab"]:
+    """Logits at each prompt's final position under ``interventions``, with autograd enabled and
+    the graph kept (only the final positions are unembedded, soft cap included as in
+    ``unembed_resid``). One forward over the whole ``batch`` (no minibatching; the caller sizes
+    it); the hooks are removed on return. Gradients reach whatever the interventions make
+    differentiable (a gate, a scale); wrap the call in ``frozen(model)`` to keep them out of
+    the parameters."""
+    with torch.enable_grad(), hooked(model, interventions):
+        resid = model(batch.tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
+        return unembed_resid(model, gather_positions(resid, batch.final_positions[:, None])[:, 0])
