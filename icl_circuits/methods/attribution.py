@@ -10,21 +10,22 @@ once) and how well an estimate ranks heads like the exact scan (``heads.head_abl
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Literal, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
 from icl_circuits.core.interventions import tap_hook, z_name
 from icl_circuits.core.metrics import Metric
 from icl_circuits.core.prompts import PromptBatch
+from icl_circuits.core.results import Result
 from icl_circuits.core.runner import final_logits_with_grad, minibatches
 from icl_circuits.core.types import HookedModel
-from icl_circuits.methods.heads import (
-    HeadPositions, HeadScanResult, check_batch, check_choice, check_head_positions, every_position, head_means,
-    means_at, scan_layers, scan_metric, scan_result,
-)
+from icl_circuits.methods.heads import HeadScanResult, scan_layers, scan_result
+from icl_circuits.methods.head_ablation import HeadPositions, check_batch, check_choice, check_head_positions, every_position, head_means, means_at, scan_metric
 
 __all__ = ["head_attribution", "scan_agreement", "TOP_K_MIN_OVERLAP"]
 
@@ -110,11 +111,58 @@ def head_attribution(
 TOP_K_MIN_OVERLAP = 0.6
 
 
+@dataclass(frozen=True)
+class ScanAgreement(Result):
+    """How well an estimate (``approx``) ranks heads like an exact scan (``scan_agreement``).
+
+    spearman, spearman_p, pearson: correlations of the mean effects over every (layer, head);
+    top_k, top_k_overlap: ``|top_k(exact) & top_k(approx)| / k`` by absolute effect; missed: heads
+    ``[layer, head]`` of the exact top k the estimate misses, most important first;
+    top_head_missed, disagree (overlap < min_overlap or top head missed); how, positions, metric
+    and ``ablation`` (a phrase): the ablation both scans used. ``agreement["spearman"]`` and
+    ``agreement[f"top{k}_overlap"]`` read fields by name, as from a dict (``to_dict()``).
+    """
+
+    spearman: float
+    spearman_p: float
+    pearson: float
+    top_k: int
+    top_k_overlap: float
+    min_overlap: float
+    top_head_missed: bool
+    disagree: bool
+    missed: list
+    how: str
+    positions: str
+    metric: str
+    ablation: str
+    exact_method: str = ""
+    approx_method: str = ""
+
+    def to_dict(self) -> dict:
+        """Every field, plus ``top{k}_overlap`` (e.g. ``top5_overlap``), as a JSON-ready dict."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model_info"}
+        out[f"top{self.top_k}_overlap"] = self.top_k_overlap
+        return out
+
+    def __getitem__(self, key: str):
+        d = self.to_dict()
+        if key not in d:
+            raise KeyError(f"{key!r}: no such field of ScanAgreement (fields: {', '.join(d)})")
+        return d[key]
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row: the agreement numbers and the ablation they belong to (``missed`` as text)."""
+        d = self.to_dict()
+        d["missed"] = str(d["missed"])
+        return pd.DataFrame([d])
+
+
 def scan_agreement(exact: HeadScanResult, approx: HeadScanResult, k: int = 5, *,
-                   min_overlap: float = TOP_K_MIN_OVERLAP) -> dict:
+                   min_overlap: float = TOP_K_MIN_OVERLAP) -> ScanAgreement:
     """How well ``approx`` (e.g. attribution) ranks heads like ``exact``, for the ablation both used.
 
-    Returns Spearman and Pearson correlations of the mean effects over every (layer, head), the
+    Returns a ``ScanAgreement``: Spearman and Pearson correlations of the mean effects over every (layer, head), the
     overlap ``|top_k(exact) & top_k(approx)| / k`` of the top-``k`` heads by absolute effect
     (``top{k}_overlap``, also ``top_k_overlap``), the heads of the exact top k that the estimate
     misses (``missed``, [layer, head], most important first), and the ablation the figures belong
@@ -147,11 +195,13 @@ def scan_agreement(exact: HeadScanResult, approx: HeadScanResult, k: int = 5, *,
     missed = [[exact.layers[int(i) // nh], int(i) % nh] for i in order_a if int(i) not in top_b]
     ablation = f"{exact.how} ablation, {exact.positions} positions, {exact.metric}"
     top_missed = int(order_a[0]) not in top_b
-    out = {"spearman": float(rho), "spearman_p": float(p), "pearson": float(r), f"top{k}_overlap": overlap,
-           "top_k": k, "top_k_overlap": overlap, "min_overlap": float(min_overlap), "top_head_missed": top_missed,
-           "disagree": overlap < min_overlap or top_missed, "missed": missed, "how": exact.how,
-           "positions": exact.positions, "metric": exact.metric, "ablation": ablation}
-    if out["disagree"]:
+    out = ScanAgreement(
+        spearman=float(rho), spearman_p=float(p), pearson=float(r), top_k=k, top_k_overlap=overlap,
+        min_overlap=float(min_overlap), top_head_missed=top_missed, disagree=overlap < min_overlap or top_missed,
+        missed=missed, how=exact.how, positions=exact.positions, metric=exact.metric, ablation=ablation,
+        exact_method=exact.method, approx_method=approx.method, model_info=exact.model_info,
+    )
+    if out.disagree:
         why = f"top-{k} overlap {overlap:.2f}" + (f" < {min_overlap}" if overlap < min_overlap else "")
         if top_missed:
             why += f", the most important head {missed[0]} is not in its top {k}"

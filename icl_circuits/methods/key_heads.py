@@ -4,7 +4,7 @@ share of the vector's effect (``icl_circuits.methods.ov_circuits``: exact change
 approximation), then ablate the top-k heads, and k random heads, with the vector injected.
 
 Ablation writes ``hook_z`` of a head (its output before ``W_O``): zeros (``how="zero"``) or its
-mean over ``mean_batch`` with the vector injected (``how="mean"``: ``heads.head_means``), at every
+mean over ``mean_batch`` with the vector injected (``how="mean"``: ``head_ablation.head_means``), at every
 position (``ablate_positions="all"``: the mean at each absolute position) or at the positions of a
 ``PromptBatch.positions`` spec (``"final"``, ``"answers"``...: the mean per column).
 Every run goes through the runner as ``Intervention`` specs: the injection at ``Site(layer)``
@@ -30,10 +30,7 @@ from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, provenance
 from icl_circuits.core.runner import run_final_logits
 from icl_circuits.core.types import HookedModel
-from icl_circuits.methods.heads import (
-    HeadPositions, check_batch, check_choice, check_head_positions, check_heads, head_ablation_hooks, head_means,
-    positions_label,
-)
+from icl_circuits.methods.head_ablation import HeadPositions, check_batch, check_choice, check_head_positions, check_heads, head_ablation_hooks, head_means, positions_label
 from icl_circuits.methods.ov_circuits import (
     LNMode, OVResult, PositionSpec, injected_vector, injection, ov_contributions, spec_name,
 )

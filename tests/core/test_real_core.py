@@ -20,7 +20,8 @@ from icl_circuits import build_prompts, final_logits
 from icl_circuits.core import interventions as iv
 from icl_circuits.methods.ov_circuits import ov_contributions
 from icl_circuits.methods.dpca.analysis import dpca_by_layer
-from icl_circuits.methods.heads import ablate_heads, head_ablation_scan
+from icl_circuits.methods.heads import head_ablation_scan
+from icl_circuits.methods.head_ablation import ablate_heads
 from icl_circuits.methods.necessity import necessity
 from icl_circuits.methods.learned import train_task_vector
 from icl_circuits.methods.patching import layer_sweep, patch_grid

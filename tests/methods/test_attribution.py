@@ -103,3 +103,18 @@ def test_agreement_refuses_scans_of_different_ablations():
         scan_agreement(_fake_scan([[1.0, 2.0]]), _fake_scan([[1.0, 2.0]], positions="final"))
 
 
+
+
+def test_scan_agreement_is_a_result(tmp_path):
+    """Fields read like a dict (as callers did), and it saves, loads and tabulates like any Result."""
+    from icl_circuits.methods.attribution import ScanAgreement
+
+    exact = _fake_scan([[3.0, 1.0, 0.5], [2.0, 0.1, 0.2]])
+    approx = _fake_scan([[2.5, 1.2, 0.4], [1.5, 0.3, 0.1]])
+    agree = scan_agreement(exact, approx, k=2)
+    assert isinstance(agree, ScanAgreement) and agree["top2_overlap"] == agree.top_k_overlap == 1.0
+    assert agree["spearman"] == agree.spearman and agree["missed"] == []
+    with pytest.raises(KeyError, match="no such field"):
+        agree["nope"]
+    back = ScanAgreement.load(agree.save(tmp_path / "agree"))
+    assert back == agree and back.to_dataframe().equals(agree.to_dataframe())

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from icl_circuits import build_prompts
 from icl_circuits.core import interventions as iv
-from icl_circuits.methods.heads import HeadScanResult, ablate_heads, head_ablation_scan, head_means
+from icl_circuits.methods.heads import HeadScanResult, head_ablation_scan
+from icl_circuits.methods.head_ablation import ablate_heads, head_means
 from tests.conftest import make_tiny_model
 
 

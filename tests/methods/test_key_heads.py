@@ -9,7 +9,7 @@ import torch
 from icl_circuits import build_prompts
 from icl_circuits.core import interventions as iv
 from icl_circuits.core import runner
-from icl_circuits.methods.heads import head_ablation_hooks, head_means
+from icl_circuits.methods.head_ablation import head_ablation_hooks, head_means
 from icl_circuits.methods.key_heads import KeyHeadAblationResult, KeyHeadsResult, key_head_ablation, key_heads
 from icl_circuits.methods.ov_circuits import injection, ov_contributions
 from icl_circuits.methods.vectors import TaskVector
