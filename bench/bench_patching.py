@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from icl_circuits import build_prompts
     from icl_circuits.core import interventions as iv
-    from icl_circuits.methods.patching import layer_sweep, patch_grid
+    from icl_circuits.methods.patching import patch_grid
+    from icl_circuits.methods.sweeps import layer_sweep
 
     model = make_model(args.full, args.quick)
     # ~32 tokens: 6 demos of a number categorization task; random answers keep the token shape

@@ -14,7 +14,8 @@ from icl_circuits.core.models import load_model, model_info
 from icl_circuits.core.prompts import PromptBatch, Template, TokenizationBoundaryError, build_prompts, default_template
 from icl_circuits.core.task_filters import representable_tasks, single_token_task
 from icl_circuits.core.tasks import get_task, list_tasks, load_task, register_task, task_from_pairs
-from icl_circuits.methods.vectors import SweepResult, TaskVector, evaluate_vector
+from icl_circuits.methods.vectors import TaskVector, evaluate_vector
+from icl_circuits.methods.sweeps import SweepResult
 
 __version__ = "0.1.0"
 

@@ -23,7 +23,7 @@ from icl_circuits import build_prompts
 from icl_circuits.core.interventions import Intervention, Site
 from icl_circuits.core.pairs import task_vector_prompts
 from icl_circuits.core.runner import read_resid
-from icl_circuits.methods.patching import layer_sweep
+from icl_circuits.methods.sweeps import layer_sweep
 from icl_circuits.core.results import markdown_table
 from icl_circuits.core.tasks import get_task
 from icl_circuits.methods.task_vectors import compare_task_vectors

@@ -27,7 +27,7 @@ from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import provenance
 from icl_circuits.core.runner import read_resid, sweep_final_logits
 from icl_circuits.core.types import HookedModel
-from icl_circuits.methods.vectors import SweepResult
+from icl_circuits.methods.sweeps import SweepResult
 
 __all__ = ["NecessityResult", "necessity"]
 

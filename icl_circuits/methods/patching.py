@@ -1,21 +1,12 @@
-"""Layer sweeps and activation patching that reuse the shared prefix and batch many runs per forward.
+"""Activation patching that reuses the shared prefix and batches many cells per forward.
 
-Two analyses, one engine:
-
-- ``layer_sweep``: apply one intervention at every layer (e.g. inject a task vector at block l)
-  and measure a metric per layer. The unpatched prefix is run once; the run patched at layer l
-  resumes at block l from the cached residual (``start_at_layer``).
-- ``patch_grid``: activation patching of the residual stream (``blocks.{l}.hook_resid_pre``) from
-  a clean into a corrupted batch, one cell per (layer, position), the metric read at the final
-  position. The numbers are those of TransformerLens's ``patching.get_act_patch_resid_pre``.
-
-The engine (``run_staggered``) runs several *entries* in one forward pass. An entry is a block of
-rows that joins the forward at block ``start`` (its residual at the input of that block is
-given) and carries its own hooks, applied to its rows only. Entries are sorted by ``start``; the
-forward runs ``blocks[s_1:s_2]`` on the first entries, appends the entries that start at ``s_2``
-along the batch dimension, runs ``blocks[s_2:s_3]``, and so on. So runs that start at different
-layers share every forward without recomputing any block, and each row sees exactly the blocks
-(and hooks) it would see in its own run.
+``patch_grid``: activation patching of the residual stream (``blocks.{l}.hook_resid_pre``) from a
+clean into a corrupted batch, one cell per (layer, position), the metric read at the final
+position. The numbers are those of TransformerLens's ``patching.get_act_patch_resid_pre``. Cell
+(l, p) resumes at block l from the corrupted run's cached residual (``runner.cache_resid``) with
+the clean activation written at p, and cells share staggered forwards (``runner.run_staggered``);
+with a key/value cache only the suffix from p on is replayed. The layer sweep is
+``methods.sweeps.layer_sweep``.
 """
 
 from __future__ import annotations
@@ -30,133 +21,22 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.runner import TOKENS_PER_FORWARD, UNEMBED_ELEMENTS, Entry, cache_resid, minibatches, run_staggered, unembed_rows
-from icl_circuits.core.interventions import HookList, check_layer
+from icl_circuits.core.runner import TOKENS_PER_FORWARD, UNEMBED_ELEMENTS, Entry, cache_resid, run_staggered, unembed_rows
+from icl_circuits.core.interventions import check_layer
 from icl_circuits.core.models import model_info
 from icl_circuits.core.metrics import get_metric
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result
-from icl_circuits.methods.vectors import SweepResult, accuracy_sweep
-
-
-#: ``make_hooks_for_layer(layer, rows, sub_batch) -> [(hook_name, fn)]``
-MakeLayerHooks = Callable[[int, slice, PromptBatch], HookList]
-#: A per-prompt metric: ``metric(final_logits [batch, d_vocab], batch) -> [batch]``.
-PromptMetric = Callable[[Tensor, PromptBatch], Tensor]
+from icl_circuits.core.types import HookedModel
 
 
 # ----------------------------------------------------------------------------- metrics
-def prompt_metric(metric: str | PromptMetric, batch: PromptBatch) -> tuple[str, PromptMetric]:
-    """Resolve a metric into ``(name, fn(logits, batch) -> [batch])``: a name is looked up in the
-    registry (``core.metrics.get_metric``; any ``final_logits`` metric: ``"accuracy"``,
-    ``"label_accuracy"``, ``"gold_probability"``, ``"logit_diff"``...) and keeps the name given;
-    ``"auto"`` is ``"label_accuracy"`` when the batch has label words, else ``"accuracy"`` (the
-    names these results have always carried). A callable is used as is.
-    """
-    if callable(metric):
-        return getattr(metric, "__name__", "custom"), metric
-    if metric == "auto":
-        metric = "label_accuracy" if batch.candidate_tokens() is not None else "accuracy"
-    m = get_metric(metric, batch)
-    if m.source != "final_logits":
-        raise ValueError(f"metric must be scored on final-position logits of one batch; {m.name!r} is computed "
-                         f"from {m.source}")
-    return metric, m.from_logits
-
-
-def is_rate(metric: str) -> bool:
-    """Whether ``metric`` names a registered rate (0/1 per prompt); custom names are not."""
-    try:
-        return get_metric(metric).is_rate
-    except ValueError:
-        return False
-
-
-def sweep_from_per_prompt(
-    per_prompt: Float[Tensor, "layer batch"], layers: Sequence[int], metric: str, *, method: str, task: str,
-    model_name: str, baseline: float | None = None, meta: dict | None = None, model_info: dict | None = None,
-) -> SweepResult:
-    """A SweepResult: Wilson 95% intervals for rates (0/1 per prompt), else mean +- 1.96 standard errors."""
-    if is_rate(metric):
-        res = accuracy_sweep(per_prompt, layers, method=method, task=task, model_name=model_name,
-                             baseline=baseline, meta=meta, model_info=model_info)
-        return SweepResult(**{**res.__dict__, "metric": metric})
-    pp = per_prompt.float()
-    mean = pp.mean(1)
-    se = pp.std(1) / pp.shape[1] ** 0.5 if pp.shape[1] > 1 else torch.full_like(mean, float("nan"))
-    return SweepResult(values=mean, per_prompt=pp, low=mean - 1.96 * se, high=mean + 1.96 * se, layers=list(layers),
-                       metric=metric, method=method, task=task, model_name=model_name, baseline=baseline,
-                       meta={"interval": "normal", **(meta or {})}, model_info=model_info or {})
 
 
 # ----------------------------------------------------------------------------- the engine
 
 
 # ----------------------------------------------------------------------------- layer sweep
-@torch.no_grad()
-def layer_sweep(
-    model: Any,
-    batch: PromptBatch,
-    make_hooks_for_layer: MakeLayerHooks,
-    layers: Sequence[int] | None = None,
-    metric: str | PromptMetric = "accuracy",
-    *,
-    layers_per_forward: int | None = None,
-    batch_size: int = 64,
-    tokens_per_forward: int = TOKENS_PER_FORWARD,
-    method: str = "intervention",
-    meta: dict | None = None,
-    progress: bool = False,
-) -> SweepResult:
-    """A metric of ``batch`` under the intervention ``make_hooks_for_layer(l, rows, sub_batch)``, per layer.
-
-    values[i] = mean over prompts of metric(final-position logits with the hooks of layers[i]).
-
-    Layer l (0..n_layers) names the intervention, whose hooks must live in block l or later
-    (``blocks.{l}.hook_resid_pre``, ``blocks.{l}.attn.hook_z``...; for l = n_layers,
-    ``blocks.{n_layers-1}.hook_resid_post``). Prefix reuse: one unpatched forward caches the
-    residual at the input of every block (and gives ``baseline``, the unpatched metric); the run
-    for layer l resumes at block l (block n_layers-1 for l = n_layers). Several layers share one
-    staggered forward (``run_staggered``): ``layers_per_forward`` of them (default: as many as
-    fit in ``tokens_per_forward`` token positions), each a copy of the sub-batch whose hooks touch
-    its own rows only; ``make_hooks_for_layer`` builds hooks for one copy, exactly as for a run of
-    the sub-batch alone. ``metric``: see ``prompt_metric``. Returns a SweepResult ([layer]).
-    """
-    if len(batch) == 0:
-        raise ValueError("batch is empty")
-    n = model.cfg.n_layers
-    layers = list(range(n + 1)) if layers is None else [check_layer(model, l, arg="layers") for l in layers]
-    if not layers:
-        raise ValueError("layers is empty")
-    if layers_per_forward is not None and layers_per_forward < 1:
-        raise ValueError(f"layers_per_forward must be positive, got {layers_per_forward}")
-    name, fn = prompt_metric(metric, batch)
-    start = {l: min(l, n - 1) for l in layers}
-    per_layer: dict[int, list[Tensor]] = {l: [] for l in layers}
-    base: list[Tensor] = []
-    order = sorted(set(layers))
-    bar = tqdm(total=len(batch) * len(order), desc="layer sweep", disable=not progress)
-    for rows, mb in minibatches(batch, batch_size):
-        cached, clean, _ = cache_resid(model, mb.tokens, sorted(set(start.values())), mb.final_positions, unembed=False)
-        finals = [clean]  # unembedded together below (TL copies W_U on every unembedding call)
-        k = layers_per_forward or max(1, tokens_per_forward // (len(mb) * mb.tokens.shape[1]))
-        for g in range(0, len(order), k):
-            group = order[g : g + k]
-            ents = [Entry(start[l], cached[start[l]], mb.final_positions, make_hooks_for_layer(l, rows, mb),
-                          tokens=mb.tokens) for l in group]
-            finals.append(run_staggered(model, ents, unembed=False))
-            bar.update(len(mb) * len(group))
-        logits = torch.split(unembed_rows(model, torch.cat(finals)), len(mb))
-        base.append(fn(logits[0], mb).float())
-        for l, lg in zip(order, logits[1:]):
-            per_layer[l].append(fn(lg, mb).float())
-    bar.close()
-    per_prompt = torch.stack([torch.cat(per_layer[l]) for l in layers])
-    baseline = float(torch.cat(base).mean())
-    return sweep_from_per_prompt(per_prompt, layers, name, method=method, task=batch.task,
-                                 model_name=model.cfg.model_name, baseline=baseline,
-                                 meta={"variant": batch.variant, "n_demos": batch.n_demos, **(meta or {})},
-                                 model_info=model_info(model))
 
 
 # ----------------------------------------------------------------------------- patch grid
@@ -266,7 +146,7 @@ def _grid_positions(
     return torch.tensor(cols)[None].expand(B, -1), names, cols
 
 
-def _suffix_replay_ok(model: Any, res: dict, logits: Tensor, kv: list, layer: int, final: Tensor,
+def _suffix_replay_ok(model: HookedModel, res: dict, logits: Tensor, kv: list, layer: int, final: Tensor,
                       tokens: Tensor) -> bool:
     """Whether resuming at block ``layer`` from position p with cached keys/values reproduces the run."""
     p0 = int(final.min()) // 2
@@ -280,7 +160,7 @@ def _suffix_replay_ok(model: Any, res: dict, logits: Tensor, kv: list, layer: in
 
 @torch.no_grad()
 def patch_grid(
-    model: Any,
+    model: HookedModel,
     clean_batch: PromptBatch | Int[Tensor, "batch pos"],
     corrupted_batch: PromptBatch | Int[Tensor, "batch pos"],
     metric: str | GridMetric = "gold_probability",

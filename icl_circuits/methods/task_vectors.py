@@ -12,7 +12,7 @@
 
 Every analysis takes ``PromptBatch``es. Layer l means the input of block l
 (``blocks.{l}.hook_resid_pre``; l = n_layers: the final residual). Sweeps run through
-``patching.layer_sweep`` (prefix reuse, several layers per forward) with ``Intervention`` specs.
+``sweeps.layer_sweep`` (prefix reuse, several layers per forward) with ``Intervention`` specs.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from icl_circuits.core.runner import final_logits, read_resid
 from icl_circuits.core.tasks import Task
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.function_vectors import function_vector
-from icl_circuits.methods.patching import layer_sweep, prompt_metric
-from icl_circuits.methods.vectors import SweepResult, TaskVector, evaluate_vector
+from icl_circuits.methods.sweeps import layer_sweep, prompt_metric
+from icl_circuits.methods.vectors import TaskVector, evaluate_vector
+from icl_circuits.methods.sweeps import SweepResult
 
 __all__ = ["vanilla_task_vector", "evaluate_task_vector", "local_task_vectors", "compare_task_vectors",
            "TaskVectorComparison", "METHODS", "NoLengthMatchedAnswers"]

@@ -4,7 +4,7 @@ A ``TaskVector`` holds one d_model vector per layer (``vectors[i]`` belongs to `
 meant to be injected into the residual stream at the input of that block
 (``blocks.{l}.hook_resid_pre``) at the final position of a prompt, either by replacing the
 activation (Hendel et al.'s vanilla vectors) or by adding to it (function vectors, learned
-vectors). ``evaluate_vector`` measures accuracy per layer and returns a ``SweepResult``.
+vectors). ``evaluate_vector`` measures accuracy per layer and returns a ``SweepResult`` (``methods.sweeps``).
 """
 
 from __future__ import annotations
@@ -13,16 +13,15 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import pandas as pd
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from icl_circuits.core.interventions import Intervention, Site, check_layer, check_vector
-from icl_circuits.core.metrics import wilson
 from icl_circuits.core.models import processing_mismatch
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result
 from icl_circuits.core.types import HookedModel
+from icl_circuits.methods.sweeps import SweepResult, layer_sweep
 
 Mode = Literal["replace", "add"]
 
@@ -89,54 +88,6 @@ class TaskVector(Result):
             )
 
 
-@dataclass(frozen=True)
-class SweepResult(Result):
-    """A metric of one intervention applied at each layer.
-
-    values: [layer] mean metric; per_prompt: [layer, batch]; low/high: Wilson 95% interval
-    (accuracies) or NaN; layers; metric; method; task; model_name; baseline: the metric without
-    intervention (e.g. zero-shot accuracy), for reference lines in figures.
-    """
-
-    values: Float[Tensor, "layer"]
-    per_prompt: Float[Tensor, "layer batch"]
-    low: Float[Tensor, "layer"]
-    high: Float[Tensor, "layer"]
-    layers: list[int]
-    metric: str
-    method: str
-    task: str
-    model_name: str
-    baseline: float | None = None
-    meta: dict = field(default_factory=dict)
-
-    def to_dataframe(self) -> pd.DataFrame:
-        return pd.DataFrame({
-            "layer": self.layers, "value": self.values.tolist(), "low": self.low.tolist(),
-            "high": self.high.tolist(), "metric": self.metric, "method": self.method,
-            "task": self.task, "model": self.model_name, "baseline": self.baseline,
-        })
-
-    @property
-    def best_layer(self) -> int:
-        return self.layers[int(self.values.argmax())]
-
-
-def accuracy_sweep(
-    per_prompt: Float[Tensor, "layer batch"], layers: Sequence[int], *, method: str, task: str,
-    model_name: str, baseline: float | None = None, meta: dict | None = None, model_info: dict | None = None,
-) -> SweepResult:
-    """Wrap per-prompt correctness (0/1) per layer into a SweepResult with Wilson intervals."""
-    rates = [wilson(int(row.sum()), row.numel()) for row in per_prompt]
-    return SweepResult(
-        model_info=model_info or {},
-        values=per_prompt.float().mean(1), per_prompt=per_prompt.float(),
-        low=torch.tensor([r.low for r in rates]), high=torch.tensor([r.high for r in rates]),
-        layers=list(layers), metric="accuracy", method=method, task=task, model_name=model_name,
-        baseline=baseline, meta=meta or {},
-    )
-
-
 def evaluate_vector(
     model: HookedModel,
     vector: TaskVector,
@@ -153,13 +104,12 @@ def evaluate_vector(
     At layer l the vector replaces (or, ``mode="add"``, is added ``scale`` times to) the residual
     stream at the input of block l, at each prompt's final position (``batch.positions("final")``),
     as ``Intervention(Site(l), mode, ...)``. Runs through
-    ``patching.layer_sweep``: the clean prefix is computed once, every patched run resumes at
+    ``sweeps.layer_sweep``: the clean prefix is computed once, every patched run resumes at
     block l (``start_at_layer``) and several layers share one forward. ``metric``: "accuracy"
-    (default), "label_accuracy", "auto", "gold_probability"... (see ``patching.prompt_metric``).
+    (default), "label_accuracy", "auto", "gold_probability"... (see ``sweeps.prompt_metric``).
     """
     from dataclasses import replace
 
-    from icl_circuits.methods.patching import layer_sweep
 
     vector.check_model(model)
     if len(batch) == 0:

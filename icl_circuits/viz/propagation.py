@@ -10,7 +10,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from icl_circuits.methods.propagation import PropagationResult
-from icl_circuits.methods.vectors import SweepResult, TaskVector
+from icl_circuits.methods.vectors import TaskVector
+from icl_circuits.methods.sweeps import SweepResult
 from icl_circuits.viz import _style, sweeps
 
 

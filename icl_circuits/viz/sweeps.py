@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from icl_circuits.methods.patching import PatchGridResult, is_rate
-from icl_circuits.methods.vectors import SweepResult
+from icl_circuits.methods.patching import PatchGridResult
+from icl_circuits.methods.sweeps import is_rate
+from icl_circuits.methods.sweeps import SweepResult
 from icl_circuits.viz import _style
 
 _REFERENCE = ("zero-shot", "icl", "random-answers")

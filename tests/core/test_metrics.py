@@ -96,9 +96,9 @@ def test_contrast_is_paired_and_refused_without_the_corrupted_batch(batches):
 
 
 def test_patching_resolves_names_through_the_registry(batches, tiny_model):
-    """patching.prompt_metric keeps the name given and computes the registry's numbers."""
+    """sweeps.prompt_metric keeps the name given and computes the registry's numbers."""
     from icl_circuits.core.runner import final_logits
-    from icl_circuits.methods.patching import prompt_metric
+    from icl_circuits.methods.sweeps import prompt_metric
 
     for b in batches.values():
         lg = final_logits(tiny_model, b)

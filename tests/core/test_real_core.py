@@ -24,7 +24,8 @@ from icl_circuits.methods.heads import head_ablation_scan
 from icl_circuits.methods.head_ablation import ablate_heads
 from icl_circuits.methods.necessity import necessity
 from icl_circuits.methods.learned import train_task_vector
-from icl_circuits.methods.patching import layer_sweep, patch_grid
+from icl_circuits.methods.patching import patch_grid
+from icl_circuits.methods.sweeps import layer_sweep
 from icl_circuits.methods.propagation import final_deltas, fit_linear_propagation, propagation_by_layer
 from icl_circuits.core.runner import resume
 from icl_circuits.methods.vectors import TaskVector

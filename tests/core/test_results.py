@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from icl_circuits.core import results as results_mod  # noqa: E402
-from icl_circuits.methods.vectors import SweepResult  # noqa: E402
+from icl_circuits.methods.sweeps import SweepResult
 
 
 def _sweep(value: float) -> SweepResult:

@@ -83,7 +83,7 @@ def test_run_final_logits_resumed_equals_full_forward(model, batch):
 
 
 def test_layer_sweep_without_intervention_equals_full_forward(model, batch):
-    from icl_circuits.methods.patching import layer_sweep
+    from icl_circuits.methods.sweeps import layer_sweep
 
     gold = _gold_logit(final_logits(model, batch), batch)
     res = layer_sweep(model, batch, lambda l, rows, mb: [], metric=_gold_logit, batch_size=4, layers_per_forward=2)

@@ -12,7 +12,6 @@ from icl_circuits import build_prompts
 from icl_circuits.core import interventions as iv
 from icl_circuits.methods.heads import HeadScanResult, head_ablation_scan
 from icl_circuits.methods.head_ablation import ablate_heads, head_means
-from tests.conftest import make_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +123,7 @@ def test_cli_heads_json_and_out(monkeypatch, tiny_model, tmp_path):
     import icl_circuits.cli.common as cli_common
     import icl_circuits.cli.main as cli_mod
 
-    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(cli_common, "load", lambda name: tiny_model)
     res = CliRunner().invoke(cli_mod.cli, ["heads", "--task", "antonym", "--demos", "2", "--prompts", "4", "--how", "mean",
                                            "--json", "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
@@ -140,7 +139,7 @@ def test_cli_heads_states_the_ablation_with_the_agreement(monkeypatch, tiny_mode
     import icl_circuits.cli.main as cli_mod
     from icl_circuits.methods.heads import HeadScanResult as HSR
 
-    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(cli_common, "load", lambda name: tiny_model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = CliRunner().invoke(cli_mod.cli, ["heads", "--task", "antonym", "--demos", "2", "--prompts", "4",

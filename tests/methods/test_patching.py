@@ -9,9 +9,10 @@ from transformer_lens.patching import get_act_patch_resid_pre
 from icl_circuits.core import runner
 from icl_circuits import build_prompts
 from icl_circuits.core import interventions as iv
-from icl_circuits.methods.patching import PatchGridResult, layer_sweep, patch_grid
+from icl_circuits.methods.patching import PatchGridResult, patch_grid
+from icl_circuits.methods.sweeps import layer_sweep
 from icl_circuits.core.runner import Entry, run_staggered
-from icl_circuits.methods.vectors import SweepResult
+from icl_circuits.methods.sweeps import SweepResult
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import scipy.stats
 import torch
@@ -19,7 +18,8 @@ from icl_circuits.methods.propagation import (
     LinearPropagation, PropagationResult, final_deltas, fit_linear_map, fit_linear_propagation, polar_metrics,
     propagation_by_layer, r2,
 )
-from icl_circuits.methods.vectors import SweepResult, TaskVector
+from icl_circuits.methods.vectors import TaskVector
+from icl_circuits.methods.sweeps import SweepResult
 from icl_circuits.viz import logit_lens as lens_plots
 from icl_circuits.viz import propagation as plots
 
@@ -143,7 +143,7 @@ def test_clear_errors(tiny_model):
 
 
 def test_cli_propagation_json(monkeypatch, tiny_model, tmp_path):
-    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(cli_common, "load", lambda name: tiny_model)
     res = CliRunner().invoke(cli_mod.cli, ["propagation", "--task", "antonym", "--layer", "1,2", "--epochs", "1",
                                            "--train", "8", "--val", "2", "--eval-prompts", "4", "--vectors", "40",
                                            "--fit-prompts", "4", "--json", "--out", str(tmp_path)])

@@ -9,7 +9,8 @@ from icl_circuits.core import runner
 from icl_circuits import build_prompts
 from icl_circuits.core import interventions as iv
 from icl_circuits.core.metrics import correct
-from icl_circuits.methods.vectors import SweepResult, TaskVector, evaluate_vector
+from icl_circuits.methods.vectors import TaskVector, evaluate_vector
+from icl_circuits.methods.sweeps import SweepResult
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,195 @@
+"""Metric-per-layer results and the layer sweep that produces them.
+
+- ``SweepResult``: a metric per layer (mean over prompts, per-prompt values, 95% interval).
+- ``layer_sweep``: apply one intervention at every layer (e.g. inject a task vector at block l)
+  and measure a metric per layer. The unpatched prefix is run once (``runner.cache_resid``); the
+  run patched at layer l resumes at block l from the cached residual, several layers per forward
+  (``runner.run_staggered``).
+- ``prompt_metric`` / ``is_rate``: metrics by registry name (``core.metrics``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from icl_circuits.core.interventions import HookList, check_layer
+from icl_circuits.core.metrics import get_metric, wilson
+from icl_circuits.core.models import model_info
+from icl_circuits.core.prompts import PromptBatch
+from icl_circuits.core.results import Result
+from icl_circuits.core.runner import TOKENS_PER_FORWARD, Entry, cache_resid, minibatches, run_staggered, unembed_rows
+from icl_circuits.core.types import HookedModel
+
+__all__ = ["SweepResult", "accuracy_sweep", "layer_sweep", "prompt_metric", "is_rate", "sweep_from_per_prompt"]
+
+
+@dataclass(frozen=True)
+class SweepResult(Result):
+    """A metric of one intervention applied at each layer.
+
+    values: [layer] mean metric; per_prompt: [layer, batch]; low/high: Wilson 95% interval
+    (accuracies) or NaN; layers; metric; method; task; model_name; baseline: the metric without
+    intervention (e.g. zero-shot accuracy), for reference lines in figures.
+    """
+
+    values: Float[Tensor, "layer"]
+    per_prompt: Float[Tensor, "layer batch"]
+    low: Float[Tensor, "layer"]
+    high: Float[Tensor, "layer"]
+    layers: list[int]
+    metric: str
+    method: str
+    task: str
+    model_name: str
+    baseline: float | None = None
+    meta: dict = field(default_factory=dict)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        return pd.DataFrame({
+            "layer": self.layers, "value": self.values.tolist(), "low": self.low.tolist(),
+            "high": self.high.tolist(), "metric": self.metric, "method": self.method,
+            "task": self.task, "model": self.model_name, "baseline": self.baseline,
+        })
+
+    @property
+    def best_layer(self) -> int:
+        return self.layers[int(self.values.argmax())]
+
+
+def accuracy_sweep(
+    per_prompt: Float[Tensor, "layer batch"], layers: Sequence[int], *, method: str, task: str,
+    model_name: str, baseline: float | None = None, meta: dict | None = None, model_info: dict | None = None,
+) -> SweepResult:
+    """Wrap per-prompt correctness (0/1) per layer into a SweepResult with Wilson intervals."""
+    rates = [wilson(int(row.sum()), row.numel()) for row in per_prompt]
+    return SweepResult(
+        model_info=model_info or {},
+        values=per_prompt.float().mean(1), per_prompt=per_prompt.float(),
+        low=torch.tensor([r.low for r in rates]), high=torch.tensor([r.high for r in rates]),
+        layers=list(layers), metric="accuracy", method=method, task=task, model_name=model_name,
+        baseline=baseline, meta=meta or {},
+    )
+
+
+#: ``make_hooks_for_layer(layer, rows, sub_batch) -> [(hook_name, fn)]``
+MakeLayerHooks = Callable[[int, slice, PromptBatch], HookList]
+
+
+#: A per-prompt metric: ``metric(final_logits [batch, d_vocab], batch) -> [batch]``.
+PromptMetric = Callable[[Tensor, PromptBatch], Tensor]
+
+
+def prompt_metric(metric: str | PromptMetric, batch: PromptBatch) -> tuple[str, PromptMetric]:
+    """Resolve a metric into ``(name, fn(logits, batch) -> [batch])``: a name is looked up in the
+    registry (``core.metrics.get_metric``; any ``final_logits`` metric: ``"accuracy"``,
+    ``"label_accuracy"``, ``"gold_probability"``, ``"logit_diff"``...) and keeps the name given;
+    ``"auto"`` is ``"label_accuracy"`` when the batch has label words, else ``"accuracy"`` (the
+    names these results have always carried). A callable is used as is.
+    """
+    if callable(metric):
+        return getattr(metric, "__name__", "custom"), metric
+    if metric == "auto":
+        metric = "label_accuracy" if batch.candidate_tokens() is not None else "accuracy"
+    m = get_metric(metric, batch)
+    if m.source != "final_logits":
+        raise ValueError(f"metric must be scored on final-position logits of one batch; {m.name!r} is computed "
+                         f"from {m.source}")
+    return metric, m.from_logits
+
+
+def is_rate(metric: str) -> bool:
+    """Whether ``metric`` names a registered rate (0/1 per prompt); custom names are not."""
+    try:
+        return get_metric(metric).is_rate
+    except ValueError:
+        return False
+
+
+def sweep_from_per_prompt(
+    per_prompt: Float[Tensor, "layer batch"], layers: Sequence[int], metric: str, *, method: str, task: str,
+    model_name: str, baseline: float | None = None, meta: dict | None = None, model_info: dict | None = None,
+) -> SweepResult:
+    """A SweepResult: Wilson 95% intervals for rates (0/1 per prompt), else mean +- 1.96 standard errors."""
+    if is_rate(metric):
+        res = accuracy_sweep(per_prompt, layers, method=method, task=task, model_name=model_name,
+                             baseline=baseline, meta=meta, model_info=model_info)
+        return SweepResult(**{**res.__dict__, "metric": metric})
+    pp = per_prompt.float()
+    mean = pp.mean(1)
+    se = pp.std(1) / pp.shape[1] ** 0.5 if pp.shape[1] > 1 else torch.full_like(mean, float("nan"))
+    return SweepResult(values=mean, per_prompt=pp, low=mean - 1.96 * se, high=mean + 1.96 * se, layers=list(layers),
+                       metric=metric, method=method, task=task, model_name=model_name, baseline=baseline,
+                       meta={"interval": "normal", **(meta or {})}, model_info=model_info or {})
+
+
+@torch.no_grad()
+def layer_sweep(
+    model: HookedModel,
+    batch: PromptBatch,
+    make_hooks_for_layer: MakeLayerHooks,
+    layers: Sequence[int] | None = None,
+    metric: str | PromptMetric = "accuracy",
+    *,
+    layers_per_forward: int | None = None,
+    batch_size: int = 64,
+    tokens_per_forward: int = TOKENS_PER_FORWARD,
+    method: str = "intervention",
+    meta: dict | None = None,
+    progress: bool = False,
+) -> SweepResult:
+    """A metric of ``batch`` under the intervention ``make_hooks_for_layer(l, rows, sub_batch)``, per layer.
+
+    values[i] = mean over prompts of metric(final-position logits with the hooks of layers[i]).
+
+    Layer l (0..n_layers) names the intervention, whose hooks must live in block l or later
+    (``blocks.{l}.hook_resid_pre``, ``blocks.{l}.attn.hook_z``...; for l = n_layers,
+    ``blocks.{n_layers-1}.hook_resid_post``). Prefix reuse: one unpatched forward caches the
+    residual at the input of every block (and gives ``baseline``, the unpatched metric); the run
+    for layer l resumes at block l (block n_layers-1 for l = n_layers). Several layers share one
+    staggered forward (``run_staggered``): ``layers_per_forward`` of them (default: as many as
+    fit in ``tokens_per_forward`` token positions), each a copy of the sub-batch whose hooks touch
+    its own rows only; ``make_hooks_for_layer`` builds hooks for one copy, exactly as for a run of
+    the sub-batch alone. ``metric``: see ``prompt_metric``. Returns a SweepResult ([layer]).
+    """
+    if len(batch) == 0:
+        raise ValueError("batch is empty")
+    n = model.cfg.n_layers
+    layers = list(range(n + 1)) if layers is None else [check_layer(model, l, arg="layers") for l in layers]
+    if not layers:
+        raise ValueError("layers is empty")
+    if layers_per_forward is not None and layers_per_forward < 1:
+        raise ValueError(f"layers_per_forward must be positive, got {layers_per_forward}")
+    name, fn = prompt_metric(metric, batch)
+    start = {l: min(l, n - 1) for l in layers}
+    per_layer: dict[int, list[Tensor]] = {l: [] for l in layers}
+    base: list[Tensor] = []
+    order = sorted(set(layers))
+    bar = tqdm(total=len(batch) * len(order), desc="layer sweep", disable=not progress)
+    for rows, mb in minibatches(batch, batch_size):
+        cached, clean, _ = cache_resid(model, mb.tokens, sorted(set(start.values())), mb.final_positions, unembed=False)
+        finals = [clean]  # unembedded together below (TL copies W_U on every unembedding call)
+        k = layers_per_forward or max(1, tokens_per_forward // (len(mb) * mb.tokens.shape[1]))
+        for g in range(0, len(order), k):
+            group = order[g : g + k]
+            ents = [Entry(start[l], cached[start[l]], mb.final_positions, make_hooks_for_layer(l, rows, mb),
+                          tokens=mb.tokens) for l in group]
+            finals.append(run_staggered(model, ents, unembed=False))
+            bar.update(len(mb) * len(group))
+        logits = torch.split(unembed_rows(model, torch.cat(finals)), len(mb))
+        base.append(fn(logits[0], mb).float())
+        for l, lg in zip(order, logits[1:]):
+            per_layer[l].append(fn(lg, mb).float())
+    bar.close()
+    per_prompt = torch.stack([torch.cat(per_layer[l]) for l in layers])
+    baseline = float(torch.cat(base).mean())
+    return sweep_from_per_prompt(per_prompt, layers, name, method=method, task=batch.task,
+                                 model_name=model.cfg.model_name, baseline=baseline,
+                                 meta={"variant": batch.variant, "n_demos": batch.n_demos, **(meta or {})},
+                                 model_info=model_info(model))
