@@ -1,8 +1,12 @@
-"""The ``icl-circuits`` command line: the general commands (tasks, evaluate, report, demo, train-toy).
+"""The ``icl-circuits`` command line: the general commands (tasks, evaluate, report, demo, train-toy)
+and ``main``, the entry point.
 
-Every analysis subcommand takes ``--model`` (default: the bundled ``toy-icl``) and ``--json``;
-with ``--json`` the last line printed is one JSON object with the numbers.
-The analysis subcommands live in ``icl_circuits.cli.analyses``.
+Every command takes ``--threads`` (torch threads, default 1); every analysis subcommand takes
+``--model`` (default: the bundled ``toy-icl``) and ``--json``; with ``--json`` the last line
+printed is one JSON object with the numbers. The analysis subcommands live in one module per
+command group (``dpca``, ``saliency`` (with ``isolation``, ``reweight``), ``interchange`` (with
+``necessity``, ``probe``), ``heads`` (with ``ov``), ``vectors`` (``task-vectors``, ``ltv``,
+``propagation``)); importing them here registers them on ``common.cli``.
 """
 
 from __future__ import annotations
@@ -13,12 +17,19 @@ from typing import Any
 
 import click
 
-from icl_circuits.cli import analyses as _analyses  # noqa: F401  (registers the analysis subcommands on `cli`)
-from icl_circuits.cli import common
-from icl_circuits.cli.common import _int_list, cli, emit_json, model_option
+from icl_circuits.cli import common, dpca, heads, interchange, saliency, vectors  # noqa: F401  (register their commands on `cli`)
+from icl_circuits.cli.common import (
+    cli,
+    emit_json,
+    int_list,
+    model_option,
+    out_problem,
+    threads_option,
+)
 
 
 @cli.command("tasks")
+@threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def tasks_cmd(as_json: bool) -> None:
     """List the tasks with their kind and size."""
@@ -49,8 +60,9 @@ def _metric_list(_ctx: Any, param: click.Parameter, value: str | None) -> list[s
 
 @cli.command("evaluate")
 @model_option
+@threads_option
 @click.option("--task", "task_names", multiple=True, help="Task name (repeatable); default: every task the model's tokenizer can read.")
-@click.option("--demos", default="0,1,2,4,8", show_default=True, callback=_int_list, help="Numbers of demos.")
+@click.option("--demos", default="0,1,2,4,8", show_default=True, callback=int_list, help="Numbers of demos.")
 @click.option("--prompts", "n_prompts", default=64, show_default=True, type=click.IntRange(min=1), help="Prompts per cell.")
 @click.option("--metrics", default=None, callback=_metric_list,
               help="Comma-separated metrics (first_token, label, exact_match, answer_logprob, gold_prob, logit_diff, "
@@ -67,12 +79,12 @@ def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_pr
     match) accuracy by default, with 95% intervals (Wilson for rates, Student t for means)."""
     import pandas as pd
 
-    from icl_circuits.methods.accuracy import accuracy_by_demos, demo_sweep
     from icl_circuits.core.task_filters import representable_tasks
     from icl_circuits.core.tasks import get_task
+    from icl_circuits.methods.accuracy import accuracy_by_demos, demo_sweep
 
-    names = [common._check_task(t) for t in task_names]
-    m = common._load(model)
+    names = [common.check_task(t) for t in task_names]
+    m = common.load(model)
     names = names or representable_tasks(m)
     t0 = time.time()
     frames = []
@@ -110,16 +122,12 @@ def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_pr
 @click.option("--only", default=None, help="Comma-separated section keys to run (default: all).")
 @click.option("--keep-going", is_flag=True,
               help="Exit 0 even when a section failed (the page shows its error either way).")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
-              help="torch intra-op threads (torch.set_num_threads), set before the model loads. 1 by default: "
-                   "torch's default (one per core) was ~48x slower on a busy 2-core machine.")
-def report_cmd(model: str, out: str, quick: bool, seed: int, only: str | None, keep_going: bool = False,
-               threads: int = 1) -> None:
+@threads_option
+def report_cmd(model: str, out: str, quick: bool, seed: int, only: str | None, keep_going: bool = False) -> None:
     """Run the analysis suite on MODEL and write one self-contained HTML report.
 
     A section that raises is shown with its error in the page, and the command then exits 1 naming
     the failed sections (unless --keep-going)."""
-    from icl_circuits.cli.analyses import out_problem
     from icl_circuits.report.suite import failed_sections, write_report
 
     problem = out_problem(out, directory=False)  # before the suite runs, not after
@@ -127,8 +135,8 @@ def report_cmd(model: str, out: str, quick: bool, seed: int, only: str | None, k
         raise click.BadParameter(problem, param_hint="--out")
     import torch
 
-    torch.set_num_threads(threads)
-    m = common._load(model)
+    threads = torch.get_num_threads()  # set by --threads (common.threads_option) when the options were parsed
+    m = common.load(model)
     try:
         sections = write_report(model, out, quick=quick, seed=seed, model=m, threads=threads,
                                 only=[s.strip() for s in only.split(",")] if only else None)
@@ -143,21 +151,24 @@ def report_cmd(model: str, out: str, quick: bool, seed: int, only: str | None, k
 @cli.command("demo")
 @model_option
 @click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
-              help="torch intra-op threads (as for `report`).")
-def demo_cmd(model: str, out: str, threads: int) -> None:
+@threads_option
+def demo_cmd(model: str, out: str) -> None:
     """The main job (`make demo`): the full report on MODEL, written to OUT."""
     click.get_current_context().invoke(report_cmd, model=model, out=out, quick=False, seed=0, only=None,
-                                       keep_going=False, threads=threads)
+                                       keep_going=False)
 
 
-@cli.command("train-toy")
+@cli.command("train-toy", context_settings={"ignore_unknown_options": True})
+@threads_option
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def train_toy_cmd(args: tuple[str, ...]) -> None:
-    """Train the bundled model (arguments as for `python -m icl_circuits.toy.train --help`)."""
+    """Train the bundled model (arguments as for `python -m icl_circuits.toy.train --help`; --threads is
+    passed on to it)."""
+    import torch
+
     from icl_circuits.toy.train import main as train_main
 
-    train_main(list(args))
+    train_main(["--threads", str(torch.get_num_threads()), *args])  # set by --threads; a later --threads in ARGS wins
 
 
 def main() -> None:

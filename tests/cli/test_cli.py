@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -13,7 +14,7 @@ from icl_circuits.cli.main import cli
 
 @pytest.fixture
 def runner(monkeypatch, tiny_model):
-    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(cli_common, "load", lambda name: tiny_model)
     return CliRunner()
 
 
@@ -23,6 +24,48 @@ def test_help_for_every_subcommand(runner):
     for name in cli.commands:
         sub = runner.invoke(cli, [name, "--help"])
         assert sub.exit_code == 0 and "Usage" in sub.output, name
+
+
+def test_every_command_takes_threads(runner):
+    """--threads (default 1) is listed in every command's --help, and 0 is refused naming it."""
+    for name in cli.commands:
+        sub = runner.invoke(cli, [name, "--help"])
+        assert sub.exit_code == 0 and "--threads" in sub.output, name
+        assert [p.default for p in cli.commands[name].params if p.name == "threads"] == [1], name
+        bad = runner.invoke(cli, [name, "--threads", "0"])
+        assert bad.exit_code == 2 and "--threads" in bad.output, (name, bad.output)
+
+
+@pytest.mark.parametrize("name", ["evaluate", "saliency", "isolation", "reweight", "ov", "dpca", "heads", "ltv",
+                                  "interchange", "report"])
+def test_threads_are_set_before_the_model_loads(monkeypatch, name, tmp_path):
+    import torch
+
+    seen = []
+
+    def load(model):
+        seen.append(torch.get_num_threads())
+        raise click.UsageError("stop here")
+
+    monkeypatch.setattr(cli_common, "load", load)
+    before = torch.get_num_threads()
+    extra = {"interchange": ["--source", "antonym", "--target", "english-french"],
+             "report": ["--out", str(tmp_path / "r.html")]}.get(name, [])
+    try:
+        res = CliRunner().invoke(cli, [name, *extra, "--threads", "2"])
+    finally:
+        torch.set_num_threads(before)
+    assert "stop here" in res.output and seen == [2], res.output
+
+
+def test_train_toy_passes_threads_and_its_own_options_on(monkeypatch):
+    import icl_circuits.toy.train as train
+
+    got = []
+    monkeypatch.setattr(train, "main", lambda argv: got.append(argv))
+    res = CliRunner().invoke(cli, ["train-toy", "--threads", "3", "--steps", "5"])
+    assert res.exit_code == 0, res.output
+    assert got == [["--threads", "3", "--steps", "5"]]
 
 
 def test_tasks_json(runner):
@@ -74,8 +117,13 @@ def test_unknown_model_is_a_clear_error():
 # ----------------------------------------------------------------------------- --out checked first
 OUT_COMMANDS = [
     ["dpca", "--task", "number"], ["saliency"], ["interchange", "--source", "antonym", "--target", "english-french"],
-    ["probe"], ["heads"], ["ltv"], ["propagation"], ["task-vectors"], ["necessity"],
+    ["probe"], ["heads"], ["ltv"], ["propagation"], ["task-vectors"], ["necessity"], ["isolation"], ["reweight"], ["ov"],
 ]
+
+
+def test_out_commands_are_every_analysis_with_out():
+    with_out = {n for n, c in cli.commands.items() if any(p.name == "out" for p in c.params)} - {"report", "demo"}
+    assert with_out == {a[0] for a in OUT_COMMANDS}
 
 
 @pytest.mark.parametrize("args", OUT_COMMANDS, ids=lambda a: a[0])
@@ -86,7 +134,7 @@ def test_out_below_a_file_is_refused_before_the_analysis_runs(monkeypatch, tmp_p
     def no_model(name):  # the analysis must not even load the model
         raise AssertionError("the analysis ran before --out was checked")
 
-    monkeypatch.setattr(cli_common, "_load", no_model)
+    monkeypatch.setattr(cli_common, "load", no_model)
     res = CliRunner().invoke(cli, [*args, "--out", str(blocker / "sub")])
     assert res.exit_code != 0 and "--out" in res.output and "a_file" in res.output, res.output
     assert "Traceback" not in res.output
@@ -95,16 +143,14 @@ def test_out_below_a_file_is_refused_before_the_analysis_runs(monkeypatch, tmp_p
 def test_out_that_is_a_file_is_refused(monkeypatch, tmp_path):
     f = tmp_path / "f.txt"
     f.write_text("x")
-    monkeypatch.setattr(cli_common, "_load", lambda name: (_ for _ in ()).throw(AssertionError("ran")))
+    monkeypatch.setattr(cli_common, "load", lambda name: (_ for _ in ()).throw(AssertionError("ran")))
     res = CliRunner().invoke(cli, ["dpca", "--out", str(f)])
     assert res.exit_code != 0 and "--out" in res.output
 
 
 def test_out_in_a_read_only_directory_is_refused(monkeypatch, tmp_path):
-    import icl_circuits.cli.analyses as ca
-
-    monkeypatch.setattr(ca.os, "access", lambda path, mode: False)  # as for a directory without write permission
-    monkeypatch.setattr(cli_common, "_load", lambda name: (_ for _ in ()).throw(AssertionError("ran")))
+    monkeypatch.setattr(cli_common.os, "access", lambda path, mode: False)  # as for a directory without write permission
+    monkeypatch.setattr(cli_common, "load", lambda name: (_ for _ in ()).throw(AssertionError("ran")))
     res = CliRunner().invoke(cli, ["dpca", "--out", str(tmp_path / "new")])
     assert res.exit_code != 0 and "--out" in res.output and "not writable" in res.output, res.output
 
@@ -112,6 +158,6 @@ def test_out_in_a_read_only_directory_is_refused(monkeypatch, tmp_path):
 def test_report_out_below_a_file_is_refused(monkeypatch, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    monkeypatch.setattr(cli_common, "_load", lambda name: (_ for _ in ()).throw(AssertionError("ran")))
+    monkeypatch.setattr(cli_common, "load", lambda name: (_ for _ in ()).throw(AssertionError("ran")))
     res = CliRunner().invoke(cli, ["report", "--out", str(blocker / "report.html")])
     assert res.exit_code != 0 and "--out" in res.output and "a_file" in res.output

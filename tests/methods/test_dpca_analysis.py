@@ -295,7 +295,7 @@ def test_bad_collection_and_ablation_arguments(tiny_model, fit):
 
 # ----------------------------------------------------------------------------- CLI and figures
 def test_cli_dpca_json_and_out(monkeypatch, tiny_model, tmp_path):
-    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(cli_common, "load", lambda name: tiny_model)
     res = CliRunner().invoke(cli_mod.cli, ["dpca", "--task", "number", "--demos", "4", "--prompts", "24",
                                            "--regularizer", "0.001", "--json", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
@@ -306,7 +306,7 @@ def test_cli_dpca_json_and_out(monkeypatch, tiny_model, tmp_path):
 
 
 def test_cli_dpca_refuses_a_knowledge_task(monkeypatch, tiny_model):
-    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(cli_common, "load", lambda name: tiny_model)
     res = CliRunner().invoke(cli_mod.cli, ["dpca", "--task", "antonym"])
     assert res.exit_code != 0 and "needs a categorization task" in res.output
 
@@ -356,7 +356,7 @@ def test_default_null_count_makes_p_below_005_possible():
 
 
 def test_cli_dpca_n_null_option(monkeypatch, tiny_model, tmp_path):
-    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(cli_common, "load", lambda name: tiny_model)
     res = CliRunner().invoke(cli_mod.cli, ["dpca", "--task", "number", "--demos", "4", "--prompts", "24",
                                            "--regularizer", "0.001", "--n-null", "2", "--json", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output

@@ -344,7 +344,7 @@ def test_figures(tiny_model, pair):
 
 @pytest.fixture
 def cli_runner(monkeypatch, tiny_model):
-    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(cli_common, "load", lambda name: tiny_model)
     return CliRunner()
 
 

@@ -184,7 +184,7 @@ def test_task_too_small_for_the_split_is_an_error(tiny_model):
 
 
 def test_cli_ltv_json_and_out(monkeypatch, tiny_model, tmp_path):
-    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(cli_common, "load", lambda name: tiny_model)
     res = CliRunner().invoke(cli_mod.cli, ["ltv", "--task", "antonym", "--layer", "0,2", "--epochs", "1", "--train", "8",
                                            "--val", "2", "--eval-prompts", "4", "--json", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output

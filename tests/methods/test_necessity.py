@@ -139,7 +139,7 @@ def test_figure(tiny_model, target):
 # ----------------------------------------------------------------------------- CLI
 @pytest.fixture
 def cli_runner(monkeypatch, tiny_model):
-    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(cli_common, "load", lambda name: tiny_model)
     return CliRunner()
 
 

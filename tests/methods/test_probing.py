@@ -90,7 +90,7 @@ def test_errors_are_clear(tiny_model, templates, kwargs, match):
 
 
 def test_cli_probe_json(monkeypatch, tiny_model):
-    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(cli_common, "load", lambda name: tiny_model)
     res = CliRunner().invoke(cli_mod.cli, ["probe", "--tasks", "antonym,english-french", "--position", "answer",
                                            "--demos", "2", "--prompts", "6", "--cv", "3", "--layers", "0", "--json"])
     assert res.exit_code == 0, res.output
@@ -147,6 +147,6 @@ def test_position_lists_and_unions_are_one_spec(tiny_model, templates):
 
 
 def test_cli_probe_needs_two_tasks(monkeypatch, tiny_model):
-    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(cli_common, "load", lambda name: tiny_model)
     res = CliRunner().invoke(cli_mod.cli, ["probe", "--tasks", "antonym", "--prompts", "6"])
     assert res.exit_code != 0 and "at least two tasks" in res.output

@@ -245,7 +245,7 @@ def test_figures_build(tiny_model, batch):
 def test_cli_saliency_json_and_out(monkeypatch, tiny_model, tmp_path):
     from click.testing import CliRunner
 
-    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(cli_common, "load", lambda name: tiny_model)
     res = CliRunner().invoke(cli_mod.cli, ["saliency", "--task", "number", "--demos", "2", "--prompts", "4",
                                            "--json", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output

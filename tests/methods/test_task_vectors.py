@@ -229,7 +229,7 @@ def test_cli_task_vectors_json_and_out(monkeypatch, tiny_model, tmp_path):
     import icl_circuits.cli.common as cli_common
     import icl_circuits.cli.main as cli_mod
 
-    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(cli_common, "load", lambda name: tiny_model)
     res = CliRunner().invoke(cli_mod.cli, ["task-vectors", "--task", "number", "--demos", "3", "--prompts", "4",
                                            "--top-k", "2", "--json", "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output

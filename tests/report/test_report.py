@@ -64,7 +64,7 @@ def test_a_failing_section_makes_report_exit_nonzero_and_is_shown(monkeypatch, t
     import icl_circuits.report.suite as report_mod
     import icl_circuits.report.sections  # noqa: F401  (register the real sections before patching)
 
-    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(cli_common, "load", lambda name: tiny_model)
     monkeypatch.setattr(report_mod, "SECTIONS", [*report_mod.SECTIONS, ("boom", _boom)])
     out = tmp_path / "r.html"
     res = CliRunner().invoke(cli_mod.cli, ["report", "--quick", "--only", "boom", "--out", str(out)])
@@ -90,7 +90,7 @@ def test_threads_option_sets_torch_threads_and_the_header_says_it(monkeypatch, t
         return report_mod.Section("quiet", "quiet", f"threads {torch.get_num_threads()}")
 
     before = torch.get_num_threads()
-    monkeypatch.setattr(cli_common, "_load", lambda name: tiny_model)
+    monkeypatch.setattr(cli_common, "load", lambda name: tiny_model)
     monkeypatch.setattr(report_mod, "SECTIONS", [*report_mod.SECTIONS, ("quiet", quiet)])
     out = tmp_path / "r.html"
     try:
