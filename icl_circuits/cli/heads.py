@@ -106,13 +106,14 @@ def _only_for_ltv(ctx: click.Context, vector: str) -> None:
                                "a vanilla vector is read off the dummy-query prompts")
 
 
-@cli.command("ov")
+@cli.command("ov", short_help="OV circuits and key heads of a task vector (Yang et al. 2025).")
 @model_option
 @threads_option
 @click.option("--task", default="antonym", show_default=True, help="Task name (see `icl-circuits tasks`).")
-@click.option("--vector", default="vanilla", show_default=True, type=click.Choice(["vanilla", "ltv"]),
-              help="vanilla (Hendel et al.: final residual of dummy-query ICL prompts, replaces the residual; fast) "
-                   "or ltv (a learned task vector trained on zero-shot prompts, added).")
+@click.option("--vector", default="ltv", show_default=True, type=click.Choice(["ltv", "vanilla"]),
+              help="ltv (a learned task vector trained on zero-shot prompts and added, as Yang et al. decompose) or "
+                   "vanilla (Hendel et al.: mean final residual of dummy-query ICL prompts, replaces the residual; "
+                   "no training).")
 @click.option("--layer", default=None, type=click.IntRange(min=0),
               help="Injection layer (input of block LAYER), in [0, n_layers - 1]; default n_layers // 2.")
 @click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1),
@@ -208,6 +209,10 @@ def ov_cmd(ctx: click.Context, model: str, task: str, vector: str, layer: int | 
         rd = ab.random_drop[i]
         click.echo(f"  k={k}: drop {float(ab.top_drop[i]):.3f} (key heads) vs {float(rd.mean()):.3f} "
                    f"[{float(rd.min()):.3f}, {float(rd.max()):.3f}] ({n_random} random draws)")
+    if ab.vector_accuracy <= ab.no_vector_accuracy:
+        click.echo(f"NOTE: the vector does not raise accuracy ({ab.vector_accuracy:.3f} with it, {ab.no_vector_accuracy:.3f} "
+                   "without): there is no task effect for its heads to carry, so the ablation is not readable; "
+                   "try another --layer or --vector.")
     if out:
         from icl_circuits.viz.key_heads import key_heads as key_fig
         from icl_circuits.viz.key_heads import key_vs_random

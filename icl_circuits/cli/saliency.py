@@ -80,7 +80,7 @@ def _layer_ranges(value: str) -> list[list[int]] | None:
     return out
 
 
-@cli.command("isolation")
+@cli.command("isolation", short_help="Attention isolation of the label words per layer range (Wang et al. 2023).")
 @model_option
 @threads_option
 @click.option("--task", default="number", show_default=True, help="Task name (a task with demos; see `icl-circuits tasks`).")
@@ -149,7 +149,7 @@ def isolation_cmd(model: str, task: str, n_demos: int, n_prompts: int, mode: str
                    "targets": {t: {k: getattr(res, k)[:, j].tolist() for k in keys} for j, t in enumerate(res.targets)}})
 
 
-@cli.command("reweight")
+@cli.command("reweight", short_help="Anchor re-weighting: learned attention to the label words (Wang et al. 2023).")
 @model_option
 @threads_option
 @click.option("--task", default="number", show_default=True, help="Task name (a task with demos; see `icl-circuits tasks`).")

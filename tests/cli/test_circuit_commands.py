@@ -77,7 +77,7 @@ def test_ov_json_is_the_decomposition_reconstruction_and_ablation(run, tiny_mode
     from icl_circuits.methods.ov_circuits import ov_contributions, reconstruct
     from icl_circuits.methods.task_vectors import vanilla_task_vector
 
-    data = run("ov", "--task", "antonym", "--demos", "2", "--prompts", "6", "--layer", "1", "--ks", "1,2",
+    data = run("ov", "--vector", "vanilla", "--task", "antonym", "--demos", "2", "--prompts", "6", "--layer", "1", "--ks", "1,2",
                "--n-random", "3", "--how", "mean", "--source", "exact", "--json")
     tv = vanilla_task_vector(tiny_model, build_prompts(tiny_model, "antonym", 6, 2, seed=0, variant="dummy_query"), [1])
     zs = build_prompts(tiny_model, "antonym", 6, 0, seed=1, variant="zero_shot")
@@ -96,11 +96,11 @@ def test_ov_json_is_the_decomposition_reconstruction_and_ablation(run, tiny_mode
     assert a["vector_accuracy"] == pytest.approx(ab.vector_accuracy)
 
 
-def test_ov_with_a_learned_vector(run, tiny_model):
+def test_ov_trains_a_learned_vector_by_default(run, tiny_model):
     from icl_circuits.methods.learned import train_task_vector
     from icl_circuits.methods.ov_circuits import ov_contributions
 
-    data = run("ov", "--vector", "ltv", "--task", "antonym", "--prompts", "4", "--train", "8", "--val", "2",
+    data = run("ov", "--task", "antonym", "--prompts", "4", "--train", "8", "--val", "2",
                "--epochs", "1", "--layer", "1", "--ks", "1", "--n-random", "2", "--json")
     tv = train_task_vector(tiny_model, build_prompts(tiny_model, "antonym", 10, 0, seed=0, variant="zero_shot"), 1,
                            n_val=2, epochs=1, seed=0, progress=False)
@@ -114,7 +114,7 @@ def test_ov_with_a_learned_vector(run, tiny_model):
     (["isolation", "--task", "number", "--demos", "2", "--prompts", "3"], ["result.json", "result.safetensors"]),
     (["reweight", "--task", "number", "--demos", "2", "--prompts", "3", "--eval-prompts", "3", "--epochs", "1"],
      ["result.json", "result.safetensors"]),
-    (["ov", "--demos", "2", "--prompts", "3", "--ks", "1", "--n-random", "1"],
+    (["ov", "--vector", "vanilla", "--demos", "2", "--prompts", "3", "--ks", "1", "--n-random", "1"],
      ["result.json", "reconstruction.json", "key_heads.json", "ablation.json", "vector.safetensors"]),
 ], ids=["isolation", "reweight", "ov"])
 def test_out_writes_results_and_a_figure(monkeypatch, tiny_model, tmp_path, args, files):
@@ -140,7 +140,7 @@ def test_out_writes_results_and_a_figure(monkeypatch, tiny_model, tmp_path, args
     (["ov", "--ks", "1,a"], "--ks"),
     (["ov", "--layer", "1", "--ks", "5"], "--ks"),
     (["ov", "--ks", "0"], "--ks"),
-    (["ov", "--epochs", "3"], "--vector ltv"),
+    (["ov", "--vector", "vanilla", "--epochs", "3"], "--vector ltv"),
     (["ov", "--vector", "nope"], "--vector"),
     (["ov", "--how", "nope"], "--how"),
     (["ov", "--task", "number", "--restrict-to-labels", "--layer", "1", "--ablate-positions", "nope", "--prompts", "2",

@@ -59,7 +59,7 @@ def test_threads_are_set_before_the_model_loads(monkeypatch, name, tmp_path):
 
 
 def test_train_toy_passes_threads_and_its_own_options_on(monkeypatch):
-    import icl_circuits.toy.train as train
+    from icl_circuits.toy import train
 
     got = []
     monkeypatch.setattr(train, "main", lambda argv: got.append(argv))
