@@ -54,10 +54,13 @@ class Result:
 
     Every result carries ``model_info`` (keyword-only, last): ``models.model_info(model)`` of the
     model it was computed on (name, source, BOS rule, weight processing, dtype, TransformerLens
-    version), so a saved result says how its model was loaded. Empty when unknown.
+    version), so a saved result says how its model was loaded, and ``provenance`` (keyword-only):
+    ``provenance(model, batch)``, what it was computed on (model, task, n_demos, template, variant,
+    seed, n_prompts). Both are empty when unknown.
     """
 
     model_info: dict = dataclasses.field(default_factory=dict, kw_only=True)
+    provenance: dict = dataclasses.field(default_factory=dict, kw_only=True)
 
     def _split(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, meta = {}, {}

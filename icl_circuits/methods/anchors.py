@@ -264,5 +264,5 @@ def isolate_attention(
         baseline_accuracy=float(correct(base, batch.answer_tokens, cand).float().mean()),
         layer_ranges=ranges, targets=targets, mode=mode, task=batch.task, model_name=str(model.cfg.model_name),
         n_demos=batch.n_demos, keep_bos=keep_bos, restrict_to_labels=restrict_to_labels, top_k=top_k, seed=seed,
-        meta={**provenance(model, batch, positions=positions), "prompt_seed": batch.seed},
+        provenance=provenance(model, batch), meta={"positions": positions, "prompt_seed": batch.seed},
     )

@@ -200,6 +200,7 @@ def scan_agreement(exact: HeadScanResult, approx: HeadScanResult, k: int = 5, *,
         min_overlap=float(min_overlap), top_head_missed=top_missed, disagree=overlap < min_overlap or top_missed,
         missed=missed, how=exact.how, positions=exact.positions, metric=exact.metric, ablation=ablation,
         exact_method=exact.method, approx_method=approx.method, model_info=exact.model_info,
+        provenance=exact.provenance,
     )
     if out.disagree:
         why = f"top-{k} overlap {overlap:.2f}" + (f" < {min_overlap}" if overlap < min_overlap else "")

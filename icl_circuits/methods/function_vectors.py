@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from icl_circuits.core.interventions import Intervention, Site, check_layer, z_name
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result
+from icl_circuits.core.results import Result, provenance
 from icl_circuits.core.runner import TOKENS_PER_FORWARD, Entry, cache_resid, minibatches, read_activations, run_staggered, unembed_rows
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.vectors import TaskVector
@@ -129,7 +129,7 @@ def head_cie(
         probs = probs.reshape(len(cells), len(mb), -1)[:, torch.arange(len(mb)), gold]  # [cell, batch]
         out[:, :, rows] = (probs - p0).reshape(len(layers), H, len(mb))
     bar.close()
-    return HeadCIEResult(model_info=model_info(model), values=out.mean(-1), per_prompt=out, layers=layers,
+    return HeadCIEResult(model_info=model_info(model), provenance=provenance(model, corrupted_batch), values=out.mean(-1), per_prompt=out, layers=layers,
                          baseline=float(torch.cat(base_all).mean()), task=corrupted_batch.task,
                          model_name=model.cfg.model_name,
                          meta={"clean_variant": clean_batch.variant, "corrupted_variant": corrupted_batch.variant,
@@ -179,4 +179,4 @@ def function_vector(
             "cie": cie.values.tolist(), "corrupted_baseline": cie.baseline, "top_k": top_k,
             "default_layer": round(L / 3)}
     return TaskVector(fv[None].repeat(len(layers), 1), layers, "add", "function", clean.task, model.cfg.model_name,
-                      meta=meta, model_info=model_info(model))
+                      meta=meta, model_info=model_info(model), provenance=provenance(model, clean))

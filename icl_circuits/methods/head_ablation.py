@@ -284,5 +284,5 @@ def ablate_heads(
         model_info=model_info(model),
         logits=logits, per_prompt=m.from_logits(logits, batch), clean=m.from_logits(clean_logits, batch),
         heads=[list(p) for p in hs], how=how, positions=positions_label(positions), metric=name, task=batch.task,
-        model_name=str(model.cfg.model_name), meta={**provenance(model, batch), "mean_over": mean_over},
+        model_name=str(model.cfg.model_name), provenance=provenance(model, batch), meta={"mean_over": mean_over},
     )

@@ -131,7 +131,7 @@ def scan_result(per_prompt: Tensor, clean: Tensor, layers: list[int], metric: "s
         values=values, effect=effect, per_prompt=per_prompt, clean=clean, low=low, high=high, layers=layers,
         metric=metric if isinstance(metric, str) else metric.name, how=how, positions=positions_label(positions),
         method=method, task=batch.task, model_name=str(model.cfg.model_name),
-        meta={**provenance(model, batch), **meta},
+        provenance=provenance(model, batch), meta=meta,
     )
 
 

@@ -91,7 +91,6 @@ class InterchangeResult(Result):
     control: str = "none"
     baseline: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
     logits: Tensor | None = None
     model_name: InitVar[str | None] = None  # the field's name in files saved before issue #16
 
@@ -295,7 +294,6 @@ class InterchangeControlsResult(Result):
     model: str
     baseline: dict = field(default_factory=dict)
     run_meta: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:

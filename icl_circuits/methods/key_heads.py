@@ -93,7 +93,7 @@ def key_heads(
         model_info=model_info(model),
         scores=per.mean(-1), per_prompt=per, ranking=[list(p) for p in ov.ranking(source, by)], layers=ov.layers,
         injection_layer=ov.injection_layer, source=source, by=by, task=ov.task, model_name=ov.model_name,
-        meta={**provenance(model, batch), "ln": ov.ln, "positions": ov.positions},
+        provenance=provenance(model, batch), meta={"ln": ov.ln, "positions": ov.positions},
     )
 
 
@@ -222,6 +222,6 @@ def key_head_ablation(
         top_heads=[list(p) for p in order[: max(ks)]], random_heads=rand_heads, vector_accuracy=float(with_vec.mean()),
         no_vector_accuracy=float(no_vec.mean()), injection_layer=layer, how=how, ablate_positions=positions_label(ablate_positions),
         seed=seed, task=batch.task, model_name=str(model.cfg.model_name),
-        meta={**provenance(model, batch), "n": len(batch), "restrict_to_labels": restrict_to_labels,
+        provenance=provenance(model, batch), meta={"n": len(batch), "restrict_to_labels": restrict_to_labels,
               "positions": spec_name(positions)},
     )

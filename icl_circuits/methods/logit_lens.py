@@ -105,7 +105,7 @@ def logit_lens(
         accuracy=ok.mean(1), low=torch.tensor([r.low for r in rates]), high=torch.tensor([r.high for r in rates]),
         per_prompt=ok, layers=layers, task=batch.task, model_name=model.cfg.model_name,
         n_candidates=int(cand.shape[1]), injected=None if vectors is None else vectors.method,
-        meta=provenance(model, batch),
+        provenance=provenance(model, batch),
     )
 
 
@@ -143,7 +143,7 @@ def vector_logit_lens(model: HookedModel, tv: TaskVector, k: int = 10) -> Vector
     strs = [[tok.decode([t]) if tok is not None else str(t) for t in row] for row in top.indices.tolist()]
     return VectorLensResult(
         model_info=model_info(model), tokens=top.indices, logits=top.values, token_strs=strs, layers=list(tv.layers),
-        task=tv.task, model_name=str(model.cfg.model_name), method=tv.method, meta={**provenance(model), "k": k},
+        task=tv.task, model_name=str(model.cfg.model_name), method=tv.method, provenance=provenance(model), meta={"k": k},
     )
 
 

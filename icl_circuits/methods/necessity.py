@@ -42,7 +42,6 @@ class NecessityResult(SweepResult):
 
     positions: list = field(default_factory=list)
     position_set: str = ""
-    provenance: dict = field(default_factory=dict)
 
     @property
     def drop(self) -> Float[Tensor, "layer"]:

@@ -323,7 +323,7 @@ def ov_contributions(
         **acc, **vec, attn_layers=attn_layers, mlp_layers=mlp_layers, direct_dla=direct_dla, mlp_dla=mlp_dla,
         layers=layers, injection_layer=layer, ln=ln, attention=attention, mode=mode, positions=spec, task=batch.task,
         model_name=str(model.cfg.model_name), head_exact=head_exact, head_ov=head_ov,
-        meta={**provenance(model, batch), "scale": scale, "method": getattr(tv, "method", "tensor")},
+        provenance=provenance(model, batch), meta={"scale": scale, "method": getattr(tv, "method", "tensor")},
     )
 
 
@@ -423,5 +423,5 @@ def reconstruct(
         high=torch.tensor([r.high for r in rates]), conditions=list(extra), recovered=rec, injection_layer=layer,
         heads=None if heads is None else [list(h) for h in check_heads(model, heads)],
         restrict_to_labels=restrict_to_labels, task=batch.task, model_name=str(model.cfg.model_name),
-        meta={**provenance(model, batch), "ln": ov.ln, "positions": ov.positions, "mode": ov.mode},
+        provenance=provenance(model, batch), meta={"ln": ov.ln, "positions": ov.positions, "mode": ov.mode},
     )

@@ -26,7 +26,7 @@ from icl_circuits.core.interventions import check_layer
 from icl_circuits.core.models import model_info
 from icl_circuits.core.metrics import get_metric
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result
+from icl_circuits.core.results import Result, provenance
 from icl_circuits.core.types import HookedModel
 
 
@@ -292,7 +292,7 @@ def patch_grid(
         flush()
     bar.close()
     return PatchGridResult(
-        model_info=model_info(model),
+        model_info=model_info(model), provenance=provenance(model, corr.batch) if corr.batch is not None else provenance(model),
         values=values, layers=layers, position_names=names, positions=cols, clean_value=clean_value,
         corrupted_value=corrupted_value, metric=name, task=corr.task, model_name=model.cfg.model_name,
         meta={"n_cells": len(layers) * J, "n_cells_skipped": n_skipped, "n_forwards": n_forward, "suffix_only": suffix_only,

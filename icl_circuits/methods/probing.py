@@ -79,7 +79,6 @@ class ProbeResult(Result):
     cv: int = 5
     seed: int = 0
     meta: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
     model_name: InitVar[str | None] = None  # the field's name in files saved before issue #16
 
     def __post_init__(self, model_name: str | None) -> None:

@@ -238,7 +238,7 @@ def fit_linear_propagation(
         rotation_deviation=pm["rotation_deviation"], stretch_cv=pm["stretch_cv"],
         cos_random=float(_cos(X[test], pred.float()).mean()), n_fit=len(fit), n_heldout=n_out,
         n_prompts=len(batch), task=batch.task, model_name=model.cfg.model_name,
-        meta={**provenance(model, batch), "n_vectors": n_vectors, "vector_seed": seed},
+        provenance=provenance(model, batch), meta={"n_vectors": n_vectors, "vector_seed": seed},
     )
 
 
@@ -353,7 +353,7 @@ def propagation_by_layer(
         rows["theta"].append(theta)
     acc_rec = []
     for wt in rows["wtheta"]:
-        rec = TaskVector(wt[None], [n], "add", f"{tv.method}-reconstructed", tv.task, tv.model_name)
+        rec = TaskVector(wt[None], [n], "add", f"{tv.method}-reconstructed", tv.task, tv.model_name, provenance=tv.provenance)
         acc_rec.append(float(evaluate_vector(model, rec, ev).values[0]))
     labels = cand.flatten()
     t = lambda k: torch.tensor(rows[k], dtype=torch.float32)  # noqa: E731
@@ -368,6 +368,6 @@ def propagation_by_layer(
         acc_reconstructed=torch.tensor(acc_rec), alignment_chance=alignment_chance(model, labels),
         baseline=float(acc_inj.baseline), n_eval=len(ev), n_candidates=int(cand.shape[1]), task=ev.task,
         model_name=model.cfg.model_name, method=tv.method,
-        meta={**provenance(model, ev), "n_vectors": n_vectors, "vector_seed": seed, "n_fit_prompts": len(fit_batch),
+        provenance=provenance(model, ev), meta={"n_vectors": n_vectors, "vector_seed": seed, "n_fit_prompts": len(fit_batch),
               "fit_seed": fit_batch.seed, "with_demos": fit_batch.n_demos, "mode": tv.mode},
     )

@@ -178,6 +178,6 @@ def train_anchor_reweighting(
         eval_loss_before=eval_before, eval_loss_after=eval_after,
         task=train_batch.task, model_name=str(model.cfg.model_name), n_demos=train_batch.n_demos, loss=loss,
         restrict_to_labels=restrict, lr=lr, epochs=epochs, seed=seed,
-        meta={**provenance(model, train_batch), "n_train": len(train_batch), "n_eval": len(eval_batch),
+        provenance=provenance(model, train_batch), meta={"n_train": len(train_batch), "n_eval": len(eval_batch),
               "eval_seed": eval_batch.seed, "batch_size": batch_size, "renormalized": False},
     )

@@ -298,5 +298,5 @@ def saliency_flow(
         example_final_positions=[int(batch.final_positions[i]) for i in range(n_keep)],
         layers=list(range(model.cfg.n_layers)), loss=loss, proportions=proportions, exclude_bos=exclude_bos,
         task=batch.task, model_name=str(model.cfg.model_name), n_demos=batch.n_demos,
-        meta=provenance(model, batch, batch_size=batch_size),
+        provenance=provenance(model, batch), meta={"batch_size": batch_size},
     )

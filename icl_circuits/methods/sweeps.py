@@ -23,7 +23,7 @@ from icl_circuits.core.interventions import HookList, check_layer
 from icl_circuits.core.metrics import get_metric, wilson
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result
+from icl_circuits.core.results import Result, provenance as _provenance
 from icl_circuits.core.runner import TOKENS_PER_FORWARD, Entry, cache_resid, minibatches, run_staggered, unembed_rows
 from icl_circuits.core.types import HookedModel
 
@@ -66,11 +66,12 @@ class SweepResult(Result):
 def accuracy_sweep(
     per_prompt: Float[Tensor, "layer batch"], layers: Sequence[int], *, method: str, task: str,
     model_name: str, baseline: float | None = None, meta: dict | None = None, model_info: dict | None = None,
+    provenance: dict | None = None,
 ) -> SweepResult:
     """Wrap per-prompt correctness (0/1) per layer into a SweepResult with Wilson intervals."""
     rates = [wilson(int(row.sum()), row.numel()) for row in per_prompt]
     return SweepResult(
-        model_info=model_info or {},
+        model_info=model_info or {}, provenance=provenance or {},
         values=per_prompt.float().mean(1), per_prompt=per_prompt.float(),
         low=torch.tensor([r.low for r in rates]), high=torch.tensor([r.high for r in rates]),
         layers=list(layers), metric="accuracy", method=method, task=task, model_name=model_name,
@@ -115,18 +116,20 @@ def is_rate(metric: str) -> bool:
 def sweep_from_per_prompt(
     per_prompt: Float[Tensor, "layer batch"], layers: Sequence[int], metric: str, *, method: str, task: str,
     model_name: str, baseline: float | None = None, meta: dict | None = None, model_info: dict | None = None,
+    provenance: dict | None = None,
 ) -> SweepResult:
     """A SweepResult: Wilson 95% intervals for rates (0/1 per prompt), else mean +- 1.96 standard errors."""
     if is_rate(metric):
         res = accuracy_sweep(per_prompt, layers, method=method, task=task, model_name=model_name,
-                             baseline=baseline, meta=meta, model_info=model_info)
+                             baseline=baseline, meta=meta, model_info=model_info, provenance=provenance)
         return SweepResult(**{**res.__dict__, "metric": metric})
     pp = per_prompt.float()
     mean = pp.mean(1)
     se = pp.std(1) / pp.shape[1] ** 0.5 if pp.shape[1] > 1 else torch.full_like(mean, float("nan"))
     return SweepResult(values=mean, per_prompt=pp, low=mean - 1.96 * se, high=mean + 1.96 * se, layers=list(layers),
                        metric=metric, method=method, task=task, model_name=model_name, baseline=baseline,
-                       meta={"interval": "normal", **(meta or {})}, model_info=model_info or {})
+                       meta={"interval": "normal", **(meta or {})}, model_info=model_info or {},
+                       provenance=provenance or {})
 
 
 @torch.no_grad()
@@ -192,4 +195,4 @@ def layer_sweep(
     return sweep_from_per_prompt(per_prompt, layers, name, method=method, task=batch.task,
                                  model_name=model.cfg.model_name, baseline=baseline,
                                  meta={"variant": batch.variant, "n_demos": batch.n_demos, **(meta or {})},
-                                 model_info=model_info(model))
+                                 model_info=model_info(model), provenance=_provenance(model, batch))

@@ -32,7 +32,7 @@ from icl_circuits.core.metrics import wilson
 from icl_circuits.core.models import model_info
 from icl_circuits.core.pairs import NoLengthMatchedAnswers, TaskVectorPrompts, random_answer_twins
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result
+from icl_circuits.core.results import Result, provenance
 from icl_circuits.core.runner import final_logits, read_resid
 from icl_circuits.core.tasks import Task
 from icl_circuits.core.types import HookedModel
@@ -89,7 +89,7 @@ def vanilla_task_vector(
     layers = _layers(model, layers)
     r = read_resid(model, batch, batch.positions("final").positions, layers, batch_size=batch_size)  # [layer, batch, 1, d]
     return TaskVector(r[:, :, 0].float().mean(1), layers, "replace", "vanilla", batch.task, model.cfg.model_name,
-                      meta=_meta(batch), model_info=model_info(model))
+                      meta=_meta(batch), model_info=model_info(model), provenance=provenance(model, batch))
 
 
 def evaluate_task_vector(
@@ -269,6 +269,7 @@ def compare_task_vectors(
     return TaskVectorComparison(
         method=col(0), layer=[int(v) for v in col(1)], accuracy=f64(2), low=f64(3), high=f64(4), n=[int(v) for v in col(5)],
         metric=name, task=zs.task, model=model.cfg.model_name, model_info=model_info(model),
+        provenance=provenance(model, prompts.icl),
         meta={"fv_heads": fv.meta["heads"] if fv else None, "fv_head_cie": fv.meta["head_cie"] if fv else None,
               "seed": seed, "eval_seed": ev, "n_demos": prompts.icl.n_demos, "n_prompts": len(prompts.icl),
               "n_eval": n_eval, "methods": methods, "skipped": skipped,

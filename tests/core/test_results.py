@@ -117,3 +117,27 @@ def test_analysis_results_record_how_the_model_was_loaded_and_keep_it_through_sa
         assert res.model_info == expected, type(res).__name__
         back = type(res).load(res.save(tmp_path / type(res).__name__))
         assert back.model_info == expected
+
+
+def test_every_analysis_records_its_provenance(tiny_model):
+    """Results say what they were computed on: the model, and from the batch the task, demos, template,
+    variant, seed and number of prompts (core.results.provenance), written once by every analysis."""
+    from icl_circuits import build_prompts
+    from icl_circuits.methods.accuracy import accuracy_by_demos, demo_sweep
+    from icl_circuits.methods.heads import head_ablation_scan
+    from icl_circuits.methods.saliency import saliency_flow
+    from icl_circuits.methods.task_vectors import vanilla_task_vector
+    from icl_circuits.methods.vectors import evaluate_vector
+
+    batch = build_prompts(tiny_model, "number", 6, 3, seed=5)
+    zs = build_prompts(tiny_model, "number", 6, 0, seed=6)
+    tv = vanilla_task_vector(tiny_model, build_prompts(tiny_model, "number", 6, 3, seed=7, variant="dummy_query"))
+    results = [saliency_flow(tiny_model, batch, progress=False), head_ablation_scan(tiny_model, batch, progress=False),
+               tv, evaluate_vector(tiny_model, tv, zs)]
+    for r in results:
+        assert r.provenance["model"] == tiny_model.cfg.model_name, type(r).__name__
+        assert r.provenance["task"] == "number" and r.provenance["n_prompts"] == 6, type(r).__name__
+    assert results[0].provenance["seed"] == 5 and results[0].provenance["template"] == batch.template.example
+    assert results[3].provenance["n_demos"] == 0 and results[3].provenance["seed"] == 6
+    acc = accuracy_by_demos(tiny_model, demo_sweep(tiny_model, ["number"], [0, 2], 4, seed=3))
+    assert acc.provenance["tasks"] == ["number"] and acc.provenance["n_demos"] == [0, 2] and acc.provenance["seed"] == 3

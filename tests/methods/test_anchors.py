@@ -90,5 +90,5 @@ def test_positions_spec_chooses_what_is_isolated(batch):
 
 def test_isolate_attention_takes_positions(tiny_model, batch):
     res = isolate_attention(tiny_model, batch, [[0, 1]], "query_from_label", positions="answer_-1", progress=False)
-    assert res.meta["positions"] == "answer_-1" and res.meta["model"] == tiny_model.cfg.model_name
+    assert res.meta["positions"] == "answer_-1" and res.provenance["model"] == tiny_model.cfg.model_name
     assert res.correct.shape == (1, 2, len(batch))

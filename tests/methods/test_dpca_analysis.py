@@ -411,7 +411,7 @@ def test_null_draws_that_could_not_be_fitted_are_left_out_of_p_values(fit):
 def test_position_aliases_read_the_same_states(tiny_model, batch):
     a = collect_label_states(tiny_model, batch, layers=[1], position="answer")
     b = collect_label_states(tiny_model, batch, layers=[1], position="answers")
-    assert torch.equal(a.states, b.states) and b.position_kind == "answer" and a.meta["model"] == tiny_model.cfg.model_name
+    assert torch.equal(a.states, b.states) and b.position_kind == "answer" and a.provenance["model"] == tiny_model.cfg.model_name
 
 
 def test_ablation_positions_spec_and_default_seed(tiny_model, fit):

@@ -39,7 +39,7 @@ def test_key_heads_rank_by_mean_dla(tiny_model, zs, tv, tmp_path):
     ov = ov_contributions(tiny_model, zs, tv, 0, keep_head_vectors=False)
     assert kh.ranking == [list(p) for p in ov.ranking("ov")]
     back = KeyHeadsResult.load(kh.save(tmp_path / "kh"))
-    assert back.ranking == kh.ranking and torch.equal(back.scores, kh.scores) and back.meta["model"] == "tiny"
+    assert back.ranking == kh.ranking and torch.equal(back.scores, kh.scores) and back.provenance["model"] == "tiny"
 
 
 def test_key_vs_random_ablation_is_seeded(tiny_model, zs, tv, tmp_path):

@@ -73,7 +73,7 @@ def test_logit_lens_round_trip_and_figure(tiny_model, tmp_path):
     batch = build_prompts(tiny_model, "antonym", 8, 0, variant="zero_shot")
     res = logit_lens(tiny_model, batch)
     back = LogitLensResult.load(res.save(tmp_path / "lens"))
-    assert torch.equal(back.per_prompt, res.per_prompt) and back.meta["n_prompts"] == 8
+    assert torch.equal(back.per_prompt, res.per_prompt) and back.provenance["n_prompts"] == 8
     assert "tiny" in plots.logit_lens(res).layout.title.text
 
 

@@ -157,7 +157,7 @@ def test_results_round_trip(tiny_model, zs, tv, tmp_path):
     back = ReconstructionResult.load(rec.save(tmp_path / "rec"))
     assert torch.equal(back.per_prompt, rec.per_prompt) and back.conditions == rec.conditions
     assert back.to_dataframe().equals(rec.to_dataframe())
-    assert rec.meta["model"] == "tiny" and rec.meta["task"] == "antonym" and ov.meta["n_prompts"] == 8
+    assert rec.provenance["model"] == "tiny" and rec.provenance["task"] == "antonym" and ov.provenance["n_prompts"] == 8
 
 
 @pytest.mark.parametrize("call, exc, match", [

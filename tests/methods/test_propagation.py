@@ -88,7 +88,7 @@ def test_small_vectors_propagate_linearly(tiny_model, tmp_path):
     assert lp2.ridge > 0  # 15 fit vectors < d = 32
     back = LinearPropagation.load(lp.save(tmp_path / "lp"))
     assert torch.equal(back.W, lp.W) and back.to_dataframe().loc[0, "model"] == "tiny"
-    assert "model_name" not in lp.to_dataframe().columns and lp.meta["n_prompts"] == 4
+    assert "model_name" not in lp.to_dataframe().columns and lp.provenance["n_prompts"] == 4
 
 
 def test_propagation_by_layer_result_figures_and_round_trip(tiny_model, tmp_path):
@@ -105,7 +105,7 @@ def test_propagation_by_layer_result_figures_and_round_trip(tiny_model, tmp_path
                 plots.propagation_summary(res)):
         assert "tiny" in fig.layout.title.text and "antonym" in fig.layout.title.text
     assert torch.equal(res.lens_clean, logit_lens(tiny_model, ev, [0, 1, 2]).accuracy)
-    assert res.meta["n_prompts"] == 8 and res.meta["n_fit_prompts"] == 4 and res.meta["model"] == "tiny"
+    assert res.provenance["n_prompts"] == 8 and res.meta["n_fit_prompts"] == 4 and res.provenance["model"] == "tiny"
 
 
 def test_replace_vectors_are_propagated_as_their_mean_displacement(tiny_model):

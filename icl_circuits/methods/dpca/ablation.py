@@ -172,5 +172,5 @@ def ablate_subspace(
         n_axes=[int(bases[l][0].shape[1]) for l in layers],
         positions=positions if isinstance(positions, str) else "+".join(positions), centre=centre,
         task=batch.task, model_name=model_name(model), n_demos=batch.n_demos, seed=seed,
-        meta={**provenance(model, batch), "n_random": n_random, "random_seed": seed},
+        provenance=provenance(model, batch), meta={"n_random": n_random, "random_seed": seed},
     )

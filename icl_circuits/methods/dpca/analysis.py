@@ -311,7 +311,7 @@ def dpca_from_states(
         out["ntmv"].append(nv)
     f32 = lambda k: torch.tensor(np.asarray(out[k]), dtype=torch.float32)  # noqa: E731
     return DPCALayerResult(
-        model_info=states.model_info,
+        model_info=states.model_info, provenance=states.provenance,
         total_marginal_variance=f32("tmv"), explained_variance=f32("ev"), encoders=f32("enc"),
         decoders=f32("dec"), n_axes=torch.tensor(out["nax"], dtype=torch.long), means=f32("mean"),
         regularizers=f32("lam"), distances=f32("dist"), projections=f32("proj"),

@@ -168,5 +168,5 @@ def collect_label_states(
         nuisance=cols[0], label=cols[1], word=cols[2], prompt=cols[3], demo=cols[4], position=cols[5],
         layers=layers, position_kind=position, task=t.name, model_name=model_name(model),
         nuisance_name=str(t.nuisance_name), word_names=list(pool), n_demos=batch.n_demos, seed=batch.seed,
-        meta=provenance(model, batch),
+        provenance=provenance(model, batch),
     )
