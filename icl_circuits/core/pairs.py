@@ -20,6 +20,7 @@ from icl_circuits.core.positions import _check_batch
 from icl_circuits.core.prompts import (
     PromptBatch, Template, TokenizationBoundaryError, _render, _token_span, _tokenize, build_prompts,
 )
+from icl_circuits.core.types import HookedModel
 from icl_circuits.core.tasks import CategorizationTask, Episode, Task, get_task
 
 __all__ = ["task_answer_tokens", "paired_batches", "random_answer_twins", "NoLengthMatchedAnswers", "ScriptedTask",
@@ -60,7 +61,7 @@ def task_answer_tokens(batch: PromptBatch, task: Task | str) -> Int[Tensor, "bat
 
 
 def paired_batches(
-    model: Any, source: Task | str, target: Task | str, n_prompts: int, n_demos: int, *,
+    model: HookedModel, source: Task | str, target: Task | str, n_prompts: int, n_demos: int, *,
     seed: int = 0, template: Any = None, oversample: int = 6,
 ) -> tuple[PromptBatch, PromptBatch]:
     """Source prompts of task A (seed ``seed + 1``) and target prompts of task B (seed ``seed``)
@@ -140,7 +141,7 @@ def _matched_demos(demos: Sequence[tuple[str, str]], widths: Sequence[int], pool
 
 
 def random_answer_twins(
-    model: Any, icl: PromptBatch, task: str | Task | None = None, seed: int = 0,
+    model: HookedModel, icl: PromptBatch, task: str | Task | None = None, seed: int = 0,
 ) -> tuple[PromptBatch, PromptBatch, dict]:
     """The random-answer twin of every ICL prompt, each random answer as many tokens as the real one.
 
@@ -217,7 +218,7 @@ class TaskVectorPrompts:
 
 
 def task_vector_prompts(
-    model: Any, task: Task | str, n_demos: int = 8, n_prompts: int = 32, seed: int = 0, *,
+    model: HookedModel, task: Task | str, n_demos: int = 8, n_prompts: int = 32, seed: int = 0, *,
     n_eval: int | None = None, eval_seed: int | None = None, template: Any = None,
 ) -> TaskVectorPrompts:
     """Build ``TaskVectorPrompts``: ``n_prompts`` extraction prompts of each variant with ``seed``
