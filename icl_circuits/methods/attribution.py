@@ -61,6 +61,8 @@ def head_attribution(
     mean_over: Literal["position", "tokens"] = "position",
     layers: Sequence[int] | None = None,
     batch_size: int = 64,
+    qk_fix: bool = False,
+    graddrop: bool = False,
 ) -> HeadScanResult:
     """Attribution patching: ``effect[l, h, b] ~= sum_pos w_b(pos) dM_b/dz[l](pos, h) . (z_abl - z)(pos, h)``
     (a first-order Taylor expansion of the metric ``M`` around the clean run; ``w``: 1 at the
@@ -72,7 +74,22 @@ def head_attribution(
     parameter ``.grad`` is touched. ``per_prompt`` holds clean + estimated effect. The metric (a
     registry name) must be differentiable: e.g. ``"logit_diff_to_mean"``, ``"logit_diff"``,
     ``"gold_prob"``; rates (``"accuracy"``) have zero gradient and are refused.
+
+    AtP* (Kramar et al. 2024; ``methods.atp_star`` gives the formulas): ``qk_fix=True`` replaces
+    the first-order term of every later block's attention pattern, along the direct residual path
+    from the ablated head, by the exact softmax of the recomputed queries and keys,
+    ``sum_{m>l} [G_m . (A_m(r_m + dz W_O) - A_m(r_m)) - first-order term]``, at the cost of one
+    attention-pattern computation per (ablated head, later block); ``graddrop=True`` adds ``L``
+    backward passes, pass ``k`` with the gradient through block ``k``'s outputs dropped, and
+    returns ``sign(c) * sum_k |c_k| / (L - 1)`` (a magnitude score: rank by ``|effect|``).
+    ``method`` is ``"attribution"``, ``"attribution+qk"``, ``"attribution+graddrop"`` or
+    ``"attribution+qk+graddrop"``.
     """
+    for name, flag in (("qk_fix", qk_fix), ("graddrop", graddrop)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
+    if graddrop and model.cfg.n_layers < 2:
+        raise ValueError("graddrop=True needs a model with at least 2 layers (it averages over L - 1 dropped layers)")
     check_batch(batch)
     check_choice(how, ("zero", "mean"), "how")
     check_head_positions(batch, positions)
@@ -87,6 +104,20 @@ def head_attribution(
                            mean_over=mean_over, width=batch.tokens.shape[1], batch_size=batch_size)
     attr = torch.zeros(len(layers), model.cfg.n_heads, len(batch))
     clean = torch.zeros(len(batch))
+    if qk_fix or graddrop:
+        from icl_circuits.methods.atp_star import atp_star_minibatch
+
+        key = "graddrop" if graddrop else "qk"
+        for rows, mb in minibatches(batch, batch_size):
+            def target(l: int, z: Tensor, mb: PromptBatch = mb) -> tuple[Tensor, Tensor]:
+                return _target(mb, positions, z, how, None if means is None else means[l])
+
+            c, est = atp_star_minibatch(model, mb, m, layers, target, qk_fix=qk_fix, graddrop=graddrop)
+            clean[rows] = c
+            attr[:, :, rows] = est[key]
+        method = "attribution" + ("+qk" if qk_fix else "") + ("+graddrop" if graddrop else "")
+        return scan_result(clean + attr, clean, layers, metric, how, positions, method, batch, model,
+                           {"mean_over": mean_over, "qk_fix": qk_fix, "graddrop": graddrop})
     for rows, mb in minibatches(batch, batch_size):
         store: list = []
         # a raw (name, fn) pair: the tap (a zero that requires grad, recorded with the activation)

@@ -210,3 +210,35 @@ def final_logits_with_grad(
     with torch.enable_grad(), hooked(model, interventions):
         resid = model(batch.tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
         return unembed_resid(model, gather_positions(resid, batch.final_positions[:, None])[:, 0])
+
+
+# ----------------------------------------------------------------------------- one block's attention pattern
+# (added for AtP*'s QK fix, issue #18: a block's attention recomputed for a shifted input residual)
+class _PatternRead(Exception):
+    """Raised by the hook that reads a block's pattern, so the rest of the forward is skipped."""
+
+
+def attention_pattern(
+    model: HookedModel, resid: Float[Tensor, "batch pos d_model"], layer: int, tokens: Int[Tensor, "batch pos"] | None,
+) -> Float[Tensor, "batch head query_pos key_pos"]:
+    """Block ``layer``'s attention pattern ``softmax(mask(q k^T / scale))`` when the residual at its
+    input is ``resid``: the block's own ``ln1``, query/key projections, positional scheme (rotary,
+    ALiBi...) and masks, run by ``resume`` (``tokens``: the prompts' tokens, for the padding mask and
+    positions, see ``block_inputs``) and stopped at ``hook_pattern``, so values, head outputs and
+    later blocks are not computed. Differentiable in ``resid`` when autograd is enabled; the
+    pattern stays on the model's device, in its dtype."""
+    check_layer(model, layer, allow_final=False)
+    store: list[Tensor] = []
+
+    def grab(pattern: Tensor, hook=None) -> Tensor:
+        store.append(pattern)
+        raise _PatternRead
+
+    try:
+        with hooked(model, [(f"blocks.{layer}.attn.hook_pattern", grab)]):
+            resume(model, resid.to(model.cfg.device), layer, layer + 1, tokens=tokens)
+    except _PatternRead:
+        pass
+    if not store:
+        raise RuntimeError(f"block {layer} computed no attention pattern (hook_pattern never ran)")
+    return store[0]
