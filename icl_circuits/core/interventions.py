@@ -128,7 +128,7 @@ HOOK_POINTS: dict[str, str] = {
     "attn_scores": "blocks.{l}.attn.hook_attn_scores",
 }
 #: Operations of an ``Intervention``.
-OPERATIONS = ("read", "replace", "add", "zero", "mean", "noise", "project_out", "scale_attention",
+OPERATIONS = ("read", "tap", "replace", "add", "zero", "mean", "noise", "project_out", "scale_attention",
               "block_attention", "apply")
 _HEADED = ("z", "q", "k", "v")
 
@@ -168,6 +168,9 @@ class Intervention:
     ``op`` and what it uses:
 
     - ``read``: append the (detached) activation at ``positions`` to the list ``store``;
+    - ``tap``: for gradients: add a zero tensor that requires grad to the whole activation and
+      append ``(activation, tap)`` to ``store``; after a backward pass ``tap.grad`` is the total
+      derivative of the loss with respect to the activation (``hook_fns.tap_hook``);
     - ``replace``: write ``value`` ([batch, n, d], [n, d] or [d]);
     - ``add``: add ``scale * value``;
     - ``zero`` / ``mean``: ablate (``mean``: write ``value``, the mean activation);
@@ -206,19 +209,23 @@ class Intervention:
             raise ValueError(f"Intervention op {self.op!r} needs a value")
         if self.op == "apply" and self.fn is None:
             raise ValueError("Intervention op 'apply' needs fn")
-        if self.op == "read" and self.store is None:
-            raise ValueError("Intervention op 'read' needs store (a list the activations are appended to)")
+        if self.op in ("read", "tap") and self.store is None:
+            raise ValueError(f"Intervention op {self.op!r} needs store (a list the activations are appended to)")
+        if self.op == "tap" and (self.positions is not None or self.site.head is not None):
+            raise ValueError("Intervention op 'tap' acts on the whole activation: give neither positions nor a head")
         if self.op == "scale_attention" and (self.site.point != "pattern" or self.keys is None or self.positions is None):
             raise ValueError("scale_attention acts on Site(l, 'pattern') and needs positions (queries) and keys")
         if self.op == "block_attention" and self.site.point != "attn_scores":
             raise ValueError("block_attention acts on Site(l, 'attn_scores')")
-        if self.positions is None and self.op not in ("read", "block_attention", "apply", "zero", "add", "replace"):
+        if self.positions is None and self.op not in ("read", "tap", "block_attention", "apply", "zero", "add", "replace"):
             raise ValueError(f"Intervention op {self.op!r} needs positions")
 
     def hook(self, model: HookedModel) -> tuple[str, Hook]:
         """``(hook_name, fn)`` for ``model.hooks``."""
         name, head, op = self.site.hook_name(model), self.site.head, self.op
         pos = self.positions
+        if op == "tap":
+            return name, tap_hook(self.store)
         if pos is None and op not in ("block_attention", "scale_attention"):
             return name, _everywhere(self, head)
         if op == "read":

@@ -130,3 +130,21 @@ def test_attention_patterns_read_whole_are_padded_on_their_position_axes(tiny_mo
         n = int(batch.final_positions[i]) + 1
         alone = runner.read_activations(tiny_model, batch.select([i]), [name])[name][0]
         assert torch.allclose(whole[i, :, :n, :n], alone[:, :n, :n], atol=1e-6)
+
+
+def test_tap_gives_the_total_derivative_and_leaves_the_forward_unchanged(tiny_model, batch):
+    """d loss / d tap equals the gradient of the loss with respect to the activation itself."""
+    store: list = []
+    name = "blocks.1.hook_resid_pre"
+    clean = runner.final_logits(tiny_model, batch)
+    logits = runner.final_logits_with_grad(tiny_model, batch, [Intervention(Site(1), "tap", store=store)])
+    assert torch.allclose(logits.detach(), clean, atol=1e-5)
+    logits.logsumexp(-1).sum().backward()
+    (act, tap), = store
+    x = act.clone().requires_grad_(True)
+    out = runner.resume(tiny_model, x, 1, tokens=batch.tokens)
+    runner.unembed_resid(tiny_model, out[torch.arange(len(batch)), batch.final_positions]).logsumexp(-1).sum().backward()
+    assert torch.allclose(tap.grad, x.grad, atol=1e-5)
+    with pytest.raises(ValueError, match="'tap' acts on the whole activation"):
+        Intervention(Site(1), "tap", store=[], positions=batch.positions("query").positions)
+    assert name == Site(1).hook_name(tiny_model)
