@@ -1,19 +1,22 @@
-"""The sections of the HTML report, in order. Each computes with the public API and explains."""
+"""The sections of the HTML report, in order (the circuit sections are in ``circuit_sections``).
+
+Each section computes with the public API and returns a ``Section``: the claim it tests (with the
+paper's number, ``verdicts.CLAIMS``) beside ours, one main figure (detail after it), a short
+summary table, the full data as a CSV download, a reading generated from the numbers, and
+"Not a finding" warnings when the numbers cannot carry the claim (``verdicts``).
+"""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from icl_circuits.methods.accuracy import accuracy_by_demos, demo_sweep
-from icl_circuits.viz import accuracy as accuracy_plots
-from icl_circuits.report.suite import Context, Section, section
 from icl_circuits.core.task_filters import representable_tasks
-from icl_circuits.core.tasks import list_tasks
-
-#: a propagation fit with held-out R² below this predicts worse than the mean: not readable
-R2_UNREADABLE = 0.0
-#: below this (and >= R2_UNREADABLE) the fit explains little: read with care
-R2_WEAK = 0.2
+from icl_circuits.core.tasks import get_task, list_tasks
+from icl_circuits.methods.accuracy import accuracy_by_demos, demo_sweep
+from icl_circuits.report import verdicts as V
+from icl_circuits.report.suite import Context, Section, section
+from icl_circuits.report.verdicts import R2_UNREADABLE, R2_WEAK  # noqa: F401  (re-exported)
+from icl_circuits.viz import accuracy as accuracy_plots
 
 
 def local_vector_ceiling(df: pd.DataFrame) -> str | None:
@@ -61,207 +64,133 @@ def dpca_chance_warning(task: str, value: float, low: float, high: float, chance
     return None
 
 
+def primary_metric(task: str) -> str:
+    """label accuracy for categorization tasks (label words), first-token accuracy otherwise."""
+    return "label" if get_task(task).label_words is not None else "first_token"
+
+
+def task_accuracy(ctx: Context, task: str, n_demos: int | None = None) -> dict:
+    """The task's primary-metric accuracy with the report's demos (cached; reused from the accuracy section)."""
+    cfg = ctx.cfg
+    k = cfg.n_demos if n_demos is None else n_demos
+    key = ("acc", task, k)
+    if key not in ctx.cache:
+        metric = primary_metric(task)
+        row = accuracy_by_demos(ctx.model, demo_sweep(ctx.model, task, [k], cfg.prompts(), seed=cfg.seed),
+                                metrics=[metric]).to_dataframe().iloc[0]
+        ctx.cache[key] = dict(metric=metric, value=float(row.value), low=float(row.low), high=float(row.high),
+                              n=int(row.n))
+    return ctx.cache[key]
+
+
+def unsolved(ctx: Context, *tasks: str) -> list[str]:
+    """``verdicts.task_unsolved`` for each task (at the report's demos)."""
+    out = []
+    for t in tasks:
+        a = task_accuracy(ctx, t)
+        w = V.task_unsolved(t, a["value"], a["low"], a["high"], a["metric"])
+        if w:
+            out.append(w)
+    return out
+
+
 @section("accuracy")
 def accuracy_section(ctx: Context) -> Section:
     cfg = ctx.cfg
-    tasks = representable_tasks(ctx.model) if not cfg.quick else [cfg.knowledge_task, cfg.category_task, "uppercase"]
-    unreadable = [t for t in list_tasks() if t not in tasks] if not cfg.quick else []
-    df = accuracy_by_demos(ctx.model, demo_sweep(ctx.model, tasks, [0, 1, 2, 4, 8], cfg.prompts(), seed=cfg.seed)).to_dataframe()
-    wide = df[df.metric == "first_token"].pivot(index="task", columns="n_demos", values="value").loc[tasks].reset_index()
-    wide.columns = [str(c) if c == "task" else f"k={c}" for c in wide.columns]
+    if cfg.accuracy_tasks:
+        tasks = list(cfg.accuracy_tasks)
+    elif cfg.quick:
+        tasks = [cfg.knowledge_task, cfg.category_task, "uppercase"]
+    else:
+        tasks = representable_tasks(ctx.model)
+    unreadable = [t for t in list_tasks() if t not in tasks] if not (cfg.quick or cfg.accuracy_tasks) else []
+    demos = list(cfg.accuracy_demos)
+    metrics = ["first_token", "exact_match"]
+    frames = [accuracy_by_demos(ctx.model, demo_sweep(ctx.model, t, demos, cfg.prompts(), seed=cfg.seed),
+                                metrics=metrics + (["label"] if primary_metric(t) == "label" else [])).to_dataframe()
+              for t in tasks]
+    df = pd.concat(frames, ignore_index=True)
+    kmax = max(demos)
+    for r in df[(df.n_demos == kmax) & (df.metric == df.task.map(primary_metric))].itertuples():
+        ctx.cache[("acc", r.task, kmax)] = dict(metric=r.metric, value=float(r.value), low=float(r.low),
+                                                high=float(r.high), n=int(r.n))
+    ft = df[df.metric == "first_token"].pivot(index="task", columns="n_demos", values="value").loc[tasks]
+    em = df[df.metric == "exact_match"].pivot(index="task", columns="n_demos", values="value").loc[tasks]
+    table = pd.DataFrame({"task": tasks, **{f"first token k={k}": ft[k].values for k in demos},
+                          f"whole answer k={kmax}": em[kmax].values})
+    warnings, solved = [], []
+    for t in tasks:
+        a = ctx.cache[("acc", t, kmax)]
+        w = V.task_unsolved(t, a["value"], a["low"], a["high"], a["metric"])
+        (warnings.append(w) if w else solved.append(t))
+        zero = df[(df.task == t) & (df.n_demos == min(demos)) & (df.metric == a["metric"])].iloc[0]
+        b = V.baseline_at_icl(f"{t} with {min(demos)} demos", float(zero.value), float(zero.high), a["value"])
+        if b:
+            warnings.append(b)
+    mean_ft = float(ft[kmax].mean())
+    mean_zero = float(ft[min(demos)].mean())
+    gap = float((ft[kmax] - em[kmax]).abs().max())
     return Section(
-        "accuracy", "ICL accuracy vs number of demos",
-        "Top-1 accuracy of the first answer token over the whole vocabulary on fresh prompts, with Wilson 95% "
-        "intervals. On categorization tasks zero-shot accuracy by this metric is near 0, not the label-word chance "
-        "1/C: their label words are drawn per prompt, so without demos nothing names the classes, and the model "
-        "ranks every vocabulary token (label-word accuracy, chance 1/C, is the `label` metric of "
-        "`icl-circuits evaluate`)."
+        "accuracy", "ICL accuracy vs number of demos (first token and whole answer)",
+        "Top-1 accuracy of the first answer token over the whole vocabulary on fresh prompts (Wilson 95% bands), "
+        "and whole-answer exact match (greedy decoding until the template's joiner) in the detail figure. On "
+        "categorization tasks zero-shot accuracy by this metric is near 0, not the label-word chance 1/C: nothing "
+        "names the classes without demos (label-word accuracy is the `label` metric, in the CSV)."
         + (f" Not shown: {', '.join(unreadable)}, whose words this model's tokenizer maps to its unknown token."
            if unreadable else ""),
-        figures=[accuracy_plots.accuracy_by_demos(df, f"ICL accuracy of {cfg.model_name}")],
-        table=wide, n_prompts=int(df.n.max()),
+        figures=[accuracy_plots.accuracy_by_demos(df, f"First-token accuracy of {cfg.model_name} "
+                                                  f"(N={cfg.prompts()} per point)", metric="first_token"),
+                 accuracy_plots.accuracy_by_demos(df, f"Whole-answer exact match of {cfg.model_name} "
+                                                  f"(N={cfg.prompts()} per point)", metric="exact_match")],
+        table=table, data=df, n_prompts=int(df.n.max()), warnings=warnings,
+        ours=f"mean first-token accuracy over {len(tasks)} tasks: zero-shot {mean_zero:.2f}, {kmax} demos {mean_ft:.2f}.",
+        reading=(f"With {kmax} demos the model solves {len(solved)} of {len(tasks)} tasks at >= {V.SOLVED} "
+                 f"({', '.join(solved) or 'none'}); mean first-token accuracy rises from {mean_zero:.2f} to "
+                 f"{mean_ft:.2f}. First-token and whole-answer scores differ by at most {gap:.2f} at k={kmax}, so the "
+                 "first-token metric the later sections use " + ("tracks whole answers here." if gap <= 0.1 else
+                                                                 "overstates whole answers on some tasks.")),
     )
 
 
 @section("saliency")
 def saliency_section(ctx: Context) -> Section:
-    from icl_circuits.viz import saliency as splots
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.saliency import saliency_flow
-
-    cfg = ctx.cfg
-    batch = build_prompts(ctx.model, cfg.knowledge_task, cfg.prompts(32), cfg.n_demos, seed=cfg.seed)
-    res = saliency_flow(ctx.model, batch, loss="full_vocab", progress=False)
-    df = res.to_dataframe()
-    return Section(
-        "saliency", "Saliency flow: label words as anchors (Wang et al. 2023)",
-        f"Saliency I_l = |sum_h A_(l,h) * dL/dA_(l,h)| from one forward and one backward pass on "
-        f"{len(batch)} prompts of {cfg.knowledge_task} ({cfg.n_demos} demos), loss = cross-entropy of the gold "
-        "first answer token over the vocabulary. S_wp: text to label words; S_pq: label words to the final "
-        "position; S_ww: all other pairs. On GPT2-XL the paper found S_wp dominating shallow layers and S_pq "
-        "deep layers.",
-        figures=[splots.flows(res), splots.heatmap(res, example=0)],
-        table=df if len(df) <= 60 else None, data=df if len(df) > 60 else None, n_prompts=int(res.per_prompt.shape[-1]),
-    )
-
-
-@section("task_vectors")
-def task_vectors_section(ctx: Context) -> Section:
-    from icl_circuits.methods.learned import train_per_layer
-    from icl_circuits.viz import sweeps
-    from icl_circuits.core.pairs import task_vector_prompts
-    from icl_circuits.core.prompts import build_prompts
-    from icl_circuits.methods.task_vectors import compare_task_vectors
+    from icl_circuits.viz import saliency as splots
 
     cfg, task = ctx.cfg, ctx.cfg.knowledge_task
-    n = cfg.prompts(32)
-    train = build_prompts(ctx.model, task, n * 2 + n // 2, 0, seed=cfg.seed, variant="zero_shot")
-    ltv = train_per_layer(ctx.model, train, n_val=n // 2, epochs=4 if cfg.quick else 8, lr=2e-2,
-                          batch_size=8, seed=cfg.seed, progress=False)
-    ctx.cache["ltv"] = ltv
-    prompts = task_vector_prompts(ctx.model, task, n_demos=cfg.n_demos, n_prompts=n, seed=cfg.seed)
-    df = compare_task_vectors(ctx.model, prompts, top_k=min(10, ctx.model.cfg.n_layers * ctx.model.cfg.n_heads),
-                              extra=[ltv]).to_dataframe()
-    wide = df.pivot_table(index="layer", columns="method", values="accuracy").reset_index()
-    ceiling = local_vector_ceiling(df)
+    batch = build_prompts(ctx.model, task, cfg.prompts(32) // (2 if cfg.layer_stride else 1), cfg.n_demos,
+                          seed=cfg.seed)
+    res = saliency_flow(ctx.model, batch, loss="full_vocab", progress=False)
+    df = res.to_dataframe()
+    names = list(res.flow_names)
+    wp, pq = res.flows[names.index("S_wp")], res.flows[names.index("S_pq")]
+    L = len(res.layers)
+    half = L // 2
+    shallow = int((wp[:half] > pq[:half]).sum())
+    deep = int((pq[half:] > wp[half:]).sum())
+    table = pd.DataFrame({"layers": [f"{res.layers[0]}-{res.layers[half - 1]}", f"{res.layers[half]}-{res.layers[-1]}"],
+                          "mean S_wp": [float(wp[:half].mean()), float(wp[half:].mean())],
+                          "mean S_pq": [float(pq[:half].mean()), float(pq[half:].mean())],
+                          "layers where the paper's flow dominates": [f"{shallow}/{half} (S_wp)", f"{deep}/{L - half} (S_pq)"]})
+    lo, hi = res.low, res.high
+    resolved = int(((lo[names.index("S_pq")] > hi[names.index("S_wp")]) | (lo[names.index("S_wp")] > hi[names.index("S_pq")])).sum())
+    warnings = unsolved(ctx, task)
+    if resolved == 0:
+        warnings.append("the 95% intervals of S_wp and S_pq overlap at every layer: which flow dominates is not resolved.")
     return Section(
-        "task_vectors", "Task vectors per layer: vanilla, local, function, learned",
-        f"Accuracy on zero-shot prompts of {task} with one vector injected at the input of each block: vanilla "
-        "(Hendel et al. 2023; replaces the final-position residual), function vector (Todd et al. 2024; top heads "
-        "by causal indirect effect, added), learned (Yang et al. 2025; trained per layer with the model frozen, "
-        "added), local (2406.16007; answer-position states patched into random-answer twins). Flat reference lines: "
-        "zero-shot, ICL and random-answer accuracy.",
-        figures=[sweeps.sweep(df.replace({"method": {"local": "local (degenerate: random answers reach ICL)"}})
-                              if ceiling else df, f"Task vectors on {task} ({cfg.model_name})")], table=wide,
-        n_prompts=int(df.n.max()), warnings=[ceiling] if ceiling else [],
+        "saliency", "Saliency flow: label words as anchors (Wang et al. 2023)",
+        f"Saliency I_l = |sum_h A_(l,h) * dL/dA_(l,h)| from one forward and one backward pass on {len(batch)} prompts "
+        f"of {task} ({cfg.n_demos} demos), loss = cross-entropy of the gold first answer token over the vocabulary. "
+        "S_wp: text to label words; S_pq: label words to the final position; S_ww: all other pairs.",
+        figures=[splots.flows(res), splots.heatmap(res, example=0)], table=table, data=df,
+        n_prompts=int(res.per_prompt.shape[-1]), warnings=warnings,
+        ours=f"S_wp > S_pq in {shallow}/{half} shallow layers; S_pq > S_wp in {deep}/{L - half} deep layers ({task}).",
+        reading=(f"The paper's pattern {'holds' if shallow > half / 2 and deep > (L - half) / 2 else 'does not hold'} "
+                 f"here: text-to-label flow dominates {shallow} of {half} shallow layers and label-to-query flow "
+                 f"{deep} of {L - half} deep layers; the flows' intervals separate at {resolved} of {L} layers."),
     )
 
 
-@section("interchange")
-def interchange_section(ctx: Context) -> Section:
-    from icl_circuits.core.pairs import paired_batches
-    from icl_circuits.methods.interchange import interchange
-    from icl_circuits.viz import interchange as iplots
-
-    cfg = ctx.cfg
-    a, b = cfg.interchange_pair
-    src, tgt = paired_batches(ctx.model, a, b, n_prompts=cfg.prompts(32), n_demos=cfg.n_demos, seed=cfg.seed)
-    runs = [interchange(ctx.model, src, tgt, pos, source_task=a, target_task=b, progress=False)
-            for pos in ["answer_0", "answer_-1", "answers", "demo_tokens", "query"]]
-    df = pd.concat([r.to_dataframe() for r in runs])
-    return Section(
-        "interchange", f"Single- vs multi-position interchange ({a} -> {b})",
-        f"Residual activations of {a} prompts (averaged per position) overwrite the same roles in {b} prompts at one "
-        "layer; transfer = the model now answers the source task on the target's query, preserve = it still answers "
-        "the target task (Cheng & Zhang 2026). Wilson 95% bands. The published finding: single positions transfer "
-        "nothing, the whole set of demo positions transfers the task in early layers.",
-        figures=[iplots.interchange(runs)], table=_transfer_pivot(df), data=df, n_prompts=int(runs[0].n),
-    )
-
-
-def _transfer_pivot(df: pd.DataFrame) -> pd.DataFrame:
-    """Transfer rate per layer (rows) and position set (columns): the compact view of the tidy frame."""
-    t = df[df.outcome == "transfer"].pivot_table(index="layer", columns="position_set", values="value", sort=False)
-    t.columns = [f"transfer @ {c}" for c in t.columns]
-    return t.reset_index()
-
-
-@section("heads")
-def heads_section(ctx: Context) -> Section:
-    from icl_circuits.methods.attribution import head_attribution, scan_agreement
-    from icl_circuits.methods.heads import head_ablation_scan
-    from icl_circuits.viz import heads as cplots
-    from icl_circuits.core.prompts import build_prompts
-
-    cfg = ctx.cfg
-    batch = build_prompts(ctx.model, cfg.knowledge_task, cfg.prompts(32), cfg.n_demos, seed=cfg.seed)
-    exact = head_ablation_scan(ctx.model, batch, how="mean", metric="logit_diff_to_mean", progress=False)
-    approx = head_attribution(ctx.model, batch, how="mean", metric="logit_diff_to_mean")
-    import warnings
-
-    with warnings.catch_warnings():  # stated in the text below
-        warnings.simplefilter("ignore", UserWarning)
-        agree = scan_agreement(exact, approx)
-    k = agree["top_k"]
-    verdict = (f" They disagree on the top {k} heads (the estimate misses {agree['missed']}, most important "
-               "first): rank heads by the exact scan." if agree["disagree"] else "")
-    return Section(
-        "heads", "Head ablation: exact scan and attribution patching",
-        f"Effect on the gold logit difference of mean-ablating each head alone ({cfg.knowledge_task}, "
-        f"{cfg.n_demos} demos), computed exactly (heads batched per forward, clean prefix reused) and by "
-        f"attribution patching (one forward and one backward pass). Agreement for mean ablation at every position "
-        f"({agree['ablation']}): Spearman {agree['spearman']:.2f}, top-{k} overlap {agree['top_k_overlap']:.2f}."
-        f"{verdict} Agreement depends on the ablation: attribution is a first-order estimate, so it tracks mean "
-        "ablation (a small change) better than zero ablation (`icl-circuits heads`' default), where it can miss "
-        "the heads that matter most.",
-        figures=[cplots.head_scan(exact), cplots.scan_vs_attribution(exact, approx)],
-        n_prompts=int(exact.clean.shape[0]),
-    )
-
-
-@section("propagation")
-def propagation_section(ctx: Context) -> Section:
-    from icl_circuits.viz import propagation as pplots
-    from icl_circuits.methods.propagation import propagation_by_layer
-
-    cfg = ctx.cfg
-    ltv = ctx.cache.get("ltv")
-    if ltv is None:
-        from icl_circuits.core.prompts import build_prompts
-        from icl_circuits.methods.learned import train_per_layer
-
-        train = build_prompts(ctx.model, cfg.knowledge_task, 32 + 8, 0, seed=cfg.seed, variant="zero_shot")
-        ltv = train_per_layer(ctx.model, train, n_val=8, epochs=3, lr=2e-2, seed=cfg.seed, progress=False)
-    from icl_circuits.core.prompts import build_prompts
-
-    fit = build_prompts(ctx.model, cfg.knowledge_task, cfg.prompts(16), 0, seed=cfg.seed, variant="zero_shot")
-    ev = build_prompts(ctx.model, cfg.knowledge_task, 64, 0, seed=cfg.seed + 1, variant="zero_shot")
-    res = propagation_by_layer(ctx.model, fit, ev, ltv, n_vectors=64 if cfg.quick else 160, seed=cfg.seed,
-                               progress=False)
-    return Section(
-        "propagation", "Linear propagation of learned task vectors: rotation vs scaling",
-        "A linear map W from a vector injected at layer l to its effect on the final residual, fitted by least "
-        "squares, and its polar decomposition W = U P (U a rotation, P a stretch). tr(U)/d near 1 means W mostly "
-        "scales; lower values mean the vector is rotated on its way to the output (Yang et al. 2025: early vectors "
-        "are rotated into the label subspace, late ones mostly scaled).",
-        figures=[pplots.rotation_scaling(res), pplots.propagation_summary(res)],
-        table=res.to_dataframe().assign(fit=["unreadable (R² < 0)" if not v >= R2_UNREADABLE else
-                                             f"weak (R² < {R2_WEAK})" if v < R2_WEAK else "ok" for v in res.r2.tolist()]),
-        n_prompts=int(res.n_eval), warnings=propagation_fit_warnings(res.layers, res.r2.tolist()),
-    )
-
-
-@section("dpca")
-def dpca_section(ctx: Context) -> Section:
-    from icl_circuits.core.prompts import build_prompts
-    from icl_circuits.methods.dpca.analysis import dpca_by_layer
-    from icl_circuits.viz import dpca as dplots
-    from icl_circuits.core.tasks import get_task
-
-    cfg = ctx.cfg
-    batch = build_prompts(ctx.model, cfg.category_task, cfg.prompts(64), cfg.n_demos, seed=cfg.seed)
-    res = dpca_by_layer(ctx.model, batch, n_null=cfg.dpca_n_null, seed=cfg.seed, progress=False)
-    acc = accuracy_by_demos(ctx.model, demo_sweep(ctx.model, cfg.category_task, [cfg.n_demos], cfg.prompts(64), seed=cfg.seed),
-                           metrics=["label"]).to_dataframe().iloc[0]
-    chance = 1.0 / int(get_task(cfg.category_task).n_classes)
-    at_chance = dpca_chance_warning(cfg.category_task, float(acc.value), float(acc.low), float(acc.high), chance,
-                                    cfg.n_demos)
-    tag = (f": {res.model_name}, task {res.task}, {res.position_kind} positions, {res.n_demos} demos"
-           + (f"<br><sup>task at chance (label accuracy {float(acc.value):.2f}, chance {chance:.2f}): "
-              "no learned label representation</sup>"
-              if at_chance else ""))
-    return Section(
-        "dpca", f"dPCA of label-position vectors ({cfg.category_task})",
-        "Demixed PCA (Kobak et al. 2016) of the residual stream at the demo answer positions, marginalized by a "
-        "nuisance feature of the demo input and by the label class (2406.16007: nuisance information peaks early "
-        "and fades, label information stays). Variance explained per marginalization and Mahalanobis distances "
-        f"between clusters, per layer; the 95th percentile of {cfg.dpca_n_null} null draws (condition labels "
-        "redrawn within each prompt, whole fit repeated) is dashed in the variance figure and dash-dotted in the "
-        f"distance figure. In-context label accuracy on this task with {cfg.n_demos} demos: {float(acc.value):.3f} "
-        f"[{float(acc.low):.3f}, {float(acc.high):.3f}], chance {chance:.3f}.",
-        figures=[dplots.explained_variance(res, title=f"dPCA variance per marginalization{tag}"),
-                 dplots.distances(res, title=f"Mahalanobis distance between clusters{tag}")],
-        table=res.variance_table(),
-        warnings=[at_chance] if at_chance else [],
-        n_prompts=int(res.sample_factors.shape[1]) // max(int(res.n_demos), 1),
-    )
+from icl_circuits.report import task_vector_sections  # noqa: E402,F401  (registers task_vectors, interchange)
+from icl_circuits.report import circuit_sections  # noqa: E402,F401  (registers heads, ov, propagation, dpca)

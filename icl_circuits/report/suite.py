@@ -19,18 +19,39 @@ import torch
 from plotly.offline import get_plotlyjs
 from tqdm.auto import tqdm
 from icl_circuits.core.types import HookedModel
+from icl_circuits.report.verdicts import CLAIMS, verdict_label
 
 
 @dataclass
 class ReportConfig:
-    """What the suite runs on. ``quick`` shrinks prompt counts for a fast look."""
+    """What the suite runs on. ``quick`` shrinks prompt counts for a fast look.
+
+    ``ReportConfig.for_model(name)`` gives the tasks and sizes chosen for a model
+    (``MODEL_PRESETS``): tasks the model solves (>= 0.7 on its primary metric) and prompt counts
+    and a layer stride that keep the full report within about 3 minutes on 2 CPU cores.
+    """
 
     model_name: str = "toy-icl"
     knowledge_task: str = "antonym"
     category_task: str = "letter-string"
     interchange_pair: tuple[str, str] = ("antonym", "english-french")
+    #: tasks of the accuracy-vs-demos section (None: every task the tokenizer can carry)
+    accuracy_tasks: tuple[str, ...] | None = None
+    accuracy_demos: tuple[int, ...] = (0, 1, 2, 4, 8)
     n_demos: int = 8
     n_prompts: int = 48
+    #: every ``layer_stride``-th layer is analysed in per-layer sweeps (None: 1 up to 12 layers, else
+    #: n_layers // 10); the final layer is always included
+    layer_stride: int | None = None
+    #: head ablation: the exact per-head scan of every head (expensive on real models) next to attribution
+    exact_head_scan: bool = True
+    #: function vectors: head CIE is measured in every ``fv_layer_stride``-th analysed layer of the first
+    #: two thirds (each head costs one patched forward of the ICL prompts)
+    fv_layer_stride: int = 1
+    #: LTV training epochs per layer and training prompts (the task-vector, OV and propagation sections)
+    ltv_epochs: int = 8
+    #: random vectors of the propagation fit
+    propagation_vectors: int = 160
     seed: int = 0
     quick: bool = False
     #: null draws of the dPCA section (``dpca_analysis.DEFAULT_N_NULL``: p-values can reach 1/21)
@@ -42,6 +63,34 @@ class ReportConfig:
     def prompts(self, n: int | None = None) -> int:
         n = n or self.n_prompts
         return max(8, n // 3) if self.quick else n
+
+    def layers(self, n_layers: int) -> list[int]:
+        """The layers of per-layer sweeps: 0, s, 2s, ... and always ``n_layers`` (the final residual)."""
+        s = self.layer_stride or (1 if n_layers <= 12 else max(1, n_layers // 10))
+        return sorted(set(range(0, n_layers + 1, s)) | {n_layers})
+
+    def block_layers(self, n_layers: int) -> list[int]:
+        """``layers`` without the final residual (sweeps that intervene at the input of a block)."""
+        return [l for l in self.layers(n_layers) if l < n_layers]
+
+    @classmethod
+    def for_model(cls, model_name: str, **overrides: Any) -> "ReportConfig":
+        """The preset of ``model_name`` (``MODEL_PRESETS``; defaults for other models) with ``overrides``."""
+        return cls(model_name=model_name, **{**MODEL_PRESETS.get(model_name, {}), **overrides})
+
+
+#: Per-model choices. smollm2-135m: tasks it solves with 8 demos under "{x} -> {y}"
+#: (docs/models/smollm2-135m.md: present-past 0.93, uppercase 0.86, first-letter 0.85, singular-plural
+#: 0.96 first token; animal-plant 0.89 label accuracy), every 3rd of its 30 layers, and prompt counts
+#: sized so that the whole report takes about 3 minutes on 2 CPU cores with 1 thread.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "toy-icl": {},
+    "smollm2-135m": dict(
+        knowledge_task="present-past", category_task="animal-plant", interchange_pair=("uppercase", "first-letter"),
+        accuracy_tasks=("present-past", "singular-plural", "uppercase", "antonym"), accuracy_demos=(0, 1, 2, 4, 8),
+        n_prompts=24, layer_stride=3, fv_layer_stride=2, exact_head_scan=False, ltv_epochs=4, propagation_vectors=64, dpca_n_null=10,
+    ),
+}
 
 
 @dataclass
@@ -62,6 +111,14 @@ class Section:
     #: why (part of) the result is degenerate or not readable, computed from its own numbers;
     #: shown above the figures so that nothing degenerate reads as a finding
     warnings: list[str] = field(default_factory=list)
+    #: the claim tested, its source and the paper's number (``verdicts.CLAIMS[key]`` by default)
+    claim: Any = None
+    #: our number, to stand beside the paper's
+    ours: str = ""
+    #: what the numbers say, generated from them (shown after the table)
+    reading: str = ""
+    #: CPU seconds of the process while the section ran (wall time is ``seconds``)
+    cpu_seconds: float = 0.0
 
 
 #: tables longer than this are cut to their first rows in the page (the whole table: CSV download)
@@ -129,13 +186,18 @@ def run_suite(
     bar = tqdm(todo, desc="report", disable=not progress)
     for key, fn in bar:
         bar.set_postfix_str(key)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         torch.manual_seed(cfg.seed)
         try:
             sec = fn(ctx)
         except Exception as err:  # keep the rest of the report; show the failure in it
             sec = Section(key, key, "", error=f"{type(err).__name__}: {err}")
-        sec.seconds = time.perf_counter() - t0
+        sec.seconds, sec.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+        if sec.claim is None:
+            sec.claim = CLAIMS.get(key)
+        if progress:
+            tqdm.write(f"  {key:<14} {sec.seconds:6.1f} s wall, {sec.cpu_seconds:6.1f} s CPU"
+                       + (f"  FAILED {sec.error}" if sec.error else ""))
         out.append(sec)
     return out
 
@@ -144,31 +206,61 @@ def _figure_html(fig: go.Figure, div_id: str) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
 
 
-def render_html(sections: list[Section], cfg: ReportConfig, total_seconds: float) -> str:
-    """One self-contained HTML page (plotly.js inlined once)."""
-    parts = []
-    toc = []
-    for i, s in enumerate(sections):
-        toc.append(f'<li><a href="#{s.key}">{html.escape(s.title)}</a> <span class="t">{s.seconds:.1f} s</span></li>')
-        body = [f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>']
-        n = f" · {s.n_prompts} prompts" if s.n_prompts is not None else ""
-        body.append(f'<p class="meta">model {html.escape(cfg.model_name)}{n} · seed {cfg.seed} · {s.seconds:.1f} s</p>')
-        if s.error:
-            body.append(f'<p class="error">This section failed: {html.escape(s.error)}</p>')
-        body += [f'<p class="warn"><b>Not a finding:</b> {html.escape(w)}</p>' for w in s.warnings]
-        body += [f"<p>{p}</p>" for p in s.text.split("\n\n") if p.strip()]
-        body += [_figure_html(f, f"fig-{s.key}-{j}") for j, f in enumerate(s.figures)]
-        body.append(table_html(s))
-        body.append("</section>")
-        parts.append("\n".join(body))
+def _section_html(s: Section, cfg: ReportConfig) -> str:
+    """A section as a paper's figure: claim and source, paper vs ours, verdicts, figure(s), summary
+    table, the reading of the numbers, and the full data as a CSV download."""
+    body = [f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>']
+    n = f" · {s.n_prompts} prompts" if s.n_prompts is not None else ""
+    body.append(f'<p class="meta">model {html.escape(cfg.model_name)}{n} · seed {cfg.seed} · '
+                f"{s.seconds:.1f} s wall, {s.cpu_seconds:.1f} s CPU</p>")
+    if s.error:
+        body.append(f'<p class="error">This section failed: {html.escape(s.error)}</p>')
+    if s.claim is not None:
+        body.append(f'<div class="claim"><p><b>Claim tested:</b> {html.escape(s.claim.claim)} '
+                    f'<span class="meta">({html.escape(s.claim.source)})</span></p>'
+                    f"<p><b>Paper:</b> {html.escape(s.claim.paper)}"
+                    + (f"<br><b>Ours:</b> {html.escape(s.ours)}" if s.ours else "") + "</p></div>")
+    body += [f'<p class="warn"><b>Not a finding:</b> {html.escape(w)}</p>' for w in s.warnings]
+    body += [f"<p>{p}</p>" for p in s.text.split("\n\n") if p.strip()]
+    for j, f in enumerate(s.figures):
+        if j == 1:
+            body.append('<p class="meta">Detail:</p>')
+        body.append(_figure_html(f, f"fig-{s.key}-{j}"))
+    body.append(table_html(s))
+    if s.reading:
+        tag = verdict_label(s.warnings) if not s.error else "failed"
+        body.append(f'<p class="reading"><b>Reading ({tag}):</b> {html.escape(s.reading)}</p>')
+    body.append("</section>")
+    return "\n".join(body)
+
+
+def render_html(sections: list[Section], cfg: ReportConfig, total_seconds: float, n_layers: int | None = None,
+                load_seconds: float = 0.0) -> str:
+    """One self-contained HTML page (plotly.js inlined once). The header says what was run: model,
+    tasks, demos, prompts per section, analysed layers, threads and times (per section: wall and CPU)."""
+    toc = [f'<li><a href="#{s.key}">{html.escape(s.title)}</a> <span class="t">{s.seconds:.1f} s wall, '
+           f"{s.cpu_seconds:.1f} s CPU{' · FAILED' if s.error else ''}</span></li>" for s in sections]
+    parts = [_section_html(s, cfg) for s in sections]
     counts = html.escape(", ".join(f"{s.key} {s.n_prompts}" for s in sections if s.n_prompts is not None) or "n/a")
     failed = failed_sections(sections)
     failed_banner = (f'<p class="error">{len(failed)} section(s) failed: {html.escape(", ".join(failed))} '
                      "(the error is shown in each).</p>" if failed else "")
+    analysis = sum(s.seconds for s in sections)
+    cpu = sum(s.cpu_seconds for s in sections)
+    layers = (f"layers analysed in per-layer sweeps: {', '.join(map(str, cfg.layers(n_layers)))} "
+              f"(of 0..{n_layers})" if n_layers else "")
+    tasks = (f"tasks: accuracy {', '.join(cfg.accuracy_tasks) if cfg.accuracy_tasks else 'every readable task'}; "
+             f"vectors, heads, OV, propagation {cfg.knowledge_task}; interchange {' -> '.join(cfg.interchange_pair)}; "
+             f"dPCA {cfg.category_task}")
+    methods = ("head ranking: attribution patching" + (" and the exact scan" if cfg.exact_head_scan else "")
+               + f"; LTV {cfg.ltv_epochs} epochs per layer; propagation fit on {cfg.propagation_vectors} random "
+               f"vectors; dPCA {cfg.dpca_n_null} null draws")
     style = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:0} .meta,.t{color:#777;font-size:.9em} .error{color:#b00}
 .warn{background:#fff4e0;border-left:4px solid #e69500;padding:.4em .8em}
+.claim{background:#f3f6fb;border-left:4px solid #4a78b5;padding:.1em .8em}
+.reading{border-left:4px solid #888;padding:.2em .8em}
 table.tbl{border-collapse:collapse;font-size:.85em;margin:1em 0} .tbl td,.tbl th{padding:2px 8px;border-bottom:1px solid #ddd}
 section{margin-top:2.5em}"""
     return f"""<!DOCTYPE html>
@@ -177,7 +269,8 @@ section{margin-top:2.5em}"""
 <body><h1>icl-circuits report</h1>
 <p class="meta">model {html.escape(cfg.model_name)} · {cfg.n_demos} demos · prompts per section: {counts} ·
 seed {cfg.seed}{' · quick' if cfg.quick else ''} · {cfg.threads or torch.get_num_threads()} torch thread(s) ·
-total {total_seconds:.1f} s</p>
+total {total_seconds:.1f} s (model load {load_seconds:.1f} s, analysis {analysis:.1f} s wall, {cpu:.1f} s CPU)</p>
+<p class="meta">{html.escape(tasks)}<br>{html.escape(layers)}<br>{html.escape(methods)}</p>
 {failed_banner}<ol>{''.join(toc)}</ol>
 {''.join(parts)}
 </body></html>"""
@@ -190,7 +283,7 @@ def write_report(
     """Run the suite on ``model_name`` and write the report to ``out``; returns the sections."""
     from icl_circuits.core.models import load_model
 
-    cfg = ReportConfig(model_name=model_name, quick=quick, seed=seed, **cfg_kwargs)
+    cfg = ReportConfig.for_model(model_name, quick=quick, seed=seed, **cfg_kwargs)
     if cfg.threads is not None:
         if cfg.threads < 1:
             raise ValueError(f"threads must be >= 1, got {cfg.threads}")
@@ -198,13 +291,13 @@ def write_report(
     cfg.threads = torch.get_num_threads()
     t0 = time.perf_counter()
     model = model if model is not None else load_model(model_name)
-    sections = run_suite(model, cfg, only=only, progress=progress)
+    load = time.perf_counter() - t0
+    sections = run_suite(model, cfg, only=only, progress=progress)  # prints each section's time as it ends
     total = time.perf_counter() - t0
-    Path(out).write_text(render_html(sections, cfg, total), encoding="utf-8")
-    for s in sections:
-        status = "FAILED " + s.error if s.error else ""
-        print(f"  {s.key:<16} {s.seconds:6.1f} s {status}")
-    print(f"report written to {out} ({total:.1f} s)")
+    Path(out).write_text(render_html(sections, cfg, total, model.cfg.n_layers, load), encoding="utf-8")
+    wall, cpu = sum(s.seconds for s in sections), sum(s.cpu_seconds for s in sections)
+    print(f"report written to {out}: analysis {wall:.1f} s wall, {cpu:.1f} s CPU "
+          f"({cfg.threads} thread(s)); total {total:.1f} s with model load")
     return sections
 
 

@@ -258,3 +258,88 @@ def test_warnings_are_rendered_above_the_figures(report):
     assert '<p class="warn"><b>Not a finding:</b> the baseline &lt;already&gt; reaches the ceiling</p>' in page
     for s in sections:  # every warning a section raised is on the page
         assert all(isinstance(w, str) and w for w in s.warnings)
+
+
+# --- every section reads like a paper's figure; degenerate numbers are labelled (verdicts)
+
+
+def test_every_section_states_its_claim_source_paper_number_ours_and_a_reading(report):
+    sections, path = report
+    page = path.read_text()
+    for s in sections:
+        assert s.claim is not None and s.claim.source and s.claim.paper, s.key
+        assert s.reading and s.table is not None and s.data is not None, s.key
+        assert 0 < len(s.table) <= 31, f"{s.key}: summary table of {len(s.table)} rows"
+        assert s.cpu_seconds >= 0 and s.seconds > 0
+    assert page.count("Claim tested:") == len(sections) and page.count("Reading (") == len(sections)
+    assert page.count("s CPU") >= len(sections)
+
+
+def test_task_unsolved_threshold():
+    from icl_circuits.report.verdicts import task_unsolved
+
+    assert "0.56" in task_unsolved("country-capital", 0.56, 0.46, 0.65, "first_token")
+    assert task_unsolved("present-past", 0.93, 0.86, 0.97, "first_token") is None
+    assert task_unsolved("t", 0.70, 0.6, 0.8, "label") is None  # the threshold itself is solved
+
+
+def test_baseline_at_icl_flags_a_zero_shot_baseline_that_reaches_icl():
+    from icl_circuits.report.verdicts import baseline_at_icl
+
+    # sentiment on SmolLM2: 0.86 label accuracy zero-shot, 0.79 with 8 demos
+    assert "already reaches the ICL accuracy" in baseline_at_icl("zero-shot", 0.86, 0.91, 0.79)
+    assert baseline_at_icl("zero-shot", 0.13, 0.2, 0.86) is None
+
+
+def test_interval_spanning_the_comparison_is_not_resolved():
+    from icl_circuits.report.verdicts import interval_spans
+
+    assert "not resolved" in interval_spans("the vector", 0.40, 0.89, 0.40, "zero-shot")
+    assert interval_spans("the vector", 0.72, 1.0, 0.40, "zero-shot") is None
+
+
+def test_nulls_that_overlap_the_effect():
+    from icl_circuits.report.verdicts import null_overlaps
+
+    assert "indistinguishable from noise" in null_overlaps("drop", 0.2, [0.0, 0.1, 0.3])
+    assert null_overlaps("drop", 0.5, [0.0, 0.1, 0.3]) is None
+    assert "indistinguishable" in null_overlaps("drop", 0.3, [0.3])  # a tie is not above the null
+
+
+def test_weak_fit_below_point_two():
+    from icl_circuits.report.verdicts import weak_fit_layers
+
+    assert "layer(s) 0, 3" in weak_fit_layers([0, 3, 6], [-0.34, 0.19, 0.8])
+    assert weak_fit_layers([0, 3], [0.2, 0.9]) is None
+    assert weak_fit_layers([0], [float("nan")]) is not None  # a failed fit is not readable
+
+
+def test_verdict_label():
+    from icl_circuits.report.verdicts import verdict_label
+
+    assert verdict_label([]) == "finding" and verdict_label(["x"]) == "not a finding"
+
+
+def test_model_presets_choose_solved_tasks_and_a_layer_stride():
+    from icl_circuits.report.suite import ReportConfig
+
+    real = ReportConfig.for_model("smollm2-135m")
+    assert real.layers(30) == list(range(0, 31, 3)) and real.block_layers(30) == list(range(0, 30, 3))
+    assert real.category_task == "animal-plant" and real.knowledge_task == "present-past"
+    toy = ReportConfig.for_model("toy-icl", quick=True)
+    assert toy.quick and toy.layers(4) == [0, 1, 2, 3, 4]
+    assert ReportConfig.for_model("some-gpt2").layers(24) == list(range(0, 25, 2))  # auto: n_layers // 10
+    assert ReportConfig(layer_stride=4).layers(10) == [0, 4, 8, 10]  # the final residual always included
+
+
+@pytest.mark.real_model
+def test_one_real_model_section_runs_with_the_real_preset(real_model):
+    """The saliency section on SmolLM2 with the demo's preset (a few prompts): it runs, names the
+    preset's task, and says whether the paper's pattern holds."""
+    from icl_circuits.report.suite import ReportConfig
+
+    cfg = ReportConfig.for_model("smollm2-135m", n_prompts=8)
+    (s,) = run_suite(real_model, cfg, only=["saliency"], progress=False)
+    assert s.error is None, s.error
+    assert "present-past" in s.text and s.reading.startswith("The paper's pattern")
+    assert s.n_prompts == 4
