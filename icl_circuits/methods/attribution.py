@@ -3,7 +3,8 @@ once) and how well an estimate ranks heads like the exact scan (``heads.head_abl
 
 - ``head_attribution``: one forward and one backward pass per minibatch give, for every head,
   ``sum_pos dM/dz(pos) . (z_ablated(pos) - z(pos))`` (Nanda's attribution patching; Syed et al.
-  2023), with the same ablations, positions and metrics as the exact scan.
+  2023), with the same ablations, positions and metrics as the exact scan; ``qk_fix=True`` and
+  ``graddrop=True`` are AtP*'s two corrections (Kramar et al. 2024; ``methods.atp_star``).
 - ``scan_agreement``: Spearman/Pearson correlations and top-k overlap of two scans of the same
   ablation and metric (a dict), with a warning when the estimate misses the heads that matter.
 """
