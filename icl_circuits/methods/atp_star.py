@@ -47,11 +47,11 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from icl_circuits.core.interventions import pattern_name, resid_name, tap_hook, z_name
+from icl_circuits.core.interventions import Intervention, Site
 from icl_circuits.core.metrics import Metric
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.runner import final_logits_with_grad
-from icl_circuits.core.runner.forward import attention_pattern
+from icl_circuits.core.runner import attention_pattern
 from icl_circuits.core.types import HookedModel
 
 __all__ = ["atp_star_minibatch", "ROWS_PER_PATTERN_CALL"]
@@ -73,10 +73,9 @@ class _Gate(torch.autograd.Function):
         return (torch.zeros_like(grad) if ctx.state.get("drop") == ctx.layer else grad), None, None
 
 
-def _gate_hook(state: dict, layer: int):
-    def hook(act: Tensor, hook=None) -> Tensor:
-        return _Gate.apply(act, state, layer)
-    return hook
+def _gate(state: dict, layer: int) -> Callable[[Tensor], Tensor]:
+    """The identity whose backward drops the gradient while ``state["drop"] == layer`` (GradDrop)."""
+    return lambda act: _Gate.apply(act, state, layer)
 
 
 def atp_star_minibatch(
@@ -97,15 +96,15 @@ def atp_star_minibatch(
     dev = model.cfg.device
     state: dict = {"drop": None}
     z_store: list = []
-    hooks: list = [(z_name(l), tap_hook(z_store)) for l in layers]
+    hooks: list = [Intervention(Site(l, "z"), "tap", store=z_store) for l in layers]
     downstream = list(range(min(layers) + 1, n_layers)) if qk_fix else []
     p_store: list = []
     r_store: list = []
-    hooks += [(pattern_name(m), tap_hook(p_store)) for m in downstream]
-    hooks += [(resid_name(model, m), tap_hook(r_store)) for m in downstream]
+    hooks += [Intervention(Site(m, "pattern"), "tap", store=p_store) for m in downstream]
+    hooks += [Intervention(Site(m), "tap", store=r_store) for m in downstream]
     if graddrop:
-        outs = ["hook_attn_out"] + ([] if model.cfg.attn_only else ["hook_mlp_out"])
-        hooks += [(f"blocks.{k}.{o}", _gate_hook(state, k)) for k in range(n_layers) for o in outs]
+        outs = ["attn_out"] + ([] if model.cfg.attn_only else ["mlp_out"])
+        hooks += [Intervention(Site(k, o), "apply", fn=_gate(state, k)) for k in range(n_layers) for o in outs]
     versions: list = [None] + (list(range(n_layers)) if graddrop else [])
     with torch.enable_grad():
         logits = final_logits_with_grad(model, mb, hooks).float()

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from icl_circuits.core.interventions import tap_hook, z_name
+from icl_circuits.core.interventions import Intervention, Site
 from icl_circuits.core.metrics import Metric
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result
@@ -121,9 +121,7 @@ def head_attribution(
                            {"mean_over": mean_over, "qk_fix": qk_fix, "graddrop": graddrop})
     for rows, mb in minibatches(batch, batch_size):
         store: list = []
-        # a raw (name, fn) pair: the tap (a zero that requires grad, recorded with the activation)
-        # is no Intervention op; core.interventions.tap_hook builds it
-        taps = [(z_name(l), tap_hook(store)) for l in layers]
+        taps = [Intervention(Site(l, "z"), "tap", store=store) for l in layers]
         with torch.enable_grad():
             logits = final_logits_with_grad(model, mb, taps).float()
             values = m.from_logits(logits, mb)

@@ -23,7 +23,7 @@ Layer convention: "layer l" is the input of block l (``blocks.{l}.hook_resid_pre
 """
 
 from icl_circuits.core.runner.forward import (
-    UNEMBED_ELEMENTS, Interventions, MakeHooks, final_logits, final_logits_with_grad, frozen, gather_positions, hooked,
+    UNEMBED_ELEMENTS, Interventions, MakeHooks, attention_pattern, final_logits, final_logits_with_grad, frozen, gather_positions, hooked,
     minibatches, read_activations, read_resid, run_final_logits, unembed_resid, unembed_rows,
 )
 from icl_circuits.core.runner.resume import block_inputs, resume
@@ -32,4 +32,4 @@ from icl_circuits.core.runner.staggered import (
     sweep_final_logits,
 )
 
-__all__ = ["hooked", "resume", "block_inputs", "unembed_resid", "unembed_rows", "frozen", "gather_positions", "minibatches", "final_logits", "run_final_logits", "read_activations", "read_resid", "Entry", "run_staggered", "cache_resid", "hook_block", "TOKENS_PER_FORWARD", "UNEMBED_ELEMENTS", "final_logits_with_grad", "resume_final_logits", "sweep_final_logits", "Interventions", "MakeHooks", "MakeLayerInterventions"]
+__all__ = ["hooked", "resume", "block_inputs", "unembed_resid", "unembed_rows", "frozen", "gather_positions", "minibatches", "final_logits", "run_final_logits", "read_activations", "read_resid", "Entry", "run_staggered", "cache_resid", "hook_block", "TOKENS_PER_FORWARD", "UNEMBED_ELEMENTS", "final_logits_with_grad", "resume_final_logits", "sweep_final_logits", "Interventions", "MakeHooks", "attention_pattern", "MakeLayerInterventions"]
