@@ -106,7 +106,8 @@ def accuracy_section(ctx: Context) -> Section:
     unreadable = [t for t in list_tasks() if t not in tasks] if not (cfg.quick or cfg.accuracy_tasks) else []
     demos = list(cfg.accuracy_demos)
     metrics = ["first_token", "exact_match"]
-    frames = [accuracy_by_demos(ctx.model, demo_sweep(ctx.model, t, demos, cfg.prompts(), seed=cfg.seed),
+    n = cfg.prompts(cfg.accuracy_prompts)
+    frames = [accuracy_by_demos(ctx.model, demo_sweep(ctx.model, t, demos, n, seed=cfg.seed),
                                 metrics=metrics + (["label"] if primary_metric(t) == "label" else [])).to_dataframe()
               for t in tasks]
     df = pd.concat(frames, ignore_index=True)
@@ -139,9 +140,9 @@ def accuracy_section(ctx: Context) -> Section:
         + (f" Not shown: {', '.join(unreadable)}, whose words this model's tokenizer maps to its unknown token."
            if unreadable else ""),
         figures=[accuracy_plots.accuracy_by_demos(df, f"First-token accuracy of {cfg.model_name} "
-                                                  f"(N={cfg.prompts()} per point)", metric="first_token"),
+                                                  f"(N={n} per point)", metric="first_token"),
                  accuracy_plots.accuracy_by_demos(df, f"Whole-answer exact match of {cfg.model_name} "
-                                                  f"(N={cfg.prompts()} per point)", metric="exact_match")],
+                                                  f"(N={n} per point)", metric="exact_match")],
         table=table, data=df, n_prompts=int(df.n.max()), warnings=warnings,
         ours=f"mean first-token accuracy over {len(tasks)} tasks: zero-shot {mean_zero:.2f}, {kmax} demos {mean_ft:.2f}.",
         reading=(f"With {kmax} demos the model solves {len(solved)} of {len(tasks)} tasks at >= {V.SOLVED} "

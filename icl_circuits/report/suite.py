@@ -38,6 +38,8 @@ class ReportConfig:
     #: tasks of the accuracy-vs-demos section (None: every task the tokenizer can carry)
     accuracy_tasks: tuple[str, ...] | None = None
     accuracy_demos: tuple[int, ...] = (0, 1, 2, 4, 8)
+    #: prompts per cell of the accuracy section (None: ``n_prompts``)
+    accuracy_prompts: int | None = None
     n_demos: int = 8
     n_prompts: int = 48
     #: every ``layer_stride``-th layer is analysed in per-layer sweeps (None: 1 up to 12 layers, else
@@ -48,8 +50,15 @@ class ReportConfig:
     #: function vectors: head CIE is measured in every ``fv_layer_stride``-th analysed layer of the first
     #: two thirds (each head costs one patched forward of the ICL prompts)
     fv_layer_stride: int = 1
+    #: corrupted prompts the head CIE is averaged over (None: all of the section's prompts)
+    fv_prompts: int | None = None
     #: LTV training epochs per layer and training prompts (the task-vector, OV and propagation sections)
     ltv_epochs: int = 8
+    #: LTVs are trained at every ``ltv_layer_stride``-th analysed block layer (training costs ~10 s of CPU per
+    #: layer on SmolLM2); the propagation section fits at the same layers
+    ltv_layer_stride: int = 1
+    #: LTV training prompts per layer (None: 2 * prompts(32)); a quarter as many again are held out
+    ltv_prompts: int | None = None
     #: random vectors of the propagation fit
     propagation_vectors: int = 160
     seed: int = 0
@@ -87,8 +96,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "toy-icl": {},
     "smollm2-135m": dict(
         knowledge_task="present-past", category_task="animal-plant", interchange_pair=("uppercase", "first-letter"),
-        accuracy_tasks=("present-past", "singular-plural", "uppercase", "antonym"), accuracy_demos=(0, 1, 2, 4, 8),
-        n_prompts=24, layer_stride=3, fv_layer_stride=2, exact_head_scan=False, ltv_epochs=4, propagation_vectors=64, dpca_n_null=10,
+        accuracy_tasks=("present-past", "singular-plural", "uppercase"), accuracy_demos=(0, 1, 2, 8), accuracy_prompts=16,
+        n_prompts=24, layer_stride=3, fv_layer_stride=2, fv_prompts=8, exact_head_scan=False, ltv_epochs=3, ltv_layer_stride=2, ltv_prompts=24, propagation_vectors=64, dpca_n_null=10,
     ),
 }
 
@@ -253,8 +262,10 @@ def render_html(sections: list[Section], cfg: ReportConfig, total_seconds: float
              f"vectors, heads, OV, propagation {cfg.knowledge_task}; interchange {' -> '.join(cfg.interchange_pair)}; "
              f"dPCA {cfg.category_task}")
     methods = ("head ranking: attribution patching" + (" and the exact scan" if cfg.exact_head_scan else "")
-               + f"; LTV {cfg.ltv_epochs} epochs per layer; propagation fit on {cfg.propagation_vectors} random "
-               f"vectors; dPCA {cfg.dpca_n_null} null draws")
+               + f"; function-vector heads scored in every {cfg.fv_layer_stride} analysed layer(s) up to half depth"
+               + (f" on {cfg.fv_prompts} prompts" if cfg.fv_prompts else "")
+               + f"; LTVs at every {cfg.ltv_layer_stride} analysed layer(s), {cfg.ltv_epochs} epochs; propagation fit "
+               f"on {cfg.propagation_vectors} random vectors at the LTV layers; dPCA {cfg.dpca_n_null} null draws")
     style = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:0} .meta,.t{color:#777;font-size:.9em} .error{color:#b00}

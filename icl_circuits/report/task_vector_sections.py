@@ -23,15 +23,16 @@ def function_vector_at(ctx: Context, prompts, top_k: int = 10):
 
     m, L = ctx.model, ctx.model.cfg.n_layers
     mean_z = mean_head_outputs(m, prompts.icl)
-    cand = [l for l in ctx.cfg.block_layers(L) if l <= max(1, 2 * L // 3)]  # Todd et al.'s heads: early-middle
+    cand = [l for l in ctx.cfg.block_layers(L) if 0 < l <= max(1, L // 2)] or [0]  # Todd et al.: early-middle heads
     if ctx.cfg.fv_layer_stride > 1:
         cand = cand[1::ctx.cfg.fv_layer_stride] or cand
-    cie = head_cie(m, prompts.icl, prompts.shuffled, mean_z, layers=cand)
+    k = min(len(prompts.shuffled), ctx.cfg.fv_prompts or len(prompts.shuffled))
+    cie = head_cie(m, prompts.icl, prompts.shuffled.select(torch.arange(k)), mean_z, layers=cand)
     heads = cie.top(min(top_k, cie.values.numel()))
     fv = fv_from_heads(m, mean_z, heads)
     layers = ctx.cfg.block_layers(L)
     return TaskVector(fv[None].repeat(len(layers), 1), layers, "add", "function", prompts.icl.task, m.cfg.model_name,
-                      meta={"heads": [list(h) for h in heads], "cie_layers": cie.layers},
+                      meta={"heads": [list(h) for h in heads], "cie_layers": cie.layers, "cie_prompts": k},
                       model_info=model_info(m), provenance=provenance(m, prompts.icl))
 
 
@@ -42,9 +43,10 @@ def learned_vectors(ctx: Context):
         from icl_circuits.methods.learned import train_per_layer
 
         cfg = ctx.cfg
-        n = cfg.prompts(32)
-        train = build_prompts(ctx.model, cfg.knowledge_task, n * 2 + n // 2, 0, seed=cfg.seed, variant="zero_shot")
-        ctx.cache["ltv"] = train_per_layer(ctx.model, train, cfg.block_layers(ctx.model.cfg.n_layers), n_val=n // 2,
+        n = cfg.ltv_prompts or 2 * cfg.prompts(32)
+        train = build_prompts(ctx.model, cfg.knowledge_task, n + n // 4, 0, seed=cfg.seed, variant="zero_shot")
+        layers = cfg.block_layers(ctx.model.cfg.n_layers)[::cfg.ltv_layer_stride]
+        ctx.cache["ltv"] = train_per_layer(ctx.model, train, layers, n_val=n // 4,
                                            epochs=cfg.ltv_epochs if not cfg.quick else min(cfg.ltv_epochs, 4),
                                            lr=2e-2, batch_size=8, seed=cfg.seed, progress=False)
     return ctx.cache["ltv"]
@@ -190,4 +192,3 @@ def interchange_section(ctx: Context) -> Section:
     )
 
 
-_ = torch  # the sections run under torch's RNG seeded by run_suite
