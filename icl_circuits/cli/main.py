@@ -136,9 +136,11 @@ def report_cmd(model: str, out: str, quick: bool, seed: int, only: str | None, k
     import torch
 
     threads = torch.get_num_threads()  # set by --threads (common.threads_option) when the options were parsed
+    t0 = time.perf_counter()
     m = common.load(model)
     try:
         sections = write_report(model, out, quick=quick, seed=seed, model=m, threads=threads,
+                                load_seconds=time.perf_counter() - t0,
                                 only=[s.strip() for s in only.split(",")] if only else None)
     except ValueError as err:
         raise click.UsageError(str(err))

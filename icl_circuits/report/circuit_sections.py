@@ -38,12 +38,12 @@ def _heads_and_ablation(ctx: Context):
 
         m, cfg = ctx.model, ctx.cfg
         ltv, layer = learned_vectors(ctx), injection_layer(ctx)
-        zs = _zero_shot(ctx, cfg.prompts(32))
+        zs = _zero_shot(ctx, cfg.prompts() if cfg.layer_stride else cfg.prompts(32))
         ov = ov_contributions(m, zs, ltv, layer, keep_head_vectors=False)
         rec = reconstruct(m, zs, ltv, layer, ov=ov)
         kh = key_heads(m, zs, ltv, layer, ov=ov)
         pool = (m.cfg.n_layers - layer) * m.cfg.n_heads
-        ks = [k for k in (1, 2, 4, 8) if k <= pool]
+        ks = [k for k in cfg.key_head_ks if k <= pool]
         ab = key_head_ablation(m, zs, ltv, layer, ks=ks, ranking=kh, n_random=10, seed=cfg.seed, progress=False)
         ctx.cache["key_heads"] = (layer, zs, ov, rec, kh, ab)
     return ctx.cache["key_heads"]
@@ -196,8 +196,9 @@ def dpca_section(ctx: Context) -> Section:
 
     cfg, task = ctx.cfg, ctx.cfg.category_task
     batch = build_prompts(ctx.model, task, cfg.prompts(64) // (2 if cfg.layer_stride else 1), cfg.n_demos, seed=cfg.seed)
-    res = dpca_by_layer(ctx.model, batch, cfg.layers(ctx.model.cfg.n_layers), n_null=cfg.dpca_n_null, seed=cfg.seed,
-                        progress=False)
+    # layer 0 left out: token embeddings, where fixed label words have no within-class variance (singular covariance)
+    layers = [l for l in cfg.layers(ctx.model.cfg.n_layers) if l > 0][::cfg.dpca_layer_stride]
+    res = dpca_by_layer(ctx.model, batch, layers, n_null=cfg.dpca_n_null, seed=cfg.seed, progress=False)
     acc = task_accuracy(ctx, task)
     chance = 1.0 / int(get_task(task).n_classes)
     warnings = [w for w in [dpca_chance_warning(task, acc["value"], acc["low"], acc["high"], chance, cfg.n_demos),
@@ -211,13 +212,17 @@ def dpca_section(ctx: Context) -> Section:
     w = V.null_overlaps(f"label variance at its peak layer {peak}", float(var.loc[peak, label]), nulls)
     if w:
         warnings.append(w)
+    w = V.label_token_identity(int(var.index[0]), float(var[label].iloc[0]))
+    if w:
+        warnings.append(w)
     table = pd.DataFrame({"layer": var.index, f"{nuis} variance": var[nuis].values, "label variance": var[label].values,
                           "label null 95%": null95[label].values})
     tag = f": {res.model_name}, task {res.task}, {res.position_kind} positions, {res.n_demos} demos, N={len(batch)}"
     first, last = var.index[0], var.index[-1]
     return Section(
         "dpca", f"dPCA of label-position vectors ({task})",
-        "Demixed PCA (Kobak et al. 2016) of the residual stream at the demo answer positions, marginalized by a "
+        "Demixed PCA (Kobak et al. 2016) of the residual stream at the demo answer positions (layers >= 1: at "
+        "layer 0, the token embeddings, fixed label words have no within-class variance), marginalized by a "
         "nuisance feature of the demo input and by the label class. Variance per marginalization per layer, with "
         f"the 95th percentile of {cfg.dpca_n_null} null draws (condition labels redrawn within each prompt, whole fit "
         f"repeated) drawn in the figure. In-context label accuracy on this task with {cfg.n_demos} demos: "

@@ -193,5 +193,13 @@ def saliency_section(ctx: Context) -> Section:
     )
 
 
-from icl_circuits.report import task_vector_sections  # noqa: E402,F401  (registers task_vectors, interchange)
-from icl_circuits.report import circuit_sections  # noqa: E402,F401  (registers heads, ov, propagation, dpca)
+from icl_circuits.report.task_vector_sections import (  # noqa: E402,F401  (registers task_vectors, interchange)
+    interchange_section,
+    task_vectors_section,
+)
+from icl_circuits.report.circuit_sections import (  # noqa: E402,F401  (registers heads, ov, propagation, dpca)
+    dpca_section,
+    heads_section,
+    ov_section,
+    propagation_section,
+)

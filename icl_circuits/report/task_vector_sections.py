@@ -144,10 +144,9 @@ def interchange_section(ctx: Context) -> Section:
     cfg, m = ctx.cfg, ctx.model
     a, b = cfg.interchange_pair
     layers = cfg.block_layers(m.cfg.n_layers)
-    n = cfg.prompts(32) // (2 if cfg.layer_stride else 1)
+    n = cfg.prompts() // 2 if cfg.layer_stride else cfg.prompts(32)
     src, tgt = paired_batches(m, a, b, n_prompts=n, n_demos=cfg.n_demos, seed=cfg.seed)
-    sets = ["answer_-1", "query", "answers", "demo_tokens"] if not cfg.layer_stride else ["answer_-1", "answers",
-                                                                                          "demo_tokens"]
+    sets = ["answer_-1", "query", "answers", "demo_tokens"] if not cfg.layer_stride else ["answer_-1", "demo_tokens"]
     runs = [interchange(m, src, tgt, pos, layers=layers, source_task=a, target_task=b, progress=False)
             for pos in sets]
     nec = [necessity(m, tgt, pos, layers=layers, seed=cfg.seed, progress=False) for pos in ("query", "answer_-1")]

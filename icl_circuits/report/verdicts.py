@@ -120,6 +120,16 @@ def weak_fit_layers(layers: Sequence[int], r2: Sequence[float], threshold: float
             "of the model (greyed in the figures).")
 
 
+def label_token_identity(layer: int, label_variance: float, threshold: float = 0.9) -> str | None:
+    """Label variance at the label positions already near 1 at the first analysed layer: the positions hold
+    the label words' own tokens (fixed label words), so "label information" there is token identity."""
+    if label_variance < threshold:
+        return None
+    return (f"label variance is already {label_variance:.2f} at layer {layer}: the label positions hold the label "
+            "words' own tokens, so label information there is the token's identity, not a representation learned "
+            "in context (the paper draws arbitrary label words per prompt).")
+
+
 def verdict_label(warnings: Sequence[str]) -> str:
     """'not a finding' when any detector fired, else 'finding' (the tag of a section's reading)."""
     return "not a finding" if any(warnings) else "finding"
