@@ -139,12 +139,14 @@ def test_tap_gives_the_total_derivative_and_leaves_the_forward_unchanged(tiny_mo
     clean = runner.final_logits(tiny_model, batch)
     logits = runner.final_logits_with_grad(tiny_model, batch, [Intervention(Site(1), "tap", store=store)])
     assert torch.allclose(logits.detach(), clean, atol=1e-5)
-    logits.logsumexp(-1).sum().backward()
     (act, tap), = store
+    (g_tap,) = torch.autograd.grad(logits.logsumexp(-1).sum(), [tap])  # autograd.grad: no parameter .grad is left
     x = act.clone().requires_grad_(True)
     out = runner.resume(tiny_model, x, 1, tokens=batch.tokens)
-    runner.unembed_resid(tiny_model, out[torch.arange(len(batch)), batch.final_positions]).logsumexp(-1).sum().backward()
-    assert torch.allclose(tap.grad, x.grad, atol=1e-5)
+    (g_x,) = torch.autograd.grad(
+        runner.unembed_resid(tiny_model, out[torch.arange(len(batch)), batch.final_positions]).logsumexp(-1).sum(), [x])
+    assert torch.allclose(g_tap, g_x, atol=1e-5)
+    assert all(p.grad is None for p in tiny_model.parameters())
     with pytest.raises(ValueError, match="'tap' acts on the whole activation"):
         Intervention(Site(1), "tap", store=[], positions=batch.positions("query").positions)
     assert name == Site(1).hook_name(tiny_model)
