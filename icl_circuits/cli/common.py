@@ -43,16 +43,19 @@ model_option = click.option("--model", default=DEFAULT_MODEL, show_default=True,
 
 def _set_threads(_ctx: Any, _param: click.Parameter, value: int) -> int:
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(value)
+    threadpool_limits(limits=value)  # numpy / scipy / scikit-learn BLAS too (dPCA, probes, fits), for the process
     return value
 
 
-#: The --threads option every command shares: torch.set_num_threads(N) when the options are parsed,
+#: The --threads option every command shares: torch.set_num_threads(N) and the BLAS pools of numpy /
+#: scipy / scikit-learn (threadpoolctl) limited to N when the options are parsed,
 #: i.e. before the command loads the model. Not passed to the command (read torch.get_num_threads()).
 threads_option = click.option(
     "--threads", default=1, show_default=True, type=click.IntRange(min=1), callback=_set_threads, expose_value=False,
-    help="torch intra-op threads (torch.set_num_threads), set before the model loads. 1 by default: "
+    help="threads for torch (torch.set_num_threads) and numpy's BLAS, set before the model loads. 1 by default: "
          "torch's default (one per core) was ~48x slower on a busy 2-core machine (docs/gotchas.md).")
 
 

@@ -40,22 +40,27 @@ def test_every_command_takes_threads(runner):
                                   "interchange", "report"])
 def test_threads_are_set_before_the_model_loads(monkeypatch, name, tmp_path):
     import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
 
-    seen = []
+    seen, blas = [], []
 
     def load(model):
         seen.append(torch.get_num_threads())
+        blas.extend(p["num_threads"] for p in threadpool_info())
         raise click.UsageError("stop here")
 
     monkeypatch.setattr(cli_common, "load", load)
     before = torch.get_num_threads()
+    restore = threadpool_limits(limits=3)  # BLAS pools at 3, so the command's --threads 2 must change them
     extra = {"interchange": ["--source", "antonym", "--target", "english-french"],
              "report": ["--out", str(tmp_path / "r.html")]}.get(name, [])
     try:
         res = CliRunner().invoke(cli, [name, *extra, "--threads", "2"])
     finally:
         torch.set_num_threads(before)
+        restore.restore_original_limits()
     assert "stop here" in res.output and seen == [2], res.output
+    assert blas and set(blas) == {2}, blas  # numpy's BLAS (dPCA, probes, fits) is limited too
 
 
 def test_train_toy_passes_threads_and_its_own_options_on(monkeypatch):
