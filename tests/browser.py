@@ -18,18 +18,24 @@ window.addEventListener('load', () => setTimeout(() => {
   const plots = [...document.querySelectorAll('.js-plotly-plot')];
   const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
   const hit = (a, b) => a[0] < b[2] - 1 && b[0] < a[2] - 1 && a[1] < b[3] - 1 && b[1] < a[3] - 1;
-  const overlaps = [], scrolls = [];
+  const overlaps = [], scrolls = [], clipped = [];
   plots.forEach((p, i) => {
     const notes = [...p.querySelectorAll('g.annotation')].filter(a => a.textContent.trim())
       .map(a => ({text: a.textContent.trim(), box: box(a.querySelector('.annotation-text-g') || a)}));
     for (let j = 0; j < notes.length; j++) for (let k = j + 1; k < notes.length; k++)
       if (hit(notes[j].box, notes[k].box)) overlaps.push([i, notes[j].text, notes[k].text]);
+    const svg = p.querySelector('svg.main-svg');
+    const title = p.querySelector('.g-gtitle text');
+    if (svg && title && title.textContent.trim()) {
+      const t = box(title), f = box(svg);
+      if (t[0] < f[0] - 1 || t[2] > f[2] + 1) clipped.push([i, title.textContent.trim().slice(0, 80)]);
+    }
     const bar = p.querySelector('.legend .scrollbar');
     if (bar && bar.getBoundingClientRect().height > 0) scrolls.push(i);
   });
   const out = {errors: window.__errors, plots: plots.length,
                rendered: plots.filter(p => p.querySelector('svg.main-svg')).length,
-               overlapping_annotations: overlaps, legend_scrolls: scrolls};
+               overlapping_annotations: overlaps, legend_scrolls: scrolls, clipped_titles: clipped};
   const pre = document.createElement('pre'); pre.id = '__result'; pre.textContent = JSON.stringify(out);
   document.body.appendChild(pre);
 }, 1000));

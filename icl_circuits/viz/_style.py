@@ -4,7 +4,9 @@ not print on top of each other. Every figure builder in ``icl_circuits.viz`` use
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+import textwrap
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import plotly.colors
@@ -17,6 +19,40 @@ DEFAULT_HEIGHT = 450
 #: pixels per legend entry (font 12 plus gap) and the top + bottom margins plotly keeps.
 LEGEND_ROW_PX = 21
 MARGIN_PX = 180
+
+
+#: Characters per title line: a title longer than this is wrapped (plotly never wraps, and a long
+#: title is cut at the figure's edge in a report column or a notebook cell, ~800 px).
+TITLE_CHARS = 80
+#: Extra top margin per wrapped title line (pixels).
+TITLE_LINE_PX = 22
+
+
+def wrap_title(fig: go.Figure, width: int = TITLE_CHARS) -> go.Figure:
+    """Wrap the figure's title onto lines of at most ``width`` characters (``<br>``), keeping
+    existing line breaks, and make room for the extra lines in the top margin."""
+    text = fig.layout.title.text
+    if not text:
+        return fig
+    lines = []
+    for part in str(text).split("<br>"):
+        lines += textwrap.wrap(part, width) if len(part) > width and "<" not in part else [part]
+    if len(lines) > len(str(text).split("<br>")):
+        top = fig.layout.margin.t if fig.layout.margin.t is not None else 80
+        fig.update_layout(title_text="<br>".join(lines), margin_t=top + TITLE_LINE_PX * (len(lines) - 1))
+    return fig
+
+
+def figure(fn: Callable[..., go.Figure]) -> Callable[..., go.Figure]:
+    """Decorator of every public figure builder in ``icl_circuits.viz``: the figure it returns gets
+    the shared finishing (``wrap_title``)."""
+
+    @functools.wraps(fn)
+    def build(*args: Any, **kwargs: Any) -> go.Figure:
+        fig = fn(*args, **kwargs)
+        return wrap_title(fig) if isinstance(fig, go.Figure) else fig
+
+    return build
 
 
 def color(i: int) -> str:

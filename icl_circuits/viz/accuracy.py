@@ -9,6 +9,7 @@ from icl_circuits.viz import _style
 from icl_circuits.methods.accuracy import AccuracyResult  # noqa: F401  (annotation)
 
 
+@_style.figure
 def accuracy_by_demos(result: AccuracyResult | pd.DataFrame, title: str | None = None, metric: str = "first_token") -> go.Figure:
     """One metric vs number of demos, one line per task, 95% intervals as error bars.
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from icl_circuits.methods.anchors import IsolationResult
+from icl_circuits.viz import _style
 
 
+@_style.figure
 def isolation(result: IsolationResult, title: str | None = None) -> go.Figure:
     """Accuracy and label loyalty per isolated layer range, label words vs random positions
     (Wilson 95% error bars; the un-isolated accuracy as a dashed line)."""

@@ -23,6 +23,7 @@ def _n_null(r: DPCALayerResult) -> int:
     return int(r.null_total_marginal_variance.shape[0])
 
 
+@_style.figure
 def explained_variance(r: DPCALayerResult, title: str | None = None) -> go.Figure:
     """Variance of the condition means in each marginalization vs layer (solid), the part
     captured by its dPCA components (dotted), and the null baseline (dashed: the 95th percentile of
@@ -51,6 +52,7 @@ def explained_variance(r: DPCALayerResult, title: str | None = None) -> go.Figur
     return _style.fit_legend(fig)
 
 
+@_style.figure
 def distances(r: DPCALayerResult, spaces: Sequence[str] | None = None, title: str | None = None) -> go.Figure:
     """Mean pairwise Mahalanobis distance between the clusters of each factor vs layer: full space
     (solid), the factor's own dPCA subspace (dash), every other space in ``spaces`` (dot); the
@@ -86,6 +88,7 @@ def distances(r: DPCALayerResult, spaces: Sequence[str] | None = None, title: st
     return _style.fit_legend(fig)
 
 
+@_style.figure
 def projections(r: DPCALayerResult, x: str = "label", y: str | None = None, title: str | None = None) -> go.Figure:
     """Samples on the first ``x`` axis vs the first ``y`` axis (default: the first factor, i.e. the
     nuisance), coloured by label (left) and by the nuisance (right); a dropdown picks the layer."""
@@ -126,6 +129,7 @@ def projections(r: DPCALayerResult, x: str = "label", y: str | None = None, titl
     return fig
 
 
+@_style.figure
 def ablation(results: SubspaceAblationResult | Sequence[SubspaceAblationResult], metric: str = "label_accuracy",
              title: str | None = None) -> go.Figure:
     """Accuracy at the query: clean, with the dPCA subspace projected out, with random subspaces
@@ -153,6 +157,7 @@ def ablation(results: SubspaceAblationResult | Sequence[SubspaceAblationResult],
     return fig
 
 
+@_style.figure
 def summary(r: DPCALayerResult) -> go.Figure:
     """Two panels: variance per marginalization and cluster distances (full and own subspace)."""
     a, b = explained_variance(r), distances(r)

@@ -12,10 +12,12 @@ from torch import Tensor
 
 from icl_circuits.methods.attribution import scan_agreement
 from icl_circuits.methods.heads import HeadScanResult
+from icl_circuits.viz import _style
 
 __all__ = ["head_scan", "scan_vs_attribution", "head_heatmap", "head_layout"]
 
 
+@_style.figure
 def head_heatmap(values: Tensor, layers: Sequence[int], hover: list[list[str]], colorbar: str, **kw) -> go.Heatmap:
     """A layer x head heatmap of ``values`` ([layer, head]) on a diverging scale centred at 0."""
     v = values.detach().float().numpy()
@@ -27,6 +29,7 @@ def head_heatmap(values: Tensor, layers: Sequence[int], hover: list[list[str]], 
     )
 
 
+@_style.figure
 def head_layout(fig: go.Figure, title: str) -> go.Figure:
     """Title, heads on x, layers on y (layer 0 at the top)."""
     fig.update_layout(title=title, template="plotly_white")
@@ -35,6 +38,7 @@ def head_layout(fig: go.Figure, title: str) -> go.Figure:
     return fig
 
 
+@_style.figure
 def head_scan(result: HeadScanResult, title: str | None = None) -> go.Figure:
     """Heatmap (layer x head) of the mean effect of ablating each head alone (ablated - clean)."""
     hover = [[f"L{l}H{h}<br>{result.metric} ablated: {float(result.values[i, h]):.4f} "
@@ -45,6 +49,7 @@ def head_scan(result: HeadScanResult, title: str | None = None) -> go.Figure:
                        f"change of {result.metric}, clean {float(result.clean.mean()):.3f} - {result.model_name}, {result.task}")
 
 
+@_style.figure
 def scan_vs_attribution(exact: HeadScanResult, approx: HeadScanResult, title: str | None = None) -> go.Figure:
     """Scatter of each head's exact ablation effect vs its attribution-patching estimate; the title
     names the ablation the agreement figures belong to."""

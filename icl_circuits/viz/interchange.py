@@ -28,6 +28,7 @@ def _as_list(results):
     return [results] if not isinstance(results, (list, tuple)) else list(results)
 
 
+@_style.figure
 def interchange(
     results: InterchangeResult | Sequence[InterchangeResult] | InterchangeControlsResult,
     outcomes: Sequence[str] = OUTCOMES,
@@ -66,6 +67,7 @@ def interchange(
     return _style.fit_legend(fig)
 
 
+@_style.figure
 def necessity(results: NecessityResult | Sequence[NecessityResult], title: str | None = None) -> go.Figure:
     """Accuracy drop (clean minus corrupted) per layer, one line per position set, Wilson 95% bands."""
     results = _as_list(results)
@@ -94,6 +96,7 @@ def necessity(results: NecessityResult | Sequence[NecessityResult], title: str |
     return _style.fit_legend(fig)
 
 
+@_style.figure
 def probe_vs_transfer(
     probes: ProbeResult | Sequence[ProbeResult],
     transfers: InterchangeResult | Sequence[InterchangeResult] = (),

@@ -8,10 +8,12 @@ import plotly.graph_objects as go
 
 from icl_circuits.methods.key_heads import KeyHeadAblationResult, KeyHeadsResult
 from icl_circuits.viz.heads import head_heatmap, head_layout
+from icl_circuits.viz import _style
 
 __all__ = ["key_heads", "key_vs_random"]
 
 
+@_style.figure
 def key_heads(result: KeyHeadsResult, title: str | None = None) -> go.Figure:
     """Heatmap of the key-head scores (mean DLA of each head's contribution), rank in the hover."""
     rank = {tuple(lh): r for r, lh in enumerate(result.ranking)}
@@ -22,6 +24,7 @@ def key_heads(result: KeyHeadsResult, title: str | None = None) -> go.Figure:
                        f"- {result.model_name}, {result.task}")
 
 
+@_style.figure
 def key_vs_random(result: KeyHeadAblationResult, title: str | None = None) -> go.Figure:
     """Accuracy drop when the top-k key heads vs k random heads are ablated (random: mean, error
     bars = standard deviation over draws, dots = each draw)."""

@@ -23,6 +23,7 @@ def _wilson_band(values, n: int) -> tuple[list[float], list[float]]:
     return [r.low for r in rates], [r.high for r in rates]
 
 
+@_style.figure
 def logit_lens(res: LogitLensResult | PropagationResult, title: str | None = None) -> go.Figure:
     """Logit-lens accuracy by layer with Wilson 95% bands (a PropagationResult: without and with the
     vector injected at that layer)."""

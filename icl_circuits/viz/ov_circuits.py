@@ -9,10 +9,12 @@ from plotly.subplots import make_subplots
 
 from icl_circuits.methods.ov_circuits import OVResult, ReconstructionResult
 from icl_circuits.viz.heads import head_heatmap, head_layout
+from icl_circuits.viz import _style
 
 __all__ = ["ov_heads", "reconstruction"]
 
 
+@_style.figure
 def ov_heads(result: OVResult, title: str | None = None) -> go.Figure:
     """Three heatmaps (layer x head): DLA of each head's exact change, of its OV approximation,
     and the mean cosine between the two vectors."""
@@ -28,6 +30,7 @@ def ov_heads(result: OVResult, title: str | None = None) -> go.Figure:
                        f"(LN {result.ln}) - {result.model_name}, {result.task}")
 
 
+@_style.figure
 def reconstruction(result: ReconstructionResult, title: str | None = None) -> go.Figure:
     """Accuracy per reconstruction condition, Wilson 95% intervals as error bars."""
     v, lo, hi = result.values.numpy(), result.low.numpy(), result.high.numpy()

@@ -15,6 +15,7 @@ from icl_circuits.methods.sweeps import SweepResult
 from icl_circuits.viz import _style, sweeps
 
 
+@_style.figure
 def layer_curves(results: Sequence[SweepResult], title: str | None = None) -> go.Figure:
     """Accuracy per injection layer, one line per SweepResult (e.g. learned vs vanilla vs function
     vectors), with 95% bands and baselines: ``plots.sweeps.sweep`` for a list of results."""
@@ -24,6 +25,7 @@ def layer_curves(results: Sequence[SweepResult], title: str | None = None) -> go
     return sweeps.sweep(list(results), title or f"Task vectors by injection layer: {r0.model_name}, {r0.task}")
 
 
+@_style.figure
 def training_curve(tv: TaskVector, title: str | None = None) -> go.Figure:
     """Loss and accuracy per epoch (epoch 0: the untrained vector) of a learned task vector."""
     m = tv.meta
@@ -39,6 +41,7 @@ def training_curve(tv: TaskVector, title: str | None = None) -> go.Figure:
     return fig
 
 
+@_style.figure
 def rotation_scaling(res: PropagationResult, title: str | None = None) -> go.Figure:
     """Rotation vs scaling of the propagation map W = U P by injection layer.
 
@@ -79,6 +82,7 @@ def _mark_unreadable_fits(fig: go.Figure, res: PropagationResult, **where) -> No
                                       f"{', '.join(map(str, bad))}", hoverinfo="skip"), **where)
 
 
+@_style.figure
 def alignment(res: PropagationResult, title: str | None = None) -> go.Figure:
     """Task alignment (cosine with the label-unembedding span) of theta and of W theta, by layer."""
     fig = go.Figure()
@@ -92,6 +96,7 @@ def alignment(res: PropagationResult, title: str | None = None) -> go.Figure:
     return _style.integer_layer_axis(fig, res.layers)
 
 
+@_style.figure
 def propagation_summary(res: PropagationResult, title: str | None = None) -> go.Figure:
     """One figure with four panels: rotation, scaling, alignment, accuracies (theta at its layer vs
     W theta at the final residual vs logit lens), all by injection layer."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from icl_circuits.methods.reweighting import ReweightResult
+from icl_circuits.viz import _style
 
 
+@_style.figure
 def reweighting(result: ReweightResult, title: str | None = None) -> go.Figure:
     """Held-out accuracy before / after anchor re-weighting (Wilson 95% error bars)."""
     df = result.to_dataframe()

@@ -12,6 +12,7 @@ _COLORS = {"S_wp": "#1f77b4", "S_pq": "#d62728", "S_ww": "#7f7f7f"}
 _LABELS = {"S_wp": "S_wp (text → label words)", "S_pq": "S_pq (label words → query)", "S_ww": "S_ww (other pairs)"}
 
 
+@_style.figure
 def flows(result: SaliencyResult, title: str | None = None) -> go.Figure:
     """S_wp, S_pq and S_ww vs layer (Wang et al.'s figure), with the 95% interval of the mean as a band."""
     fig = go.Figure()
@@ -35,6 +36,7 @@ def flows(result: SaliencyResult, title: str | None = None) -> go.Figure:
     return _style.integer_layer_axis(fig, x)
 
 
+@_style.figure
 def heatmap(result: SaliencyResult, example: int = 0, title: str | None = None) -> go.Figure:
     """Saliency matrix I_l of one kept prompt over token positions, a slider over layers.
 

@@ -37,6 +37,7 @@ def _from_frame(df: pd.DataFrame) -> tuple[list[dict], list[tuple[str, float]], 
     return curves, refs, str(first.get("metric", "accuracy")), str(first.get("task", "")), str(first.get("model", ""))
 
 
+@_style.figure
 def sweep(result: SweepResult | Sequence[SweepResult] | pd.DataFrame, title: str | None = None) -> go.Figure:
     """Metric per layer, one line per result (method), its 95% interval as a band, baselines dashed.
 
@@ -81,6 +82,7 @@ def sweep(result: SweepResult | Sequence[SweepResult] | pd.DataFrame, title: str
     return fig
 
 
+@_style.figure
 def patch_grid(result: PatchGridResult, title: str | None = None, normalized: bool = False) -> go.Figure:
     """Layer x position heatmap of an activation-patching grid; positions named by token or role.
 
@@ -107,6 +109,7 @@ def patch_grid(result: PatchGridResult, title: str | None = None, normalized: bo
     return fig
 
 
+@_style.figure
 def cie_heatmap(result, title: str | None = None, top_k: int | None = None) -> go.Figure:
     """Layer x head heatmap of causal indirect effects (``task_vectors.HeadCIEResult``), top heads marked.
 

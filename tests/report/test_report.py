@@ -44,6 +44,7 @@ def test_report_renders_in_headless_chromium_without_console_errors(report):
     assert result["rendered"] == result["plots"]
     assert result["overlapping_annotations"] == [], "annotation texts drawn on top of each other"
     assert result["legend_scrolls"] == [], "a legend needs a scroll bar (entries hidden)"
+    assert result["clipped_titles"] == [], "a title runs past its figure's edge"
 
 
 def test_unknown_section_is_a_clear_error(tiny_model):

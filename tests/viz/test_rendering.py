@@ -32,11 +32,24 @@ def test_the_check_sees_overlapping_annotations_and_legend_scrolls(tmp_path):
     good.add_annotation(x=0, y=0, text="low", showarrow=False)
     good.add_annotation(x=1, y=1, text="high", showarrow=False)
     r = check_html(_page(good, tmp_path / "good.html"))
-    assert r["overlapping_annotations"] == [] and r["legend_scrolls"] == []
+    assert r["overlapping_annotations"] == [] and r["legend_scrolls"] == [] and r["clipped_titles"] == []
+    long = go.Figure([go.Scatter(x=[0, 1], y=[0, 1])], layout={"title": {"text": "a title that runs on " * 12}})
+    assert check_html(_page(long, tmp_path / "long.html"))["clipped_titles"] != []
+
+
+def test_figure_builders_wrap_long_titles():
+    """Every viz builder's figure leaves with its title wrapped (plotly never wraps; a long title is cut)."""
+    from icl_circuits.viz import _style
+
+    fig = _style.wrap_title(go.Figure(layout={"title": {"text": "word " * 40}}))
+    lines = fig.layout.title.text.split("<br>")
+    assert len(lines) > 1 and all(len(x) <= _style.TITLE_CHARS for x in lines)
+    assert fig.layout.margin.t > 80
+    assert _style.wrap_title(fig).layout.title.text == fig.layout.title.text  # idempotent
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "docs" / "figures").glob("*.html")), ids=lambda p: p.name)
 def test_doc_figures_render_cleanly(path):
     r = check_html(path)
     assert r["errors"] == [] and r["rendered"] == r["plots"] >= 1
-    assert r["overlapping_annotations"] == [] and r["legend_scrolls"] == []
+    assert r["overlapping_annotations"] == [] and r["legend_scrolls"] == [] and r["clipped_titles"] == []
