@@ -46,6 +46,18 @@ def check_layer(model: HookedModel, layer: int, *, allow_final: bool = True, arg
     return layer
 
 
+def check_layers(model: HookedModel, layers: Sequence[int] | None, *, allow_final: bool = True,
+                 arg: str = "layers") -> list[int]:
+    """Validated layer indices (``check_layer`` each); None: every layer (0..n_layers, or
+    0..n_layers-1 with ``allow_final=False``). An empty list is an error."""
+    n = model.cfg.n_layers
+    out = list(range(n + 1 if allow_final else n)) if layers is None else [
+        check_layer(model, l, allow_final=allow_final, arg=arg) for l in layers]
+    if not out:
+        raise ValueError(f"{arg} is empty")
+    return out
+
+
 def check_head(model: HookedModel, layer: int, head: int, arg: str = "head") -> tuple[int, int]:
     """Validate a (layer, head) pair."""
     check_layer(model, layer, allow_final=False)

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from icl_circuits.core.positions import _check_batch
+from icl_circuits.core.positions import check_batch
 from icl_circuits.core.prompts import (
     PromptBatch, Template, TokenizationBoundaryError, _render, _token_span, _tokenize, build_prompts,
 )
@@ -37,7 +37,7 @@ def task_answer_tokens(batch: PromptBatch, task: Task | str) -> Int[Tensor, "bat
     ``-1`` where the task is undefined on the query. Categorization tasks use the prompt's own
     label binding (``batch.label_words``); a prompt without one (or with another number of
     classes) gets ``-1``."""
-    _check_batch(batch)
+    check_batch(batch)
     task = _as_task(task)
     if batch.tokenizer is None:
         raise ValueError("batch has no tokenizer; build it with build_prompts")
@@ -156,7 +156,7 @@ def random_answer_twins(
     Returns (the kept ICL prompts, their twins with variant ``"random_answers"``, counts of dropped
     prompts by reason); raises ``NoLengthMatchedAnswers`` when no prompt is left.
     """
-    _check_batch(icl, "icl")
+    check_batch(icl, "icl")
     if icl.n_demos < 1:
         raise ValueError("icl has no demonstrations: local task vectors live at the demo answer positions")
     task_obj = _as_task(icl.task if task is None else task)

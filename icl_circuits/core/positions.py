@@ -62,13 +62,15 @@ _KIND_SETS = {"answers": "answer", "answer": "answer", "answer_last": "answer_la
 _ROLE_SETS = {"inputs": ("input",), "input_tokens": ("input",), "answer_tokens": ("answer",), "demo_tokens": _ROLES}
 SET_NAMES = (*_KIND_SETS, *_ROLE_SETS, "last_demo_token", "query", "final")
 
-def _check_batch(batch: PromptBatch, arg: str = "batch") -> None:
+def check_batch(batch: PromptBatch, arg: str = "batch") -> PromptBatch:
+    """``batch`` if it is a non-empty ``PromptBatch``; else a clear error naming ``arg``."""
     from icl_circuits.core.prompts import PromptBatch
 
     if not isinstance(batch, PromptBatch):
-        raise TypeError(f"{arg} must be a PromptBatch, got {type(batch).__name__}")
+        raise TypeError(f"{arg} must be a PromptBatch (build one with build_prompts), got {type(batch).__name__}")
     if len(batch) == 0:
         raise ValueError(f"{arg} is empty")
+    return batch
 
 
 def _demo_index(batch: PromptBatch, k: int, name: str) -> int:
@@ -188,7 +190,7 @@ def resolve(batch: PromptBatch, spec: str | Sequence[str]) -> PositionSet:
     spans of different lengths; see the module docstring). Repeated names are kept once; two
     different names on the same token of a prompt, or a position outside a prompt, raise
     ``ValueError``."""
-    _check_batch(batch)
+    check_batch(batch)
     cols, names, valid = [], [], []
     for item in _spec_items(spec):
         p, ns, v = _resolve_one(batch, item)

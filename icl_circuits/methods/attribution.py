@@ -26,7 +26,8 @@ from icl_circuits.core.results import Result
 from icl_circuits.core.runner import final_logits_with_grad, minibatches
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.heads import HeadScanResult, scan_layers, scan_result
-from icl_circuits.methods.head_ablation import HeadPositions, check_batch, check_choice, check_head_positions, every_position, head_means, means_at, scan_metric
+from icl_circuits.methods.head_ablation import HeadPositions, check_choice, check_head_positions, every_position, head_means, means_at, scan_metric
+from icl_circuits.core.positions import check_batch
 
 __all__ = ["head_attribution", "scan_agreement", "TOP_K_MIN_OVERLAP"]
 

@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.interventions import Intervention, Site, check_layer, z_name
+from icl_circuits.core.interventions import Intervention, Site, check_layer, check_layers, z_name
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, provenance
@@ -33,13 +33,6 @@ from icl_circuits.methods.vectors import TaskVector
 
 __all__ = ["mean_head_outputs", "HeadCIEResult", "head_cie", "function_vector", "fv_from_heads"]
 
-
-def _layers(model: HookedModel, layers: Sequence[int] | None) -> list[int]:
-    out = list(range(model.cfg.n_layers)) if layers is None else [
-        check_layer(model, l, allow_final=False, arg="layers") for l in layers]
-    if not out:
-        raise ValueError("layers is empty")
-    return out
 
 
 def mean_head_outputs(model: HookedModel, batch: PromptBatch, *, batch_size: int = 64) -> Float[Tensor, "layer head d_head"]:
@@ -105,7 +98,7 @@ def head_cie(
     mean_z = mean_head_outputs(model, clean_batch) if mean_z is None else mean_z
     if tuple(mean_z.shape) != (L, H, model.cfg.d_head):
         raise ValueError(f"mean_z must have shape [n_layers={L}, n_heads={H}, d_head={model.cfg.d_head}], got {tuple(mean_z.shape)}")
-    layers = _layers(model, layers)
+    layers = check_layers(model, layers, allow_final=False)
     pos = corrupted_batch.positions("final").positions
     cells = [(l, h) for l in layers for h in range(H)]
     out = torch.zeros(len(layers), H, len(corrupted_batch))

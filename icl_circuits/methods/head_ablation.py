@@ -36,6 +36,7 @@ from torch import Tensor
 from icl_circuits.core.interventions import Intervention, Site, check_head, z_name
 from icl_circuits.core.metrics import Metric, get_metric
 from icl_circuits.core.models import model_info
+from icl_circuits.core.positions import check_batch
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, provenance
 from icl_circuits.core.runner import (
@@ -46,13 +47,6 @@ from icl_circuits.core.types import HookedModel
 #: Every position (``"all"`` or None), or a ``PromptBatch.positions`` spec (``"final"``, ``"answers"``...).
 HeadPositions = str | Sequence[str] | None
 
-
-
-def check_batch(batch: PromptBatch, arg: str = "batch") -> None:
-    if not isinstance(batch, PromptBatch):
-        raise TypeError(f"{arg} must be a PromptBatch, got {type(batch).__name__}")
-    if len(batch) == 0:
-        raise ValueError(f"{arg} is empty")
 
 
 def check_choice(value: Any, choices: Sequence[str], arg: str) -> str:

@@ -46,10 +46,8 @@ from icl_circuits.core.runner import (
     Entry, cache_resid, minibatches, run_final_logits, run_staggered,
 )
 from icl_circuits.core.types import HookedModel
-from icl_circuits.methods.head_ablation import (
-    HeadPositions, check_batch, check_choice, check_head_positions, head_ablation_interventions,
-    head_ablation_hooks, head_means, positions_label, scan_metric,
-)
+from icl_circuits.methods.head_ablation import HeadPositions, check_choice, check_head_positions, head_ablation_interventions, head_ablation_hooks, head_means, positions_label, scan_metric
+from icl_circuits.core.positions import check_batch
 
 
 # ----------------------------------------------------------------------------- checks and metrics

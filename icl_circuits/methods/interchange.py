@@ -29,7 +29,7 @@ from icl_circuits.core.interventions import Intervention, Site, check_layer
 from icl_circuits.core.metrics import wilson
 from icl_circuits.core.models import model_info
 from icl_circuits.core.pairs import _as_task, task_answer_tokens
-from icl_circuits.core.positions import _check_batch, masked_mean
+from icl_circuits.core.positions import check_batch, masked_mean
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, provenance
 from icl_circuits.core.runner import read_resid, sweep_final_logits
@@ -162,8 +162,8 @@ def interchange(
     written only where target t has column j and some source prompt had it (per prompt: where
     both prompt i's have it); ``meta["written_fraction"]`` is the share of target entries written.
     """
-    _check_batch(source_batch, "source_batch")
-    _check_batch(target_batch, "target_batch")
+    check_batch(source_batch, "source_batch")
+    check_batch(target_batch, "target_batch")
     if source_batch.n_demos != target_batch.n_demos:
         raise ValueError(f"source and target batches must have the same number of demos, got "
                          f"{source_batch.n_demos} and {target_batch.n_demos}")

@@ -30,7 +30,8 @@ from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, provenance
 from icl_circuits.core.runner import run_final_logits
 from icl_circuits.core.types import HookedModel
-from icl_circuits.methods.head_ablation import HeadPositions, check_batch, check_choice, check_head_positions, check_heads, head_ablation_hooks, head_means, positions_label
+from icl_circuits.methods.head_ablation import HeadPositions, check_choice, check_head_positions, check_heads, head_ablation_hooks, head_means, positions_label
+from icl_circuits.core.positions import check_batch
 from icl_circuits.methods.ov_circuits import (
     LNMode, OVResult, PositionSpec, injected_vector, injection, ov_contributions, spec_name,
 )

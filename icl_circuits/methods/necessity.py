@@ -22,7 +22,7 @@ from torch import Tensor
 from icl_circuits.core.interventions import Intervention, Site, check_layer
 from icl_circuits.core.metrics import get_metric, wilson
 from icl_circuits.core.models import model_info
-from icl_circuits.core.positions import _check_batch, masked_mean
+from icl_circuits.core.positions import check_batch, masked_mean
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import provenance
 from icl_circuits.core.runner import read_resid, sweep_final_logits
@@ -80,7 +80,7 @@ def necessity(
     layer). For multi-token spans of different lengths only the valid entries of the set are
     corrupted and the mean is over the prompts valid in that column (``PositionSet.mask``).
     """
-    _check_batch(batch)
+    check_batch(batch)
     if how not in ("noise", "zero", "mean"):
         raise ValueError(f"how must be 'noise', 'zero' or 'mean', got {how!r}")
     if not noise_scale >= 0:

@@ -53,7 +53,8 @@ from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, provenance
 from icl_circuits.core.runner import Entry, minibatches, read_activations, run_staggered, unembed_resid
 from icl_circuits.core.types import HookedModel
-from icl_circuits.methods.head_ablation import check_batch, check_choice, check_heads
+from icl_circuits.methods.head_ablation import check_choice, check_heads
+from icl_circuits.core.positions import check_batch
 from icl_circuits.methods.vectors import TaskVector
 
 __all__ = ["injected_vector", "injection", "spec_name", "label_direction", "ov_contributions", "OVResult", "reconstruct",

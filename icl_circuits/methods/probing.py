@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.positions import _check_batch
+from icl_circuits.core.positions import check_batch
 from icl_circuits.core.interventions import check_layer
 from icl_circuits.core.runner import read_resid
 from icl_circuits.core.metrics import wilson
@@ -172,12 +172,12 @@ def probe_by_layer(
             raise ValueError(f"data must hold at least two labels (batches), got {len(data)}")
         batches = list(data.values())
         for k, b in data.items():
-            _check_batch(b, f"data[{k!r}]")
+            check_batch(b, f"data[{k!r}]")
         prompt_labels = [str(k) for k, b in data.items() for _ in range(len(b))]
         task = "+".join(b.task for b in batches)
     elif isinstance(data, tuple) and len(data) == 2:
         batch, labels = data
-        _check_batch(batch, "data[0]")
+        check_batch(batch, "data[0]")
         if len(labels) != len(batch):
             raise ValueError(f"data: {len(labels)} labels for a batch of {len(batch)} prompts")
         batches, prompt_labels, task = [batch], [str(v) for v in labels], batch.task

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from icl_circuits.core.interventions import Intervention, Site, check_layer, check_vector
 from icl_circuits.core.models import model_info
+from icl_circuits.core.positions import check_batch
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, provenance
 from icl_circuits.core.runner import Entry, gather_positions, read_resid, run_staggered
@@ -173,14 +174,6 @@ class LinearPropagation(Result):
         return pd.DataFrame([{**{k: getattr(self, k) for k in keys}, "model": self.model_name}])
 
 
-def _check_batch(batch: PromptBatch, arg: str) -> PromptBatch:
-    if not isinstance(batch, PromptBatch):
-        raise TypeError(f"{arg} must be a PromptBatch (build one with build_prompts), got {type(batch).__name__}")
-    if len(batch) == 0:
-        raise ValueError(f"{arg} is empty")
-    return batch
-
-
 def fit_linear_propagation(
     model: HookedModel,
     batch: PromptBatch,
@@ -210,7 +203,7 @@ def fit_linear_propagation(
         raise ValueError(f"n_vectors must be an integer >= 2 (some are held out), got {n_vectors!r}")
     if not 0 < holdout < 1:
         raise ValueError(f"holdout must be in (0, 1), got {holdout}")
-    _check_batch(batch, "batch")
+    check_batch(batch, "batch")
     resid = read_resid(model, batch, None, [layer])[0]
     extra = torch.zeros(0, d) if vectors is None else check_vector(model, torch.as_tensor(vectors), arg="vectors").reshape(-1, d).float().cpu()
     if norm is None:
@@ -314,8 +307,8 @@ def propagation_by_layer(
     zero-shot). A "replace" vector (vanilla TV) is treated as the displacement it causes on average,
     ``theta - mean(h_l)`` at the final position of the fit prompts. At the final layer W = I.
     """
-    _check_batch(fit_batch, "fit_batch")
-    ev = _check_batch(eval_batch, "eval_batch")
+    check_batch(fit_batch, "fit_batch")
+    ev = check_batch(eval_batch, "eval_batch")
     if fit_batch.task != ev.task:
         raise ValueError(f"fit_batch and eval_batch must be prompts of one task, got {fit_batch.task!r} and {ev.task!r}")
     tv.check_model(model)

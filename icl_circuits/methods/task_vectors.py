@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.interventions import Intervention, Site, check_layer
+from icl_circuits.core.interventions import Intervention, Site, check_layers
 from icl_circuits.core.metrics import wilson
 from icl_circuits.core.models import model_info
 from icl_circuits.core.pairs import NoLengthMatchedAnswers, TaskVectorPrompts, random_answer_twins
@@ -52,14 +52,6 @@ def _batch(batch: PromptBatch, arg: str = "batch") -> PromptBatch:
         raise ValueError(f"{arg} is empty")
     return batch
 
-
-def _layers(model: HookedModel, layers: Sequence[int] | None, allow_final: bool = True) -> list[int]:
-    n = model.cfg.n_layers
-    out = list(range(n + 1 if allow_final else n)) if layers is None else [
-        check_layer(model, l, allow_final=allow_final, arg="layers") for l in layers]
-    if not out:
-        raise ValueError("layers is empty")
-    return out
 
 
 def _meta(batch: PromptBatch, **kw) -> dict:
@@ -86,7 +78,7 @@ def vanilla_task_vector(
     Returns a TaskVector ([layer, d_model], layers 0..n_layers by default, mode "replace").
     """
     _batch(batch)
-    layers = _layers(model, layers)
+    layers = check_layers(model, layers)
     r = read_resid(model, batch, batch.positions("final").positions, layers, batch_size=batch_size)  # [layer, batch, 1, d]
     return TaskVector(r[:, :, 0].float().mean(1), layers, "replace", "vanilla", batch.task, model.cfg.model_name,
                       meta=_meta(batch), model_info=model_info(model), provenance=provenance(model, batch))
@@ -142,7 +134,7 @@ def local_task_vectors(
     names = icl.positions(positions).names if icl.n_demos else []
     if {"final", "query"} & set(names) or positions in ("final", "query"):
         raise ValueError(f"positions must name demo positions (answer, separator, ...), not 'final' (got {positions!r})")
-    layers = _layers(model, layers, allow_final=False)
+    layers = check_layers(model, layers, allow_final=False)
     n_prompts = len(icl)
     icl, dummy, dropped = random_answer_twins(model, icl, task, icl.seed if twin_seed is None else twin_seed)
     ps = icl.positions(positions)
