@@ -265,12 +265,26 @@ def list_metrics() -> list[str]:
     return list(_REGISTRY)
 
 
-def get_metric(name: "str | Metric", batch: "PromptBatch | None" = None, *, arg: str = "metric") -> Metric:
+def get_metric(name: "str | Metric", batch: "PromptBatch | None" = None, *, arg: str = "metric",
+               source: str | None = None) -> Metric:
     """The registered metric called ``name`` (or one of its aliases).
 
     ``"auto"`` means ``"label"`` when ``batch`` has label words, else ``"first_token"``. With a
-    ``batch``, also checks that the metric applies to it. Raises ``ValueError`` naming ``arg``.
+    ``batch``, also checks that the metric applies to it; with ``source`` (e.g. ``"final_logits"``
+    for analyses that read only final-position logits of one batch), that it is computed from
+    there. Raises ``ValueError`` naming ``arg``.
     """
+    m = _lookup(name, batch, arg)
+    if source is not None and m.source != source:
+        raise ValueError(f"{arg} must be scored on {_SOURCE_TEXT.get(source, source)}; {m.name!r} is computed "
+                         f"from {m.source}")
+    return m
+
+
+_SOURCE_TEXT = {"final_logits": "final-position logits of one batch (e.g. 'accuracy', 'logit_diff_to_mean', 'gold_prob')"}
+
+
+def _lookup(name: "str | Metric", batch: "PromptBatch | None", arg: str) -> Metric:
     if isinstance(name, Metric):
         return name.check(batch, arg) if batch is not None else name
     if name == "auto":

@@ -73,11 +73,7 @@ def check_head_positions(batch: PromptBatch, positions: HeadPositions) -> None:
 
 def scan_metric(metric: "str | Metric", batch: PromptBatch) -> Metric:
     """The registry's metric called ``metric``, checked to be scored on final-position logits of one batch."""
-    m = get_metric(metric, batch)
-    if m.source != "final_logits":
-        raise ValueError(f"metric must be scored on final-position logits (e.g. 'accuracy', 'logit_diff_to_mean', "
-                         f"'gold_prob'); {m.name!r} is computed from {m.source}")
-    return m
+    return get_metric(metric, batch, source="final_logits")
 
 
 def check_heads(model: HookedModel, heads: Sequence[Sequence[int]], *, allow_empty: bool = True,

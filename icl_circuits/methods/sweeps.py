@@ -98,11 +98,7 @@ def prompt_metric(metric: str | PromptMetric, batch: PromptBatch) -> tuple[str, 
         return getattr(metric, "__name__", "custom"), metric
     if metric == "auto":
         metric = "label_accuracy" if batch.candidate_tokens() is not None else "accuracy"
-    m = get_metric(metric, batch)
-    if m.source != "final_logits":
-        raise ValueError(f"metric must be scored on final-position logits of one batch; {m.name!r} is computed "
-                         f"from {m.source}")
-    return metric, m.from_logits
+    return metric, get_metric(metric, batch, source="final_logits").from_logits
 
 
 def is_rate(metric: str) -> bool:
