@@ -13,6 +13,21 @@ from icl_circuits.methods.dpca.analysis import DPCALayerResult
 from icl_circuits.viz import _style
 
 _COLORS = _style.PALETTE
+#: Colours of the label classes in ``projections``: blue and orange (far apart in hue and in
+#: lightness); the nuisance levels get green, purple, dark grey, magenta, olive (each far from
+#: both). Plotly's Dark24 in its own order gave label 1 pink beside nuisance levels red and
+#: magenta: they looked alike.
+LABEL_COLORS: tuple[str, ...] = tuple(_style.PALETTE[i] for i in (0, 8))
+NUISANCE_COLORS: tuple[str, ...] = tuple(_style.PALETTE[i] for i in (2, 7, 5, 4, 14))
+
+
+def level_color(factor: str, i: int) -> str:
+    """Colour of level ``i`` of ``factor`` in the projection scatter: ``LABEL_COLORS`` for the
+    label (and word) factor, ``NUISANCE_COLORS`` for the nuisance; no colour is in both sets."""
+    pool = LABEL_COLORS if factor in ("label", "word") else NUISANCE_COLORS
+    if factor in ("label", "word") and i >= len(pool):  # more classes than two: the palette's rest,
+        pool = LABEL_COLORS + tuple(c for c in _style.PALETTE if c not in LABEL_COLORS + NUISANCE_COLORS)
+    return pool[i % len(pool)]
 
 
 def _title(r: DPCALayerResult, what: str) -> str:
@@ -110,7 +125,7 @@ def projections(r: DPCALayerResult, x: str = "label", y: str | None = None, titl
                 idx.append(len(fig.data))
                 fig.add_trace(go.Scattergl(
                     x=px, y=py, mode="markers", name=f"{f}={v}", legendgroup=f"{f}={v}", showlegend=li == 0,
-                    marker=dict(size=4, opacity=0.6, color=_COLORS[(ci + 3 * (col - 1)) % len(_COLORS)]),
+                    marker=dict(size=4, opacity=0.6, color=level_color(f, ci)),
                     visible=li == 0,
                     hovertemplate=f"layer {layer}, {f}={v}<br>{x} axis 1: %{{x:.3f}}<br>{y} axis 1: %{{y:.3f}}<extra></extra>",
                 ), row=1, col=col)
