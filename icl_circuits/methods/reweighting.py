@@ -142,10 +142,13 @@ def train_anchor_reweighting(
         logits = reweighted_logits(model, batch, beta, batch_size=64)
         return float(answer_loss(logits, batch.answer_tokens, cand).mean())
 
-    def acc(batch: PromptBatch) -> Tensor:
-        return correct(reweighted_logits(model, batch, beta), batch.answer_tokens, eval_cand_metric).float()
+    def loss_and_acc(batch: PromptBatch, cand: Tensor | None) -> tuple[float, Tensor]:
+        # one forward gives both the held-out loss and the per-prompt correctness
+        logits = reweighted_logits(model, batch, beta, batch_size=64)
+        ok = correct(logits, batch.answer_tokens, eval_cand_metric).float()
+        return float(answer_loss(logits, batch.answer_tokens, cand).mean()), ok
 
-    train_before, eval_before, ok_before = mean_loss(train_batch, train_cand), mean_loss(eval_batch, eval_cand), acc(eval_batch)
+    train_before, (eval_before, ok_before) = mean_loss(train_batch, train_cand), loss_and_acc(eval_batch, eval_cand)
     beta.requires_grad_(True)
     opt = torch.optim.Adam([beta], lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -166,7 +169,7 @@ def train_anchor_reweighting(
                 total, n = total + float(l.detach()) * len(idx), n + len(idx)
             epoch_losses.append(total / n)
     beta = beta.detach()
-    train_after, eval_after, ok_after = mean_loss(train_batch, train_cand), mean_loss(eval_batch, eval_cand), acc(eval_batch)
+    train_after, (eval_after, ok_after) = mean_loss(train_batch, train_cand), loss_and_acc(eval_batch, eval_cand)
     rb, ra = wilson(int(ok_before.sum()), len(ok_before)), wilson(int(ok_after.sum()), len(ok_after))
     return ReweightResult(
         model_info=model_info(model),
