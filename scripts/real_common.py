@@ -52,8 +52,10 @@ def setup(threads: int) -> Any:
 
 
 def cell(rate: Any) -> str:
-    """A :class:`~icl_circuits.core.metrics.Rate` (or anything with rate/low/high) as ``0.42 [0.29, 0.56]``."""
-    return f"{rate.rate:.2f} [{rate.low:.2f}, {rate.high:.2f}]"
+    """A :class:`~icl_circuits.core.metrics.Rate` (value/low/high; or anything with rate/low/high) as
+    ``0.42 [0.29, 0.56]``."""
+    v = rate.value if hasattr(rate, "value") else rate.rate
+    return f"{v:.2f} [{rate.low:.2f}, {rate.high:.2f}]"
 
 
 def spread(values: Sequence[float], digits: int = 2) -> str:
