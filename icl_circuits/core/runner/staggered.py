@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from icl_circuits.core.interventions import HookList, check_layer, compile_hooks, resid_name
 from icl_circuits.core.prompts import PromptBatch
+from icl_circuits.core.runner import backend
 from icl_circuits.core.runner.forward import (
     Interventions, gather_positions, hooked, minibatches, unembed_resid, unembed_rows,
 )
@@ -93,6 +94,7 @@ def _combine(model: HookedModel, entries: list[Entry], offsets: list[int]) -> Ho
     """One hook per hook name that applies each entry's hooks to that entry's row slice."""
     by_name: dict[str, list[tuple[int, int, Callable]]] = {}
     for e, off in zip(entries, offsets):
+        backend.check_attention_edits(model, e.hooks)
         for name, fn in compile_hooks(model, e.hooks):
             if hook_block(model, name) >= model.cfg.n_layers:
                 raise ValueError(f"hook {name!r} runs after the last block; hook "
@@ -187,8 +189,11 @@ def cache_resid(
     keep = lambda nm: nm in names  # noqa: E731
     n = model.cfg.n_layers
     if not record_kv:
-        final, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=keep, stop_at_layer=n)
+        final, cache = backend.run_with_cache(model, tokens.to(model.cfg.device), keep)
         kv = None
+    elif backend.is_bridge(model):
+        raise NotImplementedError("TransformerBridge backend: recording keys/values for suffix-only replay is not "
+                                  "supported; run the full width instead")
     else:
         rec = [_RecordKV() for _ in range(n)]
         x0 = model(tokens.to(model.cfg.device), stop_at_layer=0)
