@@ -120,7 +120,9 @@ class _Stopper:
 
 
 def _last_logits(model: HookedModel, tokens: Tensor, **kw: Any) -> Float[Tensor, "batch d_vocab"]:
-    resid = model(tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers, **kw)
+    from icl_circuits.core.runner import backend
+
+    resid = backend.forward(model, tokens.to(model.cfg.device), **kw)
     return unembed_resid(model, resid[:, -1])
 
 
@@ -208,7 +210,10 @@ def greedy_answers(
     order = torch.argsort(batch.lengths, stable=True).tolist()
     gens: list[list[int]] = [[] for _ in range(len(batch))]
     reasons = [""] * len(batch)
-    run = _greedy_cached if use_cache else _greedy_uncached
+    from icl_circuits.core.runner.backend import is_bridge
+
+    # a TransformerBridge takes no TransformerLens key/value cache: the uncached reference decoding
+    run = _greedy_cached if use_cache and not is_bridge(model) else _greedy_uncached
     chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     for idx in tqdm(chunks, desc="greedy decoding", disable=not progress):
         g, r = run(model, batch.select(idx), stop)

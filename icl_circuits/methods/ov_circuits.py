@@ -52,6 +52,7 @@ from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, provenance
 from icl_circuits.core.runner import Entry, minibatches, read_activations, run_staggered, unembed_resid
+from icl_circuits.core.runner.backend import per_head
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.head_ablation import check_choice, check_heads
 from icl_circuits.core.positions import check_batch
@@ -256,7 +257,7 @@ def ov_contributions(
     ln_final = getattr(model, "ln_final", None)
     u_all = label_direction(model, batch)
     W_O = [model.blocks[l].attn.W_O.detach().float() for l in layers]
-    W_V = [model.blocks[l].attn.W_V.detach().float() for l in layers]
+    W_V = [per_head(model, model.blocks[l].attn.W_V.detach().float()) for l in layers]  # GQA bridges: n_kv rows
     points_clean = ["resid_pre", "z", "mlp_out", "attn_out"] + (["pattern"] if attention == "clean" else [])
     points_patched = ["z", "mlp_out", "attn_out"] + (["pattern"] if attention == "patched" else [])
     B, nL, d = len(batch), len(layers), model.cfg.d_model

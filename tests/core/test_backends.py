@@ -1,0 +1,102 @@
+"""Runner backends (``core.runner.backend``): the TransformerBridge backend of TransformerLens 4 gives
+the hooked backend's numbers (stored from TransformerLens 3.9 by ``scripts/backend_reference.py``),
+and refuses attention edits its adapter would ignore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from icl_circuits.core.runner.backend import available_backends, resolve_backend
+
+DATA = Path(__file__).parent / "data"
+ON_TL4 = available_backends() == ("bridge",)
+needs_tl4 = pytest.mark.skipif(not ON_TL4, reason="TransformerBridge backend tests need transformer-lens 4.x "
+                               "(3.x runs the hooked backend, whose numbers are the stored reference)")
+
+
+def test_unavailable_backend_is_a_clear_error():
+    other = "hooked" if ON_TL4 else "bridge"
+    with pytest.raises(ValueError, match=f"backend='{other}' is not available with transformer-lens"):
+        resolve_backend(other)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend("jax")
+    assert resolve_backend(None) == available_backends()[0]
+
+
+def _compare(name: str, model) -> None:
+    from safetensors.torch import load_file
+
+    from tests.core.backend_suite import EXACT, TOLERANCE, run_suite
+
+    ref = load_file(str(DATA / f"backend_reference_{name}.safetensors"))
+    got = run_suite(model)
+    assert sorted(got) == sorted(ref)
+    for k in ref:
+        assert got[k].shape == ref[k].shape, k
+        if k in EXACT:
+            assert torch.equal(got[k], ref[k]), k
+        elif k == "read_resid":  # residual coordinates: relative to their size (SmolLM2's final residual ~ 5e3)
+            assert (got[k] - ref[k]).abs().max() <= TOLERANCE * max(1.0, float(ref[k].abs().max())), k
+        else:
+            assert (got[k] - ref[k]).abs().max() <= TOLERANCE, (k, float((got[k] - ref[k]).abs().max()))
+
+
+@needs_tl4
+def test_bridge_matches_hooked_on_toy(toy_bridge):
+    """Core runner paths, head scan, interchange, patching, saliency and task vectors on toy-icl."""
+    assert type(toy_bridge).__name__ == "TransformerBridge"
+    _compare("toy-icl", toy_bridge)
+
+
+@needs_tl4
+@pytest.mark.real_model
+def test_bridge_matches_hooked_on_smollm2():
+    from icl_circuits import load_model
+
+    pytest.importorskip("gguf")
+    _compare("smollm2-135m", load_model("smollm2-135m", device="cpu"))
+
+
+@needs_tl4
+def test_attention_edit_on_post_hoc_adapter_is_refused(toy_bridge):
+    """toy-icl's native attention runs hook_pattern inside the computation but fires hook_attn_scores on the
+    returned weights: blocking scores there would change nothing, so the runner refuses, naming the adapter."""
+    from icl_circuits import build_prompts
+    from icl_circuits.core.interventions import Intervention, Site
+    from icl_circuits.core.runner import run_final_logits
+
+    b = build_prompts(toy_bridge, "antonym", 2, 2, seed=0)
+    blocked = torch.zeros(2, b.tokens.shape[1], b.tokens.shape[1], dtype=torch.bool)
+    iv = Intervention(Site(1, "attn_scores"), "block_attention", value=blocked)
+    with pytest.raises(NotImplementedError, match="AttentionBridge around NativeAttention"):
+        run_final_logits(toy_bridge, b, lambda r, mb: [iv])
+    # a pattern edit takes effect there: zeroing block 1's pattern changes the logits
+    zero = Intervention(Site(1, "pattern"), "apply", fn=torch.zeros_like)
+    assert not torch.allclose(run_final_logits(toy_bridge, b, lambda r, mb: [zero]), run_final_logits(toy_bridge, b))
+
+
+@needs_tl4
+def test_bridge_gqa_value_weights_are_per_kv_head():
+    """A GQA bridge's W_V has n_key_value_heads rows; per_head repeats them as HookedTransformer does."""
+    from icl_circuits.core.runner.backend import per_head
+
+    class Cfg:
+        n_heads = 6
+
+    class M:
+        cfg = Cfg()
+
+    w = torch.arange(2 * 3 * 4, dtype=torch.float).reshape(2, 3, 4)
+    out = per_head(M(), w)
+    assert out.shape == (6, 3, 4) and torch.equal(out[2], w[0]) and torch.equal(out[3], w[1])
+    assert per_head(M(), out) is out
+
+
+@pytest.fixture(scope="module")
+def toy_bridge():
+    from icl_circuits import load_model
+
+    return load_model("toy-icl", device="cpu", backend="bridge")
