@@ -18,7 +18,13 @@ the model's own tokenizer adds a BOS token (``tokenizer(text)`` starts with it),
 checkpoints (trained on documents separated by ``<|endoftext|>``, its BOS; TransformerLens's
 convention), False otherwise (SmolLM2, Pythia, Qwen2: their tokenizers add none, and SmolLM2's
 BOS ``<|im_start|>`` is a chat-turn token). ``toy-icl`` keeps its training config (True);
-TransformerLens names keep TransformerLens's choice.
+TransformerLens names keep TransformerLens's choice. ``smollm2-135m``'s tokenizer gets
+``<|endoftext|>`` (id 0) as its BOS: the document separator SmolLM2 was pretrained with (the base
+model's BOS), so ``build_prompts(..., prepend_bos=True)`` starts a prompt the way pretraining
+documents started. Without such a token the first token of a prompt is the attention sink: in a
+zero-shot prompt ``x ->`` that is the query word itself, and the vanilla task vector transfers
+0.00 at every layer on present-past (0.83 at layer 21 with ``<|endoftext|>``, 0.08 with
+``<|im_start|>``; docs/results/real/task_vectors.md).
 
 :func:`model_info` (``core.model_info``) returns how a model was loaded (name, source,
 architecture, dtype, BOS rule, processing flags, TransformerLens version) for results to record.
@@ -314,6 +320,8 @@ def load_model(
                              backend=backend)
         getattr(model, MODEL_INFO_ATTR)["checkpoint_sha256"] = (
             read_manifest(path)["files"]["model.safetensors"]["sha256"])
+        model.tokenizer.bos_token = "<|endoftext|>"  # the pretraining document separator (module docstring)
+        getattr(model, MODEL_INFO_ATTR)["bos_token"] = "<|endoftext|>"
     elif Path(name).expanduser().exists():
         model = _load_hf_dir(Path(name).expanduser(), device, torch_dtype, flags(True), backend=backend)
     elif backend == "bridge" and not _looks_like_path(name):
