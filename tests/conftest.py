@@ -83,11 +83,22 @@ def toy_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def make_tiny_model(n_layers: int = 2, d_model: int = 32, n_heads: int = 4, seed: int = 0, **overrides):
-    """A random HookedTransformer with the toy tokenizer (rotary, LN, GELU): structure, not skill."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    """A random HookedTransformer with the toy tokenizer (rotary, LN, GELU): structure, not skill.
+    Under TransformerLens 4: a native TransformerBridge of the same structure (``bridge_models.native_bridge``)."""
     from transformers import PreTrainedTokenizerFast
 
+    from icl_circuits.core.runner.backend import available_backends
     from icl_circuits.toy import TOKENIZER_DIR
+
+    if available_backends() == ("bridge",):
+        from icl_circuits.core.bridge_models import native_bridge
+
+        tok = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
+        kw = dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads, d_mlp=4 * d_model,
+                  n_ctx=256, d_vocab=len(tok), act_fn="gelu", normalization_type="LN",
+                  positional_embedding_type="rotary", rotary_dim=d_model // n_heads, model_name="tiny") | overrides
+        return native_bridge(tok, device=TEST_DEVICE, seed=seed, **kw)
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     tok = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
     kw = dict(

@@ -125,4 +125,25 @@ def load_toy_bridge(weights: Path, config: Path, tokenizer: Any, device: str, dt
     return bridge, applied
 
 
-__all__ = ["load_hf_dir_bridge", "load_toy_bridge"]
+def native_bridge(tokenizer: Any = None, *, device: str = "cpu", dtype: torch.dtype | None = None,
+                  seed: int | None = 0, **cfg: Any) -> Any:
+    """A randomly initialised TransformerLens-native TransformerBridge in compatibility mode (no
+    processing) from HookedTransformerConfig-style keyword arguments (``n_layers``, ``d_model``,
+    ``n_heads``, ``d_head``, ``d_mlp``, ``n_ctx``, ``d_vocab``, ``act_fn``, ``normalization_type``,
+    ``positional_embedding_type``, ``rotary_dim``, ``attn_only``, ``model_name``...): the TransformerLens 4
+    counterpart of ``HookedTransformer(HookedTransformerConfig(**cfg))`` for tests and small experiments
+    (same structure, different random weights)."""
+    from transformer_lens import TransformerBridgeConfig
+
+    name = cfg.pop("model_name", "native")
+    cfg.pop("device", None)
+    cfg.pop("init_weights", None)
+    bcfg = TransformerBridgeConfig(**cfg, seed=seed, architecture="TransformerLensNative")
+    bridge = _bridge_cls().boot_native(bcfg, tokenizer=tokenizer, device=device, dtype=dtype, model_name=name)
+    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    bridge.cfg.model_name = name
+    bridge.cfg.original_architecture = "TransformerLensNative"
+    return bridge.eval()
+
+
+__all__ = ["load_hf_dir_bridge", "load_toy_bridge", "native_bridge"]
