@@ -183,7 +183,10 @@ def random_answer_twins(
             "as its own answer on this tokenizer; random-answer twins with the same positions cannot be built"
         )
     icl = icl.select(keep)
-    twin = build_prompts(model, ScriptedTask(task_obj, episodes), len(keep), icl.n_demos, template=icl.template, seed=seed)
+    bos = getattr(tok, "bos_token_id", None)  # the twin starts like the ICL prompt: with BOS iff it does
+    starts_bos = bos is not None and bool((icl.tokens[:, 0] == bos).all())
+    twin = build_prompts(model, ScriptedTask(task_obj, episodes), len(keep), icl.n_demos, template=icl.template, seed=seed,
+                         prepend_bos=starts_bos)
     if [[x for x, _ in d] for d in twin.demos] != [[x for x, _ in d] for d in icl.demos]:
         raise RuntimeError("random_answer_twins: build_prompts did not take the scripted episodes in order")
     twin = dataclasses.replace(twin, variant="random_answers")
