@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -151,6 +152,21 @@ def _evaluate(model: HookedModel, sp: _Split, vectors: Tensor, layers: list[int]
     return loss / len(sp), ok / len(sp)
 
 
+def _warn_query_first(batch: PromptBatch) -> None:
+    """Warn when zero-shot prompts start with their query word although the tokenizer has a BOS.
+
+    In Llama-family models the first position is an attention sink that later positions barely
+    read; a prompt ``x ->`` without a start token hides its query there. On SmolLM2-135M no LTV
+    trained from such prompts (present-past, layers 9 and 15: 0.00) while with ``<|endoftext|>``
+    first they reach ~0.97 (docs/results/real/task_vectors.md)."""
+    bos = getattr(batch.tokenizer, "bos_token_id", None)
+    if batch.n_demos == 0 and bos is not None and bool((batch.query_spans[:, 0] == 0).any()):
+        warnings.warn(
+            f"train_task_vector: the prompts of {batch.task!r} start with their query word (no BOS); it is then the "
+            "attention sink and the model barely reads it. Build them with build_prompts(..., prepend_bos=True)",
+            UserWarning, stacklevel=3)
+
+
 def _resolve_layers(model: HookedModel, layer: int | None, layers: Sequence[int] | None) -> list[int]:
     if layer is not None and layers is not None:
         raise ValueError("give either layer (one injection layer) or layers (several), not both")
@@ -245,10 +261,12 @@ def train_task_vector(
         )
     first = min(ls)
     bs_eval = max(batch_size, 128)
+    _warn_query_first(batch)
     t0 = time.time()
     with frozen(model):
         train = _split(model, batch.select(train_rows), first, kinds, bs_eval)
         val = _split(model, batch.select(val_rows), first, kinds, bs_eval) if val_rows else None
+        resid_norm = float(train.resid[torch.arange(len(train)), train.batch.final_positions].norm(dim=-1).mean())
         theta = torch.nn.Parameter(theta0.clone().to(model.cfg.device))
         opt = torch.optim.AdamW([theta], lr=lr, weight_decay=weight_decay)
         curve: dict[str, list[float]] = {"train_loss": [], "train_accuracy": [], "val_loss": [], "val_accuracy": []}
@@ -287,7 +305,7 @@ def train_task_vector(
         "n_val": len(val_rows), "with_demos": batch.n_demos, "variant": batch.variant, "epochs_run": len(curve["train_loss"]) - 1,
         "steps": steps, "seconds": time.time() - t0, "lr": lr, "weight_decay": weight_decay,
         "batch_size": batch_size, "init_scale": init_scale, "seed": seed, "positions": kinds,
-        "norm": [float(v) for v in best.norm(dim=-1)],
+        "norm": [float(v) for v in best.norm(dim=-1)], "resid_norm": resid_norm,
     }
     return TaskVector(
         vectors=best.cpu(), layers=ls, mode="add", method="learned", task=batch.task,
