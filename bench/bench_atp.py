@@ -23,7 +23,7 @@ from functools import partial
 
 import torch
 
-from timing import best_of  # bench/timing.py, next to this script
+from timing import best_of, parse_only  # bench/timing.py, next to this script
 
 VARIANTS = {"atp": {}, "qk": {"qk_fix": True}, "graddrop": {"graddrop": True}, "qk+graddrop": {"qk_fix": True, "graddrop": True}}
 
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cpu-time", action="store_true", help="time with the process CPU clock (busy machine)")
     args = ap.parse_args(argv)
+    parse_only(args)
     torch.set_num_threads(args.threads)
     timed = partial(best_of, cpu_time=args.cpu_time)
     warnings.simplefilter("ignore", UserWarning)  # scan_agreement's disagreement warning: the numbers say it

@@ -25,6 +25,8 @@ import warnings
 
 import torch
 
+from timing import parse_only  # bench/timing.py, next to this script
+
 
 def run_all(model, args) -> dict:
     from scipy.stats import spearmanr  # noqa: F401  (imported once, outside the timings)
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
+    parse_only(args)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", UserWarning)
     from icl_circuits import load_model

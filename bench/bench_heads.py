@@ -31,7 +31,7 @@ from functools import partial
 import torch
 
 import flops  # bench/flops.py
-from timing import best_of  # bench/timing.py, next to this script
+from timing import best_of, parse_only  # bench/timing.py, next to this script
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cpu-time", action="store_true", help="time with the process CPU clock (busy machine)")
     args = ap.parse_args(argv)
+    parse_only(args)
     torch.set_num_threads(args.threads)
     timed = partial(best_of, cpu_time=args.cpu_time)
 

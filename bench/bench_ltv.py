@@ -28,13 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from icl_circuits import build_prompts  # noqa: E402
-from icl_circuits.core.runner import read_resid
-from icl_circuits.methods.learned import ltv_loss  # noqa: E402
-from icl_circuits.toy import toy_or_untrained  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # noqa: E402  (bench/flops.py)
+from timing import parse_only  # noqa: E402
 
 STEPS = 30
 BATCH = 32
@@ -49,6 +45,8 @@ class Stepper:
         self.opt = torch.optim.AdamW([self.theta], lr=5e-3, weight_decay=0.01)
 
     def __call__(self) -> float:
+        from icl_circuits.methods.learned import ltv_loss
+
         t0 = time.process_time()
         loss, _ = ltv_loss(self.model, self.batch, self.theta, [self.layer], resid=self.resid)
         self.opt.zero_grad(set_to_none=True)
@@ -58,6 +56,9 @@ class Stepper:
 
 
 def bench(model, batch, layers, steps=STEPS):
+    from icl_circuits.core.runner import read_resid
+    from icl_circuits.methods.learned import ltv_loss
+
     out, grad_diff = {}, 0.0
     for l in layers:
         resid = read_resid(model, batch, None, [l])[0]
@@ -84,7 +85,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=BATCH)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    parse_only(args)
     torch.set_num_threads(args.threads)
+    from icl_circuits import build_prompts
+    from icl_circuits.toy import toy_or_untrained
+
     if args.model is None:
         model, trained = toy_or_untrained(args.device)
         what = "toy-icl" if trained else "random model of toy-icl's shape (weights not found)"

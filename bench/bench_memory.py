@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from timing import parse_only  # bench/timing.py, next to this script
+
 MODES = ("saliency_ours", "saliency_naive", "interchange_ours", "interchange_naive")
 
 
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--child", choices=list(MODES), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    parse_only(args)
     if args.child:
         print(json.dumps(child(args)))
         return {}

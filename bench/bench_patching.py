@@ -32,7 +32,7 @@ from functools import partial
 import torch
 
 import flops  # bench/flops.py
-from timing import best_of  # bench/timing.py, next to this script
+from timing import best_of, parse_only  # bench/timing.py, next to this script
 
 
 def make_model(full: bool, quick: bool):
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="time with the process CPU clock instead of the wall clock (for a busy machine)")
     ap.add_argument("--repeats", type=int, default=None, help="timing repeats, best kept (default 2; quick 1)")
     args = ap.parse_args(argv)
+    parse_only(args)
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (1 if args.quick else 2)
     timed = partial(best_of, cpu_time=args.cpu_time)

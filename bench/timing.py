@@ -18,3 +18,15 @@ def best_of(fn: Callable[[], T], repeats: int, cpu_time: bool = False) -> tuple[
         out = fn()
         best = min(best, clock() - t0)
     return best, out
+
+
+def parse_only(args) -> None:
+    """With ``BENCH_PARSE_ONLY=1`` in the environment, print the parsed arguments as JSON and exit 0
+    (``scripts/gpu_check.sh --dry-run`` checks every bench command line this way without running it)."""
+    import json
+    import os
+    import sys
+
+    if os.environ.get("BENCH_PARSE_ONLY"):
+        print(json.dumps({k: v for k, v in vars(args).items()}, default=str))
+        sys.exit(0)
