@@ -10,7 +10,7 @@ from icl_circuits.methods.key_heads import KeyHeadAblationResult, KeyHeadsResult
 from icl_circuits.viz.heads import head_heatmap, head_layout
 from icl_circuits.viz import _style
 
-__all__ = ["key_heads", "key_vs_random"]
+__all__ = ["key_heads", "key_vs_random", "key_head_layers"]
 
 
 @_style.figure
@@ -46,4 +46,30 @@ def key_vs_random(result: KeyHeadAblationResult, title: str | None = None) -> go
                        f"- {result.model_name}, {result.task}",
         xaxis_title="k (heads ablated)", yaxis_title="accuracy drop", barmode="group", template="plotly_white",
     )
+    return fig
+
+
+@_style.figure
+def key_head_layers(results: list[KeyHeadsResult], top: int = 10, title: str | None = None) -> go.Figure:
+    """Where the top key heads sit: for each injection layer (one row), the blocks holding its ``top``
+    highest-ranked heads (marker size = number of heads in that block), with the injection layer
+    marked; the blocks just after the injection and the final blocks are the paper's two clusters."""
+    if not results:
+        raise ValueError("results is empty: give at least one KeyHeadsResult")
+    fig = go.Figure()
+    for i, r in enumerate(results):
+        blocks = [int(lh[0]) for lh in r.ranking[:top]]
+        xs, counts = np.unique(blocks, return_counts=True)
+        y = f"injected at {r.injection_layer}"
+        fig.add_scatter(x=xs, y=[y] * len(xs), mode="markers", name=y, showlegend=False,
+                        marker=dict(size=8 + 6 * counts, color=_style.color(i)), customdata=counts,
+                        hovertemplate=f"{y}<br>block %{{x}}: %{{customdata}} of the top {top}<extra></extra>")
+        fig.add_scatter(x=[r.injection_layer], y=[y], mode="markers", showlegend=i == 0, name="injection layer",
+                        marker=dict(symbol="line-ns-open", size=22, color="black", line=dict(width=3, color="black")),
+                        hoverinfo="skip")
+    n_blocks = max(max(r.layers) for r in results) + 1
+    fig.update_layout(title=title or f"Blocks of the top-{top} key heads by injection layer - {results[0].model_name}, "
+                                     f"{results[0].task}",
+                      xaxis_title="block of the head", xaxis_range=[-0.5, n_blocks - 0.5], template="plotly_white",
+                      height=max(300, 120 + 60 * len(results)))
     return fig

@@ -42,5 +42,8 @@ def reconstruction(result: ReconstructionResult, title: str | None = None) -> go
     ))
     fig.update_layout(title=title or f"Reconstructing the vector at layer {result.injection_layer} at the final layer "
                       f"(n={result.per_prompt.shape[1]}) - {result.model_name}, {result.task}",
-                      yaxis_title="accuracy", yaxis_range=[-0.02, 1.02], template="plotly_white")
+                      yaxis_title="accuracy", yaxis_range=[-0.02, 1.02], template="plotly_white",
+                      # the condition names are long and plotly slants them: room below the plot for the
+                      # slanted labels (automargin grows the margin to fit them, 160 px is the floor)
+                      xaxis_automargin=True, xaxis_tickangle=-30, margin_b=160)
     return fig

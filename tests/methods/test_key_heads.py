@@ -106,6 +106,19 @@ def test_figures_build(tiny_model, zs, tv):
         assert "tiny" in f.layout.title.text and len(f.data) >= 1
 
 
+def test_key_head_layers_figure_places_the_top_heads_in_their_blocks(tiny_model, zs, tv):
+    from icl_circuits.viz import key_heads as P
+
+    kh = key_heads(tiny_model, zs, tv, 1)
+    fig = P.key_head_layers([kh], top=3)
+    blocks = [int(l) for l, _ in kh.ranking[:3]]
+    dots, marker = fig.data[0], fig.data[1]
+    assert sorted(dots.x) == sorted(set(blocks)) and sum(dots.customdata) == 3  # each top head counted once
+    assert list(marker.x) == [1] and all(x >= 1 for x in dots.x)  # heads sit at or after the injection block
+    with pytest.raises(ValueError, match="results is empty"):
+        P.key_head_layers([])
+
+
 def test_head_scan_figures_build(tiny_model, icl):
     from icl_circuits.methods.attribution import head_attribution
     from icl_circuits.methods.heads import head_ablation_scan

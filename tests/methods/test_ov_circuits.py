@@ -181,5 +181,8 @@ def test_figures_build(tiny_model, zs, tv):
     from icl_circuits.viz import ov_circuits as P
 
     ov = ov_contributions(tiny_model, zs, tv, 0)
-    for f in (P.ov_heads(ov), P.reconstruction(reconstruct(tiny_model, zs, tv, 0, ov=ov))):
+    rec = P.reconstruction(reconstruct(tiny_model, zs, tv, 0, ov=ov))
+    for f in (P.ov_heads(ov), rec):
         assert "tiny" in f.layout.title.text and len(f.data) >= 1
+    # the long condition names are slanted: the x axis must make room for them below the plot (#15)
+    assert rec.layout.xaxis.automargin and rec.layout.xaxis.tickangle and rec.layout.margin.b >= 150
