@@ -26,7 +26,7 @@ def test_forward_and_gradients_are_bit_identical(toy_tokenizer):
     theta = torch.zeros(model.cfg.d_model, requires_grad=True, device=model.cfg.device)
     hook = [("blocks.1.hook_resid_pre", lambda x, hook: x + theta)]
     (g_before,) = torch.autograd.grad(model.run_with_hooks(tokens, fwd_hooks=hook)[:, -1].logsumexp(-1).sum(), theta)
-    assert store_for_forward(model) == 2 * 3 + 1  # W_in, W_gate, W_out of 2 blocks, and W_U
+    assert store_for_forward(model) == 2 * (3 + 4) + 1  # W_in, W_gate, W_out, W_Q, _W_K, _W_V, W_O of 2 blocks; W_U
     assert model.unembed.W_U.T.is_contiguous() and model.blocks[0].mlp.W_gate.T.is_contiguous()
     assert model.unembed.W_U.shape == (model.cfg.d_model, model.cfg.d_vocab)  # same shape, same values
     with torch.no_grad():
@@ -42,11 +42,17 @@ def test_contiguous_copies_nothing_after_storing():
     store_for_forward(model)
     w = model.blocks[0].mlp.W_out
     assert w.T.contiguous().data_ptr() == w.data_ptr()
+    import einops
+
+    o = model.blocks[0].attn.W_O  # TL's output projection reads d_model (head d_head), then .contiguous()
+    assert einops.rearrange(o, "h d m -> m (h d)").contiguous().data_ptr() == o.data_ptr()
+    q = model.blocks[0].attn.W_Q  # and the query projection (head d_head) d_model
+    assert einops.rearrange(q, "h m d -> (h d) m").data_ptr() == q.data_ptr()
 
 
 def test_plain_mlp_is_left_alone_and_load_model_applies_it():
     tiny = make_tiny_model()
-    assert store_for_forward(tiny) == 1  # W_U only: a plain MLP reads its weights as stored
+    assert store_for_forward(tiny) == 2 * 4 + 1  # attention and W_U: a plain MLP reads its weights as stored
     assert tiny.blocks[0].mlp.W_in.is_contiguous()
     try:
         toy = load_model("toy-icl", device=TEST_DEVICE)
