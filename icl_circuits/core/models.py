@@ -345,7 +345,7 @@ def load_model(
         )
     else:
         raise ValueError(f"unknown model {name!r}: {_accepted()}")
-    if isinstance(model, HookedTransformer):  # TL copies W.T of these on every forward: store them so (identical numbers)
+    if HookedTransformer is not None and isinstance(model, HookedTransformer):  # TL copies W.T of these on every forward: store them so (identical numbers)
         from icl_circuits.core.weight_layout import store_for_forward
 
         store_for_forward(model)

@@ -13,7 +13,7 @@ from torch import Tensor
 #: per model: task, prompts (small batch), demos, template
 SETTINGS = {"toy-icl": ("antonym", 8, 4, None), "smollm2-135m": ("antonym", 6, 3, "{x} -> {y}")}
 #: keys that are accuracies or verdicts (compared exactly); every other key within TOLERANCE
-EXACT = ("correct", "tv_values", "interchange_rates")
+EXACT = ("correct", "tv_values", "interchange_rates", "isolation_correct", "isolation_loyal")
 TOLERANCE = 1e-4
 
 
@@ -22,7 +22,7 @@ def run_suite(model) -> dict[str, Tensor]:
     from icl_circuits import build_prompts, score
     from icl_circuits.core import runner
     from icl_circuits.core.pairs import paired_batches
-    from icl_circuits.methods import heads, interchange, patching, saliency, task_vectors, vectors
+    from icl_circuits.methods import anchors, attribution, heads, interchange, patching, saliency, task_vectors, vectors
 
     name = str(model.cfg.model_name)
     task, n, k, tmpl = SETTINGS[name]
@@ -51,4 +51,8 @@ def run_suite(model) -> dict[str, Tensor]:
     out["saliency_flows"] = saliency.saliency_flow(model, icl, loss="full_vocab", proportions=True, progress=False).flows
     tv = task_vectors.vanilla_task_vector(model, dq, layers)
     out["tv_values"] = vectors.evaluate_vector(model, tv, zs).values
+    out["attribution_effect"] = attribution.head_attribution(model, icl, "zero").effect  # gradients through hook_z taps
+    # isolation blocks pre-softmax scores (on toy-icl's native attention under TL 4: renormalised patterns)
+    iso = anchors.isolate_attention(model, icl, [0, 1], control=False, progress=False)
+    out["isolation_correct"], out["isolation_loyal"] = iso.correct, iso.loyal
     return {k: torch.as_tensor(v).detach().float().contiguous() for k, v in out.items()}

@@ -63,14 +63,14 @@ def test_bridge_matches_hooked_on_smollm2():
 @needs_tl4
 def test_attention_edit_on_post_hoc_adapter_is_refused(toy_bridge):
     """toy-icl's native attention runs hook_pattern inside the computation but fires hook_attn_scores on the
-    returned weights: blocking scores there would change nothing, so the runner refuses, naming the adapter."""
+    returned weights: editing scores there would change nothing, so the runner refuses, naming the adapter
+    (blocking scores is the exception: it is applied exactly to the pattern, see the parity test)."""
     from icl_circuits import build_prompts
     from icl_circuits.core.interventions import Intervention, Site
     from icl_circuits.core.runner import run_final_logits
 
     b = build_prompts(toy_bridge, "antonym", 2, 2, seed=0)
-    blocked = torch.zeros(2, b.tokens.shape[1], b.tokens.shape[1], dtype=torch.bool)
-    iv = Intervention(Site(1, "attn_scores"), "block_attention", value=blocked)
+    iv = Intervention(Site(1, "attn_scores"), "apply", fn=lambda s: s * 0.5)
     with pytest.raises(NotImplementedError, match="AttentionBridge around NativeAttention"):
         run_final_logits(toy_bridge, b, lambda r, mb: [iv])
     # a pattern edit takes effect there: zeroing block 1's pattern changes the logits

@@ -36,7 +36,10 @@ def _model(name: str):
     if name not in _MODELS:
         kw = dict(VARIANTS[name])
         left = kw.pop("_left", False)
-        m = make_tiny_model(n_layers=3, seed=1, **kw)
+        try:
+            m = make_tiny_model(n_layers=3, seed=1, **kw)
+        except (ValueError, TypeError) as e:  # TransformerLens 4's native bridge: standard and rotary only
+            pytest.skip(f"variant {name} cannot be built as a TransformerBridge: {e}")
         if left:
             m.tokenizer.padding_side = "left"  # TL's forward then computes an attention mask from the tokens
         _MODELS[name] = m
@@ -55,7 +58,7 @@ def batch(model):
 
 def _full_final_resid(model, batch, hooks=()):
     with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):
-        x = model(batch.tokens, stop_at_layer=model.cfg.n_layers)
+        x = runner.backend.forward(model, batch.tokens)  # model(tokens, stop_at_layer=n_layers) on a HookedTransformer
     return x[torch.arange(len(batch)), batch.final_positions]
 
 
@@ -101,7 +104,8 @@ def test_patching_clean_into_clean_is_the_identity(model, batch, suffix_only):
         return _gold_logit(lg, batch).mean()
 
     res = patch_grid(model, batch, batch, metric, positions="answer", skip_identical=False, suffix_only=suffix_only)
-    assert res.meta["suffix_only"] == suffix_only  # the key/value replay check passed where asked for
+    # the key/value replay check passed where asked for (a TransformerBridge has no suffix replay: full width)
+    assert res.meta["suffix_only"] == (suffix_only and not runner.backend.is_bridge(model))
     assert abs(res.clean_value - gold) <= TOL and abs(res.corrupted_value - gold) <= TOL
     assert (res.values - gold).abs().max() <= TOL
 
@@ -109,6 +113,10 @@ def test_patching_clean_into_clean_is_the_identity(model, batch, suffix_only):
 def test_cache_resid_recording_keys_and_values_equals_full_forward(model, batch):
     from icl_circuits.core.runner import cache_resid
 
+    if runner.backend.is_bridge(model):
+        with pytest.raises(NotImplementedError, match="suffix-only replay"):
+            cache_resid(model, batch.tokens, [1], batch.final_positions, record_kv=True)
+        return
     _, last, kv = cache_resid(model, batch.tokens, [1], batch.final_positions, record_kv=True, unembed=False)
     assert kv is not None and (last - _full_final_resid(model, batch)).abs().max() <= TOL
 

@@ -231,20 +231,30 @@ def attention_seams(model: HookedModel, layer: int) -> tuple[str, bool, bool]:
     return name, pattern_inside, False
 
 
-def check_attention_edits(model: HookedModel, interventions: Sequence[Any]) -> None:
-    """Refuse edits (and gradient taps) of ``hook_pattern`` / ``hook_attn_scores`` on a bridge
-    whose attention adapter fires those hooks after the output is computed (the edit would do
-    nothing and the analysis would report a null effect). Reads are always allowed; plain
-    ``(name, fn)`` pairs are taken as given."""
+def check_attention_edits(model: HookedModel, interventions: Sequence[Any]) -> list:
+    """``interventions`` as a bridge can run them: edits (and gradient taps) of ``hook_pattern`` /
+    ``hook_attn_scores`` whose hook the block's attention adapter fires after the output is computed
+    are refused (the edit would do nothing and the analysis would report a null effect), except
+    ``block_attention`` on an adapter that runs ``hook_pattern`` inside the computation (TransformerLens's
+    native attention): blocking scores is then applied, exactly, to the pattern
+    (``A'[q, k] = A[q, k] / sum_{k' not blocked} A[q, k']``, 0 where blocked; ``pattern_block_hook``).
+    Reads are always allowed; plain ``(name, fn)`` pairs are taken as given. Returns the list to
+    compile (unchanged on a HookedTransformer)."""
     if not is_bridge(model):
-        return
+        return list(interventions)
     from icl_circuits.core.interventions import Intervention
 
+    out = []
     for iv in interventions:
         if not isinstance(iv, Intervention) or iv.site.point not in ("pattern", "attn_scores") or iv.op == "read":
+            out.append(iv)
             continue
         adapter, pattern_ok, scores_ok = attention_seams(model, iv.site.layer)
-        if (pattern_ok if iv.site.point == "pattern" else scores_ok):
+        if iv.site.point == "pattern" and pattern_ok or iv.site.point == "attn_scores" and scores_ok:
+            out.append(iv)
+            continue
+        if iv.op == "block_attention" and pattern_ok:
+            out.append((f"blocks.{iv.site.layer}.attn.hook_pattern", pattern_block_hook(iv.value, iv.site.head)))
             continue
         hook = "hook_pattern" if iv.site.point == "pattern" else "hook_attn_scores"
         raise NotImplementedError(
@@ -254,6 +264,32 @@ def check_attention_edits(model: HookedModel, interventions: Sequence[Any]) -> N
             f"re-implements attention ({', '.join(_REIMPLEMENTING)}; TransformerLens's native attention for "
             f"hook_pattern), or TransformerLens 3's HookedTransformer"
         )
+    return out
+
+
+def pattern_block_hook(blocked: Tensor, head: int | None = None) -> Callable:
+    """For ``hook_pattern``: what setting the scores of the ``blocked`` (query, key) pairs
+    ([batch, query_pos, key_pos], bool) to -inf before the softmax gives:
+    ``A'[q, k] = 0`` where blocked, else ``A[q, k] / sum_{k' not blocked} A[q, k']``; a query whose every
+    key is blocked gets an all-zero row (as TransformerLens maps that NaN to 0). Only ``head`` when given."""
+    import torch
+
+    blocked = torch.as_tensor(blocked, dtype=torch.bool)
+    if blocked.ndim != 3:
+        raise ValueError(f"blocked must have shape [batch, query_pos, key_pos], got {tuple(blocked.shape)}")
+
+    def hook(pattern: Tensor, hook: Any = None) -> Tensor:
+        q, k = pattern.shape[-2:]
+        if blocked.shape[0] != pattern.shape[0] or blocked.shape[1] < q or blocked.shape[2] < k:
+            raise ValueError(f"blocked has shape {tuple(blocked.shape)} but the attention pattern is {tuple(pattern.shape)}")
+        m = blocked[:, :q, :k].to(pattern.device)[:, None]
+        if head is not None:
+            m = m & (torch.arange(pattern.shape[1], device=pattern.device) == head)[None, :, None, None]
+        kept = pattern.masked_fill(m, 0.0)
+        total = kept.sum(-1, keepdim=True)
+        return torch.where(total > 0, kept / total.clamp_min(torch.finfo(kept.dtype).tiny), torch.zeros_like(kept))
+
+    return hook
 
 
 # ----------------------------------------------------------------------------- weights
@@ -272,5 +308,6 @@ def per_head(model: HookedModel, w: Tensor) -> Tensor:
 
 __all__ = [
     "BACKENDS", "is_bridge", "backend_of", "tl_major", "available_backends", "resolve_backend", "forward",
-    "run_with_cache", "hooks", "bridge_run", "attention_seams", "check_attention_edits", "per_head",
+    "run_with_cache", "hooks", "bridge_run", "attention_seams", "check_attention_edits", "pattern_block_hook",
+    "per_head",
 ]

@@ -26,7 +26,7 @@ def hooked(model: HookedModel, interventions: Interventions = (), *, bwd: HookLi
     hooks ``bwd`` for the duration of the block; they are removed on exit, also on an exception.
     The one place in the package that calls ``model.hooks``. On a TransformerBridge, attention
     edits its adapter would ignore are refused (``backend.check_attention_edits``)."""
-    backend.check_attention_edits(model, interventions)
+    interventions = backend.check_attention_edits(model, interventions)
     with backend.hooks(model, compile_hooks(model, interventions), bwd or []):
         yield
 

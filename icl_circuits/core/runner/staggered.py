@@ -94,8 +94,7 @@ def _combine(model: HookedModel, entries: list[Entry], offsets: list[int]) -> Ho
     """One hook per hook name that applies each entry's hooks to that entry's row slice."""
     by_name: dict[str, list[tuple[int, int, Callable]]] = {}
     for e, off in zip(entries, offsets):
-        backend.check_attention_edits(model, e.hooks)
-        for name, fn in compile_hooks(model, e.hooks):
+        for name, fn in compile_hooks(model, backend.check_attention_edits(model, e.hooks)):
             if hook_block(model, name) >= model.cfg.n_layers:
                 raise ValueError(f"hook {name!r} runs after the last block; hook "
                                  f"{resid_name(model, model.cfg.n_layers)!r} (the final residual) instead")
