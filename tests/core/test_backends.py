@@ -67,12 +67,14 @@ def test_attention_edit_on_post_hoc_adapter_is_refused(toy_bridge):
     (blocking scores is the exception: it is applied exactly to the pattern, see the parity test)."""
     from icl_circuits import build_prompts
     from icl_circuits.core.interventions import Intervention, Site
-    from icl_circuits.core.runner import run_final_logits
+    from icl_circuits.core.runner import read_activations, run_final_logits
 
     b = build_prompts(toy_bridge, "antonym", 2, 2, seed=0)
     iv = Intervention(Site(1, "attn_scores"), "apply", fn=lambda s: s * 0.5)
     with pytest.raises(NotImplementedError, match="AttentionBridge around NativeAttention"):
         run_final_logits(toy_bridge, b, lambda r, mb: [iv])
+    with pytest.raises(NotImplementedError, match="a read would not see the scores"):  # post-softmax there
+        read_activations(toy_bridge, b, ["blocks.1.attn.hook_attn_scores"])
     # a pattern edit takes effect there: zeroing block 1's pattern changes the logits
     zero = Intervention(Site(1, "pattern"), "apply", fn=torch.zeros_like)
     assert not torch.allclose(run_final_logits(toy_bridge, b, lambda r, mb: [zero]), run_final_logits(toy_bridge, b))

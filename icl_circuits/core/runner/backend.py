@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -199,6 +200,10 @@ def run_with_cache(model: HookedModel, x: Tensor, names: Callable[[str], bool], 
         return hook
 
     wanted = [n for n in model.hook_dict if names(n)]
+    for n in wanted:
+        m = _SCORES.fullmatch(n)
+        if m and not attention_seams(model, int(m.group(1)))[2]:
+            _refuse(model, int(m.group(1)), "reading", "hook_attn_scores")
     with model.hooks(fwd_hooks=[(n, keep(n)) for n in wanted]):
         final = forward(model, x, **kwargs)
     return final, cache
@@ -238,15 +243,23 @@ def check_attention_edits(model: HookedModel, interventions: Sequence[Any]) -> l
     ``block_attention`` on an adapter that runs ``hook_pattern`` inside the computation (TransformerLens's
     native attention): blocking scores is then applied, exactly, to the pattern
     (``A'[q, k] = A[q, k] / sum_{k' not blocked} A[q, k']``, 0 where blocked; ``pattern_block_hook``).
-    Reads are always allowed; plain ``(name, fn)`` pairs are taken as given. Returns the list to
-    compile (unchanged on a HookedTransformer)."""
+    Reads of ``hook_pattern`` are always allowed; ``hook_attn_scores`` on such an adapter holds the
+    post-softmax weights, so any hook there (a read, or a plain ``(name, fn)`` pair) is refused; other
+    plain pairs are taken as given. Returns the list to compile (unchanged on a HookedTransformer)."""
     if not is_bridge(model):
         return list(interventions)
     from icl_circuits.core.interventions import Intervention
 
     out = []
     for iv in interventions:
-        if not isinstance(iv, Intervention) or iv.site.point not in ("pattern", "attn_scores") or iv.op == "read":
+        if isinstance(iv, tuple):
+            m = _SCORES.fullmatch(str(iv[0]))
+            if m and not attention_seams(model, int(m.group(1)))[2]:
+                _refuse(model, int(m.group(1)), "a hook", "hook_attn_scores")
+            out.append(iv)
+            continue
+        if not isinstance(iv, Intervention) or iv.site.point not in ("pattern", "attn_scores") or (
+                iv.op == "read" and iv.site.point == "pattern"):
             out.append(iv)
             continue
         adapter, pattern_ok, scores_ok = attention_seams(model, iv.site.layer)
@@ -256,15 +269,22 @@ def check_attention_edits(model: HookedModel, interventions: Sequence[Any]) -> l
         if iv.op == "block_attention" and pattern_ok:
             out.append((f"blocks.{iv.site.layer}.attn.hook_pattern", pattern_block_hook(iv.value, iv.site.head)))
             continue
-        hook = "hook_pattern" if iv.site.point == "pattern" else "hook_attn_scores"
-        raise NotImplementedError(
-            f"op {iv.op!r} at blocks.{iv.site.layer}.attn.{hook} cannot take effect on this TransformerBridge: its "
-            f"attention adapter {adapter} fires {hook} on the weights Hugging Face returns, after the attention "
-            f"output is computed, so the edit would change nothing. Attention edits need an adapter that "
-            f"re-implements attention ({', '.join(_REIMPLEMENTING)}; TransformerLens's native attention for "
-            f"hook_pattern), or TransformerLens 3's HookedTransformer"
-        )
+        _refuse(model, iv.site.layer, f"op {iv.op!r}", "hook_pattern" if iv.site.point == "pattern" else "hook_attn_scores")
     return out
+
+
+_SCORES = re.compile(r"blocks\.(\d+)\.attn\.hook_attn_scores")
+
+
+def _refuse(model: HookedModel, layer: int, what: str, hook: str) -> None:
+    adapter = attention_seams(model, layer)[0]
+    raise NotImplementedError(
+        f"{what} at blocks.{layer}.attn.{hook} cannot be exact on this TransformerBridge: its attention adapter "
+        f"{adapter} fires {hook} on the weights Hugging Face returns (post-softmax), after the attention output is "
+        f"computed, so an edit would change nothing and a read would not see the scores. Attention edits need an "
+        f"adapter that re-implements attention ({', '.join(_REIMPLEMENTING)}; TransformerLens's native attention "
+        f"for hook_pattern), or TransformerLens 3's HookedTransformer"
+    )
 
 
 def pattern_block_hook(blocked: Tensor, head: int | None = None) -> Callable:
