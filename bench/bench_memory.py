@@ -2,7 +2,7 @@
 ``run_with_cache`` implementation, on long prompts.
 
 Each of the four runs is a fresh subprocess (``--child MODE``): it loads the model, builds the
-prompts, resets the kernel's peak-RSS counter (``/proc/self/clear_refs``), runs the analysis and
+prompts, returns freed heap to the OS (``malloc_trim``), resets the kernel's peak-RSS counter (``/proc/self/clear_refs``), runs the analysis and
 reads the peak (``VmHWM``); ``extra_mb`` = peak - RSS just before the run (model, prompts and
 libraries excluded), ``peak_mb`` the process's peak after the reset.
 
@@ -12,7 +12,8 @@ libraries excluded), ``peak_mb`` the process's peak after the reset.
   (``model.get_caching_hooks(incl_bwd=True)``, what ``run_with_cache`` does plus gradients), the
   whole batch in one pass with full logits, then ``|sum_h A * dL/dA|`` per layer from the cache
   and the same flows (masks ``saliency.flow_masks``). The parameters are frozen in both.
-- ``interchange_ours``: ``interchange(model, source, target, "answers", layers)`` (source residuals
+- ``interchange_ours``: ``interchange(model, source, target, "answers", layers, per_prompt_source=True)``
+  (source prompt i into target prompt i, as the naive loop does; source residuals
   read at the answer positions only, runs resumed at each layer, final rows unembedded).
 - ``interchange_naive``: ``run_with_cache(source.tokens)`` (every activation), then per layer a
   full forward of the target with ``blocks.{l}.hook_resid_pre`` replaced at the answer positions
@@ -116,6 +117,12 @@ def child(args) -> dict:
     import gc
 
     gc.collect()
+    try:  # hand the loader's freed heap back to the OS, so that no run starts with free memory inside its RSS
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     base = _status_mb("VmRSS")
     reset = _reset_peak()
     t0 = time.perf_counter()
@@ -128,8 +135,8 @@ def child(args) -> dict:
     elif args.child == "interchange_ours":
         from icl_circuits.methods.interchange import interchange
 
-        out = interchange(model, src, tgt, "answers", layers=layers, return_logits=True, exclude_ambiguous=False,
-                          progress=False).logits.argmax(-1)
+        out = interchange(model, src, tgt, "answers", layers=layers, per_prompt_source=True, return_logits=True,
+                          exclude_ambiguous=False, progress=False).logits.argmax(-1)
     else:
         out = _interchange_naive(model, src, tgt, layers)
     seconds = time.perf_counter() - t0

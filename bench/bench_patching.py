@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cpu-time", action="store_true",
                     help="time with the process CPU clock instead of the wall clock (for a busy machine)")
     ap.add_argument("--repeats", type=int, default=None, help="timing repeats, best kept (default 2; quick 1)")
+    ap.add_argument("--sweep-repeats", type=int, default=None, help="layer-sweep timing repeats (default 3 x repeats)")
     args = ap.parse_args(argv)
     parse_only(args)
     torch.set_num_threads(args.threads)
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     def gp(logits, batch):
         return logits.softmax(-1)[torch.arange(len(batch)), batch.answer_tokens]
 
-    rep = 3 * repeats  # short runs: more repeats
+    rep = args.sweep_repeats or 3 * repeats  # short runs: more repeats
     t_naive, ref = timed(naive, rep)
     t_sweep, sw = timed(lambda: layer_sweep(model, clean, hooks, metric=gp), rep)
     t_sweep1, sw1 = timed(lambda: layer_sweep(model, clean, hooks, metric=gp, layers_per_forward=1), rep)
