@@ -145,3 +145,64 @@ def interrupt_nth_replace(monkeypatch, module, n: int = 2) -> None:
         return real(src, dst)
 
     monkeypatch.setattr(module.os, "replace", replace)
+
+
+# ----------------------------------------------------------------------------- TransformerLens 4
+#: Under TransformerLens 4 (only the TransformerBridge backend) these tests exercise HookedTransformer's own
+#: API rather than the package's, and are skipped with the reason given (tests/core/test_backends.py checks
+#: the bridge backend against the hooked one's numbers).
+HOOKED_ONLY = {
+    "tests/methods/test_anchors.py::test_isolation_zeroes_exactly_the_blocked_weights":
+        "attaches a raw hook_attn_scores hook with model.hooks (a native bridge fires it after the softmax)",
+    "tests/methods/test_anchors.py::test_block_attention_spec_equals_the_raw_hook":
+        "compares with a raw hook_attn_scores hook, which the bridge backend refuses on a native bridge",
+    "tests/methods/test_saliency.py::test_final_position_attending_only_to_labels_gives_s_pq_above_s_ww":
+        "attaches a raw hook_attn_scores hook with model.hooks (a native bridge fires it after the softmax)",
+    "tests/methods/test_ov_circuits.py::test_runner_path_equals_a_hand_written_forward_exactly":
+        "the hand-written reference calls HookedTransformer.forward(start_at_layer=...) directly",
+    "tests/methods/test_ov_circuits.py::test_multi_token_sets_inject_at_valid_entries_only":
+        "the hand-written reference calls HookedTransformer.forward(start_at_layer=...) directly",
+    "tests/methods/test_propagation.py::test_final_deltas_equal_the_naive_difference":
+        "the hand-written reference calls HookedTransformer.forward(start_at_layer=...) directly",
+    "tests/methods/test_patching.py::test_patch_grid_equals_transformer_lens":
+        "the reference is TransformerLens 3's transformer_lens.patching, and suffix replay is asserted",
+    "tests/methods/test_patching.py::test_staggered_entries_with_past_keys_equal_full_runs":
+        "suffix-only replay over cached keys/values is not supported on a bridge (patch_grid runs full width)",
+    "tests/methods/test_learned.py::test_model_parameters_unchanged_and_requires_grad_restored":
+        "sets requires_grad on W_Q, a computed view (not a parameter) on a bridge",
+    "tests/methods/test_low_precision.py::test_analysis_runs_in_bfloat16":
+        "bfloat16 bridges: not covered yet (the OV decomposition calls the bridge's LayerNorm on float32 input)",
+    "tests/methods/test_atp_star.py":
+        "the fixtures write W_O through HookedTransformer's property setters",
+    "tests/methods/test_saliency.py::test_multi_token_label_words_score_their_first_token":
+        "builds a HookedTransformer (bpe_model fixture)",
+    "tests/methods/test_saliency.py::test_random_isolation_control_avoids_every_token_of_a_label_word":
+        "builds a HookedTransformer (bpe_model fixture)",
+    "tests/methods/test_saliency.py::test_label_words_sharing_their_first_token_are_refused":
+        "builds a HookedTransformer (bpe_model fixture)",
+    "tests/cli/test_cli.py::test_train_toy_passes_threads_and_its_own_options_on":
+        "train-toy trains a HookedTransformer",
+    "tests/core/test_results.py::test_every_result_class_carries_model_info_keyword_only":
+        "builds a HookedTransformer",
+}
+
+
+def _bridge_only() -> bool:
+    from icl_circuits.core.runner.backend import available_backends
+
+    return available_backends() == ("bridge",)
+
+
+#: modules that import HookedTransformer at the top (TransformerLens 3 only)
+collect_ignore = (["core/test_models.py", "core/test_evaluation.py", "toy/test_toy.py", "toy/test_toy_model.py"]
+                  if _bridge_only() else [])
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not _bridge_only():
+        return
+    for item in items:
+        node = item.nodeid.split("[")[0]
+        why = HOOKED_ONLY.get(node) or HOOKED_ONLY.get(node.split("::")[0])
+        if why:
+            item.add_marker(pytest.mark.skip(reason=f"HookedTransformer only (TransformerLens 3): {why}"))

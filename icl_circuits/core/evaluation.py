@@ -20,7 +20,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.runner import final_logits, gather_positions, minibatches, unembed_resid
+from icl_circuits.core.runner import backend, final_logits, gather_positions, minibatches, unembed_resid
 from icl_circuits.core.metrics import Metric, get_metric
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch, Template
@@ -120,8 +120,6 @@ class _Stopper:
 
 
 def _last_logits(model: HookedModel, tokens: Tensor, **kw: Any) -> Float[Tensor, "batch d_vocab"]:
-    from icl_circuits.core.runner import backend
-
     resid = backend.forward(model, tokens.to(model.cfg.device), **kw)
     return unembed_resid(model, resid[:, -1])
 
@@ -210,10 +208,8 @@ def greedy_answers(
     order = torch.argsort(batch.lengths, stable=True).tolist()
     gens: list[list[int]] = [[] for _ in range(len(batch))]
     reasons = [""] * len(batch)
-    from icl_circuits.core.runner.backend import is_bridge
-
     # a TransformerBridge takes no TransformerLens key/value cache: the uncached reference decoding
-    run = _greedy_cached if use_cache and not is_bridge(model) else _greedy_uncached
+    run = _greedy_cached if use_cache and not backend.is_bridge(model) else _greedy_uncached
     chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     for idx in tqdm(chunks, desc="greedy decoding", disable=not progress):
         g, r = run(model, batch.select(idx), stop)
@@ -260,7 +256,7 @@ def answer_token_logprobs(
             m[i, : len(a)] = True
             gold[i, : len(a)] = torch.tensor(a)
         pos = (mb.final_positions[:, None] + torch.arange(n_ans)[None]).clamp(max=width - 1) * m
-        resid = model(x.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
+        resid = backend.forward(model, x.to(model.cfg.device))  # the final residual, on every backend
         logp = unembed_resid(model, gather_positions(resid, pos)).float().log_softmax(-1).cpu()
         out[rows] = logp.gather(-1, gold[..., None])[..., 0] * m
         mask[rows] = m
