@@ -44,7 +44,8 @@ def learned_vectors(ctx: Context):
 
         cfg = ctx.cfg
         n = cfg.ltv_prompts or 2 * cfg.prompts(32)
-        train = build_prompts(ctx.model, cfg.knowledge_task, n + n // 4, 0, seed=cfg.seed, variant="zero_shot")
+        train = build_prompts(ctx.model, cfg.knowledge_task, n + n // 4, 0, seed=cfg.seed, variant="zero_shot",
+                              prepend_bos=ctx.model.tokenizer.bos_token_id is not None)  # as task_vector_prompts
         layers = cfg.block_layers(ctx.model.cfg.n_layers)[::cfg.ltv_layer_stride]
         ctx.cache["ltv"] = train_per_layer(ctx.model, train, layers, n_val=n // 4,
                                            epochs=cfg.ltv_epochs if not cfg.quick else min(cfg.ltv_epochs, 4),
