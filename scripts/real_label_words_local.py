@@ -412,7 +412,10 @@ def page(args, model, sweeps, conv, sal, dp, abl, abl_layers, seeds, best, links
                          f"own-others {lg_late:.2f}; global vector accuracy "
                          + ", ".join(f"{k} {sp(k, 'vanilla')}" for k in kt) + " (seed 0 only for cosines)",
                          f"{v2} ({'geometric convergence' if geo else 'no geometric convergence beyond layer 0'}; "
-                         f"{'a global vector transfers' if transfer else 'the global vector does not carry the task'})"))
+                         f"{'a global vector reaches ICL - 0.1' if transfer else 'the global vector stays below ICL - 0.1: '}"
+                         + ("" if transfer else ", ".join(f"{k} {float(by[k]['vanilla'].values.max()):.2f} vs ICL "
+                                                           f"{by[k]['icl'].value:.2f}, zero-shot {by[k]['zero'].value:.2f}"
+                                                           for k in kt)) + ")"))
     verdicts.insert(1, ("Knowledge tasks: local vectors at the answer positions carry the task",
                         "local vectors work (LLaMA-7B)",
                         "; ".join(f"{s['task']}: local {sp(s['task'], 'local')} vs random-answer {sp(s['task'], 'random')}, "
