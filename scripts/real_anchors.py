@@ -393,7 +393,14 @@ def page(args: Any, model: Any, n: int, seeds: list[int], sets: dict, qual_rows:
                    f"prompts with S_pq > S_wp, last third (seed {s0})", "same, over seeds",
                    "first-third layers where share wp > share pq", "last-third layers where share pq > share wp",
                    "crossover layer (S_pq > S_wp from here on)"], rate_rows), ""]
-    out += [links[f"{NAME}_flows_{task}"] for task in solved]
+    for task in solved:
+        if cross[task] is None:
+            continue
+        sh = share(sal[task, s0])
+        odd = [j for j in range(cross[task]) if sh[1, j] > sh[0, j]]
+        out.append(f"{task}: before the crossover, S_pq's share exceeds S_wp's in layer(s) "
+                   + (", ".join(f"{j} ({sh[1, j]:.2f} vs {sh[0, j]:.2f})" for j in odd) if odd else "none") + ".")
+    out += ["", *[links[f"{NAME}_flows_{task}"] for task in solved]]
     out += ["", "<details><summary>Shares and raw flows per layer (seed %d)</summary>" % s0, "",
             table(["task", "layer", "share wp", "share pq", "share ww", "S_wp", "S_pq", "S_ww"], rows), "",
             "</details>", ""]
@@ -476,7 +483,9 @@ def page(args: Any, model: Any, n: int, seeds: list[int], sets: dict, qual_rows:
             f"matter): {v3l}** by label loyalty (reproduced = the first-third label isolation's Wilson interval lies "
             "below both the random control's and the last-third isolation's, on every solved categorization task); "
             f"**{v3w}** by word loyalty (reproduced = its largest value over seeds lies below the smallest of both "
-            "comparisons). The paper reported both metrics falling under shallow isolation.", ""]
+            "comparisons). The paper reported both metrics falling under shallow isolation. On toy-icl "
+            "(docs/results/saliency.md, 4 layers) isolating the label words in layers 0-1 cut loyalty to 0.44 / 0.47 "
+            "(number / point) while random positions kept 1.00, and layers 2-3 kept 1.00.", ""]
 
     # ---- re-weighting
     rw_rows, gains, v4_parts = [], {}, []
@@ -513,10 +522,12 @@ def page(args: Any, model: Any, n: int, seeds: list[int], sets: dict, qual_rows:
     out += [links[f"{NAME}_reweighting_{task}"] for task in solved_cat]
     v4 = ("**reproduced**" if v4_parts and all(v == "reproduced" for v in v4_parts) else
           "**partly**" if any(v != "not reproduced" for v in v4_parts) else "**not reproduced**")
-    out += ["", f"**Verdict, claim 4: {v4}** (" + "; ".join(f"{t}: {v}" for t, v in zip(solved_cat, v4_parts))
+    out += ["", f"Verdict, claim 4: {v4} (" + "; ".join(f"{t}: {v}" for t, v in zip(solved_cat, v4_parts))
             + "; reproduced = significant held-out gain on the headline seed and a gain on every seed). The "
             "paper's 61.3% -> 90.1% started from a biased GPT2-XL; where our 1-shot baseline is already near the "
-            f"{DEMOS}-demo accuracy the room for a gain is small, which the reference columns show.", ""]
+            f"{DEMOS}-demo accuracy the room for a gain is small, which the reference columns show. On toy-icl "
+            "(docs/results/saliency.md; random demos per prompt, lr 0.01, 128 training prompts) re-weighting moved "
+            "number at 1 demo from 0.844 to 0.859, within the interval.", ""]
 
     # ---- summary (inserted at the top)
     def h_s(task: str, key: str) -> str:
