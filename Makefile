@@ -34,13 +34,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# TransformerLens 4.3 (TransformerBridge backend) in its own venv: the backend tests (every core runner path
-# and interchange, patching, head scan, saliency, task vectors on toy-icl and SmolLM2 against the hooked
-# backend's stored numbers, the refusal of attention edits an adapter would ignore). The rest of the suite
-# builds HookedTransformers directly (tests/conftest.py) and does not run on 4.x yet.
+# The whole suite under TransformerLens 4.3 (TransformerBridge backend) in its own venv: small test models
+# are native bridges, tests/core/test_backends.py compares toy-icl and SmolLM2 with the hooked backend's
+# stored numbers, and tests of HookedTransformer's own API skip with their reason (tests/conftest.py).
 test-tl4:
 	$(MAKE) venv VENV=.venv-tl4 TL="transformer-lens==4.3.0"
-	.venv-tl4/bin/python -m pytest -q tests/core/test_backends.py
+	.venv-tl4/bin/python -m pytest -q
 
 bench: $(STAMP)
 	$(PY) bench/bench_patching.py

@@ -184,6 +184,19 @@ HOOKED_ONLY = {
         "train-toy trains a HookedTransformer",
     "tests/core/test_results.py::test_every_result_class_carries_model_info_keyword_only":
         "builds a HookedTransformer",
+    "tests/core/test_weight_layout.py": "stores HookedTransformer weights for its forward (transformer_lens.components)",
+    "tests/core/test_real_core.py::test_resume_equals_the_full_forward":
+        "its reference calls HookedTransformer.forward(stop_at_layer=n_layers) directly (logits on a bridge)",
+    "tests/core/test_real_core.py::test_patching_clean_into_clean_changes_nothing":
+        "asserts suffix-only replay over cached keys/values (a bridge runs full width)",
+    "tests/core/test_real_core.py::test_patch_grid_cells_equal_handwritten_hooks":
+        "its reference calls HookedTransformer.forward directly (logits on a bridge)",
+    "tests/core/test_real_core.py::test_gqa_value_path_reconstructs_each_heads_output":
+        "asserts HookedTransformer's per-query-head W_V (a bridge has n_key_value_heads rows: backend.per_head)",
+    "tests/core/test_real_model.py::test_architecture_and_start_of_prompt":
+        "asserts cfg.normalization_type == 'RMSPre' after fold_ln (a bridge's cfg keeps 'RMS')",
+    "tests/core/test_real_model.py::test_corrupted_weights_are_rebuilt_not_loaded":
+        "compares HookedTransformer state dicts (not yet checked on a bridge)",
 }
 
 

@@ -77,7 +77,7 @@ def test_known_answers(real_model):
 def test_aliases_load_the_wheel(monkeypatch, real_model, alias):
     calls = []
 
-    def fake_load(path, device, dtype, flags, name=None, source=None):
+    def fake_load(path, device, dtype, flags, name=None, source=None, **kw):
         calls.append((path, name, flags))
         return real_model
 
