@@ -34,8 +34,8 @@ def script():
 
 def test_text_to_label_flow_leads_early_and_label_to_query_late(real_model):
     """Wang et al.'s two phases: S_wp > S_pq summed over the first third, S_pq > S_wp over the last."""
-    batch = build_prompts(real_model, "animal-plant", 8, 8, seed=0)
-    res = saliency_flow(real_model, batch, "label_words", keep_examples=0, batch_size=8, progress=False)
+    batch = build_prompts(real_model, "animal-plant", 6, 8, seed=0)
+    res = saliency_flow(real_model, batch, "label_words", keep_examples=0, batch_size=6, progress=False)
     wp, pq = res.flow("S_wp"), res.flow("S_pq")
     assert len(res.layers) == N_LAYERS
     assert wp[FIRST].sum() > pq[FIRST].sum()
@@ -60,7 +60,7 @@ def test_isolating_label_words_early_breaks_the_top_words_not_late(real_model):
 def test_isolating_answers_early_changes_a_knowledge_prediction(real_model):
     """present-past: cutting the demo answers off from their inputs in layers 0-9 changes the predicted
     token more often than cutting off random positions; in layers 20-29 it changes it less."""
-    batch = build_prompts(real_model, "present-past", 6, 8, seed=0)
+    batch = build_prompts(real_model, "present-past", 4, 8, seed=0)
     res = isolate_attention(real_model, batch, [FIRST, LAST], "label_from_text", seed=0, progress=False)
     loyal = {(r, t): float(res.loyalty[i, j]) for i, r in enumerate(res.range_names)
              for j, t in enumerate(res.targets)}
