@@ -189,23 +189,24 @@ def compute(args: Any, state: Path) -> dict[str, Any]:
     src, tgt = paired_batches(model, a0, b0, n, DEMOS, seed=seed)
     st["n_target"] = len(tgt)
 
-    def ic(key: tuple, s: str, source: Any, target: Any, lays: list[int], section: str, **kw: Any) -> InterchangeResult:
+    def ic(into: dict, name: str, key: Any, s: str, source: Any, target: Any, lays: list[int], section: str,
+           **kw: Any) -> None:
+        """One interchange, stored as ``into[name]`` and saved."""
         sd = kw.pop("seed", seed)
-        r = interchange(model, source, target, s, lays, seed=sd, progress=False, **kw)
-        show(f"{key} {s} {kw.get('control', '')}", r)
+        into[name] = interchange(model, source, target, s, lays, seed=sd, progress=False, **kw)
+        show(f"{key} {s} {kw.get('control', '')}", into[name])
         save(section)
-        return r
 
     # 1. the headline sets on the main pair
     runs[a0, b0] = {}
-    runs[a0, b0]["demo_tokens"] = ic((a0, b0), "demo_tokens", src, tgt, fine, "interchange")
+    ic(runs[a0, b0], "demo_tokens", (a0, b0), "demo_tokens", src, tgt, fine, "interchange")
     for s in ("answer_-1", "answer_0"):
-        runs[a0, b0][s] = ic((a0, b0), s, src, tgt, layers, "interchange")
+        ic(runs[a0, b0], s, (a0, b0), s, src, tgt, layers, "interchange")
     # 2. controls (all demo tokens)
     third = build_prompts(model, THIRD, n, DEMOS, seed=seed + 2)
     st["controls"]["interchange"] = runs[a0, b0]["demo_tokens"]
-    st["controls"]["third_task"] = ic("control", "demo_tokens", third, tgt, layers, "controls", source_task=a0)
-    st["controls"]["norm_matched_noise"] = ic("control", "demo_tokens", src, tgt, layers, "controls",
+    ic(st["controls"], "third_task", "control", "demo_tokens", third, tgt, layers, "controls", source_task=a0)
+    ic(st["controls"], "norm_matched_noise", "control", "demo_tokens", src, tgt, layers, "controls",
                                               control="norm_matched_noise")
     # 3. necessity: the query vs the last demo answer
     for s in ("query", "answer_-1"):
@@ -218,20 +219,20 @@ def compute(args: Any, state: Path) -> dict[str, Any]:
         s_src, s_tgt = paired_batches(model, a0, b0, n, DEMOS, seed=sd)
         st["per_seed"][sd] = {}
         for s in OTHER_SETS:
-            st["per_seed"][sd][s] = ic(("seed", sd), s, s_src, s_tgt, fine if s == "demo_tokens" else layers, "seeds",
+            ic(st["per_seed"][sd], s, ("seed", sd), s, s_src, s_tgt, fine if s == "demo_tokens" else layers, "seeds",
                                        seed=sd)
     # 5. the other pairs
     for a, b in pairs[1:]:
         p_src, p_tgt = paired_batches(model, a, b, n, DEMOS, seed=seed)
         runs[a, b] = {}
         for s in OTHER_SETS:
-            runs[a, b][s] = ic((a, b), s, p_src, p_tgt, layers, "pairs")
+            ic(runs[a, b], s, (a, b), s, p_src, p_tgt, layers, "pairs")
     # 6. the other position sets of the main pair
     for s in MAIN_SETS:
         if s not in runs[a0, b0]:
-            runs[a0, b0][s] = ic((a0, b0), s, src, tgt, layers, "position sets")
+            ic(runs[a0, b0], s, (a0, b0), s, src, tgt, layers, "position sets")
     # 7. the last control and the first demo answer's necessity
-    st["controls"]["shuffled_positions"] = ic("control", "demo_tokens", src, tgt, layers, "controls",
+    ic(st["controls"], "shuffled_positions", "control", "demo_tokens", src, tgt, layers, "controls",
                                               control="shuffled_positions")
     st["nec"]["answer_0"] = necessity(model, tgt, "answer_0", layers, how="noise", noise_scale=1.0, seed=seed,
                                       progress=False)
@@ -275,6 +276,34 @@ def compute_sets(args: Any, state: Path) -> None:
     torch.save(out, state)
 
 
+def compute_seeds(args: Any, state: Path, main_state: Path) -> None:
+    """``--part seeds``: the per-seed runs of ``compute`` step 4 that ``main_state`` lacks (a run
+    stopped early), saved to ``state`` after each; ``--page-only`` merges them."""
+    import torch
+
+    model = setup(args.threads)
+    nl = model.cfg.n_layers
+    layers, fine = list(range(0, nl, args.stride)), list(range(0, nl, args.fine_stride))
+    have = torch.load(main_state, weights_only=False)["per_seed"] if main_state.exists() else {}
+    out: dict[str, Any] = {"per_seed": {}, "cpu": 0.0}
+    t = cputime()
+    a0, b0 = PAIRS[0]
+    for sd in args.seeds:
+        todo = [s for s in OTHER_SETS if s not in have.get(sd, {})]
+        if not todo:
+            continue
+        src, tgt = paired_batches(model, a0, b0, args.prompts, DEMOS, seed=sd)
+        out["per_seed"][sd] = {}
+        for s in todo:
+            out["per_seed"][sd][s] = interchange(model, src, tgt, s, fine if s == "demo_tokens" else layers, seed=sd,
+                                                 progress=False)
+            print(f"seed {sd} {s}:", [round(float(x), 2) for x in out["per_seed"][sd][s].rate("transfer")], flush=True)
+            out["cpu"] = cputime() - t
+            torch.save(out, state)
+    out["done"] = True
+    torch.save(out, state)
+
+
 def compute_pairs(args: Any, state: Path) -> None:
     """``--part pairs``: step 5 of ``compute`` alone (the last demo answer and all demo tokens on the
     other pairs), saved to ``state`` after each run; ``--page-only`` merges it."""
@@ -300,6 +329,12 @@ def compute_pairs(args: Any, state: Path) -> None:
 
 def merge(st: dict[str, Any], part: dict[str, Any], n_seeds: int) -> dict[str, Any]:
     """The state of ``compute`` with a ``compute_sets`` part added (what the first lacks)."""
+    if "per_seed" in part:  # a compute_seeds part
+        for sd, v in part["per_seed"].items():
+            for k, r in v.items():
+                st["per_seed"].setdefault(sd, {}).setdefault(k, r)
+        st["cpu"]["seeds (fourth process)"] = part["cpu"]
+        return st
     if "pairs" in part:  # a compute_pairs part
         for k, v in part["pairs"].items():
             if k in st.get("pairs", []) and len(v) >= len(st["runs"].get(k, {})):
@@ -373,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="layers of the all-demo-token runs of the main pair (every seed)")
     p.add_argument("--state", type=Path, default=None,
                    help="file of the measurements (default /tmp/cheng_zhang_seed<seed>_n<prompts>.pt)")
-    p.add_argument("--part", choices=["all", "sets", "pairs"], default="all",
+    p.add_argument("--part", choices=["all", "sets", "pairs", "seeds"], default="all",
                    help="sets: only the other position sets of the main pair, the shuffled control and the first "
                         "answer's necessity, into <state>.sets (a second process; --page-only merges it)")
     p.add_argument("--page-only", action="store_true",
@@ -388,12 +423,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.part == "pairs":
         compute_pairs(args, state.with_suffix(".pairs"))
         return
+    if args.part == "seeds":
+        compute_seeds(args, state.with_suffix(".seeds"), state)
+        return
     if args.page_only:
         st = torch.load(state, weights_only=False)
-        for part in (".pairs", ".sets"):  # the pairs first: the sets part decides "done"
+        for part in (".seeds", ".pairs", ".sets"):  # the sets part last: it decides "done"
             if state.with_suffix(part).exists():
                 st = merge(st, torch.load(state.with_suffix(part), weights_only=False), 1 + len(args.seeds))
-        st["letters"] = letter_tokens(setup(args.threads).tokenizer, st, args.seed)
+        from transformers import AutoTokenizer
+
+        from icl_circuits.core.real_models import smollm2_checkpoint
+
+        st["letters"] = letter_tokens(AutoTokenizer.from_pretrained(smollm2_checkpoint()), st, args.seed)
     else:
         st = compute(args, state)
     links = save_figures(figures(args, st), args.out)
@@ -551,12 +593,15 @@ def page(args: Any, st: dict[str, Any], links: dict[str, str]) -> str:
            "not a few early layers of a shallow model but a long stretch of depth, and it closes at a definite "
            "layer, after which the query position holds the task (patching the demos then changes nothing).", ""]
     if any("process" in k for k in cpu):
-        md += ["The measurements ran in up to three processes at once on the same prompts and seeds (`--part sets` "
-               "and `--part pairs` computed the other position sets of the main pair, the shuffled control, the "
-               "first answer's necessity and the other pairs; `--page-only` merged them): the numbers are those of "
-               "the single command, which runs everything in one process.", ""]
+        md += ["To finish in time on a shared machine the measurements ran in several processes on the same prompts "
+               "and seeds (`--part sets`: the other position sets of the main pair, the shuffled control and the first "
+               "answer's necessity; `--part pairs`: the other pairs; `--part seeds`: a per-seed run the first process "
+               "had not saved; `--page-only` merged them). Every run is seeded and deterministic, so the numbers are "
+               "those of the single command above, which runs everything in one process.", ""]
     md += [
-           "CPU time per section (s): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()), ""]
+           "CPU time per section (s): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
+           + f"; {sum(cpu.values()) / 60:.1f} min of CPU in all (the wall time below is that of the first process "
+           "on a machine shared with other jobs, load ~10 on 2 cores).", ""]
     return "\n".join(md)
 
 
