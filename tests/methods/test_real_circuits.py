@@ -39,6 +39,11 @@ def ltv(model):
     return TaskVector.load(LTV_PATH)
 
 
+@pytest.fixture(scope="module")
+def rec(model, zero_shot, ltv):
+    return reconstruct(model, zero_shot, ltv, ltv.layers[0])
+
+
 def test_decomposition_is_exact_and_matches_the_propagation_engine(model, zero_shot):
     """delta h_L = theta + heads + MLPs exactly, and the OV module's measured delta equals the one the
     propagation module measures with its own runner path (a hook at the wrong layer or position in either
@@ -58,12 +63,27 @@ def test_decomposition_is_exact_and_matches_the_propagation_engine(model, zero_s
     assert (later - ov.total).norm() > 0.05 * ov.total.norm()
 
 
-def test_full_reconstruction_is_the_vector_run(model, zero_shot, ltv):
+def test_full_reconstruction_is_the_vector_run(ltv, rec):
     """theta + every head's and MLP's exact change, added at the final residual, gives the vector run's
     accuracy prompt by prompt (the reconstruction adds at the right place, with the right sign)."""
     layer = ltv.layers[0]
-    rec = reconstruct(model, zero_shot, ltv, layer)
     i_full = rec.conditions.index(f"theta at layer {layer}")
     i_sum = rec.conditions.index("theta + heads + MLPs (exact) at final")
     assert torch.equal(rec.per_prompt[i_full], rec.per_prompt[i_sum])
     assert float(rec.values[i_full]) > float(rec.values[0])  # the LTV moves the output above zero-shot
+
+
+def test_the_heads_alone_do_not_carry_the_layer0_vector(ltv, rec):
+    """Measured on the page (claim 1, not reproduced at the headline layer 0): θ plus every head's change,
+    added at the final residual, recovers little of the LTV's accuracy; adding the MLPs' changes recovers
+    all of it. If the reconstruction added the heads' vectors at the wrong place, or the decomposition
+    attributed the MLPs' share to heads, the first would not stay low while the second is exact."""
+    layer = ltv.layers[0]
+    assert layer == 0
+    acc = dict(zip(rec.conditions, rec.values.tolist()))
+    full = acc[f"theta at layer {layer}"]
+    assert full >= 0.75 and acc["no vector"] == 0.0
+    assert acc["theta + heads (OV) at final"] <= 0.25 * full
+    assert acc["theta + heads (exact) at final"] <= 0.25 * full
+    assert acc["theta at final"] <= 0.25 * full
+    assert acc["theta + heads + MLPs (exact) at final"] == full
