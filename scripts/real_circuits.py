@@ -242,8 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     figs: dict[str, Any] = {}
     f = vprop.layer_curves([sweep], f"LTV accuracy by injection layer, zero-shot {TASK}, SmolLM2-135M (N={n}, "
                                     f"seed {args.seed})")
-    _style.reference_lines(f, [(f"ICL ({DEMOS} demos)", acc_icl[args.seed].value),
-                               ("zero-shot", acc_zero[args.seed].value)])
+    _style.reference_lines(f, [(f"ICL ({DEMOS} demos)", acc_icl[args.seed].value)])  # the sweep draws zero-shot
     figs[f"{NAME}_ltv_layers"] = f
     if head in circ:
         c = circ[head]
