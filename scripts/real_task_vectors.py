@@ -389,11 +389,14 @@ def verdicts(args: Any, st: dict[str, Any]) -> list[str]:
             cells += 1
             better += _at(df, "learned", l) >= max(_at(df, "vanilla", l), _at(df, "function", l))
     tr, near, acc, icl, z = summary("learned")
-    verdict = "reproduced" if better == cells else "partly" if better >= cells / 2 else "not reproduced"
+    acc_v = summary("vanilla")[2]
+    verdict = ("reproduced" if better == cells and acc >= acc_v else "partly" if better >= cells / 2
+               else "not reproduced")
     rows.append(["LTVs beat vanilla TVs and FVs at every layer",
                  "Llama3-8B: LTV ~76-84% vs 27-52%",
                  f"LTV >= both at {better}/{cells} (task, layer) cells (layers {st['ltv_layers']}); best-layer LTV mean "
-                 f"{acc:.2f}, near ICL on {near}/{k}", verdict])
+                 f"{acc:.2f} vs best-layer vanilla {acc_v:.2f} (LTVs only at {len(st['ltv_layers'])} layers, not at the "
+                 f"vanilla's best), near ICL on {near}/{k}", verdict])
     if sc:
         main = solved[0]
         zdf = cmp[main]["df"]
