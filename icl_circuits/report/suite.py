@@ -54,6 +54,9 @@ class ReportConfig:
     fv_prompts: int | None = None
     #: LTV training epochs per layer and training prompts (the task-vector, OV and propagation sections)
     ltv_epochs: int = 8
+    #: LTV learning rate (Adam). SmolLM2's final-position residual has norm 120-220: at 2e-2 and a few dozen
+    #: steps the vector stays below norm 4 and moves nothing (measured: docs/results/real/task_vectors.md)
+    ltv_lr: float = 2e-2
     #: LTVs are trained at every ``ltv_layer_stride``-th analysed block layer (training costs ~10 s of CPU per
     #: layer on SmolLM2); the propagation section fits at the same layers
     ltv_layer_stride: int = 1
@@ -101,7 +104,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "smollm2-135m": dict(
         knowledge_task="present-past", category_task="animal-plant", interchange_pair=("uppercase", "first-letter"),
         accuracy_tasks=("present-past", "singular-plural", "uppercase"), accuracy_demos=(0, 2, 8), accuracy_prompts=12,
-        n_prompts=24, layer_stride=3, fv_layer_stride=2, fv_prompts=8, exact_head_scan=False, ltv_epochs=3,
+        n_prompts=24, layer_stride=3, fv_layer_stride=2, fv_prompts=8, exact_head_scan=False, ltv_epochs=10, ltv_lr=0.1,
         ltv_layer_stride=3, ltv_prompts=24, propagation_vectors=48, dpca_n_null=10, dpca_layer_stride=2,
         key_head_ks=(1, 4, 8),
     ),
@@ -270,7 +273,7 @@ def render_html(sections: list[Section], cfg: ReportConfig, total_seconds: float
     methods = ("head ranking: attribution patching" + (" and the exact scan" if cfg.exact_head_scan else "")
                + f"; function-vector heads scored in every {cfg.fv_layer_stride} analysed layer(s) up to half depth"
                + (f" on {cfg.fv_prompts} prompts" if cfg.fv_prompts else "")
-               + f"; LTVs at every {cfg.ltv_layer_stride} analysed layer(s), {cfg.ltv_epochs} epochs; propagation fit "
+               + f"; LTVs at every {cfg.ltv_layer_stride} analysed layer(s), {cfg.ltv_epochs} epochs, lr {cfg.ltv_lr:g}; propagation fit "
                f"on {cfg.propagation_vectors} random vectors at the LTV layers; key heads k = "
                f"{', '.join(map(str, cfg.key_head_ks))} vs 10 random draws; dPCA at every {cfg.dpca_layer_stride} "
                f"analysed layer(s) >= 1, {cfg.dpca_n_null} null draws")

@@ -49,7 +49,7 @@ def learned_vectors(ctx: Context):
         layers = cfg.block_layers(ctx.model.cfg.n_layers)[::cfg.ltv_layer_stride]
         ctx.cache["ltv"] = train_per_layer(ctx.model, train, layers, n_val=n // 4,
                                            epochs=cfg.ltv_epochs if not cfg.quick else min(cfg.ltv_epochs, 4),
-                                           lr=2e-2, batch_size=8, seed=cfg.seed, progress=False)
+                                           lr=cfg.ltv_lr, batch_size=8, seed=cfg.seed, progress=False)
     return ctx.cache["ltv"]
 
 

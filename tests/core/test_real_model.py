@@ -34,10 +34,12 @@ def test_architecture_and_start_of_prompt(real_model):
     assert (cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads, cfg.d_model, cfg.d_head, cfg.d_vocab) == (
         30, 9, 3, 576, 64, 49152)
     assert cfg.model_name == "smollm2-135m" and cfg.normalization_type == "RMSPre"  # fold_ln applied
-    # no BOS: the tokenizer adds none, and its BOS <|im_start|> opens a chat turn
+    # ICL prompts get no BOS (the tokenizer adds none); the BOS named for zero-shot task-vector prompts is
+    # <|endoftext|> (id 0), the pretraining document separator, not the chat-turn opener <|im_start|>
     assert cfg.default_prepend_bos is False
     toks = real_model.to_tokens("hot -> cold")[0].tolist()
-    assert real_model.tokenizer.bos_token == "<|im_start|>" and real_model.tokenizer.bos_token_id not in toks
+    assert real_model.tokenizer.bos_token == "<|endoftext|>" and real_model.tokenizer.bos_token_id == 0
+    assert 0 not in toks
     assert real_model.to_str_tokens("hot -> cold") == ["hot", " ->", " cold"]
     info = model_info(real_model)
     assert info["processing"] == {"fold_ln": True, "center_writing_weights": False,  # RMSNorm: not applicable
