@@ -237,7 +237,8 @@ def test_necessity_known_answers_and_empty_corruptions(model):
 def test_ltv_one_epoch_leaves_the_model_untouched(model):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = {k: p.requires_grad for k, p in model.named_parameters()}
-    train = build_prompts(model, "antonym", 8 + 4, 0, template=ARROW, seed=0, variant="zero_shot")
+    train = build_prompts(model, "antonym", 8 + 4, 0, template=ARROW, seed=0, variant="zero_shot",
+                         prepend_bos=True)  # as LTVs are trained on SmolLM2 (no BOS: the query is the sink)
     tv = train_task_vector(model, train, 20, n_val=4, epochs=1, batch_size=4, lr=0.05, progress=False)
     assert tv.vectors.shape == (1, 576) and torch.isfinite(tv.vectors).all() and tv.layers == [20]
     assert tv.meta["epochs_run"] == 1 and tv.meta["steps"] == 2 and len(tv.meta["train_loss"]) == 2
