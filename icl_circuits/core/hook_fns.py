@@ -129,6 +129,26 @@ def project_out_centred_hook(
     return edit_at(positions, fn)
 
 
+def _blocked_mask(blocked: Tensor, head: int | None, what: str) -> Callable[[Tensor], Tensor]:
+    """Checks ``blocked`` ([batch, query_pos, key_pos], bool) once; returns ``act -> mask`` for an
+    attention activation ``act`` [batch, head, query_pos, key_pos] (``blocked`` cropped to its width, since
+    minibatches trim padding; only ``head`` when given). ``what`` names the activation in errors."""
+    blocked = torch.as_tensor(blocked, dtype=torch.bool)
+    if blocked.ndim != 3:
+        raise ValueError(f"blocked must have shape [batch, query_pos, key_pos], got {tuple(blocked.shape)}")
+
+    def mask(act: Tensor) -> Tensor:
+        q, k = act.shape[-2:]
+        if blocked.shape[0] != act.shape[0] or blocked.shape[1] < q or blocked.shape[2] < k:
+            raise ValueError(f"blocked has shape {tuple(blocked.shape)} but the attention {what} are {tuple(act.shape)}")
+        m = blocked[:, :q, :k].to(act.device)[:, None]
+        if head is not None:
+            m = m & (torch.arange(act.shape[1], device=act.device) == head)[None, :, None, None]
+        return m
+
+    return mask
+
+
 def block_attention_hook(blocked: Tensor, head: int | None = None) -> Hook:
     """For ``hook_attn_scores``: set the score of every blocked (query, key) pair to -inf.
 
@@ -137,20 +157,26 @@ def block_attention_hook(blocked: Tensor, head: int | None = None) -> Hook:
     the softmax renormalizes over the keys left. Only ``head`` is blocked when given. A query whose
     every key is blocked gets an all-zero pattern row (TransformerLens maps the NaN to 0).
     """
-    blocked = torch.as_tensor(blocked, dtype=torch.bool)
-    if blocked.ndim != 3:
-        raise ValueError(f"blocked must have shape [batch, query_pos, key_pos], got {tuple(blocked.shape)}")
+    mask = _blocked_mask(blocked, head, "scores")
 
     def hook(scores: Tensor, hook: Any = None) -> Tensor:
-        q, k = scores.shape[-2:]
-        if blocked.shape[0] != scores.shape[0] or blocked.shape[1] < q or blocked.shape[2] < k:
-            raise ValueError(
-                f"blocked has shape {tuple(blocked.shape)} but the attention scores are {tuple(scores.shape)}"
-            )
-        m = blocked[:, :q, :k].to(scores.device)[:, None]
-        if head is not None:
-            m = m & (torch.arange(scores.shape[1], device=scores.device) == head)[None, :, None, None]
-        return scores.masked_fill(m, float("-inf"))
+        return scores.masked_fill(mask(scores), float("-inf"))
+
+    return hook
+
+
+def pattern_block_hook(blocked: Tensor, head: int | None = None) -> Hook:
+    """For ``hook_pattern``: what setting the scores of the ``blocked`` (query, key) pairs
+    ([batch, query_pos, key_pos], bool) to -inf before the softmax gives:
+    ``A'[q, k] = 0`` where blocked, else ``A[q, k] / sum_{k' not blocked} A[q, k']``; a query whose every
+    key is blocked gets an all-zero row (as TransformerLens maps that NaN to 0). Only ``head`` when given.
+    Used where an attention adapter fires ``hook_attn_scores`` after the softmax (runner.backend)."""
+    mask = _blocked_mask(blocked, head, "pattern")
+
+    def hook(pattern: Tensor, hook: Any = None) -> Tensor:
+        kept = pattern.masked_fill(mask(pattern), 0.0)
+        total = kept.sum(-1, keepdim=True)
+        return torch.where(total > 0, kept / total.clamp_min(torch.finfo(kept.dtype).tiny), torch.zeros_like(kept))
 
     return hook
 

@@ -242,12 +242,13 @@ def check_attention_edits(model: HookedModel, interventions: Sequence[Any]) -> l
     are refused (the edit would do nothing and the analysis would report a null effect), except
     ``block_attention`` on an adapter that runs ``hook_pattern`` inside the computation (TransformerLens's
     native attention): blocking scores is then applied, exactly, to the pattern
-    (``A'[q, k] = A[q, k] / sum_{k' not blocked} A[q, k']``, 0 where blocked; ``pattern_block_hook``).
+    (``A'[q, k] = A[q, k] / sum_{k' not blocked} A[q, k']``, 0 where blocked; ``hook_fns.pattern_block_hook``).
     Reads of ``hook_pattern`` are always allowed; ``hook_attn_scores`` on such an adapter holds the
     post-softmax weights, so any hook there (a read, or a plain ``(name, fn)`` pair) is refused; other
     plain pairs are taken as given. Returns the list to compile (unchanged on a HookedTransformer)."""
     if not is_bridge(model):
         return list(interventions)
+    from icl_circuits.core.hook_fns import pattern_block_hook
     from icl_circuits.core.interventions import Intervention
 
     out = []
@@ -287,31 +288,6 @@ def _refuse(model: HookedModel, layer: int, what: str, hook: str) -> None:
     )
 
 
-def pattern_block_hook(blocked: Tensor, head: int | None = None) -> Callable:
-    """For ``hook_pattern``: what setting the scores of the ``blocked`` (query, key) pairs
-    ([batch, query_pos, key_pos], bool) to -inf before the softmax gives:
-    ``A'[q, k] = 0`` where blocked, else ``A[q, k] / sum_{k' not blocked} A[q, k']``; a query whose every
-    key is blocked gets an all-zero row (as TransformerLens maps that NaN to 0). Only ``head`` when given."""
-    import torch
-
-    blocked = torch.as_tensor(blocked, dtype=torch.bool)
-    if blocked.ndim != 3:
-        raise ValueError(f"blocked must have shape [batch, query_pos, key_pos], got {tuple(blocked.shape)}")
-
-    def hook(pattern: Tensor, hook: Any = None) -> Tensor:
-        q, k = pattern.shape[-2:]
-        if blocked.shape[0] != pattern.shape[0] or blocked.shape[1] < q or blocked.shape[2] < k:
-            raise ValueError(f"blocked has shape {tuple(blocked.shape)} but the attention pattern is {tuple(pattern.shape)}")
-        m = blocked[:, :q, :k].to(pattern.device)[:, None]
-        if head is not None:
-            m = m & (torch.arange(pattern.shape[1], device=pattern.device) == head)[None, :, None, None]
-        kept = pattern.masked_fill(m, 0.0)
-        total = kept.sum(-1, keepdim=True)
-        return torch.where(total > 0, kept / total.clamp_min(torch.finfo(kept.dtype).tiny), torch.zeros_like(kept))
-
-    return hook
-
-
 # ----------------------------------------------------------------------------- weights
 def per_head(model: HookedModel, w: Tensor) -> Tensor:
     """A key/value weight or bias with one row per *query* head: ``[n_kv_heads, ...]`` rows (a bridge
@@ -328,6 +304,6 @@ def per_head(model: HookedModel, w: Tensor) -> Tensor:
 
 __all__ = [
     "BACKENDS", "is_bridge", "backend_of", "tl_major", "available_backends", "resolve_backend", "forward",
-    "run_with_cache", "hooks", "bridge_run", "attention_seams", "check_attention_edits", "pattern_block_hook",
+    "run_with_cache", "hooks", "bridge_run", "attention_seams", "check_attention_edits",
     "per_head",
 ]
