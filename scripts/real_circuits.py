@@ -360,18 +360,10 @@ def main(argv: list[str] | None = None) -> None:
             "every position (zero: z = 0; mean: z = its mean over the same prompts with θ). Drop = accuracy with θ "
             "minus accuracy with θ and the heads ablated.", ""]
     if circ:
-        rows = []
-        for l in working:
-            for how in ("zero", "mean"):
-                if how not in circ[l]:
-                    continue
-                ab = circ[l][how]
-                for i, k in enumerate(ab.ks):
-                    rd = ab.random_drop[i]
-                    rows.append([l, how, k, fmt_heads(ab.top_heads, k), f"{float(ab.top_drop[i]):.2f}",
-                                 f"{float(rd.mean()):.2f} ± {float(rd.std(unbiased=True)):.2f}",
-                                 f"{float(rd.max()):.2f}",
-                                 f"{float((rd >= ab.top_drop[i]).float().mean()):.2f}"])
+        rows = [[l, how, k, fmt_heads(ab.top_heads, k), f"{float(top):.2f}",
+                 f"{float(rd.mean()):.2f} ± {float(rd.std(unbiased=True)):.2f}", f"{float(rd.max()):.2f}",
+                 f"{float((rd >= top).float().mean()):.2f}"]
+                for l, how, ab, k, top, rd in ablation_cells(circ, working)]
         out += [table(["layer", "ablation", "k", "top-k heads", "drop (key)", "drop (random, mean ± sd)",
                        "random max", "share of draws >= key"], rows), ""]
         if head in circ:
@@ -462,6 +454,17 @@ def verdict_bands(bands: dict) -> str:
             "p per layer in the table).")
 
 
+def ablation_cells(circ: dict, working: list[int]):
+    """Every (layer, ablation, k) cell of the key-vs-random ablation: (layer, "zero"/"mean", result, k,
+    the key heads' drop, the random draws' drops)."""
+    for l in working:
+        for how in ("zero", "mean"):
+            if how in circ[l]:
+                ab = circ[l][how]
+                for i, k in enumerate(ab.ks):
+                    yield l, how, ab, k, ab.top_drop[i], ab.random_drop[i]
+
+
 def verdict_ablation(circ: dict, working: list[int], head: int, kmax: int, hl: dict | None = None) -> str:
     """Over every (layer, ablation, k) cell: does ablating the top-k key heads drop accuracy by more than the
     random heads' mean + 2 sd? Reproduced: in most cells; partly: in at least a quarter of the headline layer's
@@ -470,20 +473,14 @@ def verdict_ablation(circ: dict, working: list[int], head: int, kmax: int, hl: d
         return "Verdict: " + NO_LTV + "."
     cells, beyond, head_cells, head_beyond = 0, 0, 0, 0
     where = []
-    for l in working:
-        for how in ("zero", "mean"):
-            if how not in circ[l]:
-                continue
-            ab = circ[l][how]
-            for i, k in enumerate(ab.ks):
-                rd = ab.random_drop[i]
-                hit = float(ab.top_drop[i]) > float(rd.mean() + 2 * rd.std(unbiased=True))
-                cells, beyond = cells + 1, beyond + hit
-                if l == head:
-                    head_cells, head_beyond = head_cells + 1, head_beyond + hit
-                if hit:
-                    where.append(f"L{l} {how} k={k}: {float(ab.top_drop[i]):.2f} vs {float(rd.mean()):.2f} ± "
-                                 f"{float(rd.std(unbiased=True)):.2f}")
+    for l, how, _, k, top, rd in ablation_cells(circ, working):
+        hit = float(top) > float(rd.mean() + 2 * rd.std(unbiased=True))
+        cells, beyond = cells + 1, beyond + hit
+        if l == head:
+            head_cells, head_beyond = head_cells + 1, head_beyond + hit
+        if hit:
+            where.append(f"L{l} {how} k={k}: {float(top):.2f} vs {float(rd.mean()):.2f} ± "
+                         f"{float(rd.std(unbiased=True)):.2f}")
     if beyond > cells / 2:
         v = "**reproduced**"
     elif head_beyond >= head_cells / 4:
