@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-#: (module attribute path relative to a block or the model, parameter names) stored column-major
+#: a gated MLP's parameters that TransformerLens reads transposed (stored column-major)
 _BLOCK_PARAMS = ("W_in", "W_gate", "W_out")
 
 
