@@ -23,7 +23,7 @@ from icl_circuits.core.prompts import (
 from icl_circuits.core.types import HookedModel
 from icl_circuits.core.tasks import CategorizationTask, Episode, Task, get_task
 
-__all__ = ["task_answer_tokens", "paired_batches", "random_answer_twins", "NoLengthMatchedAnswers", "ScriptedTask",
+__all__ = ["has_bos", "task_answer_tokens", "paired_batches", "random_answer_twins", "NoLengthMatchedAnswers", "ScriptedTask",
            "TaskVectorPrompts", "task_vector_prompts"]
 
 
@@ -220,6 +220,12 @@ class TaskVectorPrompts:
     task: Task
 
 
+def has_bos(model: HookedModel) -> bool:
+    """Whether the model's tokenizer has a BOS token: zero-shot task-vector prompts then start with it
+    (``task_vector_prompts``' default; without one a zero-shot prompt's query word is the attention sink)."""
+    return getattr(getattr(model, "tokenizer", model), "bos_token_id", None) is not None
+
+
 def task_vector_prompts(
     model: HookedModel, task: Task | str, n_demos: int = 8, n_prompts: int = 32, seed: int = 0, *,
     n_eval: int | None = None, eval_seed: int | None = None, template: Any = None, prepend_bos: bool | None = None,
@@ -244,7 +250,7 @@ def task_vector_prompts(
     task_obj = _as_task(task)
     n_eval = n_eval or n_prompts
     if prepend_bos is None:
-        prepend_bos = getattr(getattr(model, "tokenizer", model), "bos_token_id", None) is not None
+        prepend_bos = has_bos(model)
     b = lambda n, s, v: build_prompts(model, task_obj, n, n_demos, template=template, seed=s, variant=v,  # noqa: E731
                                       prepend_bos=prepend_bos)
     return TaskVectorPrompts(dummy_query=b(n_prompts, seed, "dummy_query"), icl=b(n_prompts, seed, "icl"),

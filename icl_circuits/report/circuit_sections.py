@@ -10,10 +10,11 @@ from icl_circuits.report.suite import Context, Section, section
 
 
 def _zero_shot(ctx: Context, n: int, seed_offset: int = 1):
+    from icl_circuits.core.pairs import has_bos
     from icl_circuits.core.prompts import build_prompts
 
     return build_prompts(ctx.model, ctx.cfg.knowledge_task, n, 0, seed=ctx.cfg.seed + seed_offset, variant="zero_shot",
-                         prepend_bos=ctx.model.tokenizer.bos_token_id is not None)  # as the LTVs' training prompts
+                         prepend_bos=has_bos(ctx.model))  # as the LTVs' training prompts
 
 
 def injection_layer(ctx: Context) -> int:

@@ -39,13 +39,14 @@ def function_vector_at(ctx: Context, prompts, top_k: int = 10):
 def learned_vectors(ctx: Context):
     """LTVs trained per report layer on zero-shot prompts of the knowledge task (cached)."""
     if "ltv" not in ctx.cache:
+        from icl_circuits.core.pairs import has_bos
         from icl_circuits.core.prompts import build_prompts
         from icl_circuits.methods.learned import train_per_layer
 
         cfg = ctx.cfg
         n = cfg.ltv_prompts or 2 * cfg.prompts(32)
         train = build_prompts(ctx.model, cfg.knowledge_task, n + n // 4, 0, seed=cfg.seed, variant="zero_shot",
-                              prepend_bos=ctx.model.tokenizer.bos_token_id is not None)  # as task_vector_prompts
+                              prepend_bos=has_bos(ctx.model))  # as task_vector_prompts
         layers = cfg.block_layers(ctx.model.cfg.n_layers)[::cfg.ltv_layer_stride]
         ctx.cache["ltv"] = train_per_layer(ctx.model, train, layers, n_val=n // 4,
                                            epochs=cfg.ltv_epochs if not cfg.quick else min(cfg.ltv_epochs, 4),
