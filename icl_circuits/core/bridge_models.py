@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from icl_circuits.core.hf_configs import bos_rule
+from icl_circuits.core.model_info import applied_processing
 
 
 def _bridge_cls() -> Any:
@@ -42,14 +43,7 @@ def _compat(bridge: Any, flags: dict[str, bool]) -> dict[str, bool]:
     else:
         bridge.enable_compatibility_mode(disable_warnings=True, **flags)
     norm = str(getattr(bridge.cfg, "normalization_type", None) or "")
-    return {
-        "fold_ln": bool(flags["fold_ln"] and norm.upper() in ("LN", "RMS", "LNPRE", "RMSPRE")),
-        "center_writing_weights": bool(flags["center_writing_weights"] and norm.upper().startswith("LN")
-                                       and not getattr(bridge.cfg, "final_rms", False)),
-        "center_unembed": bool(flags["center_unembed"]
-                               and not (getattr(bridge.cfg, "output_logits_soft_cap", None) or 0) > 0),
-        "fold_value_biases": bool(flags["fold_value_biases"]),
-    }
+    return applied_processing(flags, bridge.cfg, ln_folded=norm.upper() in ("LN", "RMS", "LNPRE", "RMSPRE"))
 
 
 def load_hf_dir_bridge(path: Path, device: str, dtype: torch.dtype | None, flags: dict[str, bool], *,

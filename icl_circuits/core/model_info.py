@@ -43,6 +43,20 @@ def _record(model: HookedModel, *, source: str, path: str | None, processing: di
     object.__setattr__(model, MODEL_INFO_ATTR, info)
 
 
+def applied_processing(flags: dict[str, bool], cfg: Any, *, ln_folded: bool) -> dict[str, bool]:
+    """The processing ``flags`` as a loader actually applied them, by TransformerLens's rules: norms
+    folded only where the loader folded them (``ln_folded``), writing weights centred only under
+    LayerNorm (not with a final RMSNorm), the unembedding not centred under a logit soft-cap."""
+    norm = str(getattr(cfg, "normalization_type", None) or "")
+    return {
+        "fold_ln": bool(flags["fold_ln"] and ln_folded),
+        "center_writing_weights": bool(flags["center_writing_weights"] and norm.upper() in ("LN", "LNPRE")
+                                       and not getattr(cfg, "final_rms", False)),
+        "center_unembed": bool(flags["center_unembed"] and not (getattr(cfg, "output_logits_soft_cap", None) or 0) > 0),
+        "fold_value_biases": bool(flags["fold_value_biases"]),
+    }
+
+
 def _infer_processing(model: HookedModel) -> dict[str, bool | None]:
     """Processing read off the weights of a model not loaded by :func:`load_model` (None: cannot tell).
 

@@ -46,7 +46,8 @@ except ImportError:  # TransformerLens >= 4 removed them: models load as Transfo
 
 from icl_circuits.core.hf_configs import MODEL_TYPES, SUPPORTED_ARCHITECTURES, bos_rule, converters
 from icl_circuits.core.model_info import (  # noqa: F401  (model_info and processing_mismatch are re-exported)
-    MODEL_INFO_ATTR, PROCESSING_FLAGS, _infer_processing, _record, _tl_version, model_info, processing_mismatch,
+    MODEL_INFO_ATTR, PROCESSING_FLAGS, _infer_processing, _record, _tl_version, applied_processing, model_info,
+    processing_mismatch,
 )
 from icl_circuits.core.real_models import SMOLLM2_ALIASES, SMOLLM2_HF_ID, SMOLLM2_NAME
 from icl_circuits.core.runner.backend import resolve_backend
@@ -131,16 +132,8 @@ def _load_state(model: HookedTransformer, state_dict: dict[str, torch.Tensor],
     bad = sorted(k for k in missing if k in params)
     if bad:
         raise RuntimeError(f"weights do not match the model: missing parameters {bad}")
-    cfg = model.cfg
-    return {
-        "fold_ln": bool(flags["fold_ln"] and before in ("LN", "RMS")
-                        and cfg.normalization_type in ("LNPre", "RMSPre")),
-        "center_writing_weights": bool(flags["center_writing_weights"]
-                                       and cfg.normalization_type in ("LN", "LNPre")
-                                       and not getattr(cfg, "final_rms", False)),
-        "center_unembed": bool(flags["center_unembed"] and not (getattr(cfg, "output_logits_soft_cap", None) or 0) > 0),
-        "fold_value_biases": bool(flags["fold_value_biases"]),
-    }
+    return applied_processing(flags, model.cfg,
+                              ln_folded=before in ("LN", "RMS") and model.cfg.normalization_type in ("LNPre", "RMSPre"))
 
 
 def _load_toy(device: str, dtype: torch.dtype | None, flags: dict[str, bool], backend: str = "hooked") -> HookedTransformer:
