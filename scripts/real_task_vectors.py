@@ -41,18 +41,13 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_common import parser, save_figures, setup, spread, table, write_page  # noqa: E402
+from real_common import cell, parser, save_figures, setup, spread, table, write_page  # noqa: E402
 
 NAME = "task_vectors"
 TASKS = ("present-past", "singular-plural", "first-letter", "uppercase", "antonym")
 DEMOS, SOLVED, TOP_K = 8, 0.7, 10
 LTV = dict(lr=0.1, batch_size=16, epochs=6, patience=2, n_val=16, weight_decay=0.01)
 N_TRAIN_POOL = 160
-
-
-def fmt(r: Any) -> str:
-    """A Rate (value, low, high) as ``0.42 [0.29, 0.56]``."""
-    return f"{r.value:.2f} [{r.low:.2f}, {r.high:.2f}]"
 
 
 def rate_of(ok) -> Any:
@@ -395,13 +390,13 @@ def verdicts(args: Any, st: dict[str, Any]) -> list[str]:
         helped = [name for name, r in wi.items() if r["with"].value >= r["without"].value]
         parts = []
         if ti:
-            parts.append(f"at the demo separators of 2-demo prompts {fmt(ti['separators']['with'])} vs "
-                         f"{fmt(ti['without'])} without")
+            parts.append(f"at the demo separators of 2-demo prompts {cell(ti['separators']['with'])} vs "
+                         f"{cell(ti['without'])} without")
         if lay:
-            parts.append(f"layers {lay['layers']} at once {fmt(lay['rate'])}")
+            parts.append(f"layers {lay['layers']} at once {cell(lay['rate'])}")
         parts.append(f"with ICL prompts: not hurt on {len(helped)}/{len(wi)} prompt sets")
         if ti and "final" in ti:
-            parts.append(f"trained on 2-demo prompts (final): {fmt(ti['final']['with'])}")
+            parts.append(f"trained on 2-demo prompts (final): {cell(ti['final']['with'])}")
         ok = works + bool(lay and lay["rate"].low > zhi) + (len(helped) == len(wi) and len(wi) > 0)
         verdict = "reproduced" if ok == 3 else "partly" if ok >= 1 else "not reproduced"
         rows.append(["LTVs also work at other positions, at several layers at once and with ICL prompts",
@@ -448,7 +443,7 @@ def page(args: Any, st: dict[str, Any], links: dict[str, str]) -> str:
             "position 0. In Llama-family models position 0 is an attention sink: later positions attend to it "
             "heavily but read almost nothing from it. Built that way, no vector can make the model answer: on "
             f"{main} (N = {n}) the vanilla task vector gave at best {float(v.values[best_nb]):.2f} (layer "
-            f"{v.layers[best_nb]}) with ICL at {fmt(nb['icl'])}. With `<|endoftext|>` (the document separator "
+            f"{v.layers[best_nb]}) with ICL at {cell(nb['icl'])}. With `<|endoftext|>` (the document separator "
             f"SmolLM2 was pretrained with) first, the same measurement gives {c3(a_main, lo_m, hi_m)} at layer "
             f"{l_main}. (`<|im_start|>`, the chat BOS of the Instruct GGUF, gave 0.08 at best in a 24-prompt probe; "
             "learned vectors at layer 15 reached 0.00 without BOS and 0.97 with it, 80 training prompts, lr 0.1.) "
@@ -459,7 +454,7 @@ def page(args: Any, st: dict[str, Any], links: dict[str, str]) -> str:
         ]
     md += ["## Which tasks the model solves (gate: 8-demo ICL >= 0.7)", "",
            table(["task", "zero-shot", f"ICL ({DEMOS} demos)", "carries claims"],
-                 [[t, fmt(gate[t]["zero"]), fmt(gate[t]["icl"]), "yes" if t in solved else
+                 [[t, cell(gate[t]["zero"]), cell(gate[t]["icl"]), "yes" if t in solved else
                    f"solved, not measured (budget: the first {len(solved)} solved tasks)" if t in st.get("solved_all", [])
                    else "no: model cannot do the task"] for t in st["tasks"]]), ""]
     # ---- per-layer comparison
@@ -510,22 +505,22 @@ def page(args: Any, st: dict[str, Any], links: dict[str, str]) -> str:
         best = st["best_ltv_layer"]
         rws = []
         rws.append([f"one layer ({best}), final position (the comparison's LTV)", "zero-shot",
-                    fmt(sc["final"]) if "final" in sc else "", ""])
+                    cell(sc["final"]) if "final" in sc else "", ""])
         if "layers" in sc:
             r = sc["layers"]
-            rws.append([f"layers {r['layers']} at once, final", "zero-shot", fmt(r["rate"]),
+            rws.append([f"layers {r['layers']} at once, final", "zero-shot", cell(r["rate"]),
                         ", ".join(f"{x:.1f}" for x in r["norm"])])
         for name, r in sc.get("with_icl", {}).items():
-            rws.append([f"zero-shot LTV at layer {best}, final", f"{name}: without {fmt(r['without'])}", fmt(r["with"]), ""])
+            rws.append([f"zero-shot LTV at layer {best}, final", f"{name}: without {cell(r['without'])}", cell(r["with"]), ""])
         if "trained_icl" in sc:
             r = sc["trained_icl"]
             for pos, label in (("final", "the final position"), ("separators", "the two demo separators only")):
                 if pos not in r:
                     continue
-                rws.append([f"trained on 2-demo prompts, layer {best}, at {label}", f"2 demos: without {fmt(r['without'])}",
-                            fmt(r[pos]["with"]), f"{r[pos]['norm']:.1f}"])
+                rws.append([f"trained on 2-demo prompts, layer {best}, at {label}", f"2 demos: without {cell(r['without'])}",
+                            cell(r[pos]["with"]), f"{r[pos]['norm']:.1f}"])
             if "final" in r:
-                rws.append(["the same (final) vector", "zero-shot", fmt(r["final"]["zero_shot_with"]), ""])
+                rws.append(["the same (final) vector", "zero-shot", cell(r["final"]["zero_shot_with"]), ""])
         md += [f"Main task {solved[0]}; N = {n} evaluation prompts (seed {args.seed + 1}).", "",
                table(["LTV", "prompts", "accuracy with the LTV", "norm"], rws), ""]
     else:
