@@ -11,11 +11,14 @@ Published: early task vectors are rotated into the label subspace, late ones mos
 Every forward goes through the runner: the clean residual at the input of block l is cached once
 (``runner.read_resid``), then blocks l.. are resumed for many vectors at once, each added at
 ``Site(l)`` at the final position (``Entry`` + ``run_staggered``, final residuals only).
+The map is a ridge regression, its penalty cross-validated on the fit vectors (``cv_ridge``; default
+since issue 24: the old least squares at n ~ d overfits, docs/results/real/propagation_fit.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -37,9 +40,13 @@ from icl_circuits.methods.logit_lens import alignment_chance, logit_lens, task_a
 from icl_circuits.methods.vectors import TaskVector, evaluate_vector
 
 __all__ = [
-    "fit_linear_map", "r2", "polar_metrics", "final_deltas", "fit_linear_propagation", "propagation_by_layer",
-    "LinearPropagation", "PropagationResult",
+    "fit_linear_map", "r2", "polar_metrics", "cv_ridge", "RidgeChoice", "DEFAULT_RIDGE_GRID", "final_deltas",
+    "fit_linear_propagation", "propagation_by_layer", "LinearPropagation", "PropagationResult",
 ]
+
+#: candidates of ``ridge="cv"``, relative to the mean eigenvalue of X^T X (||X||_F^2 / d_in, the scale of
+#: the old "auto" rule's 1e-3): 10^-6 ... 10^2, 17 values half a decade apart
+DEFAULT_RIDGE_GRID = np.logspace(-6, 2, 17)
 
 
 # ----------------------------------------------------------------------------- pure linear algebra
@@ -69,6 +76,57 @@ def r2(Y: Float[Tensor, "n d"], Y_hat: Float[Tensor, "n d"]) -> float:
     Y, Y_hat = torch.as_tensor(Y).double(), torch.as_tensor(Y_hat).double()
     tot = float(((Y - Y.mean(0)) ** 2).sum())
     return float("nan") if tot == 0 else 1.0 - float(((Y - Y_hat) ** 2).sum()) / tot
+
+
+@dataclass(frozen=True)
+class RidgeChoice:
+    """``cv_ridge``'s choice: ``ridge`` (absolute) from ``grid`` (absolute: the relative grid x ``scale``), the
+    pooled R² of each candidate's out-of-fold predictions (``cv_r2``), and ``on_edge`` ("lowest" / "highest"
+    when the choice is an end of the grid, else None)."""
+
+    ridge: float
+    grid: list[float]
+    cv_r2: list[float]
+    scale: float
+    n_folds: int
+    seed: int
+    on_edge: str | None
+
+
+def cv_ridge(X: Float[Tensor, "n d_in"], Y: Float[Tensor, "n d_out"], *, relative_grid: Sequence[float] | None = None,
+             n_folds: int = 5, seed: int = 0) -> RidgeChoice:
+    """The ridge of ``fit_linear_map(X, Y, ridge)`` with the best k-fold cross-validated fit.
+
+    Candidates: ``relative_grid`` (default ``DEFAULT_RIDGE_GRID``) x ``||X||_F^2 / d_in``. The rows are
+    shuffled by ``seed`` into ``min(n_folds, n)`` folds (scikit-learn ``KFold``); each candidate is fitted
+    on the other folds (``sklearn.linear_model.Ridge``, no intercept, float64) and predicts the held-out
+    fold; the candidate with the least squared error over all folds wins (ties: the larger ridge). Pass
+    only the fit rows: rows held out for testing must not choose the ridge.
+    """
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import KFold
+
+    x, y = torch.as_tensor(X).double().numpy(), torch.as_tensor(Y).double().numpy()
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"X and Y must be [n, d_in] and [n, d_out] with the same n, got {x.shape} and {y.shape}")
+    if x.shape[0] < 2 or isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
+        raise ValueError(f"cross-validating the ridge needs at least 2 rows (got {x.shape[0]}) and an int "
+                         f"n_folds >= 2 (got {n_folds!r}); pass a fixed ridge otherwise")
+    rel = np.asarray(DEFAULT_RIDGE_GRID if relative_grid is None else relative_grid, dtype=np.float64)
+    if rel.ndim != 1 or rel.size < 3 or not np.all(np.isfinite(rel)) or np.any(rel <= 0) or np.any(np.diff(rel) <= 0):
+        raise ValueError(f"relative_grid must be at least 3 finite, positive, increasing values, got {relative_grid!r}")
+    scale = float((x * x).sum()) / x.shape[1]
+    grid = rel * scale
+    sse = np.zeros(grid.size)
+    for train, held in KFold(min(n_folds, x.shape[0]), shuffle=True, random_state=seed).split(x):
+        for i, alpha in enumerate(grid):
+            pred = Ridge(alpha=float(alpha), fit_intercept=False).fit(x[train], y[train]).predict(x[held])
+            sse[i] += float(((y[held] - pred) ** 2).sum())
+    tot = float(((y - y.mean(0)) ** 2).sum())
+    best = int(np.flatnonzero(sse == sse.min())[-1])
+    return RidgeChoice(ridge=float(grid[best]), grid=grid.tolist(), scale=scale, n_folds=min(n_folds, x.shape[0]),
+                       cv_r2=(1.0 - sse / tot if tot > 0 else np.full(grid.size, np.nan)).tolist(), seed=seed,
+                       on_edge="lowest" if best == 0 else "highest" if best == grid.size - 1 else None)
 
 
 def polar_metrics(W: Float[Tensor, "d d"]) -> dict[str, Any]:
@@ -141,7 +199,9 @@ class LinearPropagation(Result):
 
     W: [d, d] (``delta_h_L ~ W x``); U, P: its polar factors; stretch: P's eigenvalues
     (descending); r2: held-out-vector R^2 over (vector, prompt) pairs; r2_mean: the same for the
-    prompt-averaged effect; ridge used; ref_norm: the norm random vectors were drawn around.
+    prompt-averaged effect; ridge used (``meta["ridge_option"]``: as asked), with ``ridge="cv"`` chosen
+    from ``ridge_grid`` by its cross-validated R² ``ridge_cv_r2`` (``cv_ridge``; else empty, as in results
+    saved before issue 24); ref_norm: the norm random vectors were drawn around.
     """
 
     W: Float[Tensor, "d_model d_model"]
@@ -162,6 +222,8 @@ class LinearPropagation(Result):
     n_prompts: int
     task: str
     model_name: str
+    ridge_grid: list = field(default_factory=list)
+    ridge_cv_r2: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
 
     def apply(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
@@ -183,7 +245,8 @@ def fit_linear_propagation(
     vectors: Float[Tensor, "k d_model"] | None = None,
     norm: float | None = None,
     holdout: float = 0.25,
-    ridge: float | Literal["auto"] = "auto",
+    ridge: float | Literal["cv", "auto"] = "cv",
+    cv_folds: int = 5,
     seed: int = 0,
 ) -> LinearPropagation:
     """Fit ``delta_h_L ~ W x`` for vectors x added at the input of block ``layer``, final position.
@@ -194,8 +257,10 @@ def fit_linear_propagation(
     fit). ``seed`` draws them; the first ``holdout`` share of the random ones is kept out of the
     fit for R^2. The effects are measured on the prompts of ``batch`` (usually zero-shot). Least squares
     over (vector, prompt) pairs equals least squares on the prompt-averaged effect, which is what is
-    solved. ``ridge="auto"``: 0 when the fit has at least d vectors, else 1e-3 x mean eigenvalue of
-    X^T X (the problem is underdetermined without it).
+    solved. ``ridge``: "cv" (default) = ``cv_ridge`` over the fit vectors only (``cv_folds`` folds shuffled
+    by ``seed``; the held-out ones never choose it); a float >= 0 fixes it; "auto", the rule before issue
+    24 (kept to reproduce results made with it): 0 with >= d fit vectors, else 1e-3 x mean eigenvalue
+    of X^T X (at n ~ d that least squares overfits).
     """
     check_layer(model, layer)
     d = model.cfg.d_model
@@ -203,6 +268,8 @@ def fit_linear_propagation(
         raise ValueError(f"n_vectors must be an integer >= 2 (some are held out), got {n_vectors!r}")
     if not 0 < holdout < 1:
         raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+    if not (ridge in ("cv", "auto") if isinstance(ridge, str) else isinstance(ridge, Real) and ridge >= 0):
+        raise ValueError(f"ridge must be 'cv', 'auto' or a number >= 0, got {ridge!r}")
     check_batch(batch, "batch")
     resid = read_resid(model, batch, None, [layer])[0]
     extra = torch.zeros(0, d) if vectors is None else check_vector(model, torch.as_tensor(vectors), arg="vectors").reshape(-1, d).float().cpu()
@@ -217,7 +284,11 @@ def fit_linear_propagation(
     test = torch.arange(n_out)
     fit = torch.arange(n_out, len(X))
     Ym = Y.mean(1)
-    if ridge == "auto":
+    option, choice = ridge, None
+    if ridge == "cv":
+        choice = cv_ridge(X[fit], Ym[fit], n_folds=cv_folds, seed=seed)
+        ridge = choice.ridge
+    elif ridge == "auto":
         x = X[fit].double()
         ridge = 0.0 if len(fit) >= d else 1e-3 * float((x * x).sum()) / d
     W = fit_linear_map(X[fit], Ym[fit], ridge=float(ridge))
@@ -231,7 +302,10 @@ def fit_linear_propagation(
         rotation_deviation=pm["rotation_deviation"], stretch_cv=pm["stretch_cv"],
         cos_random=float(_cos(X[test], pred.float()).mean()), n_fit=len(fit), n_heldout=n_out,
         n_prompts=len(batch), task=batch.task, model_name=model.cfg.model_name,
-        provenance=provenance(model, batch), meta={"n_vectors": n_vectors, "vector_seed": seed},
+        ridge_grid=choice.grid if choice else [], ridge_cv_r2=choice.cv_r2 if choice else [],
+        provenance=provenance(model, batch),
+        meta={"n_vectors": n_vectors, "vector_seed": seed, "ridge_option": option,
+              **({"ridge_cv_folds": choice.n_folds, "ridge_on_edge": choice.on_edge} if choice else {})},
     )
 
 
@@ -252,7 +326,9 @@ class PropagationResult(Result):
     of theta and of W theta (chance: ``alignment_chance``); logit-lens accuracy at that layer
     without (``lens_clean``) and with theta (``lens_injected``); model accuracy with theta added at
     the layer (``acc_injected``) and with W theta added at the final residual (``acc_reconstructed``),
-    both over ``n_eval`` prompts, full vocabulary; ``baseline``: accuracy without a vector.
+    both over ``n_eval`` prompts, full vocabulary; ``baseline``: accuracy without a vector. ``ridge``:
+    the fit's ridge per layer (None at the final layer, where W = I; empty for results saved before
+    issue 24), chosen as ``meta["ridge_option"]`` says (``fit_linear_propagation``).
     """
 
     layers: list[int]
@@ -279,10 +355,13 @@ class PropagationResult(Result):
     task: str
     model_name: str
     method: str
+    ridge: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
 
     def to_dataframe(self) -> pd.DataFrame:
         df = pd.DataFrame({"layer": self.layers, **{k: getattr(self, k).tolist() for k in _SCALARS}})
+        if len(self.ridge) == len(self.layers):
+            df["ridge"] = [float("nan") if v is None else v for v in self.ridge]
         return df.assign(alignment_chance=self.alignment_chance, baseline=self.baseline, n_eval=self.n_eval,
                          task=self.task, model=self.model_name, method=self.method)
 
@@ -295,6 +374,7 @@ def propagation_by_layer(
     *,
     layers: Sequence[int] | None = None,
     n_vectors: int = 256,
+    ridge: float | Literal["cv", "auto"] = "cv",
     seed: int = 0,
     progress: bool = True,
 ) -> PropagationResult:
@@ -302,7 +382,7 @@ def propagation_by_layer(
     logit lens, task alignment and the accuracy of the reconstructed vector W theta.
 
     The map is fitted on ``fit_batch`` (``fit_linear_propagation``, random vectors drawn with
-    ``seed``); the logit lens (candidates ``eval_batch.candidate_tokens("gold")``), task alignment
+    ``seed``, ridge by ``ridge``, default cross-validated); the logit lens (candidates ``eval_batch.candidate_tokens("gold")``), task alignment
     and every accuracy are measured on ``eval_batch`` (other prompts of the same task; usually
     zero-shot). A "replace" vector (vanilla TV) is treated as the displacement it causes on average,
     ``theta - mean(h_l)`` at the final position of the fit prompts. At the final layer W = I.
@@ -320,7 +400,7 @@ def propagation_by_layer(
     lens_inj = logit_lens(model, ev, layers, vectors=tv, candidates=cand)
     acc_inj = evaluate_vector(model, tv, ev, layers=layers)
     d, n = model.cfg.d_model, model.cfg.n_layers
-    rows: dict[str, list] = {k: [] for k in (*_SCALARS[:9], "stretch", "wtheta", "theta")}
+    rows: dict[str, list] = {k: [] for k in (*_SCALARS[:9], "stretch", "wtheta", "theta", "ridge")}
     for l in tqdm(layers, desc=f"propagation {tv.method}", disable=not progress, leave=False):
         theta = tv.at(l).float()
         if tv.mode == "replace":
@@ -329,11 +409,12 @@ def propagation_by_layer(
         if l == n:
             eye = torch.eye(d, dtype=torch.float64)
             fit = {"W": eye, "r2": 1.0, "r2_mean": 1.0, "rotation_cos": 1.0, "rotation_deviation": 0.0,
-                   "stretch_cv": 0.0, "cos_random": 1.0, "U": eye, "stretch": torch.ones(d)}
+                   "stretch_cv": 0.0, "cos_random": 1.0, "U": eye, "stretch": torch.ones(d), "ridge": None}
         else:
-            lp = fit_linear_propagation(model, fit_batch, l, n_vectors=n_vectors, vectors=theta[None], seed=seed)
+            lp = fit_linear_propagation(model, fit_batch, l, n_vectors=n_vectors, vectors=theta[None], ridge=ridge,
+                                        seed=seed)
             fit = {k: getattr(lp, k) for k in ("W", "r2", "r2_mean", "rotation_cos", "rotation_deviation", "stretch_cv",
-                                               "cos_random", "U", "stretch")}
+                                               "cos_random", "U", "stretch", "ridge")}
         W, U = fit["W"].double(), fit["U"].double()
         wt = W @ theta.double()
         for k in ("r2", "r2_mean", "rotation_cos", "rotation_deviation", "stretch_cv", "cos_random"):
@@ -344,6 +425,7 @@ def propagation_by_layer(
         rows["stretch"].append(fit["stretch"].float())
         rows["wtheta"].append(wt.float())
         rows["theta"].append(theta)
+        rows["ridge"].append(fit["ridge"])
     acc_rec = []
     for wt in rows["wtheta"]:
         rec = TaskVector(wt[None], [n], "add", f"{tv.method}-reconstructed", tv.task, tv.model_name, provenance=tv.provenance)
@@ -360,7 +442,7 @@ def propagation_by_layer(
         lens_clean=lens_clean.accuracy, lens_injected=lens_inj.accuracy, acc_injected=acc_inj.values,
         acc_reconstructed=torch.tensor(acc_rec), alignment_chance=alignment_chance(model, labels),
         baseline=float(acc_inj.baseline), n_eval=len(ev), n_candidates=int(cand.shape[1]), task=ev.task,
-        model_name=model.cfg.model_name, method=tv.method,
+        model_name=model.cfg.model_name, method=tv.method, ridge=rows["ridge"],
         provenance=provenance(model, ev), meta={"n_vectors": n_vectors, "vector_seed": seed, "n_fit_prompts": len(fit_batch),
-              "fit_seed": fit_batch.seed, "with_demos": fit_batch.n_demos, "mode": tv.mode},
+              "fit_seed": fit_batch.seed, "with_demos": fit_batch.n_demos, "mode": tv.mode, "ridge_option": ridge},
     )

@@ -193,7 +193,7 @@ def dpca_section(ctx: Context) -> Section:
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.core.tasks import get_task
     from icl_circuits.methods.dpca.analysis import dpca_by_layer
-    from icl_circuits.report.sections import dpca_chance_warning, task_accuracy
+    from icl_circuits.report.sections import dpca_chance_warning, dpca_regularizer_caveat, task_accuracy
     from icl_circuits.viz import dpca as dplots
 
     cfg, task = ctx.cfg, ctx.cfg.category_task
@@ -217,8 +217,11 @@ def dpca_section(ctx: Context) -> Section:
     w = V.label_token_identity(int(var.index[0]), float(var[label].iloc[0]))
     if w:
         warnings.append(w)
+    lams, edges = res.regularizers.tolist(), res.regularizer_on_edge or [None] * len(res.layers)
     table = pd.DataFrame({"layer": var.index, f"{nuis} variance": var[nuis].values, "label variance": var[label].values,
-                          "label null 95%": null95[label].values})
+                          "label null 95%": null95[label].values,
+                          "lambda (CV)": [f"{v:.3g}" + (f" ({e} of grid)" if e else "") for v, e in zip(lams, edges)]})
+    caveat = dpca_regularizer_caveat(res.layers, lams, edges, res.meta.get("lambda_grid", [float("nan")]))
     tag = f": {res.model_name}, task {res.task}, {res.position_kind} positions, {res.n_demos} demos, N={len(batch)}"
     first, last = var.index[0], var.index[-1]
     return Section(
@@ -240,5 +243,6 @@ def dpca_section(ctx: Context) -> Section:
                  f"{var.loc[first, label]:.3f} to {var.loc[last, label]:.3f}: "
                  + ("label information persists while the nuisance fades, as 2406.16007 report."
                     if var.loc[last, label] > null95.loc[last, label] and var.loc[last, nuis] < var[nuis].max()
-                    else "the paper's pattern does not appear here.")),
+                    else "the paper's pattern does not appear here.")
+                 + (f" Caveat: {caveat}" if caveat else "")),
     )

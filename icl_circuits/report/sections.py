@@ -64,6 +64,25 @@ def dpca_chance_warning(task: str, value: float, low: float, high: float, chance
     return None
 
 
+def dpca_regularizer_caveat(layers, regularizers, edges, grid) -> str | None:
+    """Layers whose cross-validated dPCA lambda is an end of its grid (``edges[i]``: "lowest" / "highest" /
+    None per layer; ``DPCALayerResult.regularizer_on_edge``): a caveat on their axes and subspace distances."""
+    flagged = [(l, float(lam), e) for l, lam, e in zip(layers, regularizers, edges) if e]
+    if not flagged:
+        return None
+    parts = []
+    for edge, word, why in (("highest", "top", "larger (as when the condition means are mostly trial noise)"),
+                            ("lowest", "bottom", "smaller (no ridge needed)")):
+        at = [f"{l}" for l, _, e in flagged if e == edge]
+        if at:
+            lam = next(v for _, v, e in flagged if e == edge)
+            parts.append(f"at the {word} of its grid (lambda = {lam:.3g}) at layer(s) {', '.join(at)}, where the held-out "
+                         f"error may keep falling for {why}")
+    return (f"cross-validation chose the ridge {'; and '.join(parts)} (grid {float(grid[0]):.3g} ... {float(grid[-1]):.3g}): "
+            "the dPCA axes and the distances in their subspaces are fitted at the grid's bound there; the variance "
+            "shares per marginalization do not depend on lambda.")
+
+
 def primary_metric(task: str) -> str:
     """label accuracy for categorization tasks (label words), first-token accuracy otherwise."""
     return "label" if get_task(task).label_words is not None else "first_token"

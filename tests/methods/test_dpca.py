@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from icl_circuits.methods.dpca.distances import mahalanobis_distances
-from icl_circuits.methods.dpca.numpy_dpca import DEFAULT_LAMBDA_GRID, DPCAResult, demixed_pca, marginalize
+from icl_circuits.methods.dpca.numpy_dpca import (
+    DEFAULT_LAMBDA_GRID, DPCAResult, RegularizerOnEdgeWarning, demixed_pca, lambda_on_edge, marginalize,
+)
+
+#: the grid before issue 24; its top edge is where noisy planted data and letter-string sat
+OLD_GRID = np.logspace(-7, -1, 13)
 
 
 def _random(shape, seed=0):
@@ -113,6 +121,7 @@ def test_regularization_shrinks_encoders():
 # ----------------------------------------------------------------------- determinism
 @pytest.mark.parametrize("regularizer", [None, 1e-3])
 def test_fits_are_bitwise_identical_regardless_of_global_seed(regularizer):
+    # bit-equality: the same call on the same arrays twice (only numpy's global state differs)
     X = _random((20, 4, 3))
     np.random.seed(1)
     r1 = demixed_pca(X, 3, regularizer=regularizer)
@@ -132,6 +141,7 @@ def test_auto_regularizer_is_deterministic_for_fixed_seed():
     r1 = demixed_pca(trials.mean(0), 2, regularizer="auto", trials=trials, seed=7)
     np.random.seed(99)
     r2 = demixed_pca(trials.mean(0), 2, regularizer="auto", trials=trials, seed=7)
+    # bit-equality: the same call on the same arrays twice
     assert r1.regularizer == r2.regularizer and r1.regularizer in DEFAULT_LAMBDA_GRID
     assert np.array_equal(r1.cv_errors, r2.cv_errors)
     assert r1.cv_errors.shape == DEFAULT_LAMBDA_GRID.shape and np.all(np.isfinite(r1.cv_errors))
@@ -250,8 +260,9 @@ def test_save_load_round_trip(tmp_path, regularizer):
     npz, js = res.save(tmp_path / "fit.npz")
     assert npz.exists() and js.exists()
     back = DPCAResult.load(tmp_path / "fit")
+    # bit-equality: the arrays are written and read back, not recomputed
     assert back.marginalization_names == res.marginalization_names and back.labels == res.labels
-    assert back.regularizer == res.regularizer
+    assert back.regularizer == res.regularizer and back.regularizer_on_edge == res.regularizer_on_edge
     assert back.total_marginal_variance == res.total_marginal_variance
     assert np.array_equal(back.mean, res.mean)
     for name in res.marginalization_names:
@@ -261,7 +272,7 @@ def test_save_load_round_trip(tmp_path, regularizer):
         assert np.array_equal(back.cv_errors, res.cv_errors)
     else:
         assert back.cv_errors is None
-    np.testing.assert_array_equal(back.transform(X)["a"], res.transform(X)["a"])
+    np.testing.assert_array_equal(back.transform(X)["a"], res.transform(X)["a"])  # same arrays, same call
 
 
 # -------------------------------------------------------------------- Mahalanobis
@@ -394,6 +405,80 @@ def test_cv_prefers_a_ridge_when_noise_dominates_in_high_dimension():
     assert res.cv_errors[0] > res.cv_errors.min() * 1.01
 
 
+# ------------------------------------------------------- lambda grid: edges flagged
+def _noisy_planted_trials():
+    """The data of the test above: 20 trials of planted structure under noise 2 (d = 40, 12 conditions).
+    CV's optimum is ~0.1 in our lambda (Kobak et al.'s reference code: ~0.78), the old grid's top value."""
+    X, *_ = _planted(sigma=0.0)
+    return X[None] + 2.0 * np.random.default_rng(5).normal(size=(20,) + X.shape)
+
+
+def test_default_grid_is_log_spaced_to_10_and_extends_the_old_one():
+    steps = np.diff(np.log10(DEFAULT_LAMBDA_GRID))
+    assert DEFAULT_LAMBDA_GRID[0] == pytest.approx(1e-7) and DEFAULT_LAMBDA_GRID[-1] == pytest.approx(10.0)
+    np.testing.assert_allclose(steps, 0.5, rtol=1e-12)
+    np.testing.assert_allclose(DEFAULT_LAMBDA_GRID[: OLD_GRID.size], OLD_GRID, rtol=1e-12)  # old choices stay
+
+
+def test_lambda_on_edge_rule():
+    grid = np.array([1e-3, 1e-2, 1e-1])
+    assert [lambda_on_edge(v, grid) for v in grid] == ["lowest", None, "highest"]
+    assert lambda_on_edge(1e-3, None) is None and lambda_on_edge(0.0, grid) is None
+
+
+def test_planted_lambda_inside_the_grid_is_not_flagged():
+    trials = _noisy_planted_trials()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RegularizerOnEdgeWarning)  # no edge warning may be raised
+        res = demixed_pca(trials.mean(0), 2, regularizer="auto", trials=trials, seed=0)
+    g = int(np.flatnonzero(res.cv_lambdas == res.regularizer)[0])
+    assert 0 < g < DEFAULT_LAMBDA_GRID.size - 1 and res.regularizer_on_edge is None
+    assert res.cv_errors[g] < res.cv_errors[g - 1] and res.cv_errors[g] < res.cv_errors[g + 1]  # a true minimum
+
+
+def _edge_cases():
+    X, *_ = _planted(sigma=0.0)
+    exact = np.repeat(X[None], 10, axis=0)  # noise-free trials: every ridge only costs, CV wants lambda -> 0
+    return [("lowest", exact, None, DEFAULT_LAMBDA_GRID[0]),
+            ("highest", _noisy_planted_trials(), OLD_GRID, OLD_GRID[-1])]  # the optimum (~0.1) past 0.1
+
+
+@pytest.mark.parametrize("edge,trials,grid,lam", _edge_cases(), ids=["below-default-grid", "above-old-grid"])
+def test_lambda_beyond_the_grid_is_flagged_warns_and_round_trips(tmp_path, edge, trials, grid, lam):
+    with pytest.warns(RegularizerOnEdgeWarning, match=rf"lambda = {lam:.3g}, the {edge} value of its grid") as rec:
+        res = demixed_pca(trials.mean(0), 2, regularizer="auto", trials=trials, seed=0, lambda_grid=grid)
+    used = DEFAULT_LAMBDA_GRID if grid is None else grid
+    assert f"({used[0]:.3g} ... {used[-1]:.3g}, {used.size} values)" in str(rec[0].message)
+    assert res.regularizer == pytest.approx(lam, rel=1e-12) and res.regularizer_on_edge == edge
+    slope = res.cv_errors[1] - res.cv_errors[0] if edge == "lowest" else res.cv_errors[-2] - res.cv_errors[-1]
+    assert slope > 0  # the error still falls towards (and past) the edge
+    res.save(tmp_path / "fit")
+    assert DPCAResult.load(tmp_path / "fit").regularizer_on_edge == edge
+    # a file written before the flag was stored: recomputed from its regularizer and grid on load
+    js = tmp_path / "fit.json"
+    meta = json.loads(js.read_text())
+    del meta["regularizer_on_edge"]
+    js.write_text(json.dumps(meta))
+    assert DPCAResult.load(tmp_path / "fit").regularizer_on_edge == edge
+
+
+def test_fixed_regularizer_is_never_flagged():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RegularizerOnEdgeWarning)
+        res = demixed_pca(_random((8, 3, 2)), 2, regularizer=DEFAULT_LAMBDA_GRID[-1])
+    assert res.regularizer_on_edge is None and res.cv_lambdas is None
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"lambda_grid": [1e-3, 1e-2]}, "at least 3"), ({"lambda_grid": [1e-1, 1e-2, 1e-3]}, "increasing"),
+    ({"lambda_grid": [0.0, 1e-2, 1e-1]}, "positive"), ({"lambda_grid": [1e-3, 1e-2, 1e-1], "regularizer": 1e-3}, "only used"),
+])
+def test_bad_lambda_grid_raises(kwargs, match):
+    trials = np.zeros((6, 5, 3, 2)) + _random((6, 5, 3, 2))
+    with pytest.raises(ValueError, match=match):
+        demixed_pca(trials.mean(0), **({"regularizer": "auto", "trials": trials} | kwargs))
+
+
 def test_interrupted_save_keeps_the_previous_fit_or_loads_nothing(tmp_path, monkeypatch):
     import icl_circuits.methods.dpca.numpy_dpca as dpca_mod
     import icl_circuits.core.results as results_mod
@@ -409,7 +494,7 @@ def test_interrupted_save_keeps_the_previous_fit_or_loads_nothing(tmp_path, monk
         new.save(tmp_path / "fit")
     monkeypatch.undo()
     back = DPCAResult.load(tmp_path / "fit")
-    assert np.array_equal(back.encoders["a"], old.encoders["a"])
+    assert np.array_equal(back.encoders["a"], old.encoders["a"])  # read back, not recomputed: bit-equal
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.json", "fit.npz"]
 
     from tests.conftest import interrupt_nth_replace
@@ -423,4 +508,4 @@ def test_interrupted_save_keeps_the_previous_fit_or_loads_nothing(tmp_path, monk
     except ValueError as err:
         assert "interrupted" in str(err)
     else:
-        assert np.array_equal(back.encoders["a"], old.encoders["a"])
+        assert np.array_equal(back.encoders["a"], old.encoders["a"])  # read back: bit-equal

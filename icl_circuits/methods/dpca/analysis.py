@@ -12,6 +12,7 @@ stream is ``ablation.ablate_subspace``.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Sequence
@@ -28,7 +29,7 @@ from icl_circuits.core.results import Result
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.dpca.conditions import condition_tensor
 from icl_circuits.methods.dpca.distances import mahalanobis_distances
-from icl_circuits.methods.dpca.numpy_dpca import demixed_pca
+from icl_circuits.methods.dpca.numpy_dpca import RegularizerOnEdgeWarning, demixed_pca
 from icl_circuits.methods.dpca.states import FACTORS, LabelStates, categorization_task, collect_label_states
 
 __all__ = ["DPCALayerResult", "dpca_from_states", "dpca_by_layer", "null_factors", "DEFAULT_N_NULL"]
@@ -54,6 +55,9 @@ class DPCALayerResult(Result):
     explained_variance: [layer, marg, comp] variance of X explained by each component
     encoders: [layer, marg, comp, d_model]; decoders: [layer, marg, d_model, comp] (orthonormal)
     means: [layer, d_model] dPCA centre (mean over conditions); regularizers: [layer] lambda used
+    regularizer_on_edge: per layer, "lowest" / "highest" where cross-validation chose that end of its
+        grid (``meta["lambda_grid"]``; the error may keep falling beyond it), else None; empty for
+        results saved before issue 24 (``edge_layers`` reads it)
     distances: [layer, factor, space] mean pairwise Mahalanobis distance between the factor's
         clusters of samples (pooled within-class covariance, shrinkage ``shrinkage``)
     null_distances: [null, layer, factor, space], null_total_marginal_variance: [null, layer, marg]:
@@ -90,7 +94,13 @@ class DPCALayerResult(Result):
     n_trials: int
     regularizer: float | str | None
     shrinkage: float | str
+    regularizer_on_edge: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+
+    def edge_layers(self) -> dict[int, str]:
+        """``{layer: "lowest" | "highest"}`` for the layers whose cross-validated lambda is on an edge
+        of its grid (empty when none is, when lambda was fixed, or for a result saved without it)."""
+        return {l: e for l, e in zip(self.layers, self.regularizer_on_edge) if e}
 
     def _index(self, layer: int, marginalization: str) -> tuple[int, int]:
         if layer not in self.layers:
@@ -210,8 +220,10 @@ def _fit_layer(H, fvals, names, join, n_components, regularizer, n_trials, min_t
     if regularizer == "auto" and cd.trials.shape[0] < 5:
         raise ValueError(f"regularizer='auto' cross-validates over 5 folds of trials but the smallest "
                          f"condition has {cd.trials.shape[0]} samples; use more prompts or a fixed regularizer")
-    fit = demixed_pca(cd.X, n_components, labels=names, join=join, regularizer=regularizer,
-                      trials=cd.trials, seed=seed)
+    with warnings.catch_warnings():  # recorded in the fit; dpca_from_states warns once for all layers
+        warnings.simplefilter("ignore", RegularizerOnEdgeWarning)
+        fit = demixed_pca(cd.X, n_components, labels=names, join=join, regularizer=regularizer,
+                          trials=cd.trials, seed=seed)
     Hc = H - fit.mean
     proj = {m: Hc @ fit.encoders[m].T for m in fit.marginalization_names}  # (sample, q)
     spaces = {"full": H, **proj, "dpca": np.concatenate(list(proj.values()), axis=1)}
@@ -262,7 +274,9 @@ def dpca_from_states(
     subspace and the correlation of samples within a prompt (if a draw's conditions are too thin
     to fit, its numbers are NaN and ``meta["null_error"]`` says why). ``n_null`` (default
     ``DEFAULT_N_NULL`` = 20, so that a p-value can reach 1/21 < 0.05) multiplies the fitting time by
-    about ``1 + n_null``; 0 skips the null (p-values are then NaN).
+    about ``1 + n_null``; 0 skips the null (p-values are then NaN). Layers whose cross-validated
+    lambda is on an edge of its grid are recorded (``regularizer_on_edge``, ``edge_layers``) and named
+    in one ``RegularizerOnEdgeWarning`` (null draws are not flagged: they are fitted on noise).
     """
     factors = list(factors)
     if len(factors) < 2 or len(set(factors)) != len(factors) or any(f not in FACTORS for f in factors):
@@ -280,13 +294,15 @@ def dpca_from_states(
     d, n = states.states.shape[2], len(states)
     out: dict[str, list] = {k: [] for k in ("tmv", "ev", "enc", "dec", "nax", "mean", "lam", "dist",
                                             "ndist", "ntmv", "proj")}
-    counts = None
+    counts, edges, grid = None, [], None
     for li, layer in enumerate(tqdm(states.layers, desc="dPCA per layer", disable=not progress)):
         H = states.at(layer)
         cd, fit, proj, dist = _fit_layer(H, fvals, names, join, n_components, regularizer, n_trials,
                                          min_trials, shrinkage, seed)
         margs = fit.marginalization_names
         counts = cd.counts
+        edges.append(fit.regularizer_on_edge)
+        grid = grid if fit.cv_lambdas is None else fit.cv_lambdas
         q = n_components
         ev, enc, dec = np.full((len(margs), q), np.nan), np.zeros((len(margs), q, d)), np.zeros((len(margs), d, q))
         pr = np.full((len(margs), q, n), np.nan)
@@ -309,6 +325,13 @@ def dpca_from_states(
                 meta["null_error"] = str(err)
         out["ndist"].append(nd)
         out["ntmv"].append(nv)
+    if grid is not None:
+        meta["lambda_grid"] = [float(v) for v in grid]
+    if any(edges):
+        where = ", ".join(f"{l} ({lam:.3g}, {e})" for l, lam, e in zip(states.layers, out["lam"], edges) if e)
+        warnings.warn(f"dPCA cross-validation chose lambda on an edge of its grid ({grid[0]:.3g} ... {grid[-1]:.3g}, "
+                      f"{len(grid)} values) at layer(s) {where}: the held-out error may keep falling beyond it",
+                      RegularizerOnEdgeWarning, stacklevel=2)
     f32 = lambda k: torch.tensor(np.asarray(out[k]), dtype=torch.float32)  # noqa: E731
     return DPCALayerResult(
         model_info=states.model_info, provenance=states.provenance,
@@ -323,7 +346,7 @@ def dpca_from_states(
         levels=[list(map(int, lv)) for lv in cd.levels], spaces=["full", *margs, "dpca"],
         position_kind=states.position_kind, task=states.task, model_name=states.model_name,
         n_demos=states.n_demos, seed=seed, n_trials=int(cd.trials.shape[0]), regularizer=regularizer,
-        shrinkage=shrinkage, meta=meta,
+        shrinkage=shrinkage, regularizer_on_edge=edges, meta=meta,
     )
 
 

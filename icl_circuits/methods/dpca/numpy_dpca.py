@@ -16,6 +16,8 @@ Conventions, with ``X`` the centred data flattened to (n_features, n_conditions)
   ``max(X.shape) * eps * ||X||_2``; asking for more returns fewer (possibly 0).
 * signs: each (encoder row, decoder column) pair is flipped so that the decoder entry of
   largest absolute value is positive.
+* cross-validated lambda: a choice on either end of its grid is flagged (``regularizer_on_edge``)
+  and warned about (``RegularizerOnEdgeWarning``): the error may still fall beyond the grid.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -31,10 +34,38 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["DPCAResult", "demixed_pca", "marginalize", "DEFAULT_LAMBDA_GRID"]
+__all__ = ["DPCAResult", "demixed_pca", "marginalize", "DEFAULT_LAMBDA_GRID", "RegularizerOnEdgeWarning",
+           "lambda_on_edge"]
 
-DEFAULT_LAMBDA_GRID = np.logspace(-7, -1, 13)
+#: lambda grid of ``regularizer="auto"``: 10^-7 ... 10^1, 17 values half a decade apart. Before issue 24
+#: it stopped at 10^-1 (its first 13 values: interior choices there are unchanged), the top edge where
+#: letter-string on toy-icl and noisy planted data (Kobak et al.'s code: ~0.78 in our lambda) sat.
+DEFAULT_LAMBDA_GRID = np.logspace(-7, 1, 17)
+#: ``save``'s format; files saved before ``regularizer_on_edge`` was stored load with it recomputed
 _FORMAT_VERSION = 1
+
+
+class RegularizerOnEdgeWarning(UserWarning):
+    """Cross-validation chose the smallest or the largest lambda of its grid: the held-out error may
+    keep falling beyond it, so the chosen lambda is a bound, not an optimum."""
+
+
+def lambda_on_edge(lam: float, grid: np.ndarray | None) -> str | None:
+    """"lowest" or "highest" when ``lam`` is the first or last value of the (increasing) ``grid``
+    that cross-validation chose from, else None (also without a grid: lambda not cross-validated)."""
+    if grid is None or len(grid) == 0:
+        return None
+    if lam == float(grid[0]):
+        return "lowest"
+    return "highest" if lam == float(grid[-1]) else None
+
+
+def _edge_message(lam: float, edge: str, grid: np.ndarray) -> str:
+    beyond = ("smaller (the data need no ridge)" if edge == "lowest" else
+              "larger (as when the condition means are mostly trial noise)")
+    return (f"dPCA cross-validation chose lambda = {lam:.3g}, the {edge} value of its grid ({float(grid[0]):.3g} ... "
+            f"{float(grid[-1]):.3g}, {len(grid)} values): the held-out error may fall further for {beyond}; "
+            "widen lambda_grid or read the fit as regularized at the grid's bound")
 
 
 # ----------------------------------------------------------------------------- checks
@@ -204,6 +235,9 @@ class DPCAResult:
     regularizer: float
     cv_errors: np.ndarray | None = None
     cv_lambdas: np.ndarray | None = None
+    #: "lowest" / "highest": cross-validation chose that end of ``cv_lambdas`` (see
+    #: ``RegularizerOnEdgeWarning``); None: an interior choice, or lambda was not cross-validated
+    regularizer_on_edge: str | None = None
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -254,6 +288,7 @@ class DPCAResult:
         data = buf.getvalue()
         meta = {"format_version": _FORMAT_VERSION, "marginalization_names": self.marginalization_names,
                 "labels": list(self.labels), "regularizer": self.regularizer,
+                "regularizer_on_edge": self.regularizer_on_edge,
                 "total_marginal_variance": self.total_marginal_variance, "meta": self.meta,
                 "arrays_sha256": hashlib.sha256(data).hexdigest()}
         text = json.dumps(meta, indent=2)
@@ -274,14 +309,16 @@ class DPCAResult:
         check_digest(data, meta.get("arrays_sha256"), base.with_suffix(".npz"), base.with_suffix(".json"))
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             get = lambda p: {n: z[f"{p}_{i}"] for i, n in enumerate(names)}  # noqa: E731
+            lam = float(meta["regularizer"])
+            cv_lambdas = z["cv_lambdas"] if "cv_lambdas" in z.files else None
+            # files saved before the flag was stored: recompute it from the grid they were fitted on
+            edge = meta["regularizer_on_edge"] if "regularizer_on_edge" in meta else lambda_on_edge(lam, cv_lambdas)
             return cls(mean=z["mean"], encoders=get("enc"), decoders=get("dec"),
                        explained_variance=get("ev"), marginal_explained_variance=get("mev"),
                        total_marginal_variance={k: float(v) for k, v in meta["total_marginal_variance"].items()},
-                       marginalization_names=names, labels=tuple(meta["labels"]),
-                       regularizer=float(meta["regularizer"]),
+                       marginalization_names=names, labels=tuple(meta["labels"]), regularizer=lam,
                        cv_errors=z["cv_errors"] if "cv_errors" in z.files else None,
-                       cv_lambdas=z["cv_lambdas"] if "cv_lambdas" in z.files else None,
-                       meta=meta.get("meta", {}))
+                       cv_lambdas=cv_lambdas, regularizer_on_edge=edge, meta=meta.get("meta", {}))
 
 
 def _base(path: str | Path) -> Path:
@@ -300,6 +337,7 @@ def demixed_pca(
     trials: np.ndarray | None = None,
     n_folds: int = 5,
     seed: int = 0,
+    lambda_grid: Sequence[float] | None = None,
 ) -> DPCAResult:
     """Demixed PCA of trial-averaged ``X`` (n_features, n_1, ..., n_k).
 
@@ -310,8 +348,10 @@ def demixed_pca(
     ``B [X, sqrt(mu) I]`` with ``B = X_phi X^T (X X^T + mu I)^+`` the ridge solution, and encoder
     ``D = U^T B`` (see ``_fit_one``). ``regularizer``:
     None -> lambda = 0 (pseudo-inverse); float -> that lambda; "auto" -> lambda from
-    ``DEFAULT_LAMBDA_GRID`` by ``n_folds``-fold cross-validation over ``trials``
-    (n_trials, *X.shape; balanced, no NaN), shuffled by ``seed`` only.
+    ``lambda_grid`` (default ``DEFAULT_LAMBDA_GRID``, 10^-7 ... 10^1; increasing, positive) by
+    ``n_folds``-fold cross-validation over ``trials`` (n_trials, *X.shape; balanced, no NaN),
+    shuffled by ``seed`` only. A lambda on either end of the grid is recorded in
+    ``regularizer_on_edge`` ("lowest" / "highest") and warned about (``RegularizerOnEdgeWarning``).
 
     Component counts: ``n_components`` (int, or dict over all marginalization names) capped
     at each marginalization's rank. Explained variance of component k of phi:
@@ -338,7 +378,9 @@ def demixed_pca(
             raise ValueError(f"trials must have shape (n_trials, *X.shape={X.shape}), got {trials.shape}")
         if not np.all(np.isfinite(trials)):
             raise ValueError("trials contains NaN or inf; trials must be balanced and complete")
-    cv_errors = cv_lambdas = None
+    cv_errors = cv_lambdas = edge = None
+    if lambda_grid is not None and regularizer != "auto":
+        raise ValueError(f"lambda_grid is only used with regularizer='auto' (got regularizer={regularizer!r})")
     if regularizer is None:
         lam = 0.0
     elif isinstance(regularizer, str):
@@ -348,8 +390,11 @@ def demixed_pca(
             raise ValueError("regularizer='auto' needs trials of shape (n_trials, *X.shape)")
         if trials.shape[0] < n_folds:
             raise ValueError(f"trials has {trials.shape[0]} trials; need at least n_folds={n_folds}")
-        cv_lambdas = DEFAULT_LAMBDA_GRID.copy()
+        cv_lambdas = _check_grid(lambda_grid)
         lam, cv_errors = _cv_lambda(trials, labels, join, qs, cv_lambdas, int(n_folds), int(seed))
+        edge = lambda_on_edge(lam, cv_lambdas)
+        if edge is not None:
+            warnings.warn(_edge_message(lam, edge, cv_lambdas), RegularizerOnEdgeWarning, stacklevel=2)
     else:
         lam = float(regularizer)
         if not np.isfinite(lam) or lam < 0:
@@ -370,8 +415,20 @@ def demixed_pca(
         explained_variance=ev, marginal_explained_variance=mev,
         total_marginal_variance={p: float(np.sum(margs[p] ** 2)) / total for p in names},
         marginalization_names=names, labels=labels, regularizer=lam,
-        cv_errors=cv_errors, cv_lambdas=cv_lambdas, meta={"seed": int(seed), "n_folds": int(n_folds)},
+        cv_errors=cv_errors, cv_lambdas=cv_lambdas, regularizer_on_edge=edge,
+        meta={"seed": int(seed), "n_folds": int(n_folds)},
     )
+
+
+def _check_grid(lambda_grid: Sequence[float] | None) -> np.ndarray:
+    if lambda_grid is None:
+        return DEFAULT_LAMBDA_GRID.copy()
+    grid = np.asarray(lambda_grid, dtype=np.float64)
+    if grid.ndim != 1 or grid.size < 3 or not np.all(np.isfinite(grid)) or np.any(grid <= 0) \
+            or np.any(np.diff(grid) <= 0):
+        raise ValueError("lambda_grid must be at least 3 finite, positive, strictly increasing values (an edge "
+                         f"choice is flagged, so a grid needs an interior), got {lambda_grid!r}")
+    return grid
 
 
 def _component_counts(n_components: int | Mapping[str, int], names: list[str]) -> dict[str, int]:
