@@ -9,7 +9,8 @@ between label clusters and between nuisance clusters in the full residual stream
 factor's own dPCA subspace; and the accuracy at the query when the label or the nuisance
 subspace (or random subspaces of the same dimension) is projected out at the demo answer
 positions. dPCA is fitted on prompts of seed ``seed``, ablations use held-out prompts
-(seed ``seed + 1``).
+(seed ``seed + 1``). Each task is also fitted with the lambda grid before issue 24 (1e-7 ... 0.1),
+and the page lists every number that the wider default grid (1e-7 ... 10) moved.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import warnings
 from pathlib import Path
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy loads BLAS:
     os.environ.setdefault(_var, "1")  # small LAPACK calls (Ledoit-Wolf, Cholesky) are far slower threaded
 
+import numpy as np
 import pandas as pd
 import torch
 
 from icl_circuits import build_prompts, icl_accuracy, load_model
-from icl_circuits.methods.dpca.numpy_dpca import DEFAULT_LAMBDA_GRID
+from icl_circuits.methods.dpca.numpy_dpca import DEFAULT_LAMBDA_GRID, RegularizerOnEdgeWarning
 from icl_circuits.methods.dpca.ablation import ablate_subspace
 from icl_circuits.methods.dpca.analysis import DPCALayerResult, dpca_by_layer
 from icl_circuits.core.metrics import wilson
@@ -37,6 +40,8 @@ TASKS = ("letter-string", "number")
 N_DEMOS = 8
 N_RANDOM = 3
 N_NULL = 10
+#: the cross-validation grid before issue 24 (the first 13 values of DEFAULT_LAMBDA_GRID)
+OLD_GRID = np.logspace(-7, -1, 13)
 
 
 def variance_table(r: DPCALayerResult) -> pd.DataFrame:
@@ -115,10 +120,37 @@ def describe(r: DPCALayerResult, acc, abl: list) -> str:
         f"{worst[4].value - worst[2].value:+.3f}); "
         + (f"outside the clean accuracy's 95% interval: {'; '.join(moved)}." if moved else
            "no ablation moves accuracy outside its own 95% interval around the clean value.")
-        + (f" Cross-validation chose the grid's largest ridge (lambda = {DEFAULT_LAMBDA_GRID.max():.0e}) at every "
-           "layer, as it does when the condition means are mostly noise."
-           if bool((r.regularizers == float(DEFAULT_LAMBDA_GRID.max())).all()) else "")
+        + _edge_sentence(r)
     )
+
+
+def _edge_sentence(r: DPCALayerResult) -> str:
+    """Where cross-validation chose an end of its grid (``regularizer_on_edge``), said with the grid."""
+    edges = r.edge_layers()
+    if not edges:
+        return f" Cross-validation chose lambda inside its grid at every layer ({_grid(r)})."
+    where = ", ".join(f"{l} ({float(r.regularizers[r.layers.index(l)]):.0e}, {e})" for l, e in edges.items())
+    return (f" Cross-validation chose an end of its grid ({_grid(r)}) at layer(s) {where}: the held-out error may "
+            "keep falling beyond it (at the top: as when the condition means are mostly noise), so the axes and "
+            "subspace distances there are fitted at the grid's bound.")
+
+
+def _grid(r: DPCALayerResult) -> str:
+    g = r.meta.get("lambda_grid") or DEFAULT_LAMBDA_GRID.tolist()
+    return f"{g[0]:.0e} ... {g[-1]:.0e}, {len(g)} values"
+
+
+def moved(task: str, old: list[tuple[str, pd.DataFrame]], new: list[tuple[str, pd.DataFrame]]) -> list[list]:
+    """Every cell of the page's tables that differs between the fit on the old grid and on the new one."""
+    rows = []
+    for (name, a), (_, b) in zip(old, new):
+        key = a.columns[0]
+        for (_, ra), (_, rb) in zip(a.iterrows(), b.iterrows()):
+            for c in a.columns[1:]:
+                va, vb = (f"{v:.3f}" if isinstance(v, float) else str(v) for v in (ra[c], rb[c]))
+                if va != vb:
+                    rows.append([task, name, f"{key} {ra[key]}", c, va, vb])
+    return rows
 
 
 def run(model, n_prompts: int, seed: int, out: Path | None, model_name: str = "toy-icl") -> str:
@@ -135,7 +167,7 @@ def run(model, n_prompts: int, seed: int, out: Path | None, model_name: str = "t
         "and the sharing of label words within a prompt reach without any representation of the factor; "
         f"`null95` is the 95th percentile of the draws and p = (1 + #draws >= observed) / {N_NULL + 1}.", "",
     ]
-    chance_tasks = []
+    chance_tasks, changes, kept = [], [], []
     for task in TASKS:
         batch = build_prompts(model, task, n_prompts, N_DEMOS, seed=seed + 1)
         acc = wilson(round(icl_accuracy(model, batch, restrict_to_labels=True) * n_prompts), n_prompts)
@@ -145,6 +177,18 @@ def run(model, n_prompts: int, seed: int, out: Path | None, model_name: str = "t
         if acc.low <= 0.5 <= acc.high:
             chance_tasks.append(task)
         abl_df, abl_raw = ablation_table(model, task, r, n_prompts, seed + 1)
+        with warnings.catch_warnings():  # the old grid's edge is what this comparison is about
+            warnings.simplefilter("ignore", RegularizerOnEdgeWarning)
+            r_old = dpca_by_layer(model, fit_batch, regularizer="auto", n_null=N_NULL, seed=seed, progress=False,
+                                  lambda_grid=OLD_GRID)
+        tables = lambda res, abl: [("variance", variance_table(res)), ("distance", distance_table(res)),  # noqa: E731
+                                   ("ablation", abl)]
+        rows = moved(task, tables(r_old, ablation_table(model, task, r_old, n_prompts, seed + 1)[0]),
+                     tables(r, abl_df))
+        changes += rows
+        kept.append(f"{task}: lambda on the old grid's top edge (1e-01) at layer(s) "
+                    f"{', '.join(str(l) for l, e in r_old.edge_layers().items() if e == 'highest') or 'none'}; "
+                    f"{len(rows)} table cells moved")
         parts += [
             f"## {task} (nuisance: {r.factors[0]})", "",
             f"ICL accuracy (argmax over the two label words, {N_DEMOS} demos, held-out prompts): {acc}. "
@@ -161,6 +205,17 @@ def run(model, n_prompts: int, seed: int, out: Path | None, model_name: str = "t
             markdown_table(abl_df), "",
             describe(r, acc, abl_raw), "",
         ]
+    change = [
+        "## Changed in this version (issue 24)", "",
+        "The cross-validation grid of `regularizer='auto'` was 1e-7 ... 1e-1 (13 values) and is now 1e-7 ... 1e+1 "
+        "(17 values, the same half-decade steps): cross-validation sat on the old grid's top edge. A lambda on an edge "
+        "of the grid is now flagged (`regularizer_on_edge`) and warned about. This run also fitted each task on the "
+        f"old grid: {'; '.join(kept)}. Every table cell that moved (old grid -> new grid; the variance shares and the "
+        "full-space distances do not depend on lambda, the subspace distances, their nulls and the ablations do):", "",
+        markdown_table(pd.DataFrame(changes, columns=["task", "table", "row", "column", "old", "new"]))
+        if changes else "No table cell moved.", "",
+    ]
+    parts[4:4] = change  # after the title and the paragraph saying what was run
     n_abl = 2 * (model.cfg.n_layers + 1)
     parts += [
         "## Caveats", "",

@@ -221,6 +221,16 @@ def test_layers_with_lambda_on_an_edge_are_recorded_warned_once_and_saved(tmp_pa
     assert DPCALayerResult.load(tmp_path / "r").edge_layers() == {}
 
 
+def test_lambda_grid_reaches_every_layer_fit():
+    H, length, label, _ = _planted()
+    grid = [1e-3, 1e-2, 10 ** -1.5, 1.0]  # the default grid's choice here, 10^-1.5, with other neighbours
+    res = dpca_from_states(_constructed(H[None], length, label), n_null=1, lambda_grid=grid, progress=False)
+    assert res.meta["lambda_grid"] == grid and float(res.regularizers[0]) == pytest.approx(10 ** -1.5, rel=1e-6)
+    assert res.edge_layers() == {}
+    with pytest.raises(ValueError, match="lambda_grid is only used with regularizer='auto'"):
+        dpca_from_states(_constructed(H[None], length, label), regularizer=1e-3, lambda_grid=grid, progress=False)
+
+
 def test_report_caveat_names_the_flagged_layers_and_is_silent_otherwise():
     from icl_circuits.report.sections import dpca_regularizer_caveat
 

@@ -215,7 +215,7 @@ def _mean_distance(H: np.ndarray, groups: np.ndarray, shrinkage: float | str) ->
     return mahalanobis_distances(H, groups, shrinkage=shrinkage).mean_distance
 
 
-def _fit_layer(H, fvals, names, join, n_components, regularizer, n_trials, min_trials, shrinkage, seed):
+def _fit_layer(H, fvals, names, join, n_components, regularizer, n_trials, min_trials, shrinkage, seed, grid=None):
     cd = condition_tensor(H, fvals, names, n_trials=n_trials, min_trials=min_trials, seed=seed)
     if regularizer == "auto" and cd.trials.shape[0] < 5:
         raise ValueError(f"regularizer='auto' cross-validates over 5 folds of trials but the smallest "
@@ -223,7 +223,7 @@ def _fit_layer(H, fvals, names, join, n_components, regularizer, n_trials, min_t
     with warnings.catch_warnings():  # recorded in the fit; dpca_from_states warns once for all layers
         warnings.simplefilter("ignore", RegularizerOnEdgeWarning)
         fit = demixed_pca(cd.X, n_components, labels=names, join=join, regularizer=regularizer,
-                          trials=cd.trials, seed=seed)
+                          trials=cd.trials, seed=seed, lambda_grid=grid)
     Hc = H - fit.mean
     proj = {m: Hc @ fit.encoders[m].T for m in fit.marginalization_names}  # (sample, q)
     spaces = {"full": H, **proj, "dpca": np.concatenate(list(proj.values()), axis=1)}
@@ -263,12 +263,13 @@ def dpca_from_states(
     states: LabelStates, *, factors: Sequence[str] = ("nuisance", "label"), n_components: int = 3,
     regularizer: float | str | None = "auto", n_trials: int | None = None, min_trials: int = 2,
     shrinkage: float | str = "ledoit_wolf", n_null: int = DEFAULT_N_NULL, seed: int = 0, progress: bool = True,
+    lambda_grid: Sequence[float] | None = None,
 ) -> DPCALayerResult:
     """dPCA of ``states`` at each of its layers (see ``dpca_by_layer`` for the analysis).
 
     X[:, i, j] = mean of the layer's samples with factor levels (i, j); ``trials`` (for
     ``regularizer="auto"``) are ``n_trials`` samples per condition (default: the smallest count)
-    drawn with ``seed``. Distances are measured in-sample on all samples; each of ``n_null`` null
+    drawn with ``seed``, lambda from ``lambda_grid`` (default ``DEFAULT_LAMBDA_GRID``). Distances are measured in-sample on all samples; each of ``n_null`` null
     draws repeats fit and distances with the condition labels of ``null_factors`` (``seed``, draw),
     a baseline for the noise floor of Mahalanobis distances in d > n, the overfitting of the dPCA
     subspace and the correlation of samples within a prompt (if a draw's conditions are too thin
@@ -298,7 +299,7 @@ def dpca_from_states(
     for li, layer in enumerate(tqdm(states.layers, desc="dPCA per layer", disable=not progress)):
         H = states.at(layer)
         cd, fit, proj, dist = _fit_layer(H, fvals, names, join, n_components, regularizer, n_trials,
-                                         min_trials, shrinkage, seed)
+                                         min_trials, shrinkage, seed, lambda_grid)
         margs = fit.marginalization_names
         counts = cd.counts
         edges.append(fit.regularizer_on_edge)
@@ -319,7 +320,7 @@ def dpca_from_states(
         for k, fnull in enumerate(nulls):
             try:
                 _, nfit, _, nd[k] = _fit_layer(H, fnull, names, join, n_components, regularizer, None,
-                                               min_trials, shrinkage, seed)
+                                               min_trials, shrinkage, seed, lambda_grid)
                 nv[k] = [nfit.total_marginal_variance[m] for m in margs]
             except ValueError as err:
                 meta["null_error"] = str(err)
@@ -355,13 +356,14 @@ def dpca_by_layer(
     regularizer: float | str | None = "auto", position: str = "answer", *,
     factors: Sequence[str] = ("nuisance", "label"), min_trials: int = 2, shrinkage: float | str = "ledoit_wolf",
     n_null: int = DEFAULT_N_NULL, seed: int | None = None, batch_size: int = 64, progress: bool = True,
+    lambda_grid: Sequence[float] | None = None,
 ) -> DPCALayerResult:
     """Per layer, demixed PCA of the residual stream at label positions (2406.16007's analysis).
 
     The states of ``collect_label_states`` are averaged per condition into X (d_model x
     n_nuisance x n_label) and split into the nuisance, label and interaction marginalizations
     (``dpca.demixed_pca``; ``regularizer``: "auto" (default) = lambda cross-validated over balanced
-    trials, needs >= 5 samples per condition; None = 0, which with d_model > n_conditions amplifies
+    trials from ``lambda_grid`` (default ``DEFAULT_LAMBDA_GRID``), needs >= 5 samples per condition; None = 0, which with d_model > n_conditions amplifies
     the samples' noise in the encoder projections; or a float lambda). Returned per layer: the
     variance of each marginalization, the components' explained variance, the decoder axes, and
     the mean pairwise Mahalanobis distance between label clusters and between nuisance clusters
@@ -378,4 +380,5 @@ def dpca_by_layer(
     seed = batch.seed if seed is None else seed
     states = collect_label_states(model, batch, layers, position, batch_size=batch_size)
     return dpca_from_states(states, factors=factors, n_components=n_components, regularizer=regularizer,
-                            min_trials=min_trials, shrinkage=shrinkage, n_null=n_null, seed=seed, progress=progress)
+                            min_trials=min_trials, shrinkage=shrinkage, n_null=n_null, seed=seed, progress=progress,
+                            lambda_grid=lambda_grid)
