@@ -5,8 +5,10 @@ trained independently at every layer (input of blocks 0..3 and the final residua
 prompts, up to 10 epochs with early stopping), its accuracy on fresh zero-shot prompts, and the
 propagation metrics of each layer's LTV (linear map to the final residual, rotation vs scaling,
 logit lens, task alignment). Controls: number with 2-demo prompts (zero-shot prompts cannot name
-the per-prompt label words), antonym with the paper's lr 5e-3. Fixed seeds. Prints markdown and
-writes docs/results/ltv.md.
+the per-prompt label words), antonym with the paper's lr 5e-3. Fixed seeds. The propagation map's
+ridge is cross-validated (``ridge="cv"``, the default since issue 24); each map is also fitted with the
+old default (``ridge="auto"``: least squares with >= d fit vectors) and the page lists what moved.
+Prints markdown and writes docs/results/ltv.md.
 
     .venv/bin/python scripts/toy_ltv.py
 """
@@ -53,6 +55,11 @@ def final_position_norms(model) -> list[float]:
             for l in range(model.cfg.n_layers)]
 
 
+def _ridge(v: float) -> str:
+    """The fit's ridge; at the final layer there is no fit (W = I)."""
+    return "- (W = I)" if v != v else f"{v:.2g}"
+
+
 def _span(tables: list, column: str, layers: list[int]) -> str:
     """'lo-hi' of a propagation column over the given layers of several runs' tables."""
     values = [float(df.loc[l, column]) for _, _, df in tables for l in layers]
@@ -71,7 +78,7 @@ def main() -> None:
            f"{BATCH}), weight decay 0.01, up to 10 epochs, early stopping on validation loss (patience 3); accuracy "
            f"is the full-vocabulary argmax on {N_TEST} fresh prompts (seed {SEED + 1}), Wilson 95% intervals. Layer l is the input "
            f"of block l; layer {L} is the final residual.", ""]
-    acc_rows, prop_tables = [], []
+    acc_rows, prop_tables, old_tables = [], [], []
     for task, k, lr in RUNS:
         t0 = time.time()
         ev = build_prompts(model, task, N_TEST, k, seed=SEED + 1, variant="zero_shot" if k == 0 else "icl")
@@ -92,6 +99,8 @@ def main() -> None:
             fit = build_prompts(model, task, 16, k, seed=SEED, variant="zero_shot" if k == 0 else "icl")
             res = propagation_by_layer(model, fit, ev, tv, n_vectors=256, seed=SEED, progress=False)
             prop_tables.append((f"{task}, {k} demos", res, res.to_dataframe().set_index("layer")))
+            old = propagation_by_layer(model, fit, ev, tv, n_vectors=256, ridge="auto", seed=SEED, progress=False)
+            old_tables.append(old.to_dataframe().set_index("layer"))
         print(f"{name}: {time.time() - t0:.1f}s", file=sys.stderr)
 
     out += ["## Accuracy: no vector, ICL and LTV per injection layer", "",
@@ -107,8 +116,10 @@ def main() -> None:
     for name, _, _, _, val, ep, norms in acc_rows:
         out.append(f"| {name} | " + " | ".join(f"{v} (ep {e}, ‖θ‖ {n})" for v, e, n in zip(val, ep, norms)) + " |")
     out += ["", "## Linear propagation of each layer's LTV", "",
-            "W is fitted (least squares, 256 random vectors of the LTV's norm plus the LTV, 16 zero-shot prompts; 25% of "
-            "the random vectors held out for R²) from a vector added at layer l to its effect on the final residual. "
+            "W is fitted (ridge regression, the ridge chosen by 5-fold cross-validation on the fit vectors, "
+            "`ridge='cv'`; 256 random vectors of the LTV's norm plus the LTV, 16 zero-shot prompts; 25% of "
+            "the random vectors held out for R²) from a vector added at layer l to its effect on the final residual; "
+            "ridge: the chosen one (absolute). "
             "tr(U)/d and cos(θ, Wθ): 1 = no rotation; gain = ‖Wθ‖/‖θ‖; spread = std/mean of P's eigenvalues; "
             "alignment: cosine with the span of the candidate tokens' unembeddings; lens: logit-lens accuracy over the "
             "candidates at layer l with θ added; acc θ / acc Wθ: model accuracy with θ at layer l / with Wθ added to the "
@@ -120,10 +131,21 @@ def main() -> None:
     for task, res, df in prop_tables:
         out += [f"### {task} (candidates: {res.n_candidates}; random-vector alignment ~{res.alignment_chance:.2f}; "
                 f"no-vector accuracy {res.baseline:.2f})", "",
-                "| layer | " + " | ".join(c for _, c in cols) + " |", "|---|" + "---|" * len(cols)]
+                "| layer | " + " | ".join(c for _, c in cols) + " | ridge |", "|---|" + "---|" * (len(cols) + 1)]
         for l in res.layers:
-            out.append(f"| {l} | " + " | ".join(f"{df.loc[l, k]:.2f}" for k, _ in cols) + " |")
+            out.append(f"| {l} | " + " | ".join(f"{df.loc[l, k]:.2f}" for k, _ in cols) + f" | {_ridge(df.loc[l, 'ridge'])} |")
         out.append("")
+    moved = [(name, l, c, f"{o.loc[l, k]:.2f}", f"{df.loc[l, k]:.2f}") for (name, _, df), o in zip(prop_tables, old_tables)
+             for l in df.index for k, c in cols if f"{o.loc[l, k]:.2f}" != f"{df.loc[l, k]:.2f}"]
+    changed = ["## Changed in this version (issue 24)", "",
+               "The propagation map used to be fitted with `ridge='auto'`: plain least squares once there are at least "
+               f"d = {model.cfg.d_model} fit vectors (here {256 - round(256 / 4) + 1}: 3/4 of 256 plus the LTV), which overfits at n ~ d. It is now a ridge regression "
+               "whose ridge is chosen by 5-fold cross-validation on the fit vectors only (`ridge='cv'`, "
+               "`propagation.cv_ridge`). This run fitted every map both ways; each cell of the propagation tables that "
+               "moved (old default -> new default; the LTVs and their accuracies do not depend on it):", "",
+               "| run | layer | column | old (`auto`) | new (`cv`) |", "|---|---|---|---|---|"]
+    changed += [f"| {n} | {l} | {c} | {a} | {b} |" for n, l, c, a, b in moved] or ["| (none) | | | | |"]
+    out[4:4] = changed + [""]  # after the title and the paragraph saying what was run
     norms = final_position_norms(model)
     later = list(range(1, model.cfg.n_layers))  # the blocks' inputs after the embedding, final residual excluded
     out += ["## Notes", "",
