@@ -1,5 +1,5 @@
 """What every ``icl-circuits`` command shares: the command group, ``--model``, ``--threads``, ``--out DIR``,
-model loading, argument checks and JSON output.
+task-valued options (``task_option``), model loading, argument checks and JSON output.
 
 Every analysis subcommand takes ``--model`` (default: the bundled ``toy-icl``), ``--threads``
 (torch intra-op threads, default 1, set before the model loads) and ``--json``; with ``--json``
@@ -7,8 +7,10 @@ the last line printed is one JSON object with the numbers. ``--out DIR`` writes 
 (``Result.save``: JSON + safetensors) and ``figure.html``.
 
 Command modules import this one and register their commands on ``cli``; ``main`` imports the
-command modules. Tests replace the model loader with ``monkeypatch.setattr(common, "load", ...)``,
-so commands call it as ``common.load(model)``.
+command modules. Every task-valued option (``--task``, ``--source``, ``--tasks``...) is a ``task_option``:
+it takes a task name or the path of a JSON task file, and its default is chosen per model from the
+report's presets (``report.suite.MODEL_PRESETS``), resolved once ``--model`` is known. Tests replace the
+model loader with ``monkeypatch.setattr(common, "load", ...)``, so commands call it as ``common.load(model)``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ __all__ = [
     "load",
     "model_option",
     "out_problem",
+    "preset_task",
+    "task_name",
+    "task_option",
     "threads_option",
     "write_out",
 ]
@@ -96,7 +101,8 @@ def check_task(task: str, option: str = "--task") -> str:
     from icl_circuits.core.tasks import list_tasks
 
     if task not in list_tasks():
-        raise click.BadParameter(f"unknown task {task!r}; choose from: {', '.join(list_tasks())}", param_hint=option)
+        raise click.BadParameter(f"unknown task {task!r}; choose from: {', '.join(list_tasks())} "
+                                 "(or give the path of a JSON task file)", param_hint=option)
     return task
 
 
@@ -107,6 +113,105 @@ def check_label_words(task: str, option: str) -> None:
     if get_task(task).label_words is None:
         raise click.BadParameter(f"task {task!r} has no label words (only categorization tasks have them)",
                                  param_hint=option)
+
+
+# ----------------------------------------------------------------------------- task-valued options
+def task_name(value: str, option: str = "--task") -> str:
+    """The task named by one value of a task-valued option: a registered task's name, or else the path
+    of a JSON task file (an existing file, or any value ending in ``.json``; layout in
+    ``core/tasks/custom.py``), which is loaded and registered for this process (replacing an earlier
+    registration of its name). An unknown name, a missing file or a malformed one is a usage error
+    naming ``option``."""
+    from icl_circuits.core.tasks import list_tasks, register_task
+
+    value = value.strip()
+    path = Path(value).expanduser()
+    if value in list_tasks() or not (value.lower().endswith(".json") or path.is_file()):
+        return check_task(value, option)
+    if not path.is_file():
+        raise click.BadParameter(f"no task file at {value!r} (a value ending in .json is read as a task file)",
+                                 param_hint=option)
+    try:
+        return register_task(path, overwrite=True).name
+    except (ValueError, OSError) as err:  # malformed JSON or task, a built-in task's name, unreadable
+        raise click.BadParameter(f"task file {value!r}: {err}", param_hint=option)
+
+
+def _preset_model(model: str) -> str:
+    """The key of ``model`` in the report's presets (an alias of a bundled model -> its name)."""
+    from icl_circuits.core.real_models import SMOLLM2_ALIASES, SMOLLM2_NAME
+
+    return SMOLLM2_NAME if model.lower() in {a.lower() for a in SMOLLM2_ALIASES} else model
+
+
+def preset_task(model: str, field: str, index: int | None = None) -> str | tuple[str, ...] | None:
+    """The task(s) that the report's preset for ``model`` (``report.suite.MODEL_PRESETS``) names in
+    ``field`` (``knowledge_task``, ``category_task``, ``interchange_pair`` with ``index``,
+    ``accuracy_tasks``): tasks the model solves. None where its preset names none (the bundled toy
+    model keeps the report's defaults, as does a model without a preset)."""
+    from icl_circuits.report.suite import MODEL_PRESETS
+
+    value = MODEL_PRESETS.get(_preset_model(model), {}).get(field)
+    return value if value is None or index is None else value[index]
+
+
+class TaskOption(click.Option):
+    """A task-valued option (see ``task_option``): its value is converted by ``task_name``, its default
+    is resolved from ``--model`` when the option is not given, and ``--help`` states the default of
+    each model."""
+
+    def __init__(self, *args: Any, preset: str | None = None, index: int | None = None, fallback: Any = None,
+                 many: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, default=None, callback=_resolve_task_option, **kwargs)
+        self.preset, self.index, self.fallback, self.many = preset, index, fallback, many
+
+    def model_default(self, model: str) -> Any:
+        """This option's default for ``model``: its preset's task(s) if the preset names one, else ``fallback``."""
+        value = preset_task(model, self.preset, self.index) if self.preset else None
+        return self.fallback if value is None else value
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None or self.preset is None:
+            return record
+        from icl_circuits.report.suite import MODEL_PRESETS
+
+        show = (lambda v: ",".join(v)) if self.many else str
+        named = [n for n in MODEL_PRESETS if preset_task(n, self.preset, self.index) is not None]
+        rest = " and ".join([n for n in MODEL_PRESETS if n not in named] + ["other models"])
+        per_model = [f"{show(self.model_default(n))} on {n}" for n in named] + [f"{show(self.fallback)} on {rest}"]
+        return record[0], f"{record[1]}  [default: {'; '.join(per_model)} (the report's per-model presets)]"
+
+
+def _resolve_task_option(ctx: click.Context, param: TaskOption, value: Any) -> Any:
+    if ctx.resilient_parsing:
+        return value
+    hint = param.opts[0]
+    if param.multiple:  # repeatable: each value a task (an empty tuple: the command's own default)
+        return tuple(task_name(v, hint) for v in value or ())
+    if value is None:
+        if param.preset is None:
+            return param.fallback
+        # --model is declared before every task option, and click processes the options not given in
+        # their declared order, after those given: --model is known here either way
+        if "model" not in ctx.params:
+            raise RuntimeError(f"{ctx.info_name}: declare --model before {hint} (its default depends on the model)")
+        value = param.model_default(ctx.params["model"])
+    if param.many:
+        values = value.split(",") if isinstance(value, str) else list(value)
+        return [task_name(v, hint) for v in values if v.strip()]
+    return task_name(value, hint)
+
+
+def task_option(*decls: str, preset: str | None = None, index: int | None = None, fallback: Any = None,
+                many: bool = False, **kwargs: Any):
+    """A task-valued click option: a task name or the path of a JSON task file (``task_name``).
+
+    Not given, it takes the task that the report's preset for ``--model`` names in ``preset``
+    (``index``: which element of a pair), else ``fallback`` (for toy-icl and models without a preset).
+    ``many``: a comma-separated list, passed on as a list of names; ``multiple=True``: repeatable, a tuple.
+    """
+    return click.option(*decls, cls=TaskOption, preset=preset, index=index, fallback=fallback, many=many, **kwargs)
 
 
 def emit_json(obj: dict) -> None:

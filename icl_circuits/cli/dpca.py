@@ -10,23 +10,40 @@ import click
 from icl_circuits.cli import common
 from icl_circuits.cli.common import (
     OUT_DIR,
-    check_task,
     cli,
     emit_json,
+    layer_list,
     model_option,
+    task_option,
     threads_option,
     write_out,
 )
 
 
+def default_layers(task: str, position: str, n_layers: int) -> list[int]:
+    """The layers ``dpca`` analyses by default: ``0..n_layers``, without layer 0 (the token embeddings) unless
+    ``position`` is ``answer`` and ``task`` draws its label words per prompt. Elsewhere layer 0 holds one
+    token per class (a fixed label word, or the same separator in every prompt): no within-class variance,
+    a singular covariance (the report leaves layer 0 out for the same reason)."""
+    from icl_circuits.core.tasks import get_task
+
+    drawn = position == "answer" and not getattr(get_task(task), "fixed_labels", True)
+    return list(range(0 if drawn else 1, n_layers + 1))
+
+
 @cli.command("dpca")
 @model_option
 @threads_option
-@click.option("--task", default="letter-string", show_default=True, help="A categorization task (letter-string, number, point).")
+@task_option("--task", preset="category_task", fallback="letter-string",
+             help="A categorization task (letter-string, number, point, animal-plant, ...) or JSON task file.")
 @click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per prompt.")
 @click.option("--prompts", "n_prompts", default=128, show_default=True, type=click.IntRange(min=1), help="Number of prompts.")
 @click.option("--position", default="answer", show_default=True,
               type=click.Choice(["answer", "separator", "delimiter", "final"]), help="Where states are read.")
+@click.option("--layers", default=None,
+              help="Comma-separated layers (default: every layer, but layer 0 (the token embeddings) only at answer "
+                   "positions of tasks that draw their label words per prompt: elsewhere every state of a class is "
+                   "the same token there, with no variance to decompose).")
 @click.option("--components", "n_components", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--regularizer", default="auto", show_default=True, help="'auto' (cross-validated), 'none' or a float lambda.")
 @click.option("--n-null", "n_null", default=20, show_default=True, type=click.IntRange(min=0),
@@ -35,14 +52,13 @@ from icl_circuits.cli.common import (
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer numbers.")
 @click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json(+.safetensors) and DIR/figure.html.")
-def dpca_cmd(model: str, task: str, n_demos: int, n_prompts: int, position: str, n_components: int,
+def dpca_cmd(model: str, task: str, n_demos: int, n_prompts: int, position: str, layers: str | None, n_components: int,
              regularizer: str, n_null: int, seed: int, as_json: bool, out: str | None) -> None:
     """dPCA of label-position states per layer: variance per marginalization, cluster distances."""
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.dpca.analysis import dpca_by_layer
     from icl_circuits.methods.dpca.states import categorization_task
 
-    check_task(task)
     if regularizer.lower() in ("auto", "none"):
         reg: Any = None if regularizer.lower() == "none" else "auto"
     else:
@@ -50,12 +66,18 @@ def dpca_cmd(model: str, task: str, n_demos: int, n_prompts: int, position: str,
             reg = float(regularizer)
         except ValueError:
             raise click.BadParameter(f"expected 'auto', 'none' or a float, got {regularizer!r}", param_hint="--regularizer")
+    chosen = layer_list(layers)
     m = common.load(model)
     t0 = time.time()
     try:
         categorization_task(task, "dpca")  # refused before any prompt is drawn
+        if chosen is None:
+            chosen = default_layers(task, position, m.cfg.n_layers)
+            if chosen[0] > 0:
+                click.echo(f"layer 0 left out (--layers to ask for it): its states are token embeddings, the same "
+                           f"token for every state of a class at the {position} positions of {task}")
         batch = build_prompts(m, task, n_prompts, n_demos, seed=seed)
-        res = dpca_by_layer(m, batch, n_components=n_components, regularizer=reg, position=position,
+        res = dpca_by_layer(m, batch, chosen, n_components=n_components, regularizer=reg, position=position,
                             n_null=n_null, seed=seed, progress=False)
     except ValueError as err:
         raise click.UsageError(str(err))

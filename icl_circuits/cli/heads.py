@@ -11,11 +11,11 @@ from icl_circuits.cli import common
 from icl_circuits.cli.common import (
     OUT_DIR,
     check_label_words,
-    check_task,
     cli,
     emit_json,
     int_list,
     model_option,
+    task_option,
     threads_option,
     write_out,
 )
@@ -24,7 +24,7 @@ from icl_circuits.cli.common import (
 @cli.command("heads")
 @model_option
 @threads_option
-@click.option("--task", default="antonym", show_default=True, help="Task name.")
+@task_option("--task", preset="knowledge_task", fallback="antonym", help="Task name or JSON task file.")
 @click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=0), help="Demos per prompt.")
 @click.option("--prompts", "n_prompts", default=32, show_default=True, type=click.IntRange(min=1), help="Number of prompts.")
 @click.option("--how", default="zero", show_default=True, type=click.Choice(["zero", "mean"]), help="Ablation.")
@@ -42,7 +42,6 @@ def heads_cmd(model: str, task: str, n_demos: int, n_prompts: int, how: str, met
     from icl_circuits.methods.attribution import head_attribution, scan_agreement
     from icl_circuits.methods.heads import head_ablation_scan
 
-    check_task(task)
     m = common.load(model)
     t0 = time.time()
     try:
@@ -109,7 +108,8 @@ def _only_for_ltv(ctx: click.Context, vector: str) -> None:
 @cli.command("ov", short_help="OV circuits and key heads of a task vector (Yang et al. 2025).")
 @model_option
 @threads_option
-@click.option("--task", default="antonym", show_default=True, help="Task name (see `icl-circuits tasks`).")
+@task_option("--task", preset="knowledge_task", fallback="antonym",
+             help="Task name (see `icl-circuits tasks`) or JSON task file.")
 @click.option("--vector", default="ltv", show_default=True, type=click.Choice(["ltv", "vanilla"]),
               help="ltv (a learned task vector trained on zero-shot prompts and added, as Yang et al. decompose) or "
                    "vanilla (Hendel et al.: mean final residual of dummy-query ICL prompts, replaces the residual; "
@@ -159,7 +159,6 @@ def ov_cmd(ctx: click.Context, model: str, task: str, vector: str, layer: int | 
     from icl_circuits.methods.key_heads import key_head_ablation, key_heads
     from icl_circuits.methods.ov_circuits import ov_contributions, reconstruct
 
-    check_task(task)
     _only_for_ltv(ctx, vector)
     if restrict_to_labels:
         check_label_words(task, "--restrict-to-labels")

@@ -9,11 +9,11 @@ import click
 from icl_circuits.cli import common
 from icl_circuits.cli.common import (
     OUT_DIR,
-    check_task,
     cli,
     emit_json,
     layer_list,
     model_option,
+    task_option,
     threads_option,
     write_out,
 )
@@ -22,8 +22,10 @@ from icl_circuits.cli.common import (
 @cli.command("interchange")
 @model_option
 @threads_option
-@click.option("--source", required=True, help="Source task A (whose activations are written in).")
-@click.option("--target", required=True, help="Target task B (whose prompts are run).")
+@task_option("--source", preset="interchange_pair", index=0, fallback="antonym",
+             help="Source task A (whose activations are written in): a task name or JSON task file.")
+@task_option("--target", preset="interchange_pair", index=1, fallback="english-french",
+             help="Target task B (whose prompts are run): a task name or JSON task file.")
 @click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per prompt.")
 @click.option("--prompts", "n_prompts", default=50, show_default=True, type=click.IntRange(min=1), help="Target (and source) prompts.")
 @click.option("--positions", default="answers,answer_0,answer_-1,demo_tokens,query", show_default=True,
@@ -39,7 +41,6 @@ def interchange_cmd(model: str, source: str, target: str, n_demos: int, n_prompt
 
     from icl_circuits.core.pairs import paired_batches
     from icl_circuits.methods.interchange import interchange
-    check_task(source), check_task(target)
     sets = [p.strip() for p in positions.split(",") if p.strip()]
     if not sets:
         raise click.BadParameter("expected at least one position set", param_hint="--positions")
@@ -76,7 +77,8 @@ def interchange_cmd(model: str, source: str, target: str, n_demos: int, n_prompt
 @cli.command("necessity")
 @model_option
 @threads_option
-@click.option("--task", default="english-french", show_default=True, help="Task name.")
+@task_option("--task", preset="interchange_pair", index=1, fallback="english-french",
+             help="Task name or JSON task file (by default the interchange target task).")
 @click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per prompt.")
 @click.option("--prompts", "n_prompts", default=50, show_default=True, type=click.IntRange(min=1), help="Number of prompts.")
 @click.option("--positions", default="answer_-1,answers,demo_tokens,query", show_default=True,
@@ -96,7 +98,6 @@ def necessity_cmd(model: str, task: str, n_demos: int, n_prompts: int, positions
 
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.necessity import necessity
-    check_task(task)
     sets = [p.strip() for p in positions.split(",") if p.strip()]
     if not sets:
         raise click.BadParameter("expected at least one position set", param_hint="--positions")
@@ -135,8 +136,8 @@ def necessity_cmd(model: str, task: str, n_demos: int, n_prompts: int, positions
 @cli.command("probe")
 @model_option
 @threads_option
-@click.option("--tasks", default="antonym,english-french,english-german", show_default=True,
-              help="Comma-separated tasks whose identity the probe decodes.")
+@task_option("--tasks", preset="accuracy_tasks", fallback=("antonym", "english-french", "english-german"), many=True,
+             help="Comma-separated tasks (names or JSON task files) whose identity the probe decodes.")
 @click.option("--position", default="answer", show_default=True,
               help="Position set: answer, separator, delimiter, final, or a single position like answer_-1.")
 @click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per prompt.")
@@ -146,13 +147,13 @@ def necessity_cmd(model: str, task: str, n_demos: int, n_prompts: int, positions
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer accuracy.")
 @click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json(+.safetensors) and DIR/figure.html.")
-def probe_cmd(model: str, tasks: str, position: str, n_demos: int, n_prompts: int, layers: str | None, cv: int,
+def probe_cmd(model: str, tasks: list[str], position: str, n_demos: int, n_prompts: int, layers: str | None, cv: int,
               seed: int, as_json: bool, out: str | None) -> None:
     """Linear probes decoding the task identity from the residual stream, per layer."""
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.probing import probe_by_layer
 
-    names = [check_task(t.strip()) for t in tasks.split(",") if t.strip()]
+    names = list(dict.fromkeys(tasks))
     if len(names) < 2:
         raise click.BadParameter(f"name at least two tasks to decode the task identity, got {names}",
                                  param_hint="--tasks")

@@ -24,6 +24,7 @@ from icl_circuits.cli.common import (
     int_list,
     model_option,
     out_problem,
+    task_option,
     threads_option,
 )
 
@@ -61,7 +62,8 @@ def _metric_list(_ctx: Any, param: click.Parameter, value: str | None) -> list[s
 @cli.command("evaluate")
 @model_option
 @threads_option
-@click.option("--task", "task_names", multiple=True, help="Task name (repeatable); default: every task the model's tokenizer can read.")
+@task_option("--task", "task_names", multiple=True,
+             help="Task name or JSON task file (repeatable); default: every task the model's tokenizer can read.")
 @click.option("--demos", default="0,1,2,4,8", show_default=True, callback=int_list, help="Numbers of demos.")
 @click.option("--prompts", "n_prompts", default=64, show_default=True, type=click.IntRange(min=1), help="Prompts per cell.")
 @click.option("--metrics", default=None, callback=_metric_list,
@@ -83,7 +85,7 @@ def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_pr
     from icl_circuits.core.tasks import get_task
     from icl_circuits.methods.accuracy import accuracy_by_demos, demo_sweep
 
-    names = [common.check_task(t) for t in task_names]
+    names = list(task_names)
     m = common.load(model)
     names = names or representable_tasks(m)
     t0 = time.time()

@@ -11,10 +11,10 @@ from icl_circuits.cli import common
 from icl_circuits.cli.common import (
     OUT_DIR,
     check_label_words,
-    check_task,
     cli,
     emit_json,
     model_option,
+    task_option,
     threads_option,
     write_out,
 )
@@ -23,7 +23,8 @@ from icl_circuits.cli.common import (
 @cli.command("saliency")
 @model_option
 @threads_option
-@click.option("--task", default="number", show_default=True, help="Task name.")
+@task_option("--task", preset="category_task", fallback="number",
+             help="Task name or JSON task file (a task with label words for --loss label_words).")
 @click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per prompt.")
 @click.option("--prompts", "n_prompts", default=64, show_default=True, type=click.IntRange(min=1), help="Number of prompts.")
 @click.option("--loss", default="label_words", show_default=True, type=click.Choice(["label_words", "full_vocab"]),
@@ -39,7 +40,6 @@ def saliency_cmd(model: str, task: str, n_demos: int, n_prompts: int, loss: str,
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.saliency import saliency_flow
 
-    check_task(task)
     m = common.load(model)
     t0 = time.time()
     try:
@@ -83,7 +83,8 @@ def _layer_ranges(value: str) -> list[list[int]] | None:
 @cli.command("isolation", short_help="Attention isolation of the label words per layer range (Wang et al. 2023).")
 @model_option
 @threads_option
-@click.option("--task", default="number", show_default=True, help="Task name (a task with demos; see `icl-circuits tasks`).")
+@task_option("--task", preset="category_task", fallback="number",
+             help="Task name (see `icl-circuits tasks`) or JSON task file.")
 @click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per prompt.")
 @click.option("--prompts", "n_prompts", default=64, show_default=True, type=click.IntRange(min=1), help="Number of prompts.")
 @click.option("--mode", default="label_from_text", show_default=True, type=click.Choice(["label_from_text", "query_from_label"]),
@@ -112,7 +113,6 @@ def isolation_cmd(model: str, task: str, n_demos: int, n_prompts: int, mode: str
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.anchors import isolate_attention
 
-    check_task(task)
     if restrict_to_labels:
         check_label_words(task, "--restrict-to-labels")
     ranges = _layer_ranges(layer_spec)
@@ -152,7 +152,8 @@ def isolation_cmd(model: str, task: str, n_demos: int, n_prompts: int, mode: str
 @cli.command("reweight", short_help="Anchor re-weighting: learned attention to the label words (Wang et al. 2023).")
 @model_option
 @threads_option
-@click.option("--task", default="number", show_default=True, help="Task name (a task with demos; see `icl-circuits tasks`).")
+@task_option("--task", preset="category_task", fallback="number",
+             help="Task name (see `icl-circuits tasks`) or JSON task file.")
 @click.option("--demos", "n_demos", default=4, show_default=True, type=click.IntRange(min=1),
               help="Demos per prompt (beta has one weight per layer, head and demo).")
 @click.option("--prompts", "n_train", default=64, show_default=True, type=click.IntRange(min=1), help="Training prompts.")
@@ -175,7 +176,6 @@ def reweight_cmd(model: str, task: str, n_demos: int, n_train: int, n_eval: int,
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.reweighting import train_anchor_reweighting
 
-    check_task(task)
     restrict = {"auto": None, "labels": True, "vocab": False}[accuracy_over]
     if restrict:
         check_label_words(task, "--accuracy-over")

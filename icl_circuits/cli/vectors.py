@@ -11,10 +11,10 @@ import click
 from icl_circuits.cli import common
 from icl_circuits.cli.common import (
     OUT_DIR,
-    check_task,
     cli,
     emit_json,
     model_option,
+    task_option,
     threads_option,
     write_out,
 )
@@ -37,7 +37,8 @@ def _ltv_options(f):
     for opt in reversed([
         model_option,
         threads_option,
-        click.option("--task", default="antonym", show_default=True, help="Task name (see `icl-circuits tasks`)."),
+        task_option("--task", preset="knowledge_task", fallback="antonym",
+                    help="Task name (see `icl-circuits tasks`) or JSON task file."),
         click.option("--layer", "layer_spec", default="all", show_default=True,
                      help="Injection layer(s): 'all' (0..n_layers, one LTV trained per layer) or e.g. 1,2."),
         click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1)),
@@ -78,7 +79,6 @@ def ltv_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train: int, n
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.vectors import evaluate_vector
 
-    check_task(task)
     m = common.load(model)
     t0 = time.time()
     tv = _train_ltv(m, task, layer_spec, epochs, n_train, n_val, with_demos, seed, lr, batch_size)
@@ -116,7 +116,6 @@ def propagation_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.propagation import propagation_by_layer
 
-    check_task(task)
     m = common.load(model)
     t0 = time.time()
     tv = _train_ltv(m, task, layer_spec, epochs, n_train, n_val, with_demos, seed, lr, batch_size)
@@ -146,7 +145,8 @@ def propagation_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train
 @cli.command("task-vectors")
 @model_option
 @threads_option
-@click.option("--task", default="antonym", show_default=True, help="Task name (see `icl-circuits tasks`).")
+@task_option("--task", preset="knowledge_task", fallback="antonym",
+             help="Task name (see `icl-circuits tasks`) or JSON task file.")
 @click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per ICL prompt.")
 @click.option("--prompts", "n_prompts", default=32, show_default=True, type=click.IntRange(min=1),
               help="Prompts for extraction and (another seed) for evaluation.")
@@ -166,7 +166,6 @@ def task_vectors_cmd(model: str, task: str, n_demos: int, n_prompts: int, top_k:
     from icl_circuits.core.pairs import task_vector_prompts
     from icl_circuits.methods.task_vectors import METHODS, compare_task_vectors
 
-    check_task(task)
     chosen = [v.strip() for v in methods.split(",") if v.strip()]
     if not chosen or any(v not in METHODS for v in chosen):
         raise click.BadParameter(f"expected comma-separated names among {', '.join(METHODS)}, got {methods!r}",
