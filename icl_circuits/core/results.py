@@ -9,12 +9,19 @@ same directory first and then renamed over the old ones (``os.replace``), the te
 JSON records the SHA-256 of the tensor file. An interrupted save therefore leaves the previous
 result (interrupted before the renames) or a pair whose digests differ, which ``load`` refuses
 (interrupted between them): never a half-written result that loads.
+
+Loading something that is not a readable result raises :class:`ResultLoadError` (a ``ValueError``),
+whose message names the file and what is wrong: missing (then :class:`ResultNotFoundError`, also a
+``FileNotFoundError``), not JSON or truncated, a result of another class, a tensor file that is not
+the one the JSON was saved with, fields that do not fit the class, or a file format newer than this
+version of icl-circuits reads. Catch ``ResultLoadError`` for all of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import os
 from pathlib import Path
@@ -27,6 +34,18 @@ from safetensors.torch import save as save_bytes
 from icl_circuits.core.types import HookedModel
 
 R = TypeVar("R", bound="Result")
+
+#: The version of the files ``Result.save`` writes (files without one are version 1). A reader refuses
+#: a file whose version is higher, saying that a newer icl-circuits wrote it.
+FORMAT_VERSION = 1
+
+
+class ResultLoadError(ValueError):
+    """A path that does not hold a readable result; the message names the file and what is wrong."""
+
+
+class ResultNotFoundError(ResultLoadError, FileNotFoundError):
+    """A result file that does not exist (a ``ResultLoadError`` and a ``FileNotFoundError``)."""
 
 
 def provenance(model: HookedModel, batch: Any = None, **extra: Any) -> dict[str, Any]:
@@ -79,21 +98,37 @@ class Result:
         stem.parent.mkdir(parents=True, exist_ok=True)
         tensors, meta = self._split()
         data = save_bytes(tensors)
-        spec = {"class": type(self).__name__, "fields": meta, "tensors_sha256": hashlib.sha256(data).hexdigest()}
+        spec = {"class": type(self).__name__, "format_version": FORMAT_VERSION, "written_by": _package_version(),
+                "fields": meta, "tensors_sha256": hashlib.sha256(data).hexdigest()}
         text = json.dumps(spec, indent=1, default=_jsonable)
         write_atomically([(stem.with_suffix(".safetensors"), data), (stem.with_suffix(".json"), text.encode())])
         return stem
 
     @classmethod
     def load(cls: type[R], path: str | Path) -> R:
-        """Read a result written by ``save`` (refusing a tensor file that is not the JSON's)."""
+        """Read a result written by ``save`` (``path`` with or without ``.json`` / ``.safetensors``).
+
+        Raises ``ResultLoadError`` naming the file when it is missing, truncated, another class's
+        result, not the tensor file its JSON was saved with, or written by a newer version."""
         stem = _stem(path)
-        spec = json.loads(stem.with_suffix(".json").read_text())
+        spec_path, data_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
+        spec = read_spec(spec_path, what=f"a {cls.__name__} saved with .save()")
         if spec.get("class") != cls.__name__:
-            raise ValueError(f"{stem}.json holds a {spec.get('class')}, not a {cls.__name__}")
-        data = stem.with_suffix(".safetensors").read_bytes()
-        check_digest(data, spec.get("tensors_sha256"), stem.with_suffix(".safetensors"), stem.with_suffix(".json"))
-        return cls(**spec["fields"], **load_bytes(data))  # type: ignore[call-arg]
+            raise ResultLoadError(f"{spec_path} holds a {spec.get('class')!r} result, not a {cls.__name__}; "
+                                  f"load it with {spec.get('class')}.load")
+        fields = spec.get("fields")
+        if not isinstance(fields, dict):
+            raise ResultLoadError(f"{spec_path} has no 'fields' object: not a result file, or damaged")
+        data = read_data(data_path, spec.get("tensors_sha256"), spec_path)
+        try:
+            tensors = load_bytes(data)
+        except Exception as err:  # safetensors raises its own SafetensorError on a malformed file
+            raise ResultLoadError(f"{data_path} is not a readable safetensors file ({err})") from None
+        try:
+            return cls(**fields, **tensors)  # type: ignore[call-arg]
+        except TypeError as err:
+            raise ResultLoadError(f"{spec_path}: its fields do not fit {cls.__name__} ({err}); "
+                                  "was it saved by another version of the class?") from None
 
     def to_dataframe(self) -> pd.DataFrame:  # pragma: no cover - every result overrides it
         raise NotImplementedError
@@ -121,11 +156,58 @@ def write_atomically(files: list[tuple[Path, bytes]]) -> None:
 
 
 def check_digest(data: bytes, expected: str | None, data_path: Path, spec_path: Path) -> None:
-    """Refuse ``data`` whose SHA-256 is not the one recorded in ``spec_path`` (None: an older file
-    without a digest, accepted)."""
+    """Refuse (``ResultLoadError``) ``data`` whose SHA-256 is not the one recorded in ``spec_path``
+    (None: an older file without a digest, accepted)."""
     if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-        raise ValueError(f"{data_path} is not the file {spec_path} was saved with (SHA-256 differs): "
-                         "an interrupted or mixed save; save the result again")
+        raise ResultLoadError(f"{data_path} is not the file {spec_path} was saved with (SHA-256 differs): "
+                              "truncated, altered, or an interrupted or mixed save; save the result again")
+
+
+def read_spec(spec_path: Path, *, what: str, max_version: int = FORMAT_VERSION) -> dict[str, Any]:
+    """The JSON object in ``spec_path``, or ``ResultLoadError`` naming it: missing
+    (``ResultNotFoundError``), unreadable, truncated or not JSON, not an object, or a
+    ``format_version`` above ``max_version`` (written by a newer icl-circuits; none means 1).
+    ``what`` says what the file should hold, for the messages."""
+    if not spec_path.is_file():
+        hint = "it is a directory" if spec_path.is_dir() else "no such file"
+        raise ResultNotFoundError(f"{spec_path}: {hint}; expected {what}")
+    try:
+        spec = json.loads(spec_path.read_bytes().decode("utf-8"))
+    except OSError as err:
+        raise ResultLoadError(f"{spec_path} cannot be read: {err.strerror or err}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        where = f" (line {err.lineno}, column {err.colno}: {err.msg})" if isinstance(err, json.JSONDecodeError) else ""
+        raise ResultLoadError(f"{spec_path} is truncated or not JSON{where}; expected {what}") from None
+    if not isinstance(spec, dict):
+        raise ResultLoadError(f"{spec_path} holds a JSON {type(spec).__name__}, not an object; expected {what}")
+    version = spec.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ResultLoadError(f"{spec_path} has format_version {version!r}, expected a positive integer")
+    if version > max_version:
+        raise ResultLoadError(f"{spec_path} was written by a newer icl-circuits ({spec.get('written_by', 'unknown')}, "
+                              f"file format {version}); this one ({_package_version()}) reads formats up to "
+                              f"{max_version}: upgrade icl-circuits to load it")
+    return spec
+
+
+def read_data(data_path: Path, expected_sha256: str | None, spec_path: Path) -> bytes:
+    """The bytes of ``data_path``, checked against the digest ``spec_path`` recorded (``check_digest``);
+    ``ResultNotFoundError`` when it is missing, ``ResultLoadError`` when unreadable."""
+    if not data_path.is_file():
+        raise ResultNotFoundError(f"{data_path}: no such file; {spec_path} was saved with it (copy both files)")
+    try:
+        data = data_path.read_bytes()
+    except OSError as err:
+        raise ResultLoadError(f"{data_path} cannot be read: {err.strerror or err}") from None
+    check_digest(data, expected_sha256, data_path, spec_path)
+    return data
+
+
+def _package_version() -> str:
+    try:
+        return "icl-circuits " + importlib.metadata.version("icl-circuits")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "icl-circuits (version unknown)"
 
 
 def _jsonable(v: Any) -> Any:

@@ -297,17 +297,24 @@ class DPCAResult:
 
     @classmethod
     def load(cls, path: str | Path) -> "DPCAResult":
-        """Read a result written by ``save`` (same ``path``, with or without suffix)."""
-        base = _base(path)
-        meta = json.loads(base.with_suffix(".json").read_text())
-        if meta.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"unsupported dPCA file format {meta.get('format_version')!r}")
-        names = list(meta["marginalization_names"])
-        from icl_circuits.core.results import check_digest
+        """Read a result written by ``save`` (same ``path``, with or without suffix).
 
-        data = base.with_suffix(".npz").read_bytes()
-        check_digest(data, meta.get("arrays_sha256"), base.with_suffix(".npz"), base.with_suffix(".json"))
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        Raises ``core.results.ResultLoadError`` naming the file when it is missing, truncated, not a
+        dPCA fit, not the array file its JSON was saved with, or of a newer file format."""
+        from icl_circuits.core.results import ResultLoadError, read_data, read_spec
+
+        base = _base(path)
+        spec_path, data_path = base.with_suffix(".json"), base.with_suffix(".npz")
+        meta = read_spec(spec_path, what="a dPCA fit saved with DPCAResult.save()", max_version=_FORMAT_VERSION)
+        if not isinstance(meta.get("marginalization_names"), list):
+            raise ResultLoadError(f"{spec_path} is not a dPCA fit (it has no marginalization_names)")
+        names = list(meta["marginalization_names"])
+        data = read_data(data_path, meta.get("arrays_sha256"), spec_path)
+        try:
+            z = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise ResultLoadError(f"{data_path} is not a readable .npz file ({err})") from None
+        with z:
             get = lambda p: {n: z[f"{p}_{i}"] for i, n in enumerate(names)}  # noqa: E731
             lam = float(meta["regularizer"])
             cv_lambdas = z["cv_lambdas"] if "cv_lambdas" in z.files else None
