@@ -88,6 +88,9 @@ class PromptBatch:
     template: Template
     n_demos: int
     seed: int
+    #: Drawn only from the task's examples whose input and answer are each one token
+    #: (``build_prompts(..., single_token=True)``); recorded in every result's provenance.
+    single_token: bool = False
     tokenizer: Any = field(repr=False, compare=False, default=None)
 
     def __len__(self) -> int:
@@ -188,7 +191,7 @@ class PromptBatch:
             demos=pick(self.demos), label_words=pick(self.label_words),
             answer_token_ids=pick(self.answer_token_ids), task=self.task,
             variant=self.variant, template=self.template, n_demos=self.n_demos, seed=self.seed,
-            tokenizer=self.tokenizer,
+            single_token=self.single_token, tokenizer=self.tokenizer,
         )
 
     def to(self, device: str | torch.device) -> "PromptBatch":
@@ -382,6 +385,7 @@ def build_prompts(
         template=template,
         n_demos=n_shown,
         seed=seed,
+        single_token=bool(single_token),
         tokenizer=tok,
     )
 

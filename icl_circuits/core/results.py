@@ -51,13 +51,15 @@ class ResultNotFoundError(ResultLoadError, FileNotFoundError):
 def provenance(model: HookedModel, batch: Any = None, **extra: Any) -> dict[str, Any]:
     """The provenance every result records, written once here from the model and the batch:
     ``model`` (``cfg.model_name``), and from a ``PromptBatch``: ``task``, ``n_demos``,
-    ``template`` (its example string), ``variant``, ``seed`` and ``n_prompts``; ``extra`` is
-    added last. Pair it with ``model_info=models.model_info(model)``."""
+    ``template`` (its example string), ``variant``, ``seed``, ``n_prompts`` and ``single_token``
+    (whether the prompts were drawn from the one-token examples only); ``extra`` is added last.
+    Pair it with ``model_info=models.model_info(model)``."""
     out: dict[str, Any] = {"model": getattr(getattr(model, "cfg", None), "model_name", None)}
     if batch is not None:
         tmpl = getattr(batch, "template", None)
         out.update(task=batch.task, n_demos=batch.n_demos, template=getattr(tmpl, "example", tmpl),
-                   variant=batch.variant, seed=batch.seed, n_prompts=len(batch))
+                   variant=batch.variant, seed=batch.seed, n_prompts=len(batch),
+                   single_token=bool(getattr(batch, "single_token", False)))
     out.update(extra)
     return out
 

@@ -8,7 +8,7 @@ per cell the mean over prompts with its 95% interval (Wilson for rates, Student 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
@@ -115,5 +115,11 @@ def accuracy_by_demos(
         metric=cols["metric"], interval=cols["interval"], n=[int(k) for k in cols["n"]], template=cols["template"],
         model=model.cfg.model_name, model_info=model_info(model),
         provenance=provenance(model, seed=batches[0].seed, tasks=sorted({b.task for b in batches}),
-                              n_demos=sorted({b.n_demos for b in batches}), n_batches=len(batches)),
+                              n_demos=sorted({b.n_demos for b in batches}), n_batches=len(batches),
+                              single_token=_one_or_all([b.single_token for b in batches])),
     )
+
+
+def _one_or_all(values: list) -> Any:
+    """The value all batches share, else the list of them (one per batch)."""
+    return values[0] if len(set(values)) == 1 else values

@@ -143,7 +143,8 @@ def vector_logit_lens(model: HookedModel, tv: TaskVector, k: int = 10) -> Vector
     strs = [[tok.decode([t]) if tok is not None else str(t) for t in row] for row in top.indices.tolist()]
     return VectorLensResult(
         model_info=model_info(model), tokens=top.indices, logits=top.values, token_strs=strs, layers=list(tv.layers),
-        task=tv.task, model_name=str(model.cfg.model_name), method=tv.method, provenance=provenance(model), meta={"k": k},
+        task=tv.task, model_name=str(model.cfg.model_name), method=tv.method,
+        provenance={**tv.provenance, **provenance(model)}, meta={"k": k},  # what the vector was computed on
     )
 
 

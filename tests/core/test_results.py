@@ -141,3 +141,21 @@ def test_every_analysis_records_its_provenance(tiny_model):
     assert results[3].provenance["n_demos"] == 0 and results[3].provenance["seed"] == 6
     acc = accuracy_by_demos(tiny_model, demo_sweep(tiny_model, ["number"], [0, 2], 4, seed=3))
     assert acc.provenance["tasks"] == ["number"] and acc.provenance["n_demos"] == [0, 2] and acc.provenance["seed"] == 3
+    assert all(r.provenance["single_token"] is False for r in results + [acc])
+
+
+def test_single_token_prompts_are_recorded_in_provenance_and_survive_select_and_save(tiny_model, tmp_path):
+    """A result computed on prompts drawn from the one-token examples only says so (and one on all examples
+    says that too), so two saved results on the 'same' task can be told apart."""
+    from icl_circuits import build_prompts
+    from icl_circuits.methods.accuracy import accuracy_by_demos
+    from icl_circuits.methods.saliency import saliency_flow
+
+    one = build_prompts(tiny_model, "antonym", 4, 2, seed=0, single_token=True)
+    assert one.single_token and one.select([0, 2]).single_token and one.to("cpu").single_token
+    assert not build_prompts(tiny_model, "antonym", 4, 2, seed=0).single_token
+    res = saliency_flow(tiny_model, one, progress=False)
+    assert res.provenance["single_token"] is True
+    assert type(res).load(res.save(tmp_path / "s")).provenance["single_token"] is True
+    acc = accuracy_by_demos(tiny_model, [one, build_prompts(tiny_model, "antonym", 4, 2, seed=0)])
+    assert acc.provenance["single_token"] == [True, False]
