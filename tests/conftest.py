@@ -158,7 +158,7 @@ HOOKED_ONLY = {
         "compares with a raw hook_attn_scores hook, which the bridge backend refuses on a native bridge",
     "tests/methods/test_saliency.py::test_final_position_attending_only_to_labels_gives_s_pq_above_s_ww":
         "attaches a raw hook_attn_scores hook with model.hooks (a native bridge fires it after the softmax)",
-    "tests/methods/test_ov_circuits.py::test_runner_path_equals_a_hand_written_forward_exactly":
+    "tests/methods/test_ov_circuits.py::test_runner_path_equals_a_hand_written_forward":
         "the hand-written reference calls HookedTransformer.forward(start_at_layer=...) directly",
     "tests/methods/test_ov_circuits.py::test_multi_token_sets_inject_at_valid_entries_only":
         "the hand-written reference calls HookedTransformer.forward(start_at_layer=...) directly",
@@ -211,7 +211,32 @@ collect_ignore = (["core/test_models.py", "core/test_evaluation.py", "toy/test_t
                   if _bridge_only() else [])
 
 
+# ----------------------------------------------------------------------------- kernel sets
+#: Tests that compare numbers computed two ways (batched vs one per forward, resumed vs full, specs vs hand-written
+#: hooks, one backend vs another, the real model's identities), exactly or within a float32 tolerance. They carry
+#: the ``kernels`` marker: CI runs ``pytest -m "kernels and not slow"`` a second time under another kernel set
+#: (``ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2``), so that an assertion that holds only with one
+#: CPU's kernels fails on the developer's machine, not on a user's. Paths or node ids, matched as prefixes.
+KERNELS = (
+    "tests/core/",
+    "tests/methods/test_heads.py", "tests/methods/test_attribution.py", "tests/methods/test_atp_star.py",
+    "tests/methods/test_interchange.py", "tests/methods/test_patching.py", "tests/methods/test_necessity.py",
+    "tests/methods/test_vectors.py", "tests/methods/test_task_vectors.py", "tests/methods/test_function_vectors.py",
+    "tests/methods/test_learned.py", "tests/methods/test_logit_lens.py", "tests/methods/test_ov_circuits.py",
+    "tests/methods/test_key_heads.py", "tests/methods/test_propagation.py", "tests/methods/test_anchors.py",
+    "tests/methods/test_reweighting.py", "tests/methods/test_saliency.py",
+    "tests/methods/test_real_analyses.py::test_anchor_identities",
+    "tests/methods/test_real_analyses.py::test_vanilla_vector_of_a_prompts_own_state_changes_nothing",
+    "tests/methods/test_real_analyses.py::test_head_cie_of_a_prompt_into_itself_is_zero",
+    "tests/methods/test_real_circuits.py::test_decomposition_is_exact_and_matches_the_propagation_engine",
+    "tests/methods/test_real_circuits.py::test_full_reconstruction_is_the_vector_run",
+)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.nodeid.startswith(KERNELS):
+            item.add_marker(pytest.mark.kernels)
     if not _bridge_only():
         return
     for item in items:

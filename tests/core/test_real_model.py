@@ -63,7 +63,7 @@ def test_logits_match_the_hf_model(real_model):
         torch.testing.assert_close(got.log_softmax(-1), expected.log_softmax(-1), atol=2e-4, rtol=0)
         centred = lambda x: x - x.mean(-1, keepdim=True)  # noqa: E731
         torch.testing.assert_close(centred(got), centred(expected), atol=2e-4, rtol=0)
-        assert torch.equal(got.argmax(-1), expected.argmax(-1))
+        assert torch.equal(got.argmax(-1), expected.argmax(-1))  # exact on tokens: top-2 gaps >= 9e-3 here, >> 2e-4
 
 
 def test_known_answers(real_model):

@@ -189,7 +189,7 @@ def test_subspace_ablation_of_an_empty_subspace_equals_full_forward(model, batch
     fit = demixed_pca(X, 1, labels=("length", "label"))
     res = ablate_subspace(model, batch, fit, "label", [1], n_random=0, centre=True, progress=False)
     ok = (final_logits(model, batch).argmax(-1) == batch.answer_tokens).float()
-    assert torch.equal(res.correct[0], ok)
+    assert torch.equal(res.correct[0], ok)  # 0/1 outcomes: the paths differ by float32 rounding only
 
 
 def test_resume_helper_equals_full_forward_at_every_block(model, batch):

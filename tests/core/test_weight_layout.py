@@ -1,5 +1,6 @@
 """Weights stored column-major for TransformerLens's forward (core.weight_layout): bit-identical
-forwards, no copy of the stored matrices, and ``load_model`` applies it."""
+forwards (the same computation on the same shapes and strides, so exact on any one machine), no copy of
+the stored matrices, and ``load_model`` applies it."""
 
 from __future__ import annotations
 

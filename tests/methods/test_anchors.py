@@ -70,7 +70,7 @@ def test_block_attention_spec_equals_the_raw_hook(tiny_model, batch):
         iv.Intervention(iv.Site(l, "attn_scores"), "block_attention", value=m[rows]) for l in (0, 1)], batch_size=4)
     raw = run_final_logits(tiny_model, batch, lambda rows, mb: [
         (iv.attn_scores_name(l), iv.block_attention_hook(m[rows])) for l in (0, 1)], batch_size=4)
-    assert torch.equal(spec, raw)
+    assert torch.equal(spec, raw)  # exact: the same hook on forwards of the same shapes
 
 
 def test_positions_spec_chooses_what_is_isolated(batch):

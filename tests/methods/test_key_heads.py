@@ -71,7 +71,7 @@ def test_spec_path_equals_raw_head_ablation_hooks(tiny_model, zs, tv, how, where
         return [(iv.resid_name(tiny_model, 1), iv.add_hook(fin, tv.at(1))),
                 (iv.z_name(1), iv.stacked_head_ablation_hook([[0, 2]], pos, how, mean))]
 
-    assert torch.equal(spec, runner.run_final_logits(tiny_model, zs, raw, batch_size=3))
+    assert torch.equal(spec, runner.run_final_logits(tiny_model, zs, raw, batch_size=3))  # exact: same writes, shapes
 
 
 def test_mean_ablation_injects_at_the_mean_batch_own_positions(tiny_model, zs, icl, tv):

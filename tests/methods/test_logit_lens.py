@@ -23,7 +23,7 @@ def test_logit_lens_at_the_final_layer_is_the_models_prediction_over_labels(tiny
     res = logit_lens(tiny_model, batch)
     assert res.layers == [0, 1, 2] and res.n_candidates == 2
     own = correct(final_logits(tiny_model, batch), batch.answer_tokens, batch.label_token_ids).float()
-    assert torch.equal(res.per_prompt[-1], own)
+    assert torch.equal(res.per_prompt[-1], own)  # 0/1 outcomes: label-logit gaps >= 1.8e-2 here, float32 noise ~1e-6
 
 
 def test_logit_lens_with_an_added_vector_reads_the_injected_state(tiny_model):

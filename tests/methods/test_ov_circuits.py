@@ -90,7 +90,7 @@ def test_reconstruction_full_sum_equals_the_vector_run(tiny_model, zs, tv):
     rec = reconstruct(tiny_model, zs, tv, 1)
     assert rec.conditions[:2] == ["no vector", "theta at layer 1"]
     full = rec.conditions.index("theta + heads + MLPs (exact) at final")
-    assert torch.equal(rec.per_prompt[1], rec.per_prompt[full])
+    assert torch.equal(rec.per_prompt[1], rec.per_prompt[full])  # 0/1 outcomes: paths differ by float32 rounding only
     df = rec.to_dataframe()
     assert len(df) == len(rec.conditions) and ((df.low <= df.accuracy) & (df.accuracy <= df.high)).all()
 
@@ -125,11 +125,14 @@ def _hand_run(model, batch, theta, layer, positions, mask=None):
 
 
 @pytest.mark.parametrize("layer", [0, 1])
-def test_runner_path_equals_a_hand_written_forward_exactly(tiny_model, icl, tv, layer):
+def test_runner_path_equals_a_hand_written_forward(tiny_model, icl, tv, layer):
     r = ov_contributions(tiny_model, icl, tv, layer, positions="answers", batch_size=4)
     clean = _hand_run(tiny_model, icl, torch.zeros(32), layer, icl.positions("answers").positions)
     hand = _hand_run(tiny_model, icl, tv.at(layer), layer, icl.positions("answers").positions)
-    assert torch.equal(r.clean_final, clean) and torch.equal(r.total, hand - clean)
+    # float32 final residuals (|h| <= 3): minibatches of 4 + 2 vs one batch of 6 run other kernels on other CPUs,
+    # so 1e-5 relative and absolute (total is a difference of two such residuals: the same absolute budget)
+    torch.testing.assert_close(r.clean_final, clean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(r.total, hand - clean, rtol=1e-5, atol=1e-5)
 
 
 def test_multi_token_sets_inject_at_valid_entries_only(tiny_model, icl, tv):

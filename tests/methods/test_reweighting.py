@@ -20,6 +20,7 @@ def batch(tiny_model):
 
 def test_zero_beta_is_the_identity(tiny_model, batch):
     beta = torch.zeros(2, 4, batch.n_demos)
+    # exact: exp(0) scales the pattern by one, in forwards of the same shapes (one minibatch each)
     assert torch.equal(reweighted_logits(tiny_model, batch, beta), final_logits(tiny_model, batch))
 
 
@@ -56,4 +57,4 @@ def test_scale_attention_spec_equals_the_raw_hook(tiny_model, batch):
     raw = run_final_logits(tiny_model, batch, lambda rows, mb: [
         (iv.pattern_name(l), iv.scale_pattern_hook(mb.final_positions, mb.answer_positions, beta[l].exp()))
         for l in range(2)], batch_size=4)
-    assert torch.equal(reweighted_logits(tiny_model, batch, beta, batch_size=4), raw)
+    assert torch.equal(reweighted_logits(tiny_model, batch, beta, batch_size=4), raw)  # exact: same hook, shapes
