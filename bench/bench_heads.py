@@ -5,7 +5,8 @@ random model of the same shape with the toy tokenizer), with 8-demo ICL prompts 
 
 1. the exact scan ``head_ablation_scan`` (heads of a layer stacked in one forward that resumes at
    that layer from the cached clean prefix) vs a naive loop (one full forward per ablated head);
-   checks that both give the same per-prompt metric;
+   prints whether both give the same per-prompt metric and the max |difference| (float32 rounding
+   where the shapes make the kernels sum in another order);
 2. ``head_attribution`` (one forward + one backward) vs the exact scan; Spearman rank correlation
    of the per-head effects (scipy).
 

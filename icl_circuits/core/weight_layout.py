@@ -6,7 +6,8 @@ TransformerLens 3 keeps ``W_U`` as ``[d_model, d_vocab]`` and a gated MLP's ``W_
 10.6 MB of MLP weights and 113 MB of unembedding per forward, whatever the number of tokens). With
 each such parameter stored column-major (same shape and values, ``W.T`` contiguous), ``.contiguous()``
 returns ``W.T`` itself and ``F.linear`` receives exactly the tensor it received before, in the same
-layout, so every forward is bit-for-bit unchanged (``tests/core/test_weight_layout.py``). Attention
+layout: the same computation on the same shapes, so on any one machine every forward is bit-for-bit
+unchanged (``tests/core/test_weight_layout.py``). Attention
 likewise: ``W_Q``, ``W_K``, ``W_V`` (``[head, d_model, d_head]``, read as ``(head d_head) d_model``)
 and ``W_O`` (``[head, d_head, d_model]``, read as ``d_model (head d_head)``) are rearranged and
 copied on every forward; stored as permuted views of tensors already in the order read, the

@@ -167,7 +167,8 @@ def head_ablation_scan(
     of every scanned layer (``runner.cache_resid``); for layer ``l``, ``heads_per_forward`` copies
     of the minibatch (default: every head of the layer) resume at block ``l`` in one staggered
     forward (``runner.run_staggered``), copy ``c`` carrying the ``Intervention`` that ablates head
-    ``c``. ``batched=False``: one full forward per head (the naive reference; same numbers).
+    ``c``. ``batched=False``: one full forward per head (the naive reference; the same numbers up to
+    float32 rounding, since the two run other shapes and so possibly other kernels).
     """
     check_batch(batch)
     check_choice(how, ("zero", "mean"), "how")
