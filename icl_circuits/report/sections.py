@@ -71,8 +71,8 @@ def dpca_regularizer_caveat(layers, regularizers, edges, grid) -> str | None:
     if not flagged:
         return None
     parts = []
-    for edge, word, why in (("highest", "top", "larger (as when the condition means are mostly trial noise)"),
-                            ("lowest", "bottom", "smaller (no ridge needed)")):
+    for edge, word, why in (("highest", "top", "a larger lambda (as when the condition means are mostly trial noise)"),
+                            ("lowest", "bottom", "a smaller lambda (no ridge needed)")):
         at = [f"{l}" for l, _, e in flagged if e == edge]
         if at:
             lam = next(v for _, v, e in flagged if e == edge)

@@ -61,8 +61,8 @@ def lambda_on_edge(lam: float, grid: np.ndarray | None) -> str | None:
 
 
 def _edge_message(lam: float, edge: str, grid: np.ndarray) -> str:
-    beyond = ("smaller (the data need no ridge)" if edge == "lowest" else
-              "larger (as when the condition means are mostly trial noise)")
+    beyond = ("a smaller lambda (the data need no ridge)" if edge == "lowest" else
+              "a larger lambda (as when the condition means are mostly trial noise)")
     return (f"dPCA cross-validation chose lambda = {lam:.3g}, the {edge} value of its grid ({float(grid[0]):.3g} ... "
             f"{float(grid[-1]):.3g}, {len(grid)} values): the held-out error may fall further for {beyond}; "
             "widen lambda_grid or read the fit as regularized at the grid's bound")
