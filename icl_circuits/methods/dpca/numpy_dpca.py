@@ -37,17 +37,15 @@ import pandas as pd
 __all__ = ["DPCAResult", "demixed_pca", "marginalize", "DEFAULT_LAMBDA_GRID", "RegularizerOnEdgeWarning",
            "lambda_on_edge"]
 
-#: lambda grid of ``regularizer="auto"``: 10^-7 ... 10^1, 17 values half a decade apart. Before issue 24
-#: it stopped at 10^-1 (its first 13 values: interior choices there are unchanged), the top edge where
-#: letter-string on toy-icl and noisy planted data (Kobak et al.'s code: ~0.78 in our lambda) sat.
+#: lambda grid of ``regularizer="auto"``: 10^-7 ... 10^1, 17 values half a decade apart. Until issue 24: its first
+#: 13 values, whose top (0.1) letter-string on toy-icl and noisy planted data (reference code: ~0.78) sat on.
 DEFAULT_LAMBDA_GRID = np.logspace(-7, 1, 17)
 #: ``save``'s format; files saved before ``regularizer_on_edge`` was stored load with it recomputed
 _FORMAT_VERSION = 1
 
 
 class RegularizerOnEdgeWarning(UserWarning):
-    """Cross-validation chose the smallest or the largest lambda of its grid: the held-out error may
-    keep falling beyond it, so the chosen lambda is a bound, not an optimum."""
+    """Cross-validation chose an end of its lambda grid: a bound, perhaps not the optimum."""
 
 
 def lambda_on_edge(lam: float, grid: np.ndarray | None) -> str | None:
@@ -55,9 +53,7 @@ def lambda_on_edge(lam: float, grid: np.ndarray | None) -> str | None:
     that cross-validation chose from, else None (also without a grid: lambda not cross-validated)."""
     if grid is None or len(grid) == 0:
         return None
-    if lam == float(grid[0]):
-        return "lowest"
-    return "highest" if lam == float(grid[-1]) else None
+    return "lowest" if lam == float(grid[0]) else "highest" if lam == float(grid[-1]) else None
 
 
 def _edge_message(lam: float, edge: str, grid: np.ndarray) -> str:
@@ -428,11 +424,8 @@ def demixed_pca(
 
 
 def _check_grid(lambda_grid: Sequence[float] | None) -> np.ndarray:
-    if lambda_grid is None:
-        return DEFAULT_LAMBDA_GRID.copy()
-    grid = np.asarray(lambda_grid, dtype=np.float64)
-    if grid.ndim != 1 or grid.size < 3 or not np.all(np.isfinite(grid)) or np.any(grid <= 0) \
-            or np.any(np.diff(grid) <= 0):
+    grid = np.array(DEFAULT_LAMBDA_GRID if lambda_grid is None else lambda_grid, dtype=np.float64)
+    if grid.ndim != 1 or grid.size < 3 or not np.all(np.isfinite(grid) & (grid > 0)) or np.any(np.diff(grid) <= 0):
         raise ValueError("lambda_grid must be at least 3 finite, positive, strictly increasing values (an edge "
                          f"choice is flagged, so a grid needs an interior), got {lambda_grid!r}")
     return grid
