@@ -307,6 +307,9 @@ def test_ablation_with_one_dpca_fit_uses_its_axes_at_every_layer(tiny_model, sta
 
 
 # ----------------------------------------------------------------------------- determinism
+# 24 prompts of a random tiny model are mostly noise: lambda may land on the grid's top edge (it does for the
+# TransformerLens 4 tiny model at layer 2); flagging it is tested above, determinism is the subject here
+@pytest.mark.filterwarnings("ignore::icl_circuits.methods.dpca.numpy_dpca.RegularizerOnEdgeWarning")
 def test_results_are_deterministic_and_ignore_global_random_state(tiny_model):
     runs = []
     for g in (1, 99):
