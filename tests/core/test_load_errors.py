@@ -28,6 +28,16 @@ def saved(tmp_path):
     return _sweep().save(tmp_path / "r")
 
 
+def _edit_spec(stem, edit) -> dict:
+    """Rewrite ``stem.json`` with ``edit(spec)`` applied; returns the spec as it was."""
+    path = stem.with_suffix(".json")
+    spec = json.loads(path.read_text())
+    before = json.loads(json.dumps(spec))
+    edit(spec)
+    path.write_text(json.dumps(spec))
+    return before
+
+
 def test_a_missing_result_names_the_path_and_is_also_a_file_not_found_error(tmp_path):
     path = tmp_path / "nonexistent" / "dir" / "tv"
     with pytest.raises(ResultNotFoundError, match=r"nonexistent/dir/tv\.json: no such file; expected a TaskVector"):
@@ -78,39 +88,27 @@ def test_a_truncated_or_altered_tensor_file_fails_its_digest(saved):
 
 def test_an_unreadable_tensor_file_without_a_digest_is_named(saved):
     """Files from before digests were recorded: safetensors' own error is wrapped, naming the file."""
-    spec_path = saved.with_suffix(".json")
-    spec = json.loads(spec_path.read_text())
-    del spec["tensors_sha256"]
-    spec_path.write_text(json.dumps(spec))
+    _edit_spec(saved, lambda spec: spec.pop("tensors_sha256"))
     saved.with_suffix(".safetensors").write_bytes(b"\x00\x01garbage")
     with pytest.raises(ResultLoadError, match=r"r\.safetensors is not a readable safetensors file"):
         SweepResult.load(saved)
 
 
 def test_fields_that_do_not_fit_the_class_are_named(saved):
-    spec_path = saved.with_suffix(".json")
-    spec = json.loads(spec_path.read_text())
-    spec["fields"]["no_such_field"] = 1
-    spec_path.write_text(json.dumps(spec))
+    _edit_spec(saved, lambda spec: spec["fields"].update(no_such_field=1))
     with pytest.raises(ResultLoadError, match=r"r\.json: its fields do not fit SweepResult .*no_such_field"):
         SweepResult.load(saved)
 
 
 def test_a_file_written_by_a_newer_version_says_so(saved):
-    spec_path = saved.with_suffix(".json")
-    spec = json.loads(spec_path.read_text())
-    assert spec["format_version"] == FORMAT_VERSION and spec["written_by"].startswith("icl-circuits")
-    spec["format_version"] = FORMAT_VERSION + 1
-    spec_path.write_text(json.dumps(spec))
+    before = _edit_spec(saved, lambda spec: spec.update(format_version=FORMAT_VERSION + 1))
+    assert before["format_version"] == FORMAT_VERSION and before["written_by"].startswith("icl-circuits")
     with pytest.raises(ResultLoadError, match=r"r\.json was written by a newer icl-circuits .*upgrade icl-circuits"):
         SweepResult.load(saved)
 
 
 def test_an_older_file_without_a_format_version_still_loads(saved):
-    spec_path = saved.with_suffix(".json")
-    spec = json.loads(spec_path.read_text())
-    del spec["format_version"], spec["written_by"]
-    spec_path.write_text(json.dumps(spec))
+    _edit_spec(saved, lambda spec: [spec.pop("format_version"), spec.pop("written_by")])
     back = SweepResult.load(saved)
     assert torch.equal(back.values, _sweep().values)  # same bytes read back: exact
 
