@@ -173,19 +173,22 @@ def ov_cmd(ctx: click.Context, model: str, task: str, vector: str, layer: int | 
     pool = (L - layer) * H
     if max(ks) > pool:
         raise click.BadParameter(f"at most {pool} heads sit in blocks >= layer {layer}, got k={max(ks)}", param_hint="--ks")
+    from icl_circuits.core.pairs import has_bos
+
+    bos = has_bos(m)  # every prompt starts with the BOS where there is one (as task_vector_prompts and the report)
     t0 = time.time()
     try:
         if vector == "vanilla":
             from icl_circuits.methods.task_vectors import vanilla_task_vector
 
-            dummy = build_prompts(m, task, n_prompts, n_demos, seed=seed, variant="dummy_query")
+            dummy = build_prompts(m, task, n_prompts, n_demos, seed=seed, variant="dummy_query", prepend_bos=bos)
             tv = vanilla_task_vector(m, dummy, [layer], batch_size=batch_size)
         else:
             from icl_circuits.methods.learned import train_task_vector
 
-            train = build_prompts(m, task, n_train + n_val, 0, seed=seed, variant="zero_shot")
+            train = build_prompts(m, task, n_train + n_val, 0, seed=seed, variant="zero_shot", prepend_bos=bos)
             tv = train_task_vector(m, train, layer, n_val=n_val, epochs=epochs, seed=seed, progress=False)
-        zs = build_prompts(m, task, n_prompts, 0, seed=seed + 1, variant="zero_shot")
+        zs = build_prompts(m, task, n_prompts, 0, seed=seed + 1, variant="zero_shot", prepend_bos=bos)
         ov = ov_contributions(m, zs, tv, layer, positions=positions, ln=ln, keep_head_vectors=False,
                               batch_size=batch_size)
         rec = reconstruct(m, zs, tv, layer, ov=ov, restrict_to_labels=restrict_to_labels, batch_size=batch_size)

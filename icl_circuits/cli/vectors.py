@@ -56,15 +56,25 @@ def _ltv_options(f):
     return f
 
 
+def _prompts(m: Any, task: str, n: int, with_demos: int, seed: int):
+    """The LTV commands' prompts: zero-shot (``with_demos`` 0) starting with the tokenizer's BOS where it has
+    one (``core.pairs.has_bos``: else the query word is the attention sink and a vector barely moves the
+    answer, as on SmolLM2; the report builds its LTV prompts the same way), else ICL prompts."""
+    from icl_circuits.core.pairs import has_bos
+    from icl_circuits.core.prompts import build_prompts
+
+    if with_demos == 0:
+        return build_prompts(m, task, n, 0, seed=seed, variant="zero_shot", prepend_bos=has_bos(m))
+    return build_prompts(m, task, n, with_demos, seed=seed, variant="icl")
+
+
 def _train_ltv(m: Any, task: str, layer_spec: str, epochs: int, n_train: int, n_val: int, with_demos: int, seed: int,
                lr: float, batch_size: int):
-    from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.learned import train_per_layer
 
     layers = _ltv_layers(layer_spec, m.cfg.n_layers)
     try:
-        batch = build_prompts(m, task, n_train + n_val, with_demos, seed=seed,
-                              variant="zero_shot" if with_demos == 0 else "icl")
+        batch = _prompts(m, task, n_train + n_val, with_demos, seed)
         return train_per_layer(m, batch, layers, epochs=epochs, n_val=n_val, seed=seed, lr=lr, batch_size=batch_size,
                                progress=False)
     except ValueError as err:
@@ -76,13 +86,15 @@ def _train_ltv(m: Any, task: str, layer_spec: str, epochs: int, n_train: int, n_
 def ltv_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train: int, n_val: int, with_demos: int,
             lr: float, batch_size: int, n_eval: int, seed: int, as_json: bool, out: str | None) -> None:
     """Train learned task vectors (one per layer) and their accuracy on fresh prompts."""
-    from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.vectors import evaluate_vector
 
     m = common.load(model)
     t0 = time.time()
     tv = _train_ltv(m, task, layer_spec, epochs, n_train, n_val, with_demos, seed, lr, batch_size)
-    ev = build_prompts(m, task, n_eval, with_demos, seed=seed + 1, variant="zero_shot" if with_demos == 0 else "icl")
+    try:
+        ev = _prompts(m, task, n_eval, with_demos, seed + 1)
+    except ValueError as err:
+        raise click.UsageError(str(err))
     sweep = evaluate_vector(m, tv, ev)
     click.echo(f"Learned task vectors of {model}, task {task} ({with_demos} demos, {n_eval} test prompts, "
                f"seed {seed}, {time.time() - t0:.1f}s); accuracy without a vector {sweep.baseline:.3f}")
@@ -113,16 +125,14 @@ def propagation_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train
                     n_fit: int) -> None:
     """Train LTVs per layer, then fit the linear map to the final residual: rotation vs scaling,
     logit lens, task alignment, accuracy of the reconstructed vector W theta."""
-    from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.propagation import propagation_by_layer
 
     m = common.load(model)
     t0 = time.time()
     tv = _train_ltv(m, task, layer_spec, epochs, n_train, n_val, with_demos, seed, lr, batch_size)
-    variant = "zero_shot" if with_demos == 0 else "icl"
     try:
-        fit = build_prompts(m, task, n_fit, with_demos, seed=seed, variant=variant)
-        ev = build_prompts(m, task, n_eval, with_demos, seed=seed + 1, variant=variant)
+        fit = _prompts(m, task, n_fit, with_demos, seed)
+        ev = _prompts(m, task, n_eval, with_demos, seed + 1)
         res = propagation_by_layer(m, fit, ev, tv, n_vectors=n_vectors, seed=seed, progress=False)
     except ValueError as err:
         raise click.UsageError(str(err))
