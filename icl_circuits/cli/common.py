@@ -9,7 +9,8 @@ the last line printed is one JSON object with the numbers. ``--out DIR`` writes 
 Command modules import this one and register their commands on ``cli``; ``main`` imports the
 command modules. Every task-valued option (``--task``, ``--source``, ``--tasks``...) is a ``task_option``:
 it takes a task name or the path of a JSON task file, and its default is chosen per model from the
-report's presets (``report.suite.MODEL_PRESETS``), resolved once ``--model`` is known. Tests replace the
+report's presets (``report.suite.MODEL_PRESETS``), resolved once ``--model`` is known; ``preset_option``
+does the same for a setting (the LTV learning rate). Tests replace the
 model loader with ``monkeypatch.setattr(common, "load", ...)``, so commands call it as ``common.load(model)``.
 """
 
@@ -33,7 +34,8 @@ __all__ = [
     "load",
     "model_option",
     "out_problem",
-    "preset_task",
+    "preset_option",
+    "preset_value",
     "task_name",
     "task_option",
     "threads_option",
@@ -144,10 +146,10 @@ def _preset_model(model: str) -> str:
     return SMOLLM2_NAME if model.lower() in {a.lower() for a in SMOLLM2_ALIASES} else model
 
 
-def preset_task(model: str, field: str, index: int | None = None) -> str | tuple[str, ...] | None:
-    """The task(s) that the report's preset for ``model`` (``report.suite.MODEL_PRESETS``) names in
-    ``field`` (``knowledge_task``, ``category_task``, ``interchange_pair`` with ``index``,
-    ``accuracy_tasks``): tasks the model solves. None where its preset names none (the bundled toy
+def preset_value(model: str, field: str, index: int | None = None) -> Any:
+    """What the report's preset for ``model`` (``report.suite.MODEL_PRESETS``) names in ``field``: the
+    tasks it solves (``knowledge_task``, ``category_task``, ``interchange_pair`` with ``index``,
+    ``accuracy_tasks``) or a setting (``ltv_lr``). None where its preset names none (the bundled toy
     model keeps the report's defaults, as does a model without a preset)."""
     from icl_circuits.report.suite import MODEL_PRESETS
 
@@ -155,20 +157,27 @@ def preset_task(model: str, field: str, index: int | None = None) -> str | tuple
     return value if value is None or index is None else value[index]
 
 
-class TaskOption(click.Option):
-    """A task-valued option (see ``task_option``): its value is converted by ``task_name``, its default
-    is resolved from ``--model`` when the option is not given, and ``--help`` states the default of
-    each model."""
+class PresetOption(click.Option):
+    """An option whose default depends on the model (see ``preset_option``): when the option is not given,
+    the value that the report's preset for ``--model`` names in ``preset`` (``index``: which element of a
+    pair), else ``fallback``; ``--help`` states the default of each model."""
 
     def __init__(self, *args: Any, preset: str | None = None, index: int | None = None, fallback: Any = None,
-                 many: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, default=None, callback=_resolve_task_option, **kwargs)
-        self.preset, self.index, self.fallback, self.many = preset, index, fallback, many
+                 **kwargs: Any) -> None:
+        super().__init__(*args, default=None, callback=_resolve_preset_option, **kwargs)
+        self.preset, self.index, self.fallback = preset, index, fallback
 
     def model_default(self, model: str) -> Any:
-        """This option's default for ``model``: its preset's task(s) if the preset names one, else ``fallback``."""
-        value = preset_task(model, self.preset, self.index) if self.preset else None
+        """This option's default for ``model``: its preset's value if the preset names one, else ``fallback``."""
+        value = preset_value(model, self.preset, self.index) if self.preset else None
         return self.fallback if value is None else value
+
+    def show(self, value: Any) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    def finish(self, value: Any) -> Any:
+        """The value passed to the command (a given value is already converted by the option's type)."""
+        return value
 
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
         record = super().get_help_record(ctx)
@@ -176,31 +185,54 @@ class TaskOption(click.Option):
             return record
         from icl_circuits.report.suite import MODEL_PRESETS
 
-        show = (lambda v: ",".join(v)) if self.many else str
-        named = [n for n in MODEL_PRESETS if preset_task(n, self.preset, self.index) is not None]
+        named = [n for n in MODEL_PRESETS if preset_value(n, self.preset, self.index) is not None]
         rest = " and ".join([n for n in MODEL_PRESETS if n not in named] + ["other models"])
-        per_model = [f"{show(self.model_default(n))} on {n}" for n in named] + [f"{show(self.fallback)} on {rest}"]
+        per_model = [f"{self.show(self.model_default(n))} on {n}" for n in named] + [f"{self.show(self.fallback)} on {rest}"]
         return record[0], f"{record[1]}  [default: {'; '.join(per_model)} (the report's per-model presets)]"
 
 
-def _resolve_task_option(ctx: click.Context, param: TaskOption, value: Any) -> Any:
+class TaskOption(PresetOption):
+    """A task-valued option (see ``task_option``): each value converted by ``task_name``."""
+
+    def __init__(self, *args: Any, many: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.many = many
+
+    def show(self, value: Any) -> str:
+        return ",".join(value) if self.many else str(value)
+
+    def finish(self, value: Any) -> Any:
+        hint = self.opts[0]
+        if self.multiple:  # repeatable: each value a task (an empty tuple: the command's own default)
+            return tuple(task_name(v, hint) for v in value or ())
+        if value is None:
+            return None
+        if self.many:
+            values = value.split(",") if isinstance(value, str) else list(value)
+            return [task_name(v, hint) for v in values if v.strip()]
+        return task_name(value, hint)
+
+
+def _resolve_preset_option(ctx: click.Context, param: PresetOption, value: Any) -> Any:
     if ctx.resilient_parsing:
         return value
-    hint = param.opts[0]
-    if param.multiple:  # repeatable: each value a task (an empty tuple: the command's own default)
-        return tuple(task_name(v, hint) for v in value or ())
-    if value is None:
-        if param.preset is None:
-            return param.fallback
-        # --model is declared before every task option, and click processes the options not given in
+    given = bool(value) if param.multiple else value is not None
+    if not given and param.preset is not None:
+        # --model is declared before every such option, and click processes the options not given in
         # their declared order, after those given: --model is known here either way
         if "model" not in ctx.params:
-            raise RuntimeError(f"{ctx.info_name}: declare --model before {hint} (its default depends on the model)")
+            raise RuntimeError(f"{ctx.info_name}: declare --model before {param.opts[0]} (its default depends on it)")
         value = param.model_default(ctx.params["model"])
-    if param.many:
-        values = value.split(",") if isinstance(value, str) else list(value)
-        return [task_name(v, hint) for v in values if v.strip()]
-    return task_name(value, hint)
+    elif not given and not param.multiple:
+        value = param.fallback
+    return param.finish(value)
+
+
+def preset_option(*decls: str, preset: str, index: int | None = None, fallback: Any = None, **kwargs: Any):
+    """A click option whose default is the value that the report's preset for ``--model`` names in
+    ``preset`` (``report.suite.MODEL_PRESETS``), else ``fallback`` (for toy-icl and models without a
+    preset); a value given is converted by ``type`` as usual."""
+    return click.option(*decls, cls=PresetOption, preset=preset, index=index, fallback=fallback, **kwargs)
 
 
 def task_option(*decls: str, preset: str | None = None, index: int | None = None, fallback: Any = None,

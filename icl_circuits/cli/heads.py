@@ -15,6 +15,7 @@ from icl_circuits.cli.common import (
     emit_json,
     int_list,
     model_option,
+    preset_option,
     task_option,
     threads_option,
     write_out,
@@ -98,7 +99,7 @@ def _only_for_ltv(ctx: click.Context, vector: str) -> None:
     """Refuse the LTV training options with ``--vector vanilla`` (they would be silently ignored)."""
     from click.core import ParameterSource
 
-    given = [f"--{n.replace('n_', '').replace('_', '-')}" for n in ("epochs", "n_train", "n_val")
+    given = [f"--{n.replace('n_', '').replace('_', '-')}" for n in ("epochs", "lr", "n_train", "n_val")
              if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE]
     if vector != "ltv" and given:
         raise click.UsageError(f"{', '.join(given)}: used only with --vector ltv (training a vector); "
@@ -137,6 +138,8 @@ def _only_for_ltv(ctx: click.Context, vector: str) -> None:
 @click.option("--restrict-to-labels", is_flag=True,
               help="Accuracy as the argmax over the label words (categorization tasks), not the vocabulary.")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1), help="LTV training epochs (--vector ltv).")
+@preset_option("--lr", preset="ltv_lr", fallback=5e-3, type=click.FloatRange(min=0, min_open=True),
+               help="LTV learning rate (--vector ltv; AdamW). As for `icl-circuits ltv --lr`.")
 @click.option("--train", "n_train", default=128, show_default=True, type=click.IntRange(min=1),
               help="LTV training prompts (--vector ltv).")
 @click.option("--val", "n_val", default=32, show_default=True, type=click.IntRange(min=0),
@@ -150,8 +153,8 @@ def _only_for_ltv(ctx: click.Context, vector: str) -> None:
 @click.pass_context
 def ov_cmd(ctx: click.Context, model: str, task: str, vector: str, layer: int | None, n_demos: int, n_prompts: int,
            positions: str, ln: str, source: str, by: str, ks: list[int], how: str, n_random: int,
-           ablate_positions: str, restrict_to_labels: bool, epochs: int, n_train: int, n_val: int, batch_size: int,
-           seed: int, as_json: bool, out: str | None) -> None:
+           ablate_positions: str, restrict_to_labels: bool, epochs: int, lr: float, n_train: int, n_val: int,
+           batch_size: int, seed: int, as_json: bool, out: str | None) -> None:
     """OV circuits of a task vector (Yang et al. 2025): each head's share of the vector's effect on the
     final residual (exact and OV approximation, as DLA), its reconstruction at the final layer, and
     the top-k key heads ablated vs k random heads."""
@@ -187,7 +190,7 @@ def ov_cmd(ctx: click.Context, model: str, task: str, vector: str, layer: int | 
             from icl_circuits.methods.learned import train_task_vector
 
             train = build_prompts(m, task, n_train + n_val, 0, seed=seed, variant="zero_shot", prepend_bos=bos)
-            tv = train_task_vector(m, train, layer, n_val=n_val, epochs=epochs, seed=seed, progress=False)
+            tv = train_task_vector(m, train, layer, n_val=n_val, epochs=epochs, lr=lr, seed=seed, progress=False)
         zs = build_prompts(m, task, n_prompts, 0, seed=seed + 1, variant="zero_shot", prepend_bos=bos)
         ov = ov_contributions(m, zs, tv, layer, positions=positions, ln=ln, keep_head_vectors=False,
                               batch_size=batch_size)

@@ -4,7 +4,7 @@ Each command of ``cli.commands`` that takes ``--model`` runs with only ``--model
 ``SMALL``: prompts, demos, epochs, layers, never a task or an analysis choice) and ``--json``, on toy-icl and
 on SmolLM2-135M (``real_model``: loaded once per session, skipped where it is not installed). A command
 added later is run with its full defaults until it gets an entry in ``SMALL``. Its task-valued options must
-then take the task the report's preset names for the model (``TaskOption.model_default``).
+then take the task the report's preset names for the model (``PresetOption.model_default``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import icl_circuits.cli.common as cli_common
-from icl_circuits.cli.common import TaskOption
+from icl_circuits.cli.common import PresetOption, TaskOption
 from icl_circuits.cli.main import cli
 
 #: commands without --model, and why they are not run here
@@ -114,18 +114,22 @@ def test_runs_with_only_model(use_model, tmp_path, name, model):
 
 # ----------------------------------------------------------------------------- the defaults themselves
 TASK_OPTIONS = [(n, p) for n, c in sorted(cli.commands.items()) for p in c.params if isinstance(p, TaskOption)]
+PRESET_OPTIONS = [(n, p) for n, c in sorted(cli.commands.items()) for p in c.params
+                  if isinstance(p, PresetOption) and p.preset is not None]
 
 
 def test_defaults_come_from_the_report_presets():
-    """SmolLM2 (by name or its Hugging Face id) takes the preset's tasks; toy-icl and unknown models the fallback."""
+    """SmolLM2 (by name or its Hugging Face id) takes its preset's tasks and LTV learning rate; toy-icl and unknown
+    models the command's own default."""
     from icl_circuits.report.suite import MODEL_PRESETS
 
     smol = MODEL_PRESETS["smollm2-135m"]
     want = {("interchange", "source"): smol["interchange_pair"][0], ("interchange", "target"): smol["interchange_pair"][1],
             ("necessity", "task"): smol["interchange_pair"][1], ("dpca", "task"): smol["category_task"],
             ("saliency", "task"): smol["category_task"], ("heads", "task"): smol["knowledge_task"],
-            ("probe", "tasks"): smol["accuracy_tasks"]}
-    by_name = {(n, p.name): p for n, p in TASK_OPTIONS}
+            ("probe", "tasks"): smol["accuracy_tasks"], ("ltv", "lr"): smol["ltv_lr"], ("ov", "lr"): smol["ltv_lr"],
+            ("propagation", "lr"): smol["ltv_lr"]}
+    by_name = {(n, p.name): p for n, p in PRESET_OPTIONS}
     for key, task in want.items():
         p = by_name[key]
         assert p.model_default("smollm2-135m") == task == p.model_default("HuggingFaceTB/SmolLM2-135M-Instruct"), key
@@ -133,14 +137,12 @@ def test_defaults_come_from_the_report_presets():
     assert not [k for k, p in by_name.items() if p.required], "a task option is required again"
 
 
-@pytest.mark.parametrize("name, option", [(n, p) for n, p in TASK_OPTIONS if p.preset is not None],
-                         ids=lambda v: getattr(v, "name", v))
+@pytest.mark.parametrize("name, option", PRESET_OPTIONS, ids=lambda v: getattr(v, "name", v))
 def test_help_states_each_models_default(name, option):
     res = CliRunner().invoke(cli, [name, "--help"], terminal_width=1000, max_content_width=1000)  # one line each
-    show = ",".join if option.many else str
     flat = " ".join(res.output.split())
-    assert f"{show(option.model_default('smollm2-135m'))} on smollm2-135m" in flat, flat
-    assert f"{show(option.fallback)} on toy-icl and other models" in flat, flat
+    assert f"{option.show(option.model_default('smollm2-135m'))} on smollm2-135m" in flat, flat
+    assert f"{option.show(option.fallback)} on toy-icl and other models" in flat, flat
 
 
 @pytest.mark.parametrize("task, position, first", [
