@@ -38,6 +38,11 @@ from icl_circuits.methods.key_heads import KeyHeadsResult, key_head_ablation, ke
 from icl_circuits.methods.learned import train_per_layer, train_task_vector  # noqa: E402
 from icl_circuits.methods.ov_circuits import ov_contributions, reconstruct  # noqa: E402
 from icl_circuits.methods.propagation import fit_linear_propagation, propagation_by_layer  # noqa: E402
+
+#: The page was computed with the propagation default before issue 24 (least squares once there are >= d fit
+#: vectors); pinned here so that the page is what this script computes until the study issue re-runs it with
+#: the cross-validated default (ridge="cv").
+RIDGE = "auto"
 from icl_circuits.methods.vectors import TaskVector, evaluate_vector  # noqa: E402
 from icl_circuits.report.verdicts import CLAIMS  # noqa: E402
 
@@ -195,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
 
         # -- propagation, logit lens, task alignment (headline seed) --------------------------------------
         fit = build_prompts(model, TASK, N_FIT, 0, seed=2000 + args.seed, variant="zero_shot", prepend_bos=BOS)
-        prop = propagation_by_layer(model, fit, ev[args.seed], tv, n_vectors=N_VECTORS, seed=args.seed, progress=False)
+        prop = propagation_by_layer(model, fit, ev[args.seed], tv, n_vectors=N_VECTORS, seed=args.seed, progress=False,
+                                    ridge=RIDGE)
         log("propagation")
 
         # -- headline numbers on the other seeds ------------------------------------------------------------
@@ -219,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
             acc_s = rate(evaluate_vector(model, tv_s, ev[s]).per_prompt[0])
             c_s = circuit(model, ev[s], tv_s, head, s) if works(acc_s, acc_zero[s]) else None
             fit_s = build_prompts(model, TASK, N_FIT, 0, seed=2000 + s, variant="zero_shot", prepend_bos=BOS)
-            r2_s = fit_linear_propagation(model, fit_s, head, n_vectors=N_VECTORS, vectors=tv_s.at(head)[None], seed=s).r2
+            r2_s = fit_linear_propagation(model, fit_s, head, n_vectors=N_VECTORS, vectors=tv_s.at(head)[None], seed=s,
+                                          ridge=RIDGE).r2
             add_headline(acc_s.value, c_s, r2_s)
             seed_rows.append((s, acc_icl[s], acc_zero[s], acc_s, val_best(tv_s)[0], c_s))
             log(f"seed {s}: LTV {acc_s}")

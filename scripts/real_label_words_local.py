@@ -48,6 +48,10 @@ from icl_circuits.core.runner import read_resid  # noqa: E402
 from icl_circuits.core.tasks import get_task  # noqa: E402
 from icl_circuits.methods.dpca.ablation import ablate_subspace  # noqa: E402
 from icl_circuits.methods.dpca.analysis import DPCALayerResult, dpca_from_states  # noqa: E402
+
+#: The page was computed with the dPCA lambda grid before issue 24 (10^-7 ... 10^-1, 13 values); pinned here so
+#: that the page is what this script computes until the study issue re-runs it with DEFAULT_LAMBDA_GRID.
+LAMBDA_GRID = np.logspace(-7, -1, 13)
 from icl_circuits.methods.dpca.states import collect_label_states  # noqa: E402
 from icl_circuits.methods.saliency import saliency_flow  # noqa: E402
 from icl_circuits.methods.task_vectors import evaluate_task_vector, local_task_vectors, vanilla_task_vector  # noqa: E402
@@ -150,7 +154,8 @@ def dpca_runs(model, task: str, n: int, seed: int, layers: list[int], n_null: in
     out = {}
     for pos in ("answer", "separator"):
         st = collect_label_states(model, b, layers, pos)
-        out[pos] = dpca_from_states(st, regularizer=regularizer, n_null=n_null, seed=seed, progress=False)
+        out[pos] = dpca_from_states(st, regularizer=regularizer, n_null=n_null, seed=seed, progress=False,
+                                    lambda_grid=LAMBDA_GRID if regularizer == "auto" else None)
     return out
 
 
