@@ -29,6 +29,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from icl_circuits.core.grids import check_grid, grid_edge
 from icl_circuits.core.interventions import Intervention, Site, check_layer, check_vector
 from icl_circuits.core.models import model_info
 from icl_circuits.core.positions import check_batch
@@ -112,9 +113,7 @@ def cv_ridge(X: Float[Tensor, "n d_in"], Y: Float[Tensor, "n d_out"], *, relativ
     if x.shape[0] < 2 or isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
         raise ValueError(f"cross-validating the ridge needs at least 2 rows (got {x.shape[0]}) and an int "
                          f"n_folds >= 2 (got {n_folds!r}); pass a fixed ridge otherwise")
-    rel = np.asarray(DEFAULT_RIDGE_GRID if relative_grid is None else relative_grid, dtype=np.float64)
-    if rel.ndim != 1 or rel.size < 3 or not np.all(np.isfinite(rel)) or np.any(rel <= 0) or np.any(np.diff(rel) <= 0):
-        raise ValueError(f"relative_grid must be at least 3 finite, positive, increasing values, got {relative_grid!r}")
+    rel = check_grid(DEFAULT_RIDGE_GRID if relative_grid is None else relative_grid, "relative_grid")
     scale = float((x * x).sum()) / x.shape[1]
     grid = rel * scale
     sse = np.zeros(grid.size)
@@ -126,7 +125,7 @@ def cv_ridge(X: Float[Tensor, "n d_in"], Y: Float[Tensor, "n d_out"], *, relativ
     best = int(np.flatnonzero(sse == sse.min())[-1])
     return RidgeChoice(ridge=float(grid[best]), grid=grid.tolist(), scale=scale, n_folds=min(n_folds, x.shape[0]),
                        cv_r2=(1.0 - sse / tot if tot > 0 else np.full(grid.size, np.nan)).tolist(), seed=seed,
-                       on_edge="lowest" if best == 0 else "highest" if best == grid.size - 1 else None)
+                       on_edge=grid_edge(float(grid[best]), grid))
 
 
 def polar_metrics(W: Float[Tensor, "d d"]) -> dict[str, Any]:

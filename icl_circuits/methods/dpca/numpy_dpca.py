@@ -34,6 +34,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from icl_circuits.core.grids import check_grid
+from icl_circuits.core.grids import grid_edge as lambda_on_edge  # "lowest" / "highest" / None: the dPCA name
+
 __all__ = ["DPCAResult", "demixed_pca", "marginalize", "DEFAULT_LAMBDA_GRID", "RegularizerOnEdgeWarning",
            "lambda_on_edge"]
 
@@ -46,14 +49,6 @@ _FORMAT_VERSION = 1
 
 class RegularizerOnEdgeWarning(UserWarning):
     """Cross-validation chose an end of its lambda grid: a bound, perhaps not the optimum."""
-
-
-def lambda_on_edge(lam: float, grid: np.ndarray | None) -> str | None:
-    """"lowest" or "highest" when ``lam`` is the first or last value of the (increasing) ``grid``
-    that cross-validation chose from, else None (also without a grid: lambda not cross-validated)."""
-    if grid is None or len(grid) == 0:
-        return None
-    return "lowest" if lam == float(grid[0]) else "highest" if lam == float(grid[-1]) else None
 
 
 def _edge_message(lam: float, edge: str, grid: np.ndarray) -> str:
@@ -393,7 +388,7 @@ def demixed_pca(
             raise ValueError("regularizer='auto' needs trials of shape (n_trials, *X.shape)")
         if trials.shape[0] < n_folds:
             raise ValueError(f"trials has {trials.shape[0]} trials; need at least n_folds={n_folds}")
-        cv_lambdas = _check_grid(lambda_grid)
+        cv_lambdas = check_grid(DEFAULT_LAMBDA_GRID if lambda_grid is None else lambda_grid, "lambda_grid")
         lam, cv_errors = _cv_lambda(trials, labels, join, qs, cv_lambdas, int(n_folds), int(seed))
         edge = lambda_on_edge(lam, cv_lambdas)
         if edge is not None:
@@ -421,14 +416,6 @@ def demixed_pca(
         cv_errors=cv_errors, cv_lambdas=cv_lambdas, regularizer_on_edge=edge,
         meta={"seed": int(seed), "n_folds": int(n_folds)},
     )
-
-
-def _check_grid(lambda_grid: Sequence[float] | None) -> np.ndarray:
-    grid = np.array(DEFAULT_LAMBDA_GRID if lambda_grid is None else lambda_grid, dtype=np.float64)
-    if grid.ndim != 1 or grid.size < 3 or not np.all(np.isfinite(grid) & (grid > 0)) or np.any(np.diff(grid) <= 0):
-        raise ValueError("lambda_grid must be at least 3 finite, positive, strictly increasing values (an edge "
-                         f"choice is flagged, so a grid needs an interior), got {lambda_grid!r}")
-    return grid
 
 
 def _component_counts(n_components: int | Mapping[str, int], names: list[str]) -> dict[str, int]:
