@@ -2,9 +2,9 @@
 
 - ``SweepResult``: a metric per layer (mean over prompts, per-prompt values, 95% interval).
 - ``layer_sweep``: apply one intervention at every layer (e.g. inject a task vector at block l)
-  and measure a metric per layer. The unpatched prefix is run once (``runner.cache_resid``); the
-  run patched at layer l resumes at block l from the cached residual, several layers per forward
-  (``runner.run_staggered``).
+  and measure a metric per layer: a metric over the runner's one sweep
+  (``runner.sweep_final_logits``: the unpatched prefix run once, the run patched at layer l
+  resumed at block l from the cached residual, several layers per staggered forward).
 - ``prompt_metric`` / ``is_rate``: metrics by registry name (``core.metrics``).
 """
 
@@ -17,14 +17,13 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from icl_circuits.core.interventions import HookList, check_layer
+from icl_circuits.core.interventions import HookList
 from icl_circuits.core.metrics import get_metric, wilson
 from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, provenance as _provenance
-from icl_circuits.core.runner import TOKENS_PER_FORWARD, Entry, cache_resid, minibatches, run_staggered, unembed_rows
+from icl_circuits.core.runner import TOKENS_PER_FORWARD, sweep_final_logits
 from icl_circuits.core.types import HookedModel
 
 __all__ = ["SweepResult", "accuracy_sweep", "layer_sweep", "prompt_metric", "is_rate", "sweep_from_per_prompt"]
@@ -157,37 +156,13 @@ def layer_sweep(
     its own rows only; ``make_hooks_for_layer`` builds hooks for one copy, exactly as for a run of
     the sub-batch alone. ``metric``: see ``prompt_metric``. Returns a SweepResult ([layer]).
     """
-    if len(batch) == 0:
-        raise ValueError("batch is empty")
-    n = model.cfg.n_layers
-    layers = list(range(n + 1)) if layers is None else [check_layer(model, l, arg="layers") for l in layers]
-    if not layers:
-        raise ValueError("layers is empty")
-    if layers_per_forward is not None and layers_per_forward < 1:
-        raise ValueError(f"layers_per_forward must be positive, got {layers_per_forward}")
+    layers = list(range(model.cfg.n_layers + 1)) if layers is None else list(layers)  # checked by the sweep
     name, fn = prompt_metric(metric, batch)
-    start = {l: min(l, n - 1) for l in layers}
-    per_layer: dict[int, list[Tensor]] = {l: [] for l in layers}
-    base: list[Tensor] = []
-    order = sorted(set(layers))
-    bar = tqdm(total=len(batch) * len(order), desc="layer sweep", disable=not progress)
-    for rows, mb in minibatches(batch, batch_size):
-        cached, clean, _ = cache_resid(model, mb.tokens, sorted(set(start.values())), mb.final_positions, unembed=False)
-        finals = [clean]  # unembedded together below (TL copies W_U on every unembedding call)
-        k = layers_per_forward or max(1, tokens_per_forward // (len(mb) * mb.tokens.shape[1]))
-        for g in range(0, len(order), k):
-            group = order[g : g + k]
-            ents = [Entry(start[l], cached[start[l]], mb.final_positions, make_hooks_for_layer(l, rows, mb),
-                          tokens=mb.tokens) for l in group]
-            finals.append(run_staggered(model, ents, unembed=False))
-            bar.update(len(mb) * len(group))
-        logits = torch.split(unembed_rows(model, torch.cat(finals)), len(mb))
-        base.append(fn(logits[0], mb).float())
-        for l, lg in zip(order, logits[1:]):
-            per_layer[l].append(fn(lg, mb).float())
-    bar.close()
-    per_prompt = torch.stack([torch.cat(per_layer[l]) for l in layers])
-    baseline = float(torch.cat(base).mean())
+    per_prompt, clean = sweep_final_logits(
+        model, batch, make_hooks_for_layer, layers, lambda logits, mb: fn(logits, mb).float(), batch_size=batch_size,
+        layers_per_forward=layers_per_forward, tokens_per_forward=tokens_per_forward, progress=progress,
+        desc="layer sweep")
+    baseline = float(clean.mean())
     return sweep_from_per_prompt(per_prompt, layers, name, method=method, task=batch.task,
                                  model_name=model.cfg.model_name, baseline=baseline,
                                  meta={"variant": batch.variant, "n_demos": batch.n_demos, **(meta or {})},

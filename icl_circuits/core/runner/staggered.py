@@ -279,7 +279,7 @@ def sweep_final_logits(
     n = model.cfg.n_layers
     layers = [check_layer(model, l, arg="layers") for l in layers]
     if not layers:
-        raise ValueError("layers must name at least one layer")
+        raise ValueError("layers is empty")
     if layers_per_forward is not None and layers_per_forward < 1:
         raise ValueError(f"layers_per_forward must be positive, got {layers_per_forward}")
     red = reduce if reduce is not None else (lambda logits, mb: logits)
