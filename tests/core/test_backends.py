@@ -80,10 +80,10 @@ def test_attention_edit_on_post_hoc_adapter_is_refused(toy_bridge):
     assert not torch.allclose(run_final_logits(toy_bridge, b, lambda r, mb: [zero]), run_final_logits(toy_bridge, b))
 
 
-@needs_tl4
-def test_bridge_gqa_value_weights_are_per_kv_head():
-    """A GQA bridge's W_V has n_key_value_heads rows; per_head repeats them as HookedTransformer does."""
-    from icl_circuits.core.runner.backend import per_head
+def test_gqa_value_weights_are_per_query_head():
+    """A GQA bridge's W_V has n_key_value_heads rows; the backend's weight views repeat them as
+    HookedTransformer does (query head h reads key/value head h // (n_heads // n_kv_heads))."""
+    from icl_circuits.core.runner.backend import TransformerLensBackend
 
     class Cfg:
         n_heads = 6
@@ -91,10 +91,13 @@ def test_bridge_gqa_value_weights_are_per_kv_head():
     class M:
         cfg = Cfg()
 
+    be = TransformerLensBackend(M())
     w = torch.arange(2 * 3 * 4, dtype=torch.float).reshape(2, 3, 4)
-    out = per_head(M(), w)
+    out = be.per_head(w)
     assert out.shape == (6, 3, 4) and torch.equal(out[2], w[0]) and torch.equal(out[3], w[1])
-    assert per_head(M(), out) is out
+    assert be.per_head(out) is out
+    with pytest.raises(ValueError, match="does not divide n_heads=6"):
+        be.per_head(torch.zeros(4, 3, 4))
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +105,39 @@ def toy_bridge():
     from icl_circuits import load_model
 
     return load_model("toy-icl", device="cpu", backend="bridge")
+
+
+@needs_tl4
+def test_bridge_greedy_decoding_with_a_key_value_cache_equals_the_uncached_loop(toy_bridge):
+    """toy-icl's native modules take no cache (the backend says so: uncached decoding); the answers
+    are the reference loop's either way."""
+    from icl_circuits import build_prompts
+    from icl_circuits.core.evaluation import greedy_answers
+    from icl_circuits.core.runner import backend_for
+
+    assert backend_for(toy_bridge).new_kv_cache(2) is None
+    b = build_prompts(toy_bridge, "country-capital", 6, 3, seed=0)
+    assert greedy_answers(toy_bridge, b).generated_ids == greedy_answers(toy_bridge, b, use_cache=False).generated_ids
+
+
+@needs_tl4
+@pytest.mark.real_model
+def test_bridge_greedy_decoding_uses_hugging_face_cache_on_smollm2():
+    """SmolLM2 on the bridge decodes with Hugging Face's DynamicCache (extended by the re-implemented
+    attention) and generates exactly the tokens of the uncached per-prompt loop."""
+    from icl_circuits import build_prompts, load_model
+    from icl_circuits.core.evaluation import greedy_answers
+    from icl_circuits.core.runner import backend_for
+
+    pytest.importorskip("gguf")
+    model = load_model("smollm2-135m", device="cpu")
+    cache = backend_for(model).new_kv_cache(1)
+    assert cache is not None
+    b = build_prompts(model, "country-capital", 6, 3, "{x} -> {y}", seed=0)
+    tok = b.tokens[:1, : int(b.lengths[0])]
+    full = backend_for(model).forward(tok)
+    backend_for(model).decode(tok[:, :-1], cache)
+    last = backend_for(model).decode(tok[:, -1:], cache)
+    assert cache.get_seq_length() == tok.shape[1]
+    torch.testing.assert_close(last[:, -1], full[:, -1], rtol=1e-4, atol=1e-3)  # cached vs full attention: kernels differ
+    assert greedy_answers(model, b, batch_size=4).generated_ids == greedy_answers(model, b, use_cache=False).generated_ids

@@ -58,7 +58,7 @@ def batch(model):
 
 def _full_final_resid(model, batch, hooks=()):
     with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):
-        x = runner.backend.forward(model, batch.tokens)  # model(tokens, stop_at_layer=n_layers) on a HookedTransformer
+        x = runner.backend_for(model).forward(batch.tokens)  # model(tokens, stop_at_layer=n_layers) on a HookedTransformer
     return x[torch.arange(len(batch)), batch.final_positions]
 
 
@@ -104,8 +104,8 @@ def test_patching_clean_into_clean_is_the_identity(model, batch, suffix_only):
         return _gold_logit(lg, batch).mean()
 
     res = patch_grid(model, batch, batch, metric, positions="answer", skip_identical=False, suffix_only=suffix_only)
-    # the key/value replay check passed where asked for (a TransformerBridge has no suffix replay: full width)
-    assert res.meta["suffix_only"] == (suffix_only and not runner.backend.is_bridge(model))
+    # the key/value replay check passed where asked for (a backend without suffix replay, the bridge: full width)
+    assert res.meta["suffix_only"] == (suffix_only and runner.backend_for(model).supports_suffix_replay)
     assert abs(res.clean_value - gold) <= TOL and abs(res.corrupted_value - gold) <= TOL
     assert (res.values - gold).abs().max() <= TOL
 
@@ -113,7 +113,7 @@ def test_patching_clean_into_clean_is_the_identity(model, batch, suffix_only):
 def test_cache_resid_recording_keys_and_values_equals_full_forward(model, batch):
     from icl_circuits.core.runner import cache_resid
 
-    if runner.backend.is_bridge(model):
+    if not runner.backend_for(model).supports_suffix_replay:
         with pytest.raises(NotImplementedError, match="suffix-only replay"):
             cache_resid(model, batch.tokens, [1], batch.final_positions, record_kv=True)
         return

@@ -22,14 +22,19 @@ Layer convention: "layer l" is the input of block l (``blocks.{l}.hook_resid_pre
 ``n_layers`` is the final residual (``blocks.{n_layers-1}.hook_resid_post``, before ``ln_final``).
 """
 
+from icl_circuits.core.runner.backend import (
+    Backend, TransformerLensBackend, available_backends, backend_for, register_backend, resolve_backend, unregister_backend,
+)
+from icl_circuits.core.runner.hooked import HookedBackend, block_inputs
+from icl_circuits.core.runner.bridge import BridgeBackend
 from icl_circuits.core.runner.forward import (
     UNEMBED_ELEMENTS, Interventions, MakeHooks, attention_pattern, final_logits, final_logits_with_grad, frozen, gather_positions, hooked,
     minibatches, read_activations, read_resid, run_final_logits, unembed_resid, unembed_rows,
 )
-from icl_circuits.core.runner.resume import block_inputs, resume
+from icl_circuits.core.runner.resume import resume
 from icl_circuits.core.runner.staggered import (
     TOKENS_PER_FORWARD, Entry, MakeLayerInterventions, cache_resid, hook_block, resume_final_logits, run_staggered,
     sweep_final_logits,
 )
 
-__all__ = ["hooked", "resume", "block_inputs", "unembed_resid", "unembed_rows", "frozen", "gather_positions", "minibatches", "final_logits", "run_final_logits", "read_activations", "read_resid", "Entry", "run_staggered", "cache_resid", "hook_block", "TOKENS_PER_FORWARD", "UNEMBED_ELEMENTS", "final_logits_with_grad", "resume_final_logits", "sweep_final_logits", "Interventions", "MakeHooks", "attention_pattern", "MakeLayerInterventions"]
+__all__ = ["Backend", "TransformerLensBackend", "HookedBackend", "BridgeBackend", "backend_for", "register_backend", "unregister_backend", "available_backends", "resolve_backend", "hooked", "resume", "block_inputs", "unembed_resid", "unembed_rows", "frozen", "gather_positions", "minibatches", "final_logits", "run_final_logits", "read_activations", "read_resid", "Entry", "run_staggered", "cache_resid", "hook_block", "TOKENS_PER_FORWARD", "UNEMBED_ELEMENTS", "final_logits_with_grad", "resume_final_logits", "sweep_final_logits", "Interventions", "MakeHooks", "attention_pattern", "MakeLayerInterventions"]

@@ -1,309 +1,287 @@
-"""Runner backends: how a forward pass runs on each kind of model, chosen from the model object.
+"""Runner backends: one object per model that knows how a forward pass runs on that kind of model.
 
-- **hooked**: a TransformerLens 3 ``HookedTransformer`` (its own ``forward(start_at_layer=...,
-  stop_at_layer=..., past_kv_cache=...)``, ``run_with_cache``, ``hooks``).
-- **bridge**: a TransformerLens 4 ``TransformerBridge`` in compatibility mode (the Hugging Face
-  module wrapped with hook points under the TransformerLens 3 names). What differs, and how the
-  runner keeps the numbers of the hooked backend:
+Everything that differs by model kind lives behind ``Backend`` (a Protocol): forwards that start
+and stop at any block, resuming from a residual, caching activations, recording and replaying
+keys/values, greedy decoding with a key/value cache, hook attachment, which attention hooks may
+be edited, and weight views (per query head, grouped-query heads expanded). The rest of the
+package gets the object with ``backend_for(model)`` and never asks which class the model has.
 
-  * ``stop_at_layer=n_layers`` returns logits on a bridge, not the final residual; and a bridge's
-    ``start_at_layer=l`` still runs blocks ``0..l-1`` (their output is discarded when block ``l``
-    swaps in the residual; their hooks fire on it). Here a segment ``[start, stop)`` runs blocks
-    ``start..stop-1`` only: earlier blocks are bypassed for the call (their forward returns its
-    input) and the run halts at block ``stop``'s input (or at ``ln_final``'s input), before that
-    block's hooks, exactly as ``HookedTransformer.forward(start_at_layer, stop_at_layer)``.
-  * keys and values cached for a suffix-only replay (``past_kv_cache``) are not supported: the
-    runner raises ``NotImplementedError`` and callers with a fallback (``patch_grid``) run full
-    width instead.
-  * attention edits: ``hook_pattern`` / ``hook_attn_scores`` change the output only on attention
-    adapters that compute attention themselves (the Llama family's
-    ``PositionEmbeddingsAttentionBridge``, GPT-2's ``JointQKVAttentionBridge``, and, for the
-    pattern only, TransformerLens's native attention). On the generic ``AttentionBridge`` the
-    hooks fire on the weights Hugging Face returns, after the output is computed: an edit there
-    would do nothing, so ``check_attention_edits`` refuses it, naming the adapter.
-  * on grouped-query models a bridge's ``W_K``/``W_V`` have ``n_key_value_heads`` rows
-    (``HookedTransformer`` repeats them to ``n_heads``): ``per_head`` repeats them.
+Built in (registered when ``icl_circuits.core.runner`` is imported):
+
+- ``HookedBackend`` (``core/runner/hooked.py``): a TransformerLens 3 ``HookedTransformer``.
+- ``BridgeBackend`` (``core/runner/bridge.py``): a TransformerLens 4 ``TransformerBridge`` in
+  compatibility mode.
+
+A new backend subclasses ``TransformerLensBackend`` (or implements ``Backend`` from scratch) and
+calls ``register_backend``; docs/architecture.md has the checklist and ``tests/core/hf_backend.py``
+is a worked example (a plain ``transformers`` model with torch hooks).
+
+Layer convention (every backend): "layer l" is the input of block l (``blocks.{l}.hook_resid_pre``);
+layer ``n_layers`` is the final residual (``blocks.{n_layers-1}.hook_resid_post``, before the
+final norm).
 """
 
 from __future__ import annotations
 
-import re
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from importlib.metadata import version
+from typing import Any, Callable, ClassVar, Protocol, Sequence, runtime_checkable
 
+import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
-from icl_circuits.core.types import HookedModel
-
-BACKENDS = ("hooked", "bridge")
-
-
-def is_bridge(model: Any) -> bool:
-    """Whether ``model`` is a TransformerLens 4 ``TransformerBridge`` (checked by class name, so
-    TransformerLens 3 never imports the bridge)."""
-    return any(c.__name__ == "TransformerBridge" for c in type(model).__mro__)
+#: Hooks as ``model.hooks`` takes them: ``[(hook_name, fn(act, hook) -> act | None), ...]``.
+HookPairs = list[tuple[str, Callable]]
 
 
-def backend_of(model: Any) -> str:
-    """``"bridge"`` for a ``TransformerBridge``, else ``"hooked"``."""
-    return "bridge" if is_bridge(model) else "hooked"
+@runtime_checkable
+class Backend(Protocol):
+    """What the runner needs from a model. Shapes follow TransformerLens; every tensor returned is on
+    the model's device in its dtype unless said otherwise."""
+
+    #: short name recorded in results (``model_info["backend"]``) and taken by ``load_model(backend=)``
+    name: ClassVar[str]
+    #: the model this backend runs
+    model: Any
+    #: whether ``record_kv`` / ``resume(..., past_kv=...)`` work (suffix-only replay over cached keys/values)
+    supports_suffix_replay: ClassVar[bool]
+
+    # -- forwards
+    def forward(self, x: Tensor, *, start_at_layer: int | None = None, stop_at_layer: int | None = None,
+                **kwargs: Any) -> Float[Tensor, "batch pos d_model"]:
+        """Residual at the input of block ``stop_at_layer`` (default ``n_layers``: the final residual,
+        before the final norm) of a run from token ids ``x`` or, with ``start_at_layer``, from the
+        residual ``x`` at the input of that block; only blocks ``start..stop-1`` run."""
+
+    def resume(self, resid: Float[Tensor, "batch pos d_model"], start_at_layer: int, stop_at_layer: int | None = None,
+               *, tokens: Int[Tensor, "batch pos"] | None, past: int = 0, past_kv: Any = None) -> Tensor:
+        """``forward(resid, start_at_layer, stop_at_layer)`` with what a full forward over ``tokens``
+        gives every block besides the residual (positions, padding mask), so that with no hooks it
+        equals the full forward; ``past_kv`` (from ``frozen_kv``) holds ``past`` earlier positions."""
+
+    def run_with_cache(self, x: Tensor, names: Callable[[str], bool], **kwargs: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(final residual, {hook name: activation})`` of one forward, caching the hook points for
+        which ``names(name)`` is True; hooks already attached run first."""
+
+    def record_kv(self, tokens: Int[Tensor, "batch pos"], names: Callable[[str], bool]
+                  ) -> tuple[Tensor, dict[str, Tensor], list[tuple[Tensor, Tensor]]]:
+        """``run_with_cache`` over ``tokens`` that also returns every block's keys and values
+        ``[(keys, values)]`` ([batch, pos, head, d_head] each), for ``frozen_kv``."""
+
+    def frozen_kv(self, per_block: Sequence[tuple[Tensor, Tensor] | None]) -> Any:
+        """A key/value cache holding ``per_block[i]`` for block i (None: a block that does not run),
+        read but never extended by ``resume(..., past_kv=...)``."""
+
+    # -- greedy decoding
+    def new_kv_cache(self, batch_size: int) -> Any | None:
+        """An empty key/value cache for incremental decoding (None: this backend has none)."""
+
+    def decode(self, tokens: Int[Tensor, "batch pos"], kv_cache: Any) -> Float[Tensor, "batch pos d_model"]:
+        """Final residual of ``tokens`` placed after the positions already in ``kv_cache``, which is
+        extended by them (every row advances by the same number of positions; no padding)."""
+
+    # -- hooks
+    def hooks(self, fwd: HookPairs, bwd: HookPairs) -> AbstractContextManager:
+        """A context in which the hooks are attached; they are removed on exit, also on an error."""
+
+    def check_attention_edits(self, interventions: Sequence[Any]) -> list:
+        """``interventions`` as this backend can run them exactly; edits it cannot apply exactly
+        raise ``NotImplementedError`` naming why."""
+
+    def attention_seams(self, layer: int) -> tuple[str, bool, bool]:
+        """``(attention module name, pattern edits take effect, score edits take effect)`` for block ``layer``."""
+
+    # -- weights and unembedding
+    def W_Q(self, layer: int) -> Float[Tensor, "head d_model d_head"]: ...
+    def W_K(self, layer: int) -> Float[Tensor, "head d_model d_head"]: ...
+    def W_V(self, layer: int) -> Float[Tensor, "head d_model d_head"]: ...
+    def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]: ...
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]: ...
+    def ln1(self, layer: int) -> Callable[[Tensor], Tensor]: ...
+    def ln_final(self) -> Callable[[Tensor], Tensor] | None: ...
+    def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]: ...
+
+
+# ----------------------------------------------------------------------------- shared TransformerLens behaviour
+class TransformerLensBackend:
+    """What a model with TransformerLens's names (``cfg``, ``blocks[l].attn.W_Q``..., ``ln_final``,
+    ``unembed``, ``hooks(fwd_hooks, bwd_hooks)``) shares; subclasses add the forwards.
+
+    Weight views are detached (analyses read weights; nothing here trains them). Key and value
+    weights have one row per *query* head: ``n_kv_heads`` rows (grouped-query attention) are
+    repeated ``n_heads // n_kv_heads`` times each (query head h reads key/value head
+    ``h // (n_heads // n_kv_heads)``, as ``HookedTransformer.W_V``)."""
+
+    name: ClassVar[str] = ""
+    supports_suffix_replay: ClassVar[bool] = False
+    #: loads models through ``core.models.load_model(backend=name)``
+    loads_models: ClassVar[bool] = False
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({getattr(getattr(self.model, 'cfg', None), 'model_name', '?')})"
+
+    # -- registry questions
+    @classmethod
+    def claims(cls, model: Any) -> bool:
+        """Whether this backend runs ``model``."""
+        raise NotImplementedError
+
+    @classmethod
+    def available(cls) -> str | None:
+        """None when the installed packages provide this backend, else why not (for load_model's error)."""
+        return None
+
+    # -- defaults every subclass may keep
+    def hooks(self, fwd: HookPairs, bwd: HookPairs) -> AbstractContextManager:
+        return self.model.hooks(fwd_hooks=fwd, bwd_hooks=bwd)
+
+    def check_attention_edits(self, interventions: Sequence[Any]) -> list:
+        return list(interventions)
+
+    def attention_seams(self, layer: int) -> tuple[str, bool, bool]:
+        return type(self.model.blocks[layer].attn).__name__, True, True
+
+    def record_kv(self, tokens: Tensor, names: Callable[[str], bool]) -> tuple[Tensor, dict, list]:
+        raise NotImplementedError(f"{type(self).__name__}: recording keys/values for suffix-only replay is not "
+                                  "supported; run the full width instead")
+
+    def frozen_kv(self, per_block: Sequence[tuple[Tensor, Tensor] | None]) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}: runs over cached keys/values (suffix-only replay) are "
+                                  "not supported; run the full width instead")
+
+    def new_kv_cache(self, batch_size: int) -> Any | None:
+        return None
+
+    def decode(self, tokens: Tensor, kv_cache: Any) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no key/value cache for decoding")
+
+    # -- weights
+    def per_head(self, w: Tensor) -> Tensor:
+        """A key/value weight or bias with one row per query head (grouped-query rows repeated)."""
+        h = self.model.cfg.n_heads
+        if w.shape[0] == h:
+            return w
+        if h % w.shape[0]:
+            raise ValueError(f"a weight with {w.shape[0]} head rows does not divide n_heads={h}")
+        return w.repeat_interleave(h // w.shape[0], dim=0)
+
+    def W_Q(self, layer: int) -> Tensor:
+        return self.model.blocks[layer].attn.W_Q.detach()
+
+    def W_K(self, layer: int) -> Tensor:
+        return self.per_head(self.model.blocks[layer].attn.W_K.detach())
+
+    def W_V(self, layer: int) -> Tensor:
+        return self.per_head(self.model.blocks[layer].attn.W_V.detach())
+
+    def W_O(self, layer: int) -> Tensor:
+        return self.model.blocks[layer].attn.W_O.detach()
+
+    def W_U(self) -> Tensor:
+        return self.model.W_U.detach()
+
+    def ln1(self, layer: int) -> Callable[[Tensor], Tensor]:
+        return self.model.blocks[layer].ln1
+
+    def ln_final(self) -> Callable[[Tensor], Tensor] | None:
+        return getattr(self.model, "ln_final", None)
+
+    def unembed(self, resid: Tensor) -> Tensor:
+        """``ln_final`` (when the model has one), ``unembed``, then the output soft cap
+        ``c * tanh(logits / c)`` when ``cfg.output_logits_soft_cap > 0`` (as ``HookedTransformer.forward``
+        does; it changes probabilities, never the argmax)."""
+        shape = resid.shape
+        x = resid.reshape(1, -1, shape[-1])
+        ln = self.ln_final()
+        if ln is not None:
+            x = ln(x)
+        logits = self.model.unembed(x).reshape(*shape[:-1], -1)
+        cap = float(getattr(getattr(self.model, "cfg", None), "output_logits_soft_cap", -1.0) or -1.0)
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
+# ----------------------------------------------------------------------------- registry
+_REGISTRY: list[type] = []
+_ATTR = "_icl_circuits_backend"
+
+
+def register_backend(cls: type) -> type:
+    """Add a backend class (usable as a decorator). Later registrations are asked first, so a backend
+    registered by a user or a test takes the models it ``claims`` before the built-in ones."""
+    if not getattr(cls, "name", ""):
+        raise ValueError(f"{cls.__name__} needs a non-empty class attribute 'name'")
+    if any(c.name == cls.name and c is not cls for c in _REGISTRY):
+        raise ValueError(f"a backend named {cls.name!r} is already registered")
+    if cls not in _REGISTRY:
+        _REGISTRY.append(cls)
+    return cls
+
+
+def unregister_backend(cls: type) -> None:
+    """Remove a backend class registered with ``register_backend`` (models already bound keep theirs)."""
+    if cls in _REGISTRY:
+        _REGISTRY.remove(cls)
+
+
+def registered_backends() -> tuple[type, ...]:
+    """The registered backend classes, in the order they are asked (newest first)."""
+    return tuple(reversed(_REGISTRY))
+
+
+def backend_for(model: Any) -> Backend:
+    """The backend that runs ``model``: chosen once (the first registered class, newest first, whose
+    ``claims(model)`` is True) and kept on the model."""
+    cached = model.__dict__.get(_ATTR) if hasattr(model, "__dict__") else None
+    if cached is not None:
+        return cached
+    for cls in registered_backends():
+        if cls.claims(model):
+            be = cls(model)
+            object.__setattr__(model, _ATTR, be)  # a bridge forwards ordinary attribute writes to its module
+            return be
+    raise TypeError(f"no runner backend runs a model of type {type(model).__name__}; registered: "
+                    f"{', '.join(c.__name__ for c in registered_backends()) or 'none'} "
+                    "(load models with icl_circuits.load_model, or register_backend a backend for this class)")
+
+
+def backend_names() -> tuple[str, ...]:
+    """Names of the registered backends that load models (``load_model(backend=...)``)."""
+    return tuple(c.name for c in _REGISTRY if getattr(c, "loads_models", False))
+
+
+def available_backends() -> tuple[str, ...]:
+    """Model-loading backends the installed packages provide (``("hooked",)`` with TransformerLens 3,
+    ``("bridge",)`` with TransformerLens 4)."""
+    return tuple(c.name for c in _REGISTRY if getattr(c, "loads_models", False) and c.available() is None)
+
+
+def resolve_backend(backend: str | None) -> str:
+    """``backend`` checked against ``available_backends()`` (None: the first available)."""
+    have = available_backends()
+    if backend is None:
+        if not have:
+            raise RuntimeError("no model-loading backend is available: install transformer-lens>=3.9,<5")
+        return have[0]
+    names = backend_names()
+    if backend not in names:
+        raise ValueError(f"backend must be one of {', '.join(names)} (or None), got {backend!r}")
+    if backend not in have:
+        why = next(c for c in _REGISTRY if c.name == backend).available()
+        raise ValueError(f"backend={backend!r} is not available with transformer-lens {version('transformer-lens')}: "
+                         f"{why}; use backend={have[0]!r}" if have else "")
+    return backend
 
 
 def tl_major() -> int:
     """Major version of the installed TransformerLens (3 for 3.x, 4 for 4.x)."""
-    from importlib.metadata import version
-
     return int(version("transformer-lens").split(".")[0])
 
 
-def available_backends() -> tuple[str, ...]:
-    """Backends the installed TransformerLens provides: ``("hooked",)`` on 3.x (``TransformerBridge``
-    there cannot resume mid-model), ``("bridge",)`` on 4.x (``HookedTransformer`` was removed)."""
-    return ("bridge",) if tl_major() >= 4 else ("hooked",)
-
-
-def resolve_backend(backend: str | None) -> str:
-    """``backend`` checked against ``available_backends()`` (None: the one available)."""
-    have = available_backends()
-    if backend is None:
-        return have[0]
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)} (or None), got {backend!r}")
-    if backend not in have:
-        from importlib.metadata import version
-
-        why = ("HookedTransformer was removed in TransformerLens 4.0" if backend == "hooked"
-               else "icl-circuits runs TransformerBridge only with TransformerLens >= 4 (3.x bridges cannot resume mid-model)")
-        raise ValueError(f"backend={backend!r} is not available with transformer-lens {version('transformer-lens')}: "
-                         f"{why}; use backend={have[0]!r}")
-    return backend
-
-
-# ----------------------------------------------------------------------------- bridge segments
-class _Halt(Exception):
-    """Raised at the input of the block (or ``ln_final``) where a segment stops; carries the residual."""
-
-    def __init__(self, resid: Tensor):
-        super().__init__("segment end")
-        self.resid = resid
-
-
-def _hidden(args: tuple, kwargs: dict) -> Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _block_returns_tuple(model: Any) -> bool:
-    """Whether the wrapped model's blocks return ``(hidden,)`` (TransformerLens's native blocks) or a
-    bare tensor (Hugging Face >= 4.54 decoder layers), from the block's return annotation."""
-    import inspect
-
-    inner = getattr(model.blocks[0], "original_component", None)
-    ann = inspect.signature(type(inner).forward).return_annotation if inner is not None else None
-    return "tuple" in str(ann).lower()
-
-
-@contextmanager
-def _segment(model: Any, start: int, stop: int) -> Iterator[None]:
-    """For one call: blocks ``< start`` return their input unchanged (no hooks fire), and the
-    forward halts (``_Halt``) at the input of block ``stop`` or, for ``stop == n_layers``, of
-    ``ln_final``."""
-    blocks, n = model.blocks, model.cfg.n_layers
-    as_tuple = _block_returns_tuple(model) if start > 0 else False
-
-    def bypass(*args: Any, **kwargs: Any) -> Any:
-        x = _hidden(args, kwargs)
-        return (x,) if as_tuple else x
-
-    def halt(*args: Any, **kwargs: Any) -> Any:
-        raise _Halt(_hidden(args, kwargs))
-
-    def halt_pre(module: Any, args: tuple, kwargs: dict) -> None:
-        raise _Halt(_hidden(args, kwargs))
-
-    patched = []
-    handle = None
-    try:
-        # object.__setattr__: a bridge component forwards attribute writes to the module it wraps
-        for i in range(start):
-            object.__setattr__(blocks[i], "forward", bypass)
-            patched.append(blocks[i])
-        if stop < n:
-            object.__setattr__(blocks[stop], "forward", halt)
-            patched.append(blocks[stop])
-        else:
-            handle = model.ln_final.register_forward_pre_hook(halt_pre, with_kwargs=True)
-        yield
-    finally:
-        for b in patched:
-            b.__dict__.pop("forward", None)
-        if handle is not None:
-            handle.remove()
-
-
-def bridge_run(model: Any, x: Tensor, start: int, stop: int, **kwargs: Any) -> Tensor:
-    """Residual at the input of block ``stop`` (``n_layers``: the final residual, before
-    ``ln_final``) of a bridge run that starts from token ids ``x`` (``start == 0``) or from the
-    residual ``x`` at the input of block ``start``; only blocks ``start..stop-1`` run."""
-    if kwargs.get("past_kv_cache") is not None:
-        raise NotImplementedError("TransformerBridge backend: runs over cached keys/values (suffix-only replay) "
-                                  "are not supported; run the full width instead")
-    kwargs.pop("past_kv_cache", None)
-    n = model.cfg.n_layers
-    if not 0 <= start <= stop <= n:
-        raise ValueError(f"need 0 <= start_at_layer <= stop_at_layer <= {n}, got {start} and {stop}")
-    tokens_in = not x.is_floating_point()
-    if not tokens_in and start == stop:
-        return x
-    with _segment(model, start, stop):
-        try:
-            if tokens_in:
-                if start != 0:
-                    raise ValueError("token ids can only start a run at block 0")
-                model(x, **kwargs)
-            else:
-                model(x, start_at_layer=start, **kwargs)
-        except _Halt as h:
-            return h.resid
-    raise RuntimeError(f"the bridge's forward never reached block {stop}'s input")  # pragma: no cover
-
-
-def forward(model: HookedModel, x: Tensor, *, start_at_layer: int | None = None, stop_at_layer: int | None = None,
-            **kwargs: Any) -> Tensor:
-    """``model(x, start_at_layer, stop_at_layer, **kwargs)`` with HookedTransformer's meaning on
-    every backend: the residual at the input of block ``stop_at_layer`` (default ``n_layers``: the
-    final residual, before ``ln_final``)."""
-    n = model.cfg.n_layers
-    stop = n if stop_at_layer is None else stop_at_layer
-    if is_bridge(model):
-        kwargs.pop("shortformer_pos_embed", None)
-        kwargs.pop("attention_mask", None)  # right-padded causal batches need none (as on HookedTransformer)
-        return bridge_run(model, x, 0 if start_at_layer is None else start_at_layer, stop, **kwargs)
-    if start_at_layer is None:
-        return model(x, stop_at_layer=stop, **kwargs)
-    return model(x, start_at_layer=start_at_layer, stop_at_layer=stop, **kwargs)
-
-
-def run_with_cache(model: HookedModel, x: Tensor, names: Callable[[str], bool], **kwargs: Any) -> tuple[Tensor, dict]:
-    """``(final residual, {hook name: activation})`` of one forward from token ids ``x`` (or from a
-    residual with ``start_at_layer``), caching the hook points for which ``names(name)`` is True.
-    Hooks already attached (``hooked``) run first, so the cache sees their edits."""
-    if not is_bridge(model):
-        kwargs.setdefault("stop_at_layer", model.cfg.n_layers)
-        return model.run_with_cache(x, names_filter=names, **kwargs)
-    cache: dict[str, Tensor] = {}
-
-    def keep(name: str) -> Callable:
-        def hook(act: Tensor, hook: Any = None) -> Tensor:
-            cache[name] = act.detach()
-            return act
-
-        return hook
-
-    wanted = [n for n in model.hook_dict if names(n)]
-    for n in wanted:
-        m = _SCORES.fullmatch(n)
-        if m and not attention_seams(model, int(m.group(1)))[2]:
-            _refuse(model, int(m.group(1)), "reading", "hook_attn_scores")
-    with model.hooks(fwd_hooks=[(n, keep(n)) for n in wanted]):
-        final = forward(model, x, **kwargs)
-    return final, cache
-
-
-def hooks(model: HookedModel, fwd: list, bwd: list) -> Any:
-    """The model's ``hooks`` context (the same call on both backends)."""
-    return model.hooks(fwd_hooks=fwd, bwd_hooks=bwd)
-
-
-# ----------------------------------------------------------------------------- attention edits
-#: Adapters that compute attention themselves, with the pattern and scores hooks inside the computation.
-_REIMPLEMENTING = ("PositionEmbeddingsAttentionBridge", "JointQKVAttentionBridge")
-
-
-def attention_seams(model: HookedModel, layer: int) -> tuple[str, bool, bool]:
-    """``(adapter class name, pattern edits take effect, score edits take effect)`` for block
-    ``layer``'s attention (always True, True on a HookedTransformer)."""
-    attn = model.blocks[layer].attn
-    name = type(attn).__name__
-    if not is_bridge(model):
-        return name, True, True
-    mro = {c.__name__ for c in type(attn).__mro__}
-    if mro & set(_REIMPLEMENTING):
-        return name, True, True
-    inner = getattr(attn, "original_component", None)
-    pattern_inside = bool(getattr(inner, "accepts_pattern_fn", False))
-    if pattern_inside:
-        name = f"{name} around {type(inner).__name__}"
-    return name, pattern_inside, False
-
-
-def check_attention_edits(model: HookedModel, interventions: Sequence[Any]) -> list:
-    """``interventions`` as a bridge can run them: edits (and gradient taps) of ``hook_pattern`` /
-    ``hook_attn_scores`` whose hook the block's attention adapter fires after the output is computed
-    are refused (the edit would do nothing and the analysis would report a null effect), except
-    ``block_attention`` on an adapter that runs ``hook_pattern`` inside the computation (TransformerLens's
-    native attention): blocking scores is then applied, exactly, to the pattern
-    (``A'[q, k] = A[q, k] / sum_{k' not blocked} A[q, k']``, 0 where blocked; ``hook_fns.pattern_block_hook``).
-    Reads of ``hook_pattern`` are always allowed; ``hook_attn_scores`` on such an adapter holds the
-    post-softmax weights, so any hook there (a read, or a plain ``(name, fn)`` pair) is refused; other
-    plain pairs are taken as given. Returns the list to compile (unchanged on a HookedTransformer)."""
-    if not is_bridge(model):
-        return list(interventions)
-    from icl_circuits.core.hook_fns import pattern_block_hook
-    from icl_circuits.core.interventions import Intervention
-
-    out = []
-    for iv in interventions:
-        if isinstance(iv, tuple):
-            m = _SCORES.fullmatch(str(iv[0]))
-            if m and not attention_seams(model, int(m.group(1)))[2]:
-                _refuse(model, int(m.group(1)), "a hook", "hook_attn_scores")
-            out.append(iv)
-            continue
-        if not isinstance(iv, Intervention) or iv.site.point not in ("pattern", "attn_scores") or (
-                iv.op == "read" and iv.site.point == "pattern"):
-            out.append(iv)
-            continue
-        adapter, pattern_ok, scores_ok = attention_seams(model, iv.site.layer)
-        if iv.site.point == "pattern" and pattern_ok or iv.site.point == "attn_scores" and scores_ok:
-            out.append(iv)
-            continue
-        if iv.op == "block_attention" and pattern_ok:
-            out.append((f"blocks.{iv.site.layer}.attn.hook_pattern", pattern_block_hook(iv.value, iv.site.head)))
-            continue
-        _refuse(model, iv.site.layer, f"op {iv.op!r}", "hook_pattern" if iv.site.point == "pattern" else "hook_attn_scores")
-    return out
-
-
-_SCORES = re.compile(r"blocks\.(\d+)\.attn\.hook_attn_scores")
-
-
-def _refuse(model: HookedModel, layer: int, what: str, hook: str) -> None:
-    adapter = attention_seams(model, layer)[0]
-    raise NotImplementedError(
-        f"{what} at blocks.{layer}.attn.{hook} cannot be exact on this TransformerBridge: its attention adapter "
-        f"{adapter} fires {hook} on the weights Hugging Face returns (post-softmax), after the attention output is "
-        f"computed, so an edit would change nothing and a read would not see the scores. Attention edits need an "
-        f"adapter that re-implements attention ({', '.join(_REIMPLEMENTING)}; TransformerLens's native attention "
-        f"for hook_pattern), or TransformerLens 3's HookedTransformer"
-    )
-
-
-# ----------------------------------------------------------------------------- weights
-def per_head(model: HookedModel, w: Tensor) -> Tensor:
-    """A key/value weight or bias with one row per *query* head: ``[n_kv_heads, ...]`` rows (a bridge
-    on a grouped-query model) are repeated ``n_heads // n_kv_heads`` times each (query head h reads
-    key/value head ``h // (n_heads // n_kv_heads)``, as HookedTransformer's ``W_V``); already
-    per-head weights pass through."""
-    h = model.cfg.n_heads
-    if w.shape[0] == h:
-        return w
-    if h % w.shape[0]:
-        raise ValueError(f"a weight with {w.shape[0]} head rows does not divide n_heads={h}")
-    return w.repeat_interleave(h // w.shape[0], dim=0)
-
-
 __all__ = [
-    "BACKENDS", "is_bridge", "backend_of", "tl_major", "available_backends", "resolve_backend", "forward",
-    "run_with_cache", "hooks", "bridge_run", "attention_seams", "check_attention_edits",
-    "per_head",
+    "Backend", "TransformerLensBackend", "HookPairs", "register_backend", "unregister_backend", "registered_backends",
+    "backend_for", "backend_names", "available_backends", "resolve_backend", "tl_major",
 ]

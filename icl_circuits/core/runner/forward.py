@@ -10,9 +10,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from icl_circuits.core.interventions import HookList, Intervention, check_layer, check_positions, compile_hooks, resid_name
+from icl_circuits.core.checks import check_layer, check_positions
+from icl_circuits.core.interventions import HookList, Intervention, Site, compile_hooks
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.runner import backend
+from icl_circuits.core.runner.backend import backend_for
 from icl_circuits.core.runner.resume import resume
 from icl_circuits.core.types import HookedModel
 
@@ -25,9 +26,9 @@ def hooked(model: HookedModel, interventions: Interventions = (), *, bwd: HookLi
     """Attach ``interventions`` (compiled by ``core.interventions.compile_hooks``) and backward
     hooks ``bwd`` for the duration of the block; they are removed on exit, also on an exception.
     The one place in the package that calls ``model.hooks``. On a TransformerBridge, attention
-    edits its adapter would ignore are refused (``backend.check_attention_edits``)."""
-    interventions = backend.check_attention_edits(model, interventions)
-    with backend.hooks(model, compile_hooks(model, interventions), bwd or []):
+    edits its adapter would ignore are refused (``Backend.check_attention_edits``)."""
+    be = backend_for(model)
+    with be.hooks(compile_hooks(model, be.check_attention_edits(interventions)), bwd or []):
         yield
 
 
@@ -35,17 +36,9 @@ def hooked(model: HookedModel, interventions: Interventions = (), *, bwd: HookLi
 
 # ----------------------------------------------------------------------------- forwards and unembedding
 def unembed_resid(model: HookedModel, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
-    """Logits from a final residual stream: ``ln_final`` (when the model has one), ``unembed``, then
-    the model's output soft cap ``c * tanh(logits / c)`` when ``cfg.output_logits_soft_cap > 0``
-    (as ``HookedTransformer.forward`` does; it changes probabilities, never the argmax)."""
-    shape = resid.shape
-    x = resid.reshape(1, -1, shape[-1])
-    ln = getattr(model, "ln_final", None)
-    if ln is not None:
-        x = ln(x)
-    logits = model.unembed(x).reshape(*shape[:-1], -1)
-    cap = float(getattr(getattr(model, "cfg", None), "output_logits_soft_cap", -1.0) or -1.0)
-    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+    """Logits from a final residual stream: the final norm, the unembedding, then the model's output
+    soft cap ``c * tanh(logits / c)`` when it has one (``Backend.unembed``)."""
+    return backend_for(model).unembed(resid)
 
 
 @contextmanager
@@ -84,7 +77,7 @@ def final_logits(model: HookedModel, batch: PromptBatch, batch_size: int = 64) -
     out = []
     for _, mb in minibatches(batch, batch_size):
         tokens = mb.tokens.to(model.cfg.device)
-        resid = backend.forward(model, tokens)
+        resid = backend_for(model).forward(tokens)
         last = gather_positions(resid, mb.final_positions[:, None])[:, 0]
         out.append(unembed_resid(model, last).float().cpu())
     return torch.cat(out)
@@ -115,7 +108,7 @@ def run_final_logits(
             hooks = make_hooks(rows, mb) if make_hooks is not None else []
             with hooked(model, hooks):
                 if start_at_layer is None:
-                    x = backend.forward(model, mb.tokens.to(model.cfg.device))
+                    x = backend_for(model).forward(mb.tokens.to(model.cfg.device))
                 else:
                     inp = resid[rows, : mb.tokens.shape[1]].to(model.cfg.device)
                     x = resume(model, inp, start_at_layer, tokens=mb.tokens)
@@ -127,31 +120,35 @@ def run_final_logits(
 def read_activations(
     model: HookedModel,
     batch: PromptBatch,
-    names: Sequence[str],
+    names: Sequence[Site | str],
     positions: Tensor | None = None,
     *,
     batch_size: int = 64,
     make_hooks: MakeHooks | None = None,
-) -> dict[str, Tensor]:
-    """Activations at hook ``names``: ``[batch, n, ...]`` at ``positions`` or ``[batch, pos, ...]``
-    (right-padded to the batch's width; attention scores and patterns ``[batch, head, pos, pos]``)
-    when ``positions`` is None."""
+) -> dict[Site | str, Tensor]:
+    """Activations at the hook points ``names``, each a ``Site`` or a TransformerLens hook name,
+    keyed as given: ``[batch, n, ...]`` at ``positions`` or ``[batch, pos, ...]`` (right-padded to the
+    batch's width; attention scores and patterns ``[batch, head, pos, pos]``) when ``positions`` is
+    None. A ``Site`` with a head reads that head only (``[batch, n, d_head]``)."""
     pos = None if positions is None else check_positions(batch, positions)
-    wanted = set(names)
-    acc: dict[str, list[Tensor]] = {n: [] for n in names}
+    hook_of = {n: n.hook_name(model) if isinstance(n, Site) else n for n in names}
+    wanted = set(hook_of.values())
+    acc: dict[Site | str, list[Tensor]] = {n: [] for n in names}
     with torch.no_grad():
         for rows, mb in minibatches(batch, batch_size):
             hooks = make_hooks(rows, mb) if make_hooks is not None else []
             with hooked(model, hooks):
-                _, cache = backend.run_with_cache(model, mb.tokens.to(model.cfg.device), lambda n: n in wanted)
+                _, cache = backend_for(model).run_with_cache(mb.tokens.to(model.cfg.device), lambda n: n in wanted)
             for n in names:
-                if n not in cache:
+                if hook_of[n] not in cache:
                     raise ValueError(f"names: {n!r} is not a hook point of this model")
-                a = cache[n]
+                a = cache[hook_of[n]]
                 if pos is not None:
                     a = gather_positions(a, pos[rows])
                 else:
-                    a = _pad_positions(n, a, batch.tokens.shape[1])
+                    a = _pad_positions(hook_of[n], a, batch.tokens.shape[1])
+                if isinstance(n, Site) and n.head is not None:
+                    a = a[:, :, n.head]
                 acc[n].append(a.cpu())
     return {n: torch.cat(v) for n, v in acc.items()}
 
@@ -175,9 +172,9 @@ def read_resid(
 ) -> Float[Tensor, "layer batch n d_model"]:
     """Residual stream at the input of each block in ``layers`` (default 0..n_layers) at ``positions``."""
     layers = list(range(model.cfg.n_layers + 1)) if layers is None else [check_layer(model, l) for l in layers]
-    names = [resid_name(model, l) for l in layers]
-    acts = read_activations(model, batch, list(dict.fromkeys(names)), positions, batch_size=batch_size)
-    return torch.stack([acts[n] for n in names])
+    sites = [Site(l) for l in layers]
+    acts = read_activations(model, batch, list(dict.fromkeys(sites)), positions, batch_size=batch_size)
+    return torch.stack([acts[s] for s in sites])
 
 
 
@@ -208,7 +205,7 @@ def final_logits_with_grad(
     differentiable (a gate, a scale); wrap the call in ``frozen(model)`` to keep them out of
     the parameters."""
     with torch.enable_grad(), hooked(model, interventions):
-        resid = backend.forward(model, batch.tokens.to(model.cfg.device))
+        resid = backend_for(model).forward(batch.tokens.to(model.cfg.device))
         return unembed_resid(model, gather_positions(resid, batch.final_positions[:, None])[:, 0])
 
 

@@ -19,13 +19,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.interventions import HookList, check_layer, compile_hooks, resid_name
+from icl_circuits.core.checks import check_layer
+from icl_circuits.core.interventions import HookList, compile_hooks, resid_name
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.runner import backend
+from icl_circuits.core.runner.backend import backend_for
 from icl_circuits.core.runner.forward import (
     Interventions, gather_positions, hooked, minibatches, unembed_resid, unembed_rows,
 )
-from icl_circuits.core.runner.resume import block_inputs, resume
+from icl_circuits.core.runner.resume import resume
 from icl_circuits.core.types import HookedModel
 
 
@@ -55,8 +56,8 @@ class Entry:
     ``past[i] = (keys, values)`` ([rows, n_past, head, d_head], as attention appends them) for
     every block i >= start: then ``resid`` holds only the later positions (a suffix); tokens:
     [rows, n_past + pos] the rows' tokens (cached positions included), from which the blocks get
-    what a full forward gives them besides the residual (``resume.block_inputs``: shortformer
-    positions, attention mask); None: positions 0, 1, ... without a padding mask.
+    what a full forward gives them besides the residual (``Backend.resume``: positions,
+    padding mask); None: positions 0, 1, ... without a padding mask.
     """
 
     start: int
@@ -67,34 +68,11 @@ class Entry:
     tokens: Tensor | None = None
 
 
-class _PastKV:
-    """A frozen key/value cache entry (TransformerLens's ``past_kv_cache_entry`` interface)."""
-
-    def __init__(self, keys: Tensor, values: Tensor):
-        self.past_keys, self.past_values = keys, values
-
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.cat([self.past_keys, k], 1), torch.cat([self.past_values, v], 1)
-
-
-class _RecordKV(_PastKV):
-    """An empty cache entry that records the keys and values attention appends to it."""
-
-    def __init__(self) -> None:
-        super().__init__(torch.empty(0, 0), torch.empty(0, 0))
-        self.keys: Tensor | None = None
-        self.values: Tensor | None = None
-
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        self.keys, self.values = k, v
-        return k, v
-
-
 def _combine(model: HookedModel, entries: list[Entry], offsets: list[int]) -> HookList:
     """One hook per hook name that applies each entry's hooks to that entry's row slice."""
     by_name: dict[str, list[tuple[int, int, Callable]]] = {}
     for e, off in zip(entries, offsets):
-        for name, fn in compile_hooks(model, backend.check_attention_edits(model, e.hooks)):
+        for name, fn in compile_hooks(model, backend_for(model).check_attention_edits(e.hooks)):
             if hook_block(model, name) >= model.cfg.n_layers:
                 raise ValueError(f"hook {name!r} runs after the last block; hook "
                                  f"{resid_name(model, model.cfg.n_layers)!r} (the final residual) instead")
@@ -160,12 +138,13 @@ def run_staggered(model: HookedModel, entries: Sequence[Entry], *, unembed: bool
             x = torch.cat(joining if x is None else [x, *joining])
             past = None
             if ents[0].past is not None:
-                past = [None] * n
+                per_block: list = [None] * n
                 for i in range(s, nxt):
                     here = [e.past[i] for e in ents if e.start <= i]
-                    past[i] = _PastKV(torch.cat([k for k, _ in here]).to(dev), torch.cat([v for _, v in here]).to(dev))
+                    per_block[i] = (torch.cat([k for k, _ in here]).to(dev), torch.cat([v for _, v in here]).to(dev))
+                past = backend_for(model).frozen_kv(per_block)
             x = resume(model, x, s, nxt, tokens=None if tokens is None else tokens[: x.shape[0]], past=n_past,
-                       past_kv_cache=past)
+                       past_kv=past)
     fp = torch.cat([e.final_positions for e in ents]).to(x.device)
     out = x[torch.arange(x.shape[0], device=x.device), fp]
     out = unembed_rows(model, out) if unembed else out.cpu()
@@ -186,19 +165,12 @@ def cache_resid(
     ([batch, pos, head, d_head] each)."""
     names = {resid_name(model, l): l for l in layers}
     keep = lambda nm: nm in names  # noqa: E731
-    n = model.cfg.n_layers
-    if not record_kv:
-        final, cache = backend.run_with_cache(model, tokens.to(model.cfg.device), keep)
-        kv = None
-    elif backend.is_bridge(model):
-        raise NotImplementedError("TransformerBridge backend: recording keys/values for suffix-only replay is not "
-                                  "supported; run the full width instead")
+    be = backend_for(model)
+    if record_kv:
+        final, cache, kv = be.record_kv(tokens, keep)
     else:
-        rec = [_RecordKV() for _ in range(n)]
-        x0 = model(tokens.to(model.cfg.device), stop_at_layer=0)
-        final, cache = model.run_with_cache(x0, start_at_layer=0, stop_at_layer=n, past_kv_cache=rec, names_filter=keep,
-                                            **block_inputs(model, tokens))
-        kv = [(r.keys, r.values) for r in rec]
+        final, cache = be.run_with_cache(tokens.to(model.cfg.device), keep)
+        kv = None
     last = final[torch.arange(final.shape[0], device=final.device), final_positions.to(final.device)]
     return {l: cache[nm] for nm, l in names.items()}, (unembed_rows(model, last) if unembed else last.cpu()), kv
 
