@@ -1,17 +1,24 @@
-"""What every ``icl-circuits`` command shares: the command group, ``--model``, ``--threads``, ``--out DIR``,
-task-valued options (``task_option``), model loading, argument checks and JSON output.
+"""What every ``icl-circuits`` command shares: the command group, the options several commands take
+(one decorator each, one help text each), model loading, argument checks and JSON output.
 
 Every analysis subcommand takes ``--model`` (default: the bundled ``toy-icl``), ``--threads``
 (torch intra-op threads, default 1, set before the model loads) and ``--json``; with ``--json``
 the last line printed is one JSON object with the numbers. ``--out DIR`` writes the result
 (``Result.save``: JSON + safetensors) and ``figure.html``.
 
+An option that several commands take (``--model``, ``--threads``, ``--task``, ``--demos``, ``--prompts``,
+``--layers``, ``--seed``, ``--json``, ``--out``) is declared only by its decorator here, with its help text
+from ``SHARED_HELP``: the same in every command's ``--help`` (a command may choose its default and, where
+the decorator allows, its parameter name). What the option means in one command beyond that text
+(which prompts, which layers, another syntax) is said in the command's description.
+
 Command modules import this one and register their commands on ``cli``; ``main`` imports the
-command modules. Every task-valued option (``--task``, ``--source``, ``--tasks``...) is a ``task_option``:
+command modules. Every task-valued option (``--task``, ``--source``, ``--tasks``...) is a ``TaskOption``:
 it takes a task name or the path of a JSON task file, and its default is chosen per model from the
 report's presets (``report.suite.MODEL_PRESETS``), resolved once ``--model`` is known; ``preset_option``
-does the same for a setting (the LTV learning rate). Tests replace the
-model loader with ``monkeypatch.setattr(common, "load", ...)``, so commands call it as ``common.load(model)``.
+does the same for a setting (the LTV learning rate). ``task_option`` declares the shared ``--task``,
+``task_valued_option`` any other. Tests replace the model loader with
+``monkeypatch.setattr(common, "load", ...)``, so commands call it as ``common.load(model)``.
 """
 
 from __future__ import annotations
@@ -26,26 +33,78 @@ import click
 __all__ = [
     "DEFAULT_MODEL",
     "OUT_DIR",
+    "SHARED_HELP",
+    "SharedOption",
+    "SharedTaskOption",
     "check_task",
     "cli",
+    "demos_option",
     "emit_json",
     "int_list",
+    "json_option",
     "layer_list",
+    "layers_option",
     "load",
     "model_option",
+    "model_option_with_default",
+    "out_option",
     "out_problem",
     "preset_option",
     "preset_value",
+    "prompts_option",
+    "report_out_option",
+    "seed_option",
     "task_name",
     "task_option",
+    "task_valued_option",
     "threads_option",
     "write_out",
 ]
 
 DEFAULT_MODEL = "toy-icl"
+
+# ----------------------------------------------------------------------------- shared options
+#: The help text of each option that several commands share, by key: the option's name, except
+#: ``--out FILE``, the HTML file of ``report`` and ``demo`` (the analysis commands' ``--out`` is a directory).
+#: Only the decorators of this module declare these options (``SharedOption``), so every command's
+#: ``--help`` says the same; tests/cli/test_shared_options.py checks each command against this table.
+SHARED_HELP: dict[str, str] = {
+    "--model": "toy-icl, smollm2-135m, a local Hugging Face directory or a TransformerLens name.",
+    "--threads": "threads for torch (torch.set_num_threads) and numpy's BLAS, set before the model loads. 1 by "
+                 "default: torch's default (one per core) was ~48x slower on a busy 2-core machine (docs/gotchas.md).",
+    "--task": "A task name (`icl-circuits tasks` lists them) or the path of a JSON task file.",
+    "--demos": "Demos (input -> output examples) per prompt.",
+    "--prompts": "Number of prompts.",
+    "--layers": "Comma-separated layers, e.g. 0,2,4.",
+    "--seed": "Random seed: the prompts and every other random draw follow from it.",
+    "--json": "Last line printed: one JSON object with the results.",
+    "--out": "Directory to write: result.json (its tensors in result.safetensors), figure.html and the further "
+             "files the command's description names.",
+    "--out FILE": "HTML file to write.",
+}
+
+
+class SharedOption(click.Option):
+    """An option that several commands share: ``shared`` is its key in ``SHARED_HELP``, whose text is its
+    help (a ``help=`` of its own is refused)."""
+
+    def __init__(self, *args: Any, shared: str, **kwargs: Any) -> None:
+        super().__init__(*args, help=SHARED_HELP[shared], **kwargs)
+        self.shared = shared
+
+
+def _shared(key: str, *decls: str, cls: type[click.Option] = SharedOption, **kwargs: Any):
+    """``click.option(*decls)`` declaring the shared option ``key`` (a ``SharedOption`` or subclass)."""
+    return click.option(*decls, cls=cls, shared=key, **kwargs)
+
+
+def model_option_with_default(default: str):
+    """``--model`` with ``default`` (``demo`` runs the real SmolLM2 by default); ``model_option`` for the rest."""
+    return _shared("--model", "--model", default=default, show_default=True)
+
+
 #: The --model option every command shares.
-model_option = click.option("--model", default=DEFAULT_MODEL, show_default=True,
-                            help="toy-icl, smollm2-135m, a local Hugging Face directory or a TransformerLens name.")
+model_option = model_option_with_default(DEFAULT_MODEL)
 
 
 def _set_threads(_ctx: Any, _param: click.Parameter, value: int) -> int:
@@ -60,10 +119,49 @@ def _set_threads(_ctx: Any, _param: click.Parameter, value: int) -> int:
 #: The --threads option every command shares: torch.set_num_threads(N) and the BLAS pools of numpy /
 #: scipy / scikit-learn (threadpoolctl) limited to N when the options are parsed,
 #: i.e. before the command loads the model. Not passed to the command (read torch.get_num_threads()).
-threads_option = click.option(
-    "--threads", default=1, show_default=True, type=click.IntRange(min=1), callback=_set_threads, expose_value=False,
-    help="threads for torch (torch.set_num_threads) and numpy's BLAS, set before the model loads. 1 by default: "
-         "torch's default (one per core) was ~48x slower on a busy 2-core machine (docs/gotchas.md).")
+threads_option = _shared("--threads", "--threads", default=1, show_default=True, type=click.IntRange(min=1),
+                         callback=_set_threads, expose_value=False)
+
+
+def demos_option(default: int | str = 8, *, dest: str = "n_demos", minimum: int = 1, sweep: bool = False):
+    """``--demos``: an integer >= ``minimum`` passed as ``dest``; ``sweep=True``: comma-separated numbers
+    (``int_list``, ``default`` a string like ``"0,1,2,4,8"``), one analysis each."""
+    if sweep:
+        return _shared("--demos", "--demos", dest, default=default, show_default=True, callback=int_list,
+                       metavar="N,N,...")
+    return _shared("--demos", "--demos", dest, default=default, show_default=True, type=click.IntRange(min=minimum))
+
+
+def prompts_option(default: int, *, dest: str = "n_prompts", minimum: int = 1):
+    """``--prompts``: an integer >= ``minimum`` passed as ``dest`` (the description says which prompts)."""
+    return _shared("--prompts", "--prompts", dest, default=default, show_default=True, type=click.IntRange(min=minimum))
+
+
+def layers_option(default: str | None = None, *, dest: str = "layers", show_default: bool | str = True):
+    """``--layers``: the string given (``layer_list`` reads comma-separated layers; a command may read
+    more forms and says so in its description), else ``default``; ``show_default``: a string says what
+    the default is where ``default`` is None (the analysis' own choice)."""
+    return _shared("--layers", "--layers", dest, default=default, show_default=show_default)
+
+
+def seed_option():
+    """``--seed``: an integer, 0 by default (where a command draws prompts with seed + 1, its description says so)."""
+    return _shared("--seed", "--seed", default=0, show_default=True, type=int)
+
+
+def json_option():
+    """``--json`` (a flag, passed as ``as_json``): the command ends with ``emit_json``."""
+    return _shared("--json", "--json", "as_json", is_flag=True)
+
+
+def out_option():
+    """``--out DIR`` (default: nothing written), checked before the analysis runs (``OUT_DIR``); see ``write_out``."""
+    return _shared("--out", "--out", default=None, type=OUT_DIR)
+
+
+def report_out_option():
+    """``--out FILE``: the HTML file of ``report`` and ``demo`` (default ``report.html``)."""
+    return _shared("--out FILE", "--out", default="report.html", show_default=True, type=click.Path(dir_okay=False))
 
 
 def int_list(_ctx: Any, param: click.Parameter, value: str) -> list[int]:
@@ -235,15 +333,29 @@ def preset_option(*decls: str, preset: str, index: int | None = None, fallback: 
     return click.option(*decls, cls=PresetOption, preset=preset, index=index, fallback=fallback, **kwargs)
 
 
-def task_option(*decls: str, preset: str | None = None, index: int | None = None, fallback: Any = None,
-                many: bool = False, **kwargs: Any):
-    """A task-valued click option: a task name or the path of a JSON task file (``task_name``).
+def task_valued_option(*decls: str, preset: str | None = None, index: int | None = None, fallback: Any = None,
+                       many: bool = False, **kwargs: Any):
+    """A task-valued click option (``--source``, ``--tasks``...; ``--task`` itself is ``task_option``): a task
+    name or the path of a JSON task file (``task_name``).
 
     Not given, it takes the task that the report's preset for ``--model`` names in ``preset``
     (``index``: which element of a pair), else ``fallback`` (for toy-icl and models without a preset).
     ``many``: a comma-separated list, passed on as a list of names; ``multiple=True``: repeatable, a tuple.
     """
     return click.option(*decls, cls=TaskOption, preset=preset, index=index, fallback=fallback, many=many, **kwargs)
+
+
+class SharedTaskOption(SharedOption, TaskOption):
+    """The shared ``--task``: a ``TaskOption`` with the help text of ``SHARED_HELP["--task"]``."""
+
+
+def task_option(preset: str | None = None, index: int | None = None, fallback: Any = None, *, dest: str = "task",
+                multiple: bool = False, show_default: str | None = None):
+    """``--task`` (passed as ``dest``), as ``task_valued_option``: not given, the task that the report's preset
+    for ``--model`` names in ``preset``, else ``fallback``. ``multiple=True``: repeatable, a tuple (empty when
+    not given; ``show_default`` then says what the command does instead)."""
+    return _shared("--task", "--task", dest, cls=SharedTaskOption, preset=preset, index=index, fallback=fallback,
+                   multiple=multiple, show_default=show_default)
 
 
 def emit_json(obj: dict) -> None:

@@ -9,11 +9,16 @@ import click
 
 from icl_circuits.cli import common
 from icl_circuits.cli.common import (
-    OUT_DIR,
     cli,
+    demos_option,
     emit_json,
+    json_option,
     layer_list,
+    layers_option,
     model_option,
+    out_option,
+    prompts_option,
+    seed_option,
     task_option,
     threads_option,
     write_out,
@@ -34,27 +39,28 @@ def default_layers(task: str, position: str, n_layers: int) -> list[int]:
 @cli.command("dpca")
 @model_option
 @threads_option
-@task_option("--task", preset="category_task", fallback="letter-string",
-             help="A categorization task (letter-string, number, point, animal-plant, ...) or JSON task file.")
-@click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per prompt.")
-@click.option("--prompts", "n_prompts", default=128, show_default=True, type=click.IntRange(min=1), help="Number of prompts.")
+@task_option(preset="category_task", fallback="letter-string")
+@demos_option(8)
+@prompts_option(128)
 @click.option("--position", default="answer", show_default=True,
               type=click.Choice(["answer", "separator", "delimiter", "final"]), help="Where states are read.")
-@click.option("--layers", default=None,
-              help="Comma-separated layers (default: every layer, but layer 0 (the token embeddings) only at answer "
-                   "positions of tasks that draw their label words per prompt: elsewhere every state of a class is "
-                   "the same token there, with no variance to decompose).")
+@layers_option(show_default="every layer; layer 0 only where its states vary, see above")
 @click.option("--components", "n_components", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--regularizer", default="auto", show_default=True, help="'auto' (cross-validated), 'none' or a float lambda.")
 @click.option("--n-null", "n_null", default=20, show_default=True, type=click.IntRange(min=0),
               help="Null draws (condition labels redrawn, whole fit repeated) for the p-values; 20 lets p reach "
                    "1/21 < 0.05. Fitting time grows about (1 + N)-fold; 0 skips the null.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer numbers.")
-@click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json(+.safetensors) and DIR/figure.html.")
+@seed_option()
+@json_option()
+@out_option()
 def dpca_cmd(model: str, task: str, n_demos: int, n_prompts: int, position: str, layers: str | None, n_components: int,
              regularizer: str, n_null: int, seed: int, as_json: bool, out: str | None) -> None:
-    """dPCA of label-position states per layer: variance per marginalization, cluster distances."""
+    """dPCA of label-position states per layer: variance per marginalization, cluster distances.
+
+    --task is a categorization task (letter-string, number, point, animal-plant, ...). --layers: 0..n_layers
+    by default, but layer 0 (the token embeddings) only at answer positions of tasks that draw their label
+    words per prompt: elsewhere every state of a class is the same token there, with no variance to
+    decompose."""
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.dpca.analysis import dpca_by_layer
     from icl_circuits.methods.dpca.states import categorization_task

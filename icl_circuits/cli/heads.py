@@ -9,13 +9,17 @@ import click
 
 from icl_circuits.cli import common
 from icl_circuits.cli.common import (
-    OUT_DIR,
     check_label_words,
     cli,
+    demos_option,
     emit_json,
     int_list,
+    json_option,
     model_option,
+    out_option,
     preset_option,
+    prompts_option,
+    seed_option,
     task_option,
     threads_option,
     write_out,
@@ -25,20 +29,22 @@ from icl_circuits.cli.common import (
 @cli.command("heads")
 @model_option
 @threads_option
-@task_option("--task", preset="knowledge_task", fallback="antonym", help="Task name or JSON task file.")
-@click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=0), help="Demos per prompt.")
-@click.option("--prompts", "n_prompts", default=32, show_default=True, type=click.IntRange(min=1), help="Number of prompts.")
+@task_option(preset="knowledge_task", fallback="antonym")
+@demos_option(8, minimum=0)
+@prompts_option(32)
 @click.option("--how", default="zero", show_default=True, type=click.Choice(["zero", "mean"]), help="Ablation.")
 @click.option("--metric", default="logit_diff_to_mean", show_default=True,
               type=click.Choice(["logit_diff_to_mean", "logit_diff", "gold_prob", "accuracy"]),
               help="Scan metric (core.metrics; attribution uses logit_diff_to_mean when this is accuracy).")
 @click.option("--positions", default="all", show_default=True, type=click.Choice(["all", "final"]), help="Positions ablated.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-head numbers.")
-@click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json(+.safetensors) and DIR/figure.html.")
+@seed_option()
+@json_option()
+@out_option()
 def heads_cmd(model: str, task: str, n_demos: int, n_prompts: int, how: str, metric: str, positions: str, seed: int,
               as_json: bool, out: str | None) -> None:
-    """Ablate each attention head alone (exact, batched) and estimate it by attribution patching."""
+    """Ablate each attention head alone (exact, batched) and estimate it by attribution patching.
+
+    --out also writes DIR/attribution.json(+.safetensors)."""
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.attribution import head_attribution, scan_agreement
     from icl_circuits.methods.heads import head_ablation_scan
@@ -109,18 +115,15 @@ def _only_for_ltv(ctx: click.Context, vector: str) -> None:
 @cli.command("ov", short_help="OV circuits and key heads of a task vector (Yang et al. 2025).")
 @model_option
 @threads_option
-@task_option("--task", preset="knowledge_task", fallback="antonym",
-             help="Task name (see `icl-circuits tasks`) or JSON task file.")
+@task_option(preset="knowledge_task", fallback="antonym")
 @click.option("--vector", default="ltv", show_default=True, type=click.Choice(["ltv", "vanilla"]),
               help="ltv (a learned task vector trained on zero-shot prompts and added, as Yang et al. decompose) or "
                    "vanilla (Hendel et al.: mean final residual of dummy-query ICL prompts, replaces the residual; "
                    "no training).")
 @click.option("--layer", default=None, type=click.IntRange(min=0),
               help="Injection layer (input of block LAYER), in [0, n_layers - 1]; default n_layers // 2.")
-@click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Demos of the dummy-query prompts a vanilla vector is read from.")
-@click.option("--prompts", "n_prompts", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Prompts for the vanilla vector (seed) and zero-shot prompts it is injected into (seed + 1).")
+@demos_option(8)
+@prompts_option(32)
 @click.option("--positions", default="final", show_default=True,
               help="Where the vector is injected (a PromptBatch.positions spec).")
 @click.option("--ln", default="difference", show_default=True, type=click.Choice(["difference", "frozen"]),
@@ -145,11 +148,9 @@ def _only_for_ltv(ctx: click.Context, vector: str) -> None:
 @click.option("--val", "n_val", default=32, show_default=True, type=click.IntRange(min=0),
               help="LTV validation prompts (--vector ltv).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Vector prompts, LTV init and random heads; the analysed zero-shot prompts use seed + 1.")
-@click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with heads, reconstruction and ablation.")
-@click.option("--out", default=None, type=OUT_DIR,
-              help="Write DIR/result.json(+.safetensors), reconstruction, key_heads, ablation, vector and DIR/figure.html.")
+@seed_option()
+@json_option()
+@out_option()
 @click.pass_context
 def ov_cmd(ctx: click.Context, model: str, task: str, vector: str, layer: int | None, n_demos: int, n_prompts: int,
            positions: str, ln: str, source: str, by: str, ks: list[int], how: str, n_random: int,
@@ -157,7 +158,12 @@ def ov_cmd(ctx: click.Context, model: str, task: str, vector: str, layer: int | 
            batch_size: int, seed: int, as_json: bool, out: str | None) -> None:
     """OV circuits of a task vector (Yang et al. 2025): each head's share of the vector's effect on the
     final residual (exact and OV approximation, as DLA), its reconstruction at the final layer, and
-    the top-k key heads ablated vs k random heads."""
+    the top-k key heads ablated vs k random heads.
+
+    A vanilla vector is read from --prompts dummy-query prompts of --demos demos (seed), and injected into
+    --prompts zero-shot prompts (seed + 1); an LTV is trained on --train + --val zero-shot prompts (seed).
+    --seed also draws the LTV's initialisation and the random heads. --out also writes
+    DIR/reconstruction, key_heads, ablation and vector (.json + .safetensors)."""
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.key_heads import key_head_ablation, key_heads
     from icl_circuits.methods.ov_circuits import ov_contributions, reconstruct

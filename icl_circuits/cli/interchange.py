@@ -8,12 +8,18 @@ import click
 
 from icl_circuits.cli import common
 from icl_circuits.cli.common import (
-    OUT_DIR,
     cli,
+    demos_option,
     emit_json,
+    json_option,
     layer_list,
+    layers_option,
     model_option,
+    out_option,
+    prompts_option,
+    seed_option,
     task_option,
+    task_valued_option,
     threads_option,
     write_out,
 )
@@ -22,21 +28,24 @@ from icl_circuits.cli.common import (
 @cli.command("interchange")
 @model_option
 @threads_option
-@task_option("--source", preset="interchange_pair", index=0, fallback="antonym",
-             help="Source task A (whose activations are written in): a task name or JSON task file.")
-@task_option("--target", preset="interchange_pair", index=1, fallback="english-french",
-             help="Target task B (whose prompts are run): a task name or JSON task file.")
-@click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per prompt.")
-@click.option("--prompts", "n_prompts", default=50, show_default=True, type=click.IntRange(min=1), help="Target (and source) prompts.")
+@task_valued_option("--source", preset="interchange_pair", index=0, fallback="antonym",
+                    help="Source task A (whose activations are written in): a task name or JSON task file.")
+@task_valued_option("--target", preset="interchange_pair", index=1, fallback="english-french",
+                    help="Target task B (whose prompts are run): a task name or JSON task file.")
+@demos_option(8)
+@prompts_option(50)
 @click.option("--positions", default="answers,answer_0,answer_-1,demo_tokens,query", show_default=True,
               help="Comma-separated position sets, each run separately (join names with '+' for a union).")
-@click.option("--layers", default=None, help="Comma-separated layers (default: every block input).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer rates.")
-@click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json (+ one result per set) and DIR/figure.html.")
+@layers_option(show_default="every block input, 0..n_layers-1")
+@seed_option()
+@json_option()
+@out_option()
 def interchange_cmd(model: str, source: str, target: str, n_demos: int, n_prompts: int, positions: str,
                     layers: str | None, seed: int, as_json: bool, out: str | None) -> None:
-    """Multi-position interchange (Cheng & Zhang): transfer / preserve / neither rate per layer."""
+    """Multi-position interchange (Cheng & Zhang): transfer / preserve / neither rate per layer.
+
+    --prompts target prompts (seed) and as many source prompts (seed + 1). --out writes the rates of every
+    position set to DIR/result.json, and each set's result to DIR/interchange_<set>.json(+.safetensors)."""
     import re
 
     from icl_circuits.core.pairs import paired_batches
@@ -77,23 +86,25 @@ def interchange_cmd(model: str, source: str, target: str, n_demos: int, n_prompt
 @cli.command("necessity")
 @model_option
 @threads_option
-@task_option("--task", preset="interchange_pair", index=1, fallback="english-french",
-             help="Task name or JSON task file (by default the interchange target task).")
-@click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per prompt.")
-@click.option("--prompts", "n_prompts", default=50, show_default=True, type=click.IntRange(min=1), help="Number of prompts.")
+@task_option(preset="interchange_pair", index=1, fallback="english-french")
+@demos_option(8)
+@prompts_option(50)
 @click.option("--positions", default="answer_-1,answers,demo_tokens,query", show_default=True,
               help="Comma-separated position sets, each corrupted separately (join names with '+' for a union).")
 @click.option("--how", default="noise", show_default=True, type=click.Choice(["noise", "zero", "mean"]),
               help="Corruption: relative Gaussian noise (as large as the activation), zero or mean ablation.")
 @click.option("--noise-scale", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Noise standard deviation relative to ||h|| / sqrt(d_model) (--how noise).")
-@click.option("--layers", default=None, help="Comma-separated layers (default: every block input).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer accuracy drop.")
-@click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json (+ one result per set) and DIR/figure.html.")
+@layers_option(show_default="every block input, 0..n_layers-1")
+@seed_option()
+@json_option()
+@out_option()
 def necessity_cmd(model: str, task: str, n_demos: int, n_prompts: int, positions: str, how: str, noise_scale: float,
                   layers: str | None, seed: int, as_json: bool, out: str | None) -> None:
-    """Necessity test (Cheng & Zhang): first-token accuracy drop per layer with a position set corrupted."""
+    """Necessity test (Cheng & Zhang): first-token accuracy drop per layer with a position set corrupted.
+
+    --task defaults to the interchange target task. --out writes the drops of every position set to
+    DIR/result.json, and each set's result to DIR/necessity_<set>.json(+.safetensors)."""
     import re
 
     from icl_circuits.core.prompts import build_prompts
@@ -136,20 +147,23 @@ def necessity_cmd(model: str, task: str, n_demos: int, n_prompts: int, positions
 @cli.command("probe")
 @model_option
 @threads_option
-@task_option("--tasks", preset="accuracy_tasks", fallback=("antonym", "english-french", "english-german"), many=True,
-             help="Comma-separated tasks (names or JSON task files) whose identity the probe decodes.")
+@task_valued_option("--tasks", preset="accuracy_tasks", fallback=("antonym", "english-french", "english-german"),
+                    many=True,
+                    help="Comma-separated tasks (names or JSON task files) whose identity the probe decodes.")
 @click.option("--position", default="answer", show_default=True,
               help="Position set: answer, separator, delimiter, final, or a single position like answer_-1.")
-@click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per prompt.")
-@click.option("--prompts", "n_prompts", default=50, show_default=True, type=click.IntRange(min=2), help="Prompts per task.")
-@click.option("--layers", default=None, help="Comma-separated layers (default: 0..n_layers).")
+@demos_option(8)
+@prompts_option(50, minimum=2)
+@layers_option(show_default="0..n_layers")
 @click.option("--cv", default=5, show_default=True, type=click.IntRange(min=2), help="Cross-validation folds.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer accuracy.")
-@click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json(+.safetensors) and DIR/figure.html.")
+@seed_option()
+@json_option()
+@out_option()
 def probe_cmd(model: str, tasks: list[str], position: str, n_demos: int, n_prompts: int, layers: str | None, cv: int,
               seed: int, as_json: bool, out: str | None) -> None:
-    """Linear probes decoding the task identity from the residual stream, per layer."""
+    """Linear probes decoding the task identity from the residual stream, per layer.
+
+    --prompts prompts per task of --tasks."""
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.probing import probe_by_layer
 

@@ -20,10 +20,15 @@ import click
 from icl_circuits.cli import common, dpca, heads, interchange, saliency, vectors  # noqa: F401  (register their commands on `cli`)
 from icl_circuits.cli.common import (
     cli,
+    demos_option,
     emit_json,
-    int_list,
+    json_option,
     model_option,
+    model_option_with_default,
     out_problem,
+    prompts_option,
+    report_out_option,
+    seed_option,
     task_option,
     threads_option,
 )
@@ -31,9 +36,9 @@ from icl_circuits.cli.common import (
 
 @cli.command("tasks")
 @threads_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@json_option()
 def tasks_cmd(as_json: bool) -> None:
-    """List the tasks with their kind and size."""
+    """List the tasks with their kind and size (with --json: one JSON object instead of the table)."""
     from icl_circuits.core.tasks import get_task, list_tasks
 
     rows = [{"task": n, "kind": get_task(n).kind, "size": len(get_task(n)), "description": get_task(n).description}
@@ -62,10 +67,9 @@ def _metric_list(_ctx: Any, param: click.Parameter, value: str | None) -> list[s
 @cli.command("evaluate")
 @model_option
 @threads_option
-@task_option("--task", "task_names", multiple=True,
-             help="Task name or JSON task file (repeatable); default: every task the model's tokenizer can read.")
-@click.option("--demos", default="0,1,2,4,8", show_default=True, callback=int_list, help="Numbers of demos.")
-@click.option("--prompts", "n_prompts", default=64, show_default=True, type=click.IntRange(min=1), help="Prompts per cell.")
+@task_option(dest="task_names", multiple=True, show_default="every task the model's tokenizer can read")
+@demos_option("0,1,2,4,8", dest="demos", sweep=True)
+@prompts_option(64)
 @click.option("--metrics", default=None, callback=_metric_list,
               help="Comma-separated metrics (first_token, label, exact_match, answer_logprob, gold_prob, logit_diff, "
                    "logit_diff_to_mean). Default: first_token,exact_match, plus label for tasks with label words.")
@@ -73,12 +77,15 @@ def _metric_list(_ctx: Any, param: click.Parameter, value: str | None) -> list[s
 @click.option("--max-new-tokens", default=None, type=click.IntRange(min=1),
               help="Greedy decoding budget for exact_match (default: longest gold answer in tokens + 3).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with every metric, interval and N.")
+@seed_option()
+@json_option()
 def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_prompts: int, metrics: list[str] | None,
                  template: str | None, max_new_tokens: int | None, batch_size: int, seed: int, as_json: bool) -> None:
     """ICL scores of MODEL per task and number of demos: first-token and whole-answer (greedy exact
-    match) accuracy by default, with 95% intervals (Wilson for rates, Student t for means)."""
+    match) accuracy by default, with 95% intervals (Wilson for rates, Student t for means).
+
+    One cell per task (--task, repeatable) and number of demos (each of --demos), of --prompts prompts
+    each; --json adds every metric's interval and N."""
     import pandas as pd
 
     from icl_circuits.core.task_filters import representable_tasks
@@ -118,9 +125,9 @@ def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_pr
 
 @cli.command("report")
 @model_option
-@click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False), help="HTML file to write.")
+@report_out_option()
 @click.option("--quick", is_flag=True, help="Fewer prompts and tasks: a fast look.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@seed_option()
 @click.option("--only", default=None, help="Comma-separated section keys to run (default: all).")
 @click.option("--keep-going", is_flag=True,
               help="Exit 0 even when a section failed (the page shows its error either way).")
@@ -153,13 +160,14 @@ def report_cmd(model: str, out: str, quick: bool, seed: int, only: str | None, k
 
 
 @cli.command("demo")
-@click.option("--model", default="smollm2-135m", show_default=True,
-              help="Model: smollm2-135m (the real LLM, ~3 min of analysis on 2 cores) or toy-icl (the fast path).")
-@click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False))
+@model_option_with_default("smollm2-135m")
+@report_out_option()
 @threads_option
 def demo_cmd(model: str, out: str) -> None:
     """The main job (`make demo`): the full report on MODEL (default the real SmolLM2-135M), written to
-    OUT; prints each section's wall and CPU time and the total analysis time."""
+    OUT; prints each section's wall and CPU time and the total analysis time.
+
+    On the real SmolLM2 the analysis takes about 3 min on 2 cores; --model toy-icl is the fast path."""
     click.get_current_context().invoke(report_cmd, model=model, out=out, quick=False, seed=0, only=None,
                                        keep_going=False)
 

@@ -9,11 +9,16 @@ import click
 
 from icl_circuits.cli import common
 from icl_circuits.cli.common import (
-    OUT_DIR,
     check_label_words,
     cli,
+    demos_option,
     emit_json,
+    json_option,
+    layers_option,
     model_option,
+    out_option,
+    prompts_option,
+    seed_option,
     task_option,
     threads_option,
     write_out,
@@ -23,20 +28,21 @@ from icl_circuits.cli.common import (
 @cli.command("saliency")
 @model_option
 @threads_option
-@task_option("--task", preset="category_task", fallback="number",
-             help="Task name or JSON task file (a task with label words for --loss label_words).")
-@click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per prompt.")
-@click.option("--prompts", "n_prompts", default=64, show_default=True, type=click.IntRange(min=1), help="Number of prompts.")
+@task_option(preset="category_task", fallback="number")
+@demos_option(8)
+@prompts_option(64)
 @click.option("--loss", default="label_words", show_default=True, type=click.Choice(["label_words", "full_vocab"]),
-              help="Softmax of the loss over the label words or the whole vocabulary.")
+              help="Softmax of the loss over the label words (a task with label words) or the whole vocabulary.")
 @click.option("--proportions", is_flag=True, help="Report each layer's flows as fractions of their sum.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with S_wp, S_pq, S_ww per layer.")
-@click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json(+.safetensors), DIR/figure.html and DIR/heatmap.html.")
+@seed_option()
+@json_option()
+@out_option()
 def saliency_cmd(model: str, task: str, n_demos: int, n_prompts: int, loss: str, proportions: bool,
                  batch_size: int, seed: int, as_json: bool, out: str | None) -> None:
-    """Saliency flow (label words as anchors): S_wp, S_pq, S_ww per layer."""
+    """Saliency flow (label words as anchors): S_wp, S_pq, S_ww per layer.
+
+    --out also writes DIR/heatmap.html."""
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.saliency import saliency_flow
 
@@ -83,15 +89,12 @@ def _layer_ranges(value: str) -> list[list[int]] | None:
 @cli.command("isolation", short_help="Attention isolation of the label words per layer range (Wang et al. 2023).")
 @model_option
 @threads_option
-@task_option("--task", preset="category_task", fallback="number",
-             help="Task name (see `icl-circuits tasks`) or JSON task file.")
-@click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per prompt.")
-@click.option("--prompts", "n_prompts", default=64, show_default=True, type=click.IntRange(min=1), help="Number of prompts.")
+@task_option(preset="category_task", fallback="number")
+@demos_option(8)
+@prompts_option(64)
 @click.option("--mode", default="label_from_text", show_default=True, type=click.Choice(["label_from_text", "query_from_label"]),
               help="Block the label words from the text before them, or the final position from the label words.")
-@click.option("--layers", "layer_spec", default="each", show_default=True,
-              help="Layer ranges, each isolated separately: comma-separated layers or inclusive spans (0-1,2-3); "
-                   "'each': every layer alone.")
+@layers_option("each", dest="layer_spec")
 @click.option("--positions", default="answers", show_default=True,
               help="The label-word positions (a PromptBatch.positions spec; default: first token of each demo answer).")
 @click.option("--control/--no-control", default=True, show_default=True,
@@ -102,14 +105,17 @@ def _layer_ranges(value: str) -> list[list[int]] | None:
 @click.option("--top-k", "top_k", default=5, show_default=True, type=click.IntRange(min=1),
               help="Top tokens compared by word loyalty (Jaccard).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True, type=int, help="Prompts and random control positions.")
-@click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the numbers per layer range.")
-@click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json(+.safetensors) and DIR/figure.html.")
+@seed_option()
+@json_option()
+@out_option()
 def isolation_cmd(model: str, task: str, n_demos: int, n_prompts: int, mode: str, layer_spec: str, positions: str,
                   control: bool, keep_bos: bool, restrict_to_labels: bool, top_k: int, batch_size: int, seed: int,
                   as_json: bool, out: str | None) -> None:
     """Attention isolation (Wang et al. 2023): accuracy and label loyalty with the label words cut off
-    (pre-softmax scores set to -inf) in each layer range, next to random positions cut off."""
+    (pre-softmax scores set to -inf) in each layer range, next to random positions cut off.
+
+    --layers names the layer ranges, each isolated separately: comma-separated layers or inclusive spans
+    (0-1,2-3); 'each': every layer alone."""
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.anchors import isolate_attention
 
@@ -152,11 +158,9 @@ def isolation_cmd(model: str, task: str, n_demos: int, n_prompts: int, mode: str
 @cli.command("reweight", short_help="Anchor re-weighting: learned attention to the label words (Wang et al. 2023).")
 @model_option
 @threads_option
-@task_option("--task", preset="category_task", fallback="number",
-             help="Task name (see `icl-circuits tasks`) or JSON task file.")
-@click.option("--demos", "n_demos", default=4, show_default=True, type=click.IntRange(min=1),
-              help="Demos per prompt (beta has one weight per layer, head and demo).")
-@click.option("--prompts", "n_train", default=64, show_default=True, type=click.IntRange(min=1), help="Training prompts.")
+@task_option(preset="category_task", fallback="number")
+@demos_option(4)
+@prompts_option(64, dest="n_train")
 @click.option("--eval-prompts", "n_eval", default=64, show_default=True, type=click.IntRange(min=1),
               help="Held-out prompts (seed + 1) for the accuracy before / after.")
 @click.option("--lr", default=0.01, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Adam learning rate.")
@@ -166,13 +170,16 @@ def isolation_cmd(model: str, task: str, n_demos: int, n_prompts: int, mode: str
               help="Softmax of the training loss over the label words or the whole vocabulary.")
 @click.option("--accuracy-over", default="auto", show_default=True, type=click.Choice(["auto", "labels", "vocab"]),
               help="Held-out accuracy: argmax over the label words or the vocabulary (auto: labels when the task has them).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Training prompts and minibatch order; evaluation uses seed + 1.")
-@click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the accuracies, losses and beta.")
-@click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json(+.safetensors) and DIR/figure.html.")
+@seed_option()
+@json_option()
+@out_option()
 def reweight_cmd(model: str, task: str, n_demos: int, n_train: int, n_eval: int, lr: float, epochs: int,
                  batch_size: int, loss: str, accuracy_over: str, seed: int, as_json: bool, out: str | None) -> None:
     """Anchor re-weighting (Wang et al. 2023): learn exp(beta) scaling the final position's attention to
-    each demo's label word (model frozen); held-out accuracy before and after."""
+    each demo's label word (model frozen); held-out accuracy before and after.
+
+    beta has one weight per layer, head and demo (--demos). It is trained on --prompts prompts (seed; the
+    minibatch order too) and evaluated on --eval-prompts held-out ones (seed + 1)."""
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.reweighting import train_anchor_reweighting
 

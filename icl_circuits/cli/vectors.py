@@ -10,11 +10,15 @@ import click
 
 from icl_circuits.cli import common
 from icl_circuits.cli.common import (
-    OUT_DIR,
     cli,
+    demos_option,
     emit_json,
+    json_option,
     model_option,
+    out_option,
     preset_option,
+    prompts_option,
+    seed_option,
     task_option,
     threads_option,
     write_out,
@@ -38,8 +42,7 @@ def _ltv_options(f):
     for opt in reversed([
         model_option,
         threads_option,
-        task_option("--task", preset="knowledge_task", fallback="antonym",
-                    help="Task name (see `icl-circuits tasks`) or JSON task file."),
+        task_option(preset="knowledge_task", fallback="antonym"),
         click.option("--layer", "layer_spec", default="all", show_default=True,
                      help="Injection layer(s): 'all' (0..n_layers, one LTV trained per layer) or e.g. 1,2."),
         click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1)),
@@ -52,9 +55,9 @@ def _ltv_options(f):
                            "accuracy 0.00 at 5e-3, 0.98 at 0.1)."),
         click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1)),
         click.option("--eval-prompts", "n_eval", default=64, show_default=True, type=click.IntRange(min=1)),
-        click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer numbers."),
-        click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json(+.safetensors) and DIR/figure.html."),
+        seed_option(),
+        json_option(),
+        out_option(),
     ]):
         f = opt(f)
     return f
@@ -89,7 +92,10 @@ def _train_ltv(m: Any, task: str, layer_spec: str, epochs: int, n_train: int, n_
 @_ltv_options
 def ltv_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train: int, n_val: int, with_demos: int,
             lr: float, batch_size: int, n_eval: int, seed: int, as_json: bool, out: str | None) -> None:
-    """Train learned task vectors (one per layer) and their accuracy on fresh prompts."""
+    """Train learned task vectors (one per layer) and their accuracy on fresh prompts.
+
+    Trained on --train + --val prompts (seed), tested on --eval-prompts fresh ones (seed + 1). --out also
+    writes DIR/sweep.json(+.safetensors), the test accuracy per layer."""
     from icl_circuits.methods.vectors import evaluate_vector
 
     m = common.load(model)
@@ -128,7 +134,9 @@ def propagation_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train
                     lr: float, batch_size: int, n_eval: int, seed: int, as_json: bool, out: str | None, n_vectors: int,
                     n_fit: int) -> None:
     """Train LTVs per layer, then fit the linear map to the final residual: rotation vs scaling,
-    logit lens, task alignment, accuracy of the reconstructed vector W theta."""
+    logit lens, task alignment, accuracy of the reconstructed vector W theta.
+
+    --out also writes DIR/ltv.json(+.safetensors), the trained vectors."""
     from icl_circuits.methods.propagation import propagation_by_layer
 
     m = common.load(model)
@@ -159,22 +167,23 @@ def propagation_cmd(model: str, task: str, layer_spec: str, epochs: int, n_train
 @cli.command("task-vectors")
 @model_option
 @threads_option
-@task_option("--task", preset="knowledge_task", fallback="antonym",
-             help="Task name (see `icl-circuits tasks`) or JSON task file.")
-@click.option("--demos", "n_demos", default=8, show_default=True, type=click.IntRange(min=1), help="Demos per ICL prompt.")
-@click.option("--prompts", "n_prompts", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Prompts for extraction and (another seed) for evaluation.")
+@task_option(preset="knowledge_task", fallback="antonym")
+@demos_option(8)
+@prompts_option(32)
 @click.option("--top-k", "top_k", default=10, show_default=True, type=click.IntRange(min=1), help="Heads in the function vector.")
 @click.option("--metric", default="auto", show_default=True, type=click.Choice(["auto", "accuracy", "label_accuracy"]),
               help="auto: label_accuracy for categorization tasks, else accuracy.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Extraction seed; evaluation uses seed + 1.")
+@seed_option()
 @click.option("--methods", default="vanilla,local,function", show_default=True,
               help="Comma-separated methods to compare (vanilla, local, function).")
-@click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object with the per-layer numbers.")
-@click.option("--out", default=None, type=OUT_DIR, help="Write DIR/result.json and DIR/figure.html.")
+@json_option()
+@out_option()
 def task_vectors_cmd(model: str, task: str, n_demos: int, n_prompts: int, top_k: int, metric: str, seed: int,
                      methods: str, as_json: bool, out: str | None) -> None:
-    """Vanilla vs local vs function vectors per layer, on held-out prompts."""
+    """Vanilla vs local vs function vectors per layer, on held-out prompts.
+
+    The vectors are extracted from --prompts ICL prompts of --demos demos (seed) and evaluated on --prompts
+    held-out prompts (seed + 1)."""
     import warnings
 
     from icl_circuits.core.pairs import task_vector_prompts
