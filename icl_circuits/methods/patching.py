@@ -22,12 +22,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_circuits.core.runner import TOKENS_PER_FORWARD, UNEMBED_ELEMENTS, Entry, cache_resid, run_staggered, unembed_rows
-from icl_circuits.core.interventions import check_layer
-from icl_circuits.core.models import model_info
+from icl_circuits.core.checks import check_layer, check_positions
 from icl_circuits.core.metrics import get_metric
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.types import HookedModel
+from icl_circuits.core.runner.backend import backend_for
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -57,7 +57,6 @@ class PatchGridResult(Result):
     corrupted_value: float
     metric: str
     task: str
-    model_name: str
     meta: dict = field(default_factory=dict)
 
     @property
@@ -72,7 +71,7 @@ class PatchGridResult(Result):
             "position": np.tile(self.positions if self.positions is not None else [-1] * P, L),
             "position_name": np.tile(self.position_names, L), "value": self.values.flatten().tolist(),
             "normalized": self.normalized.flatten().tolist(), "metric": self.metric, "task": self.task,
-            "model": self.model_name,
+            "model": self.model,
         })
 
 
@@ -112,7 +111,7 @@ def _grid_metric(metric: str | GridMetric, clean: _Prompts, corrupted: _Prompts)
     m = get_metric(metric, clean.batch)
     if m.source not in ("final_logits", "paired_logits"):
         raise ValueError(f"metric must be scored on final-position logits; {m.name!r} is computed from {m.source}")
-    return metric, lambda lg: m.from_logits(lg, clean.batch, corrupted.batch).mean()
+    return m.name, lambda lg: m.from_logits(lg, clean.batch, corrupted.batch).mean()
 
 
 def _grid_positions(
@@ -131,8 +130,6 @@ def _grid_positions(
                 raise ValueError(f"positions={positions!r} has spans of different lengths across prompts; "
                                  "patch_grid needs one valid position per prompt and column")
             return ps.positions, ps.names, None
-        from icl_circuits.core.interventions import check_positions
-
         pos = check_positions(prompts.batch, positions)
         return pos, [f"column_{j}" for j in range(pos.shape[1])], None
     cols = list(range(P)) if positions is None else [int(p) for p in positions]
@@ -163,7 +160,7 @@ def patch_grid(
     model: HookedModel,
     clean_batch: PromptBatch | Int[Tensor, "batch pos"],
     corrupted_batch: PromptBatch | Int[Tensor, "batch pos"],
-    metric: str | GridMetric = "gold_probability",
+    metric: str | GridMetric = "gold_prob",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | str | Tensor | None = None,
     *,
@@ -183,9 +180,10 @@ def patch_grid(
     the metric must be a callable); both must have identical token shapes. ``metric``: a callable
     on the final-position logits [batch, d_vocab] (the corrupted batch's rows, read at its
     ``final_positions``) returning a scalar, or a registry name (``core.metrics``), averaged over
-    prompts and scored against the clean batch's answers: "gold_probability" (mean P(clean gold)),
-    "accuracy", "contrast" (clean gold logit minus corrupted gold logit; called "logit_diff" here
-    before the one registry), "logit_diff" (clean gold minus the best other candidate). ``positions``: column
+    prompts and scored against the clean batch's answers, and recorded by its registry name:
+    "gold_prob" (mean P(clean gold)), "first_token", "contrast" (clean gold logit minus corrupted
+    gold logit; called "logit_diff" here before the one registry), "logit_diff" (clean gold minus
+    the best other candidate). ``positions``: column
     indices shared by all prompts (default: every column, as TL), a ``PromptBatch.positions`` spec
     ("answers", "final", "answer_-1", unions with "+"...: each prompt's own positions), or a
     [batch, n] tensor. ``layers``: 0..n_layers-1.
@@ -216,6 +214,7 @@ def patch_grid(
     final = corr.final_positions
     c_res, c_logits, _ = cache_resid(model, clean.tokens, layers, clean.final_positions)
     kv = None
+    suffix_only = suffix_only and backend_for(model).supports_suffix_replay
     if suffix_only:
         try:
             x_res, x_logits, kv = cache_resid(model, corr.tokens, layers, final, record_kv=True)
@@ -292,9 +291,8 @@ def patch_grid(
         flush()
     bar.close()
     return PatchGridResult(
-        model_info=model_info(model), provenance=provenance(model, corr.batch) if corr.batch is not None else provenance(model),
         values=values, layers=layers, position_names=names, positions=cols, clean_value=clean_value,
-        corrupted_value=corrupted_value, metric=name, task=corr.task, model_name=model.cfg.model_name,
+        corrupted_value=corrupted_value, metric=name, task=corr.task, **stamp(model, corr.batch),
         meta={"n_cells": len(layers) * J, "n_cells_skipped": n_skipped, "n_forwards": n_forward, "suffix_only": suffix_only,
               "clean_variant": clean.variant, "corrupted_variant": corr.variant},
     )

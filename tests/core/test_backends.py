@@ -120,17 +120,35 @@ def test_bridge_greedy_decoding_with_a_key_value_cache_equals_the_uncached_loop(
     assert greedy_answers(toy_bridge, b).generated_ids == greedy_answers(toy_bridge, b, use_cache=False).generated_ids
 
 
+def _suffix_replay_equals_full_width(model) -> None:
+    """patch_grid replays the corrupted run's recorded keys and values (suffix only) on the bridge and
+    gets the full-width numbers."""
+    from icl_circuits import build_prompts
+    from icl_circuits.core.runner import backend_for
+    from icl_circuits.methods.patching import patch_grid
+
+    assert backend_for(model).supports_suffix_replay
+    icl = build_prompts(model, "antonym", 3, 3, "{x} -> {y}", seed=0)
+    rand = build_prompts(model, "antonym", 3, 3, "{x} -> {y}", seed=0, variant="random_answers")
+    suffix = patch_grid(model, icl, rand, layers=[0, 15], suffix_only=True)
+    full = patch_grid(model, icl, rand, layers=[0, 15], suffix_only=False)
+    assert suffix.meta["suffix_only"] and not full.meta["suffix_only"]
+    torch.testing.assert_close(suffix.values, full.values, rtol=0, atol=1e-5)  # attention over a cache vs full: kernels differ
+
+
 @needs_tl4
 @pytest.mark.real_model
-def test_bridge_greedy_decoding_uses_hugging_face_cache_on_smollm2():
+def test_bridge_decoding_and_suffix_replay_use_hugging_face_cache_on_smollm2():
     """SmolLM2 on the bridge decodes with Hugging Face's DynamicCache (extended by the re-implemented
-    attention) and generates exactly the tokens of the uncached per-prompt loop."""
+    attention) and generates exactly the tokens of the uncached per-prompt loop; patch_grid's suffix-only
+    replay over that cache gives the full-width numbers."""
     from icl_circuits import build_prompts, load_model
     from icl_circuits.core.evaluation import greedy_answers
     from icl_circuits.core.runner import backend_for
 
     pytest.importorskip("gguf")
     model = load_model("smollm2-135m", device="cpu")
+    _suffix_replay_equals_full_width(model)
     cache = backend_for(model).new_kv_cache(1)
     assert cache is not None
     b = build_prompts(model, "country-capital", 6, 3, "{x} -> {y}", seed=0)

@@ -29,6 +29,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
+import torch
 from torch import Tensor
 
 from icl_circuits.core.hook_fns import pattern_block_hook
@@ -99,7 +100,7 @@ def _segment(model: Any, start: int, stop: int) -> Iterator[None]:
 
 
 @contextmanager
-def _cache_named_for_adapters(model: Any) -> Iterator[None]:
+def _cache_named_for_adapters(model: Any, active: bool = True) -> Iterator[None]:
     """For one call: each block's attention adapter also receives Hugging Face's key/value cache as
     ``past_key_values``. Newer transformers (>= 5.2x) hand it to attention as ``cache``, while
     TransformerLens 4.3's re-implemented attention reads ``past_key_values`` (or ``layer_past``) and
@@ -110,7 +111,7 @@ def _cache_named_for_adapters(model: Any) -> Iterator[None]:
             kwargs = {**kwargs, "past_key_values": kwargs["cache"]}
         return args, kwargs
 
-    handles = [b.attn.register_forward_pre_hook(rename, with_kwargs=True) for b in model.blocks]
+    handles = [b.attn.register_forward_pre_hook(rename, with_kwargs=True) for b in model.blocks] if active else []
     try:
         yield
     finally:
@@ -123,8 +124,19 @@ class BridgeBackend(TransformerLensBackend):
     """TransformerLens 4 ``TransformerBridge`` (compatibility mode)."""
 
     name: ClassVar[str] = "bridge"
-    supports_suffix_replay: ClassVar[bool] = False
     loads_models: ClassVar[bool] = True
+
+    @property
+    def supports_suffix_replay(self) -> bool:  # type: ignore[override]
+        """Keys and values can be recorded and replayed where the bridge wraps a Hugging Face model
+        (its cache), not on TransformerLens's native modules."""
+        return self._hf_model() is not None
+
+    def _hf_model(self) -> Any | None:
+        from transformers import PreTrainedModel  # a dependency of every TransformerLens 4
+
+        hf = getattr(self.model, "original_model", None)
+        return hf if isinstance(hf, PreTrainedModel) else None
 
     @classmethod
     def claims(cls, model: Any) -> bool:
@@ -148,7 +160,9 @@ class BridgeBackend(TransformerLensBackend):
         tokens_in = not x.is_floating_point()
         if not tokens_in and start == stop:
             return x
-        with _segment(model, start, stop):
+        cached = kwargs.get("past_key_values") is not None
+        with _segment(model, start, stop), _cache_named_for_adapters(model, cached), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*past_key_values.* is deprecated", category=FutureWarning)
             try:
                 if tokens_in:
                     if start != 0:
@@ -162,8 +176,6 @@ class BridgeBackend(TransformerLensBackend):
 
     def forward(self, x: Tensor, *, start_at_layer: int | None = None, stop_at_layer: int | None = None,
                 **kwargs: Any) -> Tensor:
-        if kwargs.pop("past_kv_cache", None) is not None:
-            self.frozen_kv([])  # raises: not supported
         kwargs.pop("shortformer_pos_embed", None)
         kwargs.pop("attention_mask", None)  # right-padded causal batches need none (as on HookedTransformer)
         stop = self.model.cfg.n_layers if stop_at_layer is None else stop_at_layer
@@ -171,10 +183,32 @@ class BridgeBackend(TransformerLensBackend):
 
     def resume(self, resid: Tensor, start_at_layer: int, stop_at_layer: int | None = None, *,
                tokens: Tensor | None, past: int = 0, past_kv: Any = None) -> Tensor:
-        # right-padded causal batches: no mask, positions 0, 1, ... (what block_inputs gives the hooked backend)
-        if past_kv is not None:
-            self.frozen_kv([])
-        return self.forward(resid, start_at_layer=start_at_layer, stop_at_layer=stop_at_layer)
+        # right-padded causal batches: no mask, positions 0, 1, ... (what block_inputs gives the hooked backend);
+        # with past_kv the Hugging Face model places the residual after the cached positions
+        kw = {} if past_kv is None else {"past_key_values": past_kv}
+        return self.forward(resid, start_at_layer=start_at_layer, stop_at_layer=stop_at_layer, **kw)
+
+    # -- keys and values: Hugging Face's cache, in TransformerLens's layout [batch, pos, head, d_head]
+    def record_kv(self, tokens: Tensor, names: Callable[[str], bool]) -> tuple[Tensor, dict, list]:
+        cache = self.new_kv_cache(tokens.shape[0])
+        if cache is None:
+            return super().record_kv(tokens, names)
+        final, acts = self.run_with_cache(tokens.to(self.model.cfg.device), names, past_key_values=cache)
+        return final, acts, [(lay.keys.transpose(1, 2), lay.values.transpose(1, 2)) for lay in cache.layers]
+
+    def frozen_kv(self, per_block: Sequence[tuple[Tensor, Tensor] | None]) -> Any:
+        """A ``DynamicCache`` holding ``per_block`` (read, then extended by the run it is given to: build
+        one per run). Blocks without keys and values are bypassed by the run; they hold zeros of the
+        same shape so that the cache's length (read from block 0) is the number of past positions."""
+        hf = self._hf_model()
+        if hf is None:
+            return super().frozen_kv(per_block)
+        from transformers import DynamicCache
+
+        some = next(kv for kv in per_block if kv is not None)
+        filler = (torch.zeros_like(some[0]), torch.zeros_like(some[1]))
+        data = [(k.transpose(1, 2), v.transpose(1, 2)) for k, v in (kv if kv is not None else filler for kv in per_block)]
+        return DynamicCache(data, config=hf.config)
 
     def run_with_cache(self, x: Tensor, names: Callable[[str], bool], **kwargs: Any) -> tuple[Tensor, dict]:
         cache: dict[str, Tensor] = {}
@@ -199,18 +233,16 @@ class BridgeBackend(TransformerLensBackend):
     def new_kv_cache(self, batch_size: int) -> Any | None:
         """A Hugging Face ``DynamicCache`` when the bridge wraps a Hugging Face model (its layers read
         and extend it); None for TransformerLens's native modules, which take no cache."""
-        from transformers import DynamicCache, PreTrainedModel  # a dependency of every TransformerLens 4
+        from transformers import DynamicCache
 
-        hf = getattr(self.model, "original_model", None)
-        return DynamicCache(config=hf.config) if isinstance(hf, PreTrainedModel) else None
+        hf = self._hf_model()
+        return None if hf is None else DynamicCache(config=hf.config)
 
     def decode(self, tokens: Tensor, kv_cache: Any) -> Tensor:
         # the bridge hands the cache to the Hugging Face model, which extends it in place and derives
         # the positions of ``tokens`` from its length; no mask (no padding is ever fed)
         before = kv_cache.get_seq_length()
-        with _cache_named_for_adapters(self.model), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*past_key_values.* is deprecated", category=FutureWarning)
-            out = self.segment(tokens.to(self.model.cfg.device), 0, self.model.cfg.n_layers, past_key_values=kv_cache)
+        out = self.segment(tokens.to(self.model.cfg.device), 0, self.model.cfg.n_layers, past_key_values=kv_cache)
         if kv_cache.get_seq_length() != before + tokens.shape[1]:  # pragma: no cover - a model that ignored the cache
             raise RuntimeError("the bridged model did not extend the key/value cache; decode with use_cache=False")
         return out
