@@ -1,4 +1,4 @@
-"""Hook functions: what an ``Intervention`` compiles to (``core.interventions.compile_hooks``).
+"""Hook functions: what an ``Intervention``'s op (``core.ops``) compiles to (``core.interventions.compile_hooks``).
 
 Each builder returns ``hook(activation, hook) -> activation`` for TransformerLens; only the runner
 attaches them (``core.runner.hooked``), so they are removed also when an exception is raised.
@@ -53,6 +53,38 @@ def edit_at(
             act[rows[m], pos[m]] = fn(act[rows, pos])[m].to(act.dtype)
         else:
             act[rows[m], pos[m], head] = fn(act[rows, pos, head])[m].to(act.dtype)
+        return act
+
+    return hook
+
+
+def edit_all(fn: Callable[[Tensor], Tensor], head: int | None = None) -> Hook:
+    """A hook replacing the whole activation ``x`` (or ``x[..., head, :]`` if given) by ``fn(x)``,
+    cast to the activation's dtype: ``edit_at`` at every position, without a mask."""
+
+    def hook(act: Tensor, hook: Any = None) -> Tensor:
+        if head is None:
+            return fn(act).to(act.dtype)
+        new = fn(act[..., head, :])
+        act = act.clone()
+        act[..., head, :] = new.to(act.dtype)
+        return act
+
+    return hook
+
+
+def read_hook(store: list, positions: Int[Tensor, "batch n"] | None = None, head: int | None = None) -> Hook:
+    """A hook appending the detached activation to ``store`` and returning the activation itself
+    (the forward is unchanged): ``act[b, positions[b, j]]`` (``[batch, n, ...]``), or the whole
+    activation when ``positions`` is None; only ``[..., head, :]`` when ``head`` is given."""
+
+    def hook(act: Tensor, hook: Any = None) -> Tensor:
+        if positions is None:
+            store.append((act if head is None else act[..., head, :]).detach())
+            return act
+        pos = positions.to(act.device)
+        rows = _rows(pos)
+        store.append((act[rows, pos] if head is None else act[rows, pos, head]).detach())
         return act
 
     return hook

@@ -1,11 +1,14 @@
 """Intervention specs: *what* to do to a model, as data. The runner (``core.runner``) executes them.
 
 An ``Intervention`` is a site (``Site``: layer + hook point + optional head), per-prompt positions
-(from ``PromptBatch.positions``; None: every position) and an operation: ``read``, ``replace``,
-``add``, ``zero`` / ``mean`` ablation, ``noise``, ``project_out``, ``scale_attention``,
-``block_attention`` or ``apply`` (a function of the selected activations). ``compile_hooks``
-turns specs into TransformerLens hook functions, built by ``core.hook_fns``; only the
-runner attaches them (``runner.hooked``), so hooks are removed also when an exception is raised.
+(from ``PromptBatch.positions``; None: every position) and an op, named by a string: ``read``,
+``tap``, ``replace``, ``add``, ``zero`` / ``mean`` ablation, ``noise``, ``project_out``,
+``scale_attention``, ``block_attention`` or ``apply`` (a function of the selected activations).
+Each op is a small class of ``core.ops`` that declares what it needs and where it may act and
+builds its hook (with ``core.hook_fns``); a new op is one class registered there. ``compile_hooks``
+turns specs into TransformerLens hook functions; only the runner attaches them
+(``runner.hooked``), so hooks are removed also when an exception is raised. Argument checks
+(``check_layer``, ``check_positions``...) live in ``core.checks``.
 
 Vocabulary (TransformerLens hook names):
 - ``resid_name(model, l)``: the residual stream at the *input* of block ``l``
@@ -21,84 +24,25 @@ every row; see ``PromptBatch.positions``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from icl_circuits.core.prompts import PromptBatch
+from icl_circuits.core.checks import (  # noqa: F401  (check_layer, check_head used here; the others re-exported
+    check_head, check_layer, check_layers, check_positions, check_vector,  # for importers not yet re-pointed)
+)
+from icl_circuits.core.ops import Op, get_op
 from icl_circuits.core.types import HookedModel
 
 from icl_circuits.core.hook_fns import (  # noqa: F401  (re-exported: the hook builders specs compile to)
-    Ablation, Hook, HookList, _rows, ablate_hook, add_hook, block_attention_hook, edit_at, gate_pattern_hook, noise_hook,
-    project_out_centred_hook, project_out_hook, replace_hook, scale_pattern_hook, stacked_head_ablation_hook, tap_hook,
+    Ablation, Hook, HookList, ablate_hook, add_hook, block_attention_hook, edit_all, edit_at, gate_pattern_hook,
+    noise_hook, project_out_centred_hook, project_out_hook, read_hook, replace_hook, scale_pattern_hook,
+    stacked_head_ablation_hook, tap_hook,
 )
 
 
-# ----------------------------------------------------------------------------- names and checks
-def check_layer(model: HookedModel, layer: int, *, allow_final: bool = True, arg: str = "layer") -> int:
-    """Validate a layer index (0..n_layers, or 0..n_layers-1 with ``allow_final=False``)."""
-    n = model.cfg.n_layers
-    top = n if allow_final else n - 1
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= top:
-        raise ValueError(f"{arg} must be an integer in [0, {top}] for a model with {n} layers, got {layer!r}")
-    return layer
-
-
-def check_layers(model: HookedModel, layers: Sequence[int] | None, *, allow_final: bool = True,
-                 arg: str = "layers") -> list[int]:
-    """Validated layer indices (``check_layer`` each); None: every layer (0..n_layers, or
-    0..n_layers-1 with ``allow_final=False``). An empty list is an error."""
-    n = model.cfg.n_layers
-    out = list(range(n + 1 if allow_final else n)) if layers is None else [
-        check_layer(model, l, allow_final=allow_final, arg=arg) for l in layers]
-    if not out:
-        raise ValueError(f"{arg} is empty")
-    return out
-
-
-def check_head(model: HookedModel, layer: int, head: int, arg: str = "head") -> tuple[int, int]:
-    """Validate a (layer, head) pair."""
-    check_layer(model, layer, allow_final=False)
-    h = model.cfg.n_heads
-    if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < h:
-        raise ValueError(f"{arg} must be an integer in [0, {h - 1}] (the model has {h} heads per layer), got {head!r}")
-    return layer, head
-
-
-def check_vector(model: HookedModel, vector: Tensor, arg: str = "vector") -> Tensor:
-    """Validate that the last dimension of ``vector`` is ``d_model`` and that every value is finite
-    (a NaN or inf vector would silently turn every logit it reaches into NaN)."""
-    if not isinstance(vector, Tensor):
-        raise TypeError(f"{arg} must be a torch.Tensor, got {type(vector).__name__}")
-    if vector.shape[-1] != model.cfg.d_model:
-        raise ValueError(
-            f"{arg} has width {vector.shape[-1]} but the model's d_model is {model.cfg.d_model}"
-        )
-    if vector.is_floating_point() or vector.is_complex():
-        bad = ~torch.isfinite(vector.detach())
-        if bad.any():
-            raise ValueError(f"{arg} contains NaN or inf ({int(bad.sum())} of {vector.numel()} values)")
-    return vector
-
-
-def check_positions(batch: PromptBatch, positions: Tensor, arg: str = "positions") -> Int[Tensor, "batch n"]:
-    """Validate per-prompt positions ``[batch, n]`` (or ``[n]``, the same for every prompt)."""
-    pos = torch.as_tensor(positions, dtype=torch.long)
-    if pos.ndim == 1:
-        pos = pos[None].expand(len(batch), -1)
-    if pos.ndim != 2 or pos.shape[0] != len(batch):
-        raise ValueError(f"{arg} must have shape [batch={len(batch)}, n] or [n], got {tuple(pos.shape)}")
-    bad = (pos < 0) | (pos > batch.final_positions[:, None])
-    if bad.any():
-        b, j = (int(v) for v in bad.nonzero()[0])
-        raise ValueError(
-            f"{arg}[{b}, {j}] = {int(pos[b, j])} is outside prompt {b}, whose positions are 0..{int(batch.final_positions[b])}"
-        )
-    return pos
-
-
+# ----------------------------------------------------------------------------- hook names
 def resid_name(model: HookedModel, layer: int) -> str:
     """Hook name of the residual stream at the input of block ``layer`` (``n_layers``: final)."""
     check_layer(model, layer)
@@ -110,10 +54,6 @@ def resid_name(model: HookedModel, layer: int) -> str:
 def z_name(layer: int) -> str:
     """Hook name of the heads' outputs before W_O in block ``layer``."""
     return f"blocks.{layer}.attn.hook_z"
-
-
-
-
 
 
 # ----------------------------------------------------------------------------- attention hook names
@@ -128,8 +68,6 @@ def pattern_name(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_pattern"
 
 
-
-
 # ----------------------------------------------------------------------------- the spec
 #: Hook points of a site: ``Site(l, point).hook_name(model)``.
 HOOK_POINTS: dict[str, str] = {
@@ -139,9 +77,8 @@ HOOK_POINTS: dict[str, str] = {
     "k": "blocks.{l}.attn.hook_k", "v": "blocks.{l}.attn.hook_v", "pattern": "blocks.{l}.attn.hook_pattern",
     "attn_scores": "blocks.{l}.attn.hook_attn_scores",
 }
-#: Operations of an ``Intervention``.
-OPERATIONS = ("read", "tap", "replace", "add", "zero", "mean", "noise", "project_out", "scale_attention",
-              "block_attention", "apply")
+#: Hook points whose edits act on attention itself (a bridge may refuse them: ``runner.backend``).
+ATTENTION_POINTS = ("pattern", "attn_scores")
 _HEADED = ("z", "q", "k", "v")
 
 
@@ -177,12 +114,12 @@ class Site:
 class Intervention:
     """One operation at one site, at per-prompt ``positions`` ([batch, n] or None: every position).
 
-    ``op`` and what it uses:
+    ``op`` names a registered op of ``core.ops`` (an ``Op`` subclass or instance is accepted and
+    stored by its name); ``op_kind`` is the op itself. What each uses (its class says more):
 
     - ``read``: append the (detached) activation at ``positions`` to the list ``store``;
     - ``tap``: for gradients: add a zero tensor that requires grad to the whole activation and
-      append ``(activation, tap)`` to ``store``; after a backward pass ``tap.grad`` is the total
-      derivative of the loss with respect to the activation (``hook_fns.tap_hook``);
+      append ``(activation, tap)`` to ``store`` (``tap.grad`` is then dL/d activation);
     - ``replace``: write ``value`` ([batch, n, d], [n, d] or [d]);
     - ``add``: add ``scale * value``;
     - ``zero`` / ``mean``: ablate (``mean``: write ``value``, the mean activation);
@@ -196,6 +133,8 @@ class Intervention:
     - ``apply``: replace the selected activations ``x`` by ``fn(x)``.
 
     ``mask`` ([batch, n], from ``PositionSet.mask``): only entries where it is True are written.
+    A spec the op cannot run as given (a missing value, an argument it would ignore, a point it
+    does not act on) is refused here, naming the op.
     """
 
     site: Site
@@ -214,84 +153,18 @@ class Intervention:
     def __post_init__(self) -> None:
         if not isinstance(self.site, Site):
             raise TypeError(f"Intervention.site must be a Site, got {type(self.site).__name__}")
-        if self.op not in OPERATIONS:
-            raise ValueError(f"Intervention.op must be one of {', '.join(OPERATIONS)}, got {self.op!r}")
-        needs_value = {"replace", "add", "mean", "project_out", "scale_attention", "block_attention"}
-        if self.op in needs_value and self.value is None:
-            raise ValueError(f"Intervention op {self.op!r} needs a value")
-        if self.op == "apply" and self.fn is None:
-            raise ValueError("Intervention op 'apply' needs fn")
-        if self.op in ("read", "tap") and self.store is None:
-            raise ValueError(f"Intervention op {self.op!r} needs store (a list the activations are appended to)")
-        if self.op == "tap" and (self.positions is not None or self.site.head is not None):
-            raise ValueError("Intervention op 'tap' acts on the whole activation: give neither positions nor a head")
-        if self.op == "scale_attention" and (self.site.point != "pattern" or self.keys is None or self.positions is None):
-            raise ValueError("scale_attention acts on Site(l, 'pattern') and needs positions (queries) and keys")
-        if self.op == "block_attention" and self.site.point != "attn_scores":
-            raise ValueError("block_attention acts on Site(l, 'attn_scores')")
-        if self.positions is None and self.op not in ("read", "tap", "block_attention", "apply", "zero", "add", "replace"):
-            raise ValueError(f"Intervention op {self.op!r} needs positions")
+        kind = get_op(self.op)
+        object.__setattr__(self, "op", kind.name)
+        kind.check(self)
+
+    @property
+    def op_kind(self) -> Op:
+        """The registered op (``core.ops``) named ``op``: what it needs, where it acts, its hook."""
+        return get_op(self.op)
 
     def hook(self, model: HookedModel) -> tuple[str, Hook]:
-        """``(hook_name, fn)`` for ``model.hooks``."""
-        name, head, op = self.site.hook_name(model), self.site.head, self.op
-        pos = self.positions
-        if op == "tap":
-            return name, tap_hook(self.store)
-        if pos is None and op not in ("block_attention", "scale_attention"):
-            return name, _everywhere(self, head)
-        if op == "read":
-            store = self.store
-
-            def read(act: Tensor, hook: Any = None) -> Tensor:
-                p = pos.to(act.device)
-                rows = _rows(p)
-                store.append((act[rows, p] if head is None else act[rows, p, head]).detach())
-                return act
-
-            return name, read
-        if op == "replace":
-            return name, replace_hook(pos, self.value, head, self.mask)
-        if op == "add":
-            return name, add_hook(pos, self.value, float(self.scale), head, self.mask)
-        if op in ("zero", "mean"):
-            return name, ablate_hook(pos, op, self.value, head, self.mask)
-        if op == "noise":
-            return name, noise_hook(pos, self.scale, self.seed, relative=self.relative, mask=self.mask)
-        if op == "project_out":
-            return name, project_out_centred_hook(pos, self.value, self.centre)
-        if op == "scale_attention":
-            return name, scale_pattern_hook(pos[:, 0], self.keys, self.value)
-        if op == "block_attention":
-            return name, block_attention_hook(self.value, head)
-        return name, edit_at(pos, self.fn, head, self.mask)
-
-
-def _everywhere(iv: Intervention, head: int | None) -> Hook:
-    """Hook of an intervention without positions: it acts on every position."""
-    sel = (lambda a: a) if head is None else (lambda a: a[..., head, :])  # noqa: E731
-
-    def write(act: Tensor, new: Tensor) -> Tensor:
-        if head is None:
-            return new.to(act.dtype)
-        act = act.clone()
-        act[..., head, :] = new.to(act.dtype)
-        return act
-
-    def hook(act: Tensor, hook: Any = None) -> Tensor:
-        x = sel(act)
-        if iv.op == "read":
-            iv.store.append(x.detach())
-            return act
-        if iv.op == "zero":
-            return write(act, torch.zeros_like(x))
-        if iv.op == "add":
-            return write(act, x + float(iv.scale) * iv.value.to(x.device, x.dtype))
-        if iv.op == "replace":
-            return write(act, iv.value.to(x.device, x.dtype).expand_as(x))
-        return write(act, iv.fn(x))
-
-    return hook
+        """``(hook_name, fn)`` for ``model.hooks``: the site's hook name and the op's hook."""
+        return self.site.hook_name(model), self.op_kind.hook(self)
 
 
 def compile_hooks(model: HookedModel, interventions: Sequence["Intervention | tuple[str, Hook]"]) -> HookList:

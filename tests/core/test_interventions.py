@@ -7,6 +7,7 @@ import torch
 
 from icl_circuits.core import runner
 from icl_circuits import build_prompts, final_logits
+from icl_circuits.core import checks
 from icl_circuits.core import interventions as iv
 
 
@@ -96,10 +97,10 @@ def test_hooks_are_removed_when_a_hook_raises(tiny_model, batch):
     "call, match",
     [
         (lambda m, b: iv.resid_name(m, 3), r"layer must be an integer in \[0, 2\]"),
-        (lambda m, b: iv.check_head(m, 0, 4), r"head must be an integer in \[0, 3\]"),
-        (lambda m, b: iv.check_vector(m, torch.zeros(31)), "width 31 but the model's d_model is 32"),
-        (lambda m, b: iv.check_positions(b, b.final_positions[:, None] + 1), "outside prompt"),
-        (lambda m, b: iv.check_positions(b, torch.zeros(3, 1, dtype=torch.long)), "shape"),
+        (lambda m, b: checks.check_head(m, 0, 4), r"head must be an integer in \[0, 3\]"),
+        (lambda m, b: checks.check_vector(m, torch.zeros(31)), "width 31 but the model's d_model is 32"),
+        (lambda m, b: checks.check_positions(b, b.final_positions[:, None] + 1), "outside prompt"),
+        (lambda m, b: checks.check_positions(b, torch.zeros(3, 1, dtype=torch.long)), "shape"),
         (lambda m, b: runner.read_activations(m, b, ["blocks.9.nothing"]), "not a hook point"),
     ],
 )
@@ -113,4 +114,4 @@ def test_check_vector_refuses_non_finite_values_naming_the_argument(tiny_model, 
     v = torch.zeros(2, tiny_model.cfg.d_model)
     v[1, 0] = bad
     with pytest.raises(ValueError, match=r"theta contains NaN or inf \(1 of 64 values\)"):
-        iv.check_vector(tiny_model, v, arg="theta")
+        checks.check_vector(tiny_model, v, arg="theta")
