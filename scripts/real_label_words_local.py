@@ -42,7 +42,7 @@ from plotly.subplots import make_subplots  # noqa: E402
 
 import real_common as rc  # noqa: E402
 from icl_circuits import build_prompts  # noqa: E402
-from icl_circuits.core.metrics import Rate, wilson  # noqa: E402
+from icl_circuits.core.metrics import Rate, auto_metric, wilson  # noqa: E402
 from icl_circuits.core.pairs import task_vector_prompts  # noqa: E402
 from icl_circuits.core.runner import read_resid  # noqa: E402
 from icl_circuits.core.tasks import get_task  # noqa: E402
@@ -77,7 +77,7 @@ def task_sweep(model, task: str, n: int, seed: int, layers: list[int], global_la
     """ICL, zero-shot and random-answer references, local vectors (patched into the random-answer
     twins of the held-out ICL prompts, seed + 1) and the vanilla vector (extracted from dummy-query
     prompts of ``seed``, REPLACING the final residual of zero-shot prompts of seed + 1) per layer."""
-    metric = "label_accuracy" if get_task(task).kind == "categorization" else "accuracy"
+    metric = auto_metric(task)  # label for categorization tasks, else first_token
     p = task_vector_prompts(model, task, N_DEMOS, n, seed)
     loc = local_task_vectors(model, p.icl_eval, layers, task=p.task, metric=metric)
     k = loc.per_prompt.shape[1]

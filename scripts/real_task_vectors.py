@@ -90,16 +90,14 @@ def cie_heads(model, prompts: dict, n: int) -> tuple[Any, list[tuple[int, int]],
 
 
 def fv_vector(model, icl, heads) -> Any:
-    from icl_circuits.core.models import model_info
-    from icl_circuits.core.results import provenance
+    from icl_circuits.core.results import stamp
     from icl_circuits.methods.function_vectors import fv_from_heads, mean_head_outputs
     from icl_circuits.methods.vectors import TaskVector
 
     L = model.cfg.n_layers
     fv = fv_from_heads(model, mean_head_outputs(model, icl), heads)
-    return TaskVector(fv[None].repeat(L + 1, 1), list(range(L + 1)), "add", "function", icl.task, model.cfg.model_name,
-                      meta={"heads": [list(h) for h in heads], "seed": icl.seed}, model_info=model_info(model),
-                      provenance=provenance(model, icl))
+    return TaskVector(fv[None].repeat(L + 1, 1), list(range(L + 1)), "add", "function", icl.task,
+                      meta={"heads": [list(h) for h in heads], "seed": icl.seed}, **stamp(model, icl))
 
 
 def _with_grad(fn):

@@ -83,7 +83,7 @@ def ablation_table(model, task: str, r: DPCALayerResult, n_prompts: int, seed: i
         row = {"layers": ",".join(map(str, layers))}
         for m in ("label", nuis):
             a = ablate_subspace(model, held, r, m, layers, n_random=N_RANDOM, seed=seed, progress=False)
-            rates = a.rates("label_accuracy")
+            rates = a.rates("label")
             row["clean"] = rates["clean"].value
             ab = rates["ablated"]
             row[f"{m} out (k={max(a.n_axes)})"] = f"{ab.value:.3f} [{ab.low:.2f}, {ab.high:.2f}]"

@@ -45,7 +45,7 @@ def scan_section(model: Any, n: int, k: int, seed: int) -> str:
     for task in SCAN_TASKS:
         batch = build_prompts(model, task, n, k, seed=seed)
         for how in ("zero", "mean"):
-            acc = head_ablation_scan(model, batch, how, metric="accuracy", progress=False)
+            acc = head_ablation_scan(model, batch, how, metric="first_token", progress=False)
             ld = head_ablation_scan(model, batch, how, metric="logit_diff_to_mean", progress=False)
             at = head_attribution(model, batch, how, metric="logit_diff_to_mean")
             ag = scan_agreement(ld, at)
@@ -73,7 +73,7 @@ def task_vector(model: Any, task: str, layer: int, n: int, k: int, seed: int) ->
     zs = build_prompts(model, task, n, 0, seed=seed + 7, variant="zero_shot")
     diff = (read_resid(model, icl, icl.positions("final").positions, [layer])[0, :, 0]
             - read_resid(model, zs, zs.positions("final").positions, [layer])[0, :, 0]).mean(0)
-    return TaskVector(diff[None], [layer], "add", "mean-difference", task, str(model.cfg.model_name))
+    return TaskVector(diff[None], [layer], "add", "mean-difference", task, model=str(model.cfg.model_name))
 
 
 def vector_section(model: Any, n: int, k: int, seed: int, layer: int) -> str:

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> str:
                   f"length-matched random answers): {df.attrs['local_dropped']}; FV heads (layer, head): "
                   f"{', '.join(f'({l},{h})' for l, h in df.attrs['fv_heads'])}", "", markdown_table(table, 2), ""]
         notes = []
-        if ref["icl"].low <= 1 / 2 <= ref["icl"].high and by["icl"].metric.iloc[0] == "label_accuracy":
+        if ref["icl"].low <= 1 / 2 <= ref["icl"].high and by["icl"].metric.iloc[0] == "label":
             notes.append("ICL itself is at chance on this task (the 95% interval contains 0.50): the model does not "
                          "solve it in context, so no vector can be expected to carry it.")
         if ref["random-answers"].accuracy >= ref["icl"].accuracy - 0.05:

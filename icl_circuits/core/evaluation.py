@@ -22,9 +22,8 @@ from tqdm.auto import tqdm
 
 from icl_circuits.core.runner import backend, final_logits, gather_positions, minibatches, unembed_resid
 from icl_circuits.core.metrics import Metric, get_metric
-from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch, Template
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.types import HookedModel
 
 
@@ -218,7 +217,7 @@ def greedy_answers(
     generated = [stop.answer(g) for g in gens]
     refs = [batch.tokenizer.decode(a).strip() for a in batch.answer_token_ids]
     return GreedyAnswers(
-        model_info=model_info(model), provenance=provenance(model, batch),
+        **stamp(model, batch),
         correct=torch.tensor([g == r for g, r in zip(generated, refs)]), generated=generated, references=refs,
         generated_ids=gens, stop_reasons=reasons, max_new_tokens=t_max, task=batch.task,
         template=asdict(batch.template),

@@ -25,7 +25,8 @@ name means one thing everywhere (heads, patching, task vectors, evaluation):
 
 Old names resolve as aliases: ``accuracy`` = first_token, ``label_accuracy`` = label,
 ``gold_probability`` = gold_prob, ``logit_difference`` and ``label_margin`` = logit_diff; ``auto``
-is label when the prompts have label words, else first_token.
+is label when the prompts have label words, else first_token (:func:`auto_metric`, the one place
+that decides it). Results record a metric by its registry name, never an alias.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from jaxtyping import Float, Int
 from scipy.stats import t as student_t
 from statsmodels.stats.proportion import proportion_confint
 from torch import Tensor
+
+from icl_circuits.core.tasks import Task, get_task
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -260,6 +263,18 @@ register_metric(Metric(
 ))
 
 
+def auto_metric(prompts: "PromptBatch | Task | str") -> str:
+    """The registry name ``"auto"`` stands for on ``prompts``: ``"label"`` when they have label
+    words (a ``PromptBatch`` with ``label_token_ids``; a ``Task``, or a task's name, with
+    ``label_words``: categorization tasks), else ``"first_token"``. ``get_metric("auto", batch)``
+    resolves through it, and so does every caller that needs a task's primary metric."""
+    if isinstance(prompts, (Task, str)):
+        has_labels = get_task(prompts).label_words is not None
+    else:
+        has_labels = prompts.label_token_ids is not None
+    return "label" if has_labels else "first_token"
+
+
 def list_metrics() -> list[str]:
     """Canonical names of the registered metrics (aliases and ``"auto"`` resolve to these)."""
     return list(_REGISTRY)
@@ -269,7 +284,8 @@ def get_metric(name: "str | Metric", batch: "PromptBatch | None" = None, *, arg:
                source: str | None = None) -> Metric:
     """The registered metric called ``name`` (or one of its aliases).
 
-    ``"auto"`` means ``"label"`` when ``batch`` has label words, else ``"first_token"``. With a
+    ``"auto"`` means ``"label"`` when ``batch`` has label words, else ``"first_token"``
+    (:func:`auto_metric`). With a
     ``batch``, also checks that the metric applies to it; with ``source`` (e.g. ``"final_logits"``
     for analyses that read only final-position logits of one batch), that it is computed from
     there. Raises ``ValueError`` naming ``arg``.
@@ -281,7 +297,7 @@ def get_metric(name: "str | Metric", batch: "PromptBatch | None" = None, *, arg:
     return m
 
 
-_SOURCE_TEXT = {"final_logits": "final-position logits of one batch (e.g. 'accuracy', 'logit_diff_to_mean', 'gold_prob')"}
+_SOURCE_TEXT = {"final_logits": "final-position logits of one batch (e.g. 'first_token', 'logit_diff_to_mean', 'gold_prob')"}
 
 
 def _lookup(name: "str | Metric", batch: "PromptBatch | None", arg: str) -> Metric:
@@ -290,7 +306,7 @@ def _lookup(name: "str | Metric", batch: "PromptBatch | None", arg: str) -> Metr
     if name == "auto":
         if batch is None:
             raise ValueError(f"{arg}='auto' needs a batch to choose between 'label' and 'first_token'")
-        name = "label" if batch.label_token_ids is not None else "first_token"
+        name = auto_metric(batch)
     key = _ALIASES.get(name, name)
     if key not in _REGISTRY:
         raise ValueError(

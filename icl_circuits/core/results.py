@@ -15,6 +15,11 @@ whose message names the file and what is wrong: missing (then :class:`ResultNotF
 ``FileNotFoundError``), not JSON or truncated, a result of another class, a tensor file that is not
 the one the JSON was saved with, fields that do not fit the class, or a file format newer than this
 version of icl-circuits reads. Catch ``ResultLoadError`` for all of them.
+
+Every result is stamped once, by :func:`stamp` (``Cls(..., **stamp(model, batch))``): ``model`` (the
+model's name), ``model_info`` (how it was loaded) and ``provenance`` (what it was computed on).
+Files saved before the stamp was one field (``model_name``, or no name at all) load with ``model``
+filled in (:func:`upgrade_fields`).
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ import importlib.metadata
 import json
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+import warnings
+from typing import Any, TypedDict, TypeVar
 
 import pandas as pd
 import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
+from icl_circuits.core.model_info import model_info as _model_info
 from icl_circuits.core.types import HookedModel
 
 R = TypeVar("R", bound="Result")
@@ -48,12 +55,37 @@ class ResultNotFoundError(ResultLoadError, FileNotFoundError):
     """A result file that does not exist (a ``ResultLoadError`` and a ``FileNotFoundError``)."""
 
 
+class Stamp(TypedDict):
+    """What every result records about where it came from (the keyword-only fields of :class:`Result`)."""
+
+    model: str
+    model_info: dict[str, Any]
+    provenance: dict[str, Any]
+
+
+def stamp(model: HookedModel, batch: Any = None, **extra: Any) -> Stamp:
+    """The stamp of a result computed on ``model`` from ``batch`` (a ``PromptBatch``, or None):
+    ``model`` = ``cfg.model_name`` (else the model's class name), ``model_info`` =
+    ``core.model_info.model_info(model)`` and
+    ``provenance`` = :func:`provenance` ``(model, batch, **extra)``. Every analysis builds its
+    result as ``Cls(..., **stamp(model, batch))``."""
+    name = str(getattr(getattr(model, "cfg", None), "model_name", None) or type(model).__name__)
+    return Stamp(model=name, model_info=_model_info(model),
+                 provenance=provenance(model, batch, **extra))
+
+
+def stamp_of(result: "Result") -> Stamp:
+    """The stamp ``result`` carries, for a result derived from it without the model
+    (``Derived(..., **stamp_of(result))``); the dicts are copies."""
+    return Stamp(model=result.model, model_info=dict(result.model_info), provenance=dict(result.provenance))
+
+
 def provenance(model: HookedModel, batch: Any = None, **extra: Any) -> dict[str, Any]:
     """The provenance every result records, written once here from the model and the batch:
     ``model`` (``cfg.model_name``), and from a ``PromptBatch``: ``task``, ``n_demos``,
     ``template`` (its example string), ``variant``, ``seed``, ``n_prompts`` and ``single_token``
     (whether the prompts were drawn from the one-token examples only); ``extra`` is added last.
-    Pair it with ``model_info=models.model_info(model)``."""
+    Results get it through :func:`stamp`."""
     out: dict[str, Any] = {"model": getattr(getattr(model, "cfg", None), "model_name", None)}
     if batch is not None:
         tmpl = getattr(batch, "template", None)
@@ -73,15 +105,34 @@ def _stem(path: str | Path) -> Path:
 class Result:
     """Base of frozen dataclasses holding tensors plus plain metadata.
 
-    Every result carries ``model_info`` (keyword-only, last): ``models.model_info(model)`` of the
-    model it was computed on (name, source, BOS rule, weight processing, dtype, TransformerLens
-    version), so a saved result says how its model was loaded, and ``provenance`` (keyword-only):
-    ``provenance(model, batch)``, what it was computed on (model, task, n_demos, template, variant,
-    seed, n_prompts). Both are empty when unknown.
+    Every result carries three keyword-only fields, filled together by :func:`stamp`: ``model``
+    (required), the name of the model it was computed on; ``model_info``, ``model_info(model)``
+    (name, source, BOS rule, weight processing, dtype, TransformerLens version), so a saved result
+    says how its model was loaded; and ``provenance``, ``provenance(model, batch)``, what it was
+    computed on (model, task, n_demos, template, variant, seed, n_prompts). The dicts are empty
+    when unknown.
     """
 
+    model: str = dataclasses.field(kw_only=True)
     model_info: dict = dataclasses.field(default_factory=dict, kw_only=True)
     provenance: dict = dataclasses.field(default_factory=dict, kw_only=True)
+
+    @property
+    def model_name(self) -> str:
+        """Deprecated: the old name of ``model`` (a ``DeprecationWarning``)."""
+        warnings.warn(f"{type(self).__name__}.model_name is deprecated: use .model", DeprecationWarning, stacklevel=2)
+        return self.model
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle (e.g. a script's ``torch.save``d state): an older layout is upgraded as by
+        ``load`` (:func:`upgrade_fields`), and fields added since take their defaults."""
+        state = upgrade_fields(state)
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.name not in state and f.default is not dataclasses.MISSING:
+                state[f.name] = f.default
+            elif f.name not in state and f.default_factory is not dataclasses.MISSING:
+                state[f.name] = f.default_factory()
+        self.__dict__.update(state)
 
     def _split(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, meta = {}, {}
@@ -127,13 +178,27 @@ class Result:
         except Exception as err:  # safetensors raises its own SafetensorError on a malformed file
             raise ResultLoadError(f"{data_path} is not a readable safetensors file ({err})") from None
         try:
-            return cls(**fields, **tensors)  # type: ignore[call-arg]
+            return cls(**upgrade_fields(fields), **tensors)  # type: ignore[call-arg]
         except TypeError as err:
             raise ResultLoadError(f"{spec_path}: its fields do not fit {cls.__name__} ({err}); "
                                   "was it saved by another version of the class?") from None
 
     def to_dataframe(self) -> pd.DataFrame:  # pragma: no cover - every result overrides it
         raise NotImplementedError
+
+
+def upgrade_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The saved ``fields`` of a result in today's layout (a new dict). Older layouts: the model's
+    name saved as ``model_name`` (every result but five before issue 25; interchange and probing
+    results before issue 16) becomes ``model``; a file with neither takes the name from its
+    ``provenance["model"]``, else its ``model_info["name"]``, else ``""`` (unknown)."""
+    out = dict(fields)
+    old = out.pop("model_name", None)
+    if not out.get("model"):
+        prov, info = out.get("provenance") or {}, out.get("model_info") or {}
+        name = old or prov.get("model") or info.get("name")
+        out["model"] = "" if name is None else str(name)
+    return out
 
 
 def write_atomically(files: list[tuple[Path, bytes]]) -> None:

@@ -18,9 +18,8 @@ from tqdm.auto import tqdm
 
 from icl_circuits.core.evaluation import score
 from icl_circuits.core.metrics import summarize
-from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch, Template, build_prompts
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.types import HookedModel
 
 __all__ = ["AccuracyResult", "accuracy_by_demos", "demo_sweep"]
@@ -66,7 +65,6 @@ class AccuracyResult(Result):
     interval: list[str]
     n: list[int]
     template: list[str]
-    model: str = ""
 
     def to_dataframe(self) -> pd.DataFrame:
         """Tidy table: one row per task x n_demos x metric (columns ``COLUMNS``)."""
@@ -113,10 +111,9 @@ def accuracy_by_demos(
     return AccuracyResult(
         value=t("value"), low=t("low"), high=t("high"), task=cols["task"], n_demos=[int(k) for k in cols["n_demos"]],
         metric=cols["metric"], interval=cols["interval"], n=[int(k) for k in cols["n"]], template=cols["template"],
-        model=model.cfg.model_name, model_info=model_info(model),
-        provenance=provenance(model, seed=batches[0].seed, tasks=sorted({b.task for b in batches}),
-                              n_demos=sorted({b.n_demos for b in batches}), n_batches=len(batches),
-                              single_token=_one_or_all([b.single_token for b in batches])),
+        **stamp(model, seed=batches[0].seed, tasks=sorted({b.task for b in batches}),
+                n_demos=sorted({b.n_demos for b in batches}), n_batches=len(batches),
+                single_token=_one_or_all([b.single_token for b in batches])),
     )
 
 

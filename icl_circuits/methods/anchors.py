@@ -25,9 +25,8 @@ from tqdm.auto import tqdm
 
 from icl_circuits.core.interventions import Intervention, Site, check_layer
 from icl_circuits.core.metrics import correct, wilson
-from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.runner import run_final_logits
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.saliency import check_demos, has_bos
@@ -141,7 +140,6 @@ class IsolationResult(Result):
     targets: list[str]
     mode: str
     task: str
-    model_name: str
     n_demos: int
     keep_bos: bool
     restrict_to_labels: bool
@@ -162,7 +160,7 @@ class IsolationResult(Result):
              "loyalty": float(self.loyalty[i, j]), "loyalty_low": float(self.loyalty_low[i, j]),
              "loyalty_high": float(self.loyalty_high[i, j]), "word_loyalty": float(self.word_loyalty[i, j]),
              "baseline_accuracy": self.baseline_accuracy, "mode": self.mode, "task": self.task,
-             "model": self.model_name, "n": int(self.correct.shape[-1])}
+             "model": self.model, "n": int(self.correct.shape[-1])}
             for i, name in enumerate(self.range_names) for j, t in enumerate(self.targets)
         ])
 
@@ -257,12 +255,11 @@ def isolate_attention(
     acc_r, loy_r = rate(ok_t), rate(loyal_t)
     col = lambda rs, a: torch.tensor([getattr(x, a) for x in rs]).reshape(shape)  # noqa: E731
     return IsolationResult(
-        model_info=model_info(model),
         accuracy=col(acc_r, "value"), accuracy_low=col(acc_r, "low"), accuracy_high=col(acc_r, "high"),
         loyalty=col(loy_r, "value"), loyalty_low=col(loy_r, "low"), loyalty_high=col(loy_r, "high"),
         word_loyalty=torch.stack(word).reshape(shape), correct=ok_t, loyal=loyal_t,
         baseline_accuracy=float(correct(base, batch.answer_tokens, cand).float().mean()),
-        layer_ranges=ranges, targets=targets, mode=mode, task=batch.task, model_name=str(model.cfg.model_name),
+        layer_ranges=ranges, targets=targets, mode=mode, task=batch.task,
         n_demos=batch.n_demos, keep_bos=keep_bos, restrict_to_labels=restrict_to_labels, top_k=top_k, seed=seed,
-        provenance=provenance(model, batch), meta={"positions": positions, "prompt_seed": batch.seed},
+        **stamp(model, batch), meta={"positions": positions, "prompt_seed": batch.seed},
     )

@@ -22,7 +22,7 @@ from torch import Tensor
 from icl_circuits.core.interventions import Intervention, Site
 from icl_circuits.core.metrics import Metric
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result
+from icl_circuits.core.results import Result, stamp_of
 from icl_circuits.core.runner import final_logits_with_grad, minibatches
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.heads import HeadScanResult, scan_layers, scan_result
@@ -75,7 +75,7 @@ def head_attribution(
     (a zero that requires grad added to ``hook_z``), so frozen parameters are fine and no
     parameter ``.grad`` is touched. ``per_prompt`` holds clean + estimated effect. The metric (a
     registry name) must be differentiable: e.g. ``"logit_diff_to_mean"``, ``"logit_diff"``,
-    ``"gold_prob"``; rates (``"accuracy"``) have zero gradient and are refused.
+    ``"gold_prob"``; rates (``"first_token"``, ``"label"``) have zero gradient and are refused.
 
     AtP* (Kramar et al. 2024; ``methods.atp_star`` gives the formulas): ``qk_fix=True`` replaces
     the first-order term of every later block's attention pattern, along the direct residual path
@@ -230,8 +230,7 @@ def scan_agreement(exact: HeadScanResult, approx: HeadScanResult, k: int = 5, *,
         spearman=float(rho), spearman_p=float(p), pearson=float(r), top_k=k, top_k_overlap=overlap,
         min_overlap=float(min_overlap), top_head_missed=top_missed, disagree=overlap < min_overlap or top_missed,
         missed=missed, how=exact.how, positions=exact.positions, metric=exact.metric, ablation=ablation,
-        exact_method=exact.method, approx_method=approx.method, model_info=exact.model_info,
-        provenance=exact.provenance,
+        exact_method=exact.method, approx_method=approx.method, **stamp_of(exact),
     )
     if out.disagree:
         why = f"top-{k} overlap {overlap:.2f}" + (f" < {min_overlap}" if overlap < min_overlap else "")

@@ -24,9 +24,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_circuits.core.interventions import Intervention, Site, check_layer, check_layers, z_name
-from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.runner import TOKENS_PER_FORWARD, Entry, cache_resid, minibatches, read_activations, run_staggered, unembed_rows
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.vectors import TaskVector
@@ -54,8 +53,7 @@ class HeadCIEResult(Result):
     layers: list[int]
     baseline: float
     task: str
-    model_name: str
-    metric: str = "gold_probability"
+    metric: str = "gold_prob"
     meta: dict = field(default_factory=dict)
 
     def top(self, k: int) -> list[tuple[int, int]]:
@@ -73,7 +71,7 @@ class HeadCIEResult(Result):
         return pd.DataFrame({
             "layer": np.repeat(self.layers, H), "head": np.tile(np.arange(H), L),
             "cie": self.values.flatten().tolist(), "se": se.flatten().tolist(),
-            "task": self.task, "model": self.model_name,
+            "task": self.task, "model": self.model,
         })
 
 
@@ -122,9 +120,9 @@ def head_cie(
         probs = probs.reshape(len(cells), len(mb), -1)[:, torch.arange(len(mb)), gold]  # [cell, batch]
         out[:, :, rows] = (probs - p0).reshape(len(layers), H, len(mb))
     bar.close()
-    return HeadCIEResult(model_info=model_info(model), provenance=provenance(model, corrupted_batch), values=out.mean(-1), per_prompt=out, layers=layers,
+    return HeadCIEResult(values=out.mean(-1), per_prompt=out, layers=layers,
                          baseline=float(torch.cat(base_all).mean()), task=corrupted_batch.task,
-                         model_name=model.cfg.model_name,
+                         **stamp(model, corrupted_batch),
                          meta={"clean_variant": clean_batch.variant, "corrupted_variant": corrupted_batch.variant,
                                "n_prompts": len(corrupted_batch), "n_demos": corrupted_batch.n_demos})
 
@@ -171,5 +169,5 @@ def function_vector(
             "heads": [list(h) for h in heads], "head_cie": [float(cie.values[l, h]) for l, h in heads],
             "cie": cie.values.tolist(), "corrupted_baseline": cie.baseline, "top_k": top_k,
             "default_layer": round(L / 3)}
-    return TaskVector(fv[None].repeat(len(layers), 1), layers, "add", "function", clean.task, model.cfg.model_name,
-                      meta=meta, model_info=model_info(model), provenance=provenance(model, clean))
+    return TaskVector(fv[None].repeat(len(layers), 1), layers, "add", "function", clean.task,
+                      meta=meta, **stamp(model, clean))

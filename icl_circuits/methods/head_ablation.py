@@ -35,10 +35,9 @@ from torch import Tensor
 
 from icl_circuits.core.interventions import Intervention, Site, check_head, z_name
 from icl_circuits.core.metrics import Metric, get_metric
-from icl_circuits.core.models import model_info
 from icl_circuits.core.positions import check_batch
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.runner import (
     MakeHooks, read_activations, run_final_logits,
 )
@@ -209,7 +208,6 @@ class AblationResult(Result):
     positions: str
     metric: str
     task: str
-    model_name: str
     meta: dict = field(default_factory=dict)
 
     @property
@@ -224,7 +222,7 @@ class AblationResult(Result):
         return pd.DataFrame({"prompt": range(len(self.per_prompt)), "ablated": self.per_prompt.tolist(),
                              "clean": self.clean.tolist(), "metric": self.metric, "how": self.how,
                              "positions": self.positions, "n_heads": len(self.heads), "task": self.task,
-                             "model": self.model_name})
+                             "model": self.model})
 
 
 def positions_label(positions: HeadPositions) -> str:
@@ -243,7 +241,7 @@ def ablate_heads(
     mean_batch: PromptBatch | None = None,
     positions: HeadPositions = "all",
     mean_over: Literal["position", "tokens"] = "position",
-    metric: "str | Metric" = "accuracy",
+    metric: "str | Metric" = "first_token",
     extra_hooks: MakeHooks | None = None,
     batch_size: int = 64,
 ) -> AblationResult:
@@ -269,10 +267,8 @@ def ablate_heads(
     clean_logits = run_final_logits(model, batch, extra_hooks, batch_size=batch_size)
     logits = run_final_logits(model, batch, head_ablation_hooks(hs, how, means, positions, extra_hooks),
                               batch_size=batch_size)
-    name = metric if isinstance(metric, str) else m.name
     return AblationResult(
-        model_info=model_info(model),
         logits=logits, per_prompt=m.from_logits(logits, batch), clean=m.from_logits(clean_logits, batch),
-        heads=[list(p) for p in hs], how=how, positions=positions_label(positions), metric=name, task=batch.task,
-        model_name=str(model.cfg.model_name), provenance=provenance(model, batch), meta={"mean_over": mean_over},
+        heads=[list(p) for p in hs], how=how, positions=positions_label(positions), metric=m.name, task=batch.task,
+        **stamp(model, batch), meta={"mean_over": mean_over},
     )

@@ -13,12 +13,12 @@ Every ablation is a list of ``Intervention(Site(l, "z", h), "zero" | "mean", pos
 specs (``head_ablation_interventions``), run by ``core.runner``.
 
 Metrics (per prompt, on the final-position logits) come from the registry
-(``core.metrics.get_metric``); any ``final_logits`` metric works: ``"accuracy"``
-(= ``first_token``), ``"label"``, ``"gold_prob"``, ``"logit_diff"`` (gold minus the best other
+(``core.metrics.get_metric``); any ``final_logits`` metric works: ``"first_token"``
+(alias ``"accuracy"``), ``"label"``, ``"gold_prob"``, ``"logit_diff"`` (gold minus the best other
 candidate) and ``"logit_diff_to_mean"`` (gold logit minus the mean logit of the prompt's other
 label words for categorization tasks, minus the mean logit over the whole vocabulary otherwise:
 the smooth margin of docs/results/heads.md, the same direction as the direct logit attribution
-in ``circuits``). Results carry the metric name as given.
+in ``circuits``). Results carry the metric's registry name (an alias is recorded as its metric).
 
 Positions: ``positions="all"`` (or None) ablates every position; any other value is a
 ``PromptBatch.positions`` spec (``"final"``/``"query"``, ``"answers"``, ``"answer_-1"``...).
@@ -39,9 +39,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_circuits.core.metrics import Metric, get_metric, wilson
-from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.runner import (
     Entry, cache_resid, minibatches, run_final_logits, run_staggered,
 )
@@ -85,7 +84,6 @@ class HeadScanResult(Result):
     positions: str
     method: str
     task: str
-    model_name: str
     meta: dict = field(default_factory=dict)
 
     @property
@@ -100,7 +98,7 @@ class HeadScanResult(Result):
                              "effect": float(self.effect[i, h]), "low": float(self.low[i, h]),
                              "high": float(self.high[i, h]), "clean": float(self.clean.mean()),
                              "metric": self.metric, "how": self.how, "positions": self.positions,
-                             "method": self.method, "task": self.task, "model": self.model_name})
+                             "method": self.method, "task": self.task, "model": self.model})
         return pd.DataFrame(rows)
 
     def top(self, k: int = 5, *, largest_drop: bool = True) -> list[tuple[int, int]]:
@@ -125,11 +123,10 @@ def scan_result(per_prompt: Tensor, clean: Tensor, layers: list[int], metric: "s
         sem = (per_prompt - clean).std(-1) / n**0.5 if n > 1 else torch.zeros_like(values)
         low, high = values - 1.96 * sem, values + 1.96 * sem
     return HeadScanResult(
-        model_info=model_info(model),
         values=values, effect=effect, per_prompt=per_prompt, clean=clean, low=low, high=high, layers=layers,
-        metric=metric if isinstance(metric, str) else metric.name, how=how, positions=positions_label(positions),
-        method=method, task=batch.task, model_name=str(model.cfg.model_name),
-        provenance=provenance(model, batch), meta=meta,
+        metric=get_metric(metric).name, how=how, positions=positions_label(positions),
+        method=method, task=batch.task,
+        **stamp(model, batch), meta=meta,
     )
 
 
@@ -149,7 +146,7 @@ def head_ablation_scan(
     batch: PromptBatch,
     how: Literal["zero", "mean"] = "zero",
     *,
-    metric: "str | Metric" = "accuracy",
+    metric: "str | Metric" = "first_token",
     positions: HeadPositions = "all",
     mean_batch: PromptBatch | None = None,
     mean_over: Literal["position", "tokens"] = "position",

@@ -16,7 +16,7 @@ every layer resumed at its block from one cached clean prefix.
 
 from __future__ import annotations
 
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
@@ -27,11 +27,10 @@ from torch import Tensor
 
 from icl_circuits.core.interventions import Intervention, Site, check_layer
 from icl_circuits.core.metrics import wilson
-from icl_circuits.core.models import model_info
 from icl_circuits.core.pairs import _as_task, task_answer_tokens
 from icl_circuits.core.positions import check_batch, masked_mean
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp, stamp_of
 from icl_circuits.core.runner import read_resid, sweep_final_logits
 from icl_circuits.core.tasks import Task
 from icl_circuits.core.types import HookedModel
@@ -67,8 +66,8 @@ class InterchangeResult(Result):
     ``transfer`` and ``preserve`` are not exclusive when A(query) and B(query) share their first
     token (only possible with ``exclude_ambiguous=False``); ``neither`` is "not transfer and not
     preserve". baseline: the three rates of the clean target run. logits: [layer, batch, d_vocab]
-    (only with ``return_logits=True``). model: the model's ``cfg.model_name``; provenance:
-    ``core.results.provenance`` of the model and the target batch. Scoring is first-token.
+    (only with ``return_logits=True``). Stamped (``core.results.stamp``) with the model and the
+    target batch. Scoring is first-token.
     """
 
     rates: Float[Tensor, "outcome layer"]
@@ -86,17 +85,11 @@ class InterchangeResult(Result):
     source_task: str
     target_task: str
     n_demos: int
-    model: str = ""
     per_prompt_source: bool = False
     control: str = "none"
     baseline: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     logits: Tensor | None = None
-    model_name: InitVar[str | None] = None  # the field's name in files saved before issue #16
-
-    def __post_init__(self, model_name: str | None) -> None:
-        if model_name is not None and not self.model:
-            object.__setattr__(self, "model", model_name)
 
     def rate(self, outcome: str = "transfer") -> Float[Tensor, "layer"]:
         """The rate of one outcome per layer."""
@@ -118,8 +111,6 @@ class InterchangeResult(Result):
         ]
         return pd.DataFrame(rows)
 
-
-InterchangeResult.model_name = property(lambda self: self.model, doc="The old name of ``model``.")  # type: ignore[assignment]
 
 
 # ----------------------------------------------------------------------------- interchange
@@ -240,7 +231,6 @@ def interchange(
     clean_stats, _ = _rates(outcome_hits(clean[None])[:, 0], valid)
     shape = (len(OUTCOMES), len(layers))
     return InterchangeResult(
-        model_info=model_info(model),
         rates=torch.tensor([r.value for r in stats]).reshape(shape),
         low=torch.tensor([r.low for r in stats]).reshape(shape),
         high=torch.tensor([r.high for r in stats]).reshape(shape),
@@ -248,14 +238,13 @@ def interchange(
         transfer_tokens=ta, preserve_tokens=tb, valid=valid, layers=layers, positions=names,
         position_set=spec_name, source_task=_as_task(a_task).name,
         target_task=target_batch.task if target_task is None else _as_task(target_task).name,
-        model=str(model.cfg.model_name), n_demos=target_batch.n_demos,
+        n_demos=target_batch.n_demos,
         per_prompt_source=per_prompt_source, control=control,
         baseline={o: r.value for o, r in zip(OUTCOMES, clean_stats)},
         meta={"source_prompts_task": source_batch.task, "n_source": len(source_batch),
               "n_target": len(target_batch), "exclude_ambiguous": exclude_ambiguous, "seed": seed,
               "written_fraction": float(written.float().mean())},
-        provenance=provenance(model, target_batch, source_task=source_batch.task, n_source=len(source_batch)),
-        logits=logits,
+        logits=logits, **stamp(model, target_batch, source_task=source_batch.task, n_source=len(source_batch)),
     )
 
 
@@ -291,7 +280,6 @@ class InterchangeControlsResult(Result):
     target_task: str
     third_task: str
     n_demos: int
-    model: str
     baseline: dict = field(default_factory=dict)
     run_meta: dict = field(default_factory=dict)
 
@@ -305,13 +293,13 @@ class InterchangeControlsResult(Result):
             raise KeyError(f"no run {name!r}; runs: {', '.join(self.runs)}")
         i = self.runs.index(name)
         return InterchangeResult(
-            model_info=self.model_info, rates=self.rates[i], low=self.low[i], high=self.high[i],
+            rates=self.rates[i], low=self.low[i], high=self.high[i],
             counts=self.counts[i], predictions=self.predictions[i], clean_predictions=self.clean_predictions,
             transfer_tokens=self.transfer_tokens, preserve_tokens=self.preserve_tokens, valid=self.valid,
             layers=self.layers, positions=self.positions, position_set=self.position_set,
-            source_task=self.source_task, target_task=self.target_task, n_demos=self.n_demos, model=self.model,
+            source_task=self.source_task, target_task=self.target_task, n_demos=self.n_demos,
             control=name if name in ("norm_matched_noise", "shuffled_positions") else "none",
-            baseline=self.baseline, meta=self.run_meta.get(name, {}), provenance=self.provenance,
+            baseline=self.baseline, meta=self.run_meta.get(name, {}), **stamp_of(self),
         )
 
     __getitem__ = run
@@ -359,10 +347,10 @@ def interchange_controls(
     r0 = out["interchange"]
     stack = lambda name: torch.stack([getattr(r, name) for r in out.values()])  # noqa: E731
     return InterchangeControlsResult(
-        model_info=r0.model_info, runs=list(out), rates=stack("rates"), low=stack("low"), high=stack("high"),
+        runs=list(out), rates=stack("rates"), low=stack("low"), high=stack("high"),
         counts=stack("counts"), predictions=stack("predictions"), clean_predictions=r0.clean_predictions,
         transfer_tokens=r0.transfer_tokens, preserve_tokens=r0.preserve_tokens, valid=r0.valid, layers=r0.layers,
         positions=r0.positions, position_set=r0.position_set, source_task=r0.source_task,
-        target_task=r0.target_task, third_task=third_batch.task, n_demos=r0.n_demos, model=r0.model,
-        baseline=r0.baseline, run_meta={k: r.meta for k, r in out.items()}, provenance=r0.provenance,
+        target_task=r0.target_task, third_task=third_batch.task, n_demos=r0.n_demos,
+        baseline=r0.baseline, run_meta={k: r.meta for k, r in out.items()}, **stamp_of(r0),
     )

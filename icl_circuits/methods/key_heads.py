@@ -25,9 +25,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_circuits.core.metrics import correct
-from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.runner import run_final_logits
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.head_ablation import HeadPositions, check_choice, check_head_positions, check_heads, head_ablation_hooks, head_means, positions_label
@@ -56,14 +55,13 @@ class KeyHeadsResult(Result):
     source: str
     by: str
     task: str
-    model_name: str
     meta: dict = field(default_factory=dict)
 
     def to_dataframe(self) -> pd.DataFrame:
         rank = {tuple(lh): r for r, lh in enumerate(self.ranking)}
         H = self.scores.shape[1]
         return pd.DataFrame([{"layer": l, "head": h, "score": float(self.scores[i, h]), "rank": rank[(l, h)],
-                              "source": self.source, "task": self.task, "model": self.model_name}
+                              "source": self.source, "task": self.task, "model": self.model}
                              for i, l in enumerate(self.layers) for h in range(H)])
 
 
@@ -91,10 +89,9 @@ def key_heads(
                               batch_size=batch_size)
     per = ov.ov_dla if source == "ov" else ov.exact_dla
     return KeyHeadsResult(
-        model_info=model_info(model),
         scores=per.mean(-1), per_prompt=per, ranking=[list(p) for p in ov.ranking(source, by)], layers=ov.layers,
-        injection_layer=ov.injection_layer, source=source, by=by, task=ov.task, model_name=ov.model_name,
-        provenance=provenance(model, batch), meta={"ln": ov.ln, "positions": ov.positions},
+        injection_layer=ov.injection_layer, source=source, by=by, task=ov.task,
+        meta={"ln": ov.ln, "positions": ov.positions}, **stamp(model, batch),
     )
 
 
@@ -120,7 +117,6 @@ class KeyHeadAblationResult(Result):
     ablate_positions: str
     seed: int
     task: str
-    model_name: str
     meta: dict = field(default_factory=dict)
 
     @property
@@ -139,7 +135,7 @@ class KeyHeadAblationResult(Result):
                 rows.append({"k": k, "kind": "random", "draw": j, "accuracy": float(self.random[i, j]),
                              "drop": float(self.random_drop[i, j])})
         df = pd.DataFrame(rows)
-        df["task"], df["model"], df["how"] = self.task, self.model_name, self.how
+        df["task"], df["model"], df["how"] = self.task, self.model, self.how
         return df
 
 
@@ -218,11 +214,9 @@ def key_head_ablation(
         rand.append(torch.stack(accs)), rand_heads.append(draws)
     bar.close()
     return KeyHeadAblationResult(
-        model_info=model_info(model),
         top=torch.stack(top), random=torch.stack(rand), top_per_prompt=torch.stack(top_pp), ks=[int(k) for k in ks],
         top_heads=[list(p) for p in order[: max(ks)]], random_heads=rand_heads, vector_accuracy=float(with_vec.mean()),
         no_vector_accuracy=float(no_vec.mean()), injection_layer=layer, how=how, ablate_positions=positions_label(ablate_positions),
-        seed=seed, task=batch.task, model_name=str(model.cfg.model_name),
-        provenance=provenance(model, batch), meta={"n": len(batch), "restrict_to_labels": restrict_to_labels,
-              "positions": spec_name(positions)},
+        seed=seed, task=batch.task, **stamp(model, batch),
+        meta={"n": len(batch), "restrict_to_labels": restrict_to_labels, "positions": spec_name(positions)},
     )

@@ -32,10 +32,9 @@ from tqdm.auto import tqdm
 
 from icl_circuits.core.interventions import Intervention, Site, check_layer, check_vector
 from icl_circuits.core.metrics import Rate, wilson
-from icl_circuits.core.models import model_info
 from icl_circuits.core.positions import PositionSet
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import provenance
+from icl_circuits.core.results import stamp, stamp_of
 from icl_circuits.core.runner import final_logits_with_grad, frozen, read_resid, resume_final_logits
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.vectors import TaskVector
@@ -309,8 +308,7 @@ def train_task_vector(
     }
     return TaskVector(
         vectors=best.cpu(), layers=ls, mode="add", method="learned", task=batch.task,
-        model_name=model.cfg.model_name, position="+".join(kinds), meta=meta, model_info=model_info(model),
-        provenance=provenance(model, batch),
+        position="+".join(kinds), meta=meta, **stamp(model, batch),
     )
 
 
@@ -349,7 +347,7 @@ def train_per_layer(model: HookedModel, batch: PromptBatch, layers: Sequence[int
     first = tvs[0]
     return TaskVector(
         vectors=torch.cat([t.vectors for t in tvs]), layers=layers, mode="add", method="learned", task=first.task,
-        model_name=first.model_name, position=first.position, model_info=first.model_info, provenance=first.provenance,
+        position=first.position, **stamp_of(first),
         meta={"per_layer": {str(l): t.meta for l, t in zip(layers, tvs)},
               "val_accuracy_best": [t.meta["val_accuracy_best"] for t in tvs]},
     )

@@ -26,9 +26,8 @@ from torch import Tensor
 
 from icl_circuits.core.interventions import check_layer, check_vector
 from icl_circuits.core.metrics import correct, wilson
-from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.runner import read_resid, unembed_resid
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.vectors import TaskVector
@@ -53,7 +52,6 @@ class LogitLensResult(Result):
     per_prompt: Float[Tensor, "layer batch"]
     layers: list[int]
     task: str
-    model_name: str
     n_candidates: int
     injected: str | None = None
     meta: dict = field(default_factory=dict)
@@ -61,7 +59,7 @@ class LogitLensResult(Result):
     def to_dataframe(self) -> pd.DataFrame:
         return pd.DataFrame({"layer": self.layers, "accuracy": self.accuracy.tolist(), "low": self.low.tolist(),
                              "high": self.high.tolist(), "n": self.per_prompt.shape[1], "task": self.task,
-                             "model": self.model_name, "injected": self.injected})
+                             "model": self.model, "injected": self.injected})
 
 
 def logit_lens(
@@ -101,11 +99,10 @@ def logit_lens(
     ok = torch.stack([correct(lg, batch.answer_tokens, cand) for lg in logits]).float()
     rates = [wilson(int(r.sum()), r.numel()) for r in ok]
     return LogitLensResult(
-        model_info=model_info(model),
         accuracy=ok.mean(1), low=torch.tensor([r.low for r in rates]), high=torch.tensor([r.high for r in rates]),
-        per_prompt=ok, layers=layers, task=batch.task, model_name=model.cfg.model_name,
+        per_prompt=ok, layers=layers, task=batch.task,
         n_candidates=int(cand.shape[1]), injected=None if vectors is None else vectors.method,
-        provenance=provenance(model, batch),
+        **stamp(model, batch),
     )
 
 
@@ -119,7 +116,6 @@ class VectorLensResult(Result):
     token_strs: list
     layers: list
     task: str
-    model_name: str
     method: str
     meta: dict = field(default_factory=dict)
 
@@ -128,7 +124,7 @@ class VectorLensResult(Result):
         rows = [{"layer": l, "rank": r, "token": int(self.tokens[i, r]), "token_str": self.token_strs[i][r],
                  "logit": float(self.logits[i, r])}
                 for i, l in enumerate(self.layers) for r in range(self.tokens.shape[1])]
-        return pd.DataFrame(rows).assign(task=self.task, model=self.model_name, method=self.method)
+        return pd.DataFrame(rows).assign(task=self.task, model=self.model, method=self.method)
 
 
 def vector_logit_lens(model: HookedModel, tv: TaskVector, k: int = 10) -> VectorLensResult:
@@ -141,10 +137,11 @@ def vector_logit_lens(model: HookedModel, tv: TaskVector, k: int = 10) -> Vector
     top = logits.topk(min(k, logits.shape[-1]), dim=-1)
     tok = getattr(model, "tokenizer", None)
     strs = [[tok.decode([t]) if tok is not None else str(t) for t in row] for row in top.indices.tolist()]
+    st = stamp(model)
     return VectorLensResult(
-        model_info=model_info(model), tokens=top.indices, logits=top.values, token_strs=strs, layers=list(tv.layers),
-        task=tv.task, model_name=str(model.cfg.model_name), method=tv.method,
-        provenance={**tv.provenance, **provenance(model)}, meta={"k": k},  # what the vector was computed on
+        tokens=top.indices, logits=top.values, token_strs=strs, layers=list(tv.layers),
+        task=tv.task, method=tv.method, meta={"k": k}, model=st["model"], model_info=st["model_info"],
+        provenance={**tv.provenance, **st["provenance"]},  # what the vector was computed on
     )
 
 

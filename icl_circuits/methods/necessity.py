@@ -21,10 +21,9 @@ from torch import Tensor
 
 from icl_circuits.core.interventions import Intervention, Site, check_layer
 from icl_circuits.core.metrics import get_metric, wilson
-from icl_circuits.core.models import model_info
 from icl_circuits.core.positions import check_batch, masked_mean
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import provenance
+from icl_circuits.core.results import stamp
 from icl_circuits.core.runner import read_resid, sweep_final_logits
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.sweeps import SweepResult
@@ -38,7 +37,7 @@ Corruption = Literal["noise", "zero", "mean"]
 class NecessityResult(SweepResult):
     """Accuracy per layer with a position set corrupted (a ``SweepResult``: values, per_prompt,
     Wilson low/high, baseline = clean accuracy) plus the position names; ``drop = baseline - values``.
-    provenance: ``core.results.provenance`` of the model and the batch."""
+    Stamped (``core.results.stamp``) with the model and the batch."""
 
     positions: list = field(default_factory=list)
     position_set: str = ""
@@ -106,10 +105,9 @@ def necessity(
                                      progress=progress, desc=f"necessity {spec_name}")
     rates = [wilson(int(h.sum()), h.numel()) for h in hits]
     return NecessityResult(
-        model_info=model_info(model),
         values=hits.float().mean(1), per_prompt=hits.float(), low=torch.tensor([r.low for r in rates]),
-        high=torch.tensor([r.high for r in rates]), layers=layers, metric="accuracy", method=f"necessity:{how}",
-        task=batch.task, model_name=str(model.cfg.model_name), baseline=float(clean.float().mean()),
+        high=torch.tensor([r.high for r in rates]), layers=layers, metric=first_token.name, method=f"necessity:{how}",
+        task=batch.task, baseline=float(clean.float().mean()),
         meta={"how": how, "noise_scale": noise_scale, "relative": relative, "seed": seed, "n_demos": batch.n_demos},
-        positions=names, position_set=spec_name, provenance=provenance(model, batch),
+        positions=names, position_set=spec_name, **stamp(model, batch),
     )

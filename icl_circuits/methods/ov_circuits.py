@@ -48,9 +48,8 @@ from torch import Tensor
 
 from icl_circuits.core.interventions import Intervention, Site, check_layer, check_vector, resid_name
 from icl_circuits.core.metrics import correct, wilson
-from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.runner import Entry, minibatches, read_activations, run_staggered, unembed_resid
 from icl_circuits.core.runner.backend import per_head
 from icl_circuits.core.types import HookedModel
@@ -182,7 +181,6 @@ class OVResult(Result):
     mode: str
     positions: str
     task: str
-    model_name: str
     head_exact: Tensor | None = None
     head_ov: Tensor | None = None
     meta: dict = field(default_factory=dict)
@@ -216,7 +214,7 @@ class OVResult(Result):
                 rows.append({"layer": l, "head": h, "exact_dla": float(self.exact_dla[i, h].mean()),
                              "ov_dla": float(self.ov_dla[i, h].mean()), "exact_norm": float(self.exact_norm[i, h].mean()),
                              "ov_norm": float(self.ov_norm[i, h].mean()), "cosine": float(self.cosine[i, h].mean()),
-                             "injection_layer": self.injection_layer, "task": self.task, "model": self.model_name})
+                             "injection_layer": self.injection_layer, "task": self.task, "model": self.model})
         return pd.DataFrame(rows)
 
 
@@ -321,11 +319,10 @@ def ov_contributions(
                 mlp_layers[i, rows], mlp_dla[i, rows] = dm.cpu(), dla(dm).cpu()
                 attn_layers[i, rows] = (cp[("attn_out", l)][ar, q] - cc[("attn_out", l)][ar, q]).float().cpu()
     return OVResult(
-        model_info=model_info(model),
         **acc, **vec, attn_layers=attn_layers, mlp_layers=mlp_layers, direct_dla=direct_dla, mlp_dla=mlp_dla,
         layers=layers, injection_layer=layer, ln=ln, attention=attention, mode=mode, positions=spec, task=batch.task,
-        model_name=str(model.cfg.model_name), head_exact=head_exact, head_ov=head_ov,
-        provenance=provenance(model, batch), meta={"scale": scale, "method": getattr(tv, "method", "tensor")},
+        head_exact=head_exact, head_ov=head_ov,
+        **stamp(model, batch), meta={"scale": scale, "method": getattr(tv, "method", "tensor")},
     )
 
 
@@ -348,13 +345,12 @@ class ReconstructionResult(Result):
     heads: list | None
     restrict_to_labels: bool
     task: str
-    model_name: str
     meta: dict = field(default_factory=dict)
 
     def to_dataframe(self) -> pd.DataFrame:
         return pd.DataFrame({"condition": self.conditions, "accuracy": self.values.tolist(), "low": self.low.tolist(),
                              "high": self.high.tolist(), "recovered": self.recovered, "n": self.per_prompt.shape[1],
-                             "injection_layer": self.injection_layer, "task": self.task, "model": self.model_name})
+                             "injection_layer": self.injection_layer, "task": self.task, "model": self.model})
 
 
 def reconstruct(
@@ -420,10 +416,9 @@ def reconstruct(
     base, full = float(per[0].mean()), float(per[1].mean())
     rec = [float("nan") if full == base else (float(r.mean()) - base) / (full - base) for r in per]
     return ReconstructionResult(
-        model_info=model_info(model),
         per_prompt=per, values=per.mean(1), low=torch.tensor([r.low for r in rates]),
         high=torch.tensor([r.high for r in rates]), conditions=list(extra), recovered=rec, injection_layer=layer,
         heads=None if heads is None else [list(h) for h in check_heads(model, heads)],
-        restrict_to_labels=restrict_to_labels, task=batch.task, model_name=str(model.cfg.model_name),
-        provenance=provenance(model, batch), meta={"ln": ov.ln, "positions": ov.positions, "mode": ov.mode},
+        restrict_to_labels=restrict_to_labels, task=batch.task,
+        **stamp(model, batch), meta={"ln": ov.ln, "positions": ov.positions, "mode": ov.mode},
     )

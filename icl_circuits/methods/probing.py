@@ -14,7 +14,7 @@ task at ~100% although overwriting them transfers nothing. Put ``ProbeResult`` n
 
 from __future__ import annotations
 
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
@@ -33,9 +33,8 @@ from icl_circuits.core.positions import check_batch
 from icl_circuits.core.interventions import check_layer
 from icl_circuits.core.runner import read_resid
 from icl_circuits.core.metrics import wilson
-from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.types import HookedModel
 
 __all__ = ["ProbeResult", "probe_by_layer"]
@@ -52,9 +51,9 @@ class ProbeResult(Result):
     fold_std: [layer] standard deviation of the per-fold accuracies; control: [layer] the same
     probe on labels shuffled across prompts (NaN when not run); predictions: [layer, sample] class
     index predicted out of fold; labels, groups: [sample] class index and prompt index.
-    chance: the majority-class rate. classes: the class names (index -> name). model: the
-    model's ``cfg.model_name``; provenance: ``core.results.provenance`` of the model and the first
-    batch (``task`` and ``n_prompts`` over all batches).
+    chance: the majority-class rate. classes: the class names (index -> name). Stamped
+    (``core.results.stamp``) with the model and the first batch (``provenance``'s ``task`` and
+    ``n_prompts`` over all batches).
     Where the states carry no label information at all (e.g. the same token in every prompt at
     layer 0), the shuffled control can fall *below* chance: held-out folds of a stratified split
     are biased against the training majority.
@@ -74,16 +73,10 @@ class ProbeResult(Result):
     classes: list[str]
     chance: float
     task: str
-    model: str = ""
     combine: str = "pool"
     cv: int = 5
     seed: int = 0
     meta: dict = field(default_factory=dict)
-    model_name: InitVar[str | None] = None  # the field's name in files saved before issue #16
-
-    def __post_init__(self, model_name: str | None) -> None:
-        if model_name is not None and not self.model:
-            object.__setattr__(self, "model", model_name)
 
     @property
     def best_layer(self) -> int:
@@ -96,9 +89,6 @@ class ProbeResult(Result):
             "chance": self.chance, "n": int(self.labels.numel()), "position_set": self.position_set,
             "combine": self.combine, "task": self.task, "model": self.model,
         })
-
-
-ProbeResult.model_name = property(lambda self: self.model, doc="The old name of ``model``.")  # type: ignore[assignment]
 
 
 def _features(model, batches: list[PromptBatch], spec, layers, combine: Combine, batch_size: int):
@@ -226,12 +216,11 @@ def probe_by_layer(
             acc.append(r.value), low.append(r.low), high.append(r.high), std.append(float(np.std(accs)))
             ctrl.append(float((fit_predict(x, y_shuf)[0] == y_shuf).mean()) if shuffle_control else float("nan"))
     return ProbeResult(
-        model_info=model_info(model),
         accuracy=torch.tensor(acc), low=torch.tensor(low), high=torch.tensor(high), fold_std=torch.tensor(std),
         control=torch.tensor(ctrl), predictions=torch.stack(preds).long(), labels=torch.as_tensor(y).long(),
         groups=groups.long(), layers=layers, positions=names,
         position_set=spec if isinstance(spec, str) else "+".join(spec), classes=classes,
-        chance=float(np.bincount(y).max() / len(y)), model=str(model.cfg.model_name), task=task,
+        chance=float(np.bincount(y).max() / len(y)), task=task,
         combine=combine, cv=cv, seed=seed, meta={"C": C, "n_prompts": len(y_prompt)},
-        provenance=provenance(model, batches[0], task=task, n_prompts=len(y_prompt)),
+        **stamp(model, batches[0], task=task, n_prompts=len(y_prompt)),
     )

@@ -31,10 +31,9 @@ from tqdm.auto import tqdm
 
 from icl_circuits.core.grids import check_grid, grid_edge
 from icl_circuits.core.interventions import Intervention, Site, check_layer, check_vector
-from icl_circuits.core.models import model_info
 from icl_circuits.core.positions import check_batch
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp, stamp_of
 from icl_circuits.core.runner import Entry, gather_positions, read_resid, run_staggered
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.logit_lens import alignment_chance, logit_lens, task_alignment
@@ -220,7 +219,6 @@ class LinearPropagation(Result):
     n_heldout: int
     n_prompts: int
     task: str
-    model_name: str
     ridge_grid: list = field(default_factory=list)
     ridge_cv_r2: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
@@ -232,7 +230,7 @@ class LinearPropagation(Result):
     def to_dataframe(self) -> pd.DataFrame:
         keys = ["layer", "r2", "r2_mean", "ridge", "ref_norm", "rotation_cos", "rotation_deviation", "stretch_cv",
                 "cos_random", "n_fit", "n_heldout", "n_prompts", "task"]
-        return pd.DataFrame([{**{k: getattr(self, k) for k in keys}, "model": self.model_name}])
+        return pd.DataFrame([{**{k: getattr(self, k) for k in keys}, "model": self.model}])
 
 
 def fit_linear_propagation(
@@ -294,15 +292,14 @@ def fit_linear_propagation(
     pred = X[test].double() @ W.T  # [n_out, d]
     pm = polar_metrics(W)
     return LinearPropagation(
-        model_info=model_info(model),
         W=W.float(), U=pm["U"].float(), P=pm["P"].float(), stretch=pm["stretch"].float(), layer=layer,
         r2=r2(Y[test].reshape(-1, d), pred[:, None].expand(-1, len(batch), -1).reshape(-1, d)),
         r2_mean=r2(Ym[test], pred), ridge=float(ridge), ref_norm=norm, rotation_cos=pm["rotation_cos"],
         rotation_deviation=pm["rotation_deviation"], stretch_cv=pm["stretch_cv"],
         cos_random=float(_cos(X[test], pred.float()).mean()), n_fit=len(fit), n_heldout=n_out,
-        n_prompts=len(batch), task=batch.task, model_name=model.cfg.model_name,
+        n_prompts=len(batch), task=batch.task,
         ridge_grid=choice.grid if choice else [], ridge_cv_r2=choice.cv_r2 if choice else [],
-        provenance=provenance(model, batch),
+        **stamp(model, batch),
         meta={"n_vectors": n_vectors, "vector_seed": seed, "ridge_option": option,
               **({"ridge_cv_folds": choice.n_folds, "ridge_on_edge": choice.on_edge} if choice else {})},
     )
@@ -352,7 +349,6 @@ class PropagationResult(Result):
     n_eval: int
     n_candidates: int
     task: str
-    model_name: str
     method: str
     ridge: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
@@ -362,7 +358,7 @@ class PropagationResult(Result):
         if len(self.ridge) == len(self.layers):
             df["ridge"] = [float("nan") if v is None else v for v in self.ridge]
         return df.assign(alignment_chance=self.alignment_chance, baseline=self.baseline, n_eval=self.n_eval,
-                         task=self.task, model=self.model_name, method=self.method)
+                         task=self.task, model=self.model, method=self.method)
 
 
 def propagation_by_layer(
@@ -427,12 +423,11 @@ def propagation_by_layer(
         rows["ridge"].append(fit["ridge"])
     acc_rec = []
     for wt in rows["wtheta"]:
-        rec = TaskVector(wt[None], [n], "add", f"{tv.method}-reconstructed", tv.task, tv.model_name, provenance=tv.provenance)
+        rec = TaskVector(wt[None], [n], "add", f"{tv.method}-reconstructed", tv.task, **stamp_of(tv))
         acc_rec.append(float(evaluate_vector(model, rec, ev).values[0]))
     labels = cand.flatten()
     t = lambda k: torch.tensor(rows[k], dtype=torch.float32)  # noqa: E731
     return PropagationResult(
-        model_info=model_info(model),
         layers=layers, r2=t("r2"), r2_mean=t("r2_mean"), rotation_cos=t("rotation_cos"),
         rotation_deviation=t("rotation_deviation"), stretch_cv=t("stretch_cv"), stretch=torch.stack(rows["stretch"]),
         cos_random=t("cos_random"), cos_theta_wtheta=t("cos_theta_wtheta"), cos_theta_utheta=t("cos_theta_utheta"),
@@ -441,7 +436,7 @@ def propagation_by_layer(
         lens_clean=lens_clean.accuracy, lens_injected=lens_inj.accuracy, acc_injected=acc_inj.values,
         acc_reconstructed=torch.tensor(acc_rec), alignment_chance=alignment_chance(model, labels),
         baseline=float(acc_inj.baseline), n_eval=len(ev), n_candidates=int(cand.shape[1]), task=ev.task,
-        model_name=model.cfg.model_name, method=tv.method, ridge=rows["ridge"],
-        provenance=provenance(model, ev), meta={"n_vectors": n_vectors, "vector_seed": seed, "n_fit_prompts": len(fit_batch),
+        method=tv.method, ridge=rows["ridge"], **stamp(model, ev),
+        meta={"n_vectors": n_vectors, "vector_seed": seed, "n_fit_prompts": len(fit_batch),
               "fit_seed": fit_batch.seed, "with_demos": fit_batch.n_demos, "mode": tv.mode, "ridge_option": ridge},
     )

@@ -22,9 +22,8 @@ from tqdm.auto import tqdm
 
 from icl_circuits.core.interventions import Intervention, Site
 from icl_circuits.core.metrics import correct, wilson
-from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.runner import final_logits_with_grad, frozen, run_final_logits
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.saliency import LossKind, answer_loss, check_demos, label_candidates
@@ -77,7 +76,6 @@ class ReweightResult(Result):
     eval_loss_before: float
     eval_loss_after: float
     task: str
-    model_name: str
     n_demos: int
     loss: str
     restrict_to_labels: bool
@@ -91,7 +89,7 @@ class ReweightResult(Result):
         return pd.DataFrame([
             {"stage": s, "accuracy": getattr(self, f"accuracy_{s}"), "low": getattr(self, f"accuracy_{s}_low"),
              "high": getattr(self, f"accuracy_{s}_high"), "eval_loss": getattr(self, f"eval_loss_{s}"),
-             "train_loss": getattr(self, f"train_loss_{s}"), "task": self.task, "model": self.model_name,
+             "train_loss": getattr(self, f"train_loss_{s}"), "task": self.task, "model": self.model,
              "n_demos": self.n_demos, "n": int(self.correct_before.numel())}
             for s in ("before", "after")
         ])
@@ -172,15 +170,14 @@ def train_anchor_reweighting(
     train_after, (eval_after, ok_after) = mean_loss(train_batch, train_cand), loss_and_acc(eval_batch, eval_cand)
     rb, ra = wilson(int(ok_before.sum()), len(ok_before)), wilson(int(ok_after.sum()), len(ok_after))
     return ReweightResult(
-        model_info=model_info(model),
         beta=beta.cpu(), epoch_losses=torch.tensor(epoch_losses, dtype=torch.float32),
         correct_before=ok_before, correct_after=ok_after,
         accuracy_before=rb.value, accuracy_before_low=rb.low, accuracy_before_high=rb.high,
         accuracy_after=ra.value, accuracy_after_low=ra.low, accuracy_after_high=ra.high,
         train_loss_before=train_before, train_loss_after=train_after,
         eval_loss_before=eval_before, eval_loss_after=eval_after,
-        task=train_batch.task, model_name=str(model.cfg.model_name), n_demos=train_batch.n_demos, loss=loss,
+        task=train_batch.task, n_demos=train_batch.n_demos, loss=loss,
         restrict_to_labels=restrict, lr=lr, epochs=epochs, seed=seed,
-        provenance=provenance(model, train_batch), meta={"n_train": len(train_batch), "n_eval": len(eval_batch),
+        **stamp(model, train_batch), meta={"n_train": len(train_batch), "n_eval": len(eval_batch),
               "eval_seed": eval_batch.seed, "batch_size": batch_size, "renormalized": False},
     )

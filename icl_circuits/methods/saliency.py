@@ -36,9 +36,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_circuits.core.interventions import Intervention, Site, gate_pattern_hook
-from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.runner import final_logits_with_grad, frozen, minibatches
 from icl_circuits.core.types import HookedModel
 
@@ -176,7 +175,6 @@ class SaliencyResult(Result):
     proportions: bool
     exclude_bos: bool
     task: str
-    model_name: str
     n_demos: int
     flow_names: list[str] = field(default_factory=lambda: list(FLOW_NAMES))
     meta: dict = field(default_factory=dict)
@@ -193,7 +191,7 @@ class SaliencyResult(Result):
         return pd.DataFrame([
             {"layer": l, "flow": f, "value": float(self.flows[i, j]), "low": float(self.low[i, j]),
              "high": float(self.high[i, j]), "raw": float(raw[i, j]), "proportion": self.proportions,
-             "task": self.task, "model": self.model_name, "loss": self.loss, "n_demos": self.n_demos}
+             "task": self.task, "model": self.model, "loss": self.loss, "n_demos": self.n_demos}
             for j, l in enumerate(self.layers) for i, f in enumerate(self.flow_names)
         ])
 
@@ -290,13 +288,12 @@ def saliency_flow(
         mats[i, :, :n, :n] = m[:, :n, :n]
     dec = (lambda t: batch.tokenizer.decode([t])) if batch.tokenizer is not None else str
     return SaliencyResult(
-        model_info=model_info(model),
         flows=mean / scale, low=(mean - half) / scale, high=(mean + half) / scale, per_prompt=per_prompt,
         head_flows=head_flows, matrices=mats,
         example_tokens=[[dec(int(t)) for t in batch.tokens[i, : int(batch.final_positions[i]) + 1]] for i in range(n_keep)],
         example_answer_positions=[batch.positions("answers").positions[i].tolist() for i in range(n_keep)],
         example_final_positions=[int(batch.final_positions[i]) for i in range(n_keep)],
         layers=list(range(model.cfg.n_layers)), loss=loss, proportions=proportions, exclude_bos=exclude_bos,
-        task=batch.task, model_name=str(model.cfg.model_name), n_demos=batch.n_demos,
-        provenance=provenance(model, batch), meta={"batch_size": batch_size},
+        task=batch.task, n_demos=batch.n_demos,
+        **stamp(model, batch), meta={"batch_size": batch_size},
     )

@@ -20,9 +20,8 @@ from torch import Tensor
 
 from icl_circuits.core.interventions import HookList
 from icl_circuits.core.metrics import get_metric, wilson
-from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance as _provenance
+from icl_circuits.core.results import Result, Stamp, stamp
 from icl_circuits.core.runner import TOKENS_PER_FORWARD, sweep_final_logits
 from icl_circuits.core.types import HookedModel
 
@@ -34,8 +33,9 @@ class SweepResult(Result):
     """A metric of one intervention applied at each layer.
 
     values: [layer] mean metric; per_prompt: [layer, batch]; low/high: Wilson 95% interval
-    (accuracies) or NaN; layers; metric; method; task; model_name; baseline: the metric without
-    intervention (e.g. zero-shot accuracy), for reference lines in figures.
+    (rates) or mean +- 1.96 standard errors; layers; metric (its registry name); method; task;
+    baseline: the metric without intervention (e.g. zero-shot accuracy), for reference lines in
+    figures. ``model``, ``model_info`` and ``provenance`` come from ``Result`` (``stamp``).
     """
 
     values: Float[Tensor, "layer"]
@@ -46,7 +46,6 @@ class SweepResult(Result):
     metric: str
     method: str
     task: str
-    model_name: str
     baseline: float | None = None
     meta: dict = field(default_factory=dict)
 
@@ -54,7 +53,7 @@ class SweepResult(Result):
         return pd.DataFrame({
             "layer": self.layers, "value": self.values.tolist(), "low": self.low.tolist(),
             "high": self.high.tolist(), "metric": self.metric, "method": self.method,
-            "task": self.task, "model": self.model_name, "baseline": self.baseline,
+            "task": self.task, "model": self.model, "baseline": self.baseline,
         })
 
     @property
@@ -63,18 +62,17 @@ class SweepResult(Result):
 
 
 def accuracy_sweep(
-    per_prompt: Float[Tensor, "layer batch"], layers: Sequence[int], *, method: str, task: str,
-    model_name: str, baseline: float | None = None, meta: dict | None = None, model_info: dict | None = None,
-    provenance: dict | None = None,
+    per_prompt: Float[Tensor, "layer batch"], layers: Sequence[int], *, method: str, task: str, stamped: Stamp,
+    metric: str = "first_token", baseline: float | None = None, meta: dict | None = None,
 ) -> SweepResult:
-    """Wrap per-prompt correctness (0/1) per layer into a SweepResult with Wilson intervals."""
+    """Per-prompt hits of a rate ``metric`` (0/1) per layer as a SweepResult: values[i] = mean of
+    row i, with its Wilson 95% interval. ``stamped``: the result's ``stamp(model, batch)``."""
     rates = [wilson(int(row.sum()), row.numel()) for row in per_prompt]
     return SweepResult(
-        model_info=model_info or {}, provenance=provenance or {},
         values=per_prompt.float().mean(1), per_prompt=per_prompt.float(),
         low=torch.tensor([r.low for r in rates]), high=torch.tensor([r.high for r in rates]),
-        layers=list(layers), metric="accuracy", method=method, task=task, model_name=model_name,
-        baseline=baseline, meta=meta or {},
+        layers=list(layers), metric=metric, method=method, task=task, baseline=baseline, meta=meta or {},
+        **stamped,
     )
 
 
@@ -87,17 +85,15 @@ PromptMetric = Callable[[Tensor, PromptBatch], Tensor]
 
 
 def prompt_metric(metric: str | PromptMetric, batch: PromptBatch) -> tuple[str, PromptMetric]:
-    """Resolve a metric into ``(name, fn(logits, batch) -> [batch])``: a name is looked up in the
-    registry (``core.metrics.get_metric``; any ``final_logits`` metric: ``"accuracy"``,
-    ``"label_accuracy"``, ``"gold_probability"``, ``"logit_diff"``...) and keeps the name given;
-    ``"auto"`` is ``"label_accuracy"`` when the batch has label words, else ``"accuracy"`` (the
-    names these results have always carried). A callable is used as is.
+    """Resolve a metric into ``(name, fn(logits, batch) -> [batch])``: a name (or alias, or
+    ``"auto"``) is looked up in the registry (``core.metrics.get_metric``; any ``final_logits``
+    metric: ``"first_token"``, ``"label"``, ``"gold_prob"``, ``"logit_diff"``...) and gives its
+    registry name. A callable is used as is, named by its ``__name__``.
     """
     if callable(metric):
         return getattr(metric, "__name__", "custom"), metric
-    if metric == "auto":
-        metric = "label_accuracy" if batch.candidate_tokens() is not None else "accuracy"
-    return metric, get_metric(metric, batch, source="final_logits").from_logits
+    m = get_metric(metric, batch, source="final_logits")
+    return m.name, m.from_logits
 
 
 def is_rate(metric: str) -> bool:
@@ -110,21 +106,20 @@ def is_rate(metric: str) -> bool:
 
 def sweep_from_per_prompt(
     per_prompt: Float[Tensor, "layer batch"], layers: Sequence[int], metric: str, *, method: str, task: str,
-    model_name: str, baseline: float | None = None, meta: dict | None = None, model_info: dict | None = None,
-    provenance: dict | None = None,
+    stamped: Stamp, baseline: float | None = None, meta: dict | None = None,
 ) -> SweepResult:
-    """A SweepResult: Wilson 95% intervals for rates (0/1 per prompt), else mean +- 1.96 standard errors."""
+    """A SweepResult of per-prompt values per layer: values[i] = mean of row i, with its Wilson
+    95% interval for rates (0/1 per prompt), else mean +- 1.96 standard errors. ``stamped``: the
+    result's ``stamp(model, batch)``."""
     if is_rate(metric):
-        res = accuracy_sweep(per_prompt, layers, method=method, task=task, model_name=model_name,
-                             baseline=baseline, meta=meta, model_info=model_info, provenance=provenance)
-        return SweepResult(**{**res.__dict__, "metric": metric})
+        return accuracy_sweep(per_prompt, layers, method=method, task=task, stamped=stamped, metric=metric,
+                              baseline=baseline, meta=meta)
     pp = per_prompt.float()
     mean = pp.mean(1)
     se = pp.std(1) / pp.shape[1] ** 0.5 if pp.shape[1] > 1 else torch.full_like(mean, float("nan"))
     return SweepResult(values=mean, per_prompt=pp, low=mean - 1.96 * se, high=mean + 1.96 * se, layers=list(layers),
-                       metric=metric, method=method, task=task, model_name=model_name, baseline=baseline,
-                       meta={"interval": "normal", **(meta or {})}, model_info=model_info or {},
-                       provenance=provenance or {})
+                       metric=metric, method=method, task=task, baseline=baseline,
+                       meta={"interval": "normal", **(meta or {})}, **stamped)
 
 
 @torch.no_grad()
@@ -133,7 +128,7 @@ def layer_sweep(
     batch: PromptBatch,
     make_hooks_for_layer: MakeLayerHooks,
     layers: Sequence[int] | None = None,
-    metric: str | PromptMetric = "accuracy",
+    metric: str | PromptMetric = "first_token",
     *,
     layers_per_forward: int | None = None,
     batch_size: int = 64,
@@ -163,7 +158,6 @@ def layer_sweep(
         layers_per_forward=layers_per_forward, tokens_per_forward=tokens_per_forward, progress=progress,
         desc="layer sweep")
     baseline = float(clean.mean())
-    return sweep_from_per_prompt(per_prompt, layers, name, method=method, task=batch.task,
-                                 model_name=model.cfg.model_name, baseline=baseline,
-                                 meta={"variant": batch.variant, "n_demos": batch.n_demos, **(meta or {})},
-                                 model_info=model_info(model), provenance=_provenance(model, batch))
+    return sweep_from_per_prompt(per_prompt, layers, name, method=method, task=batch.task, stamped=stamp(model, batch),
+                                 baseline=baseline,
+                                 meta={"variant": batch.variant, "n_demos": batch.n_demos, **(meta or {})})

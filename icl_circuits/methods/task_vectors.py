@@ -28,16 +28,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_circuits.core.interventions import Intervention, Site, check_layers
-from icl_circuits.core.metrics import wilson
-from icl_circuits.core.models import model_info
+from icl_circuits.core.metrics import get_metric, wilson
 from icl_circuits.core.pairs import NoLengthMatchedAnswers, TaskVectorPrompts, random_answer_twins
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.runner import final_logits, read_resid
 from icl_circuits.core.tasks import Task
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.function_vectors import function_vector
-from icl_circuits.methods.sweeps import layer_sweep, prompt_metric
+from icl_circuits.methods.sweeps import is_rate, layer_sweep, prompt_metric
 from icl_circuits.methods.vectors import TaskVector, evaluate_vector
 from icl_circuits.methods.sweeps import SweepResult
 
@@ -63,7 +62,7 @@ def _rate(model: HookedModel, batch: PromptBatch, metric: str) -> dict:
     """The unpatched metric of ``batch`` as a rate with its Wilson interval."""
     name, fn = prompt_metric(metric, batch)
     ok = fn(final_logits(model, batch), batch).float()
-    r = wilson(int(ok.sum()), len(ok)) if name in ("accuracy", "label_accuracy") else None
+    r = wilson(int(ok.sum()), len(ok)) if is_rate(name) else None
     return {"value": float(ok.mean()), "low": r.low if r else float("nan"), "high": r.high if r else float("nan")}
 
 
@@ -80,13 +79,13 @@ def vanilla_task_vector(
     _batch(batch)
     layers = check_layers(model, layers)
     r = read_resid(model, batch, batch.positions("final").positions, layers, batch_size=batch_size)  # [layer, batch, 1, d]
-    return TaskVector(r[:, :, 0].float().mean(1), layers, "replace", "vanilla", batch.task, model.cfg.model_name,
-                      meta=_meta(batch), model_info=model_info(model), provenance=provenance(model, batch))
+    return TaskVector(r[:, :, 0].float().mean(1), layers, "replace", "vanilla", batch.task, meta=_meta(batch),
+                      **stamp(model, batch))
 
 
 def evaluate_task_vector(
     model: HookedModel, vector: TaskVector, zero_shot: PromptBatch, icl: PromptBatch | None = None, *,
-    layers: Sequence[int] | None = None, metric: str = "accuracy", scale: float = 1.0, batch_size: int = 64,
+    layers: Sequence[int] | None = None, metric: str = "first_token", scale: float = 1.0, batch_size: int = 64,
 ) -> SweepResult:
     """The metric of the zero-shot prompts ``zero_shot`` with ``vector`` injected at each layer
     (``vectors.evaluate_vector``), and of ``icl`` (the same queries with demos, optional) unpatched.
@@ -113,7 +112,7 @@ def evaluate_task_vector(
 # ----------------------------------------------------------------------------- local
 def local_task_vectors(
     model: HookedModel, icl: PromptBatch, layers: Sequence[int] | None = None, *, task: str | Task | None = None,
-    twin_seed: int | None = None, positions: str | Sequence[str] = "answer", metric: str = "accuracy",
+    twin_seed: int | None = None, positions: str | Sequence[str] = "answer", metric: str = "first_token",
     batch_size: int = 64,
 ) -> SweepResult:
     """2406.16007: patch an ICL prompt's hidden states at its demo answer positions into its twin with
@@ -149,8 +148,7 @@ def local_task_vectors(
                       meta=_meta(dummy, positions=positions if isinstance(positions, str) else list(positions),
                                  n_dropped=n_prompts - len(icl), dropped=dropped, length_matched=True))
     i = _rate(model, icl, metric)
-    return SweepResult(**{**res.__dict__, "model_info": model_info(model),
-                          "meta": {**res.meta, "icl": i["value"], "icl_low": i["low"], "icl_high": i["high"]}})
+    return SweepResult(**{**res.__dict__, "meta": {**res.meta, "icl": i["value"], "icl_low": i["low"], "icl_high": i["high"]}})
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -175,7 +173,6 @@ class TaskVectorComparison(Result):
     n: list[int]
     metric: str
     task: str
-    model: str
     meta: dict = field(default_factory=dict)
 
     def to_dataframe(self) -> pd.DataFrame:
@@ -201,8 +198,9 @@ def compare_task_vectors(
     (``random_answer_twins``). ``methods``: which of ``"vanilla"``, ``"local"`` and
     ``"function"`` to run (default all three). When no prompt has length-matched random answers
     on this tokenizer, the local method is skipped with a ``UserWarning`` saying why
-    (``meta["skipped"]``) and the others still run. ``metric="auto"``: label_accuracy (argmax
-    over the prompt's label words, chance 1/2) for categorization tasks, else accuracy.
+    (``meta["skipped"]``) and the others still run. ``metric``: a rate of the registry,
+    ``"first_token"``, ``"label"`` (argmax over the prompt's label words, chance 1/2) or ``"auto"``
+    (``core.metrics.get_metric``: label for categorization tasks, else first_token).
     Reference rows: "zero-shot", "icl" and (with local) "random-answers", flat over layers.
     """
     if not isinstance(prompts, TaskVectorPrompts):
@@ -211,8 +209,8 @@ def compare_task_vectors(
     seed, ev = prompts.icl.seed, prompts.zero_shot.seed
     if ev == seed:
         raise ValueError("eval_seed must differ from seed (held-out prompts)")
-    if metric not in ("auto", "accuracy", "label_accuracy"):
-        raise ValueError(f"metric must be 'auto', 'accuracy' or 'label_accuracy', got {metric!r}")
+    if not get_metric(metric, prompts.zero_shot, source="final_logits").is_rate:
+        raise ValueError(f"metric must be a rate ('auto', 'first_token' or 'label'), got {metric!r}")
     if isinstance(methods, str):
         methods = [methods]
     unknown = [m for m in methods if m not in METHODS]
@@ -260,8 +258,7 @@ def compare_task_vectors(
     f64 = lambda j: torch.tensor(col(j), dtype=torch.float64)  # noqa: E731  (Python floats, exactly)
     return TaskVectorComparison(
         method=col(0), layer=[int(v) for v in col(1)], accuracy=f64(2), low=f64(3), high=f64(4), n=[int(v) for v in col(5)],
-        metric=name, task=zs.task, model=model.cfg.model_name, model_info=model_info(model),
-        provenance=provenance(model, prompts.icl),
+        metric=name, task=zs.task, **stamp(model, prompts.icl),
         meta={"fv_heads": fv.meta["heads"] if fv else None, "fv_head_cie": fv.meta["head_cie"] if fv else None,
               "seed": seed, "eval_seed": ev, "n_demos": prompts.icl.n_demos, "n_prompts": len(prompts.icl),
               "n_eval": n_eval, "methods": methods, "skipped": skipped,

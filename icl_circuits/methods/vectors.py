@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icl_circuits.core.interventions import Intervention, Site, check_layer, check_vector
-from icl_circuits.core.models import processing_mismatch
+from icl_circuits.core.model_info import processing_mismatch
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result
 from icl_circuits.core.types import HookedModel
@@ -32,8 +32,8 @@ class TaskVector(Result):
 
     vectors: [layer, d_model]; layers: the block index of each row; mode: "replace" or "add";
     method: "vanilla" | "function" | "learned" | ...; position: where it is injected ("final");
-    model_info: ``models.model_info(model)`` of the model it was made on (empty when unknown):
-    ``check_model`` refuses a model whose weight processing differs from it.
+    model, model_info: the model it was made on (``core.results.stamp``; ``model_info`` empty when
+    unknown): ``check_model`` refuses a model whose weight processing differs from it.
     """
 
     vectors: Float[Tensor, "layer d_model"]
@@ -41,7 +41,6 @@ class TaskVector(Result):
     mode: str
     method: str
     task: str
-    model_name: str
     position: str = "final"
     meta: dict = field(default_factory=dict)
 
@@ -58,7 +57,7 @@ class TaskVector(Result):
         ``position``, ``task``, ``model``."""
         return pd.DataFrame({
             "layer": self.layers, "norm": self.vectors.float().norm(dim=-1).tolist(), "mode": self.mode,
-            "method": self.method, "position": self.position, "task": self.task, "model": self.model_name,
+            "method": self.method, "position": self.position, "task": self.task, "model": self.model,
         })
 
     @property
@@ -75,7 +74,7 @@ class TaskVector(Result):
         """Refuse a model of another width, with fewer layers than the vector needs, or whose
         weight processing differs from the model the vector was made on (residual coordinates and
         head outputs depend on it; see ``models.load_model``)."""
-        check_vector(model, self.vectors, arg=f"task vector ({self.method}, {self.model_name})")
+        check_vector(model, self.vectors, arg=f"task vector ({self.method}, {self.model})")
         for l in self.layers:
             check_layer(model, l, arg="task vector layer")
         diff = processing_mismatch(self.model_info.get("processing"), model)
@@ -83,7 +82,7 @@ class TaskVector(Result):
             shown = ", ".join(f"{k}: vector {a}, model {b}" for k, a, b in ((k, *v) for k, v in diff.items()))
             fix = ", ".join(f"{k}={a}" for k, (a, _) in diff.items())
             raise ValueError(
-                f"task vector ({self.method}, {self.model_name}) was made on a model processed differently "
+                f"task vector ({self.method}, {self.model}) was made on a model processed differently "
                 f"({shown}); load the model with load_model(..., {fix}) to apply it"
             )
 
@@ -97,7 +96,7 @@ def evaluate_vector(
     mode: Mode | None = None,
     scale: float = 1.0,
     batch_size: int = 64,
-    metric: str = "accuracy",
+    metric: str = "first_token",
 ) -> SweepResult:
     """Accuracy of ``batch`` (usually zero-shot prompts) with ``vector`` injected at each layer.
 
@@ -105,8 +104,9 @@ def evaluate_vector(
     stream at the input of block l, at each prompt's final position (``batch.positions("final")``),
     as ``Intervention(Site(l), mode, ...)``. Runs through
     ``sweeps.layer_sweep``: the clean prefix is computed once, every patched run resumes at
-    block l (``start_at_layer``) and several layers share one forward. ``metric``: "accuracy"
-    (default), "label_accuracy", "auto", "gold_probability"... (see ``sweeps.prompt_metric``).
+    block l (``start_at_layer``) and several layers share one forward. ``metric``: "first_token"
+    (default), "label", "auto", "gold_prob"... (see ``sweeps.prompt_metric``). The result is
+    stamped with ``model`` and ``batch``; ``method`` and ``task`` are the vector's.
     """
     from dataclasses import replace
 
@@ -125,5 +125,5 @@ def evaluate_vector(
                              scale=scale if mode == "add" else 1.0)]
 
     res = layer_sweep(model, batch, make, layers, metric, batch_size=batch_size)
-    return replace(res, method=vector.method, task=vector.task, model_name=vector.model_name,
+    return replace(res, method=vector.method, task=vector.task,
                    meta={"mode": mode, "scale": scale, "variant": batch.variant})

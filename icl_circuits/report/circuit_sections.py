@@ -224,7 +224,7 @@ def dpca_section(ctx: Context) -> Section:
                           "label null 95%": null95[label].values,
                           "lambda (CV)": [f"{v:.3g}" + (f" ({e} of grid)" if e else "") for v, e in zip(lams, edges)]})
     caveat = dpca_regularizer_caveat(res.layers, lams, edges, res.meta.get("lambda_grid", [float("nan")]))
-    tag = f": {res.model_name}, task {res.task}, {res.position_kind} positions, {res.n_demos} demos, N={len(batch)}"
+    tag = f": {res.model}, task {res.task}, {res.position_kind} positions, {res.n_demos} demos, N={len(batch)}"
     first, last = var.index[0], var.index[-1]
     return Section(
         "dpca", f"dPCA of label-position vectors ({task})",

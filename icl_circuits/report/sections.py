@@ -11,7 +11,8 @@ from __future__ import annotations
 import pandas as pd
 
 from icl_circuits.core.task_filters import representable_tasks
-from icl_circuits.core.tasks import get_task, list_tasks
+from icl_circuits.core.metrics import auto_metric
+from icl_circuits.core.tasks import list_tasks
 from icl_circuits.methods.accuracy import accuracy_by_demos, demo_sweep
 from icl_circuits.report import verdicts as V
 from icl_circuits.report.suite import Context, Section, section
@@ -85,7 +86,7 @@ def dpca_regularizer_caveat(layers, regularizers, edges, grid) -> str | None:
 
 def primary_metric(task: str) -> str:
     """label accuracy for categorization tasks (label words), first-token accuracy otherwise."""
-    return "label" if get_task(task).label_words is not None else "first_token"
+    return auto_metric(task)
 
 
 def task_accuracy(ctx: Context, task: str, n_demos: int | None = None) -> dict:

@@ -16,8 +16,7 @@ def function_vector_at(ctx: Context, prompts, top_k: int = 10):
     """Todd et al.'s function vector with head CIE measured only in the report's block layers
     (``methods.function_vectors.function_vector`` scans every head, ~n_layers x n_heads patched runs;
     it has no ``layers=`` option, so the report composes its pieces)."""
-    from icl_circuits.core.models import model_info
-    from icl_circuits.core.results import provenance
+    from icl_circuits.core.results import stamp
     from icl_circuits.methods.function_vectors import fv_from_heads, head_cie, mean_head_outputs
     from icl_circuits.methods.vectors import TaskVector
 
@@ -31,9 +30,9 @@ def function_vector_at(ctx: Context, prompts, top_k: int = 10):
     heads = cie.top(min(top_k, cie.values.numel()))
     fv = fv_from_heads(m, mean_z, heads)
     layers = ctx.cfg.block_layers(L)
-    return TaskVector(fv[None].repeat(len(layers), 1), layers, "add", "function", prompts.icl.task, m.cfg.model_name,
+    return TaskVector(fv[None].repeat(len(layers), 1), layers, "add", "function", prompts.icl.task,
                       meta={"heads": [list(h) for h in heads], "cie_layers": cie.layers, "cie_prompts": k},
-                      model_info=model_info(m), provenance=provenance(m, prompts.icl))
+                      **stamp(m, prompts.icl))
 
 
 def learned_vectors(ctx: Context):

@@ -27,7 +27,7 @@ def isolation(result: IsolationResult, title: str | None = None) -> go.Figure:
             ))
     fig.add_hline(y=result.baseline_accuracy, line_dash="dash", annotation_text=f"no isolation: {result.baseline_accuracy:.3f}")
     fig.update_layout(
-        title=title or f"Attention isolation ({result.mode}): {result.model_name}, {result.task}, "
+        title=title or f"Attention isolation ({result.mode}): {result.model}, {result.task}, "
                        f"{result.n_demos} demos (n={result.correct.shape[-1]})",
         barmode="group", xaxis_title="isolated layers", yaxis_title="rate", yaxis_range=[0, 1.05], template="plotly_white",
     )

@@ -8,6 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from icl_circuits.core.metrics import get_metric
 from icl_circuits.methods.dpca.ablation import SubspaceAblationResult
 from icl_circuits.methods.dpca.analysis import DPCALayerResult
 from icl_circuits.viz import _style
@@ -31,7 +32,7 @@ def level_color(factor: str, i: int) -> str:
 
 
 def _title(r: DPCALayerResult, what: str) -> str:
-    return f"{what}: {r.model_name}, task {r.task}, {r.position_kind} positions, {r.n_demos} demos"
+    return f"{what}: {r.model}, task {r.task}, {r.position_kind} positions, {r.n_demos} demos"
 
 
 def _n_null(r: DPCALayerResult) -> int:
@@ -144,11 +145,16 @@ def projections(r: DPCALayerResult, x: str = "label", y: str | None = None, titl
     return fig
 
 
+#: The y-axis title of ``ablation`` per metric.
+_AXIS = {"first_token": "accuracy", "label": "label accuracy"}
+
+
 @_style.figure
-def ablation(results: SubspaceAblationResult | Sequence[SubspaceAblationResult], metric: str = "label_accuracy",
+def ablation(results: SubspaceAblationResult | Sequence[SubspaceAblationResult], metric: str = "label",
              title: str | None = None) -> go.Figure:
-    """Accuracy at the query: clean, with the dPCA subspace projected out, with random subspaces
-    of the same dimension (pooled); Wilson 95% intervals as error bars; one group per result."""
+    """Accuracy at the query (``metric``: "label", argmax over the label words, or "first_token",
+    over the vocabulary): clean, with the dPCA subspace projected out, with random subspaces of the
+    same dimension (pooled); Wilson 95% intervals as error bars; one group per result."""
     results = [results] if isinstance(results, SubspaceAblationResult) else list(results)
     if not results:
         raise ValueError("results is empty")
@@ -166,8 +172,8 @@ def ablation(results: SubspaceAblationResult | Sequence[SubspaceAblationResult],
                              hovertemplate=f"{cond}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
     r0 = results[0]
     fig.update_layout(barmode="group", template="plotly_white", yaxis_range=[0, 1.02],
-                      yaxis_title=metric.replace("_", " "),
-                      title=title or f"dPCA subspace ablation: {r0.model_name}, task {r0.task}, "
+                      yaxis_title=_AXIS[get_metric(metric).name],
+                      title=title or f"dPCA subspace ablation: {r0.model}, task {r0.task}, "
                                      f"{r0.positions} positions, {r0.n_demos} demos")
     return fig
 

@@ -46,7 +46,7 @@ def head_scan(result: HeadScanResult, title: str | None = None) -> go.Figure:
               for h in range(result.n_heads)] for i, l in enumerate(result.layers)]
     fig = go.Figure(head_heatmap(result.effect, result.layers, hover, f"delta {result.metric}"))
     return head_layout(fig, title or f"{result.method} head ablation ({result.how}, {result.positions} positions): "
-                       f"change of {result.metric}, clean {float(result.clean.mean()):.3f} - {result.model_name}, {result.task}")
+                       f"change of {result.metric}, clean {float(result.clean.mean()):.3f} - {result.model}, {result.task}")
 
 
 @_style.figure
@@ -67,7 +67,7 @@ def scan_vs_attribution(exact: HeadScanResult, approx: HeadScanResult, title: st
     k = agree["top_k"]
     fig.update_layout(title=title or f"Exact head ablation vs attribution patching ({agree['ablation']}): "
                       f"Spearman {agree['spearman']:.3f}, top-{k} overlap {agree['top_k_overlap']:.2f}"
-                      f"{' (disagree)' if agree['disagree'] else ''} - {exact.model_name}, {exact.task}",
+                      f"{' (disagree)' if agree['disagree'] else ''} - {exact.model}, {exact.task}",
                       xaxis_title=f"exact effect on {exact.metric}", yaxis_title="attribution estimate",
                       template="plotly_white", showlegend=False)
     return fig

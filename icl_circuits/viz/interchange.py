@@ -88,7 +88,7 @@ def necessity(results: NecessityResult | Sequence[NecessityResult], title: str |
         ))
     r0 = results[0]
     fig.update_layout(
-        title=title or f"Necessity ({r0.method.split(':')[-1]}) on {r0.model_name}, task {r0.task}",
+        title=title or f"Necessity ({r0.method.split(':')[-1]}) on {r0.model}, task {r0.task}",
         xaxis_title="layer (residual stream at the block input)", yaxis_title="accuracy drop",
         template="plotly_white",
     )

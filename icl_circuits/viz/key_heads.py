@@ -21,7 +21,7 @@ def key_heads(result: KeyHeadsResult, title: str | None = None) -> go.Figure:
               for h in range(result.scores.shape[1])] for i, l in enumerate(result.layers)]
     fig = go.Figure(head_heatmap(result.scores, result.layers, hover, "DLA"))
     return head_layout(fig, title or f"Key heads ({result.source} DLA) for the vector at layer {result.injection_layer} "
-                       f"- {result.model_name}, {result.task}")
+                       f"- {result.model}, {result.task}")
 
 
 @_style.figure
@@ -43,7 +43,7 @@ def key_vs_random(result: KeyHeadAblationResult, title: str | None = None) -> go
     fig.update_layout(
         title=title or f"Ablating key vs random heads ({result.how}) with the vector at layer {result.injection_layer}: "
                        f"accuracy {result.vector_accuracy:.3f} with the vector, {result.no_vector_accuracy:.3f} without "
-                       f"- {result.model_name}, {result.task}",
+                       f"- {result.model}, {result.task}",
         xaxis_title="k (heads ablated)", yaxis_title="accuracy drop", barmode="group", template="plotly_white",
     )
     return fig
@@ -68,7 +68,7 @@ def key_head_layers(results: list[KeyHeadsResult], top: int = 10, title: str | N
                         marker=dict(symbol="line-ns-open", size=22, color="black", line=dict(width=3, color="black")),
                         hoverinfo="skip")
     n_blocks = max(max(r.layers) for r in results) + 1
-    fig.update_layout(title=title or f"Blocks of the top-{top} key heads by injection layer - {results[0].model_name}, "
+    fig.update_layout(title=title or f"Blocks of the top-{top} key heads by injection layer - {results[0].model}, "
                                      f"{results[0].task}",
                       xaxis_title="block of the head", xaxis_range=[-0.5, n_blocks - 0.5], template="plotly_white",
                       height=max(300, 120 + 60 * len(results)))

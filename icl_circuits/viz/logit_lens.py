@@ -45,7 +45,7 @@ def logit_lens(res: LogitLensResult | PropagationResult, title: str | None = Non
                                  hovertemplate=f"{label}<br>layer %{{x}}: %{{y:.3f}} [%{{customdata[0]:.3f}}, "
                                                f"%{{customdata[1]:.3f}}] (n={n})<extra></extra>"))
     fig.add_hline(y=1 / max(n_cand, 1), line_dash="dot", annotation_text=f"chance 1/{n_cand}")
-    fig.update_layout(title=title or f"Logit lens over {n_cand} candidates: {res.model_name}, {res.task}",
+    fig.update_layout(title=title or f"Logit lens over {n_cand} candidates: {res.model}, {res.task}",
                       xaxis_title="layer (input of block)", yaxis_title="accuracy", yaxis_range=[-0.02, 1.02],
                       template="plotly_white")
     return _style.integer_layer_axis(fig, res.layers)

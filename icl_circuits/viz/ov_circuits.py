@@ -27,7 +27,7 @@ def ov_heads(result: OVResult, title: str | None = None) -> go.Figure:
                  for i, l in enumerate(result.layers)]
         fig.add_trace(head_heatmap(m, result.layers, hover, name, showscale=c == 2), row=1, col=c + 1)
     return head_layout(fig, title or f"Heads carrying the vector injected at layer {result.injection_layer} "
-                       f"(LN {result.ln}) - {result.model_name}, {result.task}")
+                       f"(LN {result.ln}) - {result.model}, {result.task}")
 
 
 @_style.figure
@@ -41,7 +41,7 @@ def reconstruction(result: ReconstructionResult, title: str | None = None) -> go
                       "<br>recovered %{customdata[2]:.2f}<extra></extra>",
     ))
     fig.update_layout(title=title or f"Reconstructing the vector at layer {result.injection_layer} at the final layer "
-                      f"(n={result.per_prompt.shape[1]}) - {result.model_name}, {result.task}",
+                      f"(n={result.per_prompt.shape[1]}) - {result.model}, {result.task}",
                       yaxis_title="accuracy", yaxis_range=[-0.02, 1.02], template="plotly_white",
                       # the condition names are long and plotly slants them: room below the plot for the
                       # slanted labels (automargin grows the margin to fit them, 160 px is the floor)

@@ -22,7 +22,7 @@ def layer_curves(results: Sequence[SweepResult], title: str | None = None) -> go
     if not results:
         raise ValueError("results is empty: give at least one SweepResult")
     r0 = results[0]
-    return sweeps.sweep(list(results), title or f"Task vectors by injection layer: {r0.model_name}, {r0.task}")
+    return sweeps.sweep(list(results), title or f"Task vectors by injection layer: {r0.model}, {r0.task}")
 
 
 @_style.figure
@@ -37,7 +37,7 @@ def training_curve(tv: TaskVector, title: str | None = None) -> go.Figure:
         fig.add_trace(go.Scatter(x=ep, y=m[key], mode="lines+markers", name=key,
                                  hovertemplate=f"{key}<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>"), row=1, col=col)
     fig.add_vline(x=m["best_epoch"], line_dash="dot")
-    fig.update_layout(title=title or f"LTV training: {tv.model_name}, {tv.task}, layers {tv.layers}", template="plotly_white")
+    fig.update_layout(title=title or f"LTV training: {tv.model}, {tv.task}, layers {tv.layers}", template="plotly_white")
     return fig
 
 
@@ -63,7 +63,7 @@ def rotation_scaling(res: PropagationResult, title: str | None = None) -> go.Fig
     _mark_unreadable_fits(fig, res, row=1, col=1)
     fig.update_xaxes(title_text="injection layer (input of block)", row=2, col=1)
     _style.integer_layer_axis(fig, res.layers)
-    fig.update_layout(title=title or f"Propagation map W = UP: {res.model_name}, {res.task}, {res.method} vector",
+    fig.update_layout(title=title or f"Propagation map W = UP: {res.model}, {res.task}, {res.method} vector",
                       template="plotly_white")
     return fig
 
@@ -90,7 +90,7 @@ def alignment(res: PropagationResult, title: str | None = None) -> go.Figure:
         fig.add_trace(go.Scatter(x=res.layers, y=getattr(res, key).tolist(), mode="lines+markers", name=label,
                                  hovertemplate=f"{label}<br>layer %{{x}}: %{{y:.3f}}<extra></extra>"))
     fig.add_hline(y=res.alignment_chance, line_dash="dot", annotation_text=f"random vector ~{res.alignment_chance:.2f}")
-    fig.update_layout(title=title or f"Task alignment: {res.model_name}, {res.task}, {res.method} vector",
+    fig.update_layout(title=title or f"Task alignment: {res.model}, {res.task}, {res.method} vector",
                       xaxis_title="injection layer (input of block)", yaxis_title="cosine with label span",
                       yaxis_range=[-0.02, 1.02], template="plotly_white")
     return _style.integer_layer_axis(fig, res.layers)
@@ -119,6 +119,6 @@ def propagation_summary(res: PropagationResult, title: str | None = None) -> go.
     _mark_unreadable_fits(fig, res, row=1, col=1)
     _style.integer_layer_axis(fig, res.layers)
     _style.fit_legend(fig, 700)
-    fig.update_layout(title=title or f"Propagation of the {res.method} vector: {res.model_name}, {res.task} "
+    fig.update_layout(title=title or f"Propagation of the {res.method} vector: {res.model}, {res.task} "
                                      f"(no-vector accuracy {res.baseline:.2f})", template="plotly_white")
     return fig

@@ -19,7 +19,7 @@ def reweighting(result: ReweightResult, title: str | None = None) -> go.Figure:
         hovertemplate="%{x}: accuracy %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}], loss %{customdata[2]:.3f}<extra></extra>",
     ))
     fig.update_layout(
-        title=title or f"Anchor re-weighting: {result.model_name}, {result.task}, {result.n_demos} demos (n={len(result.correct_before)})",
+        title=title or f"Anchor re-weighting: {result.model}, {result.task}, {result.n_demos} demos (n={len(result.correct_before)})",
         yaxis_title="held-out accuracy", yaxis_range=[0, 1.05], template="plotly_white",
     )
     return fig

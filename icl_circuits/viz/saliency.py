@@ -29,7 +29,7 @@ def flows(result: SaliencyResult, title: str | None = None) -> go.Figure:
             hovertemplate=f"{name}<br>layer %{{x}}: %{{y:.4g}} [%{{customdata[0]:.4g}}, %{{customdata[1]:.4g}}]<extra></extra>",
         ))
     fig.update_layout(
-        title=title or f"Saliency flow: {result.model_name}, {result.task}, {result.n_demos} demos "
+        title=title or f"Saliency flow: {result.model}, {result.task}, {result.n_demos} demos "
                        f"(loss: {result.loss}, n={result.per_prompt.shape[-1]})",
         xaxis_title="layer", yaxis_title=what, template="plotly_white",
     )
@@ -62,7 +62,7 @@ def heatmap(result: SaliencyResult, example: int = 0, title: str | None = None) 
     # the layer slider sits above the plot: below it, it collided with the rotated key-position
     # labels and the axis title
     fig.update_layout(
-        title=dict(text=title or f"Saliency |Σ_h A·∂L/∂A| of prompt {example}: {result.model_name}, {result.task} "
+        title=dict(text=title or f"Saliency |Σ_h A·∂L/∂A| of prompt {example}: {result.model}, {result.task} "
                                  f"(* label words, → final position)", y=0.98, yanchor="top"),
         sliders=[dict(active=0, currentvalue=dict(prefix="layer ", xanchor="left"), steps=steps,
                       x=0, len=1.0, y=1.0, yanchor="bottom", pad=dict(t=0, b=10))],

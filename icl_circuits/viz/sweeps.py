@@ -62,7 +62,7 @@ def sweep(result: SweepResult | Sequence[SweepResult] | pd.DataFrame, title: str
         for r in results:
             if "icl" in r.meta and ("icl", r.meta["icl"]) not in refs:
                 refs.append(("icl", float(r.meta["icl"])))
-        metric, task, model = results[0].metric, results[0].task, results[0].model_name
+        metric, task, model = results[0].metric, results[0].task, results[0].model
     fig = go.Figure()
     for i, c in enumerate(curves):
         color = _style.color(i)
@@ -101,7 +101,7 @@ def patch_grid(result: PatchGridResult, title: str | None = None, normalized: bo
         colorbar=dict(title="normalized" if normalized else result.metric),
     ))
     fig.update_layout(
-        title=title or f"Activation patching (resid_pre, clean → corrupted) — {result.model_name}, task {result.task}",
+        title=title or f"Activation patching (resid_pre, clean → corrupted) — {result.model}, task {result.task}",
         xaxis=dict(title="position", tickmode="array", tickvals=list(range(len(result.position_names))),
                    ticktext=result.position_names, tickangle=-60),
         yaxis=dict(title="layer (input of block l)", dtick=1), template="plotly_white",
@@ -117,12 +117,12 @@ def cie_heatmap(result, title: str | None = None, top_k: int | None = None) -> g
     """
     if hasattr(result, "per_prompt") and hasattr(result, "top"):
         values = result.values.numpy()
-        layers, task, model = result.layers, result.task, result.model_name
+        layers, task, model = result.layers, result.task, result.model
         se = (result.per_prompt.std(-1) / max(result.per_prompt.shape[-1], 1) ** 0.5).numpy()
         top = result.top(top_k or min(10, values.size))
     elif getattr(result, "method", None) == "function" and "cie" in getattr(result, "meta", {}):
         values = np.asarray(result.meta["cie"], float)
-        layers, task, model = list(range(values.shape[0])), result.task, result.model_name
+        layers, task, model = list(range(values.shape[0])), result.task, result.model
         se = np.full_like(values, np.nan)
         top = [tuple(h) for h in result.meta["heads"]]
     else:

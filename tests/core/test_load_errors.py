@@ -20,7 +20,7 @@ from icl_circuits.methods.vectors import TaskVector
 def _sweep() -> SweepResult:
     v = torch.arange(3.0)
     return SweepResult(values=v, per_prompt=v[:, None].repeat(1, 2), low=v - 1, high=v + 1, layers=[0, 1, 2],
-                       metric="accuracy", method="m", task="t", model_name="m")
+                       metric="first_token", method="m", task="t", model="m")
 
 
 @pytest.fixture

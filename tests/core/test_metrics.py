@@ -11,7 +11,7 @@ from scipy import stats
 
 from icl_circuits import build_prompts
 from icl_circuits.core.metrics import (
-    Metric, get_metric, list_metrics, logit_diff_to_mean, metrics_table, register_metric, summarize, wilson,
+    Metric, auto_metric, get_metric, list_metrics, logit_diff_to_mean, metrics_table, register_metric, summarize, wilson,
 )
 
 
@@ -96,16 +96,25 @@ def test_contrast_is_paired_and_refused_without_the_corrupted_batch(batches):
 
 
 def test_patching_resolves_names_through_the_registry(batches, tiny_model):
-    """sweeps.prompt_metric keeps the name given and computes the registry's numbers."""
+    """sweeps.prompt_metric names a metric by its registry name (aliases and "auto" resolved, the
+    latter by auto_metric) and computes the registry's numbers."""
     from icl_circuits.core.runner import final_logits
     from icl_circuits.methods.sweeps import prompt_metric
 
     for b in batches.values():
         lg = final_logits(tiny_model, b)
-        for name in ("accuracy", "gold_probability", "auto", "logit_diff"):
+        for name, canonical in (("accuracy", "first_token"), ("gold_probability", "gold_prob"),
+                                ("auto", auto_metric(b)), ("logit_diff", "logit_diff")):
             got_name, fn = prompt_metric(name, b)
-            assert got_name == name or name == "auto"
+            assert got_name == canonical == get_metric(name, b).name
             assert torch.allclose(fn(lg, b).float(), get_metric(name, b).from_logits(lg, b))
+
+
+def test_auto_is_decided_in_one_place(batches):
+    """auto_metric: label for prompts / tasks with label words, else first_token; get_metric("auto") uses it."""
+    assert [auto_metric(t) for t in ("number", "antonym")] == ["label", "first_token"]
+    for task, b in batches.items():
+        assert auto_metric(b) == auto_metric(task) == get_metric("auto", b).name, task
 
 
 def test_rates_get_wilson_and_means_get_t_intervals():

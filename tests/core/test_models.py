@@ -181,14 +181,14 @@ def test_task_vector_refused_by_differently_processed_model(checkpoints, tmp_pat
 
     path = checkpoints["gpt2"][0]
     processed, raw = load_model(path, device="cpu"), load_model(path, device="cpu", processing=False)
-    tv = TaskVector(torch.zeros(1, 32), [1], "add", "vanilla", "antonym", "tiny-gpt2",
+    tv = TaskVector(torch.zeros(1, 32), [1], "add", "vanilla", "antonym", model="tiny-gpt2",
                     model_info=model_info(processed))
     tv.check_model(processed)
     assert processing_mismatch(tv.model_info["processing"], raw)["fold_ln"] == (True, False)
     with pytest.raises(ValueError, match=r"processed differently \(fold_ln: vector True, model False.*"
                                          r"load_model\(\.\.\., fold_ln=True, center_writing_weights=True"):
         tv.check_model(raw)
-    TaskVector(torch.zeros(1, 32), [1], "add", "vanilla", "antonym", "old save").check_model(raw)  # no record
+    TaskVector(torch.zeros(1, 32), [1], "add", "vanilla", "antonym", model="old save").check_model(raw)  # no record
     loaded = TaskVector.load(tv.save(tmp_path / "tv"))  # the record survives a save
     assert loaded.model_info == tv.model_info
     with pytest.raises(ValueError, match="processed differently"):

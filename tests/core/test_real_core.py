@@ -260,7 +260,7 @@ def test_propagation_smallest_run(model):
     assert lp.W.shape == (576, 576) and torch.isfinite(lp.W).all() and lp.n_fit == 6 and lp.n_heldout == 2
     assert lp.r2 <= 1 and lp.ridge > 0  # 6 vectors in 576 dimensions: ridge on
     theta = torch.randn(2, 576, generator=torch.Generator().manual_seed(2)) * 5
-    tv = TaskVector(theta, [28, 30], "add", "random", "antonym", model.cfg.model_name)
+    tv = TaskVector(theta, [28, 30], "add", "random", "antonym", model=model.cfg.model_name)
     ev = build_prompts(model, "antonym", 4, 0, template=ARROW, seed=1, variant="zero_shot")
     res = propagation_by_layer(model, zs, ev, tv, n_vectors=8, progress=False)
     assert res.layers == [28, 30] and res.stretch.shape == (2, 576) and torch.isfinite(res.gain).all()

@@ -20,6 +20,7 @@ def test_markdown_table_never_prints_a_small_nonzero_float_as_zero():
 
 # ----------------------------------------------------------------------------- atomic save
 import json  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -31,7 +32,7 @@ from icl_circuits.methods.sweeps import SweepResult
 def _sweep(value: float) -> SweepResult:
     v = torch.full((3,), value)
     return SweepResult(values=v, per_prompt=v[:, None].repeat(1, 2), low=v - 1, high=v + 1, layers=[0, 1, 2],
-                       metric="accuracy", method=f"m{value}", task="t", model_name="m")
+                       metric="first_token", method=f"m{value}", task="t", model="m")
 
 
 def _loads_old_or_nothing(path, old):
@@ -97,8 +98,10 @@ def test_every_result_class_carries_model_info_keyword_only():
                     if isinstance(c, type) and issubclass(c, results_mod.Result) and c is not results_mod.Result}
     assert len(classes) >= 20
     for c in classes:
-        f = {x.name: x for x in dataclasses.fields(c)}["model_info"]
-        assert f.kw_only, c.__name__
+        fields = {x.name: x for x in dataclasses.fields(c)}
+        assert all(fields[k].kw_only for k in ("model", "model_info", "provenance")), c.__name__
+        assert "model_name" not in fields, c.__name__  # one name for the model, from the base
+        assert fields["model"].default is dataclasses.MISSING, c.__name__  # required: every result names its model
 
 
 def test_analysis_results_record_how_the_model_was_loaded_and_keep_it_through_save(tiny_model, tmp_path):
@@ -159,3 +162,61 @@ def test_single_token_prompts_are_recorded_in_provenance_and_survive_select_and_
     assert type(res).load(res.save(tmp_path / "s")).provenance["single_token"] is True
     acc = accuracy_by_demos(tiny_model, [one, build_prompts(tiny_model, "antonym", 4, 2, seed=0)])
     assert acc.provenance["single_token"] == [True, False]
+
+
+# ----------------------------------------------------------------------------- the stamp
+def test_stamp_is_what_every_result_records(tiny_model):
+    """``stamp(model, batch)`` gives ``model`` (the name), ``model_info`` and ``provenance``, and an
+    analysis result carries exactly that (``**stamp_of(result)`` copies it to a derived result)."""
+    from icl_circuits import build_prompts
+    from icl_circuits.core.model_info import model_info
+    from icl_circuits.methods.task_vectors import vanilla_task_vector
+
+    batch = build_prompts(tiny_model, "antonym", 3, 2, seed=0, variant="dummy_query")
+    st = results_mod.stamp(tiny_model, batch, extra=1)
+    assert set(st) == {"model", "model_info", "provenance"} and st["model"] == tiny_model.cfg.model_name
+    assert st["model_info"] == model_info(tiny_model) and st["provenance"] == results_mod.provenance(tiny_model, batch, extra=1)
+    tv = vanilla_task_vector(tiny_model, batch)
+    assert results_mod.stamp_of(tv) == results_mod.stamp(tiny_model, batch)
+    assert tv.to_dataframe().model.unique().tolist() == [tiny_model.cfg.model_name]
+
+
+# saved by icl-circuits before issue 25 (a TaskVector with ``model_name``, no format_version): tests/methods/data
+OLD_TASK_VECTOR = Path(__file__).parents[1] / "methods" / "data" / "circuits_ltv"
+
+
+def test_a_result_saved_in_the_old_layout_loads_with_model():
+    """A file written before ``model`` was the Result base's field (``model_name`` in the class's
+    own fields) loads; ``model_name`` still reads, with a DeprecationWarning."""
+    from icl_circuits.methods.vectors import TaskVector
+
+    spec = json.loads(OLD_TASK_VECTOR.with_suffix(".json").read_text())
+    assert "model_name" in spec["fields"] and "model" not in spec["fields"]  # the old layout, as saved
+    tv = TaskVector.load(OLD_TASK_VECTOR)
+    assert tv.model == spec["fields"]["model_name"] == "smollm2-135m" and tv.vectors.shape[0] == len(tv.layers)
+    assert tv.model_info == spec["fields"]["model_info"] and tv.to_dataframe().model.unique().tolist() == ["smollm2-135m"]
+    with pytest.warns(DeprecationWarning, match="model_name is deprecated: use .model"):
+        assert tv.model_name == "smollm2-135m"
+
+
+def test_old_layouts_upgrade_on_load_and_unpickle(tmp_path):
+    """``model_name`` becomes ``model``; a file with neither takes the name from its provenance (else its
+    model_info, else ""); the same upgrade applies to a pickled result (a script's saved state)."""
+    import pickle
+
+    res = _sweep(0.5)
+    stem = res.save(tmp_path / "r")
+    spec = json.loads(stem.with_suffix(".json").read_text())
+    for fields, name in (({"model_name": "old"}, "old"), ({"provenance": {"model": "p"}}, "p"),
+                         ({"model_info": {"name": "i"}}, "i"), ({}, "")):
+        spec["fields"] = {**{k: v for k, v in spec["fields"].items() if k not in ("model", "model_name", "model_info", "provenance")},
+                          **fields}
+        stem.with_suffix(".json").write_text(json.dumps(spec))
+        back = SweepResult.load(stem)
+        assert back.model == name and torch.equal(back.values, res.values), fields
+    state = {k: v for k, v in res.__dict__.items() if k not in ("model", "meta")}
+    old = SweepResult.__new__(SweepResult)
+    old.__setstate__({**state, "model_name": "pickled"})
+    assert old.model == "pickled" and old.meta == {} and "model_name" not in old.__dict__
+    again = pickle.loads(pickle.dumps(res))
+    assert again.model == "m" and torch.equal(again.values, res.values)

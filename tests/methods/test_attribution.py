@@ -68,7 +68,7 @@ def _fake_scan(effect, how="zero", positions="all", metric="logit_diff", method=
     pp = e[..., None].repeat(1, 1, 2)
     return HeadScanResult(values=e, effect=e, per_prompt=pp, clean=torch.zeros(2), low=e, high=e,
                           layers=list(range(e.shape[0])), metric=metric, how=how, positions=positions,
-                          method=method, task="t", model_name="m")
+                          method=method, task="t", model="m")
 
 
 def test_agreement_names_the_ablation_and_warns_when_the_top_heads_differ():

@@ -63,7 +63,7 @@ def _constructed(H, nuisance, label, layers=(0,), nuisance_name="length"):
     z = torch.zeros(n, dtype=torch.long)
     return LabelStates(states=torch.as_tensor(H, dtype=torch.float32), nuisance=torch.as_tensor(nuisance),
                        label=torch.as_tensor(label), word=z, prompt=torch.arange(n), demo=z, position=z,
-                       layers=list(layers), position_kind="answer", task="constructed", model_name="none",
+                       layers=list(layers), position_kind="answer", task="constructed", model="none",
                        nuisance_name=nuisance_name, word_names=[], n_demos=1, seed=0)
 
 

@@ -28,7 +28,7 @@ def icl(tiny_model):
 @pytest.fixture(scope="module")
 def tv(tiny_model):
     g = torch.Generator().manual_seed(0)
-    return TaskVector(torch.randn(2, tiny_model.cfg.d_model, generator=g) * 4, [0, 1], "add", "random", "antonym", "tiny")
+    return TaskVector(torch.randn(2, tiny_model.cfg.d_model, generator=g) * 4, [0, 1], "add", "random", "antonym", model="tiny")
 
 
 def test_key_heads_rank_by_mean_dla(tiny_model, zs, tv, tmp_path):

@@ -212,7 +212,7 @@ def test_bad_optimizer_settings_and_non_finite_init_are_clear_errors(tiny_model,
 def test_non_finite_task_vectors_are_refused(tiny_model, bad):
     v = torch.zeros(1, tiny_model.cfg.d_model)
     v[0, 3] = bad
-    tv = TaskVector(v, [1], "add", "learned", "antonym", "tiny")
+    tv = TaskVector(v, [1], "add", "learned", "antonym", model="tiny")
     zs = build_prompts(tiny_model, "antonym", 4, 0, seed=0, variant="zero_shot")
     with pytest.raises(ValueError, match="contains NaN or inf"):
         evaluate_vector(tiny_model, tv, zs)

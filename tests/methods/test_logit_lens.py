@@ -29,7 +29,7 @@ def test_logit_lens_at_the_final_layer_is_the_models_prediction_over_labels(tiny
 def test_logit_lens_with_an_added_vector_reads_the_injected_state(tiny_model):
     batch = build_prompts(tiny_model, "antonym", 8, 0, variant="zero_shot")
     gold = tiny_model.W_U[:, batch.answer_tokens[0]].detach()
-    tv = TaskVector(torch.stack([gold, gold]) * 1e4, [1, 2], "add", "gold", "antonym", "tiny")
+    tv = TaskVector(torch.stack([gold, gold]) * 1e4, [1, 2], "add", "gold", "antonym", model="tiny")
     res = logit_lens(tiny_model, batch, vectors=tv)
     assert res.layers == [1, 2] and res.injected == "gold"
     first = (batch.answer_tokens == batch.answer_tokens[0]).float()
@@ -51,14 +51,14 @@ def test_alignment_of_a_label_unembedding_is_one_and_of_an_orthogonal_vector_zer
     v = torch.randn(32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     orth = v - B @ torch.linalg.lstsq(B, v[:, None]).solution[:, 0]
     assert float(task_alignment(tiny_model, orth.float(), labels)) == pytest.approx(0, abs=1e-5)
-    tv = TaskVector(torch.randn(3, 32), [0, 1, 2], "add", "r", "t", "tiny")
+    tv = TaskVector(torch.randn(3, 32), [0, 1, 2], "add", "r", "t", model="tiny")
     assert task_alignment(tiny_model, tv, labels[None].expand(4, -1)).shape == (3,)
     assert alignment_chance(tiny_model, labels) == pytest.approx(np.sqrt(3 / 32))
 
 
 def test_vector_logit_lens_is_a_result_with_the_top_tokens(tiny_model, tmp_path):
     tv = TaskVector(torch.randn(3, 32, generator=torch.Generator().manual_seed(0)) * 3, [0, 1, 2], "add", "random",
-                    "antonym", "tiny")
+                    "antonym", model="tiny")
     top = vector_logit_lens(tiny_model, tv, k=3)
     df = top.to_dataframe()
     assert len(df) == 9 and set(df.columns) >= {"layer", "rank", "token", "token_str", "logit", "model"}
@@ -85,7 +85,7 @@ def test_clear_errors(tiny_model):
     with pytest.raises(ValueError, match="width 16"):
         task_alignment(tiny_model, torch.ones(16), [1])
     batch = build_prompts(tiny_model, "antonym", 4, 0, variant="zero_shot")
-    tv = TaskVector(torch.randn(1, 32), [1], "add", "r", "antonym", "tiny")
+    tv = TaskVector(torch.randn(1, 32), [1], "add", "r", "antonym", model="tiny")
     with pytest.raises(ValueError, match="not among the task vector's layers"):
         logit_lens(tiny_model, batch, layers=[0], vectors=tv)
     with pytest.raises(ValueError, match="candidates must be"):

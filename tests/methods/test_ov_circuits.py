@@ -27,7 +27,7 @@ def icl(tiny_model):
 @pytest.fixture(scope="module")
 def tv(tiny_model):
     g = torch.Generator().manual_seed(0)
-    return TaskVector(torch.randn(2, tiny_model.cfg.d_model, generator=g) * 4, [0, 1], "add", "random", "antonym", "tiny")
+    return TaskVector(torch.randn(2, tiny_model.cfg.d_model, generator=g) * 4, [0, 1], "add", "random", "antonym", model="tiny")
 
 
 @pytest.mark.parametrize("layer", [0, 1])
@@ -43,7 +43,7 @@ def test_final_residual_change_is_direct_plus_heads_plus_mlps(tiny_model, icl, t
 
 
 def test_identity_holds_for_replace_mode_vectors(tiny_model, zs, tv):
-    rep = TaskVector(tv.vectors, tv.layers, "replace", "vanilla", "antonym", "tiny")
+    rep = TaskVector(tv.vectors, tv.layers, "replace", "vanilla", "antonym", model="tiny")
     r = ov_contributions(tiny_model, zs, rep, 1)
     assert r.identity_error() <= 1e-4 and r.mode == "replace"
 
@@ -150,7 +150,7 @@ def test_injection_resolves_positions_per_sub_batch(tiny_model, zs, icl, tv):
     (spec,) = make(slice(2, 4), icl.select([2, 3]))
     assert isinstance(spec, Intervention) and spec.op == "add" and spec.site.layer == 1
     assert torch.equal(spec.positions, icl.positions("final+answer_0").positions[2:4])
-    rep = TaskVector(tv.vectors, tv.layers, "replace", "vanilla", "antonym", "tiny")
+    rep = TaskVector(tv.vectors, tv.layers, "replace", "vanilla", "antonym", model="tiny")
     assert injection(tiny_model, rep, 0)(slice(0, 8), zs)[0].op == "replace"
 
 

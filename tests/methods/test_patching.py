@@ -74,7 +74,7 @@ def test_layer_sweep_hooks_of_later_blocks_and_heads(tiny_model, zs):
 
 def test_layer_sweep_accuracy_has_wilson_bands_and_baseline(tiny_model, zs):
     res = layer_sweep(tiny_model, zs, lambda l, rows, mb: [])
-    assert torch.all(res.values == res.baseline) and res.metric == "accuracy"
+    assert torch.all(res.values == res.baseline) and res.metric == "first_token"
     assert torch.all(res.low <= res.values + 1e-9) and torch.all(res.values <= res.high + 1e-9)
 
 

@@ -165,7 +165,7 @@ def test_fit_linear_propagation_cross_validates_on_the_fit_vectors_only(tiny_mod
 
 def test_propagation_by_layer_result_figures_and_round_trip(tiny_model, tmp_path):
     tv = TaskVector(torch.randn(3, 32, generator=torch.Generator().manual_seed(0)) * 3, [0, 1, 2], "add", "random",
-                    "antonym", "tiny")
+                    "antonym", model="tiny")
     fit, ev = _batches(tiny_model, 4, 8)
     res = propagation_by_layer(tiny_model, fit, ev, tv, n_vectors=48, progress=False)
     df = res.to_dataframe()
@@ -184,14 +184,14 @@ def test_propagation_by_layer_result_figures_and_round_trip(tiny_model, tmp_path
 
 
 def test_replace_vectors_are_propagated_as_their_mean_displacement(tiny_model):
-    tv = TaskVector(torch.randn(1, 32), [1], "replace", "vanilla", "antonym", "tiny")
+    tv = TaskVector(torch.randn(1, 32), [1], "replace", "vanilla", "antonym", model="tiny")
     res = propagation_by_layer(tiny_model, *_batches(tiny_model, 4, 4), tv, n_vectors=40, progress=False)
     assert res.meta["mode"] == "replace" and res.layers == [1]
 
 
 def test_layer_curves_one_line_per_sweep():
-    s = SweepResult(torch.tensor([0.1, 0.5]), torch.zeros(2, 10), torch.zeros(2), torch.ones(2), [0, 1], "accuracy",
-                    "learned", "antonym", "toy", baseline=0.1)
+    s = SweepResult(torch.tensor([0.1, 0.5]), torch.zeros(2, 10), torch.zeros(2), torch.ones(2), [0, 1], "first_token",
+                    "learned", "antonym", baseline=0.1, model="toy")
     fig = plots.layer_curves([s, s])
     assert sum(tr.mode == "lines+markers" for tr in fig.data) == 2 and "toy" in fig.layout.title.text
     with pytest.raises(ValueError, match="results is empty"):
@@ -217,7 +217,7 @@ def test_clear_errors(tiny_model):
         cv_ridge(torch.ones(1, 3), torch.ones(1, 3))
     with pytest.raises(ValueError, match="relative_grid"):
         cv_ridge(torch.ones(4, 3), torch.ones(4, 3), relative_grid=[1.0, 0.1, 0.01])
-    tv = TaskVector(torch.randn(1, 32), [1], "add", "r", "antonym", "tiny")
+    tv = TaskVector(torch.randn(1, 32), [1], "add", "r", "antonym", model="tiny")
     with pytest.raises(TypeError, match="fit_batch must be a PromptBatch"):
         propagation_by_layer(tiny_model, "antonym", batch, tv)
     with pytest.raises(ValueError, match="one task"):

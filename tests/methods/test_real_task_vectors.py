@@ -77,10 +77,10 @@ def test_function_vector_transfers_in_the_middle_not_at_the_end(real_model):
 
     p = task_vector_prompts(real_model, "singular-plural", n_demos=8, n_prompts=12, seed=0)
     fv = fv_from_heads(real_model, mean_head_outputs(real_model, p.icl), FV_HEADS)
-    tv = TaskVector(torch.stack([fv, fv]), [16, 29], "add", "function", p.icl.task, real_model.cfg.model_name)
+    tv = TaskVector(torch.stack([fv, fv]), [16, 29], "add", "function", p.icl.task, model=real_model.cfg.model_name)
     r = evaluate_vector(real_model, tv, p.zero_shot, layers=[16, 29])
     assert r.baseline == 0.0
     assert r.values[0] >= 0.5, r.values.tolist()  # added in the middle (layer 16): the model pluralizes
     assert r.values[1] <= 0.1, r.values.tolist()  # added after the heads that read it: nothing
-    neg = TaskVector((-fv)[None], [16], "add", "function", p.icl.task, real_model.cfg.model_name)
+    neg = TaskVector((-fv)[None], [16], "add", "function", p.icl.task, model=real_model.cfg.model_name)
     assert evaluate_vector(real_model, neg, p.zero_shot).values[0] == 0.0  # the sign matters

@@ -158,7 +158,7 @@ def test_compare_task_vectors_methods(tiny_model):
     df = _compare(tiny_model, "number", 3, 4, methods=("vanilla",))
     assert set(df.method) == {"vanilla", "zero-shot", "icl"} and df.attrs["fv_heads"] is None
     loc = _compare(tiny_model, "number", 3, 4, methods=["local"])
-    assert set(loc.method) == {"local", "zero-shot", "icl", "random-answers"} and set(loc.metric) == {"label_accuracy"}
+    assert set(loc.method) == {"local", "zero-shot", "icl", "random-answers"} and set(loc.metric) == {"label"}
     with pytest.raises(ValueError, match="methods must name some of vanilla, local, function, got \\['global'\\]"):
         _compare(tiny_model, "number", 3, 4, methods=["global"])
     with pytest.raises(ValueError, match="methods must name some of"):
@@ -171,7 +171,7 @@ def test_compare_task_vectors_is_one_tidy_table(tiny_model):
     res = compare_task_vectors(tiny_model, task_vector_prompts(tiny_model, "number", 3, 4, 0), top_k=2)
     df = res.to_dataframe()
     assert {"vanilla", "function", "local", "zero-shot", "icl", "random-answers"} == set(df.method)
-    assert {"method", "layer", "accuracy", "low", "high", "n", "model"} <= set(df.columns) and set(df.metric) == {"label_accuracy"}
+    assert {"method", "layer", "accuracy", "low", "high", "n", "model"} <= set(df.columns) and set(df.metric) == {"label"}
     assert len(df.attrs["fv_heads"]) == 2 and df.attrs["eval_seed"] == 1 and df.attrs["n_eval"] == 4
 
 
@@ -200,7 +200,7 @@ def test_a_task_name_is_not_a_batch(tiny_model):
 
 
 def test_wrong_width_vector_is_refused(tiny_model, clean):
-    tv = TaskVector(torch.zeros(3, 48), [0, 1, 2], "replace", "vanilla", "antonym", "other")
+    tv = TaskVector(torch.zeros(3, 48), [0, 1, 2], "replace", "vanilla", "antonym", model="other")
     with pytest.raises(ValueError, match="width 48 but the model's d_model is 32"):
         evaluate_task_vector(tiny_model, tv, build_prompts(tiny_model, "antonym", 2, 3, seed=1, variant="zero_shot"))
 
@@ -216,7 +216,7 @@ def test_figures_have_titles_bands_and_hover(tiny_model, clean, shuffled):
     corr = build_prompts(tiny_model, "letter-string", 3, 2, seed=0, variant="random_answers")
     grid = patch_grid(tiny_model, build_prompts(tiny_model, "letter-string", 3, 2, seed=0), corr)
     heat = sweeps.patch_grid(grid)
-    assert list(heat.layout.xaxis.ticktext) == grid.position_names and "gold_probability" in heat.data[0].hovertext[0][0]
+    assert list(heat.layout.xaxis.ticktext) == grid.position_names and "gold_prob" in heat.data[0].hovertext[0][0]
     cie = sweeps.cie_heatmap(head_cie(tiny_model, clean, shuffled), top_k=3)
     assert len(cie.data[1].x) == 3 and "CIE" in cie.data[0].hovertext[0][0]
 
@@ -234,7 +234,7 @@ def test_cli_task_vectors_json_and_out(monkeypatch, tiny_model, tmp_path):
                                            "--top-k", "2", "--json", "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output.strip().splitlines()[-1])
-    assert data["metric"] == "label_accuracy" and set(data["per_layer"]["vanilla"]) == {"0", "1", "2"}
+    assert data["metric"] == "label" and set(data["per_layer"]["vanilla"]) == {"0", "1", "2"}
     assert (tmp_path / "o" / "result.json").exists() and (tmp_path / "o" / "figure.html").exists()
     bad = CliRunner().invoke(cli_mod.cli, ["task-vectors", "--task", "nope"])
     assert bad.exit_code != 0 and "unknown task 'nope'" in bad.output

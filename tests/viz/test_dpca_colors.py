@@ -21,7 +21,7 @@ def _fit():
     n, z = len(lab), torch.zeros(len(lab), dtype=torch.long)
     st = LabelStates(states=torch.tensor(H[None], dtype=torch.float32), nuisance=torch.tensor(nuis), label=torch.tensor(lab),
                      word=z, prompt=torch.arange(n), demo=z, position=z, layers=[0], position_kind="answer",
-                     task="constructed", model_name="none", nuisance_name="length", word_names=[], n_demos=1, seed=0)
+                     task="constructed", model="none", nuisance_name="length", word_names=[], n_demos=1, seed=0)
     return dpca_from_states(st, regularizer=1e-3, n_null=0, progress=False)
 
 

@@ -21,17 +21,18 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_circuits.core.interventions import Intervention, Site, check_layer
-from icl_circuits.core.metrics import Rate, correct, wilson
-from icl_circuits.core.models import model_info
+from icl_circuits.core.metrics import Rate, correct, get_metric, wilson
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.runner import MakeHooks, read_resid, run_final_logits
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.dpca.analysis import DPCALayerResult
 from icl_circuits.methods.dpca.numpy_dpca import DPCAResult
-from icl_circuits.methods.dpca.states import model_name
 
 __all__ = ["SubspaceAblationResult", "ablate_subspace", "subspace_ablation_hooks"]
+
+#: The registry metrics a subspace ablation records (``correct`` and ``label_correct``).
+METRICS = ("first_token", "label")
 
 @dataclass(frozen=True)
 class SubspaceAblationResult(Result):
@@ -52,16 +53,18 @@ class SubspaceAblationResult(Result):
     positions: str
     centre: bool
     task: str
-    model_name: str
     n_demos: int
     seed: int
     meta: dict = field(default_factory=dict)
 
-    def rates(self, metric: str = "label_accuracy") -> dict[str, Rate]:
-        """Wilson-interval rates for "clean", "ablated" and "random" (all random draws pooled)."""
-        if metric not in ("accuracy", "label_accuracy"):
-            raise ValueError(f"metric must be 'accuracy' or 'label_accuracy', got {metric!r}")
-        c = self.correct if metric == "accuracy" else self.label_correct
+    def rates(self, metric: str = "label") -> dict[str, Rate]:
+        """Wilson-interval rates of ``metric`` (``"first_token"``: ``correct``; ``"label"``:
+        ``label_correct``; or an alias of either) for "clean", "ablated" and "random" (all random
+        draws pooled)."""
+        name = get_metric(metric).name
+        if name not in METRICS:
+            raise ValueError(f"metric must be 'first_token' or 'label', got {metric!r}")
+        c = self.correct if name == "first_token" else self.label_correct
         out = {}
         for name in ("clean", "ablated"):
             row = c[self.conditions.index(name)]
@@ -75,8 +78,8 @@ class SubspaceAblationResult(Result):
         """Tidy: metric, condition (clean / ablated / random pooled), value, low, high, n."""
         rows = [{"metric": m, "condition": k, "value": r.value, "low": r.low, "high": r.high, "n": r.n,
                  "marginalization": self.marginalization, "layers": ",".join(map(str, self.layers)),
-                 "positions": self.positions, "task": self.task, "model": self.model_name}
-                for m in ("accuracy", "label_accuracy") for k, r in self.rates(m).items()]
+                 "positions": self.positions, "task": self.task, "model": self.model}
+                for m in METRICS for k, r in self.rates(m).items()]
         return pd.DataFrame(rows)
 
 
@@ -166,11 +169,10 @@ def ablate_subspace(
                                       dtype=torch.float32), c) for l, (B, c) in bases.items()})
     res = [run(b) for b in tqdm(runs, desc="subspace ablation", disable=not progress)]
     return SubspaceAblationResult(
-        model_info=model_info(model),
         correct=torch.stack([a for a, _ in res]), label_correct=torch.stack([b for _, b in res]),
         conditions=conds, marginalization=marginalization, layers=layers,
         n_axes=[int(bases[l][0].shape[1]) for l in layers],
         positions=positions if isinstance(positions, str) else "+".join(positions), centre=centre,
-        task=batch.task, model_name=model_name(model), n_demos=batch.n_demos, seed=seed,
-        provenance=provenance(model, batch), meta={"n_random": n_random, "random_seed": seed},
+        task=batch.task, n_demos=batch.n_demos, seed=seed,
+        **stamp(model, batch), meta={"n_random": n_random, "random_seed": seed},
     )

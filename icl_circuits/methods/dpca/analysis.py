@@ -25,7 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result
+from icl_circuits.core.results import Result, stamp_of
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.dpca.conditions import condition_tensor
 from icl_circuits.methods.dpca.distances import mahalanobis_distances
@@ -88,7 +88,6 @@ class DPCALayerResult(Result):
     spaces: list[str]
     position_kind: str
     task: str
-    model_name: str
     n_demos: int
     seed: int
     n_trials: int
@@ -335,7 +334,6 @@ def dpca_from_states(
                       RegularizerOnEdgeWarning, stacklevel=2)
     f32 = lambda k: torch.tensor(np.asarray(out[k]), dtype=torch.float32)  # noqa: E731
     return DPCALayerResult(
-        model_info=states.model_info, provenance=states.provenance,
         total_marginal_variance=f32("tmv"), explained_variance=f32("ev"), encoders=f32("enc"),
         decoders=f32("dec"), n_axes=torch.tensor(out["nax"], dtype=torch.long), means=f32("mean"),
         regularizers=f32("lam"), distances=f32("dist"), projections=f32("proj"),
@@ -345,9 +343,9 @@ def dpca_from_states(
         condition_counts=torch.tensor(counts, dtype=torch.long),
         layers=list(states.layers), marginalizations=list(margs), factors=names,
         levels=[list(map(int, lv)) for lv in cd.levels], spaces=["full", *margs, "dpca"],
-        position_kind=states.position_kind, task=states.task, model_name=states.model_name,
+        position_kind=states.position_kind, task=states.task,
         n_demos=states.n_demos, seed=seed, n_trials=int(cd.trials.shape[0]), regularizer=regularizer,
-        shrinkage=shrinkage, regularizer_on_edge=edges, meta=meta,
+        shrinkage=shrinkage, regularizer_on_edge=edges, meta=meta, **stamp_of(states),
     )
 
 

@@ -22,9 +22,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from icl_circuits.core.interventions import check_layer
-from icl_circuits.core.models import model_info
 from icl_circuits.core.prompts import PromptBatch
-from icl_circuits.core.results import Result, provenance
+from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.runner import read_resid
 from icl_circuits.core.tasks import CategorizationTask, Task, get_task, list_tasks
 from icl_circuits.core.types import HookedModel
@@ -50,11 +49,6 @@ def categorization_task(task: Task | str, who: str) -> CategorizationTask:
     return t
 
 
-def model_name(model: HookedModel) -> str:
-    """The model's name (``cfg.model_name``, else its class name)."""
-    return str(getattr(model.cfg, "model_name", None) or type(model).__name__)
-
-
 @dataclass(frozen=True)
 class LabelStates(Result):
     """Residual stream at one kind of position of categorization prompts; one row per sample.
@@ -76,7 +70,6 @@ class LabelStates(Result):
     layers: list[int]
     position_kind: str
     task: str
-    model_name: str
     nuisance_name: str
     word_names: list[str]
     n_demos: int
@@ -163,10 +156,9 @@ def collect_label_states(
                          batch.n_demos if position == "final" else j, int(pos[i, j])))
     cols = torch.tensor(rows, dtype=torch.long).T
     return LabelStates(
-        model_info=model_info(model),
         states=states.reshape(len(layers), -1, states.shape[-1]).float().contiguous(),
         nuisance=cols[0], label=cols[1], word=cols[2], prompt=cols[3], demo=cols[4], position=cols[5],
-        layers=layers, position_kind=position, task=t.name, model_name=model_name(model),
+        layers=layers, position_kind=position, task=t.name,
         nuisance_name=str(t.nuisance_name), word_names=list(pool), n_demos=batch.n_demos, seed=batch.seed,
-        provenance=provenance(model, batch),
+        **stamp(model, batch),
     )
