@@ -32,8 +32,7 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from icl_circuits.core.hook_fns import pattern_block_hook
-from icl_circuits.core.interventions import Intervention
+from icl_circuits.core.interventions import ATTENTION_POINTS, Intervention
 from icl_circuits.core.runner.backend import TransformerLensBackend, register_backend, tl_major
 
 #: Adapters that compute attention themselves, with the pattern and scores hooks inside the computation.
@@ -277,16 +276,17 @@ class BridgeBackend(TransformerLensBackend):
                     self._refuse(int(m.group(1)), "a hook", "hook_attn_scores")
                 out.append(iv)
                 continue
-            if not isinstance(iv, Intervention) or iv.site.point not in ("pattern", "attn_scores") or (
-                    iv.op == "read" and iv.site.point == "pattern"):
+            if not isinstance(iv, Intervention) or iv.site.point not in ATTENTION_POINTS or (
+                    not iv.op_kind.writes and iv.site.point == "pattern"):
                 out.append(iv)
                 continue
             _, pattern_ok, scores_ok = self.attention_seams(iv.site.layer)
             if iv.site.point == "pattern" and pattern_ok or iv.site.point == "attn_scores" and scores_ok:
                 out.append(iv)
                 continue
-            if iv.op == "block_attention" and pattern_ok:
-                out.append((f"blocks.{iv.site.layer}.attn.hook_pattern", pattern_block_hook(iv.value, iv.site.head)))
+            on_pattern = iv.op_kind.on_pattern(iv) if pattern_ok else None
+            if on_pattern is not None:  # e.g. blocking scores, applied exactly to the pattern
+                out.append((f"blocks.{iv.site.layer}.attn.hook_pattern", on_pattern))
                 continue
             self._refuse(iv.site.layer, f"op {iv.op!r}", "hook_pattern" if iv.site.point == "pattern" else "hook_attn_scores")
         return out
