@@ -20,7 +20,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.runner import backend, final_logits, gather_positions, minibatches, unembed_resid
+from icl_circuits.core.runner import backend_for, final_logits, gather_positions, minibatches, unembed_resid
 from icl_circuits.core.metrics import Metric, get_metric
 from icl_circuits.core.prompts import PromptBatch, Template
 from icl_circuits.core.results import Result, stamp
@@ -91,14 +91,6 @@ def default_max_new_tokens(batch: PromptBatch, margin: int = MAX_NEW_TOKENS_MARG
     return max(len(a) for a in batch.answer_token_ids) + margin
 
 
-def _kv_cache(model: HookedModel, batch_size: int) -> Any:
-    try:
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache as Cache
-    except ImportError:  # TransformerLens 2.x
-        from transformer_lens.past_key_value_caching import HookedTransformerKeyValueCache as Cache
-    return Cache.init_cache(model.cfg, model.cfg.device, batch_size)
-
-
 class _Stopper:
     """Decides when a row's generation ends: EOS, the joiner in the decoded text, or the budget."""
 
@@ -118,8 +110,10 @@ class _Stopper:
         return cut_answer(self.tok.decode(ids), self.template)[0]
 
 
-def _last_logits(model: HookedModel, tokens: Tensor, **kw: Any) -> Float[Tensor, "batch d_vocab"]:
-    resid = backend.forward(model, tokens.to(model.cfg.device), **kw)
+def _last_logits(model: HookedModel, tokens: Tensor, kv_cache: Any = None) -> Float[Tensor, "batch d_vocab"]:
+    """Logits at the last position of ``tokens`` (placed after ``kv_cache``'s positions, which it extends)."""
+    be = backend_for(model)
+    resid = be.forward(tokens.to(model.cfg.device)) if kv_cache is None else be.decode(tokens, kv_cache)
     return unembed_resid(model, resid[:, -1])
 
 
@@ -132,9 +126,8 @@ def _greedy_cached(model: HookedModel, mb: PromptBatch, stop: _Stopper) -> tuple
     b, m, width = len(lengths), min(lengths), max(lengths)
     buf = torch.zeros(b, width + stop.max_new, dtype=torch.long)
     buf[:, :width] = mb.tokens[:, :width]
-    cache = _kv_cache(model, b)
-    ones = lambda n: torch.ones(b, n, dtype=torch.long, device=model.cfg.device)  # noqa: E731  (no pad heuristics)
-    logits = _last_logits(model, buf[:, :m], past_kv_cache=cache, attention_mask=ones(m))
+    cache = backend_for(model).new_kv_cache(b)
+    logits = _last_logits(model, buf[:, :m], cache)
     gen: list[list[int]] = [[] for _ in range(b)]
     reasons: list[str | None] = [None] * b
     p = m - 1  # position whose next-token logits we hold
@@ -147,7 +140,7 @@ def _greedy_cached(model: HookedModel, mb: PromptBatch, stop: _Stopper) -> tuple
                 reasons[i] = stop(gen[i])
         if all(r is not None for r in reasons):
             return gen, [str(r) for r in reasons]
-        logits = _last_logits(model, buf[:, p + 1 : p + 2], past_kv_cache=cache, attention_mask=ones(1))
+        logits = _last_logits(model, buf[:, p + 1 : p + 2], cache)
         p += 1
 
 
@@ -207,8 +200,8 @@ def greedy_answers(
     order = torch.argsort(batch.lengths, stable=True).tolist()
     gens: list[list[int]] = [[] for _ in range(len(batch))]
     reasons = [""] * len(batch)
-    # a TransformerBridge takes no TransformerLens key/value cache: the uncached reference decoding
-    run = _greedy_cached if use_cache and not backend.is_bridge(model) else _greedy_uncached
+    # a backend without a key/value cache decodes with the uncached reference loop
+    run = _greedy_cached if use_cache and backend_for(model).new_kv_cache(1) is not None else _greedy_uncached
     chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     for idx in tqdm(chunks, desc="greedy decoding", disable=not progress):
         g, r = run(model, batch.select(idx), stop)
@@ -255,7 +248,7 @@ def answer_token_logprobs(
             m[i, : len(a)] = True
             gold[i, : len(a)] = torch.tensor(a)
         pos = (mb.final_positions[:, None] + torch.arange(n_ans)[None]).clamp(max=width - 1) * m
-        resid = backend.forward(model, x.to(model.cfg.device))  # the final residual, on every backend
+        resid = backend_for(model).forward(x.to(model.cfg.device))  # the final residual, on every backend
         logp = unembed_resid(model, gather_positions(resid, pos)).float().log_softmax(-1).cpu()
         out[rows] = logp.gather(-1, gold[..., None])[..., 0] * m
         mask[rows] = m

@@ -53,6 +53,7 @@ from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.runner import final_logits_with_grad
 from icl_circuits.core.runner import attention_pattern
 from icl_circuits.core.types import HookedModel
+from icl_circuits.core.runner.backend import backend_for
 
 __all__ = ["atp_star_minibatch", "ROWS_PER_PATTERN_CALL"]
 
@@ -151,7 +152,7 @@ def _qk_fix(model, mb, layers, deltas, downstream, r_store, g_p, atp, versions) 
     for i, l in enumerate(layers):
         delta, weight = deltas[l]
         dz = (delta * weight[..., None, None]).to(dev, model.cfg.dtype)
-        d_r[i] = torch.einsum("bphd,hdm->hbpm", dz, model.blocks[l].attn.W_O.detach())
+        d_r[i] = torch.einsum("bphd,hdm->hbpm", dz, backend_for(model).W_O(l))
     for j, m in enumerate(downstream):
         r = r_store[j][0].detach()
         sources = [i for i, l in enumerate(layers) if l < m]

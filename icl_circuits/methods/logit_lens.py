@@ -24,12 +24,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from icl_circuits.core.interventions import check_layer, check_vector
+from icl_circuits.core.checks import check_layer, check_vector
 from icl_circuits.core.metrics import correct, wilson
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.runner import read_resid, unembed_resid
 from icl_circuits.core.types import HookedModel
+from icl_circuits.core.runner.backend import backend_for
 from icl_circuits.methods.vectors import TaskVector
 
 __all__ = ["logit_lens", "LogitLensResult", "vector_logit_lens", "VectorLensResult", "task_alignment",
@@ -151,7 +152,8 @@ def _label_basis(model: HookedModel, label_token_ids: Tensor | Sequence[int]) ->
         raise ValueError("label_token_ids is empty")
     if int(ids.min()) < 0 or int(ids.max()) >= model.cfg.d_vocab:
         raise ValueError(f"label_token_ids must be token ids in [0, {model.cfg.d_vocab - 1}]")
-    B = model.W_U.detach()[:, ids.to(model.W_U.device)].double().cpu().numpy()  # [d_model, k]
+    W_U = backend_for(model).W_U()
+    B = W_U[:, ids.to(W_U.device)].double().cpu().numpy()  # [d_model, k]
     return torch.from_numpy(scipy.linalg.orth(B))  # orthonormal basis of the span
 
 

@@ -46,12 +46,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icl_circuits.core.interventions import Intervention, Site, check_layer, check_vector, resid_name
+from icl_circuits.core.checks import check_layer, check_vector
+from icl_circuits.core.interventions import Intervention, Site, resid_name
 from icl_circuits.core.metrics import correct, wilson
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.runner import Entry, minibatches, read_activations, run_staggered, unembed_resid
-from icl_circuits.core.runner.backend import per_head
+from icl_circuits.core.runner.backend import backend_for
 from icl_circuits.core.types import HookedModel
 from icl_circuits.methods.head_ablation import check_choice, check_heads
 from icl_circuits.core.positions import check_batch
@@ -135,7 +136,7 @@ def label_direction(model: HookedModel, batch: PromptBatch) -> Float[Tensor, "ba
     """``u_b = W_U[:, gold_b] - mean W_U[:, t]`` over prompt b's other candidate tokens
     (``batch.candidate_tokens()``: the label words of categorization tasks) or over the vocabulary
     (other tasks): DLA(v) = LN_lin(v) . u_b."""
-    W_U = model.W_U.detach().float().cpu()
+    W_U = backend_for(model).W_U().float().cpu()
     gold = W_U[:, batch.answer_tokens].T
     cand = batch.candidate_tokens()
     if cand is None:
@@ -252,10 +253,11 @@ def ov_contributions(
     spec = spec_name(positions)
     L, H, eps = model.cfg.n_layers, model.cfg.n_heads, model.cfg.eps
     layers = list(range(layer, L))
-    ln_final = getattr(model, "ln_final", None)
+    be = backend_for(model)
+    ln_final = be.ln_final()
     u_all = label_direction(model, batch)
-    W_O = [model.blocks[l].attn.W_O.detach().float() for l in layers]
-    W_V = [per_head(model, model.blocks[l].attn.W_V.detach().float()) for l in layers]  # GQA bridges: n_kv rows
+    W_O = [be.W_O(l).float() for l in layers]
+    W_V = [be.W_V(l).float() for l in layers]  # one row per query head (grouped-query heads expanded)
     points_clean = ["resid_pre", "z", "mlp_out", "attn_out"] + (["pattern"] if attention == "clean" else [])
     points_patched = ["z", "mlp_out", "attn_out"] + (["pattern"] if attention == "patched" else [])
     B, nL, d = len(batch), len(layers), model.cfg.d_model
@@ -300,7 +302,7 @@ def ov_contributions(
                 dz = (cp[("z", l)][ar, q] - cc[("z", l)][ar, q]).float()  # [b, H, d_head]
                 ex = torch.einsum("bhe,hed->bhd", dz, W_O[i])
                 hp = cc[("resid_pre", l)][ri, p].float()  # clean residual at block l's input, at P
-                block_ln = model.blocks[l].ln1
+                block_ln = be.ln1(l)
                 if ln == "difference":
                     dln = (block_ln(hp + dvec) - block_ln(hp)).float()
                 else:
