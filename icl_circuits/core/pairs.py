@@ -17,18 +17,13 @@ from jaxtyping import Int
 from torch import Tensor
 
 from icl_circuits.core.positions import check_batch
-from icl_circuits.core.prompts import (
-    PromptBatch, Template, TokenizationBoundaryError, _render, _token_span, _tokenize, build_prompts,
-)
-from icl_circuits.core.types import HookedModel
+from icl_circuits.core.prompts import PromptBatch, build_prompts
 from icl_circuits.core.tasks import CategorizationTask, Episode, Task, get_task
+from icl_circuits.core.templates import Template, TokenizationBoundaryError, render, token_span, tokenize_with_offsets
+from icl_circuits.core.types import HookedModel
 
 __all__ = ["has_bos", "task_answer_tokens", "paired_batches", "random_answer_twins", "NoLengthMatchedAnswers", "ScriptedTask",
            "TaskVectorPrompts", "task_vector_prompts"]
-
-
-def _as_task(task: Task | str) -> Task:
-    return get_task(task) if isinstance(task, str) else task
 
 
 def task_answer_tokens(batch: PromptBatch, task: Task | str) -> Int[Tensor, "batch"]:
@@ -38,7 +33,7 @@ def task_answer_tokens(batch: PromptBatch, task: Task | str) -> Int[Tensor, "bat
     label binding (``batch.label_words``); a prompt without one (or with another number of
     classes) gets ``-1``."""
     check_batch(batch)
-    task = _as_task(task)
+    task = get_task(task)
     if batch.tokenizer is None:
         raise ValueError("batch has no tokenizer; build it with build_prompts")
     out = []
@@ -51,10 +46,10 @@ def task_answer_tokens(batch: PromptBatch, task: Task | str) -> Int[Tensor, "bat
         if y is None:
             out.append(-1)
             continue
-        r = _render(batch.template, batch.demos[i], (q, y))
-        ids, offsets = _tokenize(batch.tokenizer, r.text)
+        r = render(batch.template, batch.demos[i], (q, y))
+        ids, offsets = tokenize_with_offsets(batch.tokenizer, r.text)
         try:
-            out.append(ids[_token_span(offsets, r.text, *r.answer_chars[-1], "answer")[0]])
+            out.append(ids[token_span(offsets, r.text, *r.answer_chars[-1], "answer")[0]])
         except TokenizationBoundaryError:
             out.append(-1)
     return torch.tensor(out, dtype=torch.long)
@@ -159,7 +154,7 @@ def random_answer_twins(
     check_batch(icl, "icl")
     if icl.n_demos < 1:
         raise ValueError("icl has no demonstrations: local task vectors live at the demo answer positions")
-    task_obj = _as_task(icl.task if task is None else task)
+    task_obj = get_task(icl.task if task is None else task)
     tok = icl.tokenizer
     outputs = None if icl.label_words[0] is not None else task_obj.outputs()
     x0 = icl.demos[0][0][0]
@@ -247,7 +242,7 @@ def task_vector_prompts(
         raise ValueError("eval_seed must differ from seed (held-out prompts)")
     if prepend_bos is not None and not isinstance(prepend_bos, bool):
         raise TypeError(f"prepend_bos must be True, False or None, got {prepend_bos!r}")
-    task_obj = _as_task(task)
+    task_obj = get_task(task)
     n_eval = n_eval or n_prompts
     if prepend_bos is None:
         prepend_bos = has_bos(model)

@@ -1,5 +1,6 @@
 """The one position language: every token position an ICL analysis reads or writes, resolved from
-a ``PromptBatch``'s exact spans (``PromptBatch.positions(spec)`` calls ``resolve``).
+a ``PromptBatch``'s exact spans (``PromptBatch.positions(spec)`` calls ``resolve``). ``PromptBatch``
+inherits the language from ``Positioned``, so this module stands below ``prompts`` and never imports it.
 
 Position sets, resolved per prompt from the ``PromptBatch``'s exact spans,
 each column named by its role so that column j of a source prompt maps to column j of a target:
@@ -39,16 +40,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from icl_circuits.core.prompts import PromptBatch
-
-__all__ = ["KINDS", "SET_NAMES", "PositionSet", "resolve", "masked_mean"]
+__all__ = ["KINDS", "SET_NAMES", "Positioned", "PositionSet", "check_batch", "resolve", "masked_mean"]
 
 #: Single-token kinds, one column per demo (``"final"``: one column).
 KINDS = ("answer", "answer_last", "separator", "delimiter", "input_first", "input_last", "final")
@@ -62,18 +60,78 @@ _KIND_SETS = {"answers": "answer", "answer": "answer", "answer_last": "answer_la
 _ROLE_SETS = {"inputs": ("input",), "input_tokens": ("input",), "answer_tokens": ("answer",), "demo_tokens": _ROLES}
 SET_NAMES = (*_KIND_SETS, *_ROLE_SETS, "last_demo_token", "query", "final")
 
-def check_batch(batch: PromptBatch, arg: str = "batch") -> PromptBatch:
-    """``batch`` if it is a non-empty ``PromptBatch``; else a clear error naming ``arg``."""
-    from icl_circuits.core.prompts import PromptBatch
 
-    if not isinstance(batch, PromptBatch):
+class Positioned:
+    """The position language of a batch of prompts with exact token spans; ``PromptBatch`` is one.
+
+    A subclass holds the spans the language reads (``[start, end)`` token indices): ``input_spans``
+    and ``answer_spans`` [batch, n_demos, 2], ``query_spans`` [batch, 2], ``final_positions`` [batch]
+    (the last real token), ``n_demos`` and ``variant``. This class adds the positions computed from
+    them: ``positions(spec)``, ``kind_positions(kind)`` and the per-demo single-token positions.
+    """
+
+    input_spans: Int[Tensor, "batch n_demos 2"]
+    answer_spans: Int[Tensor, "batch n_demos 2"]
+    query_spans: Int[Tensor, "batch 2"]
+    final_positions: Int[Tensor, "batch"]
+    n_demos: int
+    variant: str
+
+    @property
+    def answer_positions(self) -> Int[Tensor, "batch n_demos"]:
+        """First token of each demo answer (the label word): ``answer_spans[..., 0]``."""
+        return self.answer_spans[..., 0]
+
+    @property
+    def separator_positions(self) -> Int[Tensor, "batch n_demos"]:
+        """The token just before each demo answer, whose next-token prediction is that answer."""
+        return self.answer_spans[..., 0] - 1
+
+    @property
+    def delimiter_positions(self) -> Int[Tensor, "batch n_demos"]:
+        """The first token after each demo answer: ``answer_spans[..., 1]``."""
+        return self.answer_spans[..., 1]
+
+    def positions(self, spec: str | Sequence[str]) -> PositionSet:
+        """The one position language: exact token positions of ``spec`` in every prompt, as a
+        ``PositionSet`` (``positions`` [batch, n], the role name of each column, and a validity
+        ``mask`` [batch, n] for multi-token spans); ``resolve(self, spec)``.
+
+        ``spec``: a kind (``"answers"``, ``"separators"``, ``"query"``...), one position
+        (``"answer_3"``, ``"answer_-1"``, ``"demo_2.input[0]"``), every token of a role
+        (``"inputs"``, ``"answer_tokens"``, ``"demo_tokens"``, ``"demo_1"``), or a union (a list,
+        or names joined by ``+``)."""
+        return resolve(self, spec)
+
+    def kind_positions(self, kind: str) -> Int[Tensor, "batch n"]:
+        """Single-token positions of one kind, one column per demo (``"final"``: one column):
+        ``"answer"`` / ``"answer_last"``: first / last token of each demo answer;
+        ``"input_first"`` / ``"input_last"`` likewise for inputs; ``"separator"``, ``"delimiter"``.
+        The building block of ``positions(spec)``; analyses use ``positions``."""
+        table = {
+            "answer": self.answer_positions,
+            "answer_last": self.answer_spans[..., 1] - 1,
+            "separator": self.separator_positions,
+            "delimiter": self.delimiter_positions,
+            "input_first": self.input_spans[..., 0],
+            "input_last": self.input_spans[..., 1] - 1,
+            "final": self.final_positions[:, None],
+        }
+        if kind not in table:
+            raise ValueError(f"position kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        return table[kind]
+
+
+def check_batch(batch: Positioned, arg: str = "batch") -> Positioned:
+    """``batch`` if it is a non-empty ``PromptBatch`` (a ``Positioned`` batch); else a clear error naming ``arg``."""
+    if not isinstance(batch, Positioned):
         raise TypeError(f"{arg} must be a PromptBatch (build one with build_prompts), got {type(batch).__name__}")
     if len(batch) == 0:
         raise ValueError(f"{arg} is empty")
     return batch
 
 
-def _demo_index(batch: PromptBatch, k: int, name: str) -> int:
+def _demo_index(batch: Positioned, k: int, name: str) -> int:
     n = batch.n_demos
     if not -n <= k < n:
         raise ValueError(
@@ -83,7 +141,7 @@ def _demo_index(batch: PromptBatch, k: int, name: str) -> int:
     return k % n
 
 
-def _role_span(batch: PromptBatch, i: int, role: str) -> tuple[Tensor, Tensor]:
+def _role_span(batch: Positioned, i: int, role: str) -> tuple[Tensor, Tensor]:
     """[start, end) of one role of demo i in every prompt."""
     inp, ans = batch.input_spans[:, i], batch.answer_spans[:, i]
     nxt = batch.input_spans[:, i + 1, 0] if i + 1 < batch.n_demos else batch.query_spans[:, 0]
@@ -91,7 +149,7 @@ def _role_span(batch: PromptBatch, i: int, role: str) -> tuple[Tensor, Tensor]:
             "answer": (ans[:, 0], ans[:, 1]), "delim": (ans[:, 1], nxt)}[role]
 
 
-def _role_tokens(batch: PromptBatch, i: int, role: str) -> tuple[Tensor, list[str], Tensor]:
+def _role_tokens(batch: Positioned, i: int, role: str) -> tuple[Tensor, list[str], Tensor]:
     """Every token of one role of demo i, aligned by offset from the span start: positions and
     mask [batch, longest span] (masked entries hold 0), names ``demo_i.role[o]``."""
     start, end = _role_span(batch, i, role)
@@ -104,7 +162,7 @@ def _full(p: Tensor) -> Tensor:
     return torch.ones(p.shape, dtype=torch.bool)
 
 
-def _resolve_one(batch: PromptBatch, name: str) -> tuple[Tensor, list[str], Tensor]:
+def _resolve_one(batch: Positioned, name: str) -> tuple[Tensor, list[str], Tensor]:
     if name in _KIND_SETS:
         kind = _KIND_SETS[name]
         if batch.n_demos == 0:
@@ -184,7 +242,7 @@ class PositionSet:
         return self.names.index(name)
 
 
-def resolve(batch: PromptBatch, spec: str | Sequence[str]) -> PositionSet:
+def resolve(batch: Positioned, spec: str | Sequence[str]) -> PositionSet:
     """Exact token positions of a position set in every prompt: a ``PositionSet`` (positions
     ``[batch, n]``, the name of each column, and a validity mask ``[batch, n]`` for multi-token
     spans of different lengths; see the module docstring). Repeated names are kept once; two

@@ -22,31 +22,30 @@ get exactly the unpadded activations. Read predictions at ``final_positions``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from icl_circuits.core.positions import KINDS, Positioned
+from icl_circuits.core.task_filters import single_token_task
 from icl_circuits.core.tasks import Task, get_task
 from icl_circuits.core.templates import (  # noqa: F401  (re-exported: the prompt-building vocabulary)
-    COMPACT_TEMPLATE, SPACED_TEMPLATE, Template, TokenizationBoundaryError, UnrepresentableTextError, _get_tokenizer,
-    _render, _token_span, _tokenize, _unknown_words, default_template,
+    COMPACT_TEMPLATE, SPACED_TEMPLATE, Template, TokenizationBoundaryError, UnrepresentableTextError, default_template,
+    get_tokenizer, render, token_span, tokenize_with_offsets, unknown_words,
 )
-
-if TYPE_CHECKING:
-    from icl_circuits.core.positions import PositionSet
 
 Variant = Literal["icl", "zero_shot", "dummy_query", "shuffled_labels", "random_answers"]
 VARIANTS: tuple[str, ...] = ("icl", "zero_shot", "dummy_query", "shuffled_labels", "random_answers")
 
-#: Position kinds understood by ``PromptBatch.positions``.
-POSITION_KINDS = ("answer", "answer_last", "separator", "delimiter", "input_first", "input_last", "final")
+#: Position kinds understood by ``PromptBatch.kind_positions`` (``positions.KINDS``).
+POSITION_KINDS = KINDS
 
 
 @dataclass(frozen=True)
-class PromptBatch:
+class PromptBatch(Positioned):
     """A batch of ICL prompts with every position an analysis needs (right-padded).
 
     Spans are ``[start, end)`` token indices into ``tokens``; all positions already include the
@@ -66,6 +65,9 @@ class PromptBatch:
     demo_answer_tokens: [batch, n_demos]  first token of each demo answer
     label_token_ids: [batch, n_labels] first token of each of the prompt's label words, rendered
         as an answer (categorization tasks), else None
+
+    The position language (``positions(spec)``, ``kind_positions(kind)`` and the per-demo
+    positions above) comes from ``positions.Positioned``.
     """
 
     tokens: Int[Tensor, "batch pos"]
@@ -97,51 +99,8 @@ class PromptBatch:
         return self.tokens.shape[0]
 
     @property
-    def answer_positions(self) -> Int[Tensor, "batch n_demos"]:
-        return self.answer_spans[..., 0]
-
-    @property
-    def separator_positions(self) -> Int[Tensor, "batch n_demos"]:
-        return self.answer_spans[..., 0] - 1
-
-    @property
-    def delimiter_positions(self) -> Int[Tensor, "batch n_demos"]:
-        return self.answer_spans[..., 1]
-
-    @property
     def lengths(self) -> Int[Tensor, "batch"]:
         return self.final_positions + 1
-
-    def positions(self, spec: "str | Sequence[str]") -> "PositionSet":
-        """The one position language (``icl_circuits.core.positions``): exact token positions of
-        ``spec`` in every prompt, as a ``PositionSet`` (``positions`` [batch, n], the role name of
-        each column, and a validity ``mask`` [batch, n] for multi-token spans).
-
-        ``spec``: a kind (``"answers"``, ``"separators"``, ``"query"``...), one position
-        (``"answer_3"``, ``"answer_-1"``, ``"demo_2.input[0]"``), every token of a role
-        (``"inputs"``, ``"answer_tokens"``, ``"demo_tokens"``, ``"demo_1"``), or a union (a list,
-        or names joined by ``+``)."""
-        from icl_circuits.core.positions import resolve
-
-        return resolve(self, spec)
-
-    def kind_positions(self, kind: str) -> Int[Tensor, "batch n"]:
-        """Single-token positions of one kind, one column per demo (``"final"``: one column):
-        ``"answer"`` / ``"answer_last"``: first / last token of each demo answer;
-        ``"input_first"`` / ``"input_last"`` likewise for inputs; ``"separator"``, ``"delimiter"``.
-        The building block of ``positions(spec)``; analyses use ``positions``."""
-        table = {
-            "answer": self.answer_positions,
-            "answer_last": self.answer_spans[..., 1] - 1,
-            "separator": self.separator_positions,
-            "delimiter": self.delimiter_positions,
-            "input_first": self.input_spans[..., 0],
-            "input_last": self.input_spans[..., 1] - 1,
-            "final": self.final_positions[:, None],
-        }
-        if kind not in table:
-            raise ValueError(f"position kind must be one of {', '.join(POSITION_KINDS)}, got {kind!r}")
-        return table[kind]
 
     def candidate_tokens(
         self, fallback: Literal["gold", "answers"] | None = None
@@ -313,7 +272,7 @@ def build_prompts(
     that has a BOS token). Raises ``ValueError`` naming the argument for bad input, and
     ``TokenizationBoundaryError`` when the tokenizer merges a field with template text.
     """
-    tok, n_ctx, default_bos = _get_tokenizer(model_or_tokenizer)
+    tok, n_ctx, default_bos = get_tokenizer(model_or_tokenizer)
     task_obj = get_task(task) if isinstance(task, str) else task
     if not isinstance(task_obj, Task):
         raise TypeError(f"task must be a task name or a Task, got {type(task).__name__}")
@@ -329,8 +288,6 @@ def build_prompts(
         raise ValueError("prepend_bos=True but the tokenizer has no BOS token")
     shift = 1 if bos else 0
     if single_token:
-        from icl_circuits.core.task_filters import single_token_task  # it builds on this module
-
         task_obj = single_token_task(tok, task_obj, template)
         need = n_demos + 1 + (variant == "dummy_query")
         if len(task_obj) < need:
@@ -392,26 +349,26 @@ def build_prompts(
 
 def _encode(tok, template: Template, demos, query, words, shift: int) -> dict:
     """Tokenize one rendered prompt and locate every field in token indices."""
-    r = _render(template, demos, query)
-    ids, offsets = _tokenize(tok, r.text)
-    unknown = _unknown_words(tok, r.text, ids, offsets)
+    r = render(template, demos, query)
+    ids, offsets = tokenize_with_offsets(tok, r.text)
+    unknown = unknown_words(tok, r.text, ids, offsets)
     if unknown:
         raise UnrepresentableTextError(
             f"the tokenizer maps {sorted(set(unknown))[:5]} to its unknown token {tok.unk_token!r}: this model cannot "
             "read the task (see task_filters.representable_tasks for the tasks it can)"
         )
-    spans_in = [_token_span(offsets, r.text, a, b, "input") for a, b in r.input_chars]
-    spans_ans = [_token_span(offsets, r.text, a, b, "answer") for a, b in r.answer_chars]
+    spans_in = [token_span(offsets, r.text, a, b, "input") for a, b in r.input_chars]
+    spans_ans = [token_span(offsets, r.text, a, b, "answer") for a, b in r.answer_chars]
     cut = spans_ans[-1][0]
     if cut == 0:
         raise TokenizationBoundaryError("the query's answer starts at the first token; nothing to condition on")
     label_ids: list[int] = []
     if words is not None:  # first token of each label word as the query's answer, in this context
         for w in words:
-            rw = _render(template, demos, (query[0], w))
-            ids_w, off_w = _tokenize(tok, rw.text)
+            rw = render(template, demos, (query[0], w))
+            ids_w, off_w = tokenize_with_offsets(tok, rw.text)
             a, b = rw.answer_chars[-1]
-            label_ids.append(ids_w[_token_span(off_w, rw.text, a, b, "label word")[0]])
+            label_ids.append(ids_w[token_span(off_w, rw.text, a, b, "label word")[0]])
     bos = [tok.bos_token_id] if shift else []
     sh = lambda s: [s[0] + shift, s[1] + shift]  # noqa: E731
     return {

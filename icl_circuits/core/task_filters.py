@@ -1,16 +1,16 @@
 """Which examples and tasks a tokenizer can carry: ``single_token_task`` (examples whose input and
 answer are one token in context) and ``representable_tasks`` (tasks with no word mapped to the
-unknown token). Both read prompts exactly as ``prompts.build_prompts`` renders them.
+unknown token). Both read prompts exactly as ``prompts.build_prompts`` renders them (``templates.render``).
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from icl_circuits.core.prompts import (
-    Template, TokenizationBoundaryError, _get_tokenizer, _render, _token_span, _unknown_words, default_template,
-)
 from icl_circuits.core.tasks import CategorizationTask, Task, get_task, list_tasks
+from icl_circuits.core.templates import (
+    Template, TokenizationBoundaryError, default_template, get_tokenizer, render, token_span, unknown_words,
+)
 
 __all__ = ["single_token_task", "representable_tasks"]
 
@@ -29,7 +29,7 @@ def single_token_task(model_or_tokenizer: Any, task: Task | str, template: Templ
     Returns a task of the same name and kind restricted to the kept inputs (``Task.subset``):
     ``len(result)`` examples are kept of ``result.source_size``. Raises ``ValueError`` when none is.
     """
-    tok = _get_tokenizer(model_or_tokenizer)[0]
+    tok = get_tokenizer(model_or_tokenizer)[0]
     task = get_task(task) if isinstance(task, str) else task
     if not isinstance(task, Task):
         raise TypeError(f"task must be a task name or a Task, got {type(task).__name__}")
@@ -37,7 +37,7 @@ def single_token_task(model_or_tokenizer: Any, task: Task | str, template: Templ
     xs = task.inputs()
 
     def one_token(pairs: list[tuple[str, str]]) -> tuple[list[bool], list[bool]]:
-        rendered = [_render(template, [p], p) for p in pairs]
+        rendered = [render(template, [p], p) for p in pairs]
         enc = tok([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
         ok_x, ok_y = [], []
         for r, offsets in zip(rendered, enc["offset_mapping"]):
@@ -45,7 +45,7 @@ def single_token_task(model_or_tokenizer: Any, task: Task | str, template: Templ
 
             def single(chars: list[tuple[int, int]]) -> bool:
                 try:
-                    spans = [_token_span(offsets, r.text, a, b, "field") for a, b in chars]
+                    spans = [token_span(offsets, r.text, a, b, "field") for a, b in chars]
                 except TokenizationBoundaryError:
                     return False
                 return all(e - s == 1 for s, e in spans)
@@ -88,12 +88,12 @@ def representable_tasks(model_or_tokenizer: Any, tasks: Sequence[str] | None = N
     """The tasks (default: every registered task) whose every input, output and label word the
     tokenizer can represent, i.e. maps to no unknown token. A word-level tokenizer such as
     ``toy-icl``'s cannot read tasks written after it was built; byte-level BPE can read anything."""
-    tok = _get_tokenizer(model_or_tokenizer)[0]
+    tok = get_tokenizer(model_or_tokenizer)[0]
     out = []
     for name in list_tasks() if tasks is None else tasks:
         t = get_task(name)
         words = sorted({*t.inputs(), *t.outputs(), *(t.label_words or [])})
         enc = tok(words, add_special_tokens=False, return_offsets_mapping=True)
-        if not any(_unknown_words(tok, w, i, o) for w, i, o in zip(words, enc["input_ids"], enc["offset_mapping"])):
+        if not any(unknown_words(tok, w, i, o) for w, i, o in zip(words, enc["input_ids"], enc["offset_mapping"])):
             out.append(name)
     return out

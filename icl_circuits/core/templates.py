@@ -6,7 +6,7 @@ tokenizer (``default_template``): ``"{x}:{y}"`` for the bundled word-level model
 drops spaces, and ``"{x} -> {y}"`` for subword tokenizers (byte-level BPE, metaspace), where a space
 before the answer makes its first token the whole-word token the model saw in pretraining.
 A field's token span is the set of tokens whose character offsets overlap the field
-(``_token_span``); a token that mixes a field with non-whitespace template text is an error
+(``token_span``); a token that mixes a field with non-whitespace template text is an error
 (``TokenizationBoundaryError``), never a silent approximation.
 """
 
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 __all__ = ["Template", "default_template", "COMPACT_TEMPLATE", "SPACED_TEMPLATE", "TokenizationBoundaryError",
-           "UnrepresentableTextError"]
+           "UnrepresentableTextError", "Rendered", "render", "token_span", "get_tokenizer", "tokenize_with_offsets",
+           "unknown_words"]
 
 
 class UnrepresentableTextError(ValueError):
@@ -73,13 +74,18 @@ class Template:
 
 
 @dataclass
-class _Rendered:
+class Rendered:
+    """A rendered prompt text and the character span ``[start, end)`` of every field in it."""
+
     text: str
     input_chars: list[tuple[int, int]]
     answer_chars: list[tuple[int, int]]  # last one is the query's gold answer
 
 
-def _render(template: Template, demos: Sequence[tuple[str, str]], query: tuple[str, str]) -> _Rendered:
+def render(template: Template, demos: Sequence[tuple[str, str]], query: tuple[str, str]) -> Rendered:
+    """The text ``prefix + x_1 SEP y_1 + joiner + ... + x_q SEP y_q`` of ``demos`` then ``query`` (its gold
+    answer included) and each field's character span: ``input_chars`` and ``answer_chars``, one per
+    example in order, the last one the query's."""
     before, sep, after = template.parts
     text = template.prefix
     inputs, answers = [], []
@@ -91,10 +97,10 @@ def _render(template: Template, demos: Sequence[tuple[str, str]], query: tuple[s
         text += x + sep
         answers.append((len(text), len(text) + len(y)))
         text += y + after
-    return _Rendered(text, inputs, answers)
+    return Rendered(text, inputs, answers)
 
 
-def _token_span(offsets: Sequence[tuple[int, int]], text: str, a: int, b: int, what: str) -> tuple[int, int]:
+def token_span(offsets: Sequence[tuple[int, int]], text: str, a: int, b: int, what: str) -> tuple[int, int]:
     """[first, last+1) of the tokens overlapping characters [a, b); checks clean boundaries."""
     idx = [t for t, (s, e) in enumerate(offsets) if e > s and s < b and e > a]
     if not idx:
@@ -110,7 +116,7 @@ def _token_span(offsets: Sequence[tuple[int, int]], text: str, a: int, b: int, w
     return first, last + 1
 
 
-def _get_tokenizer(model_or_tokenizer: Any) -> tuple[Any, int | None, bool]:
+def get_tokenizer(model_or_tokenizer: Any) -> tuple[Any, int | None, bool]:
     """(tokenizer, n_ctx or None, whether a BOS token is prepended by default)."""
     tok = getattr(model_or_tokenizer, "tokenizer", None)
     cfg = getattr(model_or_tokenizer, "cfg", None)
@@ -152,17 +158,18 @@ def default_template(model_or_tokenizer: Any) -> Template:
     space before the answer makes its first token the whole-word token (``" cold"``) that such
     models produce after a space in ordinary text.
     """
-    tok = _get_tokenizer(model_or_tokenizer)[0]
-    compact = _tokenize(tok, "hot:cold")[0] == _tokenize(tok, "hot: cold")[0]
+    tok = get_tokenizer(model_or_tokenizer)[0]
+    compact = tokenize_with_offsets(tok, "hot:cold")[0] == tokenize_with_offsets(tok, "hot: cold")[0]
     return COMPACT_TEMPLATE if compact else SPACED_TEMPLATE
 
 
-def _tokenize(tok: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+def tokenize_with_offsets(tok: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """``(token ids, character offsets (start, end) of each token)`` of ``text``, without special tokens."""
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
-def _unknown_words(tok: Any, text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]]) -> list[str]:
+def unknown_words(tok: Any, text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]]) -> list[str]:
     """The pieces of ``text`` the tokenizer maps to its unknown token (none for byte-level tokenizers)."""
     unk = getattr(tok, "unk_token_id", None)
     return [] if unk is None else [text[a:b] for t, (a, b) in zip(ids, offsets) if t == unk]

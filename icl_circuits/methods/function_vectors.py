@@ -6,7 +6,8 @@
   CIE(l, h) = P(gold | corrupted, z_{l,h} <- a_bar_{l,h}) - P(gold | corrupted);
 - ``function_vector``: FV = sum over the top-K heads by mean CIE of a_bar[l, h] @ W_O[l, h]
   (``fv_from_heads``), a ``TaskVector`` of mode "add" (``vectors.evaluate_vector`` adds it at
-  the final position of zero-shot prompts, one layer at a time).
+  the final position of zero-shot prompts, one layer at a time); ``layers=`` restricts the heads
+  scanned to those blocks, ``vector_layers=`` the layers the vector is returned for.
 
 Layer l means the input of block l (``blocks.{l}.hook_resid_pre``; l = n_layers: the final residual).
 """
@@ -23,11 +24,13 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.interventions import Intervention, Site, check_layer, check_layers, z_name
+from icl_circuits.core.checks import check_layer, check_layers
+from icl_circuits.core.interventions import Intervention, Site, z_name
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.runner import TOKENS_PER_FORWARD, Entry, cache_resid, minibatches, read_activations, run_staggered, unembed_rows
 from icl_circuits.core.types import HookedModel
+from icl_circuits.core.runner.backend import backend_for
 from icl_circuits.methods.vectors import TaskVector
 
 __all__ = ["mean_head_outputs", "HeadCIEResult", "head_cie", "function_vector", "fv_from_heads"]
@@ -131,43 +134,54 @@ def fv_from_heads(model: HookedModel, mean_z: Float[Tensor, "layer head d_head"]
                   heads: Sequence[tuple[int, int]]) -> Float[Tensor, "d_model"]:
     """sum over (l, h) in ``heads`` of mean_z[l, h] @ W_O[l, h] (no output bias)."""
     fv = torch.zeros(model.cfg.d_model)
+    be = backend_for(model)
     for l, h in heads:
-        fv += (mean_z[l, h].to(model.W_O.dtype).to(model.W_O.device) @ model.W_O[l, h]).float().cpu()
+        W_O = be.W_O(l)[h]  # [d_head, d_model]
+        fv += (mean_z[l, h].to(W_O.dtype).to(W_O.device) @ W_O).float().cpu()
     return fv
 
 
 def function_vector(
-    model: HookedModel, clean: PromptBatch, corrupted: PromptBatch, *, top_k: int = 10, layer: int | None = None,
+    model: HookedModel, clean: PromptBatch, corrupted: PromptBatch, *, top_k: int = 10,
+    layers: Sequence[int] | None = None, layer: int | None = None, vector_layers: Sequence[int] | None = None,
     batch_size: int = 32, progress: bool = False,
 ) -> TaskVector:
     """Todd et al.: FV = sum over the top-K heads by mean CIE of a_bar[l, h] @ W_O[l, h] ([d_model]).
 
     a_bar from the ICL prompts ``clean`` (``mean_head_outputs``), CIE on ``corrupted``, their
     label-shuffled twins (``build_prompts(..., variant="shuffled_labels")`` with the same seed:
-    same demos and queries, labels permuted). Returns a TaskVector of mode "add" holding the FV
-    for every layer 0..n_layers (or only ``layer``), to be added at the final position; ``meta``
-    holds the clean batch's provenance, the heads, their CIE, the CIE matrix and
-    ``default_layer`` = round(n_layers / 3) (Todd et al. add it at about a third of the depth).
+    same demos and queries, labels permuted). ``layers``: the blocks whose heads are scanned and
+    ranked (``head_cie(..., layers=)``; default every block, n_layers x n_heads patched runs), so
+    ``top_k`` is at most ``len(layers) * n_heads``. Returns a TaskVector of mode "add" holding the FV
+    for every layer 0..n_layers (or only ``layer``, or the layers ``vector_layers``), to be added at
+    the final position; ``meta`` holds the clean batch's provenance, the heads, their CIE, the CIE
+    matrix (rows: ``cie_layers``), ``cie_prompts`` (the corrupted prompts) and ``default_layer`` =
+    round(n_layers / 3) (Todd et al. add it at about a third of the depth).
     """
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= L * H:
-        raise ValueError(f"top_k must be an integer in [1, {L * H}] (layers x heads), got {top_k!r}")
+    layers = check_layers(model, layers, allow_final=False)
+    n_heads = len(layers) * H
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= n_heads:
+        raise ValueError(f"top_k must be an integer in [1, {n_heads}] (layers x heads), got {top_k!r}")
+    if layer is not None and vector_layers is not None:
+        raise ValueError("give layer or vector_layers, not both")
     if layer is not None:
         check_layer(model, layer, arg="layer")
+    out_layers = [layer] if layer is not None else check_layers(model, vector_layers, arg="vector_layers")
     for arg, b in (("clean", clean), ("corrupted", corrupted)):
         if not isinstance(b, PromptBatch):
             raise TypeError(f"{arg} must be a PromptBatch (build_prompts), got {type(b).__name__}")
         if len(b) == 0:
             raise ValueError(f"{arg} is empty")
     mean_z = mean_head_outputs(model, clean, batch_size=batch_size)
-    cie = head_cie(model, clean, corrupted, mean_z, batch_size=batch_size, progress=progress)
+    cie = head_cie(model, clean, corrupted, mean_z, layers, batch_size=batch_size, progress=progress)
     heads = cie.top(top_k)
     fv = fv_from_heads(model, mean_z, heads)
-    layers = list(range(L + 1)) if layer is None else [layer]
     meta = {"n_demos": clean.n_demos, "n_prompts": len(clean), "seed": clean.seed, "variant": clean.variant,
             "template": [clean.template.example, clean.template.joiner, clean.template.prefix],
-            "heads": [list(h) for h in heads], "head_cie": [float(cie.values[l, h]) for l, h in heads],
-            "cie": cie.values.tolist(), "corrupted_baseline": cie.baseline, "top_k": top_k,
+            "heads": [list(h) for h in heads], "head_cie": [float(cie.values[layers.index(l), h]) for l, h in heads],
+            "cie": cie.values.tolist(), "cie_layers": cie.layers, "cie_prompts": len(corrupted),
+            "corrupted_baseline": cie.baseline, "top_k": top_k,
             "default_layer": round(L / 3)}
-    return TaskVector(fv[None].repeat(len(layers), 1), layers, "add", "function", clean.task,
+    return TaskVector(fv[None].repeat(len(out_layers), 1), out_layers, "add", "function", clean.task,
                       meta=meta, **stamp(model, clean))

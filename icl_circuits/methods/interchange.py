@@ -25,14 +25,15 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from icl_circuits.core.interventions import Intervention, Site, check_layer
+from icl_circuits.core.checks import check_layer
+from icl_circuits.core.interventions import Intervention, Site
 from icl_circuits.core.metrics import wilson
-from icl_circuits.core.pairs import _as_task, task_answer_tokens
+from icl_circuits.core.pairs import task_answer_tokens
 from icl_circuits.core.positions import check_batch, masked_mean
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, stamp, stamp_of
 from icl_circuits.core.runner import read_resid, sweep_final_logits
-from icl_circuits.core.tasks import Task
+from icl_circuits.core.tasks import Task, get_task
 from icl_circuits.core.types import HookedModel
 
 __all__ = ["OUTCOMES", "InterchangeResult", "InterchangeControlsResult", "interchange", "interchange_controls"]
@@ -206,7 +207,7 @@ def interchange(
         valid &= ta != tb
     if not valid.any():
         raise ValueError(
-            f"no target prompt can be scored: source task {_as_task(a_task).name!r} is undefined on every query "
+            f"no target prompt can be scored: source task {get_task(a_task).name!r} is undefined on every query "
             "or gives the same first token as the target task (use paired_batches, or exclude_ambiguous=False)"
         )
 
@@ -236,8 +237,8 @@ def interchange(
         high=torch.tensor([r.high for r in stats]).reshape(shape),
         counts=counts.long(), predictions=preds.long(), clean_predictions=clean.long(),
         transfer_tokens=ta, preserve_tokens=tb, valid=valid, layers=layers, positions=names,
-        position_set=spec_name, source_task=_as_task(a_task).name,
-        target_task=target_batch.task if target_task is None else _as_task(target_task).name,
+        position_set=spec_name, source_task=get_task(a_task).name,
+        target_task=target_batch.task if target_task is None else get_task(target_task).name,
         n_demos=target_batch.n_demos,
         per_prompt_source=per_prompt_source, control=control,
         baseline={o: r.value for o, r in zip(OUTCOMES, clean_stats)},

@@ -1,6 +1,8 @@
 """The report: a suite of analyses written to one self-contained HTML file.
 
-``suite``: configuration, the section registry, running and HTML; ``sections``: the sections.
+``config``: what the suite runs on (``ReportConfig``, per-model presets, ``Section``, ``Context``);
+``sections``, ``task_vector_sections``, ``circuit_sections``: the sections, which call methods;
+``suite``: the sections in order (``SECTIONS``), running and HTML; ``verdicts``: claims and detectors.
 """
 
 from icl_circuits.report.suite import ReportConfig, Section, failed_sections, run_suite, write_report

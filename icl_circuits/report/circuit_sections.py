@@ -6,7 +6,11 @@ from __future__ import annotations
 import pandas as pd
 
 from icl_circuits.report import verdicts as V
-from icl_circuits.report.suite import Context, Section, section
+from icl_circuits.report.config import Context, Section
+from icl_circuits.report.sections import (
+    dpca_chance_warning, dpca_regularizer_caveat, propagation_fit_warnings, task_accuracy, unsolved,
+)
+from icl_circuits.report.task_vector_sections import learned_vectors
 
 
 def _zero_shot(ctx: Context, n: int, seed_offset: int = 1):
@@ -21,7 +25,6 @@ def injection_layer(ctx: Context) -> int:
     """The LTV layer the head analyses decompose: the best one (zero-shot accuracy with the vector)
     among the report's layers in the first two thirds of the model (heads must follow it)."""
     from icl_circuits.methods.vectors import evaluate_vector
-    from icl_circuits.report.task_vector_sections import learned_vectors
 
     ltv = learned_vectors(ctx)
     sweep = ctx.cache.get("ltv_sweep")
@@ -36,7 +39,6 @@ def _heads_and_ablation(ctx: Context):
     if "key_heads" not in ctx.cache:
         from icl_circuits.methods.key_heads import key_head_ablation, key_heads
         from icl_circuits.methods.ov_circuits import ov_contributions, reconstruct
-        from icl_circuits.report.task_vector_sections import learned_vectors
 
         m, cfg = ctx.model, ctx.cfg
         ltv, layer = learned_vectors(ctx), injection_layer(ctx)
@@ -58,9 +60,7 @@ def _no_effect(ab) -> str | None:
             "without): there is no task effect for heads to carry.")
 
 
-@section("heads")
 def heads_section(ctx: Context) -> Section:
-    from icl_circuits.report.sections import unsolved
     from icl_circuits.viz import key_heads as kplots
 
     cfg = ctx.cfg
@@ -107,7 +107,6 @@ def heads_section(ctx: Context) -> Section:
     )
 
 
-@section("ov")
 def ov_section(ctx: Context) -> Section:
     from icl_circuits.viz import ov_circuits as oplots
 
@@ -146,11 +145,8 @@ def ov_section(ctx: Context) -> Section:
     )
 
 
-@section("propagation")
 def propagation_section(ctx: Context) -> Section:
     from icl_circuits.methods.propagation import propagation_by_layer
-    from icl_circuits.report.sections import propagation_fit_warnings, unsolved
-    from icl_circuits.report.task_vector_sections import learned_vectors
     from icl_circuits.viz import propagation as pplots
 
     cfg = ctx.cfg
@@ -190,12 +186,10 @@ def propagation_section(ctx: Context) -> Section:
     )
 
 
-@section("dpca")
 def dpca_section(ctx: Context) -> Section:
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.core.tasks import get_task
     from icl_circuits.methods.dpca.analysis import dpca_by_layer
-    from icl_circuits.report.sections import dpca_chance_warning, dpca_regularizer_caveat, task_accuracy
     from icl_circuits.viz import dpca as dplots
 
     cfg, task = ctx.cfg, ctx.cfg.category_task

@@ -1,4 +1,8 @@
-"""The sections of the HTML report, in order (the circuit sections are in ``circuit_sections``).
+"""The first sections of the HTML report (accuracy, saliency) and what the later ones share: the
+task accuracy behind every "task not solved" warning (``task_accuracy``, ``unsolved``) and the
+degeneracy detectors of single sections (``local_vector_ceiling``, ``propagation_fit_warnings``,
+``dpca_chance_warning``, ``dpca_regularizer_caveat``). The task-vector and interchange sections are in
+``task_vector_sections``, the circuit sections in ``circuit_sections``; ``suite.SECTIONS`` orders them.
 
 Each section computes with the public API and returns a ``Section``: the claim it tests (with the
 paper's number, ``verdicts.CLAIMS``) beside ours, one main figure (detail after it), a short
@@ -15,7 +19,7 @@ from icl_circuits.core.metrics import auto_metric
 from icl_circuits.core.tasks import list_tasks
 from icl_circuits.methods.accuracy import accuracy_by_demos, demo_sweep
 from icl_circuits.report import verdicts as V
-from icl_circuits.report.suite import Context, Section, section
+from icl_circuits.report.config import Context, Section
 from icl_circuits.report.verdicts import R2_UNREADABLE, R2_WEAK  # noqa: F401  (re-exported)
 from icl_circuits.viz import accuracy as accuracy_plots
 
@@ -114,7 +118,6 @@ def unsolved(ctx: Context, *tasks: str) -> list[str]:
     return out
 
 
-@section("accuracy")
 def accuracy_section(ctx: Context) -> Section:
     cfg = ctx.cfg
     if cfg.accuracy_tasks:
@@ -173,7 +176,6 @@ def accuracy_section(ctx: Context) -> Section:
     )
 
 
-@section("saliency")
 def saliency_section(ctx: Context) -> Section:
     from icl_circuits.core.prompts import build_prompts
     from icl_circuits.methods.saliency import saliency_flow
@@ -212,14 +214,3 @@ def saliency_section(ctx: Context) -> Section:
                  f"{deep} of {L - half} deep layers; the flows' intervals separate at {resolved} of {L} layers."),
     )
 
-
-from icl_circuits.report.task_vector_sections import (  # noqa: E402,F401  (registers task_vectors, interchange)
-    interchange_section,
-    task_vectors_section,
-)
-from icl_circuits.report.circuit_sections import (  # noqa: E402,F401  (registers heads, ov, propagation, dpca)
-    dpca_section,
-    heads_section,
-    ov_section,
-    propagation_section,
-)

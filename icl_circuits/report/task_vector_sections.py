@@ -8,31 +8,28 @@ import pandas as pd
 import torch
 
 from icl_circuits.core.metrics import wilson
+from icl_circuits.core.pairs import TaskVectorPrompts
+from icl_circuits.methods.function_vectors import function_vector
+from icl_circuits.methods.vectors import TaskVector
 from icl_circuits.report import verdicts as V
-from icl_circuits.report.suite import Context, Section, section
+from icl_circuits.report.config import Context, Section
+from icl_circuits.report.sections import local_vector_ceiling, unsolved
 
 
-def function_vector_at(ctx: Context, prompts, top_k: int = 10):
-    """Todd et al.'s function vector with head CIE measured only in the report's block layers
-    (``methods.function_vectors.function_vector`` scans every head, ~n_layers x n_heads patched runs;
-    it has no ``layers=`` option, so the report composes its pieces)."""
-    from icl_circuits.core.results import stamp
-    from icl_circuits.methods.function_vectors import fv_from_heads, head_cie, mean_head_outputs
-    from icl_circuits.methods.vectors import TaskVector
-
+def function_vector_at(ctx: Context, prompts: TaskVectorPrompts, top_k: int = 10) -> TaskVector:
+    """Todd et al.'s function vector (``methods.function_vectors.function_vector``) at the report's
+    block layers, its heads chosen by CIE among the early-middle analysed layers only
+    (0 < l <= n_layers / 2, every ``fv_layer_stride``-th of them; scanning every head would cost
+    ~n_layers x n_heads patched runs), CIE measured on the first ``fv_prompts`` label-shuffled prompts;
+    the top ``top_k`` heads (at most as many as were scanned)."""
     m, L = ctx.model, ctx.model.cfg.n_layers
-    mean_z = mean_head_outputs(m, prompts.icl)
     cand = [l for l in ctx.cfg.block_layers(L) if 0 < l <= max(1, L // 2)] or [0]  # Todd et al.: early-middle heads
     if ctx.cfg.fv_layer_stride > 1:
         cand = cand[1::ctx.cfg.fv_layer_stride] or cand
     k = min(len(prompts.shuffled), ctx.cfg.fv_prompts or len(prompts.shuffled))
-    cie = head_cie(m, prompts.icl, prompts.shuffled.select(torch.arange(k)), mean_z, layers=cand)
-    heads = cie.top(min(top_k, cie.values.numel()))
-    fv = fv_from_heads(m, mean_z, heads)
-    layers = ctx.cfg.block_layers(L)
-    return TaskVector(fv[None].repeat(len(layers), 1), layers, "add", "function", prompts.icl.task,
-                      meta={"heads": [list(h) for h in heads], "cie_layers": cie.layers, "cie_prompts": k},
-                      **stamp(m, prompts.icl))
+    return function_vector(m, prompts.icl, prompts.shuffled.select(torch.arange(k)),
+                           top_k=min(top_k, len(cand) * m.cfg.n_heads), layers=cand,
+                           vector_layers=ctx.cfg.block_layers(L))
 
 
 def learned_vectors(ctx: Context):
@@ -64,13 +61,11 @@ def _flat(method: str, value: float, n: int, layers: list[int]) -> list[dict]:
     return [dict(method=method, layer=l, accuracy=value, low=float(w.low), high=float(w.high), n=n) for l in layers]
 
 
-@section("task_vectors")
 def task_vectors_section(ctx: Context) -> Section:
     from icl_circuits.core.evaluation import score
     from icl_circuits.core.pairs import NoLengthMatchedAnswers, task_vector_prompts
     from icl_circuits.methods.task_vectors import local_task_vectors, vanilla_task_vector
     from icl_circuits.methods.vectors import evaluate_vector
-    from icl_circuits.report.sections import local_vector_ceiling, unsolved
     from icl_circuits.viz import sweeps
 
     cfg, task, m = ctx.cfg, ctx.cfg.knowledge_task, ctx.model
@@ -134,12 +129,10 @@ def task_vectors_section(ctx: Context) -> Section:
     )
 
 
-@section("interchange")
 def interchange_section(ctx: Context) -> Section:
     from icl_circuits.core.pairs import paired_batches
     from icl_circuits.methods.interchange import interchange
     from icl_circuits.methods.necessity import necessity
-    from icl_circuits.report.sections import unsolved
     from icl_circuits.viz import interchange as iplots
 
     cfg, m = ctx.cfg, ctx.model

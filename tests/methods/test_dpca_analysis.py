@@ -247,7 +247,7 @@ def test_report_dpca_section_reads_the_flag_from_the_result(monkeypatch, tiny_mo
     from dataclasses import replace
 
     from icl_circuits.methods.dpca import analysis as dpca_analysis
-    from icl_circuits.report.sections import dpca_section
+    from icl_circuits.report.circuit_sections import dpca_section
     from icl_circuits.report.suite import Context, ReportConfig
 
     lam = torch.full_like(fit.regularizers, 10.0)
@@ -455,7 +455,7 @@ def test_report_config_sets_the_null_count(monkeypatch, tiny_model):
     from icl_circuits.methods.dpca import analysis as dpca_analysis
     from icl_circuits.methods.dpca.analysis import DEFAULT_N_NULL
     from icl_circuits.report.suite import Context, ReportConfig
-    from icl_circuits.report.sections import dpca_section
+    from icl_circuits.report.circuit_sections import dpca_section
 
     assert ReportConfig().dpca_n_null == DEFAULT_N_NULL
     seen = {}

@@ -78,3 +78,28 @@ def test_clear_errors(tiny_model, clean, shuffled, call, match):
 def test_function_vector_needs_batches(tiny_model, clean):
     with pytest.raises(TypeError, match="corrupted must be a PromptBatch"):
         function_vector(tiny_model, clean, "antonym", top_k=2)
+
+
+def test_layers_restrict_the_heads_scanned_and_vector_layers_the_rows(tiny_model, clean, shuffled):
+    """``layers=`` ranks only the heads of those blocks (``head_cie(..., layers=)``); ``vector_layers=``
+    the layers the vector is returned for (the same vector in every row)."""
+    fv = function_vector(tiny_model, clean, shuffled, top_k=2, layers=[1], vector_layers=[0, 2])
+    cie = head_cie(tiny_model, clean, shuffled, layers=[1])
+    heads = cie.top(2)
+    assert fv.meta["heads"] == [list(h) for h in heads] and {l for l, _ in heads} == {1}
+    assert fv.meta["cie_layers"] == [1] and fv.meta["cie_prompts"] == len(shuffled)
+    assert fv.meta["head_cie"] == [float(cie.values[0, h]) for _, h in heads]
+    assert fv.layers == [0, 2] and torch.equal(fv.vectors[0], fv.vectors[1])
+    # the same computations on the same batches (5 prompts: one minibatch at either batch size): bit for bit
+    assert torch.equal(fv.vectors[0], fv_from_heads(tiny_model, mean_head_outputs(tiny_model, clean), heads))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(top_k=5, layers=[1]), r"top_k must be an integer in \[1, 4\]"),
+    (dict(top_k=2, layers=[2]), r"layers must be an integer in \[0, 1\]"),
+    (dict(top_k=2, layer=1, vector_layers=[0]), "give layer or vector_layers, not both"),
+    (dict(top_k=2, vector_layers=[3]), r"vector_layers must be an integer in \[0, 2\]"),
+])
+def test_layers_options_clear_errors(tiny_model, clean, shuffled, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        function_vector(tiny_model, clean, shuffled, **kwargs)

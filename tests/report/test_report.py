@@ -356,3 +356,38 @@ def test_label_variance_that_is_token_identity():
 
     assert "token's identity" in label_token_identity(3, 0.999)  # animal-plant on SmolLM2: fixed label words
     assert label_token_identity(1, 0.3) is None
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(fv_layer_stride=2, fv_prompts=4)])
+def test_the_reports_function_vector_is_function_vector_with_layers(test_device, overrides):
+    """The task-vector section calls ``function_vector(..., layers=, vector_layers=)``; on toy-icl its
+    vector equals the one the section assembled by hand from ``mean_head_outputs``, ``head_cie`` and
+    ``fv_from_heads`` before ``function_vector`` had ``layers=`` (the code below), bit for bit: the same
+    computations on the same batches."""
+    import torch
+
+    from icl_circuits.core.models import load_model
+    from icl_circuits.core.pairs import task_vector_prompts
+    from icl_circuits.methods.function_vectors import fv_from_heads, head_cie, mean_head_outputs
+    from icl_circuits.report.config import Context
+    from icl_circuits.report.task_vector_sections import function_vector_at
+
+    m = load_model("toy-icl", device=test_device)
+    cfg = ReportConfig.for_model("toy-icl", quick=True, **overrides)
+    L = m.cfg.n_layers
+    prompts = task_vector_prompts(m, cfg.knowledge_task, n_demos=cfg.n_demos, n_prompts=cfg.prompts(32), seed=cfg.seed)
+    fv = function_vector_at(Context(m, cfg), prompts)
+
+    mean_z = mean_head_outputs(m, prompts.icl)
+    cand = [l for l in cfg.block_layers(L) if 0 < l <= max(1, L // 2)] or [0]
+    if cfg.fv_layer_stride > 1:
+        cand = cand[1::cfg.fv_layer_stride] or cand
+    k = min(len(prompts.shuffled), cfg.fv_prompts or len(prompts.shuffled))
+    cie = head_cie(m, prompts.icl, prompts.shuffled.select(torch.arange(k)), mean_z, layers=cand)
+    heads = cie.top(min(10, cie.values.numel()))
+    hand = fv_from_heads(m, mean_z, heads)
+
+    assert fv.meta["heads"] == [list(h) for h in heads] and fv.meta["cie_layers"] == cie.layers == cand
+    assert fv.meta["cie_prompts"] == k and fv.layers == cfg.block_layers(L)
+    assert fv.method == "function" and fv.mode == "add" and fv.task == prompts.icl.task
+    assert torch.equal(fv.vectors, hand[None].repeat(len(fv.layers), 1))
