@@ -23,7 +23,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.interventions import Intervention, Site, check_layer
+from icl_circuits.core.checks import check_layer
+from icl_circuits.core.interventions import Intervention, Site
 from icl_circuits.core.metrics import correct, wilson
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, stamp

@@ -33,7 +33,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icl_circuits.core.interventions import Intervention, Site, check_head, z_name
+from icl_circuits.core.checks import check_head
+from icl_circuits.core.interventions import Intervention, Site, z_name
 from icl_circuits.core.metrics import Metric, get_metric
 from icl_circuits.core.positions import check_batch
 from icl_circuits.core.prompts import PromptBatch

@@ -30,7 +30,8 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.interventions import Intervention, Site, check_layer, check_vector
+from icl_circuits.core.checks import check_layer, check_vector
+from icl_circuits.core.interventions import Intervention, Site
 from icl_circuits.core.metrics import Rate, wilson
 from icl_circuits.core.positions import PositionSet
 from icl_circuits.core.prompts import PromptBatch

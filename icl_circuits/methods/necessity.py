@@ -19,7 +19,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icl_circuits.core.interventions import Intervention, Site, check_layer
+from icl_circuits.core.checks import check_layer
+from icl_circuits.core.interventions import Intervention, Site
 from icl_circuits.core.metrics import get_metric, wilson
 from icl_circuits.core.positions import check_batch, masked_mean
 from icl_circuits.core.prompts import PromptBatch

@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_circuits.core.positions import check_batch
-from icl_circuits.core.interventions import check_layer
+from icl_circuits.core.checks import check_layer
 from icl_circuits.core.runner import read_resid
 from icl_circuits.core.metrics import wilson
 from icl_circuits.core.prompts import PromptBatch

@@ -30,7 +30,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_circuits.core.grids import check_grid, grid_edge
-from icl_circuits.core.interventions import Intervention, Site, check_layer, check_vector
+from icl_circuits.core.checks import check_layer, check_vector
+from icl_circuits.core.interventions import Intervention, Site
 from icl_circuits.core.positions import check_batch
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, stamp, stamp_of

@@ -27,7 +27,8 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.interventions import Intervention, Site, check_layers
+from icl_circuits.core.checks import check_layers
+from icl_circuits.core.interventions import Intervention, Site
 from icl_circuits.core.metrics import get_metric, wilson
 from icl_circuits.core.pairs import NoLengthMatchedAnswers, TaskVectorPrompts, random_answer_twins
 from icl_circuits.core.prompts import PromptBatch

@@ -16,7 +16,8 @@ import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
 
-from icl_circuits.core.interventions import Intervention, Site, check_layer, check_vector
+from icl_circuits.core.checks import check_layer, check_vector
+from icl_circuits.core.interventions import Intervention, Site
 from icl_circuits.core.model_info import processing_mismatch
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result

@@ -20,7 +20,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_circuits.core.interventions import Intervention, Site, check_layer
+from icl_circuits.core.checks import check_layer
+from icl_circuits.core.interventions import Intervention, Site
 from icl_circuits.core.metrics import Rate, correct, get_metric, wilson
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, stamp

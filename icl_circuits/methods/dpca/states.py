@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from icl_circuits.core.interventions import check_layer
+from icl_circuits.core.checks import check_layer
 from icl_circuits.core.prompts import PromptBatch
 from icl_circuits.core.results import Result, stamp
 from icl_circuits.core.runner import read_resid
