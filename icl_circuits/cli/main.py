@@ -117,7 +117,7 @@ def evaluate_cmd(model: str, task_names: tuple[str, ...], demos: list[int], n_pr
         for r in df.itertuples():
             scores.setdefault(r.task, {}).setdefault(str(r.n_demos), {})[r.metric] = {
                 "value": r.value, "low": r.low, "high": r.high, "n": int(r.n), "interval": r.interval}
-        from icl_circuits.core.models import model_info
+        from icl_circuits.core.model_info import model_info
 
         emit_json({"model": model, "seed": seed, "n_prompts": n_prompts, "template": tpl,
                    "metrics": list(dict.fromkeys(df.metric)), "scores": scores, "model_info": model_info(m)})

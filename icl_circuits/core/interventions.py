@@ -29,9 +29,7 @@ from typing import Callable, Sequence
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from icl_circuits.core.checks import (  # noqa: F401  (check_layer, check_head used here; the others re-exported
-    check_head, check_layer, check_layers, check_positions, check_vector,  # for importers not yet re-pointed)
-)
+from icl_circuits.core.checks import check_head, check_layer
 from icl_circuits.core.ops import Op, get_op
 from icl_circuits.core.types import HookedModel
 

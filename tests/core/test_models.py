@@ -301,7 +301,7 @@ def _tiny_hooked(tokenizer, **extra) -> HookedTransformer:
 
 
 def test_toy_loader(tmp_path, monkeypatch, tokenizer):
-    """_load_toy on a fake bundle with the same layout as icl_circuits/toy."""
+    """The toy loader on a fake bundle with the same layout as icl_circuits/toy."""
     from safetensors.torch import save_file
 
     ref = _tiny_hooked(tokenizer, normalization_type="LN")

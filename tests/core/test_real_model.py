@@ -83,7 +83,12 @@ def test_aliases_load_the_wheel(monkeypatch, real_model, alias):
         calls.append((path, name, flags))
         return real_model
 
-    monkeypatch.setattr(models, "_load_hf_dir", fake_load)
+    from dataclasses import replace
+
+    from icl_circuits.core.runner import resolve_backend
+
+    backend = resolve_backend(None)
+    monkeypatch.setitem(models._LOADERS, backend, replace(models._LOADERS[backend], hf_dir=fake_load))
     assert load_model(alias, device="cpu") is real_model
     assert calls[0][0] == real_models.checkpoint_dir() and calls[0][1] == "smollm2-135m"
     assert all(calls[0][2].values())  # from_pretrained's processing by default
