@@ -3,7 +3,8 @@
 
 It claims what the runner needs for final logits, reading the residual stream, resuming mid-model
 and an interchange: forwards that start and stop at any block, ``run_with_cache`` and ``hooks`` for
-the residual hook points ``blocks.{l}.hook_resid_pre`` and ``blocks.{n_layers-1}.hook_resid_post``,
+the residual hook points ``blocks.{l}.hook_resid_pre`` and ``blocks.{n_layers-1}.hook_resid_post``
+(``run_with_cache`` is the base class's, over ``hook_names``),
 weight views and the unembedding. Everything else (attention hooks, key/value replay, decoding
 with a cache, backward hooks) is refused or left to the ``TransformerLensBackend`` defaults, which
 refuse it too. ``tests/core/test_third_backend.py`` runs it.
@@ -87,21 +88,7 @@ class HFTorchHooksBackend(TransformerLensBackend):
             self.frozen_kv([])  # refused: no suffix replay
         return self.forward(resid, start_at_layer=start_at_layer, stop_at_layer=stop_at_layer)
 
-    def run_with_cache(self, x: Tensor, names: Callable[[str], bool], **kwargs: Any) -> tuple[Tensor, dict]:
-        cache: dict[str, Tensor] = {}
-
-        def keep(name: str) -> Callable:
-            def hook(act: Tensor, hook: Any = None) -> Tensor:
-                cache[name] = act.detach()
-                return act
-
-            return hook
-
-        with self.hooks([(nm, keep(nm)) for nm in self.hook_names() if names(nm)], []):
-            final = self.forward(x, **kwargs)
-        return final, cache
-
-    # -- hooks
+    # -- hooks (run_with_cache is TransformerLensBackend's: storing hooks on hook_names())
     def hook_names(self) -> list[str]:
         n = self.model.cfg.n_layers
         return [f"blocks.{l}.hook_resid_pre" for l in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]

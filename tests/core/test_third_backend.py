@@ -72,13 +72,13 @@ def test_resumed_run_equals_the_full_forward(hf_model, batch):
 def test_interchange_equals_the_patch_written_by_hand(hf_model):
     """interchange(source, target, "answers") at layer l replaces the target's residual at its answer
     positions with the source's mean there; the same patch as a torch pre-hook on the Hugging Face
-    layer gives the same predictions."""
+    layer gives the same logits."""
     from icl_circuits.core.pairs import paired_batches
     from icl_circuits.methods.interchange import interchange
 
     src, tgt = paired_batches(hf_model, "english-french", "antonym", 6, 3, seed=0)
     layers = [0, 1]
-    res = interchange(hf_model, src, tgt, "answers", layers=layers, progress=False)
+    res = interchange(hf_model, src, tgt, "answers", layers=layers, return_logits=True, progress=False)
     with torch.no_grad():
         hidden = hf_model.hf(src.tokens, output_hidden_states=True).hidden_states
     s, t = src.positions("answers"), tgt.positions("answers")
@@ -97,10 +97,11 @@ def test_interchange_equals_the_patch_written_by_hand(hf_model):
 
         handle = hf_model.hf.model.layers[l].register_forward_pre_hook(patch, with_kwargs=True)
         try:
-            want = _hf_logits(hf_model, tgt).argmax(-1)
+            want = _hf_logits(hf_model, tgt)
         finally:
             handle.remove()
-        assert torch.equal(res.predictions[i], want), l  # argmax of logits within 1e-5 of each other: no near ties here
+        # staggered runner batches vs one Hugging Face forward: other shapes, kernels may differ
+        torch.testing.assert_close(res.logits[i], want, rtol=1e-5, atol=1e-5)
     assert not torch.equal(res.predictions[0], res.clean_predictions)  # the patch moves predictions: not vacuous
     assert res.provenance["model"] == "hf-llama-tiny" and res.model_info["backend"] == "hf-torch-hooks"
 

@@ -139,6 +139,26 @@ class TransformerLensBackend:
     def hooks(self, fwd: HookPairs, bwd: HookPairs) -> AbstractContextManager:
         return self.model.hooks(fwd_hooks=fwd, bwd_hooks=bwd)
 
+    def hook_names(self) -> list[str]:
+        """The hook points ``hooks`` accepts (default: the model's ``hook_dict``)."""
+        return list(self.model.hook_dict)
+
+    def run_with_cache(self, x: Tensor, names: Callable[[str], bool], **kwargs: Any) -> tuple[Tensor, dict]:
+        """``forward`` with a storing hook on every point of ``hook_names()`` that ``names`` selects
+        (attached after any hooks already in place, so the cache sees their edits)."""
+        cache: dict[str, Tensor] = {}
+
+        def keep(name: str) -> Callable:
+            def hook(act: Tensor, hook: Any = None) -> Tensor:
+                cache[name] = act.detach()
+                return act
+
+            return hook
+
+        with self.hooks([(n, keep(n)) for n in self.hook_names() if names(n)], []):
+            final = self.forward(x, **kwargs)
+        return final, cache
+
     def check_attention_edits(self, interventions: Sequence[Any]) -> list:
         return list(interventions)
 

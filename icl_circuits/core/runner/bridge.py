@@ -210,23 +210,11 @@ class BridgeBackend(TransformerLensBackend):
         return DynamicCache(data, config=hf.config)
 
     def run_with_cache(self, x: Tensor, names: Callable[[str], bool], **kwargs: Any) -> tuple[Tensor, dict]:
-        cache: dict[str, Tensor] = {}
-
-        def keep(name: str) -> Callable:
-            def hook(act: Tensor, hook: Any = None) -> Tensor:
-                cache[name] = act.detach()
-                return act
-
-            return hook
-
-        wanted = [n for n in self.model.hook_dict if names(n)]
-        for n in wanted:
+        for n in self.hook_names():  # a read of post-softmax "scores" would be silently wrong: refused
             m = _SCORES.fullmatch(n)
-            if m and not self.attention_seams(int(m.group(1)))[2]:
+            if m and names(n) and not self.attention_seams(int(m.group(1)))[2]:
                 self._refuse(int(m.group(1)), "reading", "hook_attn_scores")
-        with self.model.hooks(fwd_hooks=[(n, keep(n)) for n in wanted]):
-            final = self.forward(x, **kwargs)
-        return final, cache
+        return super().run_with_cache(x, names, **kwargs)
 
     # -- greedy decoding with Hugging Face's cache
     def new_kv_cache(self, batch_size: int) -> Any | None:
