@@ -121,12 +121,15 @@ def _last_logits(model: HookedModel, tokens: Tensor, kv_cache: Any = None) -> Fl
 def _greedy_cached(model: HookedModel, mb: PromptBatch, stop: _Stopper) -> tuple[list[list[int]], list[str]]:
     """All rows of ``mb`` advance one position per forward, so the cache stays rectangular and every
     token sits at its true position: prefill the first ``m = min length`` tokens, then feed, at
-    position p + 1, the prompt's own token while p + 1 < its length, else its greedy prediction."""
+    position p + 1, the prompt's own token while p + 1 < its length, else its greedy prediction.
+    A backend without a key/value cache decodes with the uncached reference loop."""
     lengths = mb.lengths.tolist()
+    cache = backend_for(model).new_kv_cache(len(lengths))
+    if cache is None:
+        return _greedy_uncached(model, mb, stop)
     b, m, width = len(lengths), min(lengths), max(lengths)
     buf = torch.zeros(b, width + stop.max_new, dtype=torch.long)
     buf[:, :width] = mb.tokens[:, :width]
-    cache = backend_for(model).new_kv_cache(b)
     logits = _last_logits(model, buf[:, :m], cache)
     gen: list[list[int]] = [[] for _ in range(b)]
     reasons: list[str | None] = [None] * b
@@ -200,8 +203,7 @@ def greedy_answers(
     order = torch.argsort(batch.lengths, stable=True).tolist()
     gens: list[list[int]] = [[] for _ in range(len(batch))]
     reasons = [""] * len(batch)
-    # a backend without a key/value cache decodes with the uncached reference loop
-    run = _greedy_cached if use_cache and backend_for(model).new_kv_cache(1) is not None else _greedy_uncached
+    run = _greedy_cached if use_cache else _greedy_uncached
     chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     for idx in tqdm(chunks, desc="greedy decoding", disable=not progress):
         g, r = run(model, batch.select(idx), stop)
