@@ -132,7 +132,7 @@ def atp_star_minibatch(
     out = {"atp": atp[None]}
     est = atp
     if qk_fix:
-        est = _qk_fix(model, mb, layers, deltas, downstream, r_store, g_p, atp, versions)
+        est = _qk_fix(model, mb, layers, deltas, downstream, r_store, g_p, atp, versions, [z for z, _ in z_store])
         out["qk"] = est[None]
     if graddrop:
         mag = torch.stack([est[v].abs() for v in versions[1:]]).sum(0) / (n_layers - 1)
@@ -140,8 +140,9 @@ def atp_star_minibatch(
     return clean, out
 
 
-def _qk_fix(model, mb, layers, deltas, downstream, r_store, g_p, atp, versions) -> dict:
-    """``c_QK = c_AtP - lin + exact`` per gradient version (module docstring)."""
+def _qk_fix(model, mb, layers, deltas, downstream, r_store, g_p, atp, versions, z_clean) -> dict:
+    """``c_QK = c_AtP - lin + exact`` per gradient version (module docstring). Under a post-attention
+    norm (``Backend.attn_out_gain``) ``dr`` is ``dz W_O`` times the norm's gain in the clean run."""
     n_heads = model.cfg.n_heads
     dev = model.cfg.device
     b = len(mb)
@@ -153,6 +154,9 @@ def _qk_fix(model, mb, layers, deltas, downstream, r_store, g_p, atp, versions) 
         delta, weight = deltas[l]
         dz = (delta * weight[..., None, None]).to(dev, model.cfg.dtype)
         d_r[i] = torch.einsum("bphd,hdm->hbpm", dz, backend_for(model).W_O(l))
+        gain = backend_for(model).attn_out_gain(l, z_clean[i].detach())
+        if gain is not None:
+            d_r[i] = d_r[i] * gain.to(d_r[i])[None]
     for j, m in enumerate(downstream):
         r = r_store[j][0].detach()
         sources = [i for i, l in enumerate(layers) if l < m]

@@ -132,12 +132,17 @@ def head_cie(
 
 def fv_from_heads(model: HookedModel, mean_z: Float[Tensor, "layer head d_head"],
                   heads: Sequence[tuple[int, int]]) -> Float[Tensor, "d_model"]:
-    """sum over (l, h) in ``heads`` of mean_z[l, h] @ W_O[l, h] (no output bias)."""
+    """sum over (l, h) in ``heads`` of mean_z[l, h] @ W_O[l, h] (no output bias): each head's output as it
+    enters the residual. Where a block normalises its attention output (Gemma's post-attention RMSNorm,
+    ``Backend.attn_out_gain``), the term is multiplied by the norm's gain at the layer's mean head
+    outputs ``mean_z[l]``."""
     fv = torch.zeros(model.cfg.d_model)
     be = backend_for(model)
     for l, h in heads:
         W_O = be.W_O(l)[h]  # [d_head, d_model]
-        fv += (mean_z[l, h].to(W_O.dtype).to(W_O.device) @ W_O).float().cpu()
+        term = mean_z[l, h].to(W_O.dtype).to(W_O.device) @ W_O
+        gain = be.attn_out_gain(l, mean_z[l])
+        fv += (term if gain is None else term * gain.to(term)).float().cpu()
     return fv
 
 

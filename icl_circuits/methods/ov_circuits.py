@@ -11,7 +11,10 @@ Because every block only adds to the residual stream, the change of the final re
                  + sum_{l' >= layer, h} (z'_{l',h}(q) - z_{l',h}(q)) @ W_O[l', h]   (heads)
                  + sum_{l' >= layer} (mlp'_{l'}(q) - mlp_{l'}(q))                  (MLPs)
 
-(the attention bias b_O cancels). The *OV approximation* of head (l', h) keeps only theta's
+(the attention bias b_O cancels). Where a block normalises its attention output before adding it
+(Gemma's post-attention RMSNorm), each head's term is ``z_h W_O[h]`` times the norm's per-position
+gain ``g / rms(sum_h z_h W_O[h])`` of the run it comes from (``Backend.attn_out_gain``): the heads
+of a run then sum to that run's attention output, and the identity stays exact. The *OV approximation* of head (l', h) keeps only theta's
 direct ride through that head's OV circuit:
 
     ov_{l',h}(q) = sum_{p in P} A'_{l',h}[q, p] * (LN1_{l'}(h_{l'}(p) + d(p)) - LN1_{l'}(h_{l'}(p))) @ W_V @ W_O
@@ -23,6 +26,7 @@ and the LN's nonlinearity is kept), or ``ln="frozen"``: the linearisation with t
 attention pattern of the run with the vector (``attention="patched"``, default) or without it
 (``"clean"``). In a model without LayerNorm, with the vector outside the span of W_Q and W_K of
 the block it enters, the formula is exact for that block's heads (tests/methods/test_ov_circuits.py).
+Under a post-attention norm the approximation is multiplied by the clean run's gain.
 
 For replace-mode vectors (vanilla task vectors) the injected change is ``d(p) = theta - h(p)``;
 for add-mode ones ``d(p) = scale * theta``. Positions P are a spec of ``PromptBatch.positions``
@@ -127,7 +131,11 @@ def _ln_linear(ln: Any, x: Tensor, d: Tensor, eps: float) -> Tensor:
     centered = not kind.startswith("RMS")
     if centered:
         x, d = x - x.mean(-1, keepdim=True), d - d.mean(-1, keepdim=True)
-    out = d / (x.pow(2).mean(-1, keepdim=True) + getattr(ln, "eps", eps)).sqrt()
+    eps = float(getattr(ln, "eps", None) or eps)
+    out = d / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    if not centered:  # the gain the norm applies, read off the norm (a stored w can be Gemma's w of 1 + w)
+        ones = torch.ones(1, 1, d.shape[-1], device=d.device, dtype=d.dtype)
+        return out * (ln(ones)[0, 0] * (1.0 + eps) ** 0.5)
     w = getattr(ln, "w", None)
     return out * w if isinstance(w, Tensor) else out
 
@@ -299,8 +307,11 @@ def ov_contributions(
             vec["direct"][rows], vec["total"][rows], vec["clean_final"][rows] = direct.cpu(), (hq2 - hq).cpu(), hq.cpu()
             direct_dla[rows] = dla(direct).cpu()
             for i, l in enumerate(layers):
-                dz = (cp[("z", l)][ar, q] - cc[("z", l)][ar, q]).float()  # [b, H, d_head]
-                ex = torch.einsum("bhe,hed->bhd", dz, W_O[i])
+                z1, z0 = cp[("z", l)][ar, q].float(), cc[("z", l)][ar, q].float()  # [b, H, d_head]
+                g1, g0 = be.attn_out_gain(l, z1), be.attn_out_gain(l, z0)  # post-attention norm (None: none)
+                g1 = 1.0 if g1 is None else g1.float()[:, None]
+                g0 = 1.0 if g0 is None else g0.float()[:, None]
+                ex = torch.einsum("bhe,hed->bhd", z1, W_O[i]) * g1 - torch.einsum("bhe,hed->bhd", z0, W_O[i]) * g0
                 hp = cc[("resid_pre", l)][ri, p].float()  # clean residual at block l's input, at P
                 block_ln = be.ln1(l)
                 if ln == "difference":
@@ -309,7 +320,7 @@ def ov_contributions(
                     dln = _ln_linear(block_ln, hp, dvec.float(), eps)
                 A = (cp if attention == "patched" else cc)[("pattern", l)][ar, :, q]  # [b, H, key_pos]
                 A = A.gather(2, p[:, None, :].expand(b, H, p.shape[1])).float()
-                ov = torch.einsum("bhn,bnD,hDe,hed->bhd", A, dln, W_V[i], W_O[i])
+                ov = torch.einsum("bhn,bnD,hDe,hed->bhd", A, dln, W_V[i], W_O[i]) * g0  # at the clean run's gain
                 acc["exact_dla"][i, :, rows], acc["ov_dla"][i, :, rows] = dla(ex).T.cpu(), dla(ov).T.cpu()
                 acc["exact_norm"][i, :, rows], acc["ov_norm"][i, :, rows] = ex.norm(dim=-1).T.cpu(), ov.norm(dim=-1).T.cpu()
                 acc["cosine"][i, :, rows] = torch.nn.functional.cosine_similarity(ov, ex, dim=-1, eps=1e-12).T.cpu()

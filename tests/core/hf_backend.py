@@ -147,6 +147,9 @@ class HFTorchHooksBackend(TransformerLensBackend):
     def ln1(self, layer: int) -> Callable[[Tensor], Tensor]:
         return self.model.hf.model.layers[layer].input_layernorm
 
+    def attn_out_gain(self, layer: int, z: Tensor) -> None:
+        return None  # Llama blocks have no post-attention norm: heads add z_h W_O[h] as they are
+
     def ln_final(self) -> Callable[[Tensor], Tensor] | None:
         return self.model.hf.model.norm
 

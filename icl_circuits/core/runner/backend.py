@@ -99,6 +99,7 @@ class Backend(Protocol):
     def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]: ...
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]: ...
     def ln1(self, layer: int) -> Callable[[Tensor], Tensor]: ...
+    def attn_out_gain(self, layer: int, z: Float[Tensor, "... head d_head"]) -> Float[Tensor, "... d_model"] | None: ...
     def ln_final(self) -> Callable[[Tensor], Tensor] | None: ...
     def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]: ...
 
@@ -206,6 +207,31 @@ class TransformerLensBackend:
 
     def ln1(self, layer: int) -> Callable[[Tensor], Tensor]:
         return self.model.blocks[layer].ln1
+
+    def attn_out_gain(self, layer: int, z: Tensor) -> Tensor | None:
+        """What multiplies each head's ``z_h W_O[h]`` on its way into the residual, for the head outputs
+        ``z`` ([..., head, d_head], every head of block ``layer`` at some positions): None when the
+        block adds ``sum_h z_h W_O[h] + b_O`` as it is (pre-norm blocks), else the post-attention
+        RMSNorm's per-position gain ``g / sqrt(mean(s^2) + eps)`` with ``s = sum_h z_h W_O[h] + b_O``
+        (Gemma 2/3: ``ln1_post``). ``sum_h gain * z_h W_O[h]`` is then exactly the block's attention
+        output (``hook_attn_out``) when ``b_O = 0``; a decomposition that moves ``z`` uses the gain of
+        the run it reads. ``g`` is read off the norm itself (``norm(1) * sqrt(1 + eps)``), so folded and
+        (1 + w) gains are both what the model applies."""
+        post = getattr(self.model.blocks[layer], "ln1_post", None)
+        if post is None:
+            return None
+        W_O = self.W_O(layer)
+        attn = self.model.blocks[layer].attn
+        b_O = getattr(attn, "b_O", None)
+        if b_O is not None and bool(b_O.detach().abs().max() > 0):
+            raise NotImplementedError(f"block {layer}: a post-attention norm after a nonzero output bias b_O "
+                                      "cannot be split into per-head terms")
+        eps = float(self.model.cfg.eps)
+        d = W_O.shape[-1]
+        ones = torch.ones(1, 1, d, device=W_O.device, dtype=W_O.dtype)
+        g = (post(ones)[0, 0] * (1.0 + eps) ** 0.5).detach()
+        s = torch.einsum("...he,hed->...d", z.to(W_O.device, W_O.dtype), W_O)
+        return g * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps)
 
     def ln_final(self) -> Callable[[Tensor], Tensor] | None:
         return getattr(self.model, "ln_final", None)
