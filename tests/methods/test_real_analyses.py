@@ -1,8 +1,10 @@
-"""Saliency, anchors, task vectors and probes: one small run each on SmolLM2-135M (``pytest -m real_model``).
+"""Saliency, anchors, task vectors and probes: one small run each on both bundled real models
+(SmolLM2-135M, Gemma 3 270M; ``pytest -m real_model``).
 
-Real BPE tokenization (multi-token label words, length-matched random answers), 30 layers, grouped-query
-attention: shapes, no errors, and identities that hold on any model. Few prompts and layers [0, 10, 20]
-keep the file to seconds after the model is loaded.
+Real tokenizers (multi-token label words, length-matched random answers), grouped-query attention, and
+on Gemma ``<bos>`` first, one key/value head and post-attention norms: shapes, no errors, and identities
+that hold on any model. Few prompts and three layers (0, a third and two thirds of the depth) keep the
+file to seconds per model after it is loaded.
 """
 
 from __future__ import annotations
@@ -25,18 +27,22 @@ from icl_circuits.core.tasks import CategorizationTask
 pytestmark = pytest.mark.real_model
 
 TEMPLATE = "{x} -> {y}"
-LAYERS = [0, 10, 20]
-
-
 @pytest.fixture(scope="module")
-def model(real_model):
-    """SmolLM2-135M-Instruct (the session fixture of tests/conftest.py: skips where the wheel is missing)."""
-    return real_model
+def model(any_real_model):
+    """SmolLM2-135M-Instruct, then Gemma 3 270M (session fixtures of tests/conftest.py: each skips where its
+    wheel is missing)."""
+    return any_real_model
+
+
+def _layers(model) -> list[int]:
+    """Layer 0, a third and two thirds of the depth (SmolLM2: 0, 10, 20; Gemma: 0, 6, 12)."""
+    n = model.cfg.n_layers
+    return [0, round(n / 3), round(2 * n / 3)]
 
 
 @pytest.fixture(scope="module")
 def uneven_labels(model):
-    """number (>= 50?) named by "aardvark" (4 tokens here: ' a' 'ard' 'v' 'ark') and "zebra" (one token)."""
+    """number (>= 50?) named by "aardvark" (several tokens: SmolLM2 ' a' 'ard' 'v' 'ark') and "zebra" (one)."""
     task = CategorizationTask("number-aardvark", "a number -> >= 50", [str(i) for i in range(100)],
                               lambda x: int(int(x) >= 50), 2, ("aardvark", "zebra"))
     batch = build_prompts(model, task, 2, 4, template=TEMPLATE, seed=0)
@@ -70,16 +76,16 @@ def test_anchor_identities(model, uneven_labels):
 def test_vanilla_vector_of_a_prompts_own_state_changes_nothing(model):
     """theta_l of a one-prompt batch, put back into that prompt at layer l, is the identity."""
     one = build_prompts(model, "antonym", 1, 4, template=TEMPLATE, seed=0, variant="dummy_query")
-    tv = vanilla_task_vector(model, one, layers=LAYERS)
+    tv = vanilla_task_vector(model, one, layers=_layers(model))
     assert tv.vectors.shape == (3, model.cfg.d_model)
     res = evaluate_vector(model, tv, one, metric="gold_probability")
-    assert res.layers == LAYERS and (res.values - res.baseline).abs().max() <= 1e-5
+    assert res.layers == _layers(model) and (res.values - res.baseline).abs().max() <= 1e-5
 
 
 def test_head_cie_of_a_prompt_into_itself_is_zero(model):
     """A head's mean output over one prompt is its own output: patching it in changes nothing."""
     one = build_prompts(model, "antonym", 1, 4, template=TEMPLATE, seed=1)
-    res = head_cie(model, one, one, layers=[10, 20])
+    res = head_cie(model, one, one, layers=_layers(model)[1:])
     assert res.values.shape == (2, model.cfg.n_heads) and res.values.abs().max() <= 1e-5
 
 
@@ -88,8 +94,8 @@ def test_local_vectors_on_length_matched_twins(model, uneven_labels):
     kept, twin, dropped = random_answer_twins(model, icl, "antonym", seed=2)
     assert torch.equal(kept.answer_spans, twin.answer_spans) and torch.equal(kept.final_positions, twin.final_positions)
     assert sum(dropped.values()) + len(kept) == 2
-    res = local_task_vectors(model, icl, LAYERS)
-    assert res.layers == LAYERS and res.per_prompt.shape == (3, len(kept)) and res.meta["dropped"] == dropped
+    res = local_task_vectors(model, icl, _layers(model))
+    assert res.layers == _layers(model) and res.per_prompt.shape == (3, len(kept)) and res.meta["dropped"] == dropped
     task, _ = uneven_labels  # no label word has a length-matched alternative: local is skipped, not fatal
     with pytest.warns(UserWarning, match="local task vectors skipped"):
         df = compare_task_vectors(model, task_vector_prompts(model, task, 4, 2, seed=0, template=TEMPLATE),
@@ -101,8 +107,8 @@ def test_task_identity_probe(model):
     """At layer 0 the final position holds only the separator's embedding, the same in every prompt:
     the probe cannot beat chance there."""
     data = {t: build_prompts(model, t, 4, 4, template=TEMPLATE, seed=0) for t in ("antonym", "present-past")}
-    res = probe_by_layer(model, data, "final", LAYERS, cv=2, progress=False)
-    assert res.accuracy.shape == (3,) and res.predictions.shape == (3, 8) and res.layers == LAYERS
+    res = probe_by_layer(model, data, "final", _layers(model), cv=2, progress=False)
+    assert res.accuracy.shape == (3,) and res.predictions.shape == (3, 8) and res.layers == _layers(model)
     assert float(res.accuracy[0]) <= res.chance
-    ans = probe_by_layer(model, data, "answer", [20], cv=2, shuffle_control=False, progress=False)
+    ans = probe_by_layer(model, data, "answer", _layers(model)[2:], cv=2, shuffle_control=False, progress=False)
     assert ans.labels.shape == (8 * 4,) and 0 <= float(ans.accuracy[0]) <= 1
