@@ -334,7 +334,11 @@ def _load_gguf(path: Path, backend: str, device: str, dtype: torch.dtype | None,
 
 
 def _official_name(name: str) -> str | None:
-    from transformer_lens.loading_from_pretrained import make_model_alias_map
+    """TransformerLens's official name for ``name`` (None: not one, or a TransformerLens without the table)."""
+    try:
+        from transformer_lens.loading_from_pretrained import make_model_alias_map
+    except ImportError:  # TransformerLens 4 loads no models by name here
+        return None
 
     return make_model_alias_map().get(name.lower())
 
