@@ -257,9 +257,15 @@ KERNELS = (
 )
 
 
+#: Not re-run under the second kernel set: Gemma 3 270M's tier (its file, and its copies of the shared real-model
+#: identities). Under ATEN_CPU_CAPABILITY=default its 262k-word unembedding and 256-wide heads run on portable
+#: kernels, several minutes per TransformerLens series in CI; the same code paths stay in that tier on SmolLM2.
+KERNELS_SKIP = ("tests/core/test_real_gemma.py", "[gemma3-270m")
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
-        if item.nodeid.startswith(KERNELS):
+        if item.nodeid.startswith(KERNELS) and not any(k in item.nodeid for k in KERNELS_SKIP):
             item.add_marker(pytest.mark.kernels)
     if not _bridge_only():
         return
