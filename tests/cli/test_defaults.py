@@ -1,8 +1,8 @@
 """Every subcommand runs with its defaults on every bundled model, and task-valued options take JSON task files.
 
 Each command of ``cli.commands`` that takes ``--model`` runs with only ``--model`` (plus the size options of
-``SMALL``: prompts, demos, epochs, layers, never a task or an analysis choice) and ``--json``, on toy-icl and
-on SmolLM2-135M (``real_model``: loaded once per session, skipped where it is not installed). A command
+``SMALL``: prompts, demos, epochs, layers, never a task or an analysis choice) and ``--json``, on toy-icl, on
+SmolLM2-135M and on Gemma 3 270M (``real_model``: each loaded once per session, skipped where it is not installed). A command
 added later is run with its full defaults until it gets an entry in ``SMALL``. Its task-valued options must
 then take the task the report's preset names for the model (``PresetOption.model_default``).
 """
@@ -75,9 +75,11 @@ def toy_model(test_device):
 
 @pytest.fixture
 def use_model(monkeypatch, request):
-    """``common.load`` returns the session's model for the name asked (SmolLM2 loads once per session)."""
+    """``common.load`` returns the session's model for the name asked (each real model loads once per session)."""
+    fixtures = {"smollm2-135m": "real_model", "gemma3-270m": "gemma_model"}
+
     def use(name: str):
-        model = request.getfixturevalue("real_model" if name == "smollm2-135m" else "toy_model")
+        model = request.getfixturevalue(fixtures.get(name, "toy_model"))
 
         def load(asked: str):
             assert asked == name
@@ -87,8 +89,8 @@ def use_model(monkeypatch, request):
     return use
 
 
-CASES = [pytest.param(c, m, id=f"{c}-{m}", marks=[pytest.mark.real_model] if m == "smollm2-135m" else [])
-         for m in ("toy-icl", "smollm2-135m") for c in MODEL_COMMANDS if c not in SKIPPED]
+CASES = [pytest.param(c, m, id=f"{c}-{m}", marks=[pytest.mark.real_model] if m != "toy-icl" else [])
+         for m in ("toy-icl", "smollm2-135m", "gemma3-270m") for c in MODEL_COMMANDS if c not in SKIPPED]
 
 
 @pytest.mark.parametrize("name, model", CASES)
