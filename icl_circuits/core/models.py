@@ -438,6 +438,9 @@ def load_model(
     else:
         raise ValueError(f"unknown model {name!r}: {_accepted()}")
     check_hooked_interface(model)
+    if torch_dtype == torch.float16 and str(model.cfg.original_architecture).startswith("Gemma3"):
+        raise ValueError("dtype=float16 cannot hold Gemma 3's residual stream (it reaches ~1e5 from layer 7 of "
+                         "gemma3-270m; float16's largest value is 65504): load it in float32 or bfloat16")
     return model
 
 
