@@ -103,6 +103,18 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         ltv_layer_stride=3, ltv_prompts=24, propagation_vectors=48, dpca_n_null=10, dpca_layer_stride=2,
         key_head_ks=(1, 4, 8),
     ),
+    #: gemma3-270m, from docs/models/gemma3-270m.md (k = 8, "{x} -> {y}", N = 100), by the same rule: vectors, heads,
+    #: OV and propagation on country-capital (0.91 first token; 0.00 zero-shot); interchange uppercase -> first-letter
+    #: (0.99, 0.85; SmolLM2's pair, so the two models are compared on one pair); dPCA on number (0.78 label accuracy,
+    #: 0.50 zero-shot; animal-plant 0.94 and sentiment 1.00 are degenerate: 0.94 and 0.95 zero-shot); accuracy on
+    #: country-capital, english-french (0.75; SmolLM2 0.11) and present-past. Every 2nd of its 18 layers.
+    "gemma3-270m": dict(
+        knowledge_task="country-capital", category_task="number", interchange_pair=("uppercase", "first-letter"),
+        accuracy_tasks=("country-capital", "english-french", "present-past"), accuracy_demos=(0, 2, 8),
+        accuracy_prompts=12, n_prompts=24, layer_stride=2, fv_layer_stride=2, fv_prompts=8, exact_head_scan=False,
+        ltv_epochs=10, ltv_lr=0.1, ltv_layer_stride=3, ltv_prompts=24, propagation_vectors=48, dpca_n_null=10,
+        dpca_layer_stride=2, key_head_ks=(1, 4, 8),
+    ),
 }
 
 
