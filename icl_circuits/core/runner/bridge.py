@@ -53,31 +53,17 @@ def _hidden(args: tuple, kwargs: dict) -> Tensor:
 
 
 def _block_returns_tuple(model: Any) -> bool:
-    """Whether the bridge's blocks hand the model's layer loop ``(hidden, ...)`` (TransformerLens's native
-    blocks, older Hugging Face layers) or a bare tensor (Hugging Face >= 4.54 decoder layers), as seen by
-    running block 0 once on one token (return annotations lie: Gemma 3's layer is annotated as returning a
-    tuple and returns a tensor). Remembered on the model."""
-    known = model.__dict__.get("_icl_block_returns_tuple")
-    if known is not None:
-        return known
-    seen: list[bool] = []
+    """Whether the wrapped model's blocks return ``(hidden,)`` (TransformerLens's native blocks) or a bare
+    tensor. Every decoder layer of transformers >= 5 (the versions supported) returns the hidden states
+    themselves, whatever its annotation says (Gemma 3's still reads ``tuple[...]``); native blocks are
+    read from their return annotation."""
+    from transformers import PreTrainedModel
 
-    def grab(module: Any, args: Any, output: Any) -> None:
-        seen.append(isinstance(output, tuple))
-        raise _Halt(None)
-
-    handle = model.blocks[0].register_forward_hook(grab)
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 1, dtype=torch.long, device=model.cfg.device))
-    except _Halt:
-        pass
-    finally:
-        handle.remove()
-    if not seen:
-        raise RuntimeError("block 0 of the bridge never ran on a one-token forward")
-    object.__setattr__(model, "_icl_block_returns_tuple", seen[0])
-    return seen[0]
+    if isinstance(getattr(model, "original_model", None), PreTrainedModel):
+        return False
+    inner = getattr(model.blocks[0], "original_component", None)
+    ann = inspect.signature(type(inner).forward).return_annotation if inner is not None else None
+    return "tuple" in str(ann).lower()
 
 
 @contextmanager
