@@ -116,7 +116,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                       "                     \"vocabulary\": m.cfg.d_vocab}\n"
                       "              for name, m in {\"toy-icl\": model, \"smollm2-135m\": real, \"gemma3-270m\": gemma}.items()})")),
         ("code+real", ("# L: local (sliding window), G: global, one letter per layer\n"
-                      "\"\".join(\"G\" if t == \"global\" else \"L\" for t in gemma.cfg.attn_types), gemma.cfg.window_size")),
+                      "info = ic.model_info(gemma)\n\"\".join(\"G\" if t == \"full_attention\" else \"L\" for t in info[\"layer_types\"]), info[\"sliding_window\"]")),
         ("md+real", ("Each model gets the template its tokenizer calls for (`ic.default_template`): the toy's word-level "
                     "tokenizer ignores spaces and was trained on `x:y`; a BPE or SentencePiece tokenizer needs a space before the answer "
                     "so that its first token is the whole-word token (`\" cold\"`) the model writes after a space.")),

@@ -147,6 +147,19 @@ SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel", "GPTNeoXForCausalLM", "LlamaForCau
 MODEL_TYPES = dict(zip(("gpt2", "gpt_neox", "llama", "qwen2", "gemma3_text"), SUPPORTED_ARCHITECTURES))
 
 
+def attention_layout(path: Any) -> dict[str, Any]:
+    """Which attention each layer of the checkpoint directory ``path`` has, for ``model_info``:
+    ``{"layer_types": ["sliding_attention" | "full_attention", ...], "sliding_window": n}`` when its
+    config.json states layer types (Gemma 3: five local layers per global one), else ``{}``."""
+    import json
+    from pathlib import Path
+
+    raw = json.loads((Path(path) / "config.json").read_text())
+    if not raw.get("layer_types"):
+        return {}
+    return {"layer_types": list(raw["layer_types"]), "sliding_window": raw.get("sliding_window")}
+
+
 def bos_rule(tokenizer: Any, arch: str) -> tuple[bool, str]:
     """(default_prepend_bos, why): what the model saw at the start of a text in training.
 
@@ -167,4 +180,4 @@ def bos_rule(tokenizer: Any, arch: str) -> tuple[bool, str]:
     return False, "the tokenizer adds no BOS token of its own"
 
 
-__all__ = ["SUPPORTED_ARCHITECTURES", "MODEL_TYPES", "converters", "bos_rule"]
+__all__ = ["SUPPORTED_ARCHITECTURES", "MODEL_TYPES", "converters", "bos_rule", "attention_layout"]

