@@ -321,9 +321,10 @@ def _notes(parts: list[dict]) -> list[str]:
         spaceless = any(p["template"] == "{x}:{y}" for p in parts)
         out.append(f"- Mean first-token accuracy over all tasks with {k_max} demos, per template: {'; '.join(means)}."
                    + (" Without a space before the answer (`{x}:{y}`) the gold first token is the first piece of "
-                      "the word as this BPE splits it after `:` (e.g. `lose` -> `l`), not the word token the model "
-                      "writes after a space: the reason `default_template` gives real tokenizers `{x} -> {y}`."
-                      if spaceless else ""))
+                      "the word as this tokenizer splits it after `:`" + (" (e.g. `lose` -> `l`)" if NAME == "smollm2-135m"
+                                                                        else "")
+                      + ", not the word token the model writes after a space: the reason `default_template` gives real "
+                      "tokenizers `{x} -> {y}`." if spaceless else ""))
     if above:
         out.append(f"- Tasks where zero-shot is already as good as {k_max} demos (the demos add nothing, so an "
                    f"ICL analysis of them is degenerate): {', '.join(above)}.")
