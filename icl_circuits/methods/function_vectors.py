@@ -138,11 +138,11 @@ def fv_from_heads(model: HookedModel, mean_z: Float[Tensor, "layer head d_head"]
     outputs ``mean_z[l]``."""
     fv = torch.zeros(model.cfg.d_model)
     be = backend_for(model)
+    gains = {l: be.attn_out_gain(l, mean_z[l]) for l in {l for l, _ in heads}}  # once per layer
     for l, h in heads:
         W_O = be.W_O(l)[h]  # [d_head, d_model]
         term = mean_z[l, h].to(W_O.dtype).to(W_O.device) @ W_O
-        gain = be.attn_out_gain(l, mean_z[l])
-        fv += (term if gain is None else term * gain.to(term)).float().cpu()
+        fv += (term if gains[l] is None else term * gains[l].to(term)).float().cpu()
     return fv
 
 

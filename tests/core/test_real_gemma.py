@@ -19,7 +19,7 @@ import torch
 import transformers
 
 from icl_circuits import build_prompts, icl_accuracy, load_model, model_info
-from icl_circuits.core import models, real_models
+from icl_circuits.core import real_models
 from icl_circuits.core.evaluation import answer_token_logprobs, greedy_answers
 from icl_circuits.core.real_models import GEMMA3, RealModelUnavailable
 from icl_circuits.core.runner import backend_for
@@ -109,7 +109,9 @@ def test_logits_equal_transformers_gemma3(model, hf, long_prompt):
             assert expected.std() > 1  # real logits, so the tolerance means something
             assert (got_raw - expected).abs().max() <= PARITY
             assert (got.log_softmax(-1) - expected.log_softmax(-1)).abs().max() <= PARITY
-            assert torch.equal(got_raw[0, -1].argmax(), expected[0, -1].argmax())
+            top2 = expected[0, -1].topk(2).values
+            if top2[0] - top2[1] > 2 * PARITY:  # the next token agrees wherever the logits' gap exceeds their error
+                assert int(got_raw[0, -1].argmax()) == int(expected[0, -1].argmax())
     finally:
         del raw
 
@@ -149,24 +151,7 @@ def test_whole_answer_scoring_by_hand(model):
     assert greedy.references == b.answers and greedy.correct.any()
 
 
-# ----------------------------------------------------------------------------- names, files, errors
-@pytest.mark.parametrize("alias", ["google/gemma-3-270m", "gemma-3-270m", "Gemma3-270M"])
-def test_aliases_load_the_wheel(monkeypatch, model, alias):
-    calls = []
-
-    def fake_load(path, device, dtype, flags, name=None, source=None, **kw):
-        calls.append((path, name, flags))
-        return model
-
-    from icl_circuits.core.runner import resolve_backend
-
-    backend = resolve_backend(None)
-    monkeypatch.setitem(models._LOADERS, backend, replace(models._LOADERS[backend], hf_dir=fake_load))
-    assert load_model(alias, device="cpu") is model
-    assert calls[0][0] == real_models.checkpoint_dir(GEMMA3) and calls[0][1] == "gemma3-270m"
-    assert all(calls[0][2].values())
-
-
+# ----------------------------------------------------------------------------- files, errors (aliases: test_real_model.py)
 def _no_conversion(monkeypatch) -> None:
     def refuse(src, out):
         raise AssertionError(f"converted {src} again")

