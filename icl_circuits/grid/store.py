@@ -86,7 +86,11 @@ def rows_of(result: Any, key: str, cell: Cell) -> pd.DataFrame:
     cell's, or for the model's default the one the Result records). A column of the result that has a
     cell column's name and other values is kept as ``result_<name>``."""
     df = result.to_dataframe().reset_index(drop=True)
-    template = cell.template if cell.template is not None else (getattr(result, "provenance", None) or {}).get("template")
+    template = cell.template
+    if template is None:  # the model's default: the one the Result records (provenance, or its own column)
+        template = (getattr(result, "provenance", None) or {}).get("template")
+        if template is None and "template" in df.columns and df["template"].nunique() == 1:
+            template = str(df["template"].iloc[0])
     values = {"key": key, "model": cell.model.label, "task": cell.task, "analysis": cell.analysis, "seed": cell.seed,
               "n_demos": cell.n_demos, "template": template, "n_prompts": cell.n_prompts,
               "params": json.dumps(cell.params, sort_keys=True)}
