@@ -1,22 +1,25 @@
 """Measure a bundled real model (``smollm2-135m``, ``gemma3-270m``) and write its card.
 
-    python scripts/real_model_card.py measure [--model gemma3-270m] --template "{x} -> {y}" [--demos 0,1,2,4,8,16] [--prompts 100]
+    python scripts/real_model_card.py run [--model smollm2-135m] [--executor ray] [--workers 2]
     python scripts/real_model_card.py load-times [--model ...]
+    python scripts/real_model_card.py parity [--model ...]
     python scripts/real_model_card.py render [--model ...]   # docs/models/<model>.md and docs/models/README.md
 
-``measure`` writes one JSON file per template under ``docs/models/<model>/`` (so templates can be
-measured in parallel processes); ``render`` reads them all, and rewrites docs/models/README.md, the
-models side by side, from every model's files. Every number in the card comes from
-these files: accuracy vs number of demos per task, first-token and whole-answer (greedy exact
-match) and, for categorization tasks, label-restricted accuracy, with Wilson 95% intervals and N.
+``run`` runs the card's grid specs (``scripts/grids/card-<model>*.yaml``: accuracy of every task at every
+number of demos, per template) into the grid store ``docs/models/<model>/grid/``; a rerun computes only
+the cells that are missing (after a crash, a Ctrl-C, or a new template). ``render`` reads the store
+(``icl_circuits.grid.load``) and the load-time and parity files, and rewrites docs/models/README.md, the
+models side by side. Every number in the card comes from these: accuracy vs number of demos per task,
+first-token and whole-answer (greedy exact match) and, for categorization tasks, label-restricted
+accuracy, with Wilson 95% intervals and N. A model whose card was measured before grids existed (its
+``<template>.json`` files, written by the old ``measure`` command) is rendered from those files until
+its grid is run.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -55,57 +58,64 @@ ABOUT = {
 NAME = "smollm2-135m"
 OUT_DIR = MODELS_DIR / NAME
 CARD = MODELS_DIR / f"{NAME}.md"
+STORE = OUT_DIR / "grid"
 
 
 def _use(model: str) -> None:
     """Point the script's paths at ``model``."""
-    global NAME, OUT_DIR, CARD
+    global NAME, OUT_DIR, CARD, STORE
     if model not in ABOUT:
         raise SystemExit(f"--model must be one of {', '.join(ABOUT)}, got {model!r}")
-    NAME, OUT_DIR, CARD = model, MODELS_DIR / model, MODELS_DIR / f"{model}.md"
+    NAME, OUT_DIR, CARD, STORE = model, MODELS_DIR / model, MODELS_DIR / f"{model}.md", MODELS_DIR / model / "grid"
 METRIC_TITLES = {"first_token": "first token", "exact_match": "whole answer (greedy exact match)",
                  "label": "label-restricted (argmax over the label words)"}
 
 
-def _slug(template: str) -> str:
-    """A file name for a template: its letters and digits plus a short hash, so that templates that
-    differ only in punctuation ("{x} -> {y}", "{x}:{y}") get different files."""
-    words = re.sub(r"[^a-z0-9]+", "_", template.lower()).strip("_") or "template"
-    return f"{words}-{hashlib.sha256(template.encode()).hexdigest()[:8]}"
+def _specs() -> list[Path]:
+    """The card's grid specs of the current model."""
+    return sorted((ROOT / "scripts" / "grids").glob(f"card-{NAME}*.yaml"))
 
 
-def measure(template: str, demos: list[int], n_prompts: int, seed: int, tasks: list[str] | None) -> Path:
-    """Accuracy of every task at every number of demos under one template -> a JSON file."""
-    from icl_circuits import accuracy_by_demos, demo_sweep, list_tasks, load_model, model_info
+def run(executor: str, workers: int, threads: int) -> Path:
+    """Run every card spec of the model into its store (only the missing cells are computed)."""
+    from icl_circuits.grid import run_grid
 
-    model = load_model(NAME)
-    names = tasks or list_tasks()
-    t0 = time.perf_counter()
-    rows = []
-    for task in names:
-        t = time.perf_counter()
-        df = accuracy_by_demos(model, demo_sweep(model, task, demos, n_prompts, seed=seed, template=template),
-                               metrics=_metrics_for(task)).to_dataframe()
-        rows += df.to_dict("records")
-        print(f"{task:<18} {time.perf_counter() - t:6.1f} s  " + "  ".join(
-            f"k={r['n_demos']}:{r['metric'][:5]}={r['value']:.2f}" for r in df.to_dict("records")), flush=True)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    path = OUT_DIR / f"{_slug(template)}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({
-        "template": template, "demos": demos, "n_prompts": n_prompts, "seed": seed,
-        "seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads(),
-        "model_info": model_info(model), "rows": rows,
-    }, indent=1))
-    tmp.replace(path)
-    return path
+    specs = _specs()
+    if not specs:
+        raise SystemExit(f"no grid spec scripts/grids/card-{NAME}*.yaml")
+    for spec in specs:
+        summary = run_grid(spec, STORE, executor, workers=workers, threads=threads)
+        print(f"{spec.name}: {summary.line()}", flush=True)
+        if not summary.ok:
+            raise SystemExit(f"{summary.failed} cell(s) failed: icl-circuits grid status {STORE}")
+    return STORE
 
 
-def _metrics_for(task: str) -> list[str]:
-    from icl_circuits import get_task
+def _from_store() -> list[dict]:
+    """The card's measurements from the grid store, one dict per template as ``render`` reads them:
+    template, demos, n_prompts, seed, rows, model_info, and how the cells were computed."""
+    from icl_circuits.grid import Grid, Store, load
 
-    t = get_task(task)
-    return ["first_token", "exact_match"] + (["label"] if getattr(t, "kind", "") == "categorization" else [])
+    if not STORE.is_dir():
+        return []
+    df = load(STORE, analysis="accuracy")
+    order = {t: i for spec in _specs() for i, t in enumerate(Grid.from_file(spec).tasks)}
+    st = Store(STORE)
+    parts = []
+    for template, d in df.groupby("template", sort=False):
+        d = d.assign(_t=d["task"].map(order)).sort_values(["_t", "n_demos"], kind="stable")
+        metas = [st.meta(k) for k in d["key"].unique()]
+        parts.append({
+            "template": template, "demos": sorted(d["n_demos"].unique().tolist()),
+            "n_prompts": int(d["n_prompts"].iloc[0]), "seed": sorted(d["seed"].unique().tolist()),
+            "rows": d[["task", "n_demos", "metric", "value", "low", "high", "interval", "n", "template"]]
+            .to_dict("records"),
+            "model_info": st.result(d["key"].iloc[0]).model_info, "cells": len(metas),
+            "cell_seconds": sum(m["seconds"] for m in metas), "executors": sorted({m["executor"] for m in metas}),
+            "workers": len({m["worker"] for m in metas}), "threads": 1, "from": "grid"})
+    for p in parts:
+        p["seed"] = p["seed"][0] if len(p["seed"]) == 1 else p["seed"]
+    return parts
 
 
 def load_times() -> Path:
@@ -137,9 +147,17 @@ def load_times() -> Path:
 
 
 def _measurements(folder: Path) -> list[dict]:
-    """The accuracy files ``measure`` wrote in ``folder`` (not load times or parity)."""
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))
-            if p.name != "load_times.json" and not p.name.startswith("parity-")]
+    """The card's measurements of the model in ``folder``: from its grid store when there is one, else the
+    accuracy files the pre-grid ``measure`` command wrote there (not load times or parity)."""
+    global NAME, STORE
+    saved = NAME, STORE
+    NAME, STORE = folder.name, folder / "grid"
+    try:
+        parts = _from_store()
+    finally:
+        NAME, STORE = saved
+    return parts or [{**json.loads(p.read_text()), "from": "json"} for p in sorted(folder.glob("*.json"))
+                     if p.name != "load_times.json" and not p.name.startswith("parity-")]
 
 
 #: Prompts of the parity check: ordinary ICL prompts, and one longer than Gemma 3's 512-token window.
@@ -238,10 +256,10 @@ def _table(rows: list[dict], metric: str, demos: list[int]) -> list[str]:
 
 
 def render() -> Path:
-    """docs/models/<model>.md from the JSON files written by ``measure`` and ``load-times``."""
+    """docs/models/<model>.md from the grid store (or the pre-grid JSON files) and ``load-times`` / ``parity``."""
     parts = _measurements(OUT_DIR)
     if not parts:
-        raise SystemExit(f"no measurements in {OUT_DIR}: run `measure` first")
+        raise SystemExit(f"no measurements in {OUT_DIR}: run `run` first")
     parts.sort(key=lambda p: (p["template"] != "{x} -> {y}", p["template"]))
     info = parts[0]["model_info"]
     lt_file = OUT_DIR / "load_times.json"
@@ -252,8 +270,11 @@ def render() -> Path:
     gqa = " (grouped-query attention)" if info["n_key_value_heads"] not in (None, info["n_heads"]) else ""
     L = [
         f"# Model card: {about['title']} (`{NAME}`)", "",
-        f"Written by `scripts/real_model_card.py` from the measurements in `docs/models/{NAME}/`; "
-        "every number below comes from those files.", "",
+        (f"Written by `scripts/real_model_card.py render` from the grid store `docs/models/{NAME}/grid/` "
+         f"(specs `scripts/grids/card-{NAME}*.yaml`, run by `scripts/real_model_card.py run`); every number below "
+         "comes from the store (`icl_circuits.grid.load`)." if parts[0]["from"] == "grid" else
+         f"Written by `scripts/real_model_card.py` from the measurements in `docs/models/{NAME}/` (measured before "
+         "the card became a grid); every number below comes from those files."), "",
         "## What it is",
         f"- Architecture: {info['architecture']} ({about['family']}), {info['n_layers']} layers, d_model "
         f"{info['d_model']}, {info['n_heads']} query heads and {info['n_key_value_heads']} key/value heads{gqa}, "
@@ -276,9 +297,12 @@ def render() -> Path:
           "template's joiner or EOS equals the gold answer. *Label-restricted*: the argmax over the "
           "prompt's label words (categorization tasks; chance 0.50).", ""]
     for p in parts:
+        how = (f"{p['cells']} grid cells, {p['cell_seconds'] / 60:.1f} min of cell compute (the sum over cells, "
+               f"model loads excluded) on {p['threads']} torch thread(s) per worker, {p['workers']} worker(s) "
+               f"({', '.join(p['executors'])} executor) on this 2-core machine"
+               if p["from"] == "grid" else f"{p['seconds'] / 60:.1f} min wall on {p['threads']} torch thread(s)")
         L += [f"### Template {_show(p['template'])}",
-              f"{p['n_prompts']} prompts per cell, seed {p['seed']}, {p['seconds'] / 60:.1f} min wall on "
-              f"{p['threads']} torch thread(s) (the machine was shared with other jobs)."
+              f"{p['n_prompts']} prompts per cell, seed {p['seed']}, {how} (the machine was shared with other jobs)."
               + (f" Measured at k = {', '.join(map(str, p['demos']))} only (the full curve of the first template "
                  "took most of the CPU time there was)." if p["demos"] != parts[0]["demos"] else ""), ""]
         for metric in ("first_token", "exact_match", "label"):
@@ -334,13 +358,10 @@ def _notes(parts: list[dict]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    m = sub.add_parser("measure")
-    m.add_argument("--template", default="{x} -> {y}")
-    m.add_argument("--demos", default="0,1,2,4,8,16")
-    m.add_argument("--prompts", type=int, default=100)
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--tasks", default=None, help="comma-separated (default: every task)")
-    m.add_argument("--threads", type=int, default=1)
+    m = sub.add_parser("run", help="run the card's grid specs into its store (only missing cells)")
+    m.add_argument("--executor", default="ray", choices=["local", "ray", "submitit"])
+    m.add_argument("--workers", type=int, default=2)
+    m.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     lt = sub.add_parser("load-times")
     lt.add_argument("--threads", type=int, default=1)
     pa = sub.add_parser("parity", help="logits vs transformers' own model, on the installed backend")
@@ -352,9 +373,8 @@ def main() -> None:
     _use(a.model)
     if getattr(a, "threads", None):
         torch.set_num_threads(a.threads)
-    if a.cmd == "measure":
-        tasks = [t.strip() for t in a.tasks.split(",")] if a.tasks else None
-        print(measure(a.template.replace("\\n", "\n"), [int(k) for k in a.demos.split(",")], a.prompts, a.seed, tasks))
+    if a.cmd == "run":
+        print(run(a.executor, a.workers, a.threads))
     elif a.cmd == "load-times":
         print(load_times())
     elif a.cmd == "parity":
