@@ -18,6 +18,8 @@ LAYERS = {
     "core": ("Core", "Models, tasks, prompts and positions, intervention specs, the runner, metrics and results."),
     "methods": ("Methods", "One module per analysis: each takes a model and PromptBatch(es) and returns a Result."),
     "viz": ("Figures", "One module per method: each function reads a Result and returns a plotly Figure."),
+    "grid": ("Grids", "Experiment grids: specs, content-addressed cells, executors (local, Ray, submitit), the store "
+                      "and its table (load, query)."),
     "report": ("Report", "The suite of analyses written to one self-contained HTML file."),
     "cli": ("Command line", "The `icl-circuits` command."),
     "toy": ("The bundled model", "toy-icl: tokenizer, training recipe, weights."),

@@ -88,7 +88,7 @@ def grid_run(spec: str, store: str, executor: str, workers: int, address: str | 
         summary = run_grid(spec, store, executor, workers=workers, threads=torch.get_num_threads(),
                            retry_failed=retry_failed, progress=progress and not as_json, verbose=verbose,
                            address=address, gpus_per_worker=gpus_per_worker, dashboard=dashboard, cluster=cluster,
-                           slurm=slurm, say=lambda s: click.echo(s, err=as_json))
+                           slurm=slurm, say=lambda s: click.echo(s, err=True))
     except (GridSpecError, GridStoreError, ValueError, ImportError) as err:
         raise click.ClickException(str(err))
     except KeyboardInterrupt:

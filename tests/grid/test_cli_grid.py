@@ -90,3 +90,11 @@ def test_ctrl_c_keeps_finished_cells_and_the_rerun_computes_exactly_the_rest(tmp
     summary = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert (summary["computed"], summary["present"]) == (20 - len(finished), len(finished))
     assert load(store)["key"].nunique() == 20
+
+
+def test_verbose_prints_one_line_per_finished_cell(tmp_path):
+    out = CliRunner().invoke(cli, ["grid", "run", str(QUICK), "--store", str(tmp_path / "s"), "--no-progress", "-v"])
+    assert out.exit_code == 0, out.output
+    lines = [ln for ln in out.output.splitlines() if ln.startswith("done ")]
+    assert len(lines) == 8 and all("toy-icl" in ln and " s on " in ln for ln in lines)
+    assert len({ln.split("[")[1].split("]")[0] for ln in lines}) == 8  # each cell's key once
