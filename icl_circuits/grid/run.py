@@ -149,6 +149,17 @@ def run_grid(grid: Grid | str | os.PathLike, store: str | os.PathLike, executor:
     t0 = time.perf_counter()
     jobs = plan(grid)
     st = Store(store).open()
+    with st.driver_lock():
+        return _drive(grid, jobs, st, executor, t0, workers=workers, threads=threads, retry_failed=retry_failed,
+                      progress=progress, verbose=verbose, models=models, address=address,
+                      gpus_per_worker=gpus_per_worker, dashboard=dashboard, cluster=cluster, slurm=slurm, say=say)
+
+
+def _drive(grid: Grid, jobs: list[Job], st: Store, executor: str, t0: float, *, workers: int, threads: int,
+           retry_failed: bool, progress: bool, verbose: bool, models: dict[str, Any] | None, address: str | None,
+           gpus_per_worker: float, dashboard: bool, cluster: str | None, slurm: dict[str, Any] | None,
+           say: Callable[[str], None]) -> RunSummary:
+    """Steps 2-5 of the module docstring, with the store's driver lock held."""
     st.write_spec(grid, [j.key for j in jobs])
     st.clean_temporary()
     present = set(st.done_keys())

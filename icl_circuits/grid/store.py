@@ -18,6 +18,7 @@ DuckDB (no server: the Parquet files are the database, exposed as the view ``cel
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -242,6 +243,33 @@ class Store:
             shutil.rmtree(p, ignore_errors=True)
             n += 1
         return n
+
+    @contextlib.contextmanager
+    def driver_lock(self) -> Iterator[None]:
+        """Hold ``STORE/driver.lock`` for one grid run: a second run on the same store at the same time
+        raises GridStoreError (it would remove the first one's temporary folders). POSIX only; elsewhere
+        nothing is locked."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        self.open()
+        fh = open(self.root / "driver.lock", "a+")
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                raise GridStoreError(f"another grid run is using the store {self.root} ({fh.read().strip() or 'pid unknown'}); "
+                                     "wait for it to finish (one run per store at a time)") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} since {_now()}")
+            fh.flush()
+            yield
+        finally:
+            fh.close()  # releases the lock
 
     # ------------------------------------------------------------------ failures
     def record_failure(self, key: str, cell: Cell, error: BaseException | str, traceback_text: str,

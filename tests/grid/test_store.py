@@ -147,3 +147,10 @@ def test_stores_that_are_not_stores_are_refused(tmp_path):
     with pytest.raises(GridStoreError, match="no finished cells"):
         query(tmp_path / "empty", "select 1")
     assert json.loads(json.dumps(list(load(tmp_path / "empty").columns))) == CELL_COLUMNS
+
+
+def test_a_second_run_on_a_store_in_use_is_refused(done, toy):
+    with Store(done).driver_lock():
+        with pytest.raises(GridStoreError, match="another grid run is using the store"):
+            run(small_grid(), done, toy)
+    assert run(small_grid(), done, toy).present == 8  # released: the next run goes ahead
