@@ -59,10 +59,14 @@ class _RayWorker:
 
 
 def _next_job(pending: dict[str, collections.deque], holding: dict[str, int], held: str | None) -> Job | None:
-    """The next job for an actor holding model ``held`` (see the module docstring)."""
+    """The next job for an actor holding model ``held`` (None: nothing loaded): a job of ``held`` while
+    any is left; else one of the model with the most jobs left per actor holding it, counting only
+    models that no actor holds or that have at least two jobs waiting per holder (taking the last job
+    or two of a model another actor is on would cost a model load to save at most one cell's time)."""
     if held is not None and pending.get(held):
         return pending[held].popleft()
-    left = [(len(q) / (holding.get(m, 0) + 1), m) for m, q in pending.items() if q]
+    left = [(len(q) / (holding.get(m, 0) + 1), m) for m, q in pending.items()
+            if q and (not holding.get(m) or len(q) >= 2 * holding[m])]
     if not left:
         return None
     return pending[max(left)[1]].popleft()

