@@ -104,3 +104,100 @@ def write_page(out: Path, filename: str, body: str, command: str, started: float
     tmp.write_text(header, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+# ----------------------------------------------------------------------------- pages as grids
+#: A page's grid: scripts/grids/<page>.yaml (the spec), scripts/studies/<page>.py (its analyses),
+#: docs/results/real/grids/<page>/ (the store its renderer reads).
+GRIDS, STUDIES, STORES = ROOT / "scripts" / "grids", ROOT / "scripts" / "studies", OUT / "grids"
+
+
+def rel_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def grid_parser(doc: str | None, page: str) -> argparse.ArgumentParser:
+    """``run`` (compute the missing cells of the page's grid into its store) and ``render`` (write
+    the page from the store), with ``--spec`` and ``--store`` defaulting to the page's."""
+    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, what in (("run", "compute the cells the store lacks (a rerun recomputes nothing already done)"),
+                       ("render", "write the page and its figures from the store (nothing is computed)")):
+        s = sub.add_parser(name, help=what, description=what)
+        s.add_argument("--spec", type=Path, default=GRIDS / f"{page}.yaml", help="the grid spec")
+        s.add_argument("--store", type=Path, default=STORES / page, help="the grid store")
+        if name == "run":
+            s.add_argument("--executor", choices=["local", "ray", "submitit"], default="ray")
+            s.add_argument("--workers", type=int, default=2, help="Ray actors")
+            s.add_argument("--threads", type=int, default=1, help="torch and BLAS threads per worker")
+            s.add_argument("--quiet", action="store_true", help="no line per finished cell")
+        else:
+            s.add_argument("--out", type=Path, default=OUT, help="folder for the page and its figures")
+    return p
+
+
+def study(page: str, spec: Path | None = None) -> Any:
+    """Import scripts/studies/<page>.py (``icl-circuits grid run --import``'s way: Ray workers get it by
+    value) and register the analyses ``spec`` names (default: the page's spec)."""
+    from icl_circuits.grid.registry import import_analyses
+
+    module = import_analyses(str(STUDIES / f"{page}.py"))
+    if spec is not None:
+        module.register(spec)
+    return module
+
+
+def run_study(page: str, args: argparse.Namespace) -> int:
+    """``run``: every cell of ``args.spec`` that ``args.store`` lacks; returns the exit status."""
+    from icl_circuits import grid
+
+    study(page, args.spec)
+    s = grid.run(args.spec, args.store, args.executor, workers=args.workers, threads=args.threads,
+                 verbose=not args.quiet, progress=False, dashboard=False)
+    print(s.line(), flush=True)
+    if s.failed:
+        print(f"failed cells: {', '.join(s.failed_keys)} (`icl-circuits grid status {args.store}`)", flush=True)
+    return 0 if s.ok else 1
+
+
+def spec_cells(page: str, spec: Path, store: Path) -> list[dict[str, Any]]:
+    """The cells of ``spec`` in ``store``, in the grid's order: ``{"key", "cell", "meta"}`` (``meta``:
+    the cell's cell.json). Raises SystemExit naming the missing cells and the command that computes them."""
+    from icl_circuits import grid
+
+    study(page, spec)
+    st = grid.Store(store).require()
+    jobs = grid.plan(grid.Grid.from_file(spec))
+    missing = [j for j in jobs if not st.is_done(j.key)]
+    if missing:
+        raise SystemExit(f"{len(missing)} of {len(jobs)} cells of {rel_path(spec)} are not in {rel_path(store)} "
+                         f"({', '.join(j.cell.label for j in missing[:4])}{' ...' if len(missing) > 4 else ''}); "
+                         f"compute them with `python scripts/real_{page}.py run`")
+    return [{"key": j.key, "cell": j.cell, "meta": st.meta(j.key)} for j in jobs]
+
+
+def grid_footer(cells: list[dict[str, Any]], spec: Path, store: Path, command: str) -> str:
+    """How a page rendered from a grid store was computed: cells, their summed ``seconds``, executor(s)."""
+    seconds = sum(float(c["meta"].get("seconds", 0.0)) for c in cells)
+    executors = sorted({str(c["meta"].get("executor")) for c in cells})
+    workers = len({c["meta"].get("worker") for c in cells})
+    last = max(str(c["meta"].get("finished", "")) for c in cells)
+    return (f"Rendered by `{command}` from the grid store `{rel_path(store)}/` (spec `{rel_path(spec)}`; nothing recomputed): "
+            f"{len(cells)} cells, {seconds:.0f} s of cell time ({seconds / 60:.1f} min, the sum of the cells' "
+            f"`seconds`, one thread each), computed by the {' + '.join(executors)} executor in {workers} worker "
+            f"process{'es' if workers != 1 else ''} on a 2-core CPU machine; last cell finished {last}.")
+
+
+def write_grid_page(out: Path, filename: str, body: str, command: str, footer: str) -> Path:
+    """Write ``out/filename`` rendered from a grid store (header: the command; footer: ``grid_footer``);
+    atomically, like :func:`write_page`."""
+    out.mkdir(parents=True, exist_ok=True)
+    text = f"<!-- rendered by `{command}` from its grid store; do not edit by hand -->\n\n{body.rstrip()}\n\n---\n{footer}\n"
+    path = out / filename
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path

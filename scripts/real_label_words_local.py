@@ -1,13 +1,19 @@
 """Label words as local task vectors (arXiv 2406.16007) on SmolLM2-135M; writes docs/results/real/label_words_local.md.
 
-    OMP_NUM_THREADS=1 python scripts/real_label_words_local.py --seed 0 --seeds 1 2 [--prompts 50]
+    OMP_NUM_THREADS=1 python scripts/real_label_words_local.py run [--executor ray|local] [--workers 2]
+    python scripts/real_label_words_local.py render
+
+``run`` computes the cells of the grid scripts/grids/label_words_local.yaml (analyses:
+scripts/studies/label_words_local.py) that the store docs/results/real/grids/label_words_local/ lacks:
+after a crash, run it again and only the missing cells are computed. ``render`` writes the page and its
+figures from the store alone: every number on the page comes from its cells.
 
 What the paper claims (LLaMA-7B, 32 layers) and what is measured here, per claim:
 
 1. Local task vectors (hidden states at the demo answer positions of an ICL prompt, patched into
    the same positions of its twin whose demo answers are random) carry the task, while the global
    (vanilla, Hendel et al.) task vector, patched into a zero-shot prompt, does not on
-   categorization tasks. Measured per layer (every ``--stride``-th) on knowledge tasks
+   categorization tasks. Measured per layer (every ``stride``-th) on knowledge tasks
    (present-past, singular-plural, antonym) and the natural categorization tasks (sentiment,
    animal-plant), each against its degenerate baselines: random-answer demos (the twin unpatched)
    and zero-shot.
@@ -23,69 +29,40 @@ What the paper claims (LLaMA-7B, 32 layers) and what is measured here, per claim
    (before the label word), where the label is what the model computed from the input.
 
 Tasks whose ICL accuracy at 8 demos is below 0.7 are labelled "model cannot do the task" and
-carry no claim. Every number on the page comes from this script.
+carry no claim.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
-import torch  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
 
 import real_common as rc  # noqa: E402
-from icl_circuits import build_prompts  # noqa: E402
-from icl_circuits.core.metrics import Rate, auto_metric, wilson  # noqa: E402
-from icl_circuits.core.pairs import task_vector_prompts  # noqa: E402
-from icl_circuits.core.runner import read_resid  # noqa: E402
+from icl_circuits.core.metrics import Rate, wilson  # noqa: E402
 from icl_circuits.core.tasks import get_task  # noqa: E402
-from icl_circuits.methods.dpca.ablation import ablate_subspace  # noqa: E402
-from icl_circuits.methods.dpca.analysis import DPCALayerResult, dpca_from_states  # noqa: E402
-
-#: The page was computed with the dPCA lambda grid before issue 24 (10^-7 ... 10^-1, 13 values); pinned here so
-#: that the page is what this script computes until the study issue re-runs it with DEFAULT_LAMBDA_GRID.
-LAMBDA_GRID = np.logspace(-7, -1, 13)
-from icl_circuits.methods.dpca.states import collect_label_states  # noqa: E402
-from icl_circuits.methods.saliency import saliency_flow  # noqa: E402
-from icl_circuits.methods.task_vectors import evaluate_task_vector, local_task_vectors, vanilla_task_vector  # noqa: E402
+from icl_circuits.methods.dpca.analysis import DPCALayerResult  # noqa: E402
 from icl_circuits.viz import _style  # noqa: E402
 from icl_circuits.viz import dpca as dpca_viz  # noqa: E402
 
-NAME = "label_words_local"
+NAME = PAGE = "label_words_local"
 KNOWLEDGE = ("present-past", "singular-plural", "antonym")
 NATURAL = ("sentiment", "animal-plant")
-TASKS = KNOWLEDGE + NATURAL
-N_DEMOS = 8
 SOLVED = 0.7  # ICL accuracy at 8 demos a task needs to carry a claim
 PAPER_LAYERS = 32  # LLaMA-7B
 PAPER_SALIENCY_PEAK = 14
 
 
-# ----------------------------------------------------------------------------- measurements
+# ----------------------------------------------------------------------------- verdict helpers
 def _rate(value: float, n: int) -> Rate:
     return wilson(int(round(value * n)), n)
-
-
-def task_sweep(model, task: str, n: int, seed: int, layers: list[int], global_layers: list[int] | None = None) -> dict:
-    """ICL, zero-shot and random-answer references, local vectors (patched into the random-answer
-    twins of the held-out ICL prompts, seed + 1) and the vanilla vector (extracted from dummy-query
-    prompts of ``seed``, REPLACING the final residual of zero-shot prompts of seed + 1) per layer."""
-    metric = auto_metric(task)  # label for categorization tasks, else first_token
-    p = task_vector_prompts(model, task, N_DEMOS, n, seed)
-    loc = local_task_vectors(model, p.icl_eval, layers, task=p.task, metric=metric)
-    k = loc.per_prompt.shape[1]
-    vec = vanilla_task_vector(model, p.dummy_query)  # every layer: the cosine analysis reads them all
-    van = evaluate_task_vector(model, vec, p.zero_shot, None, layers=global_layers or layers, metric=metric)
-    return {"task": task, "metric": metric, "prompts": p, "vector": vec, "local": loc, "vanilla": van,
-            "icl": _rate(loc.meta["icl"], k), "random": _rate(loc.baseline, k),
-            "zero": _rate(van.baseline, len(p.zero_shot)), "n": k, "dropped": loc.meta["n_dropped"]}
 
 
 def best_local(s: dict) -> int:
@@ -104,78 +81,6 @@ def solved(s: dict) -> bool:
 def degenerate_local(s: dict) -> bool:
     """Random-answer demos already reach ICL accuracy (within 0.05 or inside its Wilson interval)."""
     return s["random"].value >= s["icl"].value - 0.05 or s["icl"].low <= s["random"].value
-
-
-def convergence(model, sweeps: list[dict]) -> tuple[pd.DataFrame, dict]:
-    """Per layer and task: mean cosine between the (centred) answer-position states of different
-    demos of one prompt ("within"); the same between demos of prompts of two different tasks
-    ("across tasks", the null: what the shared position type and format give); and the cosine of
-    the mean local vector with the task's own global (vanilla) vector vs other tasks' global
-    vectors. Centring: at each layer the mean answer-position state (global: the mean vector) over
-    all tasks is subtracted, so the residual stream's common direction does not count."""
-    H = {}
-    for s in sweeps:
-        b = s["prompts"].icl_eval
-        H[s["task"]] = read_resid(model, b, b.positions("answer").positions).double()  # [layer, batch, demo, d]
-    tasks = list(H)
-    n_l = next(iter(H.values())).shape[0]
-    mu = torch.stack([H[t].mean((1, 2)) for t in tasks]).mean(0)  # [layer, d]
-    G = {s["task"]: s["vector"].vectors.double() for s in sweeps}
-    mu_g = torch.stack([G[t] for t in tasks]).mean(0)
-    unit = {t: torch.nn.functional.normalize(H[t] - mu[:, None, None], dim=-1) for t in tasks}
-    n_b = min(u.shape[1] for u in unit.values())
-    off = ~torch.eye(N_DEMOS, dtype=torch.bool)
-    rows, l2g = [], {}
-    for t in tasks:
-        u = unit[t]
-        within = torch.einsum("lbjd,lbkd->lbjk", u, u)[..., off].mean((1, 2))
-        across = torch.stack([torch.einsum("lbjd,lbkd->lbjk", u[:, :n_b], unit[o][:, :n_b]).mean((1, 2, 3))
-                              for o in tasks if o != t]).mean(0)
-        loc = torch.nn.functional.normalize(H[t].mean((1, 2)) - mu, dim=-1)
-        cos_g = {o: (loc * torch.nn.functional.normalize(G[o] - mu_g, dim=-1)).sum(-1) for o in tasks}
-        own, other = cos_g[t], torch.stack([cos_g[o] for o in tasks if o != t]).mean(0)
-        l2g[t] = (own, other)
-        for l in range(n_l):
-            rows.append({"task": t, "layer": l, "within": float(within[l]), "across tasks": float(across[l]),
-                         "local-global own": float(own[l]), "local-global other tasks": float(other[l])})
-    return pd.DataFrame(rows), l2g
-
-
-def saliency_peaks(model, s: dict, n: int) -> tuple[object, int, int]:
-    """S_pq / S_wp (raw, label-word loss) on the first ``n`` held-out ICL prompts; their peak layers."""
-    b = s["prompts"].icl_eval
-    r = saliency_flow(model, b.select(range(min(n, len(b)))), "label_words", batch_size=8, progress=False)
-    return r, int(r.flow("S_pq").argmax()), int(r.flow("S_wp").argmax())
-
-
-def dpca_runs(model, task: str, n: int, seed: int, layers: list[int], n_null: int, regularizer) -> dict:
-    """dPCA of the states at the answer (label word) and at the separator positions."""
-    b = build_prompts(model, task, n, N_DEMOS, seed=seed, prepend_bos=True)
-    out = {}
-    for pos in ("answer", "separator"):
-        st = collect_label_states(model, b, layers, pos)
-        out[pos] = dpca_from_states(st, regularizer=regularizer, n_null=n_null, seed=seed, progress=False,
-                                    lambda_grid=LAMBDA_GRID if regularizer == "auto" else None)
-    return out
-
-
-def ablations(model, task: str, fit: DPCALayerResult, n: int, seed: int, layers: list[int], n_random: int) -> list:
-    """Label subspace projected out at the demo answer positions at each single layer, on held-out
-    prompts (seed + 1), against ``n_random`` random subspaces of the same dimension; p = (1 + #random
-    draws whose accuracy is <= the ablated one) / (1 + n_random)."""
-    held = build_prompts(model, task, n, N_DEMOS, seed=seed + 1, prepend_bos=True)
-    out = []
-    for l in layers:
-        a = ablate_subspace(model, held, fit, "label", [l], n_random=n_random, seed=seed + 1, progress=False)
-        acc = a.label_correct.mean(1)
-        ci = a.conditions
-        clean, abl = float(acc[ci.index("clean")]), float(acc[ci.index("ablated")])
-        rand = np.array([float(acc[i]) for i, c in enumerate(ci) if c.startswith("random_")])
-        p = (1 + int((rand <= abl).sum())) / (1 + len(rand))
-        out.append({"result": a, "layer": l, "clean": clean, "ablated": abl, "rand_mean": float(rand.mean()),
-                    "rand_sd": float(rand.std(ddof=1)) if len(rand) > 1 else 0.0, "p": p, "n": int(a.label_correct.shape[1]),
-                    "k": int(a.n_axes[0])})
-    return out
 
 
 # ----------------------------------------------------------------------------- figures
@@ -199,7 +104,7 @@ def fig_local_global(sweeps: list[dict], L: int) -> go.Figure:
                                      hovertemplate=f"{s['task']} {name}: {v:.2f}<extra></extra>"), row=1, col=c)
         _style.integer_layer_axis(fig, list(range(0, L, 6)), row=1, col=c)  # ticks every 6th layer
     m = sweeps[0]["local"]
-    fig.update_layout(title=f"Local vs global task vectors per layer: smollm2-135m, {N_DEMOS} demos, N={sweeps[0]['n']} per task "
+    fig.update_layout(title=f"Local vs global task vectors per layer: smollm2-135m, {sweeps[0]['n_demos']} demos, N={sweeps[0]['n']} per task "
                             f"(metric: first-token accuracy; label accuracy for sentiment/animal-plant); local at {len(m.layers)} layers",
                       yaxis_title="accuracy", template="plotly_white", legend=dict(orientation="h", y=-0.2))
     fig.update_yaxes(range=[-0.02, 1.02])
@@ -227,7 +132,7 @@ def fig_convergence(conv: pd.DataFrame, tasks: list[str]) -> go.Figure:
     return _style.fit_legend(fig)
 
 
-def fig_saliency(sal: dict, L: int) -> go.Figure:
+def fig_saliency(sal: dict, L: int, n_demos: int) -> go.Figure:
     fig = go.Figure()
     for i, (t, (r, peak, _)) in enumerate(sal.items()):
         y = r.flow("S_pq")
@@ -238,9 +143,10 @@ def fig_saliency(sal: dict, L: int) -> go.Figure:
                   annotation_text=f"paper's peak at the same depth ({PAPER_SALIENCY_PEAK}/{PAPER_LAYERS})")
     n = next(iter(sal.values()))[0].per_prompt.shape[-1]
     fig.update_layout(title=f"Saliency label words -> query (S_pq, label-word loss) per layer, scaled to its maximum: "
-                            f"smollm2-135m, {N_DEMOS} demos, N={n} per task", xaxis_title="layer",
+                            f"smollm2-135m, {n_demos} demos, N={n} per task", xaxis_title="layer",
                       yaxis_title="S_pq / max over layers", template="plotly_white")
     return _style.integer_layer_axis(fig, list(range(0, L, 3)))
+
 
 
 # ----------------------------------------------------------------------------- page text
@@ -255,7 +161,7 @@ def local_section(sweeps: list[dict], L: int) -> tuple[str, dict]:
         bl, bv = best_local(s), int(van.values.argmax())
         rows.append([s["task"], rc.cell(s["icl"]), rc.cell(s["random"]), rc.cell(s["zero"]),
                      f"{rc.cell(_rate(float(loc.values[bl]), s['n']))} (l={loc.layers[bl]})",
-                     f"{rc.cell(_rate(float(van.values[bv]), len(s['prompts'].zero_shot)))} (l={van.layers[bv]})",
+                     f"{rc.cell(_rate(float(van.values[bv]), s['n_zero']))} (l={van.layers[bv]})",
                      s["n"], s["dropped"],
                      "model cannot do the task" if not solved(s) else
                      "degenerate: random-answer demos already at ICL accuracy" if degenerate_local(s) else "ok"])
@@ -270,12 +176,6 @@ def local_section(sweeps: list[dict], L: int) -> tuple[str, dict]:
     tab2 = rc.table(["task (local / global)", *[f"l={l}" for l in sweeps[0]["local"].layers]], per_layer)
     return tab + "\n\n" + tab2, verdict_rows
 
-
-def first_layer_reaching(values: torch.Tensor, layers: list[int], target: float) -> int | None:
-    for v, l in zip(values.tolist(), layers):
-        if v >= target:
-            return l
-    return None
 
 
 def dpca_tables(runs: dict[str, dict[str, DPCALayerResult]]) -> str:
@@ -311,8 +211,8 @@ def _depth(layer: float, n_layers: int) -> str:
     return f"{layer / n_layers:.0%}"
 
 
-def page(args, model, sweeps, conv, sal, dp, abl, abl_layers, seeds, best, links, t, layers) -> str:
-    L = model.cfg.n_layers
+def page(args, sweeps, conv, sal, dp, abl, abl_layers, seeds, best, links, t, layers) -> str:
+    L = args.n_layers
     by = {s["task"]: s for s in sweeps}
     ok = [s for s in sweeps if solved(s)]
     unsolved = [s["task"] for s in sweeps if not solved(s)]
@@ -483,8 +383,13 @@ def page(args, model, sweeps, conv, sal, dp, abl, abl_layers, seeds, best, links
 
     parts = [
         "# Label words as local task vectors (arXiv 2406.16007) on SmolLM2-135M", "",
-        f"Model: `{model.cfg.model_name}` ({L} layers, d_model {model.cfg.d_model}). Template `{{x}} -> {{y}}`, "
-        f"{N_DEMOS} demos. Vectors are extracted from prompts of seed {args.seed} and evaluated on held-out prompts of seed "
+        "> Defaults (issue 24): claim 4's dPCA was computed with the λ grid before issue 24 (10⁻⁷ … 10⁻¹, "
+        "cross-validated), which the grid spec `scripts/grids/label_words_local.yaml` pins (`lambda_logspace`) so that "
+        "this page is what its grid computes; the default grid is now 10⁻⁷ … 10¹, and a λ chosen on an edge of it is "
+        "flagged. On the toy model the wider grid moved λ on letter-string from 0.1 to 1-10 ([../dpca.md](../dpca.md)); "
+        "the study issue will re-run this page with it.", "",
+        f"Model: `{args.model_name}` ({L} layers, d_model {args.d_model}). Template `{{x}} -> {{y}}`, "
+        f"{args.n_demos} demos. Vectors are extracted from prompts of seed {args.seed} and evaluated on held-out prompts of seed "
         f"{ev}, N={args.prompts} per task; headline numbers are repeated for seeds {', '.join(map(str, args.seeds))} "
         f"(extraction seed s, evaluation s + 1, N={args.seed_prompts}, at the layers chosen on seed {args.seed}). "
         "N is below 50 because the whole script must fit the CPU budget of a shared 2-core machine. Layer l = the input of block l (`blocks.{l}.hook_resid_pre`). Metric: first-token accuracy over the "
@@ -503,7 +408,7 @@ def page(args, model, sweeps, conv, sal, dp, abl, abl_layers, seeds, best, links
         "## Verdicts", "",
         rc.table(["claim", "paper (model)", f"ours on SmolLM2-135M", "verdict"], verdicts), "",
         "## Does the model do the tasks?", "",
-        f"A task carries a claim only if its ICL accuracy at {N_DEMOS} demos is >= {SOLVED} (N={args.prompts}, seed {ev}). "
+        f"A task carries a claim only if its ICL accuracy at {args.n_demos} demos is >= {SOLVED} (N={args.prompts}, seed {ev}). "
         + (f"**Model cannot do the task**: {', '.join(unsolved)} (excluded from every claim)." if unsolved else
            "All tasks pass."), "",
         tab, "",
@@ -553,98 +458,137 @@ def page(args, model, sweeps, conv, sal, dp, abl, abl_layers, seeds, best, links
         "docs/results/dpca.md ran on arbitrary-label tasks (letter-string at chance, number solved).", "",
         "## Limits", "",
         f"Layers every {args.stride}th for the vector sweeps (all layers for cosines and saliency). dPCA and the "
-        "ablation ran on seed 0 only (the null draws are their uncertainty). Time per part (s, wall; the machine was "
-        "shared by several jobs, so CPU time is given too): "
+        "ablation ran on seed 0 only (the null draws are their uncertainty). Cell time per part (s, the sum of the "
+        f"part's cells' `seconds`, one thread each; every convergence cell reads the states of all {args.n_tasks} tasks, "
+        "every ablation cell refits the answer-position dPCA without its null draws): "
         + ", ".join(f"{k} {v:.0f}" for k, v in t.items()) + ".",
     ]
     return "\n".join(parts)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = rc.parser(__doc__)
-    ap.add_argument("--seed-prompts", type=int, default=24, help="prompts per task for the extra seeds' headline numbers")
-    ap.add_argument("--stride", type=int, default=6, help="local/global vectors at layers 0, stride, 2*stride, ...")
-    ap.add_argument("--saliency-prompts", type=int, default=12, help="prompts per task for the saliency flow")
-    ap.add_argument("--null-draws", type=int, default=20, help="dPCA null draws (p-values down to 1/(1+draws))")
-    ap.add_argument("--random-subspaces", type=int, default=9, help="random subspaces per label-subspace ablation")
-    ap.add_argument("--ablation-prompts", type=int, default=16, help="held-out prompts per ablation")
-    ap.add_argument("--tasks", nargs="*", default=list(TASKS), help="tasks (default: all five)")
-    args = ap.parse_args(argv)
-    started, cpu0 = time.perf_counter(), time.process_time()
-    cmd = "python scripts/real_label_words_local.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    model = rc.setup(args.threads)
-    L = model.cfg.n_layers
-    layers = list(range(0, L, args.stride))
-    figs: dict[str, go.Figure] = {}
-    t = {}
 
-    # 1. local vs global, seed 0
-    t0 = time.perf_counter()
-    sweeps = [task_sweep(model, task, args.prompts, args.seed, layers, list(range(L))) for task in args.tasks]
-    t["local vs global"] = time.perf_counter() - t0
-    print(f"sweeps {t['local vs global']:.0f}s", flush=True)
+# ----------------------------------------------------------------------------- the store
+def ablation_summary(r) -> dict:
+    """Label accuracy clean, with the label subspace out, with random subspaces out (mean, sd) and the
+    one-sided p = (1 + #random draws with accuracy <= ablated) / (1 + draws), of one ablation cell."""
+    acc = r.label_correct.mean(1)
+    ci = r.conditions
+    clean, ablated = float(acc[ci.index("clean")]), float(acc[ci.index("ablated")])
+    rand = np.array([float(acc[i]) for i, c in enumerate(ci) if c.startswith("random_")])
+    p = (1 + int((rand <= ablated).sum())) / (1 + len(rand))
+    return {"result": r, "layer": r.layers[0], "clean": clean, "ablated": ablated, "rand_mean": float(rand.mean()),
+            "rand_sd": float(rand.std(ddof=1)) if len(rand) > 1 else 0.0, "p": p, "n": int(r.label_correct.shape[1]),
+            "k": int(r.n_axes[0])}
+
+
+def _family(cell) -> str:
+    return cell.analysis.split("@")[0]
+
+
+def read_store(spec: Path, store: Path) -> dict:
+    """Everything the page shows, read from the cells of ``spec`` in ``store`` (nothing is computed
+    but the page's own summaries): the same structures the script used to build in memory."""
+    from icl_circuits import grid
+
+    cells = rc.spec_cells(PAGE, spec, store)
+    st = grid.Store(store)
+    at = {(c["cell"].analysis, c["cell"].task): c for c in cells}
+    tasks = list(dict.fromkeys(c["cell"].task for c in cells))
+    analyses = list(dict.fromkeys(c["cell"].analysis for c in cells))
+    of = lambda family: [a for a in analyses if a.split("@")[0] == family]  # noqa: E731
+    result = lambda analysis, task: st.result(at[(analysis, task)]["key"])  # noqa: E731
+    c0 = cells[0]["cell"]
+
+    sweeps = []
+    for task in tasks:
+        loc, van = result("local_vectors", task), result("global_vector", task)
+        k, n_zero = int(loc.per_prompt.shape[1]), int(van.per_prompt.shape[1])
+        sweeps.append({"task": task, "metric": loc.metric, "local": loc, "vanilla": van, "n_demos": c0.n_demos,
+                       "icl": _rate(loc.meta["icl"], k), "random": _rate(loc.baseline, k),
+                       "zero": _rate(van.baseline, n_zero), "n": k, "n_zero": n_zero, "dropped": loc.meta["n_dropped"]})
     ok = [s for s in sweeps if solved(s)]
-    figs[f"{NAME}_local_global"] = fig_local_global(sweeps, L)
+    info = sweeps[0]["local"].model_info
 
-    # 2. convergence (all layers)
-    t0 = time.perf_counter()
-    conv, _ = convergence(model, sweeps)
-    t["convergence"] = time.perf_counter() - t0
-    figs[f"{NAME}_convergence"] = fig_convergence(conv, [s["task"] for s in sweeps])
-    print(f"convergence {t['convergence']:.0f}s", flush=True)
+    rows = grid.load(store)
+    conv = pd.concat([rows[rows.key == at[("convergence", t)]["key"]] for t in tasks], ignore_index=True)[
+        ["task", "layer", "within", "across tasks", "local-global own", "local-global other tasks"]]
+    conv["layer"] = conv["layer"].astype(int)
 
-    # 3. saliency
-    t0 = time.perf_counter()
-    sal = {s["task"]: saliency_peaks(model, s, args.saliency_prompts) for s in ok}
-    t["saliency"] = time.perf_counter() - t0
-    if sal:
-        figs[f"{NAME}_saliency"] = fig_saliency(sal, L)
-    print(f"saliency {t['saliency']:.0f}s", flush=True)
+    sal = {}
+    for s in ok:
+        r = result("saliency", s["task"])
+        sal[s["task"]] = (r, int(r.flow("S_pq").argmax()), int(r.flow("S_wp").argmax()))
 
-    # 4. dPCA + ablation on the solved natural tasks
-    t0 = time.perf_counter()
-    dl = [1, *range(5, L, 5), L]
-    dp = {s["task"]: dpca_runs(model, s["task"], args.prompts, args.seed, dl, args.null_draws, "auto")
+    dp = {s["task"]: {r.position_kind: r for r in (result(a, s["task"]) for a in of("dpca"))}
           for s in ok if s["task"] in NATURAL}
-    t["dPCA"] = time.perf_counter() - t0
-    print(f"dpca {t['dPCA']:.0f}s", flush=True)
-    t0 = time.perf_counter()
-    abl_layers = [dl[1], dl[len(dl) // 2], dl[-2]]
-    abl = {task: ablations(model, task, r["answer"], args.ablation_prompts, args.seed, abl_layers, args.random_subspaces)
-           for task, r in dp.items()}
-    t["ablation"] = time.perf_counter() - t0
-    print(f"ablation {t['ablation']:.0f}s", flush=True)
-    for task, r in dp.items():
-        for pos, res in r.items():
-            figs[f"{NAME}_dpca_{task}_{pos}"] = dpca_viz.summary(res)
-        figs[f"{NAME}_ablation_{task}"] = dpca_viz.ablation([a["result"] for a in abl[task]])
+    abl_layers = [at[(a, tasks[0])]["cell"].params["layer"] for a in of("ablation")]
+    abl = {task: [ablation_summary(result(a, task)) for a in of("ablation")] for task in dp}
 
-    # 5. seeds: the headline numbers again
-    t0 = time.perf_counter()
+    # the headline numbers over seeds: the headline seed's cells, then one extra_seed cell per seed
     seeds = {s["task"]: {"icl": [s["icl"].value], "random": [s["random"].value], "zero": [s["zero"].value],
                          "local": [float(s["local"].values[best_local(s)])], "vanilla": [float(s["vanilla"].values.max())],
                          "sal": [sal[s["task"]][1]] if s["task"] in sal else []} for s in sweeps}
     best = {s["task"]: (s["local"].layers[best_local(s)], s["vanilla"].best_layer) for s in sweeps}
-    for sd in args.seeds:
+    extra = []
+    for a in of("extra_seed"):
+        xp = at[(a, tasks[0])]["cell"].params
+        extra.append(xp["seed"])
         for s in sweeps:
             task = s["task"]
-            x = task_sweep(model, task, args.seed_prompts, sd, sorted(set(best[task])))
-            lay = x["local"].layers
-            seeds[task]["icl"].append(x["icl"].value)
-            seeds[task]["random"].append(x["random"].value)
-            seeds[task]["zero"].append(x["zero"].value)
-            seeds[task]["local"].append(float(x["local"].values[lay.index(best[task][0])]))
-            seeds[task]["vanilla"].append(float(x["vanilla"].values[lay.index(best[task][1])]))
+            if sorted(set(best[task])) != xp["layers"][task]:  # the layers the extra seeds were measured at
+                raise SystemExit(f"{a}: params.layers[{task!r}] is {xp['layers'][task]} but the headline seed's cells "
+                                 f"choose layers {sorted(set(best[task]))}: set it in {rc.rel_path(spec)} and run again")
+            x = rows[rows.key == at[(a, task)]["key"]].set_index(["kind", "layer"], drop=False)
+            one = lambda kind: x[x.kind == kind].iloc[0]  # noqa: E731
+            for kind in ("icl", "random", "zero"):
+                seeds[task][kind].append(_rate(float(one(kind).value), int(one(kind).n)).value)
+            seeds[task]["local"].append(float(x.loc[("local", best[task][0]), "value"]))
+            seeds[task]["vanilla"].append(float(x.loc[("vanilla", best[task][1]), "value"]))
             if task in sal:
-                seeds[task]["sal"].append(saliency_peaks(model, x, args.saliency_prompts)[1])
-            print(f"seed {sd} {task} done {time.perf_counter() - t0:.0f}s", flush=True)
-    t["seeds"] = time.perf_counter() - t0
+                seeds[task]["sal"].append(int(one("peak S_pq").layer))
 
-    t["CPU total"] = time.process_time() - cpu0
-    links = rc.save_figures(figs, args.out, width=1400, height=560)
-    body = page(args, model, sweeps, conv, sal, dp, abl, abl_layers, seeds, best, links, t, layers)
-    path = rc.write_page(args.out, f"{NAME}.md", body, cmd, started)
-    print(f"wrote {path}", flush=True)
+    t = {}
+    for part, families in (("local vs global", ("local_vectors", "global_vector")), ("convergence", ("convergence",)),
+                           ("saliency", ("saliency",)), ("dPCA", ("dpca",)), ("ablation", ("ablation",)),
+                           ("seeds", ("extra_seed",))):
+        t[part] = sum(float(c["meta"]["seconds"]) for c in cells if _family(c["cell"]) in families)
+    t["total"] = sum(t.values())
+
+    params = lambda family: at[(of(family)[0], tasks[0])]["cell"].params  # noqa: E731  (the same for every task)
+    args = SimpleNamespace(  # what the page says about how it was computed: the spec's settings
+        seed=c0.seed, seeds=extra, prompts=c0.n_prompts, n_demos=c0.n_demos, n_tasks=len(tasks),
+        seed_prompts=params("extra_seed")["n_prompts"], stride=params("local_vectors")["stride"],
+        saliency_prompts=params("saliency")["saliency_prompts"], null_draws=params("dpca")["null_draws"],
+        random_subspaces=params("ablation")["random_subspaces"], ablation_prompts=params("ablation")["n_prompts"],
+        n_layers=info["n_layers"], d_model=info["d_model"], model_name=sweeps[0]["local"].model)
+    return dict(cells=cells, args=args, sweeps=sweeps, conv=conv, sal=sal, dp=dp, abl=abl, abl_layers=abl_layers,
+                seeds=seeds, best=best, t=t, layers=list(sweeps[0]["local"].layers))
+
+
+def render(spec: Path, store: Path, out: Path) -> Path:
+    """The page and its figures from the store."""
+    d = read_store(spec, store)
+    args, sweeps, L = d["args"], d["sweeps"], d["args"].n_layers
+    figs: dict[str, go.Figure] = {f"{NAME}_local_global": fig_local_global(sweeps, L),
+                                  f"{NAME}_convergence": fig_convergence(d["conv"], [s["task"] for s in sweeps])}
+    if d["sal"]:
+        figs[f"{NAME}_saliency"] = fig_saliency(d["sal"], L, args.n_demos)
+    for task, r in d["dp"].items():
+        for pos, res in r.items():
+            figs[f"{NAME}_dpca_{task}_{pos}"] = dpca_viz.summary(res)
+        figs[f"{NAME}_ablation_{task}"] = dpca_viz.ablation([a["result"] for a in d["abl"][task]])
+    links = rc.save_figures(figs, out, width=1400, height=560)
+    body = page(args, sweeps, d["conv"], d["sal"], d["dp"], d["abl"], d["abl_layers"], d["seeds"], d["best"], links,
+                d["t"], d["layers"])
+    command = f"python scripts/real_{PAGE}.py render"
+    return rc.write_grid_page(out, f"{NAME}.md", body, command, rc.grid_footer(d["cells"], spec, store, command))
+
+
+def main() -> None:
+    args = rc.grid_parser(__doc__, PAGE).parse_args()
+    if args.command == "run":
+        sys.exit(rc.run_study(PAGE, args))
+    print(f"wrote {render(args.spec, args.store, args.out)}", flush=True)
 
 
 if __name__ == "__main__":
