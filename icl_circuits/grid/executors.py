@@ -46,9 +46,12 @@ def run_local(store: str, jobs: list[Job], *, on_outcome: OnOutcome, threads: in
 
 
 class _RayWorker:
-    """A Ray actor's body: one CellRunner for the actor's life."""
+    """A Ray actor's body: one CellRunner for the actor's life. An actor given no GPU hides the GPUs
+    (Ray leaves them visible to it, and load_model would put every such actor's model on GPU 0)."""
 
-    def __init__(self, store: str, threads: int) -> None:
+    def __init__(self, store: str, threads: int, gpus: float = 0.0) -> None:
+        if not gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""  # read when CUDA initialises, at the first model load
         self.runner = CellRunner(store, threads=threads, executor="ray")
 
     def run(self, job: Job) -> Outcome:
@@ -85,7 +88,8 @@ def run_ray(store: str, jobs: list[Job], *, on_outcome: OnOutcome, workers: int 
         raise ImportError("the ray executor needs Ray: pip install 'icl-circuits[ray]' (or pip install 'ray[default]')") from None
     started = False
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": workers * threads}
+        # address="local": start a cluster here even when RAY_ADDRESS or a `ray start` cluster is around
+        kwargs: dict[str, Any] = {"address": address} if address else {"address": "local", "num_cpus": workers * threads}
         ctx = ray.init(**kwargs, include_dashboard=dashboard, logging_level="ERROR", log_to_driver=False,
                        configure_logging=True)
         started = True
@@ -96,7 +100,8 @@ def run_ray(store: str, jobs: list[Job], *, on_outcome: OnOutcome, workers: int 
         ray.cloudpickle.register_pickle_by_value(mod)
     actor_cls = ray.remote(_RayWorker).options(num_cpus=threads, num_gpus=gpus_per_worker,
                                                max_restarts=max_retries, max_task_retries=max_retries)
-    actors = [actor_cls.remote(str(store), threads) for _ in range(max(1, min(workers, len(jobs))))]
+    new_actor = lambda: actor_cls.remote(str(store), threads, gpus_per_worker)  # noqa: E731
+    actors = [new_actor() for _ in range(max(1, min(workers, len(jobs))))]
     pending: dict[str, collections.deque] = collections.defaultdict(collections.deque)
     for job in jobs:
         pending[job.cell.model.label].append(job)
@@ -125,10 +130,13 @@ def run_ray(store: str, jobs: list[Job], *, on_outcome: OnOutcome, workers: int 
                 try:
                     outcome = ray.get(ref)
                 except (RayActorError, WorkerCrashedError) as err:
+                    # the actor died past Ray's own restarts and retries: a fresh actor takes its place, and
+                    # only the job it was running counts an attempt
+                    ray.kill(actors[i])
+                    actors[i], held[i] = new_actor(), None
                     attempts[job.key] += 1
                     if attempts[job.key] <= max_retries:
                         pending[job.cell.model.label].appendleft(job)
-                        held[i] = None
                         dispatch(i)
                         continue
                     outcome = Outcome(job.key, "failed", 0.0, False, "ray", f"worker died {attempts[job.key]} times: {err}")
@@ -136,7 +144,7 @@ def run_ray(store: str, jobs: list[Job], *, on_outcome: OnOutcome, workers: int 
                 loads += int(outcome.loaded)
                 on_outcome(outcome)
                 dispatch(i)
-    finally:
+    finally:  # also on Ctrl-C: killing the actors stops their cells (their temporary folders are removed)
         for a in actors:
             ray.kill(a)
         if started:
@@ -161,7 +169,7 @@ def run_submitit(store: str, jobs: list[Job], *, on_outcome: OnOutcome, threads:
     groups: dict[str, list[Job]] = collections.defaultdict(list)
     for job in jobs:
         groups[job.cell.model.label].append(job)
-    ex = submitit.AutoExecutor(folder=folder or str(Path(store) / "submitit" / "%j"), cluster=cluster)
+    ex = submitit.AutoExecutor(folder=folder or str(Path(store) / "submitit"), cluster=cluster)
     ex.update_parameters(**{"cpus_per_task": threads, "timeout_min": 24 * 60, **(slurm or {})})
     batches = list(groups.values())
     handles = ex.map_array(run_jobs, [str(store)] * len(batches), batches, [threads] * len(batches),
@@ -174,13 +182,18 @@ def run_submitit(store: str, jobs: list[Job], *, on_outcome: OnOutcome, threads:
             reported.add(o.key)
             on_outcome(o)
 
-    while not all(h.done() for h in handles):  # cells as they land in the store, while the jobs run
-        for job in jobs:
-            if job.key not in reported and st.cell_dir(job.key).is_dir() and st.is_done(job.key):
-                meta = st.meta(job.key)
-                report(Outcome(job.key, "done", float(meta.get("seconds", 0.0)), bool(meta.get("model_loaded")),
-                               str(meta.get("worker", "submitit"))))
-        time.sleep(poll)
+    try:
+        while not all(h.done() for h in handles):  # cells as they land in the store, while the jobs run
+            for job in jobs:
+                if job.key not in reported and st.cell_dir(job.key).is_dir() and st.is_done(job.key):
+                    meta = st.meta(job.key)
+                    report(Outcome(job.key, "done", float(meta.get("seconds", 0.0)), bool(meta.get("model_loaded")),
+                                   str(meta.get("worker", "submitit"))))
+            time.sleep(poll)
+    except KeyboardInterrupt:  # Ctrl-C stops the jobs too (scancel on Slurm), not only this driver
+        for h in handles:
+            h.cancel(check=False)
+        raise
     for h, batch in zip(handles, batches):
         try:
             outs = h.result()

@@ -85,7 +85,7 @@ def plan(grid: Grid) -> list[Job]:
         if key in seen:  # pragma: no cover - distinct axes give distinct keys
             continue
         seen.add(key)
-        jobs.append(Job(key, cell, ident, analyses[cell.analysis]))
+        jobs.append(Job(key, cell, ident, analyses[cell.analysis], version))
     return jobs
 
 
@@ -126,13 +126,14 @@ class _Progress:
 def run_grid(grid: Grid | str | os.PathLike, store: str | os.PathLike, executor: str = "local", *,
              workers: int = 2, threads: int = 1, retry_failed: bool = False, progress: bool = True,
              verbose: bool = False, models: dict[str, Any] | None = None, address: str | None = None,
-             gpus_per_worker: float = 0.0, dashboard: bool = False, cluster: str | None = None,
+             gpus_per_worker: float = 0.0, dashboard: bool = False, max_retries: int = 2, cluster: str | None = None,
              slurm: dict[str, Any] | None = None, say: Callable[[str], None] = print) -> RunSummary:
     """Run every cell of ``grid`` (a Grid or a spec file) that ``store`` does not hold yet (module docstring).
 
     ``executor``: "local" (this process; ``models`` maps a grid model label to an already-loaded model),
     "ray" (``workers`` actors with ``threads`` threads and ``gpus_per_worker`` GPUs each; a local cluster,
-    or ``address``; ``dashboard`` starts Ray's dashboard and prints its link) or "submitit" (one job per
+    or ``address``; ``dashboard`` starts Ray's dashboard and prints its link; a worker that dies is
+    restarted and its cell retried up to ``max_retries`` times, then the cell is recorded as failed) or "submitit" (one job per
     model; ``cluster`` None picks Slurm when present, "local" runs local processes; ``slurm`` passes
     executor parameters). Cells that raise are recorded and the rest go on; ``retry_failed`` reruns
     cells recorded as failed. A KeyboardInterrupt stops the run (the cells finished so far stay)
@@ -152,13 +153,14 @@ def run_grid(grid: Grid | str | os.PathLike, store: str | os.PathLike, executor:
     with st.driver_lock():
         return _drive(grid, jobs, st, executor, t0, workers=workers, threads=threads, retry_failed=retry_failed,
                       progress=progress, verbose=verbose, models=models, address=address,
-                      gpus_per_worker=gpus_per_worker, dashboard=dashboard, cluster=cluster, slurm=slurm, say=say)
+                      gpus_per_worker=gpus_per_worker, dashboard=dashboard, max_retries=max_retries, cluster=cluster,
+                      slurm=slurm, say=say)
 
 
 def _drive(grid: Grid, jobs: list[Job], st: Store, executor: str, t0: float, *, workers: int, threads: int,
            retry_failed: bool, progress: bool, verbose: bool, models: dict[str, Any] | None, address: str | None,
-           gpus_per_worker: float, dashboard: bool, cluster: str | None, slurm: dict[str, Any] | None,
-           say: Callable[[str], None]) -> RunSummary:
+           gpus_per_worker: float, dashboard: bool, max_retries: int, cluster: str | None,
+           slurm: dict[str, Any] | None, say: Callable[[str], None]) -> RunSummary:
     """Steps 2-5 of the module docstring, with the store's driver lock held."""
     st.write_spec(grid, [j.key for j in jobs])
     st.clean_temporary()
@@ -183,8 +185,8 @@ def _drive(grid: Grid, jobs: list[Job], st: Store, executor: str, t0: float, *, 
             stats = run_local(str(st.root), todo, on_outcome=prog, threads=threads, models=models, on_start=prog.start)
         elif todo and executor == "ray":
             stats = run_ray(str(st.root), todo, on_outcome=prog, workers=workers, threads=threads,
-                            gpus_per_worker=gpus_per_worker, address=address, dashboard=dashboard, say=say,
-                            on_start=prog.start)
+                            gpus_per_worker=gpus_per_worker, address=address, dashboard=dashboard,
+                            max_retries=max_retries, say=say, on_start=prog.start)
         elif todo:
             stats = run_submitit(str(st.root), todo, on_outcome=prog, threads=threads, cluster=cluster, slurm=slurm,
                                  say=say)

@@ -39,12 +39,13 @@ class Job:
     cell: Cell
     identity: dict[str, Any]
     analysis: Analysis
+    version: str = ""  # the package version in the key
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     """What became of a job: ``status`` "done" (computed and stored), "present" (already in the
-    store) or "failed" (``error`` says why); ``seconds`` of work; ``loaded``: whether this job loaded
+    store, or stored by another worker first) or "failed" (``error`` says why); ``seconds`` of work; ``loaded``: whether this job loaded
     its model; ``worker``: host:pid of the process that ran it."""
 
     key: str
@@ -81,6 +82,7 @@ class CellRunner:
         self._given = dict(models or {})
         self._model: tuple[str, Any] | None = None
         self.loads = 0
+        self.load_seconds = 0.0  # of the last load
 
     def model(self, spec: ModelSpec) -> tuple[Any, bool]:
         """The loaded model of ``spec`` and whether this call loaded it."""
@@ -91,7 +93,9 @@ class CellRunner:
         from icl_circuits.core.models import load_model
 
         self._model = None  # free the previous model before loading the next
+        t0 = time.perf_counter()
         model = load_model(spec.name, **spec.load_kwargs())
+        self.load_seconds = time.perf_counter() - t0
         self._model = (spec.label, model)
         self.loads += 1
         return model, True
@@ -109,9 +113,10 @@ class CellRunner:
             t1 = time.perf_counter()
             result = job.analysis(model, job.cell)
             seconds = time.perf_counter() - t1
-            self.store.commit(tmp, job.key, job.cell, job.identity, result,
-                              {**info, "seconds": round(seconds, 4), "model_loaded": loaded})
-            return Outcome(job.key, "done", seconds, loaded, self.worker)
+            new = self.store.commit(tmp, job.key, job.cell, job.identity, result, {
+                **info, "seconds": round(seconds, 4), "model_loaded": loaded,
+                "load_seconds": round(self.load_seconds, 4) if loaded else 0.0, "version": job.version})
+            return Outcome(job.key, "done" if new else "present", seconds, loaded, self.worker)
         except Exception as err:
             self.store.record_failure(job.key, job.cell, err, traceback.format_exc(), info)
             return Outcome(job.key, "failed", time.perf_counter() - t0, loaded, self.worker,

@@ -3,6 +3,7 @@ pickle them by value and Ray / submitit workers run them without importing this 
 
 - ``slow_accuracy``: ``accuracy`` after ``sleep`` seconds (an interrupt lands mid-cell);
 - ``fragile``: raises for the task named in ``fail_task``, else ``accuracy``;
+- ``die_on``: kills its own worker process on every cell of ``task``;
 - ``die_once``: the first cell to run (per ``marker`` file) kills its own worker process with SIGKILL
   while the cell's temporary folder exists; every other run is ``accuracy``.
 """
@@ -30,6 +31,12 @@ def fragile(model, batches, *, fail_task: str = "antonym"):
     return _accuracy(model, batches)
 
 
+def die_on(model, batches, *, task: str):
+    if batches["icl"].task == task:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _accuracy(model, batches)
+
+
 def die_once(model, batches, *, marker: str):
     m = Path(marker)
     if not m.exists():
@@ -38,5 +45,5 @@ def die_once(model, batches, *, marker: str):
     return _accuracy(model, batches)
 
 
-for _name, _fn in (("slow_accuracy", slow_accuracy), ("fragile", fragile), ("die_once", die_once)):
+for _name, _fn in (("slow_accuracy", slow_accuracy), ("fragile", fragile), ("die_once", die_once), ("die_on", die_on)):
     register_analysis(_name, _fn, replace=True)

@@ -79,6 +79,16 @@ def test_a_worker_killed_mid_cell_is_restarted_and_the_grid_completes(ray_cluste
     assert not list((tmp_path / "s" / "cells").glob(".tmp-*"))  # the dead worker's folder is gone
 
 
+def test_a_cell_that_always_kills_its_worker_fails_alone(ray_cluster, tmp_path, test_analyses):
+    g = small_grid(analyses=["die_on"], params={"die_on": {"task": "antonym"}}, seeds=[0, 1, 2])
+    s = run_grid(g, tmp_path / "s", "ray", workers=2, progress=False, max_retries=0)
+    st = Store(tmp_path / "s")
+    assert (s.computed, s.failed) == (3, 3) and len(st.done_keys()) == 3  # a fresh actor replaced each dead one
+    assert {st.failure(k)["cell"]["task"] for k in st.failed_keys()} == {"antonym"}
+    assert all("worker died" in st.failure(k)["error"] for k in st.failed_keys())
+    assert not list((tmp_path / "s" / "cells").glob(".tmp-*"))
+
+
 def test_submitit_local_processes_give_the_local_numbers(local_store, tmp_path):
     pytest.importorskip("submitit")
     g = small_grid(models=["toy-icl", {"name": "toy-icl", "processing": True}])
