@@ -111,7 +111,8 @@ def run_ray(store: str, jobs: list[Job], *, on_outcome: OnOutcome, workers: int 
     loads = 0
 
     def dispatch(i: int) -> None:
-        holding = collections.Counter(h for j, h in enumerate(held) if j != i and h is not None)
+        busy = {j for j, _ in in_flight.values()}  # an idle actor holds a model but is not working on it
+        holding = collections.Counter(held[j] for j in busy if j != i and held[j] is not None)
         job = _next_job(pending, holding, held[i])
         if job is None:
             return
@@ -121,9 +122,10 @@ def run_ray(store: str, jobs: list[Job], *, on_outcome: OnOutcome, workers: int 
         in_flight[actors[i].run.remote(job)] = (i, job)
 
     try:
-        for i in range(len(actors)):
-            dispatch(i)
-        while in_flight:
+        while in_flight or any(pending.values()):
+            if not in_flight:  # every actor idle (at the start, or a requeued job): give each one work
+                for i in range(len(actors)):
+                    dispatch(i)
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
             for ref in ready:
                 i, job = in_flight.pop(ref)
