@@ -26,14 +26,25 @@ def test_help_for_every_subcommand(runner):
         assert sub.exit_code == 0 and "Usage" in sub.output, name
 
 
+def _leaf_commands(group: click.Group, path: tuple[str, ...] = ()):
+    """(path, command) of every command, the subcommands of a group (``grid run``) included."""
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _leaf_commands(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
+
+
 def test_every_command_takes_threads(runner):
     """--threads (default 1) is listed in every command's --help, and 0 is refused naming it."""
-    for name in cli.commands:
-        sub = runner.invoke(cli, [name, "--help"])
-        assert sub.exit_code == 0 and "--threads" in sub.output, name
-        assert [p.default for p in cli.commands[name].params if p.name == "threads"] == [1], name
-        bad = runner.invoke(cli, [name, "--threads", "0"])
-        assert bad.exit_code == 2 and "--threads" in bad.output, (name, bad.output)
+    leaves = dict(_leaf_commands(cli))
+    assert ("grid", "run") in leaves and ("evaluate",) in leaves
+    for path, cmd in leaves.items():
+        sub = runner.invoke(cli, [*path, "--help"])
+        assert sub.exit_code == 0 and "--threads" in sub.output, path
+        assert [p.default for p in cmd.params if p.name == "threads"] == [1], path
+        bad = runner.invoke(cli, [*path, "--threads", "0"])
+        assert bad.exit_code == 2 and "--threads" in bad.output, (path, bad.output)
 
 
 @pytest.mark.parametrize("name", ["evaluate", "saliency", "isolation", "reweight", "ov", "dpca", "heads", "ltv",

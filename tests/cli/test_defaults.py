@@ -23,6 +23,7 @@ MODEL_FREE = {
     "tasks": "lists the task library (test_cli.py::test_tasks_json)",
     "train-toy": "trains the toy model and, by default, overwrites the package's weights "
                  "(test_cli.py::test_train_toy_passes_threads_and_its_own_options_on)",
+    "grid": "runs grid specs, whose models are in the spec (tests/grid/test_cli_grid.py)",
 }
 #: commands taking --model that are not run here, and why
 SKIPPED = {
