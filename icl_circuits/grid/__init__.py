@@ -14,7 +14,7 @@ Modules: ``spec`` (Grid, Cell, keys), ``identity`` (what a key knows about a mod
 (the driver). docs/scaling.md goes from one process to a cluster.
 """
 
-from icl_circuits.grid.registry import Analysis, get_analysis, list_analyses, register_analysis
+from icl_circuits.grid.registry import Analysis, get_analysis, import_analyses, list_analyses, register_analysis
 from icl_circuits.grid.run import RunSummary, grid_status, plan, run_grid
 from icl_circuits.grid.spec import Cell, Grid, GridSpecError, ModelSpec
 from icl_circuits.grid.table import TableResult
@@ -25,6 +25,7 @@ status = grid_status
 
 __all__ = [
     "Grid", "Cell", "ModelSpec", "GridSpecError", "Analysis", "register_analysis", "get_analysis", "list_analyses",
+    "import_analyses",
     "run", "run_grid", "status", "grid_status", "plan", "RunSummary", "Store", "GridStoreError", "CellStatus",
     "load", "query", "CELL_COLUMNS", "TableResult",
 ]

@@ -29,7 +29,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
@@ -305,13 +305,17 @@ class Store:
             out[state].append(k)
         return CellStatus(**out)
 
-    def verified(self, on_corrupt: str = "raise") -> Iterator[str]:
-        """Keys of the verified cells. A damaged cell raises GridStoreError naming it
-        (``on_corrupt="skip"``: left out with a warning)."""
+    def verified(self, on_corrupt: str = "raise", keys: Iterable[str] | None = None) -> Iterator[str]:
+        """Keys of the verified cells (of ``keys`` only, when given: others are not read). A damaged
+        cell raises GridStoreError naming it (``on_corrupt="skip"``: left out with a warning)."""
         if on_corrupt not in ("raise", "skip"):
             raise ValueError(f"on_corrupt must be 'raise' or 'skip', got {on_corrupt!r}")
+        present = self.require().done_keys()
+        if keys is not None:
+            wanted = set(keys)
+            present = [k for k in present if k in wanted]
         bad = []
-        for k in self.require().done_keys():
+        for k in present:
             problem = self.verify(k)
             if problem is None:
                 yield k
@@ -338,13 +342,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def load(store: str | os.PathLike, *, analysis: str | None = None, on_corrupt: str = "raise") -> pd.DataFrame:
+def load(store: str | os.PathLike, *, analysis: str | None = None, keys: Iterable[str] | None = None,
+         on_corrupt: str = "raise") -> pd.DataFrame:
     """Every finished cell's rows of ``store`` as one DataFrame (:data:`CELL_COLUMNS` first, then the
     Results' own columns; a column a cell's Result lacks is NaN there). ``analysis`` keeps one
-    analysis's cells. Damaged cells raise GridStoreError (``on_corrupt="skip"`` leaves them out)."""
+    analysis's cells; ``keys`` only those cells (e.g. one grid's: ``[j.key for j in plan(grid)]``).
+    Damaged cells raise GridStoreError (``on_corrupt="skip"`` leaves them out)."""
     st = Store(store)
     frames = []
-    for k in st.verified(on_corrupt):
+    for k in st.verified(on_corrupt, keys):
         df = pd.read_parquet(st.cell_dir(k) / "rows.parquet")
         if analysis is None or (len(df) and df["analysis"].iloc[0] == analysis):
             frames.append(df)
@@ -353,16 +359,18 @@ def load(store: str | os.PathLike, *, analysis: str | None = None, on_corrupt: s
     return pd.concat(frames, ignore_index=True, sort=False)
 
 
-def query(store: str | os.PathLike, sql: str, *, on_corrupt: str = "raise") -> pd.DataFrame:
+def query(store: str | os.PathLike, sql: str, *, keys: Iterable[str] | None = None,
+          on_corrupt: str = "raise") -> pd.DataFrame:
     """Run ``sql`` with DuckDB over the store's rows, exposed as the view ``cells`` (one row per Result
-    row; :data:`CELL_COLUMNS` plus the Results' columns, unioned by name). Only verified cells are
-    read; damaged ones raise GridStoreError (``on_corrupt="skip"`` leaves them out)."""
+    row; :data:`CELL_COLUMNS` plus the Results' columns, unioned by name; ``keys``: only those cells).
+    Only verified cells are read; damaged ones raise GridStoreError (``on_corrupt="skip"`` leaves
+    them out)."""
     import duckdb
 
     if not isinstance(sql, str) or not sql.strip():
         raise ValueError(f"sql must be a non-empty SQL string, got {sql!r}")
     st = Store(store)
-    files = [str(st.cell_dir(k) / "rows.parquet") for k in st.verified(on_corrupt)]
+    files = [str(st.cell_dir(k) / "rows.parquet") for k in st.verified(on_corrupt, keys)]
     if not files:
         raise GridStoreError(f"{st.root} has no finished cells to query")
     con = duckdb.connect()

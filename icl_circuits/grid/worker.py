@@ -105,7 +105,9 @@ class CellRunner:
         t0 = time.perf_counter()
         if self.store.is_done(job.key):
             return Outcome(job.key, "present", 0.0, False, self.worker)
-        info = {"executor": self.executor, "worker": self.worker}
+        import torch
+
+        info = {"executor": self.executor, "worker": self.worker, "threads": torch.get_num_threads()}
         tmp = self.store.begin(job.key)
         loaded = False
         try:

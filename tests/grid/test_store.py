@@ -88,6 +88,9 @@ def test_a_damaged_cell_is_refused_on_load_and_recomputed_by_the_next_run(done, 
         st.result(key)
     with pytest.warns(UserWarning, match="damaged"):
         assert load(done, on_corrupt="skip")["key"].nunique() == 7
+    others = [k for k in st.done_keys() if k != key]
+    assert load(done, keys=others)["key"].nunique() == 7  # cells not asked for are not read
+    assert query(done, "select count(distinct key) n from cells", keys=others)["n"].item() == 7
     assert st.status().corrupt == [key]
     again = run(small_grid(), done, toy)
     assert (again.computed, again.present, again.recomputed_corrupt) == (1, 7, 1)
