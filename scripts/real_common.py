@@ -141,13 +141,11 @@ def grid_parser(doc: str | None, page: str) -> argparse.ArgumentParser:
 
 def study(page: str, spec: Path | None = None) -> Any:
     """Import scripts/studies/<page>.py (``icl-circuits grid run --import``'s way: Ray workers get it by
-    value) and register the analyses ``spec`` names (default: the page's spec)."""
+    value), which registers the page's analyses; the spec names them ``<analysis>@<label>`` where one
+    analysis runs with several parameter sets. ``spec`` is accepted for the callers' symmetry."""
     from icl_circuits.grid.registry import import_analyses
 
-    module = import_analyses(str(STUDIES / f"{page}.py"))
-    if spec is not None:
-        module.register(spec)
-    return module
+    return import_analyses(str(STUDIES / f"{page}.py"))
 
 
 def run_study(page: str, args: argparse.Namespace) -> int:

@@ -509,14 +509,14 @@ def read_store(spec: Path, store: Path) -> dict:
     ok = [s for s in sweeps if solved(s)]
     info = sweeps[0]["local"].model_info
 
-    rows = grid.load(store)
+    rows = grid.load(store, keys=[c["key"] for c in cells])
     conv = pd.concat([rows[rows.key == at[("convergence", t)]["key"]] for t in tasks], ignore_index=True)[
         ["task", "layer", "within", "across tasks", "local-global own", "local-global other tasks"]]
     conv["layer"] = conv["layer"].astype(int)
 
     sal = {}
     for s in ok:
-        r = result("saliency", s["task"])
+        r = result("label_saliency", s["task"])
         sal[s["task"]] = (r, int(r.flow("S_pq").argmax()), int(r.flow("S_wp").argmax()))
 
     dp = {s["task"]: {r.position_kind: r for r in (result(a, s["task"]) for a in of("dpca"))}
@@ -549,7 +549,7 @@ def read_store(spec: Path, store: Path) -> dict:
 
     t = {}
     for part, families in (("local vs global", ("local_vectors", "global_vector")), ("convergence", ("convergence",)),
-                           ("saliency", ("saliency",)), ("dPCA", ("dpca",)), ("ablation", ("ablation",)),
+                           ("saliency", ("label_saliency",)), ("dPCA", ("dpca",)), ("ablation", ("ablation",)),
                            ("seeds", ("extra_seed",))):
         t[part] = sum(float(c["meta"]["seconds"]) for c in cells if _family(c["cell"]) in families)
     t["total"] = sum(t.values())
@@ -558,7 +558,7 @@ def read_store(spec: Path, store: Path) -> dict:
     args = SimpleNamespace(  # what the page says about how it was computed: the spec's settings
         seed=c0.seed, seeds=extra, prompts=c0.n_prompts, n_demos=c0.n_demos, n_tasks=len(tasks),
         seed_prompts=params("extra_seed")["n_prompts"], stride=params("local_vectors")["stride"],
-        saliency_prompts=params("saliency")["saliency_prompts"], null_draws=params("dpca")["null_draws"],
+        saliency_prompts=params("label_saliency")["saliency_prompts"], null_draws=params("dpca")["null_draws"],
         random_subspaces=params("ablation")["random_subspaces"], ablation_prompts=params("ablation")["n_prompts"],
         n_layers=info["n_layers"], d_model=info["d_model"], model_name=sweeps[0]["local"].model)
     return dict(cells=cells, args=args, sweeps=sweeps, conv=conv, sal=sal, dp=dp, abl=abl, abl_layers=abl_layers,

@@ -20,7 +20,9 @@ and seed:
 - ``head_ablation``: ``head_ablation_scan`` (every head ablated alone; ``how`` zero or mean).
 - ``logit_lens``: ``logit_lens`` at each layer's final position.
 
-``register_analysis(name, run, prompts=...)`` adds one (``replace=True`` to redefine a name).
+``register_analysis(name, run, prompts=...)`` adds one (``replace=True`` to redefine a name). A grid may
+name any analysis as ``<name>@<label>`` to run it more than once with other parameters (per layer, per
+setting): ``analyses: [task_vector@early, task_vector@late]`` with ``params`` under those names.
 """
 
 from __future__ import annotations
@@ -92,12 +94,20 @@ def register_analysis(name: str, run: Callable[..., Any], prompts: Callable[[Hoo
 
 
 def get_analysis(name: str) -> Analysis:
-    """The registered analysis ``name``, or ValueError listing the registered ones."""
+    """The registered analysis ``name``, or ValueError listing the registered ones.
+
+    ``"<name>@<label>"`` is a variant of a registered analysis: the same functions under another name,
+    so that one grid can run an analysis several times with different parameters (``params`` are keyed
+    by the full name: ``{"accuracy@long": {"metrics": ["exact_match"]}}``)."""
+    if isinstance(name, str) and name not in _REGISTRY and "@" in name:
+        base, _, label = name.partition("@")
+        if base in _REGISTRY and label:
+            return dataclasses.replace(_REGISTRY[base], name=name)
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown analysis {name!r}; registered: {', '.join(sorted(_REGISTRY))} "
-                         "(add one with icl_circuits.grid.register_analysis)") from None
+        raise ValueError(f"unknown analysis {name!r}; registered: {', '.join(sorted(_REGISTRY))}, each also as "
+                         "<name>@<label> (add one with icl_circuits.grid.register_analysis)") from None
 
 
 def list_analyses() -> list[str]:

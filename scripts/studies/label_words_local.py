@@ -251,22 +251,11 @@ def ablation(model: Any, batches: Batches, *, tasks: list[str], layer: int, dpca
 #: analysis families of this study: a grid names each cell's analysis "<family>" or "<family>@<label>"
 FAMILIES = {
     "local_vectors": (local_vectors, local_prompts), "global_vector": (global_vector, global_prompts),
-    "convergence": (convergence, convergence_prompts), "saliency": (saliency, saliency_prompts),
+    "convergence": (convergence, convergence_prompts), "label_saliency": (saliency, saliency_prompts),
     "extra_seed": (extra_seed, extra_seed_prompts), "dpca": (dpca, dpca_prompts),
     "ablation": (ablation, ablation_prompts),
 }
 
 
-def register(spec: Grid | str | Path = SPEC) -> Grid:
-    """Register the analyses ``spec`` names (``<family>@<label>``: the family's function under that
-    name; the label only names the cell, its params say what it computes). Returns the grid."""
-    grid = spec if isinstance(spec, Grid) else Grid.from_file(spec)
-    for name in grid.analyses:
-        family = name.split("@")[0]
-        if family not in FAMILIES:
-            raise ValueError(f"{name!r}: this study's analyses are {', '.join(FAMILIES)} (optionally @<label>)")
-        register_analysis(name, *FAMILIES[family], replace=True)
-    return grid
-
-
-register()
+for _family, (_run, _prompts) in FAMILIES.items():  # a grid names each cell's analysis <family>@<label>
+    register_analysis(_family, _run, _prompts, replace=True)

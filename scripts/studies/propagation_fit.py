@@ -77,16 +77,5 @@ def propagation_fit(model: Any, batches: dict[str, PromptBatch], *, layer: int, 
 FAMILIES = {"propagation_fit": (propagation_fit, fit_prompts)}
 
 
-def register(spec: Grid | str | Path = SPEC) -> Grid:
-    """Register the analyses ``spec`` names (``<family>@<label>``: the family's function under that
-    name; the label only names the cell, its params say what it computes). Returns the grid."""
-    grid = spec if isinstance(spec, Grid) else Grid.from_file(spec)
-    for name in grid.analyses:
-        family = name.split("@")[0]
-        if family not in FAMILIES:
-            raise ValueError(f"{name!r}: this study's analyses are {', '.join(FAMILIES)} (optionally @<label>)")
-        register_analysis(name, *FAMILIES[family], replace=True)
-    return grid
-
-
-register()
+for _family, (_run, _prompts) in FAMILIES.items():  # a grid names each cell's analysis <family>@<label>
+    register_analysis(_family, _run, _prompts, replace=True)

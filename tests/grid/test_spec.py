@@ -93,3 +93,19 @@ def test_model_identity_hashes_the_weights_and_resolves_processing():
 def test_plan_refuses_an_unknown_analysis_before_running_anything():
     with pytest.raises(ValueError, match="unknown analysis 'nope'.*accuracy"):
         plan(small_grid(analyses=["nope"], params={}))
+
+
+def test_an_analysis_runs_under_variant_names_with_their_own_params(tmp_path):
+    from icl_circuits.grid import get_analysis, run_grid, load
+
+    assert get_analysis("accuracy@long").run is get_analysis("accuracy").run
+    assert get_analysis("accuracy@long").name == "accuracy@long"
+    with pytest.raises(ValueError, match="unknown analysis 'nope@x'"):
+        get_analysis("nope@x")
+    g = small_grid(analyses=["accuracy@first", "accuracy@whole"], seeds=[0], tasks=["antonym"],
+                   params={"accuracy@first": {"metrics": ["first_token"]}, "accuracy@whole": {"metrics": ["exact_match"]}})
+    jobs = plan(g)
+    assert len({j.key for j in jobs}) == 2
+    run_grid(g, tmp_path / "s", progress=False)
+    df = load(tmp_path / "s")
+    assert dict(zip(df["analysis"], df["metric"])) == {"accuracy@first": "first_token", "accuracy@whole": "exact_match"}
