@@ -130,7 +130,8 @@ def run_grid(grid: Grid | str | os.PathLike, store: str | os.PathLike, executor:
              slurm: dict[str, Any] | None = None, say: Callable[[str], None] = print) -> RunSummary:
     """Run every cell of ``grid`` (a Grid or a spec file) that ``store`` does not hold yet (module docstring).
 
-    ``executor``: "local" (this process; ``models`` maps a grid model label to an already-loaded model),
+    ``executor``: "local" (this process, whose torch and BLAS threads are set to ``threads``; ``models``
+    maps a grid model label to an already-loaded model),
     "ray" (``workers`` actors with ``threads`` threads and ``gpus_per_worker`` GPUs each; a local cluster,
     or ``address``; ``dashboard`` starts Ray's dashboard and prints its link; a worker that dies is
     restarted and its cell retried up to ``max_retries`` times, then the cell is recorded as failed) or "submitit" (one job per
