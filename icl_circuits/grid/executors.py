@@ -57,9 +57,6 @@ class _RayWorker:
     def run(self, job: Job) -> Outcome:
         return self.runner.run(job)
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 def _next_job(pending: dict[str, collections.deque], holding: dict[str, int], held: str | None) -> Job | None:
     """The next job for an actor holding model ``held`` (None: nothing loaded): a job of ``held`` while
