@@ -1,5 +1,6 @@
 """The explorer's callbacks: each reads the page's inputs, checks them, calls the ``Explorer`` (the
-project's methods) and returns figures from ``ic.viz`` builders.
+project's methods) and returns figures from ``ic.viz`` builders. A view computes only while its tab
+is shown (a new prompt costs one view's work, not five); showing the tab computes it.
 
 Every callback is also a plain function of its inputs (``Views``), so tests and the bench call them
 without a browser. A callback never raises to the browser: a bad input (``ExplorerInputError``)
@@ -115,8 +116,10 @@ class Views:
 
     # ----------------------------------------------------------------------------- attention and saliency
     @guarded(3, 2)
-    def attention(self, stored: Any, layer: Any, head: Any) -> tuple:
+    def attention(self, stored: Any, layer: Any, head: Any, tab: Any = "attention") -> tuple:
         """-> (attention pattern figure, saliency flow figure, message)."""
+        if tab != "attention":
+            return no_update, no_update, no_update
         s = self._settings(stored)
         layer, head = self.ex.layer(layer), self.ex.head(head)
         v, b = self.ex.prompt(s), self.ex.batch(s)
@@ -131,8 +134,10 @@ class Views:
 
     # ----------------------------------------------------------------------------- interventions
     @guarded(3, 2)
-    def sources(self, stored: Any, current: Any) -> tuple:
+    def sources(self, stored: Any, current: Any, tab: Any = "interventions") -> tuple:
         """Settings -> (source task options, value, message): the tasks defined on this query."""
+        if tab != "interventions":
+            return no_update, no_update, no_update
         s = self._settings(stored)
         opts = self.ex.sources(s)
         if not opts:
@@ -140,8 +145,11 @@ class Views:
         return opts, current if current in opts else opts[0], ""
 
     @guarded(3, 2)
-    def interchange(self, stored: Any, source: Any, position_set: Any, selection: Any, layer: Any) -> tuple:
+    def interchange(self, stored: Any, source: Any, position_set: Any, selection: Any, layer: Any,
+                    tab: Any = "interventions") -> tuple:
         """-> (outcome panel, per-layer curve, message)."""
+        if tab != "interventions" or source is None:
+            return no_update, no_update, no_update
         s = self._settings(stored)
         if s.n_demos == 0:
             raise ExplorerInputError("the interchange patches demo positions: choose at least 1 demo")
@@ -166,8 +174,10 @@ class Views:
 
     # ----------------------------------------------------------------------------- heads
     @guarded(2, 1)
-    def heads(self, stored: Any, how: Any) -> tuple:
+    def heads(self, stored: Any, how: Any, tab: Any = "heads") -> tuple:
         """-> (layer x head grid of attribution estimates, message)."""
+        if tab != "heads":
+            return no_update, no_update
         s = self._settings(stored)
         est = self.ex.head_attribution(s, how)
         return head_plots.head_scan(est, title=f"Attribution estimate: change of {HEAD_METRIC} (clean "
@@ -175,24 +185,24 @@ class Views:
                                     f"{self.ex.name}, {s.label}. Click a head."), ""
 
     @guarded(3, 2)
-    def head_click(self, stored: Any, how: Any, click: Any) -> tuple:
+    def head_click(self, stored: Any, how: Any, click: Any, tab: Any = "heads") -> tuple:
         """A clicked head -> (ablation panel, that layer's exact vs estimated effects, message)."""
+        if tab != "heads":
+            return no_update, no_update, no_update
         s = self._settings(stored)
         try:
             point = click["points"][0]
             head, layer = int(_HEAD.match(point["x"]).group(1)), int(_LAYER.match(point["y"]).group(1))
         except (TypeError, KeyError, IndexError, AttributeError, ValueError):
             return html.P("Click a head in the grid."), _empty("Click a head in the grid."), ""
-        abl = self.ex.ablate(s, layer, head, how)
+        layer, head = self.ex.layer(layer), self.ex.head(head)
         exact, est = self.ex.head_scan(s, how, layer), self.ex.head_attribution(s, how)
-        tok = self.ex.batch(s).tokenizer
-        e = float(exact.effect[0, head])
+        clean, ablated = float(exact.clean[0]), float(exact.values[0, head])
         a = float(est.effect[est.layers.index(layer), head])
         panel = html.Div(id="head-outcome-text", children=[
             html.P([html.B(f"L{layer}H{head}, {how}-ablated: "),
-                    f"{HEAD_METRIC} {abl.clean_value:.3f} -> {abl.value:.3f} (exact change {e:+.3f}; "
-                    f"attribution estimate {a:+.3f}). Prediction under ablation: "
-                    f"{tok.decode([int(abl.logits[0].argmax())])!r}."])])
+                    f"{HEAD_METRIC} {clean:.3f} -> {ablated:.3f}: exact change {ablated - clean:+.3f}, "
+                    f"attribution estimate {a:+.3f}."])])
         return panel, attention_plots.layer_heads(exact, est, layer, head), ""
 
     @guarded(3, 2)
@@ -239,19 +249,22 @@ def register(app: Dash, views: Views) -> None:
         lambda *a: views.toggle(*a, ctx.triggered_id))
     app.callback(Output("attention", "figure"), Output("saliency", "figure"), Output("att-message", "children"),
                  Input("settings", "data"), Input("att-layer", "value"), Input("att-head", "value"),
-                 prevent_initial_call=True)(views.attention)
+                 Input("tabs", "value"), prevent_initial_call=True)(views.attention)
     app.callback(Output("source", "options"), Output("source", "value"), Output("int-message", "children"),
-                 Input("settings", "data"), State("source", "value"), prevent_initial_call=True)(views.sources)
+                 Input("settings", "data"), State("source", "value"), Input("tabs", "value"),
+                 prevent_initial_call=True)(views.sources)
     app.callback(Output("int-outcome", "children"), Output("int-curve", "figure"),
                  Output("int-message", "children", allow_duplicate=True),
                  Input("settings", "data"), Input("source", "value"), Input("position-set", "value"),
-                 Input("selection", "data"), Input("int-layer", "value"), prevent_initial_call=True)(views.interchange)
+                 Input("selection", "data"), Input("int-layer", "value"), Input("tabs", "value"),
+                 prevent_initial_call=True)(views.interchange)
     app.callback(Output("heads-grid", "figure"), Output("heads-message", "children"),
-                 Input("settings", "data"), Input("how", "value"), prevent_initial_call=True)(views.heads)
+                 Input("settings", "data"), Input("how", "value"), Input("tabs", "value"),
+                 prevent_initial_call=True)(views.heads)
     app.callback(Output("head-outcome", "children"), Output("head-layer", "figure"),
                  Output("heads-message", "children", allow_duplicate=True),
                  Input("settings", "data"), Input("how", "value"), Input("heads-grid", "clickData"),
-                 prevent_initial_call=True)(views.head_click)
+                 Input("tabs", "value"), prevent_initial_call=True)(views.head_click)
     app.callback(Output("scan-vs-attribution", "figure"), Output("scan-vs-attribution", "style"),
                  Output("heads-message", "children", allow_duplicate=True),
                  Input("settings", "data"), Input("how", "value"), Input("scan-all", "n_clicks"),

@@ -9,7 +9,7 @@ reads a cached tensor or runs one small forward. Model calls are serialized by o
 runner attaches hooks to the shared model, so two requests must never run on it at once.
 
 No analysis logic lives here: each view calls a method (``saliency_flow``, ``interchange``,
-``head_ablation_scan``, ``head_attribution``, ``ablate_heads``, ``greedy_answers``) or a runner
+``head_ablation_scan``, ``head_attribution``, ``greedy_answers``) or a runner
 read (``final_logits``, ``read_activations``) and returns its Result.
 """
 
@@ -44,7 +44,6 @@ from icl_circuits.explorer.inputs import (
     parse_pairs,
 )
 from icl_circuits.methods.attribution import head_attribution
-from icl_circuits.methods.head_ablation import AblationResult, ablate_heads
 from icl_circuits.methods.heads import HeadScanResult, head_ablation_scan
 from icl_circuits.methods.interchange import InterchangeResult, interchange
 from icl_circuits.methods.saliency import SaliencyResult, saliency_flow
@@ -274,6 +273,11 @@ class Explorer:
                 raise ExplorerInputError(f"source task {source!r} is not defined on the query "
                                          f"{tgt.queries[0]!r}; pick another source task or seed")
             src = self.batches(s, self.source_prompts, s.seed + 1, task=source)
+            try:
+                src.positions(spec)
+            except ValueError as e:  # a clicked token the source prompts do not have (a longer word here)
+                raise ExplorerInputError(f"the {source} prompts averaged as the source lack a position you chose "
+                                         f"({e}); click the first token of a word, or pick a named set") from None
             res = interchange(self.model, src, tgt, spec, source_task=source, progress=False)
             if res.n == 0:
                 raise ExplorerInputError(f"source task {source!r} gives the same first answer token as "
@@ -302,15 +306,6 @@ class Explorer:
         return self._cached(s, ("scan", how, None if layers is None else layers[0]), lambda: head_ablation_scan(
             self.model, self.batch(s), how, metric=HEAD_METRIC, layers=layers,
             mean_batch=self.mean_batch(s) if how == "mean" else None, progress=False))
-
-    def ablate(self, s: PromptSettings, layer: Any, head: Any, how: str) -> AblationResult:
-        """The prompt with one head ablated: ``ablate_heads`` on ``HEAD_METRIC`` (its logits give
-        the prediction under ablation)."""
-        layer, head = self.layer(layer), self.head(head)
-        how = check_choice(how, "ablation", ("zero", "mean"))
-        return self._cached(s, ("ablate", layer, head, how), lambda: ablate_heads(
-            self.model, self.batch(s), [(layer, head)], how,
-            mean_batch=self.mean_batch(s) if how == "mean" else None, metric=HEAD_METRIC))
 
     # ----------------------------------------------------------------------------- lessons
     def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
