@@ -27,6 +27,7 @@ MODEL_FREE = {
 }
 #: commands taking --model that are not run here, and why
 SKIPPED = {
+    "explore": "serves until interrupted; tests/explorer/test_cli_explore.py starts it and requests its page",
     "demo": "the full report without --quick (about 3 min on SmolLM2, 2 cores); `report` runs the same code "
             "with the same model-dependent defaults here, with --quick",
 }
