@@ -29,7 +29,7 @@ from icl_circuits.methods.anchors import isolate_attention
 from icl_circuits.methods.attribution import head_attribution, scan_agreement
 from icl_circuits.methods.dpca.analysis import dpca_by_layer
 from icl_circuits.methods.heads import head_ablation_scan
-from icl_circuits.methods.interchange import interchange
+from icl_circuits.methods.interchange import InterchangeResult, interchange
 from icl_circuits.methods.saliency import saliency_flow
 from icl_circuits.methods.task_vectors import compare_task_vectors
 from icl_circuits.viz import anchors as anchor_plots
@@ -39,7 +39,7 @@ from icl_circuits.viz import interchange as interchange_plots
 from icl_circuits.viz import saliency as saliency_plots
 from icl_circuits.viz import sweeps as sweep_plots
 
-__all__ = ["Lesson", "LessonRun", "LESSONS", "SEED", "lesson", "run_lesson"]
+__all__ = ["Lesson", "LessonRun", "LESSONS", "SEED", "edge_layers", "lesson", "run_lesson"]
 
 #: The seed of every prompt draw and random control of the lessons.
 SEED = 0
@@ -109,11 +109,11 @@ def _saliency(ex: Explorer) -> LessonRun:
 
     wp_peak, pq_peak = int(res.flow("S_wp").argmax()), int(res.flow("S_pq").argmax())
     above = int((res.flow("S_pq") > res.flow("S_ww")).sum())
-    measured = (f"{task}, N = {len(batch)} prompts x {batch.n_demos} demos, seed {SEED}; mean |A dL/dA| over "
-                f"prompts [95% interval]. S_wp (text -> label words) peaks at layer {res.layers[wp_peak]}: "
-                f"{at('S_wp', wp_peak)}; at layer {res.layers[last]}: {at('S_wp', last)}. S_pq (label words -> "
-                f"final position) peaks at layer {res.layers[pq_peak]}: {at('S_pq', pq_peak)}; at layer "
-                f"{res.layers[0]}: {at('S_pq', 0)}. S_pq > S_ww in {above} of {len(res.layers)} layers.")
+    measured = (f"{task}, N = {len(batch)} prompts x {batch.n_demos} demos, seed {SEED}; mean |A dL/dA| (loss "
+                f"over the label words) over prompts [95% interval]. S_wp (text -> label words) peaks at layer "
+                f"{res.layers[wp_peak]}: {at('S_wp', wp_peak)}; at layer {res.layers[last]}: {at('S_wp', last)}. "
+                f"S_pq (label words -> final position) peaks at layer {res.layers[pq_peak]}: {at('S_pq', pq_peak)}; "
+                f"at layer {res.layers[0]}: {at('S_pq', 0)}. S_pq > S_ww in {above} of {len(res.layers)} layers.")
     return LessonRun(saliency_plots.flows(res), measured, res)
 
 
@@ -148,9 +148,11 @@ def _interchange(ex: Explorer) -> LessonRun:
     runs = tuple(interchange(ex.model, src, tgt, spec, source_task=pair[0], target_task=pair[1], progress=False)
                  for spec in ("answer_-1", "demo_tokens"))
 
-    def best(r: Any) -> str:
-        i = int(r.rate("transfer").argmax())
-        return f"{_interval(float(r.rates[0, i]), float(r.low[0, i]), float(r.high[0, i]))} at layer {r.layers[i]}"
+    def best(r: InterchangeResult) -> str:
+        rate = r.rate("transfer")
+        i = int(rate.argmax())
+        where = "at every layer" if bool((rate == rate[i]).all()) else f"at layer {r.layers[i]}"
+        return f"{_interval(float(r.rates[0, i]), float(r.low[0, i]), float(r.high[0, i]))} {where}"
 
     single, every = runs
     measured = (f"{pair[0]} -> {pair[1]}, N = {every.n} target prompts x {every.n_demos} demos, seed {SEED} "
@@ -168,17 +170,22 @@ def _task_vectors(ex: Explorer) -> LessonRun:
     res = compare_task_vectors(ex.model, prompts, top_k=top_k, methods=("vanilla", "function"))
     df = res.to_dataframe()
 
-    def row(method: str, how: str = "max") -> str:
+    zero = float(df[df.method == "zero-shot"].accuracy.iloc[0])
+
+    def row(method: str, per_layer: bool = True) -> str:
         g = df[df.method == method]
         r = g.loc[g.accuracy.idxmax()]
-        where = f" at layer {int(r.layer)}" if how == "max" else ""
-        return f"{_interval(r.accuracy, r.low, r.high)}{where}"
+        if not per_layer:
+            return _interval(r.accuracy, r.low, r.high)
+        above = int((g.accuracy > zero).sum())
+        return (f"best {_interval(r.accuracy, r.low, r.high)} at layer {int(r.layer)}, above zero-shot at "
+                f"{above} of {len(g)} layers")
 
     measured = (f"{task}: vectors from {len(prompts.dummy_query)} prompts (seed {SEED}), evaluated on N = "
                 f"{len(prompts.zero_shot)} held-out zero-shot prompts (seed {prompts.zero_shot.seed}); {res.metric} "
-                f"accuracy [Wilson 95%]. Zero-shot {row('zero-shot', 'flat')}; ICL ({N_DEMOS} demos) "
-                f"{row('icl', 'flat')}; vanilla task vector, best layer: {row('vanilla')}; function vector "
-                f"(top {top_k} heads, added), best layer: {row('function')}.")
+                f"accuracy [Wilson 95%]. Zero-shot {row('zero-shot', False)}; ICL ({N_DEMOS} demos) "
+                f"{row('icl', False)}. Vanilla task vector (replacing the final position): {row('vanilla')}. "
+                f"Function vector (top {top_k} heads, added): {row('function')}.")
     return LessonRun(sweep_plots.sweep(df), measured, res)
 
 
