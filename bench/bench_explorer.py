@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-lessons", action="store_true", help="skip the lessons (toy-icl)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)  # BLAS too (dPCA, probes): the command's --threads does the same
     from icl_circuits.explorer.app import make_app
 
     report: dict[str, Any] = {"threads": args.threads, "models": {}}
