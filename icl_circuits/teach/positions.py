@@ -71,11 +71,22 @@ def _as_sets(answer: object, batch: PromptBatch, arg: str) -> tuple[list[set[int
     if pos.ndim != 2 or pos.shape[0] != len(batch):
         return None, (f"your positions have shape {tuple(pos.shape)}; a position set has one row per prompt: "
                       f"[batch={len(batch)}, n]"), bare
+    if bare:
+        for b in range(len(batch)):
+            row = pos[b].tolist()
+            if len(set(row)) < len(row):
+                twice = next(p for p in row if row.count(p) > 1)
+                why = (" (a PositionSet stores 0 at its masked entries, where a prompt's word is shorter: pass the "
+                       "PositionSet itself, or keep only positions[mask])" if twice == 0 else "")
+                return None, f"position {twice} appears more than once in prompt {b}{why}", bare
     return [{int(p) for p, ok in zip(pos[b].tolist(), mask[b].tolist()) if ok} for b in range(len(batch))], None, bare
 
 
 def _name_roles(counter: Counter) -> str:
-    return "; ".join(ROLE_WORDS[r] for r in ("start", "input", "sep", "answer", "delim", "query") if counter[r])
+    words = [ROLE_WORDS[r] for r in ("start", "input", "sep", "answer", "delim", "query") if counter[r]]
+    if len(words) < 3:
+        return " and ".join(words)
+    return "; ".join(words[:-1]) + "; and " + words[-1]
 
 
 def check_position_set(
@@ -101,7 +112,8 @@ def check_position_set(
                                          "(batch.positions(...) and the names of icl_circuits.core.positions).")
     got, err, bare = _as_sets(answer, batch, "answer")
     if got is None:
-        return verdict(name, "wrong", f"the position language refused it: {err}")
+        return verdict(name, "wrong", (err if bare or err.startswith("your positions") else
+                                       f"the position language refused it: {err}") + ".")
     want_set = batch.positions(expected)
     want = [{int(p) for p, ok in zip(want_set.positions[b].tolist(), want_set.mask[b].tolist()) if ok}
             for b in range(len(batch))]
@@ -133,7 +145,7 @@ def check_position_set(
                         "entries (mask False, multi-token words of different lengths); pass the PositionSet itself, or "
                         "keep only positions[mask]")
         else:
-            msgs.append("you included " + _name_roles(extra) + ", which the set does not contain")
+            msgs.append("you included " + _name_roles(extra) + ": not in the set")
     if missing:
         demos = {k for k in missing_demos if k >= 0}
         size = {k: sum(1 for b in range(len(batch)) for p in want[b] if roles[b][p][1] == k) for k in demos}

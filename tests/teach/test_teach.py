@@ -93,6 +93,7 @@ def test_position_set_multi_token_mistakes(toy, capsys):
     _correct(check_position_set(ps, b, "inputs"), capsys)
     _says(check_position_set("input_first", b, "inputs"), capsys, "only the first token")
     _says(check_position_set(ps.positions, b, "inputs"), capsys, "masked entries")
+    _says(check_position_set(torch.cat([ps.positions, ps.positions[:, :1]], 1), b, "inputs"), capsys, "appears more than once")
 
 
 def test_position_set_bad_arguments(toy, target):
