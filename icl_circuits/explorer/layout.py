@@ -23,6 +23,8 @@ body { font-family: system-ui, sans-serif; margin: 0 1.5rem 2rem; color: #222; }
 h1 { font-size: 1.4rem; margin: .8rem 0 .2rem; } .sub { color: #555; margin-bottom: .6rem; }
 .controls { display: flex; flex-wrap: wrap; gap: .8rem 1.2rem; align-items: end; margin: .6rem 0; }
 .controls label { display: block; font-size: .8rem; color: #555; }
+.controls > button { font: inherit; padding: .45rem .9rem; border: 1px solid #bbb; border-radius: 4px;
+                     background: #f6f6f6; cursor: pointer; }
 .message { color: #a61b1b; min-height: 1.2rem; margin: .3rem 0; font-size: .9rem; }
 .strip { display: flex; flex-wrap: wrap; gap: 2px; margin: .4rem 0; padding: .4rem;
          border: 1px solid #ddd; border-radius: 4px; }
@@ -31,7 +33,7 @@ h1 { font-size: 1.4rem; margin: .8rem 0 .2rem; } .sub { color: #555; margin-bott
 .token.selected { outline: 2px solid #d62728; outline-offset: 1px; }
 .legend span { margin-right: .8rem; padding: 0 4px; border-radius: 3px; font-size: .8rem; }
 .panel { display: flex; flex-wrap: wrap; gap: 1rem; } .panel > div { flex: 1 1 420px; min-width: 320px; }
-.answer td { padding: 2px 8px; } .lesson p { max-width: 60rem; }
+.answer td { padding: 2px 8px; } table.answer { margin-top: .6rem; } .lesson p { max-width: 60rem; }
 """
 
 
