@@ -162,13 +162,15 @@ class Views:
         clean, moved = int(res.clean_predictions[0]), int(res.predictions[i, 0])
         outcome = ("transfer" if moved == int(res.transfer_tokens[0]) else
                    "preserve" if moved == int(res.preserve_tokens[0]) else "neither")
+        moved_text = (f"the prediction stayed {tok.decode([clean])!r}" if moved == clean else
+                      f"the prediction moved from {tok.decode([clean])!r} to ")
         panel = html.P([f"Patched {spec} at layer {layer} with the mean of {self.ex.source_prompts} "
-                        f"{res.source_task} prompts: the prediction moved from {tok.decode([clean])!r} to ",
-                        html.B(repr(tok.decode([moved]))), f" ({outcome}; {res.source_task} would answer "
+                        f"{res.source_task} prompts: {moved_text}",
+                        html.B("" if moved == clean else repr(tok.decode([moved]))), f" ({outcome}; {res.source_task} would answer "
                         f"{tok.decode([int(res.transfer_tokens[0])])!r}, {s.task} "
                         f"{tok.decode([int(res.preserve_tokens[0])])!r})."], id="int-outcome-text")
-        fig = interchange_plots.interchange(res, title=f"Interchange of {spec} from {res.source_task} into this "
-                                            f"prompt ({s.label}), every layer - {self.ex.name}; n = 1 prompt")
+        fig = interchange_plots.interchange(res, outcomes=("transfer",), title=(
+            f"Transfer (1: the answer became {res.source_task}'s) at every layer, n = 1 prompt - {self.ex.name}"))
         fig.add_vline(x=layer, line_dash="dot", line_color="#888")
         return panel, fig, ""
 
