@@ -170,7 +170,8 @@ class Views:
                         f"{tok.decode([int(res.transfer_tokens[0])])!r}, {s.task} "
                         f"{tok.decode([int(res.preserve_tokens[0])])!r})."], id="int-outcome-text")
         fig = interchange_plots.interchange(res, outcomes=("transfer",), title=(
-            f"Transfer (1: the answer became {res.source_task}'s) at every layer, n = 1 prompt - {self.ex.name}"))
+            f"Transfer when {spec} comes from {res.source_task} (1: the answer became its), every layer, "
+            f"n = 1 prompt - {self.ex.name}"))
         fig.add_vline(x=layer, line_dash="dot", line_color="#888")
         return panel, fig, ""
 
