@@ -19,7 +19,7 @@ from icl_circuits.methods.sweeps import SweepResult
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("core", "methods", "viz", "grid", "report", "teach", "cli", "toy")
+_SUBPACKAGES = ("core", "methods", "viz", "grid", "report", "teach", "explorer", "cli", "toy")
 
 
 def explore(model="toy-icl", **options):

@@ -21,6 +21,8 @@ LAYERS = {
     "grid": ("Grids", "Experiment grids: specs, content-addressed cells, executors (local, Ray, submitit), the store "
                       "and its table (load, query)."),
     "report": ("Report", "The suite of analyses written to one self-contained HTML file."),
+    "teach": ("Teaching", "Exercise checks for the notebooks: each compares a learner's answer with the package's method "
+                          "and names the common mistake it matches."),
     "explorer": ("Explorer", "The interactive app: the model side cached per prompt, checked inputs, the Dash page and "
                              "its callbacks, the lessons."),
     "cli": ("Command line", "The `icl-circuits` command."),

@@ -658,6 +658,50 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                     "patching transfers nothing.\n- On a BPE tokenizer a position set is ragged: use the role sets and "
                     "their mask, never the first token alone.")),
     ],
+    "08_explore": [
+        ("md", ("# 08 · Explore: the app in the notebook\n\n"
+                "The explorer (`icl-circuits explore` in a terminal, `ic.explore(model)` here) puts notebooks 02-07 behind "
+                "clicks: build a prompt (a task or your own pairs), see every token's role, the model's answer and its "
+                "top-5, a head's attention and the saliency flows; click tokens and a layer to patch them with another "
+                "task's residual; click a head to ablate it and compare the exact effect with its attribution estimate; "
+                "and follow six lessons that run the seed claims live. Every number is computed by the same methods "
+                "the notebooks call.\n\nThe next cell starts the app on `toy-icl` and shows it below the cell (a free "
+                "port on 127.0.0.1; the server runs as long as this kernel). A stored copy of this notebook cannot "
+                "run it, so the views are shown as screenshots after it.")),
+        ("code", ("import os\nos.environ[\"OMP_NUM_THREADS\"] = \"1\"\nimport socket\n\nimport torch\nimport icl_circuits as ic\n\n"
+                  "torch.set_num_threads(1)\n"
+                  "with socket.socket() as s:  # any free local port (the command line uses 8050)\n"
+                  "    s.bind((\"127.0.0.1\", 0))\n    port = s.getsockname()[1]\n"
+                  "app = ic.explore(\"toy-icl\", port=port, height=1000)")),
+        ("md", ("## The views, for readers of the stored notebook\n\n"
+                "**Prompt**: the tokens coloured by role (hover one for its name in the position language, click it to "
+                "select it), the query, the gold answer, the greedy answer, first-token and whole-answer correctness, "
+                "and the top-5 next tokens.\n\n![The prompt view](../docs/explorer/prompt.png)\n\n"
+                "**Attention and saliency**: one head's pattern (layer slider, head picker) and the three saliency flows "
+                "of this prompt.\n\n![Attention and saliency](../docs/explorer/attention.png)\n\n"
+                "**Interventions**: two clicked label words of capitalize patched with english-french at layer 2: the "
+                "answer stays (preserve), as Cheng & Zhang predict for a few positions; pick *all demo tokens* to see it "
+                "transfer.\n\n![Interventions](../docs/explorer/interventions.png)\n\n"
+                "**Heads**: the attribution estimate of every head (left); a clicked head's exact effect next to the "
+                "estimates of its layer (right).\n\n![Heads](../docs/explorer/heads.png)\n\n"
+                "**Lessons**: six seed claims, each with the paper's number, a question to answer first, the run and "
+                "what to look for.\n\n![Lessons](../docs/explorer/lessons.png)")),
+        ("md", ("## The views are functions\n\nBehind the page, `app.explorer` holds the model and caches what each prompt "
+                "computed, and `app.views` are the callbacks as plain functions: what a click runs, you can run in a "
+                "cell. The settings are checked as the page checks them (a bad value is an error naming it).")),
+        ("code", ("ex = app.explorer\ns = ex.settings(\"antonym\", 8, 0)\nview = ex.prompt(s)\n"
+                  "print(view.query, \"->\", view.gold, \"| greedy:\", view.generated, \"| top-3:\", "
+                  "[(t, round(p, 3)) for t, p in view.top[:3]])\n"
+                  "ex.position_spec(s, [3, 7])  # two clicked tokens, named in the position language")),
+        ("code", ("from icl_circuits.viz import attention as attention_plots\n\n"
+                  "b = ex.batch(s)\nattention_plots.pattern(ex.attention(s, 2, 1), view.tokens, 2, 1,\n"
+                  "                       label_positions=b.answer_positions[0].tolist(), model=ex.name)")),
+        ("look", ("Each row is a query position, each column a key position it attends to; label words (the demo "
+                  "answers) are starred and the final position has an arrow. In the app, the slider and the head "
+                  "picker redraw this figure from the per-prompt cache, without a forward pass.")),
+        ("code", ("try:\n    ex.settings(\"antonym\", 99, 0)\nexcept ic.explorer.ExplorerInputError as e:\n"
+                  "    print(\"refused:\", e)")),
+    ],
 }
 
 
