@@ -93,7 +93,12 @@ def test_every_result_class_carries_model_info_keyword_only():
     for m in pkgutil.walk_packages(icl_circuits.__path__, "icl_circuits."):
         if m.name.endswith("__main__"):
             continue
-        mod = importlib.import_module(m.name)
+        try:
+            mod = importlib.import_module(m.name)
+        except ModuleNotFoundError as e:  # the explorer's Dash modules without the [explore] extra (make test-lowest)
+            if e.name != "dash":
+                raise
+            continue
         classes |= {c for c in vars(mod).values()
                     if isinstance(c, type) and issubclass(c, results_mod.Result) and c is not results_mod.Result}
     assert len(classes) >= 20
