@@ -12,7 +12,7 @@ from torch import Tensor
 from icl_circuits.methods.heads import HeadScanResult
 from icl_circuits.viz import _style
 
-__all__ = ["pattern", "top_tokens", "layer_heads"]
+__all__ = ["pattern", "top_tokens", "layer_heads", "token_labels"]
 
 
 def token_labels(tokens: Sequence[str], marked: Sequence[int] = (), final: int | None = None) -> list[str]:

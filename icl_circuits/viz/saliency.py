@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 
 from icl_circuits.methods.saliency import SaliencyResult
 from icl_circuits.viz import _style
+from icl_circuits.viz.attention import token_labels
 
 _COLORS = {"S_wp": "#1f77b4", "S_pq": "#d62728", "S_ww": "#7f7f7f"}
 _LABELS = {"S_wp": "S_wp (text → label words)", "S_pq": "S_pq (label words → query)", "S_ww": "S_ww (other pairs)"}
@@ -49,7 +50,7 @@ def heatmap(result: SaliencyResult, example: int = 0, title: str | None = None) 
     toks = result.example_tokens[example]
     n = len(toks)
     ans, fin = set(result.example_answer_positions[example]), result.example_final_positions[example]
-    names = [f"{p}:{t!r}" + (" *" if p in ans else " →" if p == fin else "") for p, t in enumerate(toks)]
+    names = token_labels(toks, ans, fin)
     fig = go.Figure()
     for i, l in enumerate(result.layers):
         z = result.matrices[example, i, :n, :n].numpy()
